@@ -1,0 +1,185 @@
+//! `eddyd`: the Eddy daemon's command line. Commands: `replay` (a pipeline over bounded input),
+//! `check` (validate without running), `run` (live), `demo` (a built-in pipeline over generated data).
+//! This is the binary's edge: errors become one clear message on stderr and a non-zero exit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
+
+const DEMO_SQL: &str = include_str!("demo.sql");
+
+#[derive(Parser)]
+#[command(name = "eddyd", version, about = "Eddy: streaming SQL for edge gateways")]
+struct Cli {
+    /// Log filter (also EDDY_LOG), e.g. `info` or `eddy_engine=debug`.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline over bounded input: every source to its end, then every window closes.
+    Replay {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Read SOURCE from this JSON-lines file instead of its connector (SOURCE=FILE).
+        #[arg(long = "input", value_name = "SOURCE=FILE")]
+        inputs: Vec<String>,
+        /// Write SINK to this JSON-lines file instead of its connector (SINK=FILE).
+        #[arg(long = "output", value_name = "SINK=FILE")]
+        outputs: Vec<String>,
+    },
+    /// Validate a pipeline file (SQL, options, plans) without reading or writing anything.
+    Check {
+        pipeline: PathBuf,
+    },
+    /// Run a pipeline live until Ctrl-C (or until all its sources have ended).
+    Run {
+        #[arg(long)]
+        pipeline: PathBuf,
+    },
+    /// Run the built-in demo: generated plant telemetry, live 10-second statistics. Ctrl-C stops it.
+    Demo {
+        /// Print the demo's SQL and exit.
+        #[arg(long)]
+        show_sql: bool,
+    },
+}
+
+fn parse_pairs(flag: &str, items: &[String], base: &Path) -> Result<HashMap<String, PathBuf>> {
+    let mut out = HashMap::new();
+    for item in items {
+        let (name, file) = item.split_once('=').ok_or_else(|| anyhow!("{flag} {item}: expected NAME=FILE"))?;
+        if name.is_empty() || file.is_empty() {
+            bail!("{flag} {item}: expected NAME=FILE");
+        }
+        let path = Path::new(file);
+        let path = if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
+        if out.insert(name.to_ascii_lowercase(), path).is_some() {
+            bail!("{flag}: '{name}' given twice");
+        }
+    }
+    Ok(out)
+}
+
+fn read_pipeline(path: &Path) -> Result<(String, PathBuf)> {
+    let sql = std::fs::read_to_string(path).with_context(|| format!("cannot read pipeline {}", path.display()))?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    Ok((sql, dir))
+}
+
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook_registry_like::SIGINT, signal_hook_registry_like::SIGTERM] {
+        signal_hook_registry_like::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
+/// Minimal SIGINT/SIGTERM handling: the handler only sets a flag the live loop polls.
+mod signal_hook_registry_like {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, OnceLock};
+
+    pub const SIGINT: i32 = 2;
+    pub const SIGTERM: i32 = 15;
+
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+    extern "C" fn on_signal(_: i32) {
+        if let Some(f) = FLAG.get() {
+            f.store(true, Ordering::SeqCst);
+        }
+    }
+
+    extern "C" {
+        fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+    }
+
+    pub fn register(sig: i32, flag: Arc<AtomicBool>) -> anyhow::Result<()> {
+        let _ = FLAG.set(flag);
+        // SAFETY: the handler only does an atomic store, which is async-signal-safe.
+        let prev = unsafe { signal(sig, on_signal) };
+        if prev == usize::MAX {
+            anyhow::bail!("cannot install a handler for signal {sig}");
+        }
+        Ok(())
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = std::env::var("EDDY_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli.command) {
+        eprintln!("eddyd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Replay { pipeline, inputs, outputs } => {
+            let (sql, dir) = read_pipeline(&pipeline)?;
+            let cwd = std::env::current_dir()?;
+            let mut cfg = PipelineConfig::new(dir, Mode::Replay);
+            cfg.inputs = parse_pairs("--input", &inputs, &cwd)?;
+            cfg.outputs = parse_pairs("--output", &outputs, &cwd)?;
+            let mut p = Pipeline::plan(&sql, &cfg)?;
+            p.run_to_end()?;
+            for (name, s) in p.source_stats() {
+                tracing::info!(source = %name, accepted = s.accepted, late = s.late, errors = s.errors, "replayed");
+            }
+            Ok(())
+        }
+        Command::Check { pipeline } => {
+            let (sql, dir) = read_pipeline(&pipeline)?;
+            let p = Pipeline::plan(&sql, &PipelineConfig::new(dir, Mode::Live))?;
+            let s = p.summary();
+            println!(
+                "{}: OK — {} source(s), {} table(s), {} view(s), {} sink(s)",
+                pipeline.display(),
+                s.sources.len(),
+                s.tables.len(),
+                s.views.len(),
+                s.sinks.len()
+            );
+            for (name, updating) in &s.sinks {
+                println!("  sink {name}: {}", if *updating { "updating (upsert)" } else { "append-only" });
+            }
+            Ok(())
+        }
+        Command::Run { pipeline } => {
+            let (sql, dir) = read_pipeline(&pipeline)?;
+            let mut p = Pipeline::plan(&sql, &PipelineConfig::new(dir, Mode::Live))?;
+            let stop = stop_flag()?;
+            p.run_live(&stop)?;
+            Ok(())
+        }
+        Command::Demo { show_sql } => {
+            if show_sql {
+                print!("{DEMO_SQL}");
+                return Ok(());
+            }
+            let mut p = Pipeline::plan(DEMO_SQL, &PipelineConfig::new(".", Mode::Live))?;
+            eprintln!("eddyd demo: 6 simulated devices at 200 readings/s; 10-second statistics per device appear as windows close. Ctrl-C stops.");
+            let stop = stop_flag()?;
+            p.run_live(&stop)?;
+            if stop.load(Ordering::Relaxed) {
+                eprintln!("eddyd demo: stopped");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Sinks: the graph's leaves. `file` writes JSON lines; `console` prints rows to standard output.
+//!
+//! An append-only sink writes rows as they come. An upsert sink (`type = 'upsert'`) writes every
+//! change with an `_op` member, `"upsert"` or `"delete"`, keyed by its key columns; reading the file
+//! in order and keeping the last row per key gives the current result.
+//! Files are created (with their directories) and truncated when the pipeline starts.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use arrow::array::RecordBatch;
+
+use crate::error::{EngineError, Result};
+use crate::format::encode::{write_value, JsonRowWriter};
+use crate::ops::{Chunk, Operator, RowKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkMode {
+    Append,
+    Upsert,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkTarget {
+    File(PathBuf),
+    Console,
+}
+
+/// Counts a sink keeps.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SinkStats {
+    pub rows: u64,
+    pub deletes: u64,
+}
+
+pub struct Sink {
+    pub name: String,
+    target: SinkTarget,
+    mode: SinkMode,
+    columns: Vec<String>,
+    writer: JsonRowWriter,
+    out: Option<Box<dyn Write + Send>>,
+    buf: Vec<u8>,
+    pub stats: SinkStats,
+}
+
+impl Sink {
+    pub fn new(name: &str, target: SinkTarget, mode: SinkMode, columns: Vec<String>) -> Self {
+        Sink {
+            name: name.to_string(),
+            writer: JsonRowWriter::new(&columns),
+            columns,
+            target,
+            mode,
+            out: None,
+            buf: Vec::with_capacity(64 * 1024),
+            stats: SinkStats::default(),
+        }
+    }
+
+    fn write_text_row(&mut self, batch: &RecordBatch, row: usize, kind: Option<RowKind>) {
+        let b = &mut self.buf;
+        b.extend_from_slice(self.name.as_bytes());
+        b.extend_from_slice(match kind {
+            None => b" |",
+            Some(RowKind::Upsert) => b" ~|",
+            Some(RowKind::Delete) => b" -|",
+        });
+        let mut scratch = Vec::new();
+        for (c, name) in self.columns.iter().enumerate() {
+            b.push(b' ');
+            b.extend_from_slice(name.as_bytes());
+            b.push(b'=');
+            scratch.clear();
+            write_value(batch.column(c), row, &mut scratch);
+            let text = String::from_utf8_lossy(&scratch);
+            match text.parse::<f64>() {
+                Ok(f) if text.contains('.') => b.extend_from_slice(format!("{}", (f * 1000.0).round() / 1000.0).as_bytes()),
+                _ => b.extend_from_slice(text.trim_matches('"').as_bytes()),
+            }
+        }
+        b.push(b'\n');
+    }
+}
+
+impl Operator for Sink {
+    fn name(&self) -> String {
+        format!("sink {}", self.name)
+    }
+
+    fn on_chunk(&mut self, _port: usize, chunk: Chunk, _out: &mut Vec<Chunk>) -> Result<()> {
+        if self.out.is_none() {
+            self.start()?;
+        }
+        let batch = &chunk.batch;
+        for row in 0..batch.num_rows() {
+            let kind = chunk.kinds.as_ref().map(|k| k[row]);
+            if kind == Some(RowKind::Delete) {
+                self.stats.deletes += 1;
+            } else {
+                self.stats.rows += 1;
+            }
+            match &self.target {
+                SinkTarget::Console => self.write_text_row(batch, row, kind),
+                SinkTarget::File(_) => {
+                    let extra: &[u8] = match (self.mode, kind) {
+                        (SinkMode::Append, _) => b"",
+                        (SinkMode::Upsert, Some(RowKind::Delete)) => b",\"_op\":\"delete\"",
+                        (SinkMode::Upsert, _) => b",\"_op\":\"upsert\"",
+                    };
+                    self.writer.write_row(batch, row, extra, &mut self.buf);
+                    self.buf.push(b'\n');
+                }
+            }
+        }
+        self.flush_buf()
+    }
+
+    fn on_watermark(&mut self, wm: i64, _out: &mut Vec<Chunk>) -> Result<i64> {
+        Ok(wm)
+    }
+
+    fn start(&mut self) -> Result<()> {
+        if self.out.is_some() {
+            return Ok(());
+        }
+        self.out = Some(match &self.target {
+            SinkTarget::Console => Box::new(std::io::stdout()),
+            SinkTarget::File(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+                }
+                let f = File::create(path).map_err(|e| EngineError::io(path, e))?;
+                Box::new(BufWriter::with_capacity(256 * 1024, f))
+            }
+        });
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.start()?;
+        self.flush_buf()?;
+        if let Some(out) = &mut self.out {
+            out.flush().map_err(|e| self.io_err(e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink {
+    fn io_err(&self, e: std::io::Error) -> EngineError {
+        match &self.target {
+            SinkTarget::File(p) => EngineError::io(p, e),
+            SinkTarget::Console => EngineError::io("<stdout>", e),
+        }
+    }
+
+    fn flush_buf(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let out = self.out.as_mut().ok_or_else(|| EngineError::Internal("sink not started".into()))?;
+        let r = out.write_all(&self.buf);
+        let r = if matches!(self.target, SinkTarget::Console) { r.and_then(|_| out.flush()) } else { r };
+        self.buf.clear();
+        r.map_err(|e| self.io_err(e))
+    }
+}

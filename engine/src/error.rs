@@ -1,0 +1,57 @@
+//! The engine's error type. Every error says where it comes from: a SQL error names the statement,
+//! line and column; an option error lists the valid options; an I/O error names the file.
+
+use std::path::PathBuf;
+
+use datafusion_common::DataFusionError;
+
+/// Position of a problem in a pipeline file (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SqlPos {
+    pub statement: usize,
+    pub line: u64,
+    pub column: u64,
+}
+
+impl std::fmt::Display for SqlPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "statement {} (line {}, column {})", self.statement, self.line, self.column)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The SQL text is wrong: syntax, unknown names, unsupported constructs.
+    #[error("{pos}: {message}")]
+    Sql { pos: SqlPos, message: String },
+    /// A connector or format option is wrong.
+    #[error("{context}: {message}")]
+    Options { context: String, message: String },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A source with `on_error = 'fail'` met a row it could not decode.
+    #[error("source '{source_name}': bad row under on_error = 'fail': {message} (row: {raw})")]
+    BadRow { source_name: String, message: String, raw: String },
+    /// A configured limit was reached; the pipeline stops rather than dropping data.
+    #[error("limit reached: {0}")]
+    Limit(String),
+    /// An invariant of the engine broke: a bug, reported instead of a panic.
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("{0}")]
+    DataFusion(#[from] DataFusionError),
+    #[error("{0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+impl EngineError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        EngineError::Io { path: path.into(), source }
+    }
+    pub fn options(context: impl Into<String>, message: impl Into<String>) -> Self {
+        EngineError::Options { context: context.into(), message: message.into() }
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,272 @@
+//! Turning payloads into rows of a source's schema.
+//!
+//! A [`RowDecoder`] owns the column buffers of one batch. Format front ends (JSON, CSV, raw) call
+//! `begin_row`/`set`/`end_row`; a row that breaks any rule is rolled back and recorded as an error
+//! row (`raw`, `error`, `received_at`) instead, so bad input is counted and never half-written.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use super::columns::{ColumnBuf, Value};
+use crate::types::TS_TYPE;
+
+/// Schema of `ERRORS(source)`.
+pub fn errors_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("raw", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, false),
+        Field::new("received_at", TS_TYPE, false),
+    ]))
+}
+
+/// How one column of a source is filled.
+#[derive(Debug, Clone)]
+pub struct DecodeColumn {
+    pub name: String,
+    pub data_type: DataType,
+    pub nullable: bool,
+    /// `METADATA FROM 'key'`: filled by the connector, never from the payload.
+    pub metadata_key: Option<String>,
+}
+
+/// Rows that failed to decode, in the shape of `ERRORS(source)`.
+#[derive(Debug)]
+pub struct ErrorRows {
+    raw: ColumnBuf,
+    error: ColumnBuf,
+    received_at: ColumnBuf,
+}
+
+impl ErrorRows {
+    fn new() -> Self {
+        ErrorRows {
+            raw: ColumnBuf::new(&DataType::Utf8).expect("Utf8 is a buffer type"),
+            error: ColumnBuf::new(&DataType::Utf8).expect("Utf8 is a buffer type"),
+            received_at: ColumnBuf::new(&TS_TYPE).expect("timestamps are a buffer type"),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// Records one bad input. `raw` is kept as text (invalid UTF-8 replaced) and cut at `max_raw` bytes.
+    pub fn push(&mut self, raw: &[u8], error: &str, received_at: i64, max_raw: usize) {
+        let cut = &raw[..raw.len().min(max_raw)];
+        let text = String::from_utf8_lossy(cut);
+        let text = text.trim_end_matches(['\r', '\n']);
+        // Text values always fit Utf8 and timestamps; these pushes cannot fail.
+        let _ = self.raw.push(Value::Str(text));
+        let _ = self.error.push(Value::Str(error));
+        let _ = self.received_at.push(Value::I64(received_at));
+    }
+
+    pub fn finish(&mut self) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let cols = vec![self.raw.finish()?, self.error.finish()?, self.received_at.finish()?];
+        Ok(Some(RecordBatch::try_new(errors_schema(), cols)?))
+    }
+}
+
+/// Builds batches of one source schema from decoded rows.
+#[derive(Debug)]
+pub struct RowDecoder {
+    pub schema: SchemaRef,
+    columns: Vec<DecodeColumn>,
+    bufs: Vec<ColumnBuf>,
+    seen: Vec<bool>,
+    rows: usize,
+    by_name: HashMap<String, usize>,
+    /// Event-time column: a row without it is an error even when the column is nullable.
+    time_col: Option<usize>,
+    row_error: Option<String>,
+    pub errors: ErrorRows,
+    /// Longest `raw` kept in an error row.
+    pub max_error_raw_bytes: usize,
+}
+
+impl RowDecoder {
+    pub fn new(columns: Vec<DecodeColumn>, time_col: Option<usize>) -> Result<Self, String> {
+        let mut bufs = Vec::with_capacity(columns.len());
+        let mut fields = Vec::with_capacity(columns.len());
+        let mut by_name = HashMap::new();
+        for (i, c) in columns.iter().enumerate() {
+            bufs.push(ColumnBuf::new(&c.data_type).ok_or_else(|| {
+                format!("column '{}': type {} cannot be decoded", c.name, crate::types::sql_name(&c.data_type))
+            })?);
+            fields.push(Field::new(&c.name, c.data_type.clone(), c.nullable));
+            if c.metadata_key.is_none() {
+                by_name.insert(c.name.clone(), i);
+                by_name.entry(c.name.to_ascii_lowercase()).or_insert(i);
+            }
+        }
+        Ok(RowDecoder {
+            schema: Arc::new(Schema::new(fields)),
+            seen: vec![false; columns.len()],
+            columns,
+            bufs,
+            rows: 0,
+            by_name,
+            time_col,
+            row_error: None,
+            errors: ErrorRows::new(),
+            max_error_raw_bytes: 64 * 1024,
+        })
+    }
+
+    pub fn columns(&self) -> &[DecodeColumn] {
+        &self.columns
+    }
+
+    /// Rows decoded into the current batch.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Column index of a payload key: exact name first, then ASCII case-insensitively.
+    #[inline]
+    pub fn lookup(&self, key: &str) -> Option<usize> {
+        if let Some(i) = self.by_name.get(key) {
+            return Some(*i);
+        }
+        if key.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.by_name.get(&key.to_ascii_lowercase()).copied();
+        }
+        None
+    }
+
+    pub fn begin_row(&mut self) {
+        self.seen.iter_mut().for_each(|s| *s = false);
+        self.row_error = None;
+    }
+
+    /// Whether the current row already failed (later values are skipped).
+    pub fn row_failed(&self) -> bool {
+        self.row_error.is_some()
+    }
+
+    /// Marks the current row as bad; the first reason is kept.
+    pub fn fail_row(&mut self, why: String) {
+        if self.row_error.is_none() {
+            self.row_error = Some(why);
+        }
+    }
+
+    /// Sets column `col` of the current row. A second value for a column replaces the first.
+    #[inline]
+    pub fn set(&mut self, col: usize, v: Value<'_>) {
+        if self.row_error.is_some() {
+            return;
+        }
+        if self.seen[col] {
+            self.bufs[col].pop_last();
+        }
+        self.seen[col] = true;
+        if let Err(e) = self.bufs[col].push(v) {
+            self.fail_row(format!("column '{}': {e}", self.columns[col].name));
+        }
+    }
+
+    /// Sets a STRUCT column from the JSON text of a nested value.
+    pub fn set_json_text(&mut self, col: usize, text: &str) {
+        if self.row_error.is_some() {
+            return;
+        }
+        if self.seen[col] {
+            self.bufs[col].pop_last();
+        }
+        self.seen[col] = true;
+        if let Err(e) = self.bufs[col].push_json_text(text) {
+            self.fail_row(format!("column '{}': {e}", self.columns[col].name));
+        }
+    }
+
+    pub fn is_json_text(&self, col: usize) -> bool {
+        matches!(self.bufs[col], ColumnBuf::JsonText { .. })
+    }
+
+    /// Finishes the current row: missing columns become NULL, NOT NULL and event time are checked.
+    /// A bad row is rolled back and recorded with `raw` as an error row.
+    pub fn end_row(&mut self, raw: &[u8], received_at: i64) -> bool {
+        if self.row_error.is_none() {
+            for i in 0..self.columns.len() {
+                if self.seen[i] {
+                    let is_null = self.bufs[i].len() == self.rows + 1 && self.last_is_null(i);
+                    if is_null && (!self.columns[i].nullable || self.time_col == Some(i)) {
+                        self.row_error = Some(format!("column '{}' is NOT NULL but the value is null", self.columns[i].name));
+                        break;
+                    }
+                    continue;
+                }
+                if !self.columns[i].nullable || self.time_col == Some(i) {
+                    let what = if self.time_col == Some(i) { "event time" } else { "NOT NULL column" };
+                    self.row_error = Some(format!("{what} '{}' is missing", self.columns[i].name));
+                    break;
+                }
+                self.bufs[i].push_null();
+            }
+        }
+        match self.row_error.take() {
+            None => {
+                self.rows += 1;
+                true
+            }
+            Some(why) => {
+                for b in &mut self.bufs {
+                    b.truncate(self.rows);
+                }
+                self.errors.push(raw, &why, received_at, self.max_error_raw_bytes);
+                false
+            }
+        }
+    }
+
+    fn last_is_null(&self, col: usize) -> bool {
+        match &self.bufs[col] {
+            ColumnBuf::Bool(_, v)
+            | ColumnBuf::I8(_, v)
+            | ColumnBuf::I16(_, v)
+            | ColumnBuf::I32(_, v)
+            | ColumnBuf::I64(_, v)
+            | ColumnBuf::F32(_, v)
+            | ColumnBuf::F64(_, v)
+            | ColumnBuf::Ts(_, v)
+            | ColumnBuf::Decimal { valid: v, .. }
+            | ColumnBuf::Utf8 { valid: v, .. }
+            | ColumnBuf::Binary { valid: v, .. }
+            | ColumnBuf::JsonText { valid: v, .. } => v.last() == Some(&false),
+        }
+    }
+
+    /// Rolls back a row that was begun but cannot be finished (its payload broke off).
+    pub fn abort_row(&mut self) {
+        for b in &mut self.bufs {
+            b.truncate(self.rows);
+        }
+        self.row_error = None;
+    }
+
+    /// Records an input that could not be read as rows at all (bad JSON, bad CSV record).
+    pub fn reject(&mut self, raw: &[u8], why: &str, received_at: i64) {
+        self.errors.push(raw, why, received_at, self.max_error_raw_bytes);
+    }
+
+    /// Hands the decoded rows over as a batch (None when there are none).
+    pub fn finish(&mut self) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        let cols: Vec<ArrayRef> = self.bufs.iter_mut().map(|b| b.finish()).collect::<Result<_, _>>()?;
+        self.rows = 0;
+        Ok(Some(RecordBatch::try_new(self.schema.clone(), cols)?))
+    }
+}

@@ -1,0 +1,288 @@
+//! JSON payloads: one object (a file line, a message) or an array of objects (a message).
+//! Values are visited in place and pushed straight into column buffers; nothing is allocated per row
+//! except for strings with escapes.
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::columns::Value;
+use super::decode::RowDecoder;
+
+/// Decodes one JSON payload into rows of `dec`. Returns the number of rows accepted; every bad row (or
+/// the whole payload, when it is not JSON) becomes an error row.
+pub fn decode_json(dec: &mut RowDecoder, payload: &[u8], received_at: i64) -> usize {
+    let before = dec.rows();
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let result = Payload { dec: &mut *dec, raw: payload, received_at }.deserialize(&mut de).and_then(|()| de.end());
+    if let Err(e) = result {
+        // A syntax error: a row begun in this payload is rolled back; complete rows before it stay;
+        // the payload is recorded once as an error.
+        dec.abort_row();
+        dec.reject(payload, &format!("not valid JSON: {e}"), received_at);
+    }
+    dec.rows() - before
+}
+
+struct Payload<'a> {
+    dec: &'a mut RowDecoder,
+    raw: &'a [u8],
+    received_at: i64,
+}
+
+impl<'de> DeserializeSeed<'de> for Payload<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Payload<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object or an array of objects")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        self.dec.begin_row();
+        read_object(self.dec, map)?;
+        self.dec.end_row(self.raw, self.received_at);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0usize;
+        loop {
+            self.dec.begin_row();
+            let got = seq.next_element_seed(Element { dec: &mut *self.dec, index })?;
+            if got.is_none() {
+                return Ok(());
+            }
+            self.dec.end_row(self.raw, self.received_at);
+            index += 1;
+        }
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom("expected a JSON object, got null"))
+    }
+}
+
+/// One element of an array payload: must be an object.
+struct Element<'a> {
+    dec: &'a mut RowDecoder,
+    index: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Element<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Element<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        read_object(self.dec, map)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        self.dec.fail_row(format!("array element {}: expected an object, got an array", self.index));
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.dec.fail_row(format!("array element {}: expected an object, got a string", self.index));
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.dec.fail_row(format!("array element {}: expected an object, got a number", self.index));
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.dec.fail_row(format!("array element {}: expected an object, got a boolean", self.index));
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.dec.fail_row(format!("array element {}: expected an object, got null", self.index));
+        Ok(())
+    }
+}
+
+fn read_object<'de, A: MapAccess<'de>>(dec: &mut RowDecoder, mut map: A) -> Result<(), A::Error> {
+    while let Some(col) = map.next_key_seed(KeySeed { dec })? {
+        match col {
+            Some(i) if dec.is_json_text(i) => {
+                let raw: &serde_json::value::RawValue = map.next_value()?;
+                if raw.get() == "null" {
+                    dec.set(i, Value::Null);
+                } else {
+                    dec.set_json_text(i, raw.get());
+                }
+            }
+            Some(i) => map.next_value_seed(ScalarSeed { dec: &mut *dec, col: i })?,
+            None => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+struct KeySeed<'a> {
+    dec: &'a RowDecoder,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(self.dec.lookup(v))
+    }
+}
+
+struct ScalarSeed<'a> {
+    dec: &'a mut RowDecoder,
+    col: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ScalarSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ScalarSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.dec.set(self.col, Value::Bool(v));
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.dec.set(self.col, Value::I64(v));
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.dec.set(self.col, Value::U64(v));
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.dec.set(self.col, Value::F64(v));
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.dec.set(self.col, Value::Str(v));
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.dec.set(self.col, Value::Null);
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        let name = self.dec.columns()[self.col].name.clone();
+        self.dec.fail_row(format!("column '{name}': expected a scalar, got an object"));
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        let name = self.dec.columns()[self.col].name.clone();
+        self.dec.fail_row(format!("column '{name}': expected a scalar, got an array"));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::decode::DecodeColumn;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Float64Type, TimestampMillisecondType};
+
+    fn decoder() -> RowDecoder {
+        let col = |n: &str, t: DataType, nullable: bool| DecodeColumn {
+            name: n.into(),
+            data_type: t,
+            nullable,
+            metadata_key: None,
+        };
+        RowDecoder::new(
+            vec![
+                col("device_id", DataType::Utf8, false),
+                col("temp", DataType::Float64, true),
+                col("ts", crate::types::TS_TYPE, false),
+            ],
+            Some(2),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn objects_arrays_and_bad_rows() {
+        let mut d = decoder();
+        assert_eq!(decode_json(&mut d, br#"{"device_id":"a","temp":1.5,"ts":"2026-03-01T08:00:00Z","x":[1,{"y":2}]}"#, 0), 1);
+        assert_eq!(decode_json(&mut d, br#"{"device_id":"b","ts":1000}"#, 0), 1);
+        assert_eq!(decode_json(&mut d, br#"{"temp":20.0,"ts":1000}"#, 0), 0);
+        assert_eq!(decode_json(&mut d, br#"{"device_id":"c","temp":"hot","ts":1000}"#, 0), 0);
+        assert_eq!(decode_json(&mut d, br#"{"device_id":"c","temp":2}"#, 0), 0);
+        assert_eq!(decode_json(&mut d, b"not json", 0), 0);
+        assert_eq!(decode_json(&mut d, &[0xff, 0xfe, b'{'], 0), 0);
+        assert_eq!(decode_json(&mut d, br#"[{"device_id":"d","ts":5},{"device_id":"e","temp":{"a":1},"ts":6},{"device_id":"f","ts":7}]"#, 0), 2);
+        let b = d.finish().unwrap().unwrap();
+        assert_eq!(b.num_rows(), 4);
+        let ids = b.column(0).as_string::<i32>();
+        assert_eq!((0..4).map(|i| ids.value(i)).collect::<Vec<_>>(), ["a", "b", "d", "f"]);
+        let temps = b.column(1).as_primitive::<Float64Type>();
+        assert_eq!(temps.value(0), 1.5);
+        assert!(temps.is_null(1));
+        assert_eq!(b.column(2).as_primitive::<TimestampMillisecondType>().value(1), 1000);
+        let errs = d.errors.finish().unwrap().unwrap();
+        let why = errs.column(1).as_string::<i32>();
+        assert_eq!(errs.num_rows(), 6, "{why:?}");
+        assert!(why.value(0).contains("'device_id'"), "{}", why.value(0));
+        assert!(why.value(1).contains("expected DOUBLE, got string \"hot\""), "{}", why.value(1));
+        assert!(why.value(2).contains("event time 'ts' is missing"), "{}", why.value(2));
+        assert!(why.value(3).starts_with("not valid JSON"), "{}", why.value(3));
+        assert!(why.value(5).contains("expected a scalar, got an object"), "{}", why.value(5));
+    }
+
+    #[test]
+    fn broken_payload_leaves_no_partial_row() {
+        let mut d = decoder();
+        decode_json(&mut d, br#"{"device_id":"a","temp":1.0,"ts":1}"#, 0);
+        decode_json(&mut d, br#"{"device_id":"x","temp":9.0"#, 0);
+        decode_json(&mut d, br#"{"device_id":"b","ts":2,"temp":2.0}"#, 0);
+        let b = d.finish().unwrap().unwrap();
+        assert_eq!(b.num_rows(), 2);
+        for c in b.columns() {
+            assert_eq!(c.len(), 2);
+        }
+        assert_eq!(b.column(1).as_primitive::<Float64Type>().value(1), 2.0);
+        assert_eq!(b.column(0).as_string::<i32>().value(1), "b");
+    }
+
+    #[test]
+    fn duplicate_keys_last_wins() {
+        let mut d = decoder();
+        decode_json(&mut d, br#"{"device_id":"a","device_id":"bb","ts":1}"#, 0);
+        let b = d.finish().unwrap().unwrap();
+        assert_eq!(b.column(0).as_string::<i32>().value(0), "bb");
+    }
+}

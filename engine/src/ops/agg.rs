@@ -1,0 +1,308 @@
+//! What every aggregating operator shares: the compiled aggregate expressions, group keys encoded
+//! with Arrow's row format, and two accumulator stores:
+//! - [`GroupsAccs`]: DataFusion `GroupsAccumulator`s, one call per batch for all groups, emitted once
+//!   (final results, `EMIT ON WINDOW CLOSE`);
+//! - [`RowAccs`]: one `Accumulator` per group, which can be read again and again (updating results)
+//!   and merged (sessions).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use arrow::datatypes::{FieldRef, SchemaRef};
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion_common::ScalarValue;
+use datafusion_expr::{Accumulator, EmitTo, GroupsAccumulator};
+use datafusion_functions_aggregate_common::aggregate::groups_accumulator::GroupsAccumulatorAdapter;
+use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion_physical_expr::PhysicalExpr;
+
+use crate::error::{EngineError, Result};
+
+/// Where a GROUP BY column of the output comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupCol {
+    /// The i-th evaluated key.
+    Key(usize),
+    WindowStart,
+    WindowEnd,
+}
+
+/// A compiled `GROUP BY ... aggregates` over one input schema.
+pub struct AggregateExprs {
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub key_fields: Vec<FieldRef>,
+    /// Output GROUP BY columns in order.
+    pub group_layout: Vec<GroupCol>,
+    pub aggs: Vec<Arc<AggregateFunctionExpr>>,
+    /// Inputs of each aggregate: its arguments, then its ORDER BY expressions.
+    pub args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    pub output: SchemaRef,
+}
+
+/// Keys and aggregate inputs of one batch, evaluated once.
+pub struct Evaluated {
+    pub keys: Rows,
+    pub args: Vec<Vec<ArrayRef>>,
+    pub filters: Vec<Option<BooleanArray>>,
+}
+
+impl AggregateExprs {
+    pub fn row_converter(&self) -> Result<RowConverter> {
+        let fields = self.key_fields.iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        Ok(RowConverter::new(fields)?)
+    }
+
+    pub fn evaluate(&self, converter: &RowConverter, batch: &RecordBatch) -> Result<Evaluated> {
+        let n = batch.num_rows();
+        let eval = |e: &Arc<dyn PhysicalExpr>| -> Result<ArrayRef> { Ok(e.evaluate(batch)?.into_array(n)?) };
+        let key_cols = self.keys.iter().map(eval).collect::<Result<Vec<_>>>()?;
+        let keys = if key_cols.is_empty() {
+            // No GROUP BY keys: every row has the empty key.
+            let mut rows = converter.empty_rows(n, 0);
+            let empty = converter.convert_columns(&[])?;
+            for _ in 0..n {
+                if let Some(r) = (0..empty.num_rows()).next().map(|i| empty.row(i)) {
+                    rows.push(r);
+                }
+            }
+            rows
+        } else {
+            converter.convert_columns(&key_cols)?
+        };
+        let args = self.args.iter().map(|a| a.iter().map(eval).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
+        let filters = self
+            .filters
+            .iter()
+            .map(|f| match f {
+                None => Ok(None),
+                Some(f) => {
+                    let v = eval(f)?;
+                    let b = v.as_boolean_opt().ok_or_else(|| EngineError::Internal("FILTER is not BOOLEAN".into()))?;
+                    Ok(Some(crate::ops::null_as_false(b)))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Evaluated { keys, args, filters })
+    }
+
+    /// Builds output rows from group columns and aggregate values.
+    pub fn output_batch(
+        &self,
+        key_cols: Vec<ArrayRef>,
+        window: Option<(ArrayRef, ArrayRef)>,
+        values: Vec<ArrayRef>,
+        num_rows: usize,
+    ) -> Result<RecordBatch> {
+        let mut cols = Vec::with_capacity(self.output.fields().len());
+        for g in &self.group_layout {
+            cols.push(match g {
+                GroupCol::Key(i) => key_cols[*i].clone(),
+                GroupCol::WindowStart => window.as_ref().map(|w| w.0.clone()).ok_or_else(no_window)?,
+                GroupCol::WindowEnd => window.as_ref().map(|w| w.1.clone()).ok_or_else(no_window)?,
+            });
+        }
+        cols.extend(values);
+        // Aggregate results may differ in nullability from the planned schema; cast where needed.
+        let cols = cols
+            .into_iter()
+            .zip(self.output.fields())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { arrow::compute::cast(&c, f.data_type()) })
+            .collect::<Result<Vec<_>, _>>()?;
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(num_rows));
+        Ok(RecordBatch::try_new_with_options(self.output.clone(), cols, &options)?)
+    }
+}
+
+fn no_window() -> EngineError {
+    EngineError::Internal("window columns requested from a non-windowed aggregate".into())
+}
+
+/// Group keys of one state (a window, or all of a non-windowed aggregate) mapped to dense indices.
+#[derive(Default)]
+pub struct GroupIndex {
+    map: HashMap<Box<[u8]>, u32, ahash::RandomState>,
+    /// Key bytes per group index (for turning groups back into columns).
+    keys: Vec<Box<[u8]>>,
+}
+
+impl GroupIndex {
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    #[inline]
+    pub fn intern(&mut self, key: &[u8]) -> usize {
+        if let Some(&g) = self.map.get(key) {
+            return g as usize;
+        }
+        let g = self.keys.len();
+        let boxed: Box<[u8]> = key.into();
+        self.map.insert(boxed.clone(), g as u32);
+        self.keys.push(boxed);
+        g
+    }
+
+    /// Key columns of `groups` (all groups, in index order, when `None`).
+    pub fn key_columns(&self, converter: &RowConverter, groups: Option<&[u32]>) -> Result<Vec<ArrayRef>> {
+        let parser = converter.parser();
+        let rows: Vec<_> = match groups {
+            None => self.keys.iter().map(|k| parser.parse(k)).collect(),
+            Some(g) => g.iter().map(|&i| parser.parse(&self.keys[i as usize])).collect(),
+        };
+        Ok(converter.convert_rows(rows)?)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.keys.iter().map(|k| k.len() * 2 + 48).sum()
+    }
+}
+
+fn take_all(arrays: &[ArrayRef], rows: Option<&UInt32Array>) -> Result<Vec<ArrayRef>> {
+    match rows {
+        None => Ok(arrays.to_vec()),
+        Some(r) => arrays.iter().map(|a| Ok(arrow::compute::take(a, r, None)?)).collect(),
+    }
+}
+
+fn take_filter(f: &Option<BooleanArray>, rows: Option<&UInt32Array>) -> Result<Option<BooleanArray>> {
+    match (f, rows) {
+        (None, _) => Ok(None),
+        (Some(f), None) => Ok(Some(f.clone())),
+        (Some(f), Some(r)) => Ok(Some(arrow::compute::take(f, r, None)?.as_boolean().clone())),
+    }
+}
+
+/// One `GroupsAccumulator` per aggregate; results are read once.
+pub struct GroupsAccs {
+    accs: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+impl GroupsAccs {
+    pub fn new(exprs: &AggregateExprs) -> Result<Self> {
+        let accs = exprs
+            .aggs
+            .iter()
+            .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
+                if a.groups_accumulator_supported() {
+                    Ok(a.create_groups_accumulator()?)
+                } else {
+                    let a = a.clone();
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || a.create_accumulator())))
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(GroupsAccs { accs })
+    }
+
+    /// Adds the rows `rows` (all rows when `None`) of `input`; `groups[i]` is the group of the i-th row.
+    pub fn update(&mut self, input: &Evaluated, rows: Option<&UInt32Array>, groups: &[usize], total: usize) -> Result<()> {
+        for (i, acc) in self.accs.iter_mut().enumerate() {
+            let args = take_all(&input.args[i], rows)?;
+            let filter = take_filter(&input.filters[i], rows)?;
+            acc.update_batch(&args, groups, filter.as_ref(), total)?;
+        }
+        Ok(())
+    }
+
+    /// Final values of all groups, in group index order.
+    pub fn evaluate(&mut self) -> Result<Vec<ArrayRef>> {
+        self.accs.iter_mut().map(|a| Ok(a.evaluate(EmitTo::All)?)).collect()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.accs.iter().map(|a| a.size()).sum()
+    }
+}
+
+/// One `Accumulator` per group and aggregate; values can be read any number of times.
+#[derive(Default)]
+pub struct RowAccs {
+    /// `[group][aggregate]`
+    accs: Vec<Vec<Box<dyn Accumulator>>>,
+}
+
+impl RowAccs {
+    pub fn len(&self) -> usize {
+        self.accs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accs.is_empty()
+    }
+
+    pub fn new_group(exprs: &AggregateExprs) -> Result<Vec<Box<dyn Accumulator>>> {
+        exprs.aggs.iter().map(|a| Ok(a.create_accumulator()?)).collect()
+    }
+
+    /// Adds rows to groups: `rows[i]` of `input` belongs to group `groups[i]`.
+    pub fn update(&mut self, exprs: &AggregateExprs, input: &Evaluated, rows: &[u32], groups: &[usize]) -> Result<()> {
+        let needed = groups.iter().copied().max().map(|m| m + 1).unwrap_or(0);
+        while self.accs.len() < needed {
+            self.accs.push(Self::new_group(exprs)?);
+        }
+        // Order rows by group so each group gets one update call.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&i| groups[i]);
+        let mut at = 0;
+        while at < order.len() {
+            let g = groups[order[at]];
+            let mut end = at;
+            while end < order.len() && groups[order[end]] == g {
+                end += 1;
+            }
+            let idx = UInt32Array::from_iter_values(order[at..end].iter().map(|&i| rows[i]));
+            update_group(&mut self.accs[g], input, &idx)?;
+            at = end;
+        }
+        Ok(())
+    }
+
+    /// Current values of `groups`, one column per aggregate.
+    pub fn evaluate(&mut self, exprs: &AggregateExprs, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        let mut cols = Vec::with_capacity(exprs.aggs.len());
+        for a in 0..exprs.aggs.len() {
+            let values = groups
+                .iter()
+                .map(|&g| Ok(self.accs[g as usize][a].evaluate()?))
+                .collect::<Result<Vec<ScalarValue>>>()?;
+            let field = exprs.aggs[a].field();
+            cols.push(if values.is_empty() {
+                arrow::array::new_empty_array(field.data_type())
+            } else {
+                ScalarValue::iter_to_array(values)?
+            });
+        }
+        Ok(cols)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.accs.iter().flatten().map(|a| a.size()).sum()
+    }
+}
+
+/// Adds rows `idx` of `input` to one group's accumulators.
+pub fn update_group(accs: &mut [Box<dyn Accumulator>], input: &Evaluated, idx: &UInt32Array) -> Result<()> {
+    for (a, acc) in accs.iter_mut().enumerate() {
+        let mut args = take_all(&input.args[a], Some(idx))?;
+        if let Some(f) = take_filter(&input.filters[a], Some(idx))? {
+            args = args.iter().map(|c| Ok(arrow::compute::filter(c, &f)?)).collect::<Result<_>>()?;
+        }
+        acc.update_batch(&args)?;
+    }
+    Ok(())
+}
+
+/// Folds `from`'s state into `into` (sessions that merge).
+pub fn merge_group(into: &mut [Box<dyn Accumulator>], from: &mut [Box<dyn Accumulator>]) -> Result<()> {
+    for (a, b) in into.iter_mut().zip(from.iter_mut()) {
+        let state: Vec<ArrayRef> = b.state()?.into_iter().map(|s| s.to_array()).collect::<datafusion_common::Result<_>>()?;
+        a.merge_batch(&state)?;
+    }
+    Ok(())
+}

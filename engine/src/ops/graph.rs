@@ -1,0 +1,141 @@
+//! The dataflow graph: operators as nodes, edges from an output to an input port. Pushing a chunk
+//! into a node runs it and everything downstream, depth first; a node's input watermark is the
+//! minimum of its inputs' watermarks.
+
+use super::{Chunk, Operator};
+use crate::error::Result;
+use crate::time::MIN_TS;
+
+pub type NodeId = usize;
+
+struct Node {
+    op: Box<dyn Operator>,
+    /// Watermark seen on each input port.
+    input_wms: Vec<i64>,
+    /// Minimum over `input_wms` last handed to the operator.
+    in_wm: i64,
+    /// Watermark of the node's output.
+    out_wm: i64,
+    outputs: Vec<(NodeId, usize)>,
+}
+
+#[derive(Default)]
+pub struct Graph {
+    nodes: Vec<Node>,
+}
+
+impl Graph {
+    pub fn add(&mut self, op: Box<dyn Operator>, inputs: usize) -> NodeId {
+        self.nodes.push(Node {
+            op,
+            input_wms: vec![MIN_TS; inputs.max(1)],
+            in_wm: MIN_TS,
+            out_wm: MIN_TS,
+            outputs: vec![],
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Connects the output of `from` to input `port` of `to`.
+    pub fn connect(&mut self, from: NodeId, to: NodeId, port: usize) {
+        self.nodes[from].outputs.push((to, port));
+        if self.nodes[to].input_wms.len() <= port {
+            self.nodes[to].input_wms.resize(port + 1, MIN_TS);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn name(&self, id: NodeId) -> String {
+        self.nodes[id].op.name()
+    }
+
+    pub fn watermark(&self, id: NodeId) -> i64 {
+        self.nodes[id].out_wm
+    }
+
+    pub fn state_bytes(&self) -> usize {
+        self.nodes.iter().map(|n| n.op.state_bytes()).sum()
+    }
+
+    /// Opens every operator's outputs (sinks).
+    pub fn start_all(&mut self) -> Result<()> {
+        self.nodes.iter_mut().try_for_each(|n| n.op.start())
+    }
+
+    /// Flushes every operator (sinks).
+    pub fn finish_all(&mut self) -> Result<()> {
+        self.nodes.iter_mut().try_for_each(|n| n.op.finish())
+    }
+
+    /// Runs `chunk` through node `id` (input `port`) and everything downstream of it.
+    pub fn push(&mut self, id: NodeId, port: usize, chunk: Chunk) -> Result<()> {
+        if chunk.num_rows() == 0 {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        self.nodes[id].op.on_chunk(port, chunk, &mut out)?;
+        self.forward(id, out)
+    }
+
+    fn forward(&mut self, id: NodeId, out: Vec<Chunk>) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let targets = self.nodes[id].outputs.clone();
+        for chunk in out {
+            for &(t, p) in &targets {
+                self.push(t, p, chunk.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Raises the watermark on input `port` of node `id`; watermarks never go back.
+    pub fn advance(&mut self, id: NodeId, port: usize, wm: i64) -> Result<()> {
+        let node = &mut self.nodes[id];
+        if wm <= node.input_wms[port] {
+            return Ok(());
+        }
+        node.input_wms[port] = wm;
+        let min = node.input_wms.iter().copied().min().unwrap_or(wm);
+        if min <= node.in_wm {
+            return Ok(());
+        }
+        node.in_wm = min;
+        let mut out = Vec::new();
+        let out_wm = node.op.on_watermark(min, &mut out)?;
+        self.forward(id, out)?;
+        let node = &mut self.nodes[id];
+        if out_wm > node.out_wm {
+            node.out_wm = out_wm;
+            let targets = node.outputs.clone();
+            for (t, p) in targets {
+                self.advance(t, p, out_wm)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Forwards rows and watermarks unchanged (a source's outputs).
+pub struct Passthrough(pub String);
+
+impl Operator for Passthrough {
+    fn name(&self) -> String {
+        self.0.clone()
+    }
+    fn on_chunk(&mut self, _port: usize, chunk: Chunk, out: &mut Vec<Chunk>) -> Result<()> {
+        out.push(chunk);
+        Ok(())
+    }
+    fn on_watermark(&mut self, wm: i64, _out: &mut Vec<Chunk>) -> Result<i64> {
+        Ok(wm)
+    }
+}

@@ -1,0 +1,94 @@
+//! Streaming operators and the dataflow graph that connects them.
+//!
+//! Rows move as Arrow batches ([`Chunk`]); an updating stream also carries a [`RowKind`] per row.
+//! Operators are single-threaded and deterministic: the same chunks and watermarks in the same order
+//! give the same output. They do no I/O (sinks are the graph's leaves and live in `connector`).
+
+pub mod calc;
+pub mod graph;
+pub mod group_agg;
+pub mod agg;
+pub mod session;
+pub mod window;
+pub mod window_agg;
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+
+use crate::error::Result;
+
+/// What a row of an updating stream does to the result, keyed by the stream's key columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RowKind {
+    /// The row for its key is now this (first or changed value).
+    Upsert = 0,
+    /// The key no longer has a row.
+    Delete = 1,
+}
+
+/// A batch of rows; `kinds` is `None` for append-only streams.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub batch: RecordBatch,
+    pub kinds: Option<Arc<[RowKind]>>,
+}
+
+impl Chunk {
+    pub fn append(batch: RecordBatch) -> Self {
+        Chunk { batch, kinds: None }
+    }
+    pub fn num_rows(&self) -> usize {
+        self.batch.num_rows()
+    }
+}
+
+/// A streaming operator. The graph calls it with the rows of its inputs and with the combined
+/// (minimum) watermark of its inputs; it pushes its output into `out`.
+pub trait Operator: Send {
+    fn name(&self) -> String;
+    /// New rows on input `port`.
+    fn on_chunk(&mut self, port: usize, chunk: Chunk, out: &mut Vec<Chunk>) -> Result<()>;
+    /// The input watermark advanced to `wm`; returns the watermark of this operator's output.
+    fn on_watermark(&mut self, wm: i64, out: &mut Vec<Chunk>) -> Result<i64>;
+    /// Opens what the operator writes to (sinks); called once before the first row.
+    fn start(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Flushes what the operator wrote (sinks); called when the pipeline ends.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Bytes of state held (approximate), for limits and metrics.
+    fn state_bytes(&self) -> usize {
+        0
+    }
+}
+
+/// A filter mask where NULL counts as false.
+pub fn null_as_false(b: &arrow::array::BooleanArray) -> arrow::array::BooleanArray {
+    use arrow::array::Array;
+    if b.null_count() == 0 {
+        b.clone()
+    } else {
+        arrow::compute::prep_null_mask_filter(b)
+    }
+}
+
+/// Limits on operator state. Reaching one stops the pipeline with a clear error; nothing is dropped.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open windows per windowed operator.
+    pub max_open_windows: usize,
+    /// Groups (keys) per operator, summed over its open windows.
+    pub max_groups: usize,
+    /// Rows per batch a source hands to the graph.
+    pub batch_rows: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_open_windows: 100_000, max_groups: 5_000_000, batch_rows: 8192 }
+    }
+}

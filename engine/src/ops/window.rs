@@ -1,0 +1,70 @@
+//! Window assignment for `TUMBLE`, `HOP` and `CUMULATE`: appends `window_start` and `window_end`,
+//! repeating a row once for every window that holds it. Stateless; watermarks pass unchanged.
+
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+
+use super::{Chunk, Operator};
+use crate::error::{EngineError, Result};
+use crate::sql::tvf::WindowSpec;
+
+pub struct WindowAssign {
+    pub spec: WindowSpec,
+    pub time_col: usize,
+    pub schema: SchemaRef,
+    indices: Vec<u32>,
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+}
+
+impl WindowAssign {
+    pub fn new(spec: WindowSpec, time_col: usize, schema: SchemaRef) -> Self {
+        WindowAssign { spec, time_col, schema, indices: vec![], starts: vec![], ends: vec![] }
+    }
+}
+
+impl Operator for WindowAssign {
+    fn name(&self) -> String {
+        format!("{} window", self.spec.name())
+    }
+
+    fn on_chunk(&mut self, _port: usize, chunk: Chunk, out: &mut Vec<Chunk>) -> Result<()> {
+        if chunk.kinds.is_some() {
+            return Err(EngineError::Internal("window TVF over an updating stream".into()));
+        }
+        let batch = chunk.batch;
+        let ts = batch.column(self.time_col).as_primitive::<TimestampMillisecondType>();
+        self.indices.clear();
+        self.starts.clear();
+        self.ends.clear();
+        for (i, t) in ts.iter().enumerate() {
+            // Rows without a time belong to no window.
+            let Some(t) = t else { continue };
+            self.spec.for_each_window(t, |s, e| {
+                self.indices.push(i as u32);
+                self.starts.push(s);
+                self.ends.push(e);
+            });
+        }
+        if self.indices.is_empty() {
+            return Ok(());
+        }
+        let mut cols = if self.indices.len() == batch.num_rows() && self.indices.iter().enumerate().all(|(i, &j)| i as u32 == j) {
+            batch.columns().to_vec()
+        } else {
+            let idx = UInt32Array::from(std::mem::take(&mut self.indices));
+            let taken = arrow::compute::take_record_batch(&batch, &idx)?;
+            taken.columns().to_vec()
+        };
+        cols.push(Arc::new(TimestampMillisecondArray::from(std::mem::take(&mut self.starts))));
+        cols.push(Arc::new(TimestampMillisecondArray::from(std::mem::take(&mut self.ends))));
+        out.push(Chunk::append(RecordBatch::try_new(self.schema.clone(), cols)?));
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, wm: i64, _out: &mut Vec<Chunk>) -> Result<i64> {
+        Ok(wm)
+    }
+}

@@ -1,0 +1,647 @@
+//! A pipeline: the statements of one SQL file planned into one dataflow graph, with its sources'
+//! readers and its sinks, and the loops that run it (replay: read every source to its end, then close
+//! every window; live: poll sources until stopped).
+//!
+//! Sources apply the spec's lateness rule row by row, in arrival order: before row i the watermark is
+//! `max(accepted ts before i) - delay`, and a row below it is late. Batches never change the result.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{Field, Schema, SchemaRef, TimestampMillisecondType};
+
+use crate::connector::datagen::{Datagen, DatagenConfig};
+use crate::connector::file::{FileSource, DEFAULT_MAX_LINE};
+use crate::connector::sink::{Sink, SinkMode, SinkTarget};
+use crate::connector::{self, Poll, SourceReader};
+use crate::error::{EngineError, Result, SqlPos};
+use crate::format::decode::{errors_schema, DecodeColumn, RowDecoder};
+use crate::format::Format;
+use crate::ops::graph::{Graph, NodeId, Passthrough};
+use crate::ops::{Chunk, Limits};
+use crate::plan::{Planner, Stream};
+use crate::sql::catalog::{Catalog, RelationKind};
+use crate::sql::ddl::{self, ObjectKind, Options, PositionedStatement, RelationDef, SinkInput, Statement};
+use crate::sql::tvf::{errors_name, late_name};
+use crate::time::{MAX_TS, MIN_TS};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Bounded input; event time goes to +inf at the end.
+    Replay,
+    /// Sources are polled until stopped; processing time follows the wall clock.
+    Live,
+}
+
+/// How to build a pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Relative paths resolve against this directory (the SQL file's).
+    pub base_dir: PathBuf,
+    pub mode: Mode,
+    /// `--input SOURCE=FILE`: read this JSON-lines file instead of the source's connector.
+    pub inputs: HashMap<String, PathBuf>,
+    /// `--output SINK=FILE`: write this JSON-lines file instead of the sink's connector.
+    pub outputs: HashMap<String, PathBuf>,
+    pub limits: Limits,
+    /// How long the live loop sleeps when no source has anything.
+    pub idle_sleep: Duration,
+}
+
+impl PipelineConfig {
+    pub fn new(base_dir: impl Into<PathBuf>, mode: Mode) -> Self {
+        PipelineConfig {
+            base_dir: base_dir.into(),
+            mode,
+            inputs: HashMap::new(),
+            outputs: HashMap::new(),
+            limits: Limits::default(),
+            idle_sleep: Duration::from_millis(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnError {
+    Skip,
+    Fail,
+}
+
+enum ReaderSpec {
+    File { path: PathBuf, format: Format, follow: bool, max_line: usize },
+    Datagen(DatagenConfig),
+}
+
+/// Counts of one source.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SourceStats {
+    pub accepted: u64,
+    pub late: u64,
+    pub errors: u64,
+}
+
+struct SourceRuntime {
+    name: String,
+    spec: ReaderSpec,
+    reader: Option<Box<dyn SourceReader>>,
+    decoder: RowDecoder,
+    time_col: Option<usize>,
+    delay: i64,
+    /// Largest accepted event time (MIN_TS before the first row).
+    max_ts: i64,
+    /// Watermark raised by idleness (`watermark.idle_timeout`).
+    idle_floor: i64,
+    idle_timeout: Option<i64>,
+    last_row: Instant,
+    on_error: OnError,
+    batch_rows: usize,
+    main: NodeId,
+    late: NodeId,
+    errors: NodeId,
+    ended: bool,
+    stats: SourceStats,
+}
+
+impl SourceRuntime {
+    fn watermark(&self) -> i64 {
+        let from_rows = if self.max_ts == MIN_TS { MIN_TS } else { self.max_ts.saturating_sub(self.delay) };
+        from_rows.max(self.idle_floor)
+    }
+
+    /// Splits a decoded batch into accepted and late rows by the spec's rule, row by row.
+    fn split_late(&mut self, batch: RecordBatch) -> Result<(Option<RecordBatch>, Option<RecordBatch>)> {
+        let Some(tc) = self.time_col else { return Ok((Some(batch), None)) };
+        let ts = batch.column(tc).as_primitive::<TimestampMillisecondType>();
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        let mut late = 0usize;
+        for i in 0..ts.len() {
+            let t = ts.value(i);
+            let w = self.watermark();
+            if t < w {
+                keep.push(false);
+                late += 1;
+            } else {
+                keep.push(true);
+                self.max_ts = self.max_ts.max(t);
+            }
+        }
+        if late == 0 {
+            return Ok((Some(batch), None));
+        }
+        let mask = BooleanArray::from(keep);
+        let late_rows = filter_record_batch(&batch, &arrow::compute::not(&mask)?)?;
+        let accepted = if late == batch.num_rows() { None } else { Some(filter_record_batch(&batch, &mask)?) };
+        Ok((accepted, Some(late_rows)))
+    }
+}
+
+/// What a pipeline defines, for `eddyd check` and logs.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub sources: Vec<String>,
+    pub tables: Vec<String>,
+    pub views: Vec<String>,
+    /// (name, updating)
+    pub sinks: Vec<(String, bool)>,
+}
+
+pub struct Pipeline {
+    graph: Graph,
+    sources: Vec<SourceRuntime>,
+    sinks: Vec<(String, NodeId)>,
+    summary: Summary,
+    mode: Mode,
+    idle_sleep: Duration,
+    started: bool,
+}
+
+fn sql_err(pos: SqlPos, message: impl Into<String>) -> EngineError {
+    EngineError::Sql { pos, message: message.into() }
+}
+
+/// Puts the statement's position on planning errors that have none.
+fn at(pos: SqlPos, e: EngineError) -> EngineError {
+    match e {
+        EngineError::DataFusion(d) => {
+            let msg = d.to_string();
+            let msg = msg.strip_prefix("Error during planning: ").unwrap_or(&msg).to_string();
+            sql_err(pos, msg)
+        }
+        EngineError::Arrow(a) => sql_err(pos, a.to_string()),
+        other => other,
+    }
+}
+
+/// Drops `CREATE ... ; DROP ...` pairs, checking that nothing left depends on what is dropped.
+fn resolve_drops(stmts: Vec<PositionedStatement>) -> Result<Vec<PositionedStatement>> {
+    let mut out: Vec<PositionedStatement> = Vec::new();
+    for s in stmts {
+        if let Statement::Drop { kind, name, if_exists } = &s.statement {
+            let found = out.iter().position(|p| created(&p.statement) == Some((*kind, name.as_str())));
+            match found {
+                Some(i) => {
+                    out.remove(i);
+                }
+                None if *if_exists => {}
+                None => return Err(sql_err(s.pos, format!("DROP {}: no {} named '{name}'", kind.sql(), kind.sql()))),
+            }
+            continue;
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+fn created(s: &Statement) -> Option<(ObjectKind, &str)> {
+    match s {
+        Statement::CreateSource(r) => Some((ObjectKind::Source, &r.name)),
+        Statement::CreateTable(r) => Some((ObjectKind::Table, &r.name)),
+        Statement::CreateView { name, .. } => Some((ObjectKind::View, name)),
+        Statement::CreateSink { name, .. } => Some((ObjectKind::Sink, name)),
+        Statement::Drop { .. } => None,
+    }
+}
+
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn format_option(ctx: &str, options: &Options, default: Format) -> Result<Format> {
+    match options.get("format") {
+        None => Ok(default),
+        Some(f) => Format::parse(f)
+            .ok_or_else(|| EngineError::options(ctx, format!("unknown format '{f}' (valid formats: {})", Format::NAMES.join(", ")))),
+    }
+}
+
+/// Decoder columns and arrow schema of a source or table definition.
+fn relation_columns(def: &RelationDef, pos: SqlPos) -> Result<(Vec<DecodeColumn>, Option<usize>)> {
+    let mut cols = Vec::new();
+    for c in &def.columns {
+        let t = crate::types::arrow_type(&c.sql_type).map_err(|m| sql_err(c.pos, format!("column '{}': {m}", c.name)))?;
+        cols.push(DecodeColumn { name: c.name.clone(), data_type: t, nullable: !c.not_null, metadata_key: c.metadata_key.clone() });
+    }
+    for k in &def.primary_key {
+        if !cols.iter().any(|c| &c.name == k) {
+            return Err(sql_err(pos, format!("PRIMARY KEY column '{k}' is not a column of '{}'", def.name)));
+        }
+    }
+    let time_col = match &def.watermark {
+        None => None,
+        Some(w) => {
+            let i = cols
+                .iter()
+                .position(|c| c.name == w.column)
+                .ok_or_else(|| sql_err(w.pos, format!("WATERMARK FOR '{}': no such column", w.column)))?;
+            if !crate::plan::is_time_type(&cols[i].data_type) {
+                return Err(sql_err(w.pos, format!("WATERMARK FOR '{}': the column must be TIMESTAMP(3)", w.column)));
+            }
+            Some(i)
+        }
+    };
+    Ok((cols, time_col))
+}
+
+/// Delay of `WATERMARK FOR ts AS ts - INTERVAL 'd'` (or `AS ts`).
+fn watermark_delay(def: &RelationDef) -> Result<i64> {
+    use datafusion_sql::sqlparser::ast::{BinaryOperator, Expr as E};
+    let Some(w) = &def.watermark else { return Ok(0) };
+    let is_col = |e: &E| matches!(e, E::Identifier(i) if i.value.eq_ignore_ascii_case(&w.column));
+    let bad = || sql_err(w.pos, format!("WATERMARK FOR {c} AS {c} - INTERVAL '...' expected, found {}", w.expr, c = w.column));
+    match &w.expr {
+        e if is_col(e) => Ok(0),
+        E::BinaryOp { left, op: BinaryOperator::Minus, right } if is_col(left) => {
+            let d = ddl::interval_literal_ms(right).map_err(|m| sql_err(w.pos, m))?;
+            if d < 0 {
+                return Err(sql_err(w.pos, "the watermark delay cannot be negative"));
+            }
+            Ok(d)
+        }
+        _ => Err(bad()),
+    }
+}
+
+impl Pipeline {
+    /// Parses and plans `sql`. Opens nothing: files are opened by [`Pipeline::start`].
+    pub fn plan(sql: &str, cfg: &PipelineConfig) -> Result<Pipeline> {
+        let stmts = resolve_drops(ddl::parse_pipeline(sql)?)?;
+        let mut catalog = Catalog::new();
+        let mut graph = Graph::default();
+        let mut relations: HashMap<String, Stream> = HashMap::new();
+        let mut names: HashSet<String> = HashSet::new();
+        let mut sources = Vec::new();
+        let mut sinks = Vec::new();
+        let mut summary = Summary::default();
+        for PositionedStatement { pos, statement } in &stmts {
+            let pos = *pos;
+            if let Some((kind, name)) = created(statement) {
+                if !names.insert(name.to_string()) {
+                    return Err(sql_err(pos, format!("'{name}' is already defined; a {} needs a name of its own", kind.sql())));
+                }
+            }
+            match statement {
+                Statement::CreateSource(def) => {
+                    let src = Self::plan_source(def, pos, cfg, &mut catalog, &mut graph, &mut relations)?;
+                    summary.sources.push(def.name.clone());
+                    sources.push(src);
+                }
+                Statement::CreateTable(def) => {
+                    connector::check_options("table", &def.name, &def.options).map_err(|e| at(pos, e))?;
+                    let (cols, _) = relation_columns(def, pos)?;
+                    let schema = Arc::new(Schema::new(
+                        cols.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
+                    ));
+                    catalog.add(&def.name, RelationKind::Table, schema);
+                    summary.tables.push(def.name.clone());
+                }
+                Statement::CreateView { name, query, emit } => {
+                    let mut planner = Planner::new(&catalog, &mut graph, &relations, cfg.limits);
+                    let (stream, _) = planner.plan_query(query, *emit).map_err(|e| at(pos, e))?;
+                    catalog.add(name, RelationKind::View, stream.schema.clone());
+                    relations.insert(name.clone(), stream);
+                    summary.views.push(name.clone());
+                }
+                Statement::CreateSink { name, input, options } => {
+                    let (stream, id) = Self::plan_sink(name, input, options, pos, cfg, &catalog, &mut graph, &relations)?;
+                    summary.sinks.push((name.clone(), stream.updating));
+                    sinks.push((name.clone(), id));
+                }
+                Statement::Drop { .. } => {}
+            }
+        }
+        for (name, path) in &cfg.inputs {
+            if !summary.sources.contains(name) {
+                return Err(EngineError::options("--input", format!("no source named '{name}' (sources: {})", summary.sources.join(", "))));
+            }
+            let _ = path;
+        }
+        for name in cfg.outputs.keys() {
+            if !summary.sinks.iter().any(|(s, _)| s == name) {
+                let known: Vec<&str> = summary.sinks.iter().map(|(s, _)| s.as_str()).collect();
+                return Err(EngineError::options("--output", format!("no sink named '{name}' (sinks: {})", known.join(", "))));
+            }
+        }
+        Ok(Pipeline { graph, sources, sinks, summary, mode: cfg.mode, idle_sleep: cfg.idle_sleep, started: false })
+    }
+
+    fn plan_source(
+        def: &RelationDef,
+        pos: SqlPos,
+        cfg: &PipelineConfig,
+        catalog: &mut Catalog,
+        graph: &mut Graph,
+        relations: &mut HashMap<String, Stream>,
+    ) -> Result<SourceRuntime> {
+        let ctx = format!("source '{}'", def.name);
+        let connector = connector::check_options("source", &def.name, &def.options).map_err(|e| at(pos, e))?;
+        let (cols, time_col) = relation_columns(def, pos)?;
+        if let Some(c) = cols.iter().find(|c| c.metadata_key.is_some()) {
+            return Err(sql_err(pos, format!("column '{}': connector '{connector}' provides no metadata", c.name)));
+        }
+        let delay = watermark_delay(def)?;
+        let o = &def.options;
+        let on_error = match o.get("on_error").map(|v| v.to_ascii_lowercase()) {
+            None => OnError::Skip,
+            Some(v) if v == "skip" => OnError::Skip,
+            Some(v) if v == "fail" => OnError::Fail,
+            Some(v) => return Err(EngineError::options(ctx, format!("on_error '{v}': valid values are skip, fail"))),
+        };
+        let idle_timeout = connector::duration_option(&ctx, o, "watermark.idle_timeout")?;
+        let batch_rows = connector::num_option::<usize>(&ctx, o, "batch_rows")?.unwrap_or(cfg.limits.batch_rows).clamp(1, 1 << 20);
+        let spec = match cfg.inputs.get(&def.name) {
+            Some(path) => ReaderSpec::File { path: path.clone(), format: Format::Json, follow: false, max_line: DEFAULT_MAX_LINE },
+            None => match connector.as_str() {
+                "file" => {
+                    let path = o.get("path").ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
+                    ReaderSpec::File {
+                        path: resolve_path(&cfg.base_dir, path),
+                        format: format_option(&ctx, o, Format::Json)?,
+                        follow: connector::bool_option(&ctx, o, "follow", false)? && cfg.mode == Mode::Live,
+                        max_line: connector::num_option(&ctx, o, "max_line_bytes")?.unwrap_or(DEFAULT_MAX_LINE),
+                    }
+                }
+                _ => {
+                    let dg = DatagenConfig::from_options(&ctx, o)?;
+                    if cfg.mode == Mode::Replay && dg.rows.is_none() {
+                        return Err(EngineError::options(ctx, "replay reads bounded input: set option 'rows' on a datagen source"));
+                    }
+                    ReaderSpec::Datagen(dg)
+                }
+            },
+        };
+        if let ReaderSpec::File { format: Format::Raw, .. } = spec {
+            let payload_cols = cols.iter().filter(|c| c.metadata_key.is_none()).count();
+            if payload_cols != 1 {
+                return Err(EngineError::options(ctx, "format 'raw' needs exactly one payload column (payload BYTEA or VARCHAR)"));
+            }
+        }
+        let decoder = RowDecoder::new(cols, time_col).map_err(|m| sql_err(pos, m))?;
+        let schema: SchemaRef = decoder.schema.clone();
+        catalog.add(&def.name, RelationKind::Source, schema.clone());
+        catalog.add(&late_name(&def.name), RelationKind::Late(def.name.clone()), schema.clone());
+        catalog.add(&errors_name(&def.name), RelationKind::Errors(def.name.clone()), errors_schema());
+        let main = graph.add(Box::new(Passthrough(format!("source {}", def.name))), 1);
+        let late = graph.add(Box::new(Passthrough(format!("LATE({})", def.name))), 1);
+        let errors = graph.add(Box::new(Passthrough(format!("ERRORS({})", def.name))), 1);
+        let plain = |node, schema: SchemaRef, time_cols| Stream {
+            node,
+            schema,
+            time_cols,
+            window: None,
+            pending_session: None,
+            updating: false,
+            key: None,
+        };
+        relations.insert(def.name.clone(), plain(main, schema.clone(), time_col.map(|c| vec![(c, 0)]).unwrap_or_default()));
+        relations.insert(late_name(&def.name), plain(late, schema, vec![]));
+        relations.insert(errors_name(&def.name), plain(errors, errors_schema(), vec![]));
+        Ok(SourceRuntime {
+            name: def.name.clone(),
+            spec,
+            reader: None,
+            decoder,
+            time_col,
+            delay,
+            max_ts: MIN_TS,
+            idle_floor: MIN_TS,
+            idle_timeout,
+            last_row: Instant::now(),
+            on_error,
+            batch_rows,
+            main,
+            late,
+            errors,
+            ended: false,
+            stats: SourceStats::default(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn plan_sink(
+        name: &str,
+        input: &SinkInput,
+        options: &Options,
+        pos: SqlPos,
+        cfg: &PipelineConfig,
+        catalog: &Catalog,
+        graph: &mut Graph,
+        relations: &HashMap<String, Stream>,
+    ) -> Result<(Stream, NodeId)> {
+        let ctx = format!("sink '{name}'");
+        let connector = connector::check_options("sink", name, options).map_err(|e| at(pos, e))?;
+        let stream = match input {
+            SinkInput::Relation(r) => match catalog.relation(r).map(|s| &s.kind) {
+                Some(RelationKind::Source | RelationKind::View) => relations.get(r).cloned().ok_or_else(|| EngineError::Internal(format!("no stream for {r}")))?,
+                Some(RelationKind::Table) => return Err(sql_err(pos, format!("'{r}' is a reference TABLE, not a stream"))),
+                _ => return Err(sql_err(pos, format!("unknown relation '{r}'"))),
+            },
+            SinkInput::Query { query, emit } => {
+                let mut planner = Planner::new(catalog, graph, relations, cfg.limits);
+                planner.plan_query(query, *emit).map_err(|e| at(pos, e))?.0
+            }
+        };
+        let mode = match options.get("type").map(|t| t.to_ascii_lowercase()) {
+            None => SinkMode::Append,
+            Some(t) if t == "append" || t == "append-only" => SinkMode::Append,
+            Some(t) if t == "upsert" => SinkMode::Upsert,
+            Some(t) => return Err(EngineError::options(ctx, format!("type '{t}': valid types are append, upsert"))),
+        };
+        let columns: Vec<String> = stream.schema.fields().iter().map(|f| f.name().clone()).collect();
+        if let Some(pk) = options.get("primary_key") {
+            for k in pk.split(',').map(str::trim) {
+                if !columns.iter().any(|c| c == k) {
+                    return Err(EngineError::options(ctx, format!("primary_key column '{k}' is not an output column ({})", columns.join(", "))));
+                }
+            }
+        }
+        if stream.updating && mode == SinkMode::Append {
+            return Err(sql_err(
+                pos,
+                format!(
+                    "sink '{name}': the query gives an updating result (a non-windowed GROUP BY, or EMIT ON UPDATE / EVERY), which an append-only sink cannot hold; add type = 'upsert' to the sink's options"
+                ),
+            ));
+        }
+        if mode == SinkMode::Upsert && options.get("primary_key").is_none() && stream.key.is_none() {
+            return Err(EngineError::options(
+                ctx,
+                "an upsert sink needs a key: set primary_key = 'col,...' or project every GROUP BY column",
+            ));
+        }
+        let target = match cfg.outputs.get(name) {
+            Some(p) => SinkTarget::File(p.clone()),
+            None => match connector.as_str() {
+                "file" => {
+                    let path = options.get("path").ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
+                    if format_option(&ctx, options, Format::Json)? != Format::Json {
+                        return Err(EngineError::options(ctx, "file sinks write format 'json'"));
+                    }
+                    SinkTarget::File(resolve_path(&cfg.base_dir, path))
+                }
+                _ => SinkTarget::Console,
+            },
+        };
+        let id = graph.add(Box::new(Sink::new(name, target, mode, columns)), 1);
+        graph.connect(stream.node, id, 0);
+        Ok((stream, id))
+    }
+
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// Opens sources and sinks.
+    pub fn start(&mut self) -> Result<()> {
+        if self.started {
+            return Ok(());
+        }
+        for s in &mut self.sources {
+            s.reader = Some(match &s.spec {
+                ReaderSpec::File { path, format, follow, max_line } => Box::new(FileSource::open(path, *format, *follow, *max_line)?),
+                ReaderSpec::Datagen(cfg) => Box::new(Datagen::new(cfg.clone())),
+            });
+            s.last_row = Instant::now();
+        }
+        self.graph.start_all()?;
+        self.started = true;
+        Ok(())
+    }
+
+    /// Polls every source once and runs what they produced. Returns whether anything was read.
+    pub fn step(&mut self) -> Result<bool> {
+        self.start()?;
+        let mut any = false;
+        let now = crate::time::now_ms();
+        for i in 0..self.sources.len() {
+            if self.sources[i].ended {
+                continue;
+            }
+            let (max_rows, poll) = {
+                let s = &mut self.sources[i];
+                let reader = s.reader.as_mut().ok_or_else(|| EngineError::Internal("source not started".into()))?;
+                (s.batch_rows, reader.poll(&mut s.decoder, s.batch_rows))
+            };
+            let _ = max_rows;
+            let poll = poll?;
+            any |= poll == Poll::Rows;
+            self.run_source_output(i, now)?;
+            if poll == Poll::End {
+                self.end_source(i)?;
+            } else if self.mode == Mode::Live {
+                self.live_watermarks(i, now, poll == Poll::Rows)?;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Pushes the decoded rows of source `i` into the graph.
+    fn run_source_output(&mut self, i: usize, _now: i64) -> Result<()> {
+        let s = &mut self.sources[i];
+        if let Some(errors) = s.decoder.errors.finish()? {
+            s.stats.errors += errors.num_rows() as u64;
+            if s.on_error == OnError::Fail {
+                let raw = errors.column(0).as_string::<i32>().value(0).to_string();
+                let message = errors.column(1).as_string::<i32>().value(0).to_string();
+                return Err(EngineError::BadRow { source_name: s.name.clone(), message, raw });
+            }
+            let node = s.errors;
+            self.graph.push(node, 0, Chunk::append(errors))?;
+        }
+        let s = &mut self.sources[i];
+        let Some(batch) = s.decoder.finish()? else { return Ok(()) };
+        s.last_row = Instant::now();
+        let (accepted, late) = s.split_late(batch)?;
+        let (main, late_node, wm) = (s.main, s.late, s.watermark());
+        if let Some(a) = accepted {
+            self.sources[i].stats.accepted += a.num_rows() as u64;
+            self.graph.push(main, 0, Chunk::append(a))?;
+        }
+        if let Some(l) = late {
+            self.sources[i].stats.late += l.num_rows() as u64;
+            self.graph.push(late_node, 0, Chunk::append(l))?;
+        }
+        if self.sources[i].time_col.is_some() {
+            self.graph.advance(main, 0, wm)?;
+        }
+        Ok(())
+    }
+
+    /// Live mode: processing-time watermarks and idle timeouts.
+    fn live_watermarks(&mut self, i: usize, now: i64, _got_rows: bool) -> Result<()> {
+        let s = &mut self.sources[i];
+        let (main, late, errors) = (s.main, s.late, s.errors);
+        if s.time_col.is_none() {
+            self.graph.advance(main, 0, now)?;
+        } else if let Some(timeout) = s.idle_timeout {
+            let idle = s.last_row.elapsed().as_millis() as i64;
+            if idle >= timeout && s.max_ts != MIN_TS {
+                // Event time moves on with the wall clock while the source is silent.
+                let floor = s.max_ts.saturating_sub(s.delay).saturating_add(idle);
+                if floor > s.idle_floor {
+                    s.idle_floor = floor;
+                    let wm = s.watermark();
+                    self.graph.advance(main, 0, wm)?;
+                }
+            }
+        }
+        self.graph.advance(late, 0, now)?;
+        self.graph.advance(errors, 0, now)?;
+        Ok(())
+    }
+
+    /// A source ended: its watermark becomes +inf, closing what depends only on ended inputs.
+    fn end_source(&mut self, i: usize) -> Result<()> {
+        let s = &mut self.sources[i];
+        s.ended = true;
+        let nodes = [s.main, s.late, s.errors];
+        tracing::debug!(source = %s.name, accepted = s.stats.accepted, late = s.stats.late, errors = s.stats.errors, "source ended");
+        for n in nodes {
+            self.graph.advance(n, 0, MAX_TS)?;
+        }
+        Ok(())
+    }
+
+    pub fn all_ended(&self) -> bool {
+        self.sources.iter().all(|s| s.ended)
+    }
+
+    /// Replay: reads every source to its end, closes every window, flushes every sink.
+    pub fn run_to_end(&mut self) -> Result<()> {
+        while !self.all_ended() {
+            self.step()?;
+        }
+        self.graph.finish_all()
+    }
+
+    /// Live: runs until `stop` is set, or until every source has ended.
+    pub fn run_live(&mut self, stop: &AtomicBool) -> Result<()> {
+        while !stop.load(Ordering::Relaxed) && !self.all_ended() {
+            if !self.step()? {
+                std::thread::sleep(self.idle_sleep);
+            }
+        }
+        self.graph.finish_all()
+    }
+
+    pub fn source_stats(&self) -> Vec<(String, SourceStats)> {
+        self.sources.iter().map(|s| (s.name.clone(), s.stats)).collect()
+    }
+
+    pub fn sink_names(&self) -> Vec<String> {
+        self.sinks.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    pub fn state_bytes(&self) -> usize {
+        self.graph.state_bytes()
+    }
+}

@@ -1,0 +1,479 @@
+//! Streaming planner: turns a query's DataFusion logical plan into operators of the graph.
+//!
+//! DataFusion parses, resolves names and coerces types (its SQL planner and analyzer); this module
+//! decides how each logical node runs on an unbounded stream and tracks, for every planned stream,
+//! which columns carry a watermark and how far behind the stream's watermark they lag, whether the
+//! stream is updating and by which key. It refuses what it cannot run with a clear error.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion_common::tree_node::{Transformed, TreeNode};
+use datafusion_common::{Column, DFSchema};
+use datafusion_expr::execution_props::ExecutionProps;
+use datafusion_expr::expr::{AggregateFunction, Sort};
+use datafusion_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion_expr::{Aggregate, Expr, ExprSchemable, LogicalPlan};
+use datafusion_optimizer::Analyzer;
+use datafusion_physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion_physical_expr::{create_physical_expr, PhysicalExpr};
+use datafusion_sql::planner::SqlToRel;
+use datafusion_sql::sqlparser::ast::{Query, Statement as SqlStatement};
+
+use crate::error::{EngineError, Result};
+use crate::ops::agg::{AggregateExprs, GroupCol};
+use crate::ops::calc::Calc;
+use crate::ops::graph::{Graph, NodeId, Passthrough};
+use crate::ops::group_agg::GroupAggregate;
+use crate::ops::session::SessionAggregate;
+use crate::ops::window::WindowAssign;
+use crate::ops::window_agg::WindowAggregate;
+use crate::ops::Limits;
+use crate::sql::catalog::{Catalog, RelationKind, RelationSource};
+use crate::sql::ddl::Emit;
+use crate::sql::tvf::{WindowSpec, WindowTvf};
+
+/// Window columns a stream's rows carry from a window TVF.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowCols {
+    pub start: usize,
+    pub end: usize,
+    pub time_col: usize,
+    pub spec: WindowSpec,
+}
+
+/// A planned stream: where its rows come from and what is known about them.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    /// The node whose output carries this stream; `None` for a SESSION TVF (its aggregation is
+    /// planned with the GROUP BY above it).
+    pub node: NodeId,
+    pub schema: SchemaRef,
+    /// Columns with a watermark: (column, lag behind the stream's watermark in ms).
+    pub time_cols: Vec<(usize, i64)>,
+    pub window: Option<WindowCols>,
+    /// A SESSION TVF waiting for its aggregation: (time column, gap).
+    pub pending_session: Option<(usize, i64)>,
+    /// The stream's rows are upserts/deletes rather than appends.
+    pub updating: bool,
+    /// Key columns of an updating stream.
+    pub key: Option<Vec<usize>>,
+}
+
+impl Stream {
+    pub fn time_offset(&self, col: usize) -> Option<i64> {
+        self.time_cols.iter().find(|(c, _)| *c == col).map(|(_, o)| *o)
+    }
+}
+
+/// Plans queries against the relations defined so far.
+pub struct Planner<'a> {
+    pub catalog: &'a Catalog,
+    pub graph: &'a mut Graph,
+    /// Streams of named relations (sources, their LATE/ERRORS outputs, views).
+    pub relations: &'a HashMap<String, Stream>,
+    pub limits: Limits,
+    props: ExecutionProps,
+}
+
+fn plan_err(message: impl Into<String>) -> EngineError {
+    EngineError::DataFusion(datafusion_common::DataFusionError::Plan(message.into()))
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(catalog: &'a Catalog, graph: &'a mut Graph, relations: &'a HashMap<String, Stream>, limits: Limits) -> Self {
+        Planner { catalog, graph, relations, limits, props: ExecutionProps::new() }
+    }
+
+    /// SQL to a type-checked logical plan.
+    pub fn logical_plan(catalog: &Catalog, query: &Query) -> Result<LogicalPlan> {
+        let planner = SqlToRel::new(catalog);
+        let plan = planner.sql_statement_to_plan(SqlStatement::Query(Box::new(query.clone())))?;
+        let plan = Analyzer::new().execute_and_check(plan, catalog.options(), |_, _| {})?;
+        Ok(plan)
+    }
+
+    /// Plans `query`; `emit` applies to its outermost aggregation.
+    pub fn plan_query(&mut self, query: &Query, emit: Option<Emit>) -> Result<(Stream, LogicalPlan)> {
+        let plan = Self::logical_plan(self.catalog, query)?;
+        let outermost = outermost_aggregate(&plan);
+        if emit.is_some() && outermost.is_none() {
+            return Err(plan_err("EMIT applies to aggregations; this query aggregates nothing"));
+        }
+        let stream = self.plan_node(&plan, outermost, emit)?;
+        if stream.pending_session.is_some() {
+            return Err(plan_err("SESSION windows must be aggregated: SELECT ... FROM SESSION(...) GROUP BY keys, window_start, window_end"));
+        }
+        Ok((stream, plan))
+    }
+
+    fn physical(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+        Ok(create_physical_expr(e, schema, &self.props, &PhysicalPlanningContext::default())?)
+    }
+
+    fn add(&mut self, op: Box<dyn crate::ops::Operator>, input: NodeId) -> NodeId {
+        let id = self.graph.add(op, 1);
+        self.graph.connect(input, id, 0);
+        id
+    }
+
+    fn plan_node(&mut self, plan: &LogicalPlan, outermost: Option<*const Aggregate>, emit: Option<Emit>) -> Result<Stream> {
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                let Some(rel) = scan.source.downcast_ref::<RelationSource>() else {
+                    return Err(plan_err(format!("cannot stream from {}", scan.table_name)));
+                };
+                let key = match &rel.kind {
+                    RelationKind::Late(s) => crate::sql::tvf::late_name(s.as_str()),
+                    RelationKind::Errors(s) => crate::sql::tvf::errors_name(s.as_str()),
+                    RelationKind::Table => {
+                        return Err(plan_err(format!(
+                            "'{}' is a reference TABLE: it can only be joined (lookup joins are not supported yet)",
+                            rel.name
+                        )))
+                    }
+                    _ => rel.name.clone(),
+                };
+                let stream = self
+                    .relations
+                    .get(&key)
+                    .cloned()
+                    .ok_or_else(|| EngineError::Internal(format!("relation {key} has no stream")))?;
+                if let Some(p) = &scan.projection {
+                    return self.project_columns(stream, p);
+                }
+                Ok(stream)
+            }
+            LogicalPlan::SubqueryAlias(a) => self.plan_node(&a.input, outermost, emit),
+            LogicalPlan::Filter(f) => {
+                let input = self.plan_node(&f.input, outermost, emit)?;
+                if let Some((time_col, _)) = input.pending_session {
+                    let n = input.schema.fields().len();
+                    let uses_window = f.predicate.column_refs().iter().any(|c| {
+                        f.input.schema().index_of_column(c).map(|i| i >= n).unwrap_or(false)
+                    });
+                    if uses_window {
+                        return Err(plan_err("a SESSION window's bounds are known only after aggregation: filter them in HAVING"));
+                    }
+                    let _ = time_col;
+                }
+                let pred = self.physical(&f.predicate, f.input.schema())?;
+                let node = self.add(
+                    Box::new(Calc {
+                        label: format!("filter {}", f.predicate),
+                        filter: Some(pred),
+                        projection: None,
+                        schema: input.schema.clone(),
+                        keyed: input.key.is_some(),
+                    }),
+                    input.node,
+                );
+                Ok(Stream { node, ..input })
+            }
+            LogicalPlan::Projection(p) => {
+                let input = self.plan_node(&p.input, outermost, emit)?;
+                if input.pending_session.is_some() {
+                    return Err(plan_err("SESSION windows must be aggregated: SELECT ... FROM SESSION(...) GROUP BY keys, window_start, window_end"));
+                }
+                let exprs = p.expr.iter().map(|e| self.physical(e, p.input.schema())).collect::<Result<Vec<_>>>()?;
+                // Where each output column comes from, when it is a plain column of the input.
+                let sources: Vec<Option<usize>> = p
+                    .expr
+                    .iter()
+                    .map(|e| match e.clone().unalias() {
+                        Expr::Column(c) => p.input.schema().index_of_column(&c).ok(),
+                        _ => None,
+                    })
+                    .collect();
+                let schema: SchemaRef = Arc::new(p.schema.as_arrow().clone());
+                let node = self.add(
+                    Box::new(Calc {
+                        label: "project".into(),
+                        filter: None,
+                        projection: Some(exprs),
+                        schema: schema.clone(),
+                        keyed: input.key.is_some(),
+                    }),
+                    input.node,
+                );
+                Ok(remap(input, node, schema, &sources))
+            }
+            LogicalPlan::Extension(ext) => {
+                let Some(tvf) = ext.node.as_any().downcast_ref::<WindowTvf>() else {
+                    return Err(plan_err(format!("cannot stream {}", ext.node.name())));
+                };
+                let input = self.plan_node(&tvf.input, outermost, emit)?;
+                if input.updating {
+                    return Err(plan_err(format!("{} needs an append-only input; its input is an updating result", tvf.spec.name())));
+                }
+                let Expr::Column(c) = &tvf.time_expr else {
+                    return Err(plan_err("window time argument must be a column"));
+                };
+                let time_col = tvf.input.schema().index_of_column(c)?;
+                let offset = match input.time_offset(time_col) {
+                    Some(o) => o,
+                    // A stream without any watermarked column runs on processing time.
+                    None if input.time_cols.is_empty() => 0,
+                    None => {
+                        let names: Vec<String> = input.time_cols.iter().map(|(i, _)| input.schema.field(*i).name().clone()).collect();
+                        return Err(plan_err(format!(
+                            "{}: column '{}' has no watermark; use a time column with one ({})",
+                            tvf.spec.name(),
+                            c.name,
+                            names.join(", ")
+                        )));
+                    }
+                };
+                if let WindowSpec::Session { gap } = tvf.spec {
+                    return Ok(Stream { pending_session: Some((time_col, gap)), ..input });
+                }
+                let schema: SchemaRef = Arc::new(tvf.schema.as_arrow().clone());
+                let n = input.schema.fields().len();
+                let node = self.add(Box::new(WindowAssign::new(tvf.spec, time_col, schema.clone())), input.node);
+                let mut time_cols = input.time_cols.clone();
+                let has_wm = !input.time_cols.is_empty();
+                if has_wm {
+                    time_cols.push((n + 1, offset));
+                    if let Some(max) = tvf.spec.max_size() {
+                        time_cols.push((n, offset + max));
+                    }
+                }
+                Ok(Stream {
+                    node,
+                    schema,
+                    time_cols,
+                    window: Some(WindowCols { start: n, end: n + 1, time_col, spec: tvf.spec }),
+                    pending_session: None,
+                    updating: false,
+                    key: None,
+                })
+            }
+            LogicalPlan::Aggregate(agg) => {
+                let input = self.plan_node(&agg.input, outermost, emit)?;
+                if input.updating {
+                    return Err(plan_err("aggregating an updating result (a non-windowed GROUP BY or EMIT ON UPDATE) is not supported"));
+                }
+                let is_outer = outermost.is_some_and(|o| std::ptr::eq(o, agg));
+                let emit = if is_outer { emit } else { None };
+                self.plan_aggregate(agg, input, emit)
+            }
+            LogicalPlan::Union(u) => {
+                let inputs = u.inputs.iter().map(|i| self.plan_node(i, outermost, emit)).collect::<Result<Vec<_>>>()?;
+                if inputs.iter().any(|s| s.updating || s.pending_session.is_some()) {
+                    return Err(plan_err("UNION ALL takes append-only inputs"));
+                }
+                let schema: SchemaRef = Arc::new(u.schema.as_arrow().clone());
+                let id = self.graph.add(Box::new(Passthrough("union".into())), inputs.len());
+                for (port, s) in inputs.iter().enumerate() {
+                    let cast = self.add(
+                        Box::new(Calc {
+                            label: "union input".into(),
+                            filter: None,
+                            projection: Some(
+                                (0..schema.fields().len())
+                                    .map(|i| {
+                                        let col = Expr::Column(Column::from(u.inputs[port].schema().qualified_field(i)));
+                                        let target = schema.field(i).data_type().clone();
+                                        self.physical(&col.cast_to(&target, u.inputs[port].schema())?, u.inputs[port].schema())
+                                    })
+                                    .collect::<Result<Vec<_>>>()?,
+                            ),
+                            schema: schema.clone(),
+                            keyed: false,
+                        }),
+                        s.node,
+                    );
+                    self.graph.connect(cast, id, port);
+                }
+                // A column keeps a watermark only when it has one in every input (lagging the most).
+                let time_cols = (0..schema.fields().len())
+                    .filter_map(|c| {
+                        let offs: Option<Vec<i64>> = inputs.iter().map(|s| s.time_offset(c)).collect();
+                        offs.map(|o| (c, o.into_iter().max().unwrap_or(0)))
+                    })
+                    .collect();
+                Ok(Stream { node: id, schema, time_cols, window: None, pending_session: None, updating: false, key: None })
+            }
+            LogicalPlan::Join(_) => Err(plan_err("joins are not supported yet")),
+            LogicalPlan::Window(_) => Err(plan_err("OVER windows are not supported yet")),
+            LogicalPlan::Sort(_) => Err(plan_err("ORDER BY is not supported on a stream (rows are emitted as they are final)")),
+            LogicalPlan::Limit(_) => Err(plan_err("LIMIT is not supported on a stream")),
+            LogicalPlan::Distinct(_) => {
+                Err(plan_err("SELECT DISTINCT is not supported on a stream; use GROUP BY (an updating result) or a window"))
+            }
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Err(plan_err("a streaming query must read FROM a source or view")),
+            other => Err(plan_err(format!("{} is not supported in a streaming query", other.display()))),
+        }
+    }
+
+    fn project_columns(&mut self, input: Stream, cols: &[usize]) -> Result<Stream> {
+        let schema: SchemaRef = Arc::new(input.schema.project(cols)?);
+        let exprs: Vec<Arc<dyn PhysicalExpr>> = cols
+            .iter()
+            .map(|&i| {
+                Arc::new(datafusion_physical_expr::expressions::Column::new(input.schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>
+            })
+            .collect();
+        let node = self.add(
+            Box::new(Calc { label: "scan columns".into(), filter: None, projection: Some(exprs), schema: schema.clone(), keyed: false }),
+            input.node,
+        );
+        let sources: Vec<Option<usize>> = cols.iter().map(|&c| Some(c)).collect();
+        Ok(remap(input, node, schema, &sources))
+    }
+
+    fn plan_aggregate(&mut self, agg: &Aggregate, input: Stream, emit: Option<Emit>) -> Result<Stream> {
+        let in_schema = agg.input.schema();
+        let n_in = input.schema.fields().len();
+        let session = input.pending_session;
+        // Window bounds in the GROUP BY (for sessions they are produced by the aggregation).
+        let (win_start, win_end) = match (session, input.window) {
+            (Some(_), _) => (n_in, n_in + 1),
+            (None, Some(w)) => (w.start, w.end),
+            (None, None) => (usize::MAX, usize::MAX),
+        };
+        let mut keys = Vec::new();
+        let mut key_fields = Vec::new();
+        let mut layout = Vec::new();
+        for g in &agg.group_expr {
+            if let Expr::GroupingSet(_) = g {
+                return Err(plan_err("GROUPING SETS, CUBE and ROLLUP are not supported"));
+            }
+            let idx = match g {
+                Expr::Column(c) => in_schema.index_of_column(c).ok(),
+                _ => None,
+            };
+            if idx == Some(win_start) {
+                layout.push(GroupCol::WindowStart);
+            } else if idx == Some(win_end) {
+                layout.push(GroupCol::WindowEnd);
+            } else {
+                layout.push(GroupCol::Key(keys.len()));
+                keys.push(self.physical(g, in_schema)?);
+                let (_, f) = g.to_field(in_schema)?;
+                key_fields.push(f);
+            }
+        }
+        let windowed = layout.iter().any(|g| !matches!(g, GroupCol::Key(_)));
+        if (session.is_some() || input.window.is_some()) && !windowed {
+            return Err(plan_err("a window TVF's aggregation must GROUP BY window_start and window_end (and any keys)"));
+        }
+        // FIRST_VALUE / LAST_VALUE without ORDER BY mean "by event time".
+        let time_col = match (session, input.window) {
+            (Some((t, _)), _) => Some(t),
+            (None, Some(w)) => Some(w.time_col),
+            (None, None) => input.time_cols.iter().min_by_key(|(_, o)| *o).map(|(c, _)| *c),
+        };
+        let time_expr = time_col.map(|i| Expr::Column(Column::from(in_schema.qualified_field(i))));
+        let physical_schema = Arc::new(in_schema.as_arrow().clone());
+        let mut aggs = Vec::new();
+        let mut args = Vec::new();
+        let mut filters = Vec::new();
+        for e in &agg.aggr_expr {
+            let e = order_by_event_time(e.clone(), time_expr.as_ref())?;
+            let lowered = LoweredAggregateBuilder::new(&e, in_schema, &physical_schema, &self.props, &PhysicalPlanningContext::default()).build()?;
+            let all = lowered.aggregate.all_expressions();
+            let mut a = all.args;
+            a.extend(all.order_by_exprs);
+            args.push(a);
+            filters.push(lowered.filter);
+            aggs.push(lowered.aggregate);
+        }
+        let output: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
+        let exprs = AggregateExprs { keys, key_fields, group_layout: layout.clone(), aggs, args, filters, output: output.clone() };
+        let out_pos = |want: GroupCol| layout.iter().position(|g| *g == want);
+        let all_groups: Vec<usize> = (0..layout.len()).collect();
+
+        if let Some((time_col, gap)) = session {
+            if emit.is_some_and(|e| e != Emit::OnWindowClose) {
+                return Err(plan_err("SESSION windows emit on close only"));
+            }
+            let offset = input.time_offset(time_col).unwrap_or(0);
+            let op = SessionAggregate::new(exprs, time_col, gap, offset, self.limits)?;
+            let node = self.add(Box::new(op), input.node);
+            let time_cols = match (out_pos(GroupCol::WindowEnd), input.time_cols.is_empty()) {
+                (Some(p), false) => vec![(p, offset)],
+                _ => vec![],
+            };
+            return Ok(Stream { node, schema: output, time_cols, window: None, pending_session: None, updating: false, key: None });
+        }
+        if let Some(w) = input.window {
+            if out_pos(GroupCol::WindowStart).is_none() && out_pos(GroupCol::WindowEnd).is_none() {
+                return Err(plan_err("GROUP BY window_start and window_end"));
+            }
+            let emit = emit.unwrap_or(Emit::OnWindowClose);
+            let end_offset = input.time_offset(w.end).unwrap_or(0);
+            let op = WindowAggregate::new(exprs, w.start, w.end, end_offset, emit, self.limits)?;
+            let node = self.add(Box::new(op), input.node);
+            let updating = emit != Emit::OnWindowClose;
+            let mut time_cols = vec![];
+            if !updating && !input.time_cols.is_empty() {
+                if let Some(p) = out_pos(GroupCol::WindowEnd) {
+                    time_cols.push((p, end_offset));
+                }
+                if let (Some(p), Some(max)) = (out_pos(GroupCol::WindowStart), w.spec.max_size()) {
+                    time_cols.push((p, end_offset + max));
+                }
+            }
+            return Ok(Stream {
+                node,
+                schema: output,
+                time_cols,
+                window: None,
+                pending_session: None,
+                updating,
+                key: updating.then_some(all_groups),
+            });
+        }
+        if let Some(e) = emit {
+            if e != Emit::OnUpdate {
+                return Err(plan_err("EMIT ON WINDOW CLOSE / EVERY need a windowed aggregation (TUMBLE, HOP, SESSION, CUMULATE)"));
+            }
+        }
+        let op = GroupAggregate::new(exprs, self.limits)?;
+        let node = self.add(Box::new(op), input.node);
+        Ok(Stream { node, schema: output, time_cols: vec![], window: None, pending_session: None, updating: true, key: Some(all_groups) })
+    }
+}
+
+/// The stream after a projection: time, window and key columns follow the columns that pass through.
+fn remap(input: Stream, node: NodeId, schema: SchemaRef, sources: &[Option<usize>]) -> Stream {
+    let find = |col: usize| sources.iter().position(|s| *s == Some(col));
+    let time_cols = input.time_cols.iter().filter_map(|(c, o)| find(*c).map(|p| (p, *o))).collect();
+    let window = input.window.and_then(|w| {
+        Some(WindowCols { start: find(w.start)?, end: find(w.end)?, time_col: find(w.time_col).unwrap_or(usize::MAX), spec: w.spec })
+    });
+    let key = input.key.as_ref().and_then(|k| k.iter().map(|c| find(*c)).collect::<Option<Vec<_>>>());
+    Stream { node, schema, time_cols, window, pending_session: None, updating: input.updating, key }
+}
+
+/// The first Aggregate met walking down from the root: the one EMIT applies to.
+fn outermost_aggregate(plan: &LogicalPlan) -> Option<*const Aggregate> {
+    match plan {
+        LogicalPlan::Aggregate(a) => Some(a as *const Aggregate),
+        other => other.inputs().into_iter().find_map(outermost_aggregate),
+    }
+}
+
+/// Gives FIRST_VALUE / LAST_VALUE without their own ORDER BY the event-time order of the spec.
+fn order_by_event_time(e: Expr, time: Option<&Expr>) -> Result<Expr> {
+    let Some(time) = time else { return Ok(e) };
+    let out = e.transform_up(|e| {
+        if let Expr::AggregateFunction(AggregateFunction { func, params }) = &e {
+            let name = func.name();
+            if (name == "first_value" || name == "last_value") && params.order_by.is_empty() {
+                let mut params = params.clone();
+                params.order_by = vec![Sort::new(time.clone(), true, false)];
+                return Ok(Transformed::yes(Expr::AggregateFunction(AggregateFunction { func: func.clone(), params })));
+            }
+        }
+        Ok(Transformed::no(e))
+    })?;
+    Ok(out.data)
+}
+
+/// Whether a type can be an event-time column.
+pub fn is_time_type(t: &DataType) -> bool {
+    matches!(t, DataType::Timestamp(..))
+}
