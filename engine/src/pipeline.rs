@@ -401,6 +401,7 @@ impl Pipeline {
             pending_session: None,
             updating: false,
             key: None,
+            key_alts: vec![],
         };
         relations.insert(def.name.clone(), plain(main, schema.clone(), time_col.map(|c| vec![(c, 0)]).unwrap_or_default()));
         relations.insert(late_name(&def.name), plain(late, schema, vec![]));

@@ -53,12 +53,14 @@ pub struct Stream {
     /// Columns with a watermark: (column, lag behind the stream's watermark in ms).
     pub time_cols: Vec<(usize, i64)>,
     pub window: Option<WindowCols>,
-    /// A SESSION TVF waiting for its aggregation: (time column, gap).
-    pub pending_session: Option<(usize, i64)>,
+    /// A SESSION TVF waiting for its aggregation: (time column, gap, window_start, window_end positions).
+    pub pending_session: Option<(usize, i64, usize, usize)>,
     /// The stream's rows are upserts/deletes rather than appends.
     pub updating: bool,
     /// Key columns of an updating stream.
     pub key: Option<Vec<usize>>,
+    /// Other column sets that identify a row as well (a window is named by its start or its end).
+    pub key_alts: Vec<Vec<usize>>,
 }
 
 impl Stream {
@@ -148,15 +150,13 @@ impl<'a> Planner<'a> {
             LogicalPlan::SubqueryAlias(a) => self.plan_node(&a.input, outermost, emit),
             LogicalPlan::Filter(f) => {
                 let input = self.plan_node(&f.input, outermost, emit)?;
-                if let Some((time_col, _)) = input.pending_session {
-                    let n = input.schema.fields().len();
+                if let Some((_, _, start, end)) = input.pending_session {
                     let uses_window = f.predicate.column_refs().iter().any(|c| {
-                        f.input.schema().index_of_column(c).map(|i| i >= n).unwrap_or(false)
+                        f.input.schema().index_of_column(c).map(|i| i == start || i == end).unwrap_or(false)
                     });
                     if uses_window {
                         return Err(plan_err("a SESSION window's bounds are known only after aggregation: filter them in HAVING"));
                     }
-                    let _ = time_col;
                 }
                 let pred = self.physical(&f.predicate, f.input.schema())?;
                 let node = self.add(
@@ -226,27 +226,30 @@ impl<'a> Planner<'a> {
                     }
                 };
                 if let WindowSpec::Session { gap } = tvf.spec {
-                    return Ok(Stream { pending_session: Some((time_col, gap)), ..input });
+                    return Ok(Stream { pending_session: Some((time_col, gap, tvf.start_idx, tvf.end_idx)), ..input });
                 }
                 let schema: SchemaRef = Arc::new(tvf.schema.as_arrow().clone());
-                let n = input.schema.fields().len();
-                let node = self.add(Box::new(WindowAssign::new(tvf.spec, time_col, schema.clone())), input.node);
-                let mut time_cols = input.time_cols.clone();
+                let (start, end) = (tvf.start_idx, tvf.end_idx);
+                let node = self.add(Box::new(WindowAssign::new(tvf.spec, time_col, start, end, schema.clone())), input.node);
+                // Replaced window columns lose their old watermarks; the new ones get theirs.
+                let mut time_cols: Vec<(usize, i64)> =
+                    input.time_cols.iter().copied().filter(|(c, _)| *c != start && *c != end).collect();
                 let has_wm = !input.time_cols.is_empty();
                 if has_wm {
-                    time_cols.push((n + 1, offset));
+                    time_cols.push((end, offset));
                     if let Some(max) = tvf.spec.max_size() {
-                        time_cols.push((n, offset + max));
+                        time_cols.push((start, offset + max));
                     }
                 }
                 Ok(Stream {
                     node,
                     schema,
                     time_cols,
-                    window: Some(WindowCols { start: n, end: n + 1, time_col, spec: tvf.spec }),
+                    window: Some(WindowCols { start, end, time_col, spec: tvf.spec }),
                     pending_session: None,
                     updating: false,
                     key: None,
+                    key_alts: vec![],
                 })
             }
             LogicalPlan::Aggregate(agg) => {
@@ -293,7 +296,7 @@ impl<'a> Planner<'a> {
                         offs.map(|o| (c, o.into_iter().max().unwrap_or(0)))
                     })
                     .collect();
-                Ok(Stream { node: id, schema, time_cols, window: None, pending_session: None, updating: false, key: None })
+                Ok(Stream { node: id, schema, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![] })
             }
             LogicalPlan::Join(_) => Err(plan_err("joins are not supported yet")),
             LogicalPlan::Window(_) => Err(plan_err("OVER windows are not supported yet")),
@@ -325,11 +328,10 @@ impl<'a> Planner<'a> {
 
     fn plan_aggregate(&mut self, agg: &Aggregate, input: Stream, emit: Option<Emit>) -> Result<Stream> {
         let in_schema = agg.input.schema();
-        let n_in = input.schema.fields().len();
-        let session = input.pending_session;
+                let session = input.pending_session;
         // Window bounds in the GROUP BY (for sessions they are produced by the aggregation).
         let (win_start, win_end) = match (session, input.window) {
-            (Some(_), _) => (n_in, n_in + 1),
+            (Some((_, _, s, e)), _) => (s, e),
             (None, Some(w)) => (w.start, w.end),
             (None, None) => (usize::MAX, usize::MAX),
         };
@@ -361,7 +363,7 @@ impl<'a> Planner<'a> {
         }
         // FIRST_VALUE / LAST_VALUE without ORDER BY mean "by event time".
         let time_col = match (session, input.window) {
-            (Some((t, _)), _) => Some(t),
+            (Some((t, ..)), _) => Some(t),
             (None, Some(w)) => Some(w.time_col),
             (None, None) => input.time_cols.iter().min_by_key(|(_, o)| *o).map(|(c, _)| *c),
         };
@@ -385,7 +387,7 @@ impl<'a> Planner<'a> {
         let out_pos = |want: GroupCol| layout.iter().position(|g| *g == want);
         let all_groups: Vec<usize> = (0..layout.len()).collect();
 
-        if let Some((time_col, gap)) = session {
+        if let Some((time_col, gap, ..)) = session {
             if emit.is_some_and(|e| e != Emit::OnWindowClose) {
                 return Err(plan_err("SESSION windows emit on close only"));
             }
@@ -396,7 +398,7 @@ impl<'a> Planner<'a> {
                 (Some(p), false) => vec![(p, offset)],
                 _ => vec![],
             };
-            return Ok(Stream { node, schema: output, time_cols, window: None, pending_session: None, updating: false, key: None });
+            return Ok(Stream { node, schema: output, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![] });
         }
         if let Some(w) = input.window {
             if out_pos(GroupCol::WindowStart).is_none() && out_pos(GroupCol::WindowEnd).is_none() {
@@ -423,7 +425,8 @@ impl<'a> Planner<'a> {
                 window: None,
                 pending_session: None,
                 updating,
-                key: updating.then_some(all_groups),
+                key: updating.then_some(all_groups.clone()),
+                key_alts: if updating { window_key_alts(&layout, w.spec) } else { vec![] },
             });
         }
         if let Some(e) = emit {
@@ -433,7 +436,7 @@ impl<'a> Planner<'a> {
         }
         let op = GroupAggregate::new(exprs, self.limits)?;
         let node = self.add(Box::new(op), input.node);
-        Ok(Stream { node, schema: output, time_cols: vec![], window: None, pending_session: None, updating: true, key: Some(all_groups) })
+        Ok(Stream { node, schema: output, time_cols: vec![], window: None, pending_session: None, updating: true, key: Some(all_groups), key_alts: vec![] })
     }
 }
 
@@ -444,8 +447,21 @@ fn remap(input: Stream, node: NodeId, schema: SchemaRef, sources: &[Option<usize
     let window = input.window.and_then(|w| {
         Some(WindowCols { start: find(w.start)?, end: find(w.end)?, time_col: find(w.time_col).unwrap_or(usize::MAX), spec: w.spec })
     });
-    let key = input.key.as_ref().and_then(|k| k.iter().map(|c| find(*c)).collect::<Option<Vec<_>>>());
-    Stream { node, schema, time_cols, window, pending_session: None, updating: input.updating, key }
+    let map = |k: &Vec<usize>| k.iter().map(|c| find(*c)).collect::<Option<Vec<_>>>();
+    let key = input.key.as_ref().and_then(map).or_else(|| input.key_alts.iter().find_map(map));
+    let key_alts = input.key_alts.iter().filter_map(map).collect();
+    Stream { node, schema, time_cols, window, pending_session: None, updating: input.updating, key, key_alts }
+}
+
+/// Keys that still name a row of a windowed aggregate without one of the window bounds:
+/// the end alone names any window; the start alone names a TUMBLE or HOP window.
+fn window_key_alts(layout: &[GroupCol], spec: WindowSpec) -> Vec<Vec<usize>> {
+    let without = |drop: GroupCol| (0..layout.len()).filter(|&i| layout[i] != drop).collect::<Vec<_>>();
+    let mut alts = vec![without(GroupCol::WindowStart)];
+    if !matches!(spec, WindowSpec::Cumulate { .. }) {
+        alts.push(without(GroupCol::WindowEnd));
+    }
+    alts
 }
 
 /// The first Aggregate met walking down from the root: the one EMIT applies to.

@@ -50,7 +50,11 @@ pub struct Evaluated {
 
 impl AggregateExprs {
     pub fn row_converter(&self) -> Result<RowConverter> {
-        let fields = self.key_fields.iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        let mut fields: Vec<SortField> = self.key_fields.iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        if fields.is_empty() {
+            // No GROUP BY keys: one constant key column, so that every row has the same key.
+            fields.push(SortField::new(arrow::datatypes::DataType::Boolean));
+        }
         Ok(RowConverter::new(fields)?)
     }
 
@@ -59,15 +63,8 @@ impl AggregateExprs {
         let eval = |e: &Arc<dyn PhysicalExpr>| -> Result<ArrayRef> { Ok(e.evaluate(batch)?.into_array(n)?) };
         let key_cols = self.keys.iter().map(eval).collect::<Result<Vec<_>>>()?;
         let keys = if key_cols.is_empty() {
-            // No GROUP BY keys: every row has the empty key.
-            let mut rows = converter.empty_rows(n, 0);
-            let empty = converter.convert_columns(&[])?;
-            for _ in 0..n {
-                if let Some(r) = (0..empty.num_rows()).next().map(|i| empty.row(i)) {
-                    rows.push(r);
-                }
-            }
-            rows
+            let constant: ArrayRef = Arc::new(BooleanArray::from(vec![true; n]));
+            converter.convert_columns(&[constant])?
         } else {
             converter.convert_columns(&key_cols)?
         };

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 
 use super::{Chunk, Operator};
@@ -13,6 +13,9 @@ use crate::sql::tvf::WindowSpec;
 pub struct WindowAssign {
     pub spec: WindowSpec,
     pub time_col: usize,
+    /// Output positions of window_start / window_end (replacing an input column or appended).
+    pub start_idx: usize,
+    pub end_idx: usize,
     pub schema: SchemaRef,
     indices: Vec<u32>,
     starts: Vec<i64>,
@@ -20,8 +23,8 @@ pub struct WindowAssign {
 }
 
 impl WindowAssign {
-    pub fn new(spec: WindowSpec, time_col: usize, schema: SchemaRef) -> Self {
-        WindowAssign { spec, time_col, schema, indices: vec![], starts: vec![], ends: vec![] }
+    pub fn new(spec: WindowSpec, time_col: usize, start_idx: usize, end_idx: usize, schema: SchemaRef) -> Self {
+        WindowAssign { spec, time_col, start_idx, end_idx, schema, indices: vec![], starts: vec![], ends: vec![] }
     }
 }
 
@@ -58,8 +61,17 @@ impl Operator for WindowAssign {
             let taken = arrow::compute::take_record_batch(&batch, &idx)?;
             taken.columns().to_vec()
         };
-        cols.push(Arc::new(TimestampMillisecondArray::from(std::mem::take(&mut self.starts))));
-        cols.push(Arc::new(TimestampMillisecondArray::from(std::mem::take(&mut self.ends))));
+        let starts: ArrayRef = Arc::new(TimestampMillisecondArray::from(std::mem::take(&mut self.starts)));
+        let ends: ArrayRef = Arc::new(TimestampMillisecondArray::from(std::mem::take(&mut self.ends)));
+        let mut placed = [(self.start_idx, starts), (self.end_idx, ends)];
+        placed.sort_by_key(|(i, _)| *i);
+        for (i, col) in placed {
+            if i < cols.len() {
+                cols[i] = col;
+            } else {
+                cols.push(col);
+            }
+        }
         out.push(Chunk::append(RecordBatch::try_new(self.schema.clone(), cols)?));
         Ok(())
     }

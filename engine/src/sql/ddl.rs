@@ -719,7 +719,7 @@ mod tests {
 
     #[test]
     fn errors_name_statement_line_and_column() {
-        let e = err("CREATE SOURCE a (x INT) WITH (connector='file');\nCREATE SINK s AS SELECT FROM WHERE WITH (connector='console');");
+        let e = err("CREATE SOURCE a (x INT) WITH (connector='file');\nCREATE SINK s AS SELECT a FROM t WHERE WITH (connector='console');");
         assert!(e.starts_with("statement 2 (line 2"), "{e}");
         let e = err("CREATE SOURCE a (x INT);");
         assert!(e.contains("needs WITH"), "{e}");

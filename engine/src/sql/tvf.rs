@@ -101,6 +101,10 @@ pub struct WindowTvf {
     pub time_expr: Expr,
     pub spec: WindowSpec,
     pub schema: DFSchemaRef,
+    /// Output positions of `window_start` / `window_end`: where the input had such columns (a
+    /// windowed view being windowed again) the new ones replace them, else they are appended.
+    pub start_idx: usize,
+    pub end_idx: usize,
 }
 
 impl PartialOrd for WindowTvf {
@@ -114,14 +118,23 @@ impl WindowTvf {
         spec.validate().map_err(|e| plan_datafusion_err!("{e}"))?;
         let mut fields: Vec<(Option<TableReference>, Arc<Field>)> =
             input.schema().iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
-        for name in ["window_start", "window_end"] {
-            if fields.iter().any(|(_, f)| f.name() == name) {
-                return plan_err!("{}: the input already has a column named {name}", spec.name());
+        let mut place = |name: &str| {
+            let field = (None, Arc::new(Field::new(name, TS_TYPE, false)));
+            match fields.iter().position(|(_, f)| f.name() == name) {
+                Some(i) => {
+                    fields[i] = field;
+                    i
+                }
+                None => {
+                    fields.push(field);
+                    fields.len() - 1
+                }
             }
-            fields.push((None, Arc::new(Field::new(name, TS_TYPE, false))));
-        }
+        };
+        let start_idx = place("window_start");
+        let end_idx = place("window_end");
         let schema = Arc::new(DFSchema::new_with_metadata(fields, Default::default())?);
-        Ok(WindowTvf { input, time_expr, spec, schema })
+        Ok(WindowTvf { input, time_expr, spec, schema, start_idx, end_idx })
     }
 }
 

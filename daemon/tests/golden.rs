@@ -1,0 +1,144 @@
+//! Data-driven golden tests: every folder under `tests/golden/` is one case, in the format of the
+//! shared conformance cases: `pipeline.sql`, its inputs, and `expected/<sink>.jsonl` (rows compared as
+//! a multiset; numbers within 1e-6 relative; timestamps as instants). A case whose replay must fail has
+//! `expected/error.txt`: every non-empty line must appear in eddyd's stderr, and the exit is non-zero.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() == "expected" {
+            continue;
+        }
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn ts_ms(v: &Value) -> Option<i64> {
+    let s = v.as_str()?;
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    eddy_engine::time::parse_timestamp_ms(s)
+}
+
+fn same(e: &Value, a: &Value) -> bool {
+    if let Some(t) = ts_ms(e) {
+        return ts_ms(a) == Some(t) || a.as_i64() == Some(t);
+    }
+    match (e, a) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            x == y || (x - y).abs() <= 1e-6 * x.abs().max(y.abs()) || (x - y).abs() < 1e-9
+        }
+        _ => e == a,
+    }
+}
+
+fn load(path: &Path) -> Vec<BTreeMap<String, Value>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
+        .collect()
+}
+
+fn compare(expected: &[BTreeMap<String, Value>], actual: &[BTreeMap<String, Value>]) -> Result<(), String> {
+    if expected.len() != actual.len() {
+        return Err(format!("{} rows, expected {}", actual.len(), expected.len()));
+    }
+    let mut pending: Vec<&BTreeMap<String, Value>> = actual.iter().collect();
+    for e in expected {
+        let hit = pending.iter().position(|a| a.len() == e.len() && e.iter().all(|(k, v)| a.get(k).is_some_and(|x| same(v, x))));
+        match hit {
+            Some(i) => {
+                pending.remove(i);
+            }
+            None => return Err(format!("no row matches expected {}", serde_json::to_string(e).unwrap())),
+        }
+    }
+    Ok(())
+}
+
+fn run_case(dir: &Path) -> Result<(), String> {
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(dir, work.path());
+    let args_file = dir.join("args.txt");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_eddyd"));
+    cmd.arg("replay").arg(work.path().join("pipeline.sql")).current_dir(work.path());
+    if args_file.exists() {
+        for a in std::fs::read_to_string(&args_file).unwrap().split_whitespace() {
+            cmd.arg(a);
+        }
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = dir.join("expected");
+    let error_file = expected.join("error.txt");
+    if error_file.exists() {
+        if out.status.success() {
+            return Err("replay succeeded, expected an error".into());
+        }
+        if stderr.contains("panicked") {
+            return Err(format!("panicked: {stderr}"));
+        }
+        for line in std::fs::read_to_string(&error_file).unwrap().lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if !stderr.contains(line) {
+                return Err(format!("stderr lacks {line:?}: {stderr}"));
+            }
+        }
+        return Ok(());
+    }
+    if !out.status.success() {
+        return Err(format!("exit {:?}: {stderr}", out.status.code()));
+    }
+    for e in std::fs::read_dir(&expected).unwrap() {
+        let e = e.unwrap().path();
+        let name = e.file_name().unwrap().to_string_lossy().to_string();
+        let actual = work.path().join("out").join(&name);
+        if !actual.exists() {
+            return Err(format!("no out/{name}"));
+        }
+        compare(&load(&e), &load(&actual)).map_err(|m| format!("{name}: {m}"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn golden_cases() {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(cases_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("pipeline.sql").exists())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no golden cases under {}", cases_dir().display());
+    let mut failed = vec![];
+    for d in &dirs {
+        let name = d.file_name().unwrap().to_string_lossy().to_string();
+        match run_case(d) {
+            Ok(()) => println!("PASS {name}"),
+            Err(e) => {
+                println!("FAIL {name}: {e}");
+                failed.push(name);
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{} of {} golden cases failed: {failed:?}", failed.len(), dirs.len());
+}

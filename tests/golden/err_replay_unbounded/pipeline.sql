@@ -1,0 +1,1 @@
+CREATE SOURCE r (ts TIMESTAMP(3)) WITH (connector = 'datagen');

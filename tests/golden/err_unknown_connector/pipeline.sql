@@ -1,0 +1,1 @@
+CREATE SOURCE r (a INT) WITH (connector = 'kafak');

@@ -1,0 +1,1 @@
+CREATE SINK s AS SELECT * FROM nowhere WITH (connector = 'console');

@@ -1,0 +1,376 @@
+#!/usr/bin/env python3
+"""Writes the golden cases' inputs and expected rows.
+
+The expected rows come from the small reference of the spec below (row by row, in arrival order),
+written independently of the engine. Run it after changing a case: python3 tests/golden/make_cases.py
+"""
+import json, math, os, random, shutil, datetime as dt
+HERE = os.path.dirname(os.path.abspath(__file__))
+T0 = 1772352000000  # 2026-03-01T08:00:00Z
+
+def iso(ms):
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.') + f'{ms % 1000:03d}Z'
+
+def readings(n, seed, devices=3, disorder=4000, late_every=0, step=1500):
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        ts = T0 + i * step - rnd.randrange(disorder + 1)
+        if late_every and i % late_every == late_every - 1:
+            ts -= 20000
+        rows.append({'device_id': f'dev-{rnd.randrange(devices)}', 'temp': round(15 + rnd.random() * 15, 2), 'ts': iso(ts), '_ms': ts})
+    return rows
+
+def accept(rows, delay):
+    """The spec's lateness rule: (accepted rows, watermark after each accepted row)."""
+    mx = None
+    out = []
+    for r in rows:
+        w = None if mx is None else mx - delay
+        if w is not None and r['_ms'] < w:
+            continue
+        mx = r['_ms'] if mx is None else max(mx, r['_ms'])
+        out.append((r, mx - delay))
+    return out
+
+def write_case(name, sql, inputs, expected, args=None):
+    d = os.path.join(HERE, name)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(os.path.join(d, 'expected'))
+    with open(os.path.join(d, 'pipeline.sql'), 'w') as f:
+        f.write(sql.strip() + '\n')
+    for fn, rows in inputs.items():
+        with open(os.path.join(d, fn), 'w') as f:
+            if isinstance(rows, str):
+                f.write(rows)
+            else:
+                for r in rows:
+                    f.write(json.dumps({k: v for k, v in r.items() if not k.startswith('_')}) + '\n')
+    for sink, rows in expected.items():
+        if sink == 'error.txt':
+            with open(os.path.join(d, 'expected', 'error.txt'), 'w') as f:
+                f.write(rows.strip() + '\n')
+            continue
+        with open(os.path.join(d, 'expected', sink + '.jsonl'), 'w') as f:
+            for r in rows:
+                f.write(json.dumps(r) + '\n')
+    if args:
+        with open(os.path.join(d, 'args.txt'), 'w') as f:
+            f.write(args + '\n')
+
+SRC = """CREATE SOURCE readings (
+    device_id VARCHAR NOT NULL,
+    temp      DOUBLE,
+    ts        TIMESTAMP(3) NOT NULL,
+    WATERMARK FOR ts AS ts - INTERVAL '{delay}' SECOND
+) WITH (connector = 'file', path = 'readings.jsonl', format = 'json'{extra});
+"""
+
+def windows(kind, t, a, b=None):
+    if kind == 'tumble':
+        s = t - t % a
+        return [(s, s + a)]
+    if kind == 'hop':
+        slide, size = a, b
+        out, s = [], (t - size) // slide * slide
+        while s <= t:
+            if s + size > t:
+                out.append((s, s + size))
+            s += slide
+        return out
+    if kind == 'cumulate':
+        step, mx = a, b
+        s = t - t % mx
+        return [(s, s + k * step) for k in range(1, mx // step + 1) if t < s + k * step]
+
+def window_counts(acc, kind, a, b=None):
+    groups = {}
+    for r, _ in acc:
+        for (s, e) in windows(kind, r['_ms'], a, b):
+            g = groups.setdefault((r['device_id'], s, e), [])
+            g.append(r['temp'])
+    return groups
+
+# ---- CUMULATE ----
+rows = readings(120, 1)
+acc = accept(rows, 3000)
+g = window_counts(acc, 'cumulate', 20000, 60000)
+write_case('cumulate_basic', SRC.format(delay=3, extra='') + """
+CREATE SINK cumulative AS
+SELECT device_id, window_start, window_end, COUNT(*) AS n, SUM(temp) AS total
+FROM CUMULATE(readings, ts, INTERVAL '20' SECOND, INTERVAL '1' MINUTE)
+GROUP BY device_id, window_start, window_end
+WITH (connector = 'file', path = 'out/cumulative.jsonl', format = 'json');
+""", {'readings.jsonl': rows}, {'cumulative': [
+    {'device_id': k[0], 'window_start': iso(k[1]), 'window_end': iso(k[2]), 'n': len(v), 'total': sum(v)} for k, v in g.items()]})
+
+# ---- Flink spelling: same as TUMBLE ----
+g = window_counts(acc, 'tumble', 60000)
+tumble_rows = [{'device_id': k[0], 'window_start': iso(k[1]), 'window_end': iso(k[2]), 'n': len(v), 'max_temp': max(v)} for k, v in g.items()]
+write_case('flink_tvf_spelling', SRC.format(delay=3, extra='') + """
+CREATE SINK per_minute AS
+SELECT device_id, window_start, window_end, COUNT(*) AS n, MAX(temp) AS max_temp
+FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
+GROUP BY device_id, window_start, window_end
+WITH (connector = 'file', path = 'out/per_minute.jsonl', format = 'json');
+""", {'readings.jsonl': rows}, {'per_minute': tumble_rows})
+
+# ---- HAVING ----
+write_case('having_filter', SRC.format(delay=3, extra='') + """
+CREATE SINK busy AS
+SELECT device_id, window_start, COUNT(*) AS n
+FROM TUMBLE(readings, ts, INTERVAL '1' MINUTE)
+GROUP BY device_id, window_start, window_end
+HAVING COUNT(*) >= 14
+WITH (connector = 'file', path = 'out/busy.jsonl', format = 'json');
+""", {'readings.jsonl': rows}, {'busy': [
+    {'device_id': k[0], 'window_start': iso(k[1]), 'n': len(v)} for k, v in g.items() if len(v) >= 14]})
+
+# ---- cascading views: 10 s counts -> 1 min sums over window_start and over window_end ----
+g10 = window_counts(acc, 'tumble', 10000)
+per_min = {}
+for (dev, s, e), v in g10.items():
+    m = s - s % 60000
+    per_min[(dev, m)] = per_min.get((dev, m), 0) + len(v)
+per_min_end = {}
+for (dev, s, e), v in g10.items():
+    m = e - e % 60000
+    per_min_end[(dev, m)] = per_min_end.get((dev, m), 0) + len(v)
+write_case('cascade_views', SRC.format(delay=3, extra='') + """
+CREATE MATERIALIZED VIEW bars_10s AS
+SELECT device_id, window_start, window_end, COUNT(*) AS n
+FROM TUMBLE(readings, ts, INTERVAL '10' SECOND)
+GROUP BY device_id, window_start, window_end;
+
+CREATE SINK bars_1m AS
+SELECT device_id, window_start AS minute, SUM(n) AS n
+FROM TUMBLE(bars_10s, window_start, INTERVAL '1' MINUTE)
+GROUP BY device_id, window_start, window_end
+WITH (connector = 'file', path = 'out/bars_1m.jsonl', format = 'json');
+
+CREATE SINK bars_1m_by_end AS
+SELECT device_id, window_start AS minute, SUM(n) AS n
+FROM TUMBLE(bars_10s, window_end, INTERVAL '1' MINUTE)
+GROUP BY device_id, window_start, window_end
+WITH (connector = 'file', path = 'out/bars_1m_by_end.jsonl', format = 'json');
+""", {'readings.jsonl': rows}, {
+    'bars_1m': [{'device_id': d, 'minute': iso(m), 'n': n} for (d, m), n in per_min.items()],
+    'bars_1m_by_end': [{'device_id': d, 'minute': iso(m), 'n': n} for (d, m), n in per_min_end.items()]})
+
+# ---- more aggregates ----
+def sq(x):
+    return None if x is None else math.sqrt(x)
+def var(v, ddof):
+    if len(v) - ddof <= 0:
+        return None
+    m = sum(v) / len(v)
+    return sum((x - m) ** 2 for x in v) / (len(v) - ddof)
+rows_a = readings(90, 7, devices=2)
+for i, r in enumerate(rows_a):
+    r['temp'] = [20.5, 21.0, 22.25, 20.5, None][i % 5]
+acc_a = accept(rows_a, 3000)
+ga = window_counts(acc_a, 'tumble', 60000)
+exp = []
+for k, v in ga.items():
+    nn = [x for x in v if x is not None]
+    exp.append({'device_id': k[0], 'window_start': iso(k[1]), 'n': len(v), 'n_temp': len(nn), 'distinct_temps': len(set(nn)),
+                'approx_distinct': len(set(nn)), 'sd_samp': sq(var(nn, 1)), 'sd_pop': sq(var(nn, 0)),
+                'v_samp': var(nn, 1), 'v_pop': var(nn, 0), 'avg_temp': sum(nn) / len(nn)})
+write_case('aggregates_more', SRC.format(delay=3, extra='') + """
+CREATE SINK stats AS
+SELECT device_id, window_start, COUNT(*) AS n, COUNT(temp) AS n_temp, COUNT(DISTINCT temp) AS distinct_temps,
+       APPROX_DISTINCT(CAST(temp * 100 AS BIGINT)) AS approx_distinct, STDDEV_SAMP(temp) AS sd_samp, STDDEV_POP(temp) AS sd_pop,
+       VAR_SAMP(temp) AS v_samp, VAR_POP(temp) AS v_pop, AVG(temp) AS avg_temp
+FROM TUMBLE(readings, ts, INTERVAL '1' MINUTE)
+GROUP BY device_id, window_start, window_end
+WITH (connector = 'file', path = 'out/stats.jsonl', format = 'json');
+""", {'readings.jsonl': rows_a}, {'stats': exp})
+
+# ---- EMIT ON UPDATE, one row per batch: every change is emitted ----
+small = readings(30, 3, devices=2, disorder=2000)
+acc_s = accept(small, 2000)
+ups = []
+state = {}
+for r, _ in acc_s:
+    for (s, e) in windows('tumble', r['_ms'], 20000):
+        k = (r['device_id'], s, e)
+        state[k] = state.get(k, 0) + 1
+        ups.append({'device_id': k[0], 'window_start': iso(s), 'window_end': iso(e), 'n': state[k], '_op': 'upsert'})
+write_case('emit_on_update', SRC.format(delay=2, extra=", batch_rows = '1'") + """
+CREATE SINK live_counts AS
+SELECT device_id, window_start, window_end, COUNT(*) AS n
+FROM TUMBLE(readings, ts, INTERVAL '20' SECOND)
+GROUP BY device_id, window_start, window_end
+EMIT ON UPDATE
+WITH (connector = 'file', path = 'out/live_counts.jsonl', format = 'json', type = 'upsert');
+""", {'readings.jsonl': small}, {'live_counts': ups})
+
+# ---- EMIT EVERY: changed groups when the watermark crosses a 10 s boundary, final rows on close ----
+out = []
+state = {}
+dirty = set()
+last_w = None
+def cross(w_prev, w):
+    return w_prev is None or w // 10000 > w_prev // 10000
+for r, w in acc_s:
+    for (s, e) in windows('tumble', r['_ms'], 30000):
+        k = (r['device_id'], s, e)
+        state[k] = state.get(k, 0) + 1
+        dirty.add(k)
+    if last_w is None or w > last_w:
+        if cross(last_w, w):
+            for k in sorted(dirty):
+                out.append({'device_id': k[0], 'window_start': iso(k[1]), 'n': state[k], '_op': 'upsert'})
+            dirty.clear()
+        for k in sorted([k for k in state if k[2] <= w]):
+            out.append({'device_id': k[0], 'window_start': iso(k[1]), 'n': state[k], '_op': 'upsert'})
+            del state[k]
+            dirty.discard(k)
+        last_w = w
+for k in sorted(dirty):
+    out.append({'device_id': k[0], 'window_start': iso(k[1]), 'n': state[k], '_op': 'upsert'})
+for k in sorted(state):
+    out.append({'device_id': k[0], 'window_start': iso(k[1]), 'n': state[k], '_op': 'upsert'})
+write_case('emit_every', SRC.format(delay=2, extra=", batch_rows = '1'") + """
+CREATE SINK progress AS
+SELECT device_id, window_start, COUNT(*) AS n
+FROM TUMBLE(readings, ts, INTERVAL '30' SECOND)
+GROUP BY device_id, window_start, window_end
+EMIT EVERY INTERVAL '10' SECOND
+WITH (connector = 'file', path = 'out/progress.jsonl', format = 'json', type = 'upsert');
+""", {'readings.jsonl': small}, {'progress': out})
+
+# ---- non-windowed GROUP BY into an upsert sink; HAVING turns groups that fall out into deletes ----
+ups = []
+cnt = {}
+mx = {}
+for r, _ in acc_s:
+    d = r['device_id']
+    cnt[d] = cnt.get(d, 0) + 1
+    ups.append({'device_id': d, 'n': cnt[d], '_op': 'upsert'})
+write_case('group_by_upsert', SRC.format(delay=2, extra=", batch_rows = '1'") + """
+CREATE SINK totals AS
+SELECT device_id, COUNT(*) AS n FROM readings GROUP BY device_id
+WITH (connector = 'file', path = 'out/totals.jsonl', format = 'json', type = 'upsert');
+""", {'readings.jsonl': small}, {'totals': ups})
+
+hv = []
+cnt = {}
+for r, _ in acc_s:
+    d = r['device_id']
+    cnt[d] = cnt.get(d, 0) + 1
+    hv.append({'device_id': d, 'n': cnt[d], '_op': 'upsert' if cnt[d] % 2 == 0 else 'delete'})
+write_case('having_updating', SRC.format(delay=2, extra=", batch_rows = '1'") + """
+CREATE SINK even AS
+SELECT device_id, COUNT(*) AS n FROM readings GROUP BY device_id HAVING COUNT(*) % 2 = 0
+WITH (connector = 'file', path = 'out/even.jsonl', format = 'json', type = 'upsert');
+""", {'readings.jsonl': small}, {'even': hv})
+
+# ---- processing time: no WATERMARK, nothing is late, windows close at the end of replay ----
+gp = {}
+for r in rows:
+    for (s, e) in windows('tumble', r['_ms'], 60000):
+        gp[(r['device_id'], s)] = gp.get((r['device_id'], s), 0) + 1
+write_case('processing_time', """CREATE SOURCE readings (
+    device_id VARCHAR NOT NULL, temp DOUBLE, ts TIMESTAMP(3) NOT NULL
+) WITH (connector = 'file', path = 'readings.jsonl', format = 'json');
+CREATE SINK per_minute AS
+SELECT device_id, window_start, COUNT(*) AS n FROM TUMBLE(readings, ts, INTERVAL '1' MINUTE)
+GROUP BY device_id, window_start, window_end
+WITH (connector = 'file', path = 'out/per_minute.jsonl', format = 'json');
+""", {'readings.jsonl': rows}, {'per_minute': [{'device_id': d, 'window_start': iso(s), 'n': n} for (d, s), n in gp.items()]})
+
+# ---- CSV source, scalar functions, UNION ALL ----
+csv_text = 'device_id,temp,ts\n' + ''.join(f"{r['device_id']},{r['temp']},{r['ts']}\n" for r in small) + 'dev-9,notanumber,2026-03-01T08:00:00Z\n'
+write_case('csv_and_functions', """CREATE SOURCE readings (
+    device_id VARCHAR NOT NULL, temp DOUBLE, ts TIMESTAMP(3) NOT NULL,
+    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+) WITH (connector = 'file', path = 'readings.csv', format = 'csv');
+CREATE SINK shaped AS
+SELECT UPPER(device_id) AS dev, CAST(ROUND(temp) AS BIGINT) AS t, CASE WHEN temp > 22.5 THEN 'warm' ELSE 'cool' END AS feel,
+       date_trunc('minute', ts) AS minute, concat(device_id, '@', 'plant') AS tag
+FROM readings
+WITH (connector = 'file', path = 'out/shaped.jsonl', format = 'json');
+CREATE SINK bad AS SELECT error FROM ERRORS(readings)
+WITH (connector = 'file', path = 'out/bad.jsonl', format = 'json');
+""", {'readings.csv': csv_text}, {
+    'shaped': [{'dev': r['device_id'].upper(), 't': int(math.floor(r['temp'] + 0.5)), 'feel': 'warm' if r['temp'] > 22.5 else 'cool',
+                'minute': iso(r['_ms'] - r['_ms'] % 60000), 'tag': r['device_id'] + '@plant'} for r, _ in acc_s],
+    'bad': [{'error': "column 'temp': expected DOUBLE, got string \"notanumber\""}]})
+
+other = readings(20, 11, devices=2, disorder=0)
+for r in other:
+    r['device_id'] = 'x-' + r['device_id']
+acc_o = accept(other, 2000)
+gu = {}
+for r, _ in acc_s + acc_o:
+    for (s, e) in windows('tumble', r['_ms'], 60000):
+        gu[s] = gu.get(s, 0) + 1
+write_case('union_all', SRC.format(delay=2, extra='') + """
+CREATE SOURCE more (
+    device_id VARCHAR NOT NULL, temp DOUBLE, ts TIMESTAMP(3) NOT NULL,
+    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+) WITH (connector = 'file', path = 'more.jsonl', format = 'json');
+CREATE MATERIALIZED VIEW everything AS
+SELECT device_id, ts FROM readings UNION ALL SELECT device_id, ts FROM more;
+CREATE SINK per_minute AS
+SELECT window_start, COUNT(*) AS n FROM TUMBLE(everything, ts, INTERVAL '1' MINUTE)
+GROUP BY window_start, window_end
+WITH (connector = 'file', path = 'out/per_minute.jsonl', format = 'json');
+""", {'readings.jsonl': small, 'more.jsonl': other}, {'per_minute': [{'window_start': iso(s), 'n': n} for s, n in gu.items()]})
+
+# ---- --input / --output overrides ----
+write_case('replay_overrides', """CREATE SOURCE readings (
+    device_id VARCHAR NOT NULL, temp DOUBLE, ts TIMESTAMP(3) NOT NULL,
+    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+) WITH (connector = 'datagen', shape = 'iot');
+CREATE SINK hot AS SELECT device_id, temp FROM readings WHERE temp > 25
+WITH (connector = 'console');
+""", {'alt.jsonl': small}, {'hot': [{'device_id': r['device_id'], 'temp': r['temp']} for r, _ in acc_s if r['temp'] > 25]},
+    args='--input readings=alt.jsonl --output hot=out/hot.jsonl')
+
+# ---- errors: each must fail with a clear message ----
+ERR = {
+    'err_append_updating': (SRC.format(delay=2, extra='') + """
+CREATE SINK totals AS SELECT device_id, COUNT(*) AS n FROM readings GROUP BY device_id
+WITH (connector = 'file', path = 'out/totals.jsonl', format = 'json');""",
+        "statement 2 (line 8, column 1)\nupdating result\ntype = 'upsert'"),
+    'err_unknown_option': (SRC.format(delay=2, extra='') + """
+CREATE SINK s AS SELECT * FROM readings WITH (connector = 'file', pth = 'x.jsonl');""",
+        "unknown option 'pth' for connector 'file'; valid options: connector, format, path, primary_key, type"),
+    'err_unknown_connector': ("""CREATE SOURCE r (a INT) WITH (connector = 'kafak');""", "unknown connector 'kafak'"),
+    'err_syntax': (SRC.format(delay=2, extra='') + """
+CREATE SINK s AS SELECT device_id FROM readings WHERE WITH (connector = 'console');""",
+        "statement 2 (line 8"),
+    'err_unknown_column': (SRC.format(delay=2, extra='') + """
+CREATE SINK s AS SELECT humidity FROM readings WITH (connector = 'console');""",
+        "statement 2 (line 8, column 1)\nhumidity"),
+    'err_unknown_relation': ("""CREATE SINK s AS SELECT * FROM nowhere WITH (connector = 'console');""", "unknown relation 'nowhere'"),
+    'err_on_error_fail': (SRC.format(delay=2, extra=", on_error = 'fail'") + """
+CREATE SINK s AS SELECT * FROM readings WITH (connector = 'file', path = 'out/s.jsonl');""",
+        "source 'readings': bad row under on_error = 'fail'\nexpected DOUBLE, got string \"hot\""),
+    'err_session_needs_aggregate': (SRC.format(delay=2, extra='') + """
+CREATE SINK s AS SELECT * FROM SESSION(readings, ts, INTERVAL '1' MINUTE) WITH (connector = 'console');""",
+        "SESSION windows must be aggregated"),
+    'err_emit_without_aggregate': (SRC.format(delay=2, extra='') + """
+CREATE SINK s AS SELECT * FROM readings EMIT ON WINDOW CLOSE WITH (connector = 'console');""",
+        "EMIT applies to aggregations"),
+    'err_window_on_column_without_watermark': ("""CREATE SOURCE r (k VARCHAR, a TIMESTAMP(3), b TIMESTAMP(3), WATERMARK FOR a AS a)
+WITH (connector = 'file', path = 'readings.jsonl');
+CREATE SINK s AS SELECT k, window_start, COUNT(*) AS n FROM TUMBLE(r, b, INTERVAL '1' MINUTE)
+GROUP BY k, window_start, window_end WITH (connector = 'console');""", "column 'b' has no watermark"),
+    'err_hop_not_multiple': (SRC.format(delay=2, extra='') + """
+CREATE SINK s AS SELECT window_start, COUNT(*) AS n FROM HOP(readings, ts, INTERVAL '7' SECOND, INTERVAL '1' MINUTE)
+GROUP BY window_start, window_end WITH (connector = 'console');""", "must be a whole multiple of its slide"),
+    'err_bad_watermark': ("""CREATE SOURCE r (ts TIMESTAMP(3), WATERMARK FOR ts AS ts + INTERVAL '1' SECOND)
+WITH (connector = 'file', path = 'readings.jsonl');""", "WATERMARK FOR ts AS ts - INTERVAL '...' expected"),
+    'err_duplicate_name': (SRC.format(delay=2, extra='') + """
+CREATE MATERIALIZED VIEW readings AS SELECT * FROM readings;""", "'readings' is already defined"),
+    'err_replay_unbounded': ("""CREATE SOURCE r (ts TIMESTAMP(3)) WITH (connector = 'datagen');""", "set option 'rows'"),
+    'err_missing_file': (SRC.format(delay=2, extra='').replace('readings.jsonl', 'missing.jsonl') + """
+CREATE SINK s AS SELECT * FROM readings WITH (connector = 'console');""", "missing.jsonl: No such file"),
+}
+bad_rows = small[:3] + [{'device_id': 'dev-1', 'temp': 'hot', 'ts': iso(T0)}]
+for name, (sql, err) in ERR.items():
+    write_case(name, sql, {'readings.jsonl': bad_rows}, {'error.txt': err})
+print('cases written')

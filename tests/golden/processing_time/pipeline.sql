@@ -1,0 +1,7 @@
+CREATE SOURCE readings (
+    device_id VARCHAR NOT NULL, temp DOUBLE, ts TIMESTAMP(3) NOT NULL
+) WITH (connector = 'file', path = 'readings.jsonl', format = 'json');
+CREATE SINK per_minute AS
+SELECT device_id, window_start, COUNT(*) AS n FROM TUMBLE(readings, ts, INTERVAL '1' MINUTE)
+GROUP BY device_id, window_start, window_end
+WITH (connector = 'file', path = 'out/per_minute.jsonl', format = 'json');
