@@ -299,7 +299,13 @@ impl<'a> Planner<'a> {
                 Ok(Stream { node: id, schema, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![] })
             }
             LogicalPlan::Join(_) => Err(plan_err("joins are not supported yet")),
-            LogicalPlan::Window(_) => Err(plan_err("OVER windows are not supported yet")),
+            LogicalPlan::Window(win) => {
+                let input = self.plan_node(&win.input, outermost, emit)?;
+                if input.updating || input.pending_session.is_some() {
+                    return Err(plan_err("OVER needs an append-only input"));
+                }
+                self.plan_over(win, input)
+            }
             LogicalPlan::Sort(_) => Err(plan_err("ORDER BY is not supported on a stream (rows are emitted as they are final)")),
             LogicalPlan::Limit(_) => Err(plan_err("LIMIT is not supported on a stream")),
             LogicalPlan::Distinct(_) => {
@@ -308,6 +314,134 @@ impl<'a> Planner<'a> {
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Err(plan_err("a streaming query must read FROM a source or view")),
             other => Err(plan_err(format!("{} is not supported in a streaming query", other.display()))),
         }
+    }
+
+    fn plan_over(&mut self, win: &datafusion_expr::logical_plan::Window, input: Stream) -> Result<Stream> {
+        use datafusion_expr::{WindowFrameBound, WindowFrameUnits, WindowFunctionDefinition};
+        let in_schema = win.input.schema();
+        let physical_schema = Arc::new(in_schema.as_arrow().clone());
+        let mut shared: Option<(Vec<Expr>, Vec<Sort>)> = None;
+        let mut fns = Vec::new();
+        for e in &win.window_expr {
+            let Expr::WindowFunction(wf) = e.clone().unalias() else {
+                return Err(plan_err(format!("unsupported window expression {e}")));
+            };
+            let p = &wf.params;
+            match &shared {
+                None => shared = Some((p.partition_by.clone(), p.order_by.clone())),
+                Some((pb, ob)) if *pb == p.partition_by && *ob == p.order_by => {}
+                Some(_) => return Err(plan_err("all OVER clauses of one SELECT must use the same PARTITION BY and ORDER BY")),
+            }
+            let frame = &p.window_frame;
+            let whole = matches!(frame.end_bound, WindowFrameBound::Following(ref v) if v.is_null());
+            if !whole && !matches!(frame.end_bound, WindowFrameBound::CurrentRow) {
+                return Err(plan_err("OVER frames must end at CURRENT ROW (or UNBOUNDED FOLLOWING for a whole window partition)"));
+            }
+            let frame = match (&frame.units, &frame.start_bound, whole) {
+                (_, WindowFrameBound::Preceding(v), true) if v.is_null() => crate::ops::over::Frame::Whole,
+                (WindowFrameUnits::Rows, WindowFrameBound::Preceding(v), false) if v.is_null() => crate::ops::over::Frame::RowsUnbounded,
+                (WindowFrameUnits::Range, WindowFrameBound::Preceding(v), false) if v.is_null() => crate::ops::over::Frame::RangeUnbounded,
+                (WindowFrameUnits::Rows, WindowFrameBound::Preceding(v), false) => {
+                    let n = v.cast_to(&DataType::UInt64).ok().and_then(|v| if let datafusion_common::ScalarValue::UInt64(Some(n)) = v { Some(n) } else { None });
+                    crate::ops::over::Frame::Rows(n.ok_or_else(|| plan_err(format!("ROWS {v} PRECEDING: expected a row count")))?)
+                }
+                (WindowFrameUnits::Rows, WindowFrameBound::CurrentRow, false) => crate::ops::over::Frame::Rows(0),
+                (WindowFrameUnits::Range, WindowFrameBound::Preceding(v), false) => crate::ops::over::Frame::Range(interval_ms(v)?),
+                (WindowFrameUnits::Range, WindowFrameBound::CurrentRow, false) => crate::ops::over::Frame::Range(0),
+                _ => return Err(plan_err("unsupported OVER frame (GROUPS frames and frames starting after the current row are not supported)")),
+            };
+            let f = match &wf.fun {
+                WindowFunctionDefinition::AggregateUDF(udaf) => {
+                    let agg = Expr::AggregateFunction(AggregateFunction::new_udf(
+                        udaf.clone(),
+                        p.args.clone(),
+                        p.distinct,
+                        p.filter.clone(),
+                        vec![],
+                        p.null_treatment,
+                    ));
+                    let lowered = LoweredAggregateBuilder::new(&agg, in_schema, &physical_schema, &self.props, &PhysicalPlanningContext::default()).build()?;
+                    if matches!(frame, crate::ops::over::Frame::Rows(_) | crate::ops::over::Frame::Range(_))
+                        && lowered.aggregate.create_sliding_accumulator().is_err()
+                    {
+                        return Err(plan_err(format!("{} cannot slide over a bounded frame; use UNBOUNDED PRECEDING", udaf.name())));
+                    }
+                    crate::ops::over::OverFn::Agg { args: lowered.aggregate.expressions(), agg: lowered.aggregate, frame }
+                }
+                WindowFunctionDefinition::WindowUDF(udwf) => match udwf.name() {
+                    "row_number" => crate::ops::over::OverFn::RowNumber,
+                    "rank" => crate::ops::over::OverFn::Rank,
+                    "dense_rank" => crate::ops::over::OverFn::DenseRank,
+                    name @ ("lag" | "lead") => {
+                        let arg = p.args.first().ok_or_else(|| plan_err(format!("{name} needs an argument")))?;
+                        let arg_type = arg.get_type(in_schema.as_ref())?;
+                        let offset = match p.args.get(1) {
+                            None => 1,
+                            Some(Expr::Literal(v, _)) => match v.cast_to(&DataType::UInt64)? {
+                                datafusion_common::ScalarValue::UInt64(Some(n)) => n as usize,
+                                _ => return Err(plan_err(format!("{name}: the offset must be a non-negative integer"))),
+                            },
+                            Some(_) => return Err(plan_err(format!("{name}: the offset must be a constant"))),
+                        };
+                        let default = match p.args.get(2) {
+                            None => datafusion_common::ScalarValue::try_from(&arg_type)?,
+                            Some(Expr::Literal(v, _)) => v.cast_to(&arg_type)?,
+                            Some(_) => return Err(plan_err(format!("{name}: the default must be a constant"))),
+                        };
+                        let arg = self.physical(arg, in_schema)?;
+                        if name == "lag" {
+                            crate::ops::over::OverFn::Lag { arg, offset, default }
+                        } else {
+                            crate::ops::over::OverFn::Lead { arg, offset, default }
+                        }
+                    }
+                    other => return Err(plan_err(format!("window function {other} is not supported in a streaming query"))),
+                },
+            };
+            fns.push(f);
+        }
+        let (partition_by, order_by) = shared.unwrap_or_default();
+        let col_of = |e: &Expr| match e {
+            Expr::Column(c) => in_schema.index_of_column(c).ok(),
+            _ => None,
+        };
+        let by_time = match order_by.as_slice() {
+            [s] if s.asc => col_of(&s.expr).and_then(|c| input.time_offset(c).map(|o| (c, o))),
+            _ => None,
+        };
+        let by_partition = partition_by.iter().filter_map(|e| col_of(e)).find_map(|c| input.time_offset(c).map(|o| (c, o)));
+        let completion = match (by_time, by_partition) {
+            (Some((col, offset)), _) => crate::ops::over::Completion::ByRowTime { col, offset },
+            (None, Some((col, offset))) => crate::ops::over::Completion::ByPartitionTime { col, offset },
+            _ => {
+                return Err(plan_err(
+                    "OVER needs ORDER BY an event-time column with a watermark (ascending), or PARTITION BY a window column (window_start / window_end) of a windowed aggregation",
+                ))
+            }
+        };
+        if let crate::ops::over::Completion::ByPartitionTime { .. } = completion {
+            if fns.iter().any(|f| matches!(f, crate::ops::over::OverFn::Agg { frame: crate::ops::over::Frame::Range(_), .. })) {
+                return Err(plan_err("RANGE ... PRECEDING frames need ORDER BY the event-time column"));
+            }
+        } else if fns.iter().any(|f| matches!(f, crate::ops::over::OverFn::Agg { frame: crate::ops::over::Frame::Whole, .. })) {
+            return Err(plan_err("frames reaching UNBOUNDED FOLLOWING never end on a stream ordered by time"));
+        }
+        let part_exprs = partition_by.iter().map(|e| self.physical(e, in_schema)).collect::<Result<Vec<_>>>()?;
+        let part_types = partition_by.iter().map(|e| Ok(e.get_type(in_schema.as_ref())?)).collect::<Result<Vec<_>>>()?;
+        let order = order_by
+            .iter()
+            .map(|s| {
+                Ok((
+                    self.physical(&s.expr, in_schema)?,
+                    s.expr.get_type(in_schema.as_ref())?,
+                    arrow::compute::SortOptions { descending: !s.asc, nulls_first: s.nulls_first },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let schema: SchemaRef = Arc::new(win.schema.as_arrow().clone());
+        let op = crate::ops::over::Over::new(fns, part_exprs, part_types, order, completion, schema.clone(), self.limits)?;
+        let node = self.add(Box::new(op), input.node);
+        Ok(Stream { node, schema, key: None, key_alts: vec![], window: None, ..input })
     }
 
     fn project_columns(&mut self, input: Stream, cols: &[usize]) -> Result<Stream> {
@@ -487,6 +621,15 @@ fn order_by_event_time(e: Expr, time: Option<&Expr>) -> Result<Expr> {
         Ok(Transformed::no(e))
     })?;
     Ok(out.data)
+}
+
+fn interval_ms(v: &datafusion_common::ScalarValue) -> Result<i64> {
+    use datafusion_common::ScalarValue as S;
+    match v {
+        S::IntervalMonthDayNano(Some(i)) if i.months == 0 => Ok(i.days as i64 * 86_400_000 + i.nanoseconds / 1_000_000),
+        S::IntervalDayTime(Some(i)) => Ok(i.days as i64 * 86_400_000 + i.milliseconds as i64),
+        other => Err(plan_err(format!("RANGE {other} PRECEDING: expected an INTERVAL of days or less"))),
+    }
 }
 
 /// Whether a type can be an event-time column.

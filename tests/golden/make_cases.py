@@ -374,3 +374,82 @@ bad_rows = small[:3] + [{'device_id': 'dev-1', 'temp': 'hot', 'ts': iso(T0)}]
 for name, (sql, err) in ERR.items():
     write_case(name, sql, {'readings.jsonl': bad_rows}, {'error.txt': err})
 print('cases written')
+
+# ---- OVER: ROWS frame, LAG, LEAD, ROW_NUMBER, RANK (rows in event-time order per partition) ----
+ov = readings(40, 21, devices=2, disorder=3000, step=1000)
+for i, r in enumerate(ov):
+    if i % 9 == 4:  # equal timestamps: peers
+        r['ts'], r['_ms'] = ov[i - 1]['ts'], ov[i - 1]['_ms']
+acc_v = accept(ov, 3000)
+by_dev = {}
+for idx, (r, _) in enumerate(acc_v):
+    by_dev.setdefault(r['device_id'], []).append((r['_ms'], idx, r))
+exp_rows, exp_range = [], []
+for dev, lst in by_dev.items():
+    lst.sort(key=lambda x: (x[0], x[1]))
+    temps = [x[2]['temp'] for x in lst]
+    for i, (t, _, r) in enumerate(lst):
+        w = temps[max(0, i - 2): i + 1]
+        rank = 1 + sum(1 for x in lst if x[0] < t)
+        exp_rows.append({'device_id': dev, 'ts': r['ts'], 'temp': r['temp'], 'avg3': sum(w) / len(w),
+                         'prev': temps[i - 1] if i > 0 else None, 'next': temps[i + 1] if i + 1 < len(temps) else None,
+                         'rn': i + 1, 'rk': rank})
+        in_range = [x[2]['temp'] for x in lst if t - 10000 <= x[0] <= t]
+        running = [x[2]['temp'] for x in lst if x[0] <= t]
+        exp_range.append({'device_id': dev, 'ts': r['ts'], 'sum10s': sum(in_range), 'n10s': len(in_range), 'running_max': max(running)})
+write_case('over_rows_lag_lead', SRC.format(delay=3, extra=", batch_rows = '7'") + """
+CREATE SINK moving AS
+SELECT device_id, ts, temp,
+       AVG(temp) OVER (PARTITION BY device_id ORDER BY ts ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS avg3,
+       LAG(temp) OVER (PARTITION BY device_id ORDER BY ts) AS prev,
+       LEAD(temp) OVER (PARTITION BY device_id ORDER BY ts) AS next,
+       ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY ts) AS rn,
+       RANK() OVER (PARTITION BY device_id ORDER BY ts) AS rk
+FROM readings
+WITH (connector = 'file', path = 'out/moving.jsonl', format = 'json');
+""", {'readings.jsonl': ov}, {'moving': exp_rows})
+write_case('over_range', SRC.format(delay=3, extra=", batch_rows = '5'") + """
+CREATE SINK ranged AS
+SELECT device_id, ts,
+       SUM(temp) OVER (PARTITION BY device_id ORDER BY ts RANGE BETWEEN INTERVAL '10' SECOND PRECEDING AND CURRENT ROW) AS sum10s,
+       COUNT(*) OVER (PARTITION BY device_id ORDER BY ts RANGE BETWEEN INTERVAL '10' SECOND PRECEDING AND CURRENT ROW) AS n10s,
+       MAX(temp) OVER (PARTITION BY device_id ORDER BY ts) AS running_max
+FROM readings
+WITH (connector = 'file', path = 'out/ranged.jsonl', format = 'json');
+""", {'readings.jsonl': ov}, {'ranged': exp_range})
+
+# ---- top-N per window: ROW_NUMBER over each closed window's rows ----
+g5 = window_counts(acc, 'tumble', 60000)
+per_win = {}
+for (dev, s, e), v in g5.items():
+    per_win.setdefault(s, []).append((dev, len(v)))
+top = []
+for s, lst in per_win.items():
+    lst.sort(key=lambda x: (-x[1], x[0]))
+    for i, (dev, n) in enumerate(lst[:2]):
+        top.append({'window_start': iso(s), 'device_id': dev, 'n': n, 'place': i + 1})
+write_case('top_n_per_window', SRC.format(delay=3, extra='') + """
+CREATE MATERIALIZED VIEW per_minute AS
+SELECT device_id, window_start, window_end, COUNT(*) AS n
+FROM TUMBLE(readings, ts, INTERVAL '1' MINUTE)
+GROUP BY device_id, window_start, window_end;
+
+CREATE SINK top2 AS
+SELECT window_start, device_id, n, place FROM (
+    SELECT window_start, device_id, n,
+           ROW_NUMBER() OVER (PARTITION BY window_start ORDER BY n DESC, device_id) AS place
+    FROM per_minute
+) WHERE place <= 2
+WITH (connector = 'file', path = 'out/top2.jsonl', format = 'json');
+""", {'readings.jsonl': rows}, {'top2': top})
+
+ERR2 = {
+    'err_over_without_time_order': (SRC.format(delay=2, extra='') + """
+CREATE SINK s AS SELECT device_id, ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY temp) AS r FROM readings
+WITH (connector = 'console');""", "OVER needs ORDER BY an event-time column"),
+    'err_order_by_on_stream': (SRC.format(delay=2, extra='') + """
+CREATE SINK s AS SELECT * FROM readings ORDER BY temp WITH (connector = 'console');""", "ORDER BY is not supported on a stream"),
+}
+for name, (sql, err) in ERR2.items():
+    write_case(name, sql, {'readings.jsonl': bad_rows}, {'error.txt': err})
+print('over cases written')

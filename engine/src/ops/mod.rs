@@ -7,6 +7,7 @@
 pub mod calc;
 pub mod graph;
 pub mod group_agg;
+pub mod over;
 pub mod agg;
 pub mod session;
 pub mod window;

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, golden (data-driven), property and integration tests, then the shared
+# replay conformance cases against the eddyd binary the tests built. One build profile (release), so
+# the binary and the tests share every compiled dependency.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --release --workspace --locked
+
+conformance=../shared/conformance
+if [ -f "$conformance/run.py" ]; then
+    python3 "$conformance/run.py" --bin target/release/eddyd
+elif [ "${CI:-}" = "true" ]; then
+    echo "scripts/test.sh: $conformance/run.py not found; CI must run the conformance cases" >&2
+    exit 1
+else
+    echo "scripts/test.sh: $conformance not found beside this checkout; conformance cases skipped" >&2
+fi

@@ -1,0 +1,9 @@
+CREATE SOURCE readings (
+    device_id VARCHAR NOT NULL,
+    temp      DOUBLE,
+    ts        TIMESTAMP(3) NOT NULL,
+    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+) WITH (connector = 'file', path = 'readings.jsonl', format = 'json');
+
+CREATE SINK s AS SELECT device_id, ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY temp) AS r FROM readings
+WITH (connector = 'console');
