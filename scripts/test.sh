@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test --release --workspace --locked
+cargo test --release --locked
 
 conformance=../shared/conformance
 if [ -f "$conformance/run.py" ]; then

@@ -319,11 +319,10 @@ impl Pipeline {
                 Statement::Drop { .. } => {}
             }
         }
-        for (name, path) in &cfg.inputs {
+        for name in cfg.inputs.keys() {
             if !summary.sources.contains(name) {
                 return Err(EngineError::options("--input", format!("no source named '{name}' (sources: {})", summary.sources.join(", "))));
             }
-            let _ = path;
         }
         for name in cfg.outputs.keys() {
             if !summary.sinks.iter().any(|(s, _)| s == name) {
@@ -527,26 +526,24 @@ impl Pipeline {
             if self.sources[i].ended {
                 continue;
             }
-            let (max_rows, poll) = {
+            let poll = {
                 let s = &mut self.sources[i];
                 let reader = s.reader.as_mut().ok_or_else(|| EngineError::Internal("source not started".into()))?;
-                (s.batch_rows, reader.poll(&mut s.decoder, s.batch_rows))
+                reader.poll(&mut s.decoder, s.batch_rows)?
             };
-            let _ = max_rows;
-            let poll = poll?;
             any |= poll == Poll::Rows;
-            self.run_source_output(i, now)?;
+            self.run_source_output(i)?;
             if poll == Poll::End {
                 self.end_source(i)?;
             } else if self.mode == Mode::Live {
-                self.live_watermarks(i, now, poll == Poll::Rows)?;
+                self.live_watermarks(i, now)?;
             }
         }
         Ok(any)
     }
 
     /// Pushes the decoded rows of source `i` into the graph.
-    fn run_source_output(&mut self, i: usize, _now: i64) -> Result<()> {
+    fn run_source_output(&mut self, i: usize) -> Result<()> {
         let s = &mut self.sources[i];
         if let Some(errors) = s.decoder.errors.finish()? {
             s.stats.errors += errors.num_rows() as u64;
@@ -578,7 +575,7 @@ impl Pipeline {
     }
 
     /// Live mode: processing-time watermarks and idle timeouts.
-    fn live_watermarks(&mut self, i: usize, now: i64, _got_rows: bool) -> Result<()> {
+    fn live_watermarks(&mut self, i: usize, now: i64) -> Result<()> {
         let s = &mut self.sources[i];
         let (main, late, errors) = (s.main, s.late, s.errors);
         if s.time_col.is_none() {

@@ -46,8 +46,7 @@ pub struct WindowCols {
 /// A planned stream: where its rows come from and what is known about them.
 #[derive(Debug, Clone)]
 pub struct Stream {
-    /// The node whose output carries this stream; `None` for a SESSION TVF (its aggregation is
-    /// planned with the GROUP BY above it).
+    /// The node whose output carries this stream (for a pending SESSION TVF: its input's).
     pub node: NodeId,
     pub schema: SchemaRef,
     /// Columns with a watermark: (column, lag behind the stream's watermark in ms).

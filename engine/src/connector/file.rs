@@ -172,10 +172,7 @@ impl SourceReader for FileSource {
     }
 }
 
-#[inline]
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
-}
+use memchr::memchr;
 
 /// Reads a whole CSV or JSON-lines file into batches (reference tables).
 pub fn read_all(path: &Path, format: Format, dec: &mut RowDecoder) -> Result<Vec<arrow::array::RecordBatch>> {

@@ -6,7 +6,7 @@
 //! Files are created (with their directories) and truncated when the pipeline starts.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use arrow::array::RecordBatch;
@@ -131,8 +131,9 @@ impl Operator for Sink {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
                 }
-                let f = File::create(path).map_err(|e| EngineError::io(path, e))?;
-                Box::new(BufWriter::with_capacity(256 * 1024, f))
+                // Rows are batched per chunk in `buf` and written once per chunk, so a live reader
+                // of the file sees them as soon as they are produced.
+                Box::new(File::create(path).map_err(|e| EngineError::io(path, e))?)
             }
         });
         Ok(())

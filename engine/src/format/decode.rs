@@ -89,6 +89,11 @@ pub struct RowDecoder {
     /// Event-time column: a row without it is an error even when the column is nullable.
     time_col: Option<usize>,
     row_error: Option<String>,
+    /// Column of the k-th key of the previous object: payloads from one producer repeat their key
+    /// order, so most keys are matched by one string comparison.
+    key_order: Vec<Option<usize>>,
+    /// Position of the next key in the current object.
+    key_pos: usize,
     pub errors: ErrorRows,
     /// Longest `raw` kept in an error row.
     pub max_error_raw_bytes: usize,
@@ -118,6 +123,8 @@ impl RowDecoder {
             by_name,
             time_col,
             row_error: None,
+            key_order: Vec::new(),
+            key_pos: 0,
             errors: ErrorRows::new(),
             max_error_raw_bytes: 64 * 1024,
         })
@@ -130,6 +137,26 @@ impl RowDecoder {
     /// Rows decoded into the current batch.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Column of the next key of the current object (see `key_order`).
+    #[inline]
+    pub fn lookup_next_key(&mut self, key: &str) -> Option<usize> {
+        let k = self.key_pos;
+        self.key_pos += 1;
+        if let Some(Some(c)) = self.key_order.get(k) {
+            if self.columns[*c].name == key {
+                return Some(*c);
+            }
+        }
+        let found = self.lookup(key);
+        if k < 64 {
+            if self.key_order.len() <= k {
+                self.key_order.resize(k + 1, None);
+            }
+            self.key_order[k] = found;
+        }
+        found
     }
 
     /// Column index of a payload key: exact name first, then ASCII case-insensitively.
@@ -147,6 +174,7 @@ impl RowDecoder {
     pub fn begin_row(&mut self) {
         self.seen.iter_mut().for_each(|s| *s = false);
         self.row_error = None;
+        self.key_pos = 0;
     }
 
     /// Whether the current row already failed (later values are skipped).

@@ -11,7 +11,15 @@ use super::decode::RowDecoder;
 /// the whole payload, when it is not JSON) becomes an error row.
 pub fn decode_json(dec: &mut RowDecoder, payload: &[u8], received_at: i64) -> usize {
     let before = dec.rows();
-    let mut de = serde_json::Deserializer::from_slice(payload);
+    // One UTF-8 check per payload; the parser then reads strings without checking each again.
+    let text = match std::str::from_utf8(payload) {
+        Ok(t) => t,
+        Err(e) => {
+            dec.reject(payload, &format!("not valid JSON: invalid UTF-8 at byte {}", e.valid_up_to()), received_at);
+            return 0;
+        }
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
     let result = Payload { dec: &mut *dec, raw: payload, received_at }.deserialize(&mut de).and_then(|()| de.end());
     if let Err(e) = result {
         // A syntax error: a row begun in this payload is rolled back; complete rows before it stay;
@@ -114,7 +122,7 @@ impl<'de> Visitor<'de> for Element<'_> {
 }
 
 fn read_object<'de, A: MapAccess<'de>>(dec: &mut RowDecoder, mut map: A) -> Result<(), A::Error> {
-    while let Some(col) = map.next_key_seed(KeySeed { dec })? {
+    while let Some(col) = map.next_key_seed(KeySeed { dec: &mut *dec })? {
         match col {
             Some(i) if dec.is_json_text(i) => {
                 let raw: &serde_json::value::RawValue = map.next_value()?;
@@ -134,7 +142,7 @@ fn read_object<'de, A: MapAccess<'de>>(dec: &mut RowDecoder, mut map: A) -> Resu
 }
 
 struct KeySeed<'a> {
-    dec: &'a RowDecoder,
+    dec: &'a mut RowDecoder,
 }
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
@@ -150,7 +158,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
         f.write_str("an object key")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
-        Ok(self.dec.lookup(v))
+        Ok(self.dec.lookup_next_key(v))
     }
 }
 

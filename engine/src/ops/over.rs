@@ -82,7 +82,6 @@ pub struct Over {
     /// ORDER BY expressions and their encoder (peers have equal bytes).
     order_conv: Option<RowConverter>,
     order_by: Vec<Arc<dyn PhysicalExpr>>,
-    order_opts: Vec<arrow::compute::SortOptions>,
     completion: Completion,
     schema: SchemaRef,
     buffered: Vec<RecordBatch>,
@@ -115,7 +114,6 @@ impl Over {
             partition_by,
             part_conv: RowConverter::new(pf)?,
             order_conv,
-            order_opts: order_by.iter().map(|(_, _, o)| *o).collect(),
             order_by: order_by.into_iter().map(|(e, _, _)| e).collect(),
             completion,
             schema,
@@ -449,7 +447,6 @@ impl Over {
             None => None,
         };
         let t = batch.column(time_col).as_primitive::<TimestampMillisecondType>();
-        let _ = &self.order_opts;
         let mut idx: Vec<u32> = (0..n as u32).collect();
         idx.sort_by(|&a, &b| {
             let (a, b) = (a as usize, b as usize);

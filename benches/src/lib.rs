@@ -1,0 +1,39 @@
+//! Shared pieces of Eddy's benchmarks: a deterministic telemetry file and peak-RSS reading.
+
+use std::io::Write;
+
+use eddy_engine::connector::datagen::Rng;
+
+/// Writes `rows` JSON lines of plant telemetry (`devices` devices, one reading per device per
+/// second, up to 2 s of disorder) to `path`.
+pub fn write_readings(path: &std::path::Path, rows: u64, devices: u32) -> std::io::Result<()> {
+    let f = std::fs::File::create(path)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let mut rng = Rng::new(42);
+    let start = 1_772_352_000_000i64;
+    let step = (1000 / devices.max(1) as i64).max(1);
+    for i in 0..rows {
+        let dev = i % devices as u64;
+        let ts = start + i as i64 * step - rng.below(2000) as i64;
+        let temp = 15.0 + rng.f64() * 20.0;
+        let hum = 30.0 + rng.f64() * 50.0;
+        writeln!(
+            w,
+            "{{\"device_id\":\"dev-{dev:04}\",\"site\":\"site-{}\",\"temp\":{temp:.2},\"humidity\":{hum:.1},\"ts\":\"{}\"}}",
+            dev % 7,
+            eddy_engine::time::rfc3339_ms(ts)
+        )?;
+    }
+    w.flush()
+}
+
+/// Peak resident set size of this process, in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
