@@ -23,6 +23,28 @@ struct Cli {
     command: Command,
 }
 
+/// Limits on a pipeline's state; reaching one stops the pipeline with an error, never a drop.
+#[derive(clap::Args, Clone, Copy)]
+struct LimitArgs {
+    /// Open windows per windowed aggregation.
+    #[arg(long, default_value_t = eddy_engine::ops::Limits::default().max_open_windows)]
+    max_open_windows: usize,
+    /// Groups (keys) per aggregation, summed over open windows; also OVER partitions and sessions.
+    #[arg(long, default_value_t = eddy_engine::ops::Limits::default().max_groups)]
+    max_groups: usize,
+    /// Rows per batch a source hands on (a source's `batch_rows` option overrides it).
+    #[arg(long, default_value_t = eddy_engine::ops::Limits::default().batch_rows)]
+    batch_rows: usize,
+}
+
+impl LimitArgs {
+    fn apply(self, cfg: &mut PipelineConfig) {
+        cfg.limits.max_open_windows = self.max_open_windows.max(1);
+        cfg.limits.max_groups = self.max_groups.max(1);
+        cfg.limits.batch_rows = self.batch_rows.clamp(1, 1 << 20);
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline over bounded input: every source to its end, then every window closes.
@@ -35,6 +57,8 @@ enum Command {
         /// Write SINK to this JSON-lines file instead of its connector (SINK=FILE).
         #[arg(long = "output", value_name = "SINK=FILE")]
         outputs: Vec<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Validate a pipeline file (SQL, options, plans) without reading or writing anything.
     Check {
@@ -44,6 +68,8 @@ enum Command {
     Run {
         #[arg(long)]
         pipeline: PathBuf,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Run the built-in demo: generated plant telemetry, live 10-second statistics. Ctrl-C stops it.
     Demo {
@@ -130,10 +156,11 @@ fn main() {
 
 fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Replay { pipeline, inputs, outputs } => {
+        Command::Replay { pipeline, inputs, outputs, limits } => {
             let (sql, dir) = read_pipeline(&pipeline)?;
             let cwd = std::env::current_dir()?;
             let mut cfg = PipelineConfig::new(dir, Mode::Replay);
+            limits.apply(&mut cfg);
             cfg.inputs = parse_pairs("--input", &inputs, &cwd)?;
             cfg.outputs = parse_pairs("--output", &outputs, &cwd)?;
             let mut p = Pipeline::plan(&sql, &cfg)?;
@@ -160,9 +187,11 @@ fn run(cmd: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { pipeline } => {
+        Command::Run { pipeline, limits } => {
             let (sql, dir) = read_pipeline(&pipeline)?;
-            let mut p = Pipeline::plan(&sql, &PipelineConfig::new(dir, Mode::Live))?;
+            let mut cfg = PipelineConfig::new(dir, Mode::Live);
+            limits.apply(&mut cfg);
+            let mut p = Pipeline::plan(&sql, &cfg)?;
             let stop = stop_flag()?;
             p.run_live(&stop)?;
             Ok(())

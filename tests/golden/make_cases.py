@@ -453,3 +453,53 @@ CREATE SINK s AS SELECT * FROM readings ORDER BY temp WITH (connector = 'console
 for name, (sql, err) in ERR2.items():
     write_case(name, sql, {'readings.jsonl': bad_rows}, {'error.txt': err})
 print('over cases written')
+
+# ---- nested JSON into STRUCT, and hostile input that must land in ERRORS() ----
+nested = [
+    {'device_id': 'dev-1', 'loc': {'lat': 52.5, 'lon': 13.4, 'floor': 'B2'}, 'ts': iso(T0)},
+    {'device_id': 'dev-2', 'loc': None, 'ts': iso(T0 + 1000)},
+    {'device_id': 'dev-3', 'ts': iso(T0 + 2000)},
+]
+write_case('struct_columns', """CREATE SOURCE r (
+    device_id VARCHAR NOT NULL, loc STRUCT<lat DOUBLE, lon DOUBLE, floor VARCHAR>, ts TIMESTAMP(3) NOT NULL,
+    WATERMARK FOR ts AS ts
+) WITH (connector = 'file', path = 'r.jsonl');
+CREATE SINK located AS SELECT device_id, loc['lat'] AS lat, loc['floor'] AS floor, loc FROM r
+WITH (connector = 'file', path = 'out/located.jsonl');
+""", {'r.jsonl': nested}, {'located': [
+    {'device_id': 'dev-1', 'lat': 52.5, 'floor': 'B2', 'loc': {'lat': 52.5, 'lon': 13.4, 'floor': 'B2'}},
+    {'device_id': 'dev-2', 'lat': None, 'floor': None, 'loc': None},
+    {'device_id': 'dev-3', 'lat': None, 'floor': None, 'loc': None}]})
+
+good = [{'device_id': 'dev-1', 'temp': 20.5, 'ts': iso(T0 + i * 3500)} for i in range(3)]
+write_case('hostile_input', SRC.format(delay=2, extra='') + """
+CREATE SINK ok AS SELECT device_id, temp FROM readings WITH (connector = 'file', path = 'out/ok.jsonl');
+CREATE SINK bad AS SELECT error FROM ERRORS(readings) WITH (connector = 'file', path = 'out/bad.jsonl');
+""", {'readings.jsonl': ''}, {
+    'ok': [{'device_id': 'dev-1', 'temp': 20.5}] * 3 + [{'device_id': 'dev-2', 'temp': 1.0}],
+    'bad': [{'error': 'not valid JSON: invalid UTF-8 at byte 15'},
+            {'error': 'not valid JSON: expected value at line 1 column 1'},
+            {'error': "column 'temp': expected DOUBLE, got string \"hot\""},
+            {'error': "column 'temp': expected a scalar, got an array"},
+            {'error': "event time 'ts' is missing"},
+            {'error': 'not valid JSON: expected a JSON object, got null at line 1 column 4'}]})
+with open(os.path.join(HERE, 'hostile_input', 'readings.jsonl'), 'wb') as f:
+    lines = [json.dumps({k: v for k, v in r.items()}).encode() for r in good]
+    f.write(lines[0] + b'\n')
+    f.write(b'{"device_id": "\xff\xfe", "temp": 1, "ts": 0}\n')
+    f.write(b'#' * 200_000 + b'\n')
+    f.write(lines[1] + b'\n')
+    f.write(b'{"device_id": "dev-1", "temp": "hot", "ts": "2026-03-01T08:00:05Z"}\n')
+    f.write(b'[{"device_id": "dev-2", "temp": 1.0, "ts": "2026-03-01T08:00:06Z"}, {"device_id": "dev-2", "temp": [1], "ts": "2026-03-01T08:00:06Z"}]\n')
+    f.write(b'{"device_id": "dev-1", "temp": 3}\n')
+    f.write(b'null\n\n   \n')
+    f.write(lines[2])  # last line without a newline
+print('struct and hostile cases written')
+
+# ---- a state limit stops the pipeline with a clear error ----
+write_case('err_limit_open_windows', SRC.format(delay=3, extra='') + """
+CREATE SINK per_second AS SELECT device_id, window_start, COUNT(*) AS n
+FROM TUMBLE(readings, ts, INTERVAL '1' SECOND) GROUP BY device_id, window_start, window_end
+WITH (connector = 'file', path = 'out/per_second.jsonl');
+""", {'readings.jsonl': rows}, {'error.txt': "limit reached: 3 open windows in one aggregation (limits.max_open_windows)"},
+    args='--max-open-windows 3')

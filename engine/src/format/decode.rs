@@ -192,20 +192,16 @@ impl RowDecoder {
     /// Sets column `col` of the current row. A second value for a column replaces the first.
     #[inline]
     pub fn set(&mut self, col: usize, v: Value<'_>) {
-        if self.row_error.is_some() {
-            return;
-        }
-        if self.seen[col] {
-            self.bufs[col].pop_last();
-        }
-        self.seen[col] = true;
-        if let Err(e) = self.bufs[col].push(v) {
-            self.fail_row(format!("column '{}': {e}", self.columns[col].name));
-        }
+        self.set_with(col, |b| b.push(v));
     }
 
     /// Sets a STRUCT column from the JSON text of a nested value.
     pub fn set_json_text(&mut self, col: usize, text: &str) {
+        self.set_with(col, |b| b.push_json_text(text));
+    }
+
+    #[inline]
+    fn set_with(&mut self, col: usize, push: impl FnOnce(&mut ColumnBuf) -> Result<(), String>) {
         if self.row_error.is_some() {
             return;
         }
@@ -213,7 +209,7 @@ impl RowDecoder {
             self.bufs[col].pop_last();
         }
         self.seen[col] = true;
-        if let Err(e) = self.bufs[col].push_json_text(text) {
+        if let Err(e) = push(&mut self.bufs[col]) {
             self.fail_row(format!("column '{}': {e}", self.columns[col].name));
         }
     }

@@ -67,7 +67,10 @@ impl Default for Catalog {
 impl Catalog {
     pub fn new() -> Self {
         let mut scalar = HashMap::new();
-        for f in datafusion_functions::all_default_functions() {
+        for f in datafusion_functions::all_default_functions()
+            .into_iter()
+            .chain(datafusion_functions_nested::all_default_nested_functions())
+        {
             for a in f.aliases() {
                 scalar.insert(a.clone(), f.clone());
             }
@@ -89,6 +92,8 @@ impl Catalog {
         }
         let expr_planners: Vec<Arc<dyn ExprPlanner>> = vec![
             Arc::new(datafusion_functions::core::planner::CoreFunctionPlanner::default()),
+            Arc::new(datafusion_functions_nested::planner::NestedFunctionPlanner),
+            Arc::new(datafusion_functions_nested::planner::FieldAccessPlanner),
             Arc::new(datafusion_functions::unicode::planner::UnicodeFunctionPlanner),
             Arc::new(datafusion_functions::datetime::planner::DatetimeFunctionPlanner),
             Arc::new(datafusion_functions_aggregate::planner::AggregateFunctionPlanner),
