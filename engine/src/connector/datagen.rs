@@ -1,7 +1,7 @@
 //! `connector = 'datagen'`: deterministic generated input, as JSON payloads decoded by the same path
 //! as real messages (so bad rows really land in ERRORS).
 //!
-//! Shapes: `iot` (device_id, site, temp, humidity, ts) and `trades` (symbol, price, volume, ts).
+//! Shapes: `iot` (device_id, site, temp with a slow daily-like cycle and rare +8° spikes, humidity, ts) and `trades` (symbol, price, volume, ts).
 //! The same seed gives the same rows. With `rate` the rows come at that pace with wall-clock event
 //! times; without it they come as fast as possible with event times from `start` on. `rows` bounds
 //! the source; without it the source never ends.
@@ -144,7 +144,9 @@ impl Datagen {
         match cfg.shape {
             Shape::Iot => {
                 let phase = (ts as f64 / 60_000.0 + who as f64).sin();
-                let temp = 20.0 + (who % 7) as f64 + 4.0 * phase + rng.f64() * 2.0 + if late { 100.0 } else { 0.0 };
+                // Occasional spikes (0.2% of readings) give alerts something to find.
+                let spike = if rng.f64() < 0.002 { 8.0 } else { 0.0 };
+                let temp = 20.0 + (who % 7) as f64 + 4.0 * phase + rng.f64() * 2.0 + spike + if late { 100.0 } else { 0.0 };
                 let humidity = 30.0 + rng.f64() * 50.0;
                 let _ = if error {
                     match rng.below(3) {

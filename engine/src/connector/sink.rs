@@ -9,7 +9,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
 
 use crate::error::{EngineError, Result};
 use crate::format::encode::{write_value, JsonRowWriter};
@@ -72,12 +73,30 @@ impl Sink {
             b.push(b' ');
             b.extend_from_slice(name.as_bytes());
             b.push(b'=');
-            scratch.clear();
-            write_value(batch.column(c), row, &mut scratch);
-            let text = String::from_utf8_lossy(&scratch);
-            match text.parse::<f64>() {
-                Ok(f) if text.contains('.') => b.extend_from_slice(format!("{}", (f * 1000.0).round() / 1000.0).as_bytes()),
-                _ => b.extend_from_slice(text.trim_matches('"').as_bytes()),
+            let col = batch.column(c);
+            match col.data_type() {
+                // Text as it is (control characters escaped), numbers rounded for reading.
+                DataType::Utf8 if !col.is_null(row) => {
+                    for ch in col.as_string::<i32>().value(row).chars() {
+                        if ch.is_control() {
+                            b.extend_from_slice(ch.escape_default().to_string().as_bytes());
+                        } else {
+                            let mut tmp = [0u8; 4];
+                            b.extend_from_slice(ch.encode_utf8(&mut tmp).as_bytes());
+                        }
+                    }
+                }
+                DataType::Float64 | DataType::Float32 if !col.is_null(row) => {
+                    scratch.clear();
+                    write_value(col, row, &mut scratch);
+                    let f: f64 = String::from_utf8_lossy(&scratch).parse().unwrap_or(f64::NAN);
+                    b.extend_from_slice(format!("{}", (f * 1000.0).round() / 1000.0).as_bytes());
+                }
+                _ => {
+                    scratch.clear();
+                    write_value(col, row, &mut scratch);
+                    b.extend_from_slice(scratch.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(&scratch));
+                }
             }
         }
         b.push(b'\n');
