@@ -26,6 +26,7 @@ use crate::ops::agg::{AggregateExprs, GroupCol};
 use crate::ops::calc::Calc;
 use crate::ops::graph::{Graph, NodeId, Passthrough};
 use crate::ops::group_agg::GroupAggregate;
+use crate::ops::over::{Completion, Frame, Over, OverFn};
 use crate::ops::session::SessionAggregate;
 use crate::ops::window::WindowAssign;
 use crate::ops::window_agg::WindowAggregate;
@@ -337,16 +338,16 @@ impl<'a> Planner<'a> {
                 return Err(plan_err("OVER frames must end at CURRENT ROW (or UNBOUNDED FOLLOWING for a whole window partition)"));
             }
             let frame = match (&frame.units, &frame.start_bound, whole) {
-                (_, WindowFrameBound::Preceding(v), true) if v.is_null() => crate::ops::over::Frame::Whole,
-                (WindowFrameUnits::Rows, WindowFrameBound::Preceding(v), false) if v.is_null() => crate::ops::over::Frame::RowsUnbounded,
-                (WindowFrameUnits::Range, WindowFrameBound::Preceding(v), false) if v.is_null() => crate::ops::over::Frame::RangeUnbounded,
+                (_, WindowFrameBound::Preceding(v), true) if v.is_null() => Frame::Whole,
+                (WindowFrameUnits::Rows, WindowFrameBound::Preceding(v), false) if v.is_null() => Frame::RowsUnbounded,
+                (WindowFrameUnits::Range, WindowFrameBound::Preceding(v), false) if v.is_null() => Frame::RangeUnbounded,
                 (WindowFrameUnits::Rows, WindowFrameBound::Preceding(v), false) => {
                     let n = v.cast_to(&DataType::UInt64).ok().and_then(|v| if let datafusion_common::ScalarValue::UInt64(Some(n)) = v { Some(n) } else { None });
-                    crate::ops::over::Frame::Rows(n.ok_or_else(|| plan_err(format!("ROWS {v} PRECEDING: expected a row count")))?)
+                    Frame::Rows(n.ok_or_else(|| plan_err(format!("ROWS {v} PRECEDING: expected a row count")))?)
                 }
-                (WindowFrameUnits::Rows, WindowFrameBound::CurrentRow, false) => crate::ops::over::Frame::Rows(0),
-                (WindowFrameUnits::Range, WindowFrameBound::Preceding(v), false) => crate::ops::over::Frame::Range(interval_ms(v)?),
-                (WindowFrameUnits::Range, WindowFrameBound::CurrentRow, false) => crate::ops::over::Frame::Range(0),
+                (WindowFrameUnits::Rows, WindowFrameBound::CurrentRow, false) => Frame::Rows(0),
+                (WindowFrameUnits::Range, WindowFrameBound::Preceding(v), false) => Frame::Range(interval_ms(v)?),
+                (WindowFrameUnits::Range, WindowFrameBound::CurrentRow, false) => Frame::Range(0),
                 _ => return Err(plan_err("unsupported OVER frame (GROUPS frames and frames starting after the current row are not supported)")),
             };
             let f = match &wf.fun {
@@ -360,17 +361,17 @@ impl<'a> Planner<'a> {
                         p.null_treatment,
                     ));
                     let lowered = LoweredAggregateBuilder::new(&agg, in_schema, &physical_schema, &self.props, &PhysicalPlanningContext::default()).build()?;
-                    if matches!(frame, crate::ops::over::Frame::Rows(_) | crate::ops::over::Frame::Range(_))
+                    if matches!(frame, Frame::Rows(_) | Frame::Range(_))
                         && lowered.aggregate.create_sliding_accumulator().is_err()
                     {
                         return Err(plan_err(format!("{} cannot slide over a bounded frame; use UNBOUNDED PRECEDING", udaf.name())));
                     }
-                    crate::ops::over::OverFn::Agg { args: lowered.aggregate.expressions(), agg: lowered.aggregate, frame }
+                    OverFn::Agg { args: lowered.aggregate.expressions(), agg: lowered.aggregate, frame }
                 }
                 WindowFunctionDefinition::WindowUDF(udwf) => match udwf.name() {
-                    "row_number" => crate::ops::over::OverFn::RowNumber,
-                    "rank" => crate::ops::over::OverFn::Rank,
-                    "dense_rank" => crate::ops::over::OverFn::DenseRank,
+                    "row_number" => OverFn::RowNumber,
+                    "rank" => OverFn::Rank,
+                    "dense_rank" => OverFn::DenseRank,
                     name @ ("lag" | "lead") => {
                         let arg = p.args.first().ok_or_else(|| plan_err(format!("{name} needs an argument")))?;
                         let arg_type = arg.get_type(in_schema.as_ref())?;
@@ -389,9 +390,9 @@ impl<'a> Planner<'a> {
                         };
                         let arg = self.physical(arg, in_schema)?;
                         if name == "lag" {
-                            crate::ops::over::OverFn::Lag { arg, offset, default }
+                            OverFn::Lag { arg, offset, default }
                         } else {
-                            crate::ops::over::OverFn::Lead { arg, offset, default }
+                            OverFn::Lead { arg, offset, default }
                         }
                     }
                     other => return Err(plan_err(format!("window function {other} is not supported in a streaming query"))),
@@ -410,19 +411,19 @@ impl<'a> Planner<'a> {
         };
         let by_partition = partition_by.iter().filter_map(|e| col_of(e)).find_map(|c| input.time_offset(c).map(|o| (c, o)));
         let completion = match (by_time, by_partition) {
-            (Some((col, offset)), _) => crate::ops::over::Completion::ByRowTime { col, offset },
-            (None, Some((col, offset))) => crate::ops::over::Completion::ByPartitionTime { col, offset },
+            (Some((col, offset)), _) => Completion::ByRowTime { col, offset },
+            (None, Some((col, offset))) => Completion::ByPartitionTime { col, offset },
             _ => {
                 return Err(plan_err(
                     "OVER needs ORDER BY an event-time column with a watermark (ascending), or PARTITION BY a window column (window_start / window_end) of a windowed aggregation",
                 ))
             }
         };
-        if let crate::ops::over::Completion::ByPartitionTime { .. } = completion {
-            if fns.iter().any(|f| matches!(f, crate::ops::over::OverFn::Agg { frame: crate::ops::over::Frame::Range(_), .. })) {
+        if let Completion::ByPartitionTime { .. } = completion {
+            if fns.iter().any(|f| matches!(f, OverFn::Agg { frame: Frame::Range(_), .. })) {
                 return Err(plan_err("RANGE ... PRECEDING frames need ORDER BY the event-time column"));
             }
-        } else if fns.iter().any(|f| matches!(f, crate::ops::over::OverFn::Agg { frame: crate::ops::over::Frame::Whole, .. })) {
+        } else if fns.iter().any(|f| matches!(f, OverFn::Agg { frame: Frame::Whole, .. })) {
             return Err(plan_err("frames reaching UNBOUNDED FOLLOWING never end on a stream ordered by time"));
         }
         let part_exprs = partition_by.iter().map(|e| self.physical(e, in_schema)).collect::<Result<Vec<_>>>()?;
@@ -438,7 +439,7 @@ impl<'a> Planner<'a> {
             })
             .collect::<Result<Vec<_>>>()?;
         let schema: SchemaRef = Arc::new(win.schema.as_arrow().clone());
-        let op = crate::ops::over::Over::new(fns, part_exprs, part_types, order, completion, schema.clone(), self.limits)?;
+        let op = Over::new(fns, part_exprs, part_types, order, completion, schema.clone(), self.limits)?;
         let node = self.add(Box::new(op), input.node);
         Ok(Stream { node, schema, key: None, key_alts: vec![], window: None, ..input })
     }

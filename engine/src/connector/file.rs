@@ -91,13 +91,9 @@ impl FileSource {
                 let mut record = csv::ByteRecord::new();
                 match reader.read_byte_record(&mut record) {
                     Ok(true) => match &self.csv_mapping {
-                        None => {
-                            let rec = strip_bom(&record);
-                            self.csv_mapping = Some(csvfmt::header_mapping(dec, &rec));
-                        }
+                        None => self.csv_mapping = Some(csvfmt::header_mapping(dec, &strip_bom(&record))),
                         Some(m) => {
-                            let m = m.clone();
-                            csvfmt::decode_record(dec, &m, &record, line, now);
+                            csvfmt::decode_record(dec, m, &record, line, now);
                         }
                     },
                     Ok(false) => {}

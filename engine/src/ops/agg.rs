@@ -63,8 +63,7 @@ impl AggregateExprs {
         let eval = |e: &Arc<dyn PhysicalExpr>| -> Result<ArrayRef> { Ok(e.evaluate(batch)?.into_array(n)?) };
         let key_cols = self.keys.iter().map(eval).collect::<Result<Vec<_>>>()?;
         let keys = if key_cols.is_empty() {
-            let constant: ArrayRef = Arc::new(BooleanArray::from(vec![true; n]));
-            converter.convert_columns(&[constant])?
+            converter.convert_columns(&[super::constant_key(n)])?
         } else {
             converter.convert_columns(&key_cols)?
         };

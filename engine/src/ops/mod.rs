@@ -67,6 +67,11 @@ pub trait Operator: Send {
     }
 }
 
+/// The key column of a grouping without keys: every row the same value.
+pub fn constant_key(rows: usize) -> arrow::array::ArrayRef {
+    std::sync::Arc::new(arrow::array::BooleanArray::from(vec![true; rows]))
+}
+
 /// A filter mask where NULL counts as false.
 pub fn null_as_false(b: &arrow::array::BooleanArray) -> arrow::array::BooleanArray {
     use arrow::array::Array;

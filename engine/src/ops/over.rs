@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use arrow::row::{RowConverter, SortField};
@@ -190,7 +190,7 @@ impl Over {
     fn partition_rows(&self, batch: &RecordBatch) -> Result<arrow::row::Rows> {
         let n = batch.num_rows();
         let cols = if self.partition_by.is_empty() {
-            vec![Arc::new(arrow::array::BooleanArray::from(vec![true; n])) as ArrayRef]
+            vec![super::constant_key(n)]
         } else {
             self.partition_by.iter().map(|e| Ok(e.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<_>>>()?
         };
@@ -431,8 +431,6 @@ impl Operator for Over {
         Ok(held)
     }
 }
-
-use arrow::array::Array;
 
 impl Over {
     /// Sorts final rows by partition, then ORDER BY (or event time), then arrival.

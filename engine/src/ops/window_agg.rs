@@ -127,33 +127,37 @@ impl WindowAggregate {
         Ok(())
     }
 
-    /// Rows of window `key` for `groups` (all, final, when the state is consumed).
-    fn window_rows(&self, key: (i64, i64), groups: &GroupIndex, keys_of: Option<&[u32]>, values: Vec<ArrayRef>) -> Result<RecordBatch> {
-        let n = keys_of.map(|g| g.len()).unwrap_or(groups.len());
-        let key_cols = groups.key_columns(&self.converter, keys_of)?;
-        let starts: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![key.1; n]));
-        let ends: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![key.0; n]));
-        self.exprs.output_batch(key_cols, Some((starts, ends)), values, n)
-    }
-
     /// Emits the changed groups of every open window as upserts.
     fn emit_dirty(&mut self, out: &mut Vec<Chunk>) -> Result<()> {
-        let keys: Vec<(i64, i64)> = self.windows.keys().copied().collect();
-        for key in keys {
-            let Some(mut st) = self.windows.remove(&key) else { continue };
+        for (&key, st) in self.windows.iter_mut() {
             if let Accs::Updating { accs, dirty, is_dirty } = &mut st.accs {
                 if !dirty.is_empty() {
                     let groups = std::mem::take(dirty);
                     groups.iter().for_each(|&g| is_dirty[g as usize] = false);
                     let values = accs.evaluate(&self.exprs, &groups)?;
-                    let batch = self.window_rows(key, &st.groups, Some(&groups), values)?;
+                    let batch = window_rows(&self.exprs, &self.converter, key, &st.groups, Some(&groups), values)?;
                     out.push(upserts(batch));
                 }
             }
-            self.windows.insert(key, st);
         }
         Ok(())
     }
+}
+
+/// Rows of window `key` for `groups` (all, in index order, when `None`).
+fn window_rows(
+    exprs: &AggregateExprs,
+    converter: &RowConverter,
+    key: (i64, i64),
+    groups: &GroupIndex,
+    keys_of: Option<&[u32]>,
+    values: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
+    let n = keys_of.map(|g| g.len()).unwrap_or(groups.len());
+    let key_cols = groups.key_columns(converter, keys_of)?;
+    let starts: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![key.1; n]));
+    let ends: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![key.0; n]));
+    exprs.output_batch(key_cols, Some((starts, ends)), values, n)
 }
 
 fn upserts(batch: RecordBatch) -> Chunk {
@@ -213,18 +217,18 @@ impl Operator for WindowAggregate {
             match &mut st.accs {
                 Accs::Final(accs) => {
                     let values = accs.evaluate()?;
-                    out.push(Chunk::append(self.window_rows(key, &st.groups, None, values)?));
+                    out.push(Chunk::append(window_rows(&self.exprs, &self.converter, key, &st.groups, None, values)?));
                 }
                 Accs::Updating { accs, dirty, .. } => {
                     // ON UPDATE already emitted every change; EVERY emits the final rows now.
                     if matches!(self.emit, Emit::Every(_)) {
                         let groups: Vec<u32> = (0..st.groups.len() as u32).collect();
                         let values = accs.evaluate(&self.exprs, &groups)?;
-                        out.push(upserts(self.window_rows(key, &st.groups, Some(&groups), values)?));
+                        out.push(upserts(window_rows(&self.exprs, &self.converter, key, &st.groups, Some(&groups), values)?));
                     } else if !dirty.is_empty() {
                         let groups = std::mem::take(dirty);
                         let values = accs.evaluate(&self.exprs, &groups)?;
-                        out.push(upserts(self.window_rows(key, &st.groups, Some(&groups), values)?));
+                        out.push(upserts(window_rows(&self.exprs, &self.converter, key, &st.groups, Some(&groups), values)?));
                     }
                 }
             }
