@@ -10,6 +10,7 @@ cargo test --release --locked
 conformance=../shared/conformance
 if [ -f "$conformance/run.py" ]; then
     python3 "$conformance/run.py" --bin target/release/eddyd
+    python3 "$conformance/run.py" --bin target/release/eddyd --cases "$conformance/joins"
 elif [ "${CI:-}" = "true" ]; then
     echo "scripts/test.sh: $conformance/run.py not found; CI must run the conformance cases" >&2
     exit 1

@@ -33,6 +33,9 @@ pub enum EngineError {
     /// A source with `on_error = 'fail'` met a row it could not decode.
     #[error("source '{source_name}': bad row under on_error = 'fail': {message} (row: {raw})")]
     BadRow { source_name: String, message: String, raw: String },
+    /// A reference table's file could not be loaded.
+    #[error("table '{name}' ({path}): {message}")]
+    Table { name: String, path: String, message: String },
     /// A configured limit was reached; the pipeline stops rather than dropping data.
     #[error("limit reached: {0}")]
     Limit(String),

@@ -18,6 +18,8 @@ use arrow::datatypes::{Field, Schema, SchemaRef, TimestampMillisecondType};
 use crate::connector::datagen::{Datagen, DatagenConfig};
 use crate::connector::file::{FileSource, DEFAULT_MAX_LINE};
 use crate::connector::sink::{Sink, SinkMode, SinkTarget};
+use crate::connector::table::{TableRuntime, TableSpec};
+use crate::ops::lookup_join::TableHandle;
 use crate::connector::{self, Poll, SourceReader};
 use crate::error::{EngineError, Result, SqlPos};
 use crate::format::decode::{errors_schema, DecodeColumn, RowDecoder};
@@ -153,6 +155,7 @@ pub struct Summary {
 pub struct Pipeline {
     graph: Graph,
     sources: Vec<SourceRuntime>,
+    tables: Vec<TableRuntime>,
     sinks: Vec<(String, NodeId)>,
     summary: Summary,
     mode: Mode,
@@ -281,6 +284,8 @@ impl Pipeline {
         let mut names: HashSet<String> = HashSet::new();
         let mut sources = Vec::new();
         let mut sinks = Vec::new();
+        let mut tables: Vec<TableRuntime> = Vec::new();
+        let mut table_handles: HashMap<String, TableHandle> = HashMap::new();
         let mut summary = Summary::default();
         for PositionedStatement { pos, statement } in &stmts {
             let pos = *pos;
@@ -296,23 +301,22 @@ impl Pipeline {
                     sources.push(src);
                 }
                 Statement::CreateTable(def) => {
-                    connector::check_options("table", &def.name, &def.options).map_err(|e| at(pos, e))?;
-                    let (cols, _) = relation_columns(def, pos)?;
-                    let schema = Arc::new(Schema::new(
-                        cols.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
-                    ));
-                    catalog.add(&def.name, RelationKind::Table, schema);
+                    let table = Self::plan_table(def, pos, cfg)?;
+                    let schema = table.handle.read().map_err(|_| EngineError::Internal("table lock".into()))?.batch.schema();
+                    catalog.add_keyed(&def.name, RelationKind::Table, schema, table.spec.primary_key.clone());
+                    table_handles.insert(def.name.clone(), table.handle.clone());
+                    tables.push(table);
                     summary.tables.push(def.name.clone());
                 }
                 Statement::CreateView { name, query, emit } => {
-                    let mut planner = Planner::new(&catalog, &mut graph, &relations, cfg.limits);
+                    let mut planner = Planner::new(&catalog, &mut graph, &relations, &table_handles, cfg.limits);
                     let (stream, _) = planner.plan_query(query, *emit).map_err(|e| at(pos, e))?;
                     catalog.add(name, RelationKind::View, stream.schema.clone());
                     relations.insert(name.clone(), stream);
                     summary.views.push(name.clone());
                 }
                 Statement::CreateSink { name, input, options } => {
-                    let (stream, id) = Self::plan_sink(name, input, options, pos, cfg, &catalog, &mut graph, &relations)?;
+                    let (stream, id) = Self::plan_sink(name, input, options, pos, cfg, &catalog, &mut graph, &relations, &table_handles)?;
                     summary.sinks.push((name.clone(), stream.updating));
                     sinks.push((name.clone(), id));
                 }
@@ -330,7 +334,45 @@ impl Pipeline {
                 return Err(EngineError::options("--output", format!("no sink named '{name}' (sinks: {})", known.join(", "))));
             }
         }
-        Ok(Pipeline { graph, sources, sinks, summary, mode: cfg.mode, idle_sleep: cfg.idle_sleep, started: false })
+        Ok(Pipeline { graph, sources, tables, sinks, summary, mode: cfg.mode, idle_sleep: cfg.idle_sleep, started: false })
+    }
+
+    fn plan_table(def: &RelationDef, pos: SqlPos, cfg: &PipelineConfig) -> Result<TableRuntime> {
+        let ctx = format!("table '{}'", def.name);
+        connector::check_options("table", &def.name, &def.options).map_err(|e| at(pos, e))?;
+        let (cols, _) = relation_columns(def, pos)?;
+        if def.watermark.is_some() {
+            return Err(sql_err(pos, format!("table '{}': a reference TABLE has no WATERMARK (it is joined by its current contents)", def.name)));
+        }
+        if let Some(c) = cols.iter().find(|c| c.metadata_key.is_some()) {
+            return Err(sql_err(pos, format!("column '{}': a table file provides no metadata", c.name)));
+        }
+        let o = &def.options;
+        let path = o.get("path").ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
+        let format = format_option(&ctx, o, Format::Csv)?;
+        if format == Format::Raw {
+            return Err(EngineError::options(ctx, "a table is read as 'csv' or 'json'"));
+        }
+        let primary_key: Vec<usize> = def.primary_key.iter().filter_map(|k| cols.iter().position(|c| &c.name == k)).collect();
+        let schema: SchemaRef = Arc::new(Schema::new(
+            cols.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable && !def.primary_key.contains(&c.name))).collect::<Vec<_>>(),
+        ));
+        let spec = TableSpec {
+            name: def.name.clone(),
+            path: resolve_path(&cfg.base_dir, path),
+            format,
+            columns: cols
+                .into_iter()
+                .map(|mut c| {
+                    c.nullable &= !def.primary_key.contains(&c.name);
+                    c
+                })
+                .collect(),
+            primary_key,
+            max_line: connector::num_option(&ctx, o, "max_line_bytes")?.unwrap_or(DEFAULT_MAX_LINE),
+            reload_interval: connector::duration_option(&ctx, o, "reload_interval")?.unwrap_or(5_000),
+        };
+        Ok(TableRuntime::new(spec, schema))
     }
 
     fn plan_source(
@@ -436,6 +478,7 @@ impl Pipeline {
         catalog: &Catalog,
         graph: &mut Graph,
         relations: &HashMap<String, Stream>,
+        tables: &HashMap<String, TableHandle>,
     ) -> Result<(Stream, NodeId)> {
         let ctx = format!("sink '{name}'");
         let connector = connector::check_options("sink", name, options).map_err(|e| at(pos, e))?;
@@ -446,7 +489,7 @@ impl Pipeline {
                 _ => return Err(sql_err(pos, format!("unknown relation '{r}'"))),
             },
             SinkInput::Query { query, emit } => {
-                let mut planner = Planner::new(catalog, graph, relations, cfg.limits);
+                let mut planner = Planner::new(catalog, graph, relations, tables, cfg.limits);
                 planner.plan_query(query, *emit).map_err(|e| at(pos, e))?.0
             }
         };
@@ -505,6 +548,9 @@ impl Pipeline {
         if self.started {
             return Ok(());
         }
+        for t in &mut self.tables {
+            t.load()?;
+        }
         for s in &mut self.sources {
             s.reader = Some(match &s.spec {
                 ReaderSpec::File { path, format, follow, max_line } => Box::new(FileSource::open(path, *format, *follow, *max_line)?),
@@ -522,6 +568,9 @@ impl Pipeline {
         self.start()?;
         let mut any = false;
         let now = crate::time::now_ms();
+        if self.mode == Mode::Live {
+            self.tables.iter_mut().for_each(TableRuntime::maybe_reload);
+        }
         for i in 0..self.sources.len() {
             if self.sources[i].ended {
                 continue;

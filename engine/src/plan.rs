@@ -21,6 +21,9 @@ use datafusion_physical_expr::{create_physical_expr, PhysicalExpr};
 use datafusion_sql::planner::SqlToRel;
 use datafusion_sql::sqlparser::ast::{Query, Statement as SqlStatement};
 
+mod join;
+mod pattern;
+
 use crate::error::{EngineError, Result};
 use crate::ops::agg::{AggregateExprs, GroupCol};
 use crate::ops::calc::Calc;
@@ -30,6 +33,7 @@ use crate::ops::over::{Completion, Frame, Over, OverFn};
 use crate::ops::session::SessionAggregate;
 use crate::ops::window::WindowAssign;
 use crate::ops::window_agg::WindowAggregate;
+use crate::ops::lookup_join::TableHandle;
 use crate::ops::Limits;
 use crate::sql::catalog::{Catalog, RelationKind, RelationSource};
 use crate::sql::ddl::Emit;
@@ -75,6 +79,8 @@ pub struct Planner<'a> {
     pub graph: &'a mut Graph,
     /// Streams of named relations (sources, their LATE/ERRORS outputs, views).
     pub relations: &'a HashMap<String, Stream>,
+    /// Loaded reference tables, for lookup joins.
+    pub tables: &'a HashMap<String, TableHandle>,
     pub limits: Limits,
     props: ExecutionProps,
 }
@@ -84,14 +90,22 @@ fn plan_err(message: impl Into<String>) -> EngineError {
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(catalog: &'a Catalog, graph: &'a mut Graph, relations: &'a HashMap<String, Stream>, limits: Limits) -> Self {
-        Planner { catalog, graph, relations, limits, props: ExecutionProps::new() }
+    pub fn new(
+        catalog: &'a Catalog,
+        graph: &'a mut Graph,
+        relations: &'a HashMap<String, Stream>,
+        tables: &'a HashMap<String, TableHandle>,
+        limits: Limits,
+    ) -> Self {
+        Planner { catalog, graph, relations, tables, limits, props: ExecutionProps::new() }
     }
 
     /// SQL to a type-checked logical plan.
     pub fn logical_plan(catalog: &Catalog, query: &Query) -> Result<LogicalPlan> {
         let planner = SqlToRel::new(catalog);
-        let plan = planner.sql_statement_to_plan(SqlStatement::Query(Box::new(query.clone())))?;
+        let mut query = query.clone();
+        crate::sql::asof::nest_asof_joins(&mut query);
+        let plan = planner.sql_statement_to_plan(SqlStatement::Query(Box::new(query)))?;
         let plan = Analyzer::new().execute_and_check(plan, catalog.options(), |_, _| {})?;
         Ok(plan)
     }
@@ -131,8 +145,8 @@ impl<'a> Planner<'a> {
                     RelationKind::Errors(s) => crate::sql::tvf::errors_name(s.as_str()),
                     RelationKind::Table => {
                         return Err(plan_err(format!(
-                            "'{}' is a reference TABLE: it can only be joined (lookup joins are not supported yet)",
-                            rel.name
+                            "'{}' is a reference TABLE: it can only be joined to a stream (FROM stream JOIN {} FOR SYSTEM_TIME AS OF stream.ts ON ...)",
+                            rel.name, rel.name
                         )))
                     }
                     _ => rel.name.clone(),
@@ -200,6 +214,12 @@ impl<'a> Planner<'a> {
                 Ok(remap(input, node, schema, &sources))
             }
             LogicalPlan::Extension(ext) => {
+                if let Some(a) = ext.node.as_any().downcast_ref::<crate::sql::asof::AsofJoinNode>() {
+                    return self.plan_asof(a, outermost, emit);
+                }
+                if let Some(m) = ext.node.as_any().downcast_ref::<crate::sql::pattern::MatchRecognizeNode>() {
+                    return self.plan_match_recognize(m, outermost, emit);
+                }
                 let Some(tvf) = ext.node.as_any().downcast_ref::<WindowTvf>() else {
                     return Err(plan_err(format!("cannot stream {}", ext.node.name())));
                 };
@@ -298,7 +318,7 @@ impl<'a> Planner<'a> {
                     .collect();
                 Ok(Stream { node: id, schema, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![] })
             }
-            LogicalPlan::Join(_) => Err(plan_err("joins are not supported yet")),
+            LogicalPlan::Join(j) => self.plan_join(j, outermost, emit),
             LogicalPlan::Window(win) => {
                 let input = self.plan_node(&win.input, outermost, emit)?;
                 if input.updating || input.pending_session.is_some() {

@@ -5,6 +5,7 @@
 pub mod datagen;
 pub mod file;
 pub mod sink;
+pub mod table;
 
 use crate::error::{EngineError, Result};
 use crate::format::decode::RowDecoder;
@@ -39,7 +40,7 @@ pub fn valid_options(what: &str, connector: &str) -> Option<Vec<&'static str>> {
     let (common, own): (&[&str], &[&str]) = match (what, connector) {
         ("source", "file") => (SOURCE_COMMON, file::SOURCE_OPTIONS),
         ("source", "datagen") => (SOURCE_COMMON, datagen::OPTIONS),
-        ("table", "file") => (&["connector", "format"], &["path"]),
+        ("table", "file") => (&["connector", "format"], &["path", "reload_interval", "max_line_bytes"]),
         ("sink", "file") => (SINK_COMMON, &["path"]),
         ("sink", "console") => (SINK_COMMON, &[]),
         _ => return None,

@@ -33,6 +33,8 @@ pub struct RelationSource {
     pub name: String,
     pub kind: RelationKind,
     pub schema: SchemaRef,
+    /// PRIMARY KEY columns (tables).
+    pub primary_key: Vec<usize>,
 }
 
 impl TableSource for RelationSource {
@@ -113,7 +115,11 @@ impl Catalog {
     }
 
     pub fn add(&mut self, name: &str, kind: RelationKind, schema: SchemaRef) {
-        let source = Arc::new(RelationSource { name: name.to_string(), kind, schema });
+        self.add_keyed(name, kind, schema, vec![]);
+    }
+
+    pub fn add_keyed(&mut self, name: &str, kind: RelationKind, schema: SchemaRef, primary_key: Vec<usize>) {
+        let source = Arc::new(RelationSource { name: name.to_string(), kind, schema, primary_key });
         self.relations.insert(name.to_string(), source);
     }
 

@@ -408,7 +408,7 @@ fn parse_query_and_emit(index: usize, tokens: Vec<TokenWithSpan>) -> Result<(Box
         }
         None => (tokens, None),
     };
-    let mut p = StmtParser::new(index, rewrite_flink_tvf(query_tokens));
+    let mut p = StmtParser::new(index, super::rewrite::rewrite_query(query_tokens));
     if p.at_end() {
         return p.err("expected a query");
     }
@@ -419,55 +419,6 @@ fn parse_query_and_emit(index: usize, tokens: Vec<TokenWithSpan>) -> Result<(Box
         Some(t) => Some(parse_emit(index, t)?),
     };
     Ok((query, emit))
-}
-
-/// Flink's `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), ...))` becomes `TUMBLE(t, DESCRIPTOR(ts), ...)`:
-/// the outer `TABLE(` and its `)` and the inner `TABLE` keyword go; positions of the rest stay.
-fn rewrite_flink_tvf(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
-    let is_word = |t: &Token, w: &str| matches!(t, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w));
-    let next_sig = |tokens: &[TokenWithSpan], from: usize| (from..tokens.len()).find(|&j| !is_trivia(&tokens[j].token));
-    let mut drop = vec![false; tokens.len()];
-    let mut i = 0;
-    while i < tokens.len() {
-        if is_word(&tokens[i].token, "TABLE") {
-            let open = next_sig(&tokens, i + 1);
-            let func = open.filter(|&o| tokens[o].token == Token::LParen).and_then(|o| next_sig(&tokens, o + 1));
-            let is_tvf = func.is_some_and(|f| {
-                ["TUMBLE", "HOP", "SESSION", "CUMULATE"].iter().any(|w| is_word(&tokens[f].token, w))
-            });
-            if let (true, Some(open), Some(func)) = (is_tvf, open, func) {
-                // Find the `)` closing `TABLE(`.
-                let mut depth = 0;
-                let mut close = None;
-                for (j, t) in tokens.iter().enumerate().skip(open) {
-                    match t.token {
-                        Token::LParen => depth += 1,
-                        Token::RParen => {
-                            depth -= 1;
-                            if depth == 0 {
-                                close = Some(j);
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                if let Some(close) = close {
-                    drop[i] = true;
-                    drop[open] = true;
-                    drop[close] = true;
-                    // `TABLE` right inside the function's parentheses.
-                    if let Some(inner) = next_sig(&tokens, func + 1).and_then(|p| next_sig(&tokens, p + 1)) {
-                        if is_word(&tokens[inner].token, "TABLE") {
-                            drop[inner] = true;
-                        }
-                    }
-                }
-            }
-        }
-        i += 1;
-    }
-    tokens.into_iter().zip(drop).filter(|(_, d)| !d).map(|(t, _)| t).collect()
 }
 
 fn parse_emit(index: usize, tokens: Vec<TokenWithSpan>) -> Result<Emit> {

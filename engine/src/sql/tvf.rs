@@ -201,6 +201,13 @@ impl RelationPlanner for StreamingRelationPlanner {
                 let args: Vec<SqlExpr> = list.args.iter().map(arg_expr).collect::<DfResult<_>>()?;
                 plan_window(&fname, args, alias.clone(), ctx).map(|p| RelationPlanning::Planned(Box::new(p)))
             }
+            TableFactor::MatchRecognize { .. } => {
+                super::pattern::plan_match_recognize(relation, ctx).map(|p| RelationPlanning::Planned(Box::new(p)))
+            }
+            TableFactor::NestedJoin { .. } => match super::asof::plan_asof(&relation, ctx)? {
+                Some(p) => Ok(RelationPlanning::Planned(Box::new(p))),
+                None => Ok(RelationPlanning::Original(Box::new(relation))),
+            },
             _ => Ok(RelationPlanning::Original(Box::new(relation))),
         }
     }
@@ -230,7 +237,7 @@ fn relation_ident(e: &SqlExpr, what: &str) -> DfResult<Vec<Ident>> {
     }
 }
 
-fn table_factor(name: Vec<Ident>) -> TableFactor {
+pub(crate) fn table_factor(name: Vec<Ident>) -> TableFactor {
     TableFactor::Table {
         name: ObjectName::from(name),
         alias: None,
