@@ -125,7 +125,8 @@ impl<'a> Planner<'a> {
     }
 
     fn physical(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
-        Ok(create_physical_expr(e, schema, &self.props, &PhysicalPlanningContext::default())?)
+        let e = expand_coalesce(e.clone())?;
+        Ok(create_physical_expr(&e, schema, &self.props, &PhysicalPlanningContext::default())?)
     }
 
     fn add(&mut self, op: Box<dyn crate::ops::Operator>, input: NodeId) -> NodeId {
@@ -624,6 +625,24 @@ fn outermost_aggregate(plan: &LogicalPlan) -> Option<*const Aggregate> {
         LogicalPlan::Aggregate(a) => Some(a as *const Aggregate),
         other => other.inputs().into_iter().find_map(outermost_aggregate),
     }
+}
+
+/// `COALESCE(a, b, ..)` as `CASE WHEN a IS NOT NULL THEN a ... ELSE last END`: DataFusion's
+/// COALESCE runs only once its optimizer has rewritten it so, and streaming plans skip that optimizer.
+fn expand_coalesce(e: Expr) -> Result<Expr> {
+    let out = e.transform_up(|e| {
+        if let Expr::ScalarFunction(f) = &e {
+            if f.func.name() == "coalesce" && !f.args.is_empty() {
+                let mut args = f.args.clone();
+                let Some(last) = args.pop() else { return Ok(Transformed::no(e)) };
+                let when_then = args.into_iter().map(|a| (Box::new(a.clone().is_not_null()), Box::new(a))).collect();
+                let case = datafusion_expr::expr::Case::new(None, when_then, Some(Box::new(last)));
+                return Ok(Transformed::yes(Expr::Case(case)));
+            }
+        }
+        Ok(Transformed::no(e))
+    })?;
+    Ok(out.data)
 }
 
 /// Gives FIRST_VALUE / LAST_VALUE without their own ORDER BY the event-time order of the spec.
