@@ -106,3 +106,50 @@ fn demo_prints_live_window_results_until_interrupted() {
     let status = child.0.wait().unwrap();
     assert!(status.success(), "eddyd demo exited with {status}");
 }
+
+#[test]
+fn run_sees_a_reference_table_change_without_restarting() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let table = dir.path().join("devices.csv");
+    std::fs::write(&input, "{\"device_id\":\"a\",\"ts\":\"2026-03-01T08:00:00Z\"}\n").unwrap();
+    std::fs::write(&table, "device_id,site\na,hall-1\n").unwrap();
+    std::fs::write(
+        dir.path().join("p.sql"),
+        "CREATE SOURCE r (device_id VARCHAR NOT NULL, ts TIMESTAMP(3) NOT NULL, WATERMARK FOR ts AS ts)
+         WITH (connector = 'file', path = 'in.jsonl', follow = 'true');
+         CREATE TABLE devices (device_id VARCHAR PRIMARY KEY, site VARCHAR)
+         WITH (connector = 'file', path = 'devices.csv', format = 'csv', reload_interval = '100ms');
+         CREATE SINK sited AS SELECT r.device_id, d.site FROM r
+         LEFT JOIN devices FOR SYSTEM_TIME AS OF r.ts AS d ON r.device_id = d.device_id
+         WITH (connector = 'file', path = 'out/sited.jsonl');",
+    )
+    .unwrap();
+    let mut child = Reaper(
+        Command::new(env!("CARGO_BIN_EXE_eddyd"))
+            .args(["run", "--pipeline"])
+            .arg(dir.path().join("p.sql"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = dir.path().join("out/sited.jsonl");
+    let text = || std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(wait_for(|| text().contains("hall-1"), Duration::from_secs(10)), "first row not enriched: {}", text());
+    // The file is replaced (as an operator's deploy would: write, then rename over it).
+    std::fs::write(dir.path().join("devices.tmp"), "device_id,site\na,hall-2\nb,hall-3\n").unwrap();
+    std::fs::rename(dir.path().join("devices.tmp"), &table).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let mut f = std::fs::OpenOptions::new().append(true).open(&input).unwrap();
+    writeln!(f, "{{\"device_id\":\"a\",\"ts\":\"2026-03-01T08:00:01Z\"}}").unwrap();
+    writeln!(f, "{{\"device_id\":\"b\",\"ts\":\"2026-03-01T08:00:02Z\"}}").unwrap();
+    writeln!(f, "{{\"device_id\":\"z\",\"ts\":\"2026-03-01T08:00:03Z\"}}").unwrap();
+    f.flush().unwrap();
+    assert!(wait_for(|| text().lines().count() == 4, Duration::from_secs(10)), "rows not written: {}", text());
+    let lines: Vec<String> = text().lines().map(String::from).collect();
+    assert!(lines[1].contains("\"a\"") && lines[1].contains("hall-2"), "{lines:?}");
+    assert!(lines[2].contains("\"b\"") && lines[2].contains("hall-3"), "{lines:?}");
+    assert!(lines[3].contains("\"z\"") && lines[3].contains("\"site\":null"), "{lines:?}");
+    signal(child.0.id(), "-TERM");
+    assert!(child.0.wait().unwrap().success());
+}

@@ -30,6 +30,7 @@ pub struct FileSource {
     max_line: usize,
     /// CSV: columns named by the header, once read.
     csv_mapping: Option<Vec<Option<usize>>>,
+    csv: csvfmt::CsvLineParser,
 }
 
 impl FileSource {
@@ -46,6 +47,7 @@ impl FileSource {
             skipping: false,
             max_line,
             csv_mapping: None,
+            csv: csvfmt::CsvLineParser::default(),
         })
     }
 
@@ -87,16 +89,13 @@ impl FileSource {
                 csvfmt::decode_raw(dec, line, now);
             }
             Format::Csv => {
-                let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(line);
-                let mut record = csv::ByteRecord::new();
-                match reader.read_byte_record(&mut record) {
-                    Ok(true) => match &self.csv_mapping {
-                        None => self.csv_mapping = Some(csvfmt::header_mapping(dec, &strip_bom(&record))),
+                match self.csv.parse(line) {
+                    Ok(record) => match &self.csv_mapping {
+                        None => self.csv_mapping = Some(csvfmt::header_mapping(dec, &strip_bom(record))),
                         Some(m) => {
-                            csvfmt::decode_record(dec, m, &record, line, now);
+                            csvfmt::decode_record(dec, m, record, line, now);
                         }
                     },
-                    Ok(false) => {}
                     Err(e) => dec.reject(line, &format!("not valid CSV: {e}"), now),
                 }
             }

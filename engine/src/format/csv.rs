@@ -45,6 +45,53 @@ pub fn decode_record(
     dec.end_row(raw, received_at)
 }
 
+/// Parses single CSV lines with one reusable parser (building a CSV reader per line costs more
+/// than parsing it). Buffers grow to the longest line seen.
+pub struct CsvLineParser {
+    reader: csv_core::Reader,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+    record: csv::ByteRecord,
+}
+
+impl Default for CsvLineParser {
+    fn default() -> Self {
+        CsvLineParser { reader: csv_core::Reader::new(), out: vec![0; 256], ends: vec![0; 32], record: csv::ByteRecord::new() }
+    }
+}
+
+impl CsvLineParser {
+    /// The fields of `line` (one record; a quoted field may not span lines here).
+    pub fn parse(&mut self, line: &[u8]) -> Result<&csv::ByteRecord, String> {
+        use csv_core::ReadRecordResult as R;
+        self.reader.reset();
+        let (mut input, mut nout, mut nends) = (line, 0usize, 0usize);
+        loop {
+            let (res, nin, o, e) = self.reader.read_record(input, &mut self.out[nout..], &mut self.ends[nends..]);
+            input = &input[nin..];
+            nout += o;
+            nends += e;
+            match res {
+                // An empty input tells the parser the record ends here.
+                R::InputEmpty => {}
+                R::OutputFull => self.out.resize(self.out.len() * 2, 0),
+                R::OutputEndsFull => self.ends.resize(self.ends.len() * 2, 0),
+                R::Record | R::End => break,
+            }
+        }
+        self.record.clear();
+        let mut from = 0;
+        for &end in &self.ends[..nends] {
+            if end < from || end > nout {
+                return Err("malformed record".into());
+            }
+            self.record.push_field(&self.out[from..end]);
+            from = end;
+        }
+        Ok(&self.record)
+    }
+}
+
 /// Decodes a whole CSV payload (one message) without a header line.
 pub fn decode_csv_payload(dec: &mut RowDecoder, payload: &[u8], received_at: i64) -> usize {
     let mapping = positional_mapping(dec);
@@ -71,4 +118,25 @@ pub fn decode_raw(dec: &mut RowDecoder, payload: &[u8], received_at: i64) -> boo
         dec.set(col, Value::Bytes(payload));
     }
     dec.end_row(payload, received_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CsvLineParser;
+
+    #[test]
+    fn parses_quoted_empty_and_long_fields_with_one_parser() {
+        let mut p = CsvLineParser::default();
+        let long = "x".repeat(5000);
+        let lines = [
+            ("a,\"b,c\",,\"say \"\"hi\"\"\"".to_string(), vec!["a", "b,c", "", "say \"hi\""]),
+            (format!("{long},{}", "y,".repeat(100)), std::iter::once(long.as_str()).chain(std::iter::repeat_n("y", 100)).chain(["" ]).collect()),
+            ("only".to_string(), vec!["only"]),
+        ];
+        for (line, want) in &lines {
+            let got: Vec<&[u8]> = p.parse(line.as_bytes()).unwrap().iter().collect();
+            let want: Vec<&[u8]> = want.iter().map(|s| s.as_bytes()).collect();
+            assert_eq!(got, want);
+        }
+    }
 }
