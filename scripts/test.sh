@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 cargo test --release --locked
 
+# Join results against DataFusion's batch joins over the same accepted rows.
+cargo build --release --locked -p eddy-benches --bin join_check
+target/release/join_check target/release/eddyd tests/golden
+
 conformance=../shared/conformance
 if [ -f "$conformance/run.py" ]; then
     python3 "$conformance/run.py" --bin target/release/eddyd
