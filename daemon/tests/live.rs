@@ -28,6 +28,11 @@ impl Drop for Reaper {
     }
 }
 
+/// `eddyd run --pipeline FILE`, stopped by the test (or by the guard if it fails first).
+fn run_pipeline(sql: &std::path::Path) -> Reaper {
+    Reaper(Command::new(env!("CARGO_BIN_EXE_eddyd")).args(["run", "--pipeline"]).arg(sql).stderr(Stdio::null()).spawn().unwrap())
+}
+
 fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
     assert!(status.success());
@@ -49,14 +54,7 @@ fn run_tails_a_growing_file_and_stops_on_sigterm() {
          GROUP BY window_start, window_end WITH (connector = 'file', path = 'out/counts.jsonl');",
     )
     .unwrap();
-    let mut child = Reaper(
-        Command::new(env!("CARGO_BIN_EXE_eddyd"))
-            .args(["run", "--pipeline"])
-            .arg(dir.path().join("p.sql"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = run_pipeline(&dir.path().join("p.sql"));
     let hot = dir.path().join("out/hot.jsonl");
     let lines = |p: &std::path::Path| std::fs::read_to_string(p).map(|s| s.lines().count()).unwrap_or(0);
     assert!(wait_for(|| lines(&hot) == 1, Duration::from_secs(10)), "first row not written");
@@ -125,14 +123,7 @@ fn run_sees_a_reference_table_change_without_restarting() {
          WITH (connector = 'file', path = 'out/sited.jsonl');",
     )
     .unwrap();
-    let mut child = Reaper(
-        Command::new(env!("CARGO_BIN_EXE_eddyd"))
-            .args(["run", "--pipeline"])
-            .arg(dir.path().join("p.sql"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = run_pipeline(&dir.path().join("p.sql"));
     let out = dir.path().join("out/sited.jsonl");
     let text = || std::fs::read_to_string(&out).unwrap_or_default();
     assert!(wait_for(|| text().contains("hall-1"), Duration::from_secs(10)), "first row not enriched: {}", text());

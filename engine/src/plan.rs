@@ -68,6 +68,11 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// An append-only stream out of `node`.
+    pub fn append_only(node: NodeId, schema: SchemaRef, time_cols: Vec<(usize, i64)>) -> Self {
+        Stream { node, schema, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![] }
+    }
+
     pub fn time_offset(&self, col: usize) -> Option<i64> {
         self.time_cols.iter().find(|(c, _)| *c == col).map(|(_, o)| *o)
     }

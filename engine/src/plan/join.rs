@@ -250,10 +250,15 @@ impl Planner<'_> {
             schema.clone(),
             self.limits,
         )?;
-        let node = self.graph.add(Box::new(op), 2);
+        Ok(self.add_binary(Box::new(op), &left, &right, schema, out_time))
+    }
+
+    /// A two-input operator joining `left` (port 0) and `right` (port 1).
+    fn add_binary(&mut self, op: Box<dyn crate::ops::Operator>, left: &Stream, right: &Stream, schema: arrow::datatypes::SchemaRef, time_cols: Vec<(usize, i64)>) -> Stream {
+        let node = self.graph.add(op, 2);
         self.graph.connect(left.node, node, 0);
         self.graph.connect(right.node, node, 1);
-        Ok(Stream { node, schema, time_cols: out_time, window: None, pending_session: None, updating: false, key: None, key_alts: vec![] })
+        Stream::append_only(node, schema, time_cols)
     }
 
     /// Physical key expressions for both sides; no keys become one constant key.
@@ -395,19 +400,7 @@ impl Planner<'_> {
             schema.clone(),
             self.limits,
         )?;
-        let node = self.graph.add(Box::new(op), 2);
-        self.graph.connect(left.node, node, 0);
-        self.graph.connect(right.node, node, 1);
-        Ok(Stream {
-            node,
-            schema,
-            time_cols: vec![(li, lag_l.max(lag_r))],
-            window: None,
-            pending_session: None,
-            updating: false,
-            key: None,
-            key_alts: vec![],
-        })
+        Ok(self.add_binary(Box::new(op), &left, &right, schema, vec![(li, lag_l.max(lag_r))]))
     }
 }
 

@@ -68,6 +68,6 @@ impl Planner<'_> {
         let exprs = PatternExprs { defines, define_schema, measures, measure_schema };
         let op = MatchRecognizeOp::new(def, exprs, &input.schema, schema.clone(), lag, self.limits)?;
         let node = self.add(Box::new(op), input.node);
-        Ok(Stream { node, schema, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![] })
+        Ok(Stream::append_only(node, schema, time_cols))
     }
 }
