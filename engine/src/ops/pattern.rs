@@ -134,7 +134,6 @@ pub struct MatchRecognizeOp {
     /// Farthest PREV reach: rows kept behind the attempt start.
     reach_back: u64,
     out_schema: SchemaRef,
-    in_cols: usize,
     store: RowStore,
     encoder: KeyEncoder,
     part_ids: HashMap<Box<[u8]>, u32>,
@@ -186,7 +185,6 @@ impl MatchRecognizeOp {
             lag,
             reach_back,
             out_schema,
-            in_cols: in_schema.fields().len(),
             store: RowStore::new(in_schema),
             encoder: KeyEncoder::new(key_types)?,
             part_ids: HashMap::new(),
@@ -647,7 +645,6 @@ impl Operator for MatchRecognizeOp {
         for pid in dirty {
             self.trim(pid);
         }
-        let _ = self.in_cols;
         Ok(wm)
     }
 
