@@ -360,6 +360,14 @@ cases = {
                         {'x_ts': first_of('X', 'ts'),
                          'x_avg': lambda r, s, a, st: sum(x['temp'] for x in rows_of(r, s, a, 'X')) / len(rows_of(r, s, a, 'X')),
                          'y_temp': last_of('Y', 'temp')})),
+    'optional_star_exact': (mr("FIRST(ts) AS start_ts, COUNT(S.*) AS steady, COUNT(*) AS n",
+                               "D{2} S* U?  X", "D AS D.temp < PREV(D.temp), S AS S.temp = PREV(S.temp), U AS U.temp > PREV(U.temp), X AS X.temp >= 20"),
+                            (('seq', [('rep', V('D'), 2, 2, True), ('rep', V('S'), 0, None, True), ('rep', V('U'), 0, 1, True), V('X')]),
+                             {'D': down, 'S': flat, 'U': up, 'X': lambda r, s, p, a: r[p]['temp'] >= 20},
+                             {'start_ts': first_of(None, 'ts'), 'steady': cnt('S'), 'n': cnt(None)})),
+    'at_most': (mr("FIRST(ts) AS start_ts, COUNT(*) AS n", "H{,3} C", "H AS H.temp >= 21, C AS C.temp < 19.5"),
+                (('seq', [('rep', V('H'), 0, 3, True), V('C')]), {'H': lambda r, s, p, a: r[p]['temp'] >= 21, 'C': lambda r, s, p, a: r[p]['temp'] < 19.5},
+                 {'start_ts': first_of(None, 'ts'), 'n': cnt(None)})),
 }
 sql, exp = P_SRC, {}
 for name, (q, (pat, defs, meas)) in cases.items():

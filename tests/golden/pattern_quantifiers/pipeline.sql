@@ -47,3 +47,25 @@ SELECT * FROM readings MATCH_RECOGNIZE (
     DEFINE X AS AVG(X.temp) < 21, Y AS Y.temp > LAST(X.temp) + 0.9 AND Y.temp > FIRST(X.temp)
 )
 WITH (connector = 'file', path = 'out/history_define.jsonl', format = 'json');
+
+CREATE SINK optional_star_exact AS
+SELECT * FROM readings MATCH_RECOGNIZE (
+    PARTITION BY device_id ORDER BY ts
+    MEASURES FIRST(ts) AS start_ts, COUNT(S.*) AS steady, COUNT(*) AS n
+    ONE ROW PER MATCH
+    AFTER MATCH SKIP PAST LAST ROW
+    PATTERN (D{2} S* U?  X) 
+    DEFINE D AS D.temp < PREV(D.temp), S AS S.temp = PREV(S.temp), U AS U.temp > PREV(U.temp), X AS X.temp >= 20
+)
+WITH (connector = 'file', path = 'out/optional_star_exact.jsonl', format = 'json');
+
+CREATE SINK at_most AS
+SELECT * FROM readings MATCH_RECOGNIZE (
+    PARTITION BY device_id ORDER BY ts
+    MEASURES FIRST(ts) AS start_ts, COUNT(*) AS n
+    ONE ROW PER MATCH
+    AFTER MATCH SKIP PAST LAST ROW
+    PATTERN (H{,3} C) 
+    DEFINE H AS H.temp >= 21, C AS C.temp < 19.5
+)
+WITH (connector = 'file', path = 'out/at_most.jsonl', format = 'json');
