@@ -5,10 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test --release --locked
+# The whole workspace in one cargo invocation, so DataFusion's crates are resolved with one feature
+# set and built once (the benches crate's join_check needs DataFusion's batch engine too).
+cargo test --release --locked --workspace
 
 # Join results against DataFusion's batch joins over the same accepted rows.
-cargo build --release --locked -p eddy-benches --bin join_check
 target/release/join_check target/release/eddyd tests/golden
 
 conformance=../shared/conformance
