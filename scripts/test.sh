@@ -6,11 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The whole workspace in one cargo invocation, so DataFusion's crates are resolved with one feature
-# set and built once (the benches crate's join_check needs DataFusion's batch engine too).
+# set and built once. This includes benches/tests/join_check.rs: join results against DataFusion's
+# batch joins over the same accepted rows.
 cargo test --release --locked --workspace
-
-# Join results against DataFusion's batch joins over the same accepted rows.
-target/release/join_check target/release/eddyd tests/golden
 
 conformance=../shared/conformance
 if [ -f "$conformance/run.py" ]; then

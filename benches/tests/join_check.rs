@@ -1,8 +1,7 @@
 //! Checks `eddyd replay`'s join results against DataFusion running the same join as a batch query
 //! over the same accepted rows (the rows each source let through its lateness rule, dumped by an
-//! extra sink). Run by `scripts/test.sh`:
-//!
-//!   join_check EDDYD GOLDEN_DIR
+//! extra sink). An integration test of the benches crate (it needs DataFusion's batch engine), run
+//! by `cargo test --workspace`; it drives the `eddyd` binary the same invocation builds.
 //!
 //! ASOF joins are not checked here: DataFusion has no ASOF join (the golden and property tests
 //! check them against their own references).
@@ -174,22 +173,24 @@ async fn check(eddyd: &Path, golden: &Path, c: &Check) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let (Some(eddyd), Some(golden)) = (args.get(1), args.get(2)) else {
-        bail!("usage: join_check EDDYD GOLDEN_DIR");
-    };
-    let (eddyd, golden) = (PathBuf::from(eddyd), PathBuf::from(golden));
-    let mut failed = 0;
+/// `target/<profile>/eddyd`, beside this test's own `deps/` folder.
+fn eddyd() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    dir.join(format!("eddyd{}", std::env::consts::EXE_SUFFIX))
+}
+
+#[tokio::test]
+async fn joins_equal_datafusion_batch_joins_over_the_accepted_rows() {
+    let eddyd = eddyd();
+    assert!(eddyd.exists(), "{} not built (run the whole workspace's tests: cargo test --workspace)", eddyd.display());
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
+    let mut failed = vec![];
     for c in CHECKS {
         if let Err(e) = check(&eddyd, &golden, c).await {
             eprintln!("FAIL {e:#}");
-            failed += 1;
+            failed.push(c.case);
         }
     }
-    if failed > 0 {
-        bail!("{failed} join checks failed");
-    }
-    Ok(())
+    assert!(failed.is_empty(), "join checks failed: {failed:?}");
 }
