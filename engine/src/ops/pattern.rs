@@ -130,6 +130,8 @@ pub struct MatchRecognizeOp {
     prog: Vec<Inst>,
     /// Per variable: its DEFINE needs the match's variable mapping.
     history: Vec<bool>,
+    /// Per variable and navigation placeholder: whether its DEFINE reads the placeholder.
+    define_uses: Vec<Vec<bool>>,
     lag: i64,
     /// Farthest PREV reach: rows kept behind the attempt start.
     reach_back: u64,
@@ -160,11 +162,13 @@ impl MatchRecognizeOp {
         let mut prog = Vec::new();
         compile(&def.pattern, &mut prog);
         prog.push(Inst::Match);
+        let define_uses: Vec<Vec<bool>> = def
+            .defines
+            .iter()
+            .map(|d| (0..def.define_navs.navs.len()).map(|i| d.as_ref().is_some_and(|e| uses(e, i))).collect())
+            .collect();
         let history = (0..def.vars.len())
-            .map(|v| match &def.defines[v] {
-                None => false,
-                Some(e) => def.define_navs.navs.iter().enumerate().any(|(i, n)| uses(e, i) && n.needs_history(v)),
-            })
+            .map(|v| def.define_navs.navs.iter().enumerate().any(|(i, n)| define_uses[v][i] && n.needs_history(v)))
             .collect();
         let reach_back = def
             .define_navs
@@ -182,6 +186,7 @@ impl MatchRecognizeOp {
         Ok(MatchRecognizeOp {
             prog,
             history,
+            define_uses,
             lag,
             reach_back,
             out_schema,
@@ -362,7 +367,7 @@ impl MatchRecognizeOp {
         }
         let n = (upto - from) as usize;
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(navs.len());
-        let used = self.exprs.defines[v].as_ref().map(|e| navs.iter().enumerate().map(|(i, _)| uses_physical(e, i)).collect::<Vec<_>>()).unwrap_or_default();
+        let used = &self.define_uses[v];
         for (i, nav) in navs.iter().enumerate() {
             if !used.get(i).copied().unwrap_or(false) {
                 cols.push(new_null_array(&nav.data_type, n));
@@ -538,11 +543,6 @@ fn nav_sum_type(t: &DataType, kind: NavKind) -> DataType {
 fn uses(e: &datafusion_expr::Expr, i: usize) -> bool {
     let name = format!("__nav{i}");
     e.column_refs().iter().any(|c| c.name == name)
-}
-
-fn uses_physical(e: &Arc<dyn PhysicalExpr>, i: usize) -> bool {
-    let name = format!("__nav{i}");
-    datafusion_physical_expr::utils::collect_columns(e).iter().any(|c| c.name() == name)
 }
 
 fn eval_bool(e: &Arc<dyn PhysicalExpr>, schema: &SchemaRef, cols: Vec<ArrayRef>, n: usize) -> Result<arrow::array::BooleanArray> {

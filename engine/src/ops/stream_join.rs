@@ -52,6 +52,7 @@ struct Entry {
 
 struct SideState {
     spec: JoinSide,
+    schema: SchemaRef,
     store: RowStore,
     entries: HashMap<u64, Entry>,
     next_id: u64,
@@ -88,6 +89,7 @@ impl StreamJoin {
         let side = |(spec, s): (JoinSide, SchemaRef)| SideState {
             spec,
             store: RowStore::new(&s),
+            schema: s,
             entries: HashMap::new(),
             next_id: 0,
             index: HashMap::new(),
@@ -338,11 +340,8 @@ impl StreamJoin {
             let refs: Vec<Option<RowRef>> = ids.iter().map(|id| this.sides[side].entries.get(id).map(|e| e.row)).collect();
             let cols: Vec<usize> = (0..this.sides[side].spec.columns).collect();
             let arrays = this.sides[side].store.gather(&refs, &cols)?;
-            let schema = Arc::new(arrow::datatypes::Schema::new(
-                arrays.iter().enumerate().map(|(i, a)| arrow::datatypes::Field::new(format!("c{i}"), a.data_type().clone(), true)).collect::<Vec<_>>(),
-            ));
             let options = RecordBatchOptions::new().with_row_count(Some(ids.len()));
-            let batch = RecordBatch::try_new_with_options(schema, arrays, &options)?;
+            let batch = RecordBatch::try_new_with_options(this.sides[side].schema.clone(), arrays, &options)?;
             this.encoder.encode(&eval_all(&this.sides[side].spec.keys, &batch)?)
         };
         let mut pairs = Vec::new();
