@@ -9,7 +9,11 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
-use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
+use std::time::Duration;
+
+use eddy_engine::pipeline::{DurableConfig, Mode, Pipeline, PipelineConfig};
+use eddy_engine::storage::crypto::Cipher;
+use eddy_engine::storage::fs::{RealFs, Storage};
 
 const DEMO_SQL: &str = include_str!("demo.sql");
 
@@ -45,6 +49,74 @@ impl LimitArgs {
     }
 }
 
+/// Durable state: WAL, checkpoints, encryption at rest.
+#[derive(clap::Args, Clone)]
+struct StateArgs {
+    /// Keep state here (each pipeline in a subdirectory named after its file); without it,
+    /// pipelines run without durable state and file sinks are not exactly-once.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The state key file (mode 0600; `eddyd keygen` makes one). Default: the systemd credential.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Name of the systemd credential (in $CREDENTIALS_DIRECTORY) holding the key.
+    #[arg(long, default_value = "eddy-state-key")]
+    key_credential: String,
+    /// Store state unencrypted (must be said explicitly).
+    #[arg(long)]
+    no_encryption: bool,
+    /// Checkpoint at least this often (ms).
+    #[arg(long, default_value_t = 10_000)]
+    checkpoint_interval_ms: u64,
+    /// Group commit: commit the WAL once its oldest pending record is this old (µs)...
+    #[arg(long, default_value_t = 5_000)]
+    wal_commit_delay_us: u64,
+    /// ...or once this many bytes are pending.
+    #[arg(long, default_value_t = 1 << 20)]
+    wal_commit_bytes: usize,
+    /// WAL segment size.
+    #[arg(long, default_value_t = 64 << 20)]
+    wal_segment_bytes: u64,
+    /// Largest WAL record (one source batch).
+    #[arg(long, default_value_t = 16 << 20)]
+    wal_max_record_bytes: usize,
+    /// Checkpoint early once sinks hold this many staged (not yet committed) bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_staged_bytes: usize,
+}
+
+impl StateArgs {
+    fn cipher(&self) -> Result<Arc<Cipher>> {
+        if self.no_encryption {
+            if self.key_file.is_some() {
+                bail!("--no-encryption and --key-file contradict each other");
+            }
+            return Ok(Arc::new(Cipher::plaintext()));
+        }
+        if let Some(k) = &self.key_file {
+            return Ok(Arc::new(Cipher::from_key_file(k)?));
+        }
+        match Cipher::from_credential(&self.key_credential)? {
+            Some(c) => Ok(Arc::new(c)),
+            None => bail!(
+                "state is encrypted at rest, and no key was given: pass --key-file FILE (make one with `eddyd keygen > FILE; chmod 600 FILE`), provide the systemd credential '{}', or turn encryption off explicitly with --no-encryption",
+                self.key_credential
+            ),
+        }
+    }
+
+    fn durable_config(&self, dir: PathBuf, storage: Arc<dyn Storage>, cipher: Arc<Cipher>) -> DurableConfig {
+        let mut d = DurableConfig::new(dir, storage, cipher);
+        d.checkpoint_interval = Duration::from_millis(self.checkpoint_interval_ms.max(1));
+        d.wal.commit_delay = Duration::from_micros(self.wal_commit_delay_us);
+        d.wal.commit_bytes = self.wal_commit_bytes.max(1);
+        d.wal.segment_bytes = self.wal_segment_bytes.max(1 << 16);
+        d.wal.max_record_bytes = self.wal_max_record_bytes.max(1 << 10);
+        d.max_staged_bytes = self.max_staged_bytes.max(1);
+        d
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline over bounded input: every source to its end, then every window closes.
@@ -64,12 +136,20 @@ enum Command {
     Check {
         pipeline: PathBuf,
     },
-    /// Run a pipeline live until Ctrl-C (or until all its sources have ended).
+    /// Run pipelines live until Ctrl-C / SIGTERM (or until all their sources have ended).
     Run {
-        #[arg(long)]
-        pipeline: PathBuf,
+        /// A pipeline file; repeat for several (each runs on its own thread).
+        #[arg(long, required = true)]
+        pipeline: Vec<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Print a new random state key as a key-file line (`ID:HEX`); append it to rotate keys.
+    Keygen {
+        #[arg(long, default_value_t = 1)]
+        id: u32,
     },
     /// Run the built-in demo: generated plant telemetry, live 10-second statistics. Ctrl-C stops it.
     Demo {
@@ -187,13 +267,9 @@ fn run(cmd: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { pipeline, limits } => {
-            let (sql, dir) = read_pipeline(&pipeline)?;
-            let mut cfg = PipelineConfig::new(dir, Mode::Live);
-            limits.apply(&mut cfg);
-            let mut p = Pipeline::plan(&sql, &cfg)?;
-            let stop = stop_flag()?;
-            p.run_live(&stop)?;
+        Command::Run { pipeline, limits, state } => run_live(&pipeline, limits, &state),
+        Command::Keygen { id } => {
+            println!("{}", eddy_engine::storage::crypto::generate_key_line(id)?);
             Ok(())
         }
         Command::Demo { show_sql } => {
@@ -211,4 +287,69 @@ fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Plans every pipeline (all must be valid before any starts), recovers their state, then runs each
+/// on its own thread. A pipeline whose sources all end takes its final checkpoint and stops; the
+/// others go on.
+fn run_live(files: &[PathBuf], limits: LimitArgs, state: &StateArgs) -> Result<()> {
+    let stop = stop_flag()?;
+    let durable = match &state.state_dir {
+        Some(dir) => {
+            let storage: Arc<dyn Storage> = Arc::new(RealFs::new());
+            let cipher = state.cipher()?;
+            tracing::info!(wal_io = storage.backend(), encrypted = cipher.is_encrypted(), state_dir = %dir.display(), "durable state");
+            Some((dir.clone(), storage, cipher))
+        }
+        None => {
+            tracing::warn!("no --state-dir: pipelines run without durable state; a restart loses their windows and file sinks are not exactly-once");
+            None
+        }
+    };
+    let mut names = std::collections::HashSet::new();
+    let mut pipelines = Vec::new();
+    for file in files {
+        let (sql, dir) = read_pipeline(file)?;
+        let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into());
+        if !names.insert(name.clone()) {
+            bail!("two pipelines are named '{name}'; each needs a file name of its own (it names its state)");
+        }
+        let mut cfg = PipelineConfig::new(dir, Mode::Live);
+        limits.apply(&mut cfg);
+        cfg.exactly_once = durable.is_some();
+        let mut p = Pipeline::plan(&sql, &cfg).with_context(|| format!("pipeline {}", file.display()))?;
+        if let Some((dir, storage, cipher)) = &durable {
+            p.open_durable(&sql, state.durable_config(dir.join(&name), storage.clone(), cipher.clone()))
+                .with_context(|| format!("pipeline {}", file.display()))?;
+        }
+        pipelines.push((name, p));
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = pipelines
+            .into_iter()
+            .map(|(name, mut p)| {
+                let stop = stop.clone();
+                let h = scope.spawn(move || p.run_live(&stop).with_context(|| format!("pipeline {name}")));
+                h
+            })
+            .collect();
+        let mut first_err = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    eprintln!("eddyd: {e:#}");
+                    stop.store(true, Ordering::SeqCst);
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(anyhow!("a pipeline thread panicked"));
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    })
 }

@@ -42,6 +42,12 @@ pub enum EngineError {
     /// An invariant of the engine broke: a bug, reported instead of a panic.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The WAL, a checkpoint or the key: storage failed or found damage.
+    #[error("state: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// State written by another plan, or an operator whose state cannot be checkpointed.
+    #[error("{0}")]
+    State(String),
     #[error("{0}")]
     DataFusion(#[from] DataFusionError),
     #[error("{0}")]

@@ -12,6 +12,7 @@ pub mod plan;
 pub mod ops;
 pub mod pipeline;
 pub mod sql;
+pub mod storage;
 pub mod time;
 pub mod types;
 

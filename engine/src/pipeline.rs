@@ -32,6 +32,9 @@ use crate::sql::ddl::{self, ObjectKind, Options, PositionedStatement, RelationDe
 use crate::sql::tvf::{errors_name, late_name};
 use crate::time::{MAX_TS, MIN_TS};
 
+mod durable;
+pub use durable::{DurableConfig, DurableStats};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Bounded input; event time goes to +inf at the end.
@@ -53,6 +56,8 @@ pub struct PipelineConfig {
     pub limits: Limits,
     /// How long the live loop sleeps when no source has anything.
     pub idle_sleep: Duration,
+    /// File sinks stage output and publish it with checkpoints (durable pipelines).
+    pub exactly_once: bool,
 }
 
 impl PipelineConfig {
@@ -64,6 +69,7 @@ impl PipelineConfig {
             outputs: HashMap::new(),
             limits: Limits::default(),
             idle_sleep: Duration::from_millis(10),
+            exactly_once: false,
         }
     }
 }
@@ -107,6 +113,8 @@ struct SourceRuntime {
     errors: NodeId,
     ended: bool,
     stats: SourceStats,
+    /// The reader's position after the last rows handed on (resumed from after a restart).
+    position: Vec<u8>,
 }
 
 impl SourceRuntime {
@@ -161,6 +169,9 @@ pub struct Pipeline {
     mode: Mode,
     idle_sleep: Duration,
     started: bool,
+    prepared: bool,
+    /// Durable pipelines: the WAL and checkpoints.
+    durable: Option<durable::Durable>,
 }
 
 fn sql_err(pos: SqlPos, message: impl Into<String>) -> EngineError {
@@ -334,7 +345,7 @@ impl Pipeline {
                 return Err(EngineError::options("--output", format!("no sink named '{name}' (sinks: {})", known.join(", "))));
             }
         }
-        Ok(Pipeline { graph, sources, tables, sinks, summary, mode: cfg.mode, idle_sleep: cfg.idle_sleep, started: false })
+        Ok(Pipeline { graph, sources, tables, sinks, summary, mode: cfg.mode, idle_sleep: cfg.idle_sleep, started: false, prepared: false, durable: None })
     }
 
     fn plan_table(def: &RelationDef, pos: SqlPos, cfg: &PipelineConfig) -> Result<TableRuntime> {
@@ -465,6 +476,7 @@ impl Pipeline {
             errors,
             ended: false,
             stats: SourceStats::default(),
+            position: Vec::new(),
         })
     }
 
@@ -534,7 +546,11 @@ impl Pipeline {
                 _ => SinkTarget::Console,
             },
         };
-        let id = graph.add(Box::new(Sink::new(name, target, mode, columns)), 1);
+        let mut sink = Sink::new(name, target, mode, columns);
+        if cfg.exactly_once {
+            sink.set_exactly_once();
+        }
+        let id = graph.add(Box::new(sink), 1);
         graph.connect(stream.node, id, 0);
         Ok((stream, id))
     }
@@ -543,22 +559,40 @@ impl Pipeline {
         &self.summary
     }
 
-    /// Opens sources and sinks.
-    pub fn start(&mut self) -> Result<()> {
-        if self.started {
+    /// Loads tables and opens sinks (before a durable pipeline replays its WAL).
+    fn prepare(&mut self) -> Result<()> {
+        if self.prepared {
             return Ok(());
         }
         for t in &mut self.tables {
             t.load()?;
         }
+        self.graph.start_all()?;
+        self.prepared = true;
+        Ok(())
+    }
+
+    /// Opens sources and sinks.
+    pub fn start(&mut self) -> Result<()> {
+        if self.started {
+            return Ok(());
+        }
+        self.prepare()?;
         for s in &mut self.sources {
             s.reader = Some(match &s.spec {
                 ReaderSpec::File { path, format, follow, max_line } => Box::new(FileSource::open(path, *format, *follow, *max_line)?),
                 ReaderSpec::Datagen(cfg) => Box::new(Datagen::new(cfg.clone())),
             });
+            if !s.position.is_empty() {
+                if let Some(r) = s.reader.as_mut() {
+                    r.resume(&s.position, &mut s.decoder).map_err(|e| match e {
+                        EngineError::State(m) => EngineError::State(format!("source '{}': {m}", s.name)),
+                        e => e,
+                    })?;
+                }
+            }
             s.last_row = Instant::now();
         }
-        self.graph.start_all()?;
         self.started = true;
         Ok(())
     }
@@ -581,7 +615,17 @@ impl Pipeline {
                 reader.poll(&mut s.decoder, s.batch_rows)?
             };
             any |= poll == Poll::Rows;
-            self.run_source_output(i)?;
+            let (errors, rows) = self.take_decoded(i)?;
+            if errors.is_some() || rows.is_some() {
+                let s = &mut self.sources[i];
+                if let Some(r) = &s.reader {
+                    s.position = r.position();
+                }
+                if let Some(d) = &mut self.durable {
+                    d.log_batch(i, &self.sources[i].position, errors.as_ref(), rows.as_ref())?;
+                }
+            }
+            self.run_source_output(i, errors, rows)?;
             if poll == Poll::End {
                 self.end_source(i)?;
             } else if self.mode == Mode::Live {
@@ -591,10 +635,16 @@ impl Pipeline {
         Ok(any)
     }
 
-    /// Pushes the decoded rows of source `i` into the graph.
-    fn run_source_output(&mut self, i: usize) -> Result<()> {
+    /// Takes what source `i` decoded: error rows and rows.
+    fn take_decoded(&mut self, i: usize) -> Result<(Option<RecordBatch>, Option<RecordBatch>)> {
         let s = &mut self.sources[i];
-        if let Some(errors) = s.decoder.errors.finish()? {
+        Ok((s.decoder.errors.finish()?, s.decoder.finish()?))
+    }
+
+    /// Pushes the decoded rows of source `i` into the graph.
+    fn run_source_output(&mut self, i: usize, errors: Option<RecordBatch>, rows: Option<RecordBatch>) -> Result<()> {
+        let s = &mut self.sources[i];
+        if let Some(errors) = errors {
             s.stats.errors += errors.num_rows() as u64;
             if s.on_error == OnError::Fail {
                 let raw = errors.column(0).as_string::<i32>().value(0).to_string();
@@ -605,7 +655,7 @@ impl Pipeline {
             self.graph.push(node, 0, Chunk::append(errors))?;
         }
         let s = &mut self.sources[i];
-        let Some(batch) = s.decoder.finish()? else { return Ok(()) };
+        let Some(batch) = rows else { return Ok(()) };
         s.last_row = Instant::now();
         let (accepted, late) = s.split_late(batch)?;
         let (main, late_node, wm) = (s.main, s.late, s.watermark());
@@ -637,6 +687,9 @@ impl Pipeline {
                 if floor > s.idle_floor {
                     s.idle_floor = floor;
                     let wm = s.watermark();
+                    if let Some(d) = &mut self.durable {
+                        d.log_idle(i, floor)?;
+                    }
                     self.graph.advance(main, 0, wm)?;
                 }
             }
@@ -648,6 +701,9 @@ impl Pipeline {
 
     /// A source ended: its watermark becomes +inf, closing what depends only on ended inputs.
     fn end_source(&mut self, i: usize) -> Result<()> {
+        if let Some(d) = &mut self.durable {
+            d.log_end(i)?;
+        }
         let s = &mut self.sources[i];
         s.ended = true;
         let nodes = [s.main, s.late, s.errors];
@@ -670,14 +726,24 @@ impl Pipeline {
         self.graph.finish_all()
     }
 
-    /// Live: runs until `stop` is set, or until every source has ended.
+    /// Live: runs until `stop` is set, or until every source has ended. A durable pipeline commits
+    /// its WAL by the group-commit policy, checkpoints by its interval, and takes a final
+    /// checkpoint when it stops or its sources have ended.
     pub fn run_live(&mut self, stop: &AtomicBool) -> Result<()> {
         while !stop.load(Ordering::Relaxed) && !self.all_ended() {
-            if !self.step()? {
+            let any = self.step()?;
+            if self.durable.is_some() {
+                self.durable_tick()?;
+            }
+            if !any {
                 std::thread::sleep(self.idle_sleep);
             }
         }
-        self.graph.finish_all()
+        self.graph.finish_all()?;
+        if self.durable.is_some() {
+            self.checkpoint()?;
+        }
+        Ok(())
     }
 
     pub fn source_stats(&self) -> Vec<(String, SourceStats)> {

@@ -217,4 +217,31 @@ impl SourceReader for Datagen {
     fn bounded(&self) -> bool {
         self.cfg.rows.is_some()
     }
+
+    /// Generator state: rows made, random state, newest time, current prices.
+    fn position(&self) -> Vec<u8> {
+        let mut p = Vec::with_capacity(24 + 8 * self.prices.len());
+        p.extend_from_slice(&self.seq.to_le_bytes());
+        p.extend_from_slice(&self.rng.0.to_le_bytes());
+        p.extend_from_slice(&self.newest.to_le_bytes());
+        self.prices.iter().for_each(|x| p.extend_from_slice(&x.to_bits().to_le_bytes()));
+        p
+    }
+
+    fn resume(&mut self, position: &[u8], _dec: &mut RowDecoder) -> Result<()> {
+        if position.is_empty() {
+            return Ok(());
+        }
+        self.seq = super::position_u64(position, 0)?;
+        self.rng.0 = super::position_u64(position, 8)?;
+        self.newest = super::position_u64(position, 16)? as i64;
+        for (i, p) in self.prices.iter_mut().enumerate() {
+            *p = f64::from_bits(super::position_u64(position, 24 + 8 * i)?);
+        }
+        if let Some(rate) = self.cfg.rate {
+            // Keep the pace: as if the rows made so far had come at `rate` until now.
+            self.started = Instant::now().checked_sub(std::time::Duration::from_secs_f64(self.seq as f64 / rate)).unwrap_or(self.started);
+        }
+        Ok(())
+    }
 }

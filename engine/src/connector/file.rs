@@ -24,6 +24,8 @@ pub struct FileSource {
     follow: bool,
     buf: Vec<u8>,
     start: usize,
+    /// File offset of `buf[0]`.
+    buf_offset: u64,
     eof: bool,
     /// Skipping the rest of a line that was too long.
     skipping: bool,
@@ -43,6 +45,7 @@ impl FileSource {
             follow,
             buf: Vec::with_capacity(READ_CHUNK),
             start: 0,
+            buf_offset: 0,
             eof: false,
             skipping: false,
             max_line,
@@ -55,6 +58,7 @@ impl FileSource {
     fn fill(&mut self) -> Result<usize> {
         if self.start > 0 {
             self.buf.drain(..self.start);
+            self.buf_offset += self.start as u64;
             self.start = 0;
         }
         let len = self.buf.len();
@@ -164,6 +168,59 @@ impl SourceReader for FileSource {
 
     fn bounded(&self) -> bool {
         !self.follow
+    }
+
+    /// Offset of the first byte not yet consumed, and whether a too-long line is being skipped.
+    fn position(&self) -> Vec<u8> {
+        let mut p = (self.buf_offset + self.start as u64).to_le_bytes().to_vec();
+        p.push(self.skipping as u8);
+        p
+    }
+
+    fn resume(&mut self, position: &[u8], dec: &mut RowDecoder) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        if position.is_empty() {
+            return Ok(());
+        }
+        let offset = super::position_u64(position, 0)?;
+        let len = self.file.metadata().map_err(|e| EngineError::io(&self.path, e))?.len();
+        if offset > len {
+            return Err(EngineError::State(format!(
+                "{}: the saved read position {offset} is past the end of the file ({len} bytes); was it truncated or replaced?",
+                self.path.display()
+            )));
+        }
+        if self.format == Format::Csv && offset > 0 {
+            // The header names the columns: read it again before jumping past it.
+            self.poll_header(dec)?;
+        }
+        self.file.seek(SeekFrom::Start(offset)).map_err(|e| EngineError::io(&self.path, e))?;
+        self.buf.clear();
+        self.start = 0;
+        self.buf_offset = offset;
+        self.skipping = position.get(8) == Some(&1);
+        Ok(())
+    }
+}
+
+impl FileSource {
+    fn poll_header(&mut self, dec: &mut RowDecoder) -> Result<()> {
+        while self.csv_mapping.is_none() {
+            match memchr(b'\n', &self.buf[self.start..]) {
+                Some(off) => {
+                    let end = self.start + off;
+                    let now = crate::time::now_ms();
+                    self.decode_line(dec, self.start, end, now);
+                    self.start = end + 1;
+                }
+                None => {
+                    if self.fill()? == 0 {
+                        return Err(EngineError::State(format!("{}: the CSV header line is gone", self.path.display())));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

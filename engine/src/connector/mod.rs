@@ -28,6 +28,32 @@ pub trait SourceReader: Send {
     fn poll(&mut self, dec: &mut RowDecoder, max_rows: usize) -> Result<Poll>;
     /// Whether the source ends by itself (a file not followed, a datagen with a row count).
     fn bounded(&self) -> bool;
+    /// Where reading stands after the last poll, to resume from after a restart (opaque bytes,
+    /// kept in the WAL and in checkpoints). Empty when the source cannot resume by itself (then
+    /// its input must be redelivered, as an MQTT broker does for unacknowledged messages).
+    fn position(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Continues after `position` (as returned by [`SourceReader::position`]); called once before
+    /// the first poll.
+    fn resume(&mut self, position: &[u8], _dec: &mut RowDecoder) -> Result<()> {
+        if position.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::State("this source cannot resume from a saved position".into()))
+        }
+    }
+}
+
+/// Reads a little-endian u64 at `at` of a saved position.
+pub(crate) fn position_u64(pos: &[u8], at: usize) -> Result<u64> {
+    pos.get(at..at + 8)
+        .map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_le_bytes(a)
+        })
+        .ok_or_else(|| EngineError::State("a saved source position is cut short".into()))
 }
 
 /// Options every source accepts, whatever its connector.

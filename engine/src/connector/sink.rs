@@ -4,6 +4,11 @@
 //! change with an `_op` member, `"upsert"` or `"delete"`, keyed by its key columns; reading the file
 //! in order and keeping the last row per key gives the current result.
 //! Files are created (with their directories) and truncated when the pipeline starts.
+//!
+//! Exactly-once (durable pipelines): a file sink stages its output in memory and writes it only once
+//! the checkpoint that covers it is durable (`on_checkpoint_committed`), at the committed length,
+//! then fdatasyncs. The checkpoint holds the committed length and the staged bytes, so recovery
+//! rewrites exactly the last commit's bytes (idempotent) and the file never shows uncommitted rows.
 
 use std::fs::File;
 use std::io::Write;
@@ -44,6 +49,19 @@ pub struct Sink {
     out: Option<Box<dyn Write + Send>>,
     buf: Vec<u8>,
     pub stats: SinkStats,
+    /// Set in durable pipelines (file targets only).
+    staging: Option<Staging>,
+}
+
+#[derive(Default)]
+struct Staging {
+    /// Bytes of the file that belong to committed checkpoints.
+    committed_len: u64,
+    /// Output since the last checkpoint, written when the next one commits.
+    staged: Vec<u8>,
+    file: Option<File>,
+    /// Recovery restored the file; do not truncate it at start.
+    restored: bool,
 }
 
 impl Sink {
@@ -57,7 +75,52 @@ impl Sink {
             out: None,
             buf: Vec::with_capacity(64 * 1024),
             stats: SinkStats::default(),
+            staging: None,
         }
+    }
+
+    /// Makes a file sink exactly-once: output is staged and published by checkpoints.
+    pub fn set_exactly_once(&mut self) {
+        if matches!(self.target, SinkTarget::File(_)) {
+            self.staging = Some(Staging::default());
+        }
+    }
+
+    fn path(&self) -> Result<&PathBuf> {
+        match &self.target {
+            SinkTarget::File(p) => Ok(p),
+            SinkTarget::Console => Err(EngineError::Internal("a console sink has no file".into())),
+        }
+    }
+
+    /// Opens (creating it and its directories) the file of an exactly-once sink, never truncating.
+    fn open_staged_file(&self) -> Result<File> {
+        let path = self.path()?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+        }
+        std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(|e| EngineError::io(path, e))
+    }
+
+    /// Makes the file `committed_len` long, then adds `staged` and fdatasyncs. A failure is fatal
+    /// for the pipeline (fail-stop): its output stays as the last durable commit left it.
+    fn write_committed(&mut self) -> Result<()> {
+        let path = self.path()?.clone();
+        let st = self.staging.as_mut().ok_or_else(|| EngineError::Internal("sink not staging".into()))?;
+        let file = st.file.as_ref().ok_or_else(|| EngineError::Internal("sink file not open".into()))?;
+        let io = |e: std::io::Error| EngineError::io(&path, e);
+        file.set_len(st.committed_len).map_err(io)?;
+        let mut off = st.committed_len;
+        let mut data = &st.staged[..];
+        while !data.is_empty() {
+            let n = rustix::io::pwrite(file, data, off).map_err(|e| io(e.into()))?;
+            data = &data[n..];
+            off += n as u64;
+        }
+        rustix::fs::fdatasync(file).map_err(|e| io(e.into()))?;
+        st.committed_len = off;
+        st.staged.clear();
+        Ok(())
     }
 
     fn write_text_row(&mut self, batch: &RecordBatch, row: usize, kind: Option<RowKind>) {
@@ -144,6 +207,19 @@ impl Operator for Sink {
         if self.out.is_some() {
             return Ok(());
         }
+        if self.staging.is_some() {
+            let file = self.open_staged_file()?;
+            let path = self.path()?.clone();
+            let st = self.staging.as_mut().ok_or_else(|| EngineError::Internal("sink not staging".into()))?;
+            if !st.restored {
+                // A fresh start: the file holds no committed output yet.
+                file.set_len(0).map_err(|e| EngineError::io(&path, e))?;
+                st.committed_len = 0;
+            }
+            st.file = Some(file);
+            self.out = Some(Box::new(std::io::sink()));
+            return Ok(());
+        }
         self.out = Some(match &self.target {
             SinkTarget::Console => Box::new(std::io::stdout()),
             SinkTarget::File(path) => {
@@ -156,6 +232,56 @@ impl Operator for Sink {
             }
         });
         Ok(())
+    }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, w: &mut crate::ops::snapshot::StateWriter) -> Result<()> {
+        self.flush_buf()?;
+        w.u64(self.stats.rows);
+        w.u64(self.stats.deletes);
+        match &self.staging {
+            Some(st) => {
+                w.u64(st.committed_len);
+                w.bytes(&st.staged);
+            }
+            None => {
+                w.u64(0);
+                w.bytes(&[]);
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, r: &mut crate::ops::snapshot::StateReader) -> Result<()> {
+        self.stats.rows = r.u64()?;
+        self.stats.deletes = r.u64()?;
+        let committed = r.u64()?;
+        let staged = r.bytes()?.to_vec();
+        if self.staging.is_none() {
+            return Ok(());
+        }
+        // Roll the last commit forward: the file may or may not already hold `staged`.
+        let file = self.open_staged_file()?;
+        let st = self.staging.as_mut().ok_or_else(|| EngineError::Internal("sink not staging".into()))?;
+        st.file = Some(file);
+        st.committed_len = committed;
+        st.staged = staged;
+        st.restored = true;
+        self.write_committed()
+    }
+
+    fn on_checkpoint_committed(&mut self) -> Result<()> {
+        match &self.staging {
+            Some(st) if !st.staged.is_empty() => self.write_committed(),
+            _ => Ok(()),
+        }
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.staging.as_ref().map(|s| s.staged.len()).unwrap_or(0)
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -178,6 +304,11 @@ impl Sink {
 
     fn flush_buf(&mut self) -> Result<()> {
         if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Some(st) = &mut self.staging {
+            st.staged.extend_from_slice(&self.buf);
+            self.buf.clear();
             return Ok(());
         }
         let out = self.out.as_mut().ok_or_else(|| EngineError::Internal("sink not started".into()))?;

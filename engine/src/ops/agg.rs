@@ -17,6 +17,7 @@ use datafusion_functions_aggregate_common::aggregate::groups_accumulator::Groups
 use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion_physical_expr::PhysicalExpr;
 
+use super::snapshot::{StateReader, StateWriter};
 use crate::error::{EngineError, Result};
 
 /// Where a GROUP BY column of the output comes from.
@@ -301,4 +302,108 @@ pub fn merge_group(into: &mut [Box<dyn Accumulator>], from: &mut [Box<dyn Accumu
         a.merge_batch(&state)?;
     }
     Ok(())
+}
+
+impl GroupIndex {
+    pub fn snapshot(&self, w: &mut StateWriter) {
+        w.u64(self.keys.len() as u64);
+        self.keys.iter().for_each(|k| w.bytes(k));
+    }
+
+    pub fn restore(r: &mut StateReader) -> Result<Self> {
+        let mut g = GroupIndex::default();
+        for _ in 0..r.count(8)? {
+            g.intern(r.bytes()?);
+        }
+        Ok(g)
+    }
+}
+
+impl GroupsAccs {
+    /// Writes every group's partial state. Taking the state resets a `GroupsAccumulator`, so it is
+    /// merged straight back.
+    pub fn snapshot(&mut self, groups: usize, w: &mut StateWriter) -> Result<()> {
+        let all: Vec<usize> = (0..groups).collect();
+        for acc in &mut self.accs {
+            let state = acc.state(EmitTo::All)?;
+            w.arrays(&state, groups)?;
+            if groups > 0 {
+                acc.merge_batch(&state, &all, groups)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn restore(exprs: &AggregateExprs, groups: usize, r: &mut StateReader) -> Result<Self> {
+        let mut accs = GroupsAccs::new(exprs)?;
+        let all: Vec<usize> = (0..groups).collect();
+        for acc in &mut accs.accs {
+            let (state, rows) = r.arrays()?;
+            if rows != groups {
+                return Err(r.err("a group count mismatch"));
+            }
+            if groups > 0 {
+                acc.merge_batch(&state, &all, groups)?;
+            }
+        }
+        Ok(accs)
+    }
+}
+
+impl RowAccs {
+    pub fn snapshot(&mut self, w: &mut StateWriter) -> Result<()> {
+        w.u64(self.accs.len() as u64);
+        let n = self.accs.len();
+        snapshot_groups(self.accs.iter_mut(), n, w)
+    }
+
+    pub fn restore(exprs: &AggregateExprs, r: &mut StateReader) -> Result<Self> {
+        let n = r.count(0)?;
+        Ok(RowAccs { accs: restore_groups(exprs, n, r)? })
+    }
+}
+
+/// Writes the partial states of `n` groups of per-group accumulators, one IPC batch per aggregate.
+pub fn snapshot_groups<'a>(groups: impl Iterator<Item = &'a mut Vec<Box<dyn Accumulator>>>, n: usize, w: &mut StateWriter) -> Result<()> {
+    let mut per_agg: Vec<Vec<Vec<ScalarValue>>> = Vec::new();
+    for accs in groups {
+        if per_agg.is_empty() {
+            per_agg = (0..accs.len()).map(|_| Vec::new()).collect();
+        }
+        for (a, acc) in accs.iter_mut().enumerate() {
+            let st = acc.state()?;
+            if per_agg[a].is_empty() {
+                per_agg[a] = st.iter().map(|_| Vec::with_capacity(n)).collect();
+            }
+            for (j, v) in st.into_iter().enumerate() {
+                per_agg[a][j].push(v);
+            }
+        }
+    }
+    w.u64(per_agg.len() as u64);
+    for fields in per_agg {
+        let arrays = fields.into_iter().map(|vals| Ok(ScalarValue::iter_to_array(vals)?)).collect::<Result<Vec<_>>>()?;
+        w.arrays(&arrays, n)?;
+    }
+    Ok(())
+}
+
+/// Rebuilds `n` groups written by [`snapshot_groups`]: fresh accumulators merged with their state.
+pub fn restore_groups(exprs: &AggregateExprs, n: usize, r: &mut StateReader) -> Result<Vec<Vec<Box<dyn Accumulator>>>> {
+    let mut groups = (0..n).map(|_| RowAccs::new_group(exprs)).collect::<Result<Vec<_>>>()?;
+    let aggs = r.count(8)?;
+    if n > 0 && aggs != exprs.aggs.len() {
+        return Err(r.err("an aggregate count mismatch"));
+    }
+    for a in 0..aggs {
+        let (state, rows) = r.arrays()?;
+        if rows != n {
+            return Err(r.err("a group count mismatch"));
+        }
+        for (g, accs) in groups.iter_mut().enumerate() {
+            let slices: Vec<ArrayRef> = state.iter().map(|s| s.slice(g, 1)).collect();
+            accs[a].merge_batch(&slices)?;
+        }
+    }
+    Ok(groups)
 }

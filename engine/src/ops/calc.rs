@@ -46,6 +46,9 @@ fn predicate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<Boolea
 }
 
 impl Operator for Calc {
+    fn checkpointable(&self) -> bool {
+        true // stateless
+    }
     fn name(&self) -> String {
         self.label.clone()
     }

@@ -64,6 +64,45 @@ impl Graph {
         self.nodes.iter().map(|n| n.op.state_bytes()).sum()
     }
 
+    /// The first operator that cannot be checkpointed, if any.
+    pub fn not_checkpointable(&self) -> Option<String> {
+        self.nodes.iter().find(|n| !n.op.checkpointable()).map(|n| n.op.name())
+    }
+
+    /// State of node `id` for a checkpoint: its watermarks, then the operator's own state.
+    pub fn snapshot_node(&mut self, id: NodeId, w: &mut super::snapshot::StateWriter) -> Result<()> {
+        let n = &mut self.nodes[id];
+        w.u64(n.input_wms.len() as u64);
+        n.input_wms.iter().for_each(|&x| w.i64(x));
+        w.i64(n.in_wm);
+        w.i64(n.out_wm);
+        n.op.snapshot(w)
+    }
+
+    pub fn restore_node(&mut self, id: NodeId, r: &mut super::snapshot::StateReader) -> Result<()> {
+        let n = &mut self.nodes[id];
+        let ports = r.count(8)?;
+        if ports != n.input_wms.len() {
+            return Err(r.err("an input count mismatch"));
+        }
+        for wm in n.input_wms.iter_mut() {
+            *wm = r.i64()?;
+        }
+        n.in_wm = r.i64()?;
+        n.out_wm = r.i64()?;
+        n.op.restore(r)?;
+        r.finish()
+    }
+
+    pub fn node_state_bytes(&self, id: NodeId) -> usize {
+        self.nodes[id].op.state_bytes()
+    }
+
+    /// A checkpoint is durable: sinks publish their staged output.
+    pub fn checkpoint_committed(&mut self) -> Result<()> {
+        self.nodes.iter_mut().try_for_each(|n| n.op.on_checkpoint_committed())
+    }
+
     /// Opens every operator's outputs (sinks).
     pub fn start_all(&mut self) -> Result<()> {
         self.nodes.iter_mut().try_for_each(|n| n.op.start())
@@ -128,6 +167,9 @@ impl Graph {
 pub struct Passthrough(pub String);
 
 impl Operator for Passthrough {
+    fn checkpointable(&self) -> bool {
+        true // stateless
+    }
     fn name(&self) -> String {
         self.0.clone()
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arrow::row::RowConverter;
 
 use super::agg::{AggregateExprs, GroupIndex, RowAccs};
+use super::snapshot::{StateReader, StateWriter};
 use super::{Chunk, Limits, Operator, RowKind};
 use crate::error::{EngineError, Result};
 
@@ -65,6 +66,24 @@ impl Operator for GroupAggregate {
 
     fn on_watermark(&mut self, wm: i64, _out: &mut Vec<Chunk>) -> Result<i64> {
         Ok(wm)
+    }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, w: &mut StateWriter) -> Result<()> {
+        self.groups.snapshot(w);
+        self.accs.snapshot(w)
+    }
+
+    fn restore(&mut self, r: &mut StateReader) -> Result<()> {
+        self.groups = GroupIndex::restore(r)?;
+        self.accs = RowAccs::restore(&self.exprs, r)?;
+        if self.accs.len() != self.groups.len() {
+            return Err(r.err("groups and accumulators differ in number"));
+        }
+        Ok(())
     }
 
     fn state_bytes(&self) -> usize {

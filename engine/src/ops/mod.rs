@@ -15,6 +15,7 @@ pub mod rows;
 pub mod stream_join;
 pub mod agg;
 pub mod session;
+pub mod snapshot;
 pub mod window;
 pub mod window_agg;
 
@@ -69,6 +70,24 @@ pub trait Operator: Send {
     /// Bytes of state held (approximate), for limits and metrics.
     fn state_bytes(&self) -> usize {
         0
+    }
+    /// Whether [`Operator::snapshot`] captures all of the operator's state; durable pipelines need
+    /// every operator to say yes. The default is no, so a new stateful operator is never silently
+    /// checkpointed without its state.
+    fn checkpointable(&self) -> bool {
+        false
+    }
+    /// Writes the operator's state for a checkpoint (between chunks, never during one).
+    fn snapshot(&mut self, _w: &mut snapshot::StateWriter) -> Result<()> {
+        Ok(())
+    }
+    /// Restores what [`Operator::snapshot`] wrote into a freshly planned operator.
+    fn restore(&mut self, _r: &mut snapshot::StateReader) -> Result<()> {
+        Ok(())
+    }
+    /// The checkpoint holding everything up to now is durable: sinks publish their staged output.
+    fn on_checkpoint_committed(&mut self) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -10,7 +10,8 @@ use arrow::datatypes::TimestampMillisecondType;
 use arrow::row::RowConverter;
 use datafusion_expr::Accumulator;
 
-use super::agg::{merge_group, update_group, AggregateExprs, RowAccs};
+use super::agg::{merge_group, restore_groups, snapshot_groups, update_group, AggregateExprs, RowAccs};
+use super::snapshot::{StateReader, StateWriter};
 use super::{Chunk, Limits, Operator};
 use crate::error::{EngineError, Result};
 
@@ -146,6 +147,42 @@ impl Operator for SessionAggregate {
         let e: ArrayRef = Arc::new(TimestampMillisecondArray::from(ends));
         out.push(Chunk::append(self.exprs.output_batch(key_cols, Some((s, e)), values, n)?));
         Ok(wm)
+    }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, w: &mut StateWriter) -> Result<()> {
+        w.i64(self.closed_upto);
+        w.u64(self.late_rows);
+        w.u64(self.open as u64);
+        for (key, list) in &self.sessions {
+            for s in list {
+                w.bytes(key);
+                w.i64(s.start);
+                w.i64(s.end);
+            }
+        }
+        snapshot_groups(self.sessions.values_mut().flatten().map(|s| &mut s.accs), self.open, w)
+    }
+
+    fn restore(&mut self, r: &mut StateReader) -> Result<()> {
+        self.closed_upto = r.i64()?;
+        self.late_rows = r.u64()?;
+        let n = r.count(24)?;
+        let mut heads = Vec::with_capacity(n);
+        for _ in 0..n {
+            heads.push((Box::<[u8]>::from(r.bytes()?), r.i64()?, r.i64()?));
+        }
+        let accs = restore_groups(&self.exprs, n, r)?;
+        self.sessions.clear();
+        // Sessions were written key by key, each key's list in start order.
+        for ((key, start, end), accs) in heads.into_iter().zip(accs) {
+            self.sessions.entry(key).or_default().push(Session { start, end, accs });
+        }
+        self.open = n;
+        Ok(())
     }
 
     fn state_bytes(&self) -> usize {

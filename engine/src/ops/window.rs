@@ -29,6 +29,9 @@ impl WindowAssign {
 }
 
 impl Operator for WindowAssign {
+    fn checkpointable(&self) -> bool {
+        true // stateless
+    }
     fn name(&self) -> String {
         format!("{} window", self.spec.name())
     }

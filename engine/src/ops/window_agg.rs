@@ -15,6 +15,7 @@ use arrow::datatypes::TimestampMillisecondType;
 use arrow::row::RowConverter;
 
 use super::agg::{AggregateExprs, Evaluated, GroupIndex, GroupsAccs, RowAccs};
+use super::snapshot::{StateReader, StateWriter};
 use super::{Chunk, Limits, Operator, RowKind};
 use crate::error::{EngineError, Result};
 use crate::sql::ddl::Emit;
@@ -235,6 +236,59 @@ impl Operator for WindowAggregate {
         }
         self.closed_upto = self.closed_upto.max(w);
         Ok(wm)
+    }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, w: &mut StateWriter) -> Result<()> {
+        w.i64(self.closed_upto);
+        w.u64(self.late_rows);
+        w.u64(self.windows.len() as u64);
+        for (&(end, start), st) in self.windows.iter_mut() {
+            w.i64(end);
+            w.i64(start);
+            st.groups.snapshot(w);
+            match &mut st.accs {
+                Accs::Final(accs) => accs.snapshot(st.groups.len(), w)?,
+                Accs::Updating { accs, dirty, .. } => {
+                    accs.snapshot(w)?;
+                    w.u64(dirty.len() as u64);
+                    dirty.iter().for_each(|&g| w.u64(g as u64));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, r: &mut StateReader) -> Result<()> {
+        self.closed_upto = r.i64()?;
+        self.late_rows = r.u64()?;
+        self.windows.clear();
+        self.groups_total = 0;
+        for _ in 0..r.count(16)? {
+            let key = (r.i64()?, r.i64()?);
+            let groups = GroupIndex::restore(r)?;
+            let accs = match self.emit {
+                Emit::OnWindowClose => Accs::Final(GroupsAccs::restore(&self.exprs, groups.len(), r)?),
+                Emit::OnUpdate | Emit::Every(_) => {
+                    let accs = RowAccs::restore(&self.exprs, r)?;
+                    let mut is_dirty = vec![false; groups.len()];
+                    let mut dirty = Vec::new();
+                    for _ in 0..r.count(8)? {
+                        let g = r.usize()?;
+                        let slot = is_dirty.get_mut(g).ok_or_else(|| r.err("a group out of range"))?;
+                        *slot = true;
+                        dirty.push(g as u32);
+                    }
+                    Accs::Updating { accs, dirty, is_dirty }
+                }
+            };
+            self.groups_total += groups.len();
+            self.windows.insert(key, WindowState { groups, accs });
+        }
+        Ok(())
     }
 
     fn state_bytes(&self) -> usize {

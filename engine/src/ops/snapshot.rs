@@ -1,0 +1,141 @@
+//! Encoding of operator state for checkpoints: little-endian integers, length-prefixed bytes, and
+//! Arrow arrays as IPC streams. A reader checks every length against what is left, so damaged or
+//! foreign state is an error naming the operator, never a panic or wrong state.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{Field, Schema};
+
+use crate::error::{EngineError, Result};
+
+#[derive(Default)]
+pub struct StateWriter {
+    pub buf: Vec<u8>,
+}
+
+impl StateWriter {
+    pub fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn i64(&mut self, v: i64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn bool(&mut self, v: bool) {
+        self.u8(v as u8);
+    }
+    pub fn bytes(&mut self, v: &[u8]) {
+        self.u64(v.len() as u64);
+        self.buf.extend_from_slice(v);
+    }
+    pub fn str(&mut self, v: &str) {
+        self.bytes(v.as_bytes());
+    }
+    /// Equal-length arrays (or none) as one IPC stream; `rows` keeps the count when there are none.
+    pub fn arrays(&mut self, arrays: &[ArrayRef], rows: usize) -> Result<()> {
+        let fields: Vec<Field> = arrays.iter().enumerate().map(|(i, a)| Field::new(format!("c{i}"), a.data_type().clone(), true)).collect();
+        let schema = Arc::new(Schema::new(fields));
+        let batch = RecordBatch::try_new_with_options(schema, arrays.to_vec(), &RecordBatchOptions::new().with_row_count(Some(rows)))?;
+        self.batch(&batch)
+    }
+    pub fn batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        let mut ipc = Vec::new();
+        {
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &batch.schema())?;
+            w.write(batch)?;
+            w.finish()?;
+        }
+        self.u64(batch.num_rows() as u64);
+        self.bytes(&ipc);
+        Ok(())
+    }
+}
+
+pub struct StateReader<'a> {
+    b: &'a [u8],
+    pos: usize,
+    what: &'a str,
+}
+
+impl<'a> StateReader<'a> {
+    pub fn new(b: &'a [u8], what: &'a str) -> Self {
+        StateReader { b, pos: 0, what }
+    }
+
+    pub fn err(&self, why: &str) -> EngineError {
+        EngineError::State(format!("checkpointed state of {} is not readable ({why} at byte {})", self.what, self.pos))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.b.len() - self.pos < n {
+            return Err(self.err("cut short"));
+        }
+        let s = &self.b[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    pub fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u64(&mut self) -> Result<u64> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    pub fn i64(&mut self) -> Result<i64> {
+        Ok(self.u64()? as i64)
+    }
+    pub fn usize(&mut self) -> Result<usize> {
+        usize::try_from(self.u64()?).map_err(|_| self.err("a count too large"))
+    }
+    /// A count of items that each take at least `min_bytes`: bounded by what is left.
+    pub fn count(&mut self, min_bytes: usize) -> Result<usize> {
+        let n = self.usize()?;
+        if n.saturating_mul(min_bytes.max(1)) > self.b.len() - self.pos {
+            return Err(self.err("a count beyond the data"));
+        }
+        Ok(n)
+    }
+    pub fn bool(&mut self) -> Result<bool> {
+        Ok(self.u8()? != 0)
+    }
+    pub fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.usize()?;
+        self.take(n)
+    }
+    pub fn str(&mut self) -> Result<&'a str> {
+        let b = self.bytes()?;
+        std::str::from_utf8(b).map_err(|_| self.err("text that is not UTF-8"))
+    }
+    pub fn batch(&mut self) -> Result<RecordBatch> {
+        let rows = self.usize()?;
+        let ipc = self.bytes()?;
+        let mut r = arrow::ipc::reader::StreamReader::try_new(Cursor::new(ipc), None).map_err(|e| self.err(&e.to_string()))?;
+        let schema = r.schema();
+        let batch = match r.next() {
+            Some(b) => b.map_err(|e| self.err(&e.to_string()))?,
+            None => RecordBatch::new_empty(schema),
+        };
+        if batch.num_rows() != rows && batch.num_columns() > 0 {
+            return Err(self.err("a row count mismatch"));
+        }
+        Ok(batch)
+    }
+    pub fn arrays(&mut self) -> Result<(Vec<ArrayRef>, usize)> {
+        let rows_at = self.pos;
+        let rows = self.usize()?;
+        self.pos = rows_at;
+        let b = self.batch()?;
+        Ok((b.columns().to_vec(), rows))
+    }
+    pub fn finish(&self) -> Result<()> {
+        if self.pos != self.b.len() {
+            return Err(self.err("trailing bytes"));
+        }
+        Ok(())
+    }
+}

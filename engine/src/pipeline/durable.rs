@@ -1,0 +1,332 @@
+//! Durable pipelines: every batch a source hands on is appended to the WAL before it is processed,
+//! checkpoints capture operator state, source positions and sinks' staged output at a WAL LSN, and
+//! recovery restores the newest valid checkpoint and replays the WAL after it. Because operators are
+//! deterministic and replay feeds them the same batches in the same order, recovered state equals
+//! the state before the crash; sinks only ever publish what a durable checkpoint covers, so output
+//! is neither lost nor doubled.
+//!
+//! State dir layout: `LOCK` (one process per state dir), `wal/`, `checkpoints/`.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+
+use super::Pipeline;
+use crate::error::{EngineError, Result};
+use crate::ops::snapshot::{StateReader, StateWriter};
+use crate::storage::checkpoint::{CheckpointStore, SourceMark};
+use crate::storage::crypto::Cipher;
+use crate::storage::fs::Storage;
+use crate::storage::wal::{Wal, WalConfig, WalStats};
+
+const REC_BATCH: u8 = 1;
+const REC_IDLE: u8 = 2;
+const REC_END: u8 = 3;
+
+/// How a pipeline keeps its state.
+#[derive(Clone)]
+pub struct DurableConfig {
+    /// This pipeline's own directory.
+    pub state_dir: PathBuf,
+    pub storage: Arc<dyn Storage>,
+    pub cipher: Arc<Cipher>,
+    /// Group commit and segment limits (its `dir` is set to `state_dir/wal`).
+    pub wal: WalConfig,
+    /// Checkpoint at least this often...
+    pub checkpoint_interval: Duration,
+    /// ...and whenever sinks hold this many staged bytes...
+    pub max_staged_bytes: usize,
+    /// ...or this many WAL bytes were appended since the last one (bounds recovery time).
+    pub max_wal_bytes: u64,
+}
+
+impl DurableConfig {
+    pub fn new(state_dir: impl Into<PathBuf>, storage: Arc<dyn Storage>, cipher: Arc<Cipher>) -> Self {
+        let state_dir = state_dir.into();
+        DurableConfig {
+            wal: WalConfig::new(state_dir.join("wal")),
+            state_dir,
+            storage,
+            cipher,
+            checkpoint_interval: Duration::from_secs(10),
+            max_staged_bytes: 64 << 20,
+            max_wal_bytes: 256 << 20,
+        }
+    }
+}
+
+/// What durability did, for logs, metrics and benchmarks.
+#[derive(Debug, Clone, Default)]
+pub struct DurableStats {
+    pub recovered_checkpoint: Option<u64>,
+    pub replayed_records: u64,
+    pub recovery: Duration,
+    pub checkpoints: u64,
+    pub checkpoint_bytes: u64,
+    pub checkpoint_time: Duration,
+    pub wal: WalStats,
+}
+
+pub(super) struct Durable {
+    wal: Wal,
+    ckpts: CheckpointStore,
+    cfg: DurableConfig,
+    fingerprint: Vec<u8>,
+    last: Instant,
+    wal_bytes_at_last: u64,
+    scratch: StateWriter,
+    stats: DurableStats,
+    _lock: File,
+}
+
+impl Durable {
+    pub(super) fn log_batch(&mut self, source: usize, position: &[u8], errors: Option<&RecordBatch>, rows: Option<&RecordBatch>) -> Result<()> {
+        let w = &mut self.scratch;
+        w.buf.clear();
+        w.u8(REC_BATCH);
+        w.u64(source as u64);
+        w.bytes(position);
+        for b in [errors, rows] {
+            w.bool(b.is_some());
+            if let Some(b) = b {
+                w.batch(b)?;
+            }
+        }
+        self.wal.append(&self.scratch.buf)?;
+        Ok(())
+    }
+
+    pub(super) fn log_idle(&mut self, source: usize, floor: i64) -> Result<()> {
+        let w = &mut self.scratch;
+        w.buf.clear();
+        w.u8(REC_IDLE);
+        w.u64(source as u64);
+        w.i64(floor);
+        self.wal.append(&self.scratch.buf)?;
+        Ok(())
+    }
+
+    pub(super) fn log_end(&mut self, source: usize) -> Result<()> {
+        let w = &mut self.scratch;
+        w.buf.clear();
+        w.u8(REC_END);
+        w.u64(source as u64);
+        self.wal.append(&self.scratch.buf)?;
+        Ok(())
+    }
+}
+
+/// Takes the state dir's lock: two processes on one state dir would corrupt it.
+fn lock_state_dir(dir: &std::path::Path) -> Result<File> {
+    std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| EngineError::io(&path, e))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        EngineError::State(format!("{}: another eddyd is using this state directory", dir.display()))
+    })?;
+    Ok(f)
+}
+
+/// What checkpointed state belongs to: the pipeline's SQL (whitespace-normalized) and its plan.
+fn fingerprint(sql: &str, p: &Pipeline) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for word in sql.split_whitespace() {
+        ctx.update(word.as_bytes());
+        ctx.update(b" ");
+    }
+    for id in 0..p.graph.len() {
+        ctx.update(p.graph.name(id).as_bytes());
+        ctx.update(b"\n");
+    }
+    ctx.finish().as_ref().to_vec()
+}
+
+impl Pipeline {
+    /// Makes this (live, not yet started) pipeline durable under `cfg.state_dir`: restores the
+    /// newest checkpoint, replays the WAL after it, and from then on logs every batch and
+    /// checkpoints. `sql` is the pipeline's text (state from another text is refused).
+    pub fn open_durable(&mut self, sql: &str, mut cfg: DurableConfig) -> Result<()> {
+        if self.started || self.durable.is_some() {
+            return Err(EngineError::Internal("open_durable on a running pipeline".into()));
+        }
+        if let Some(op) = self.graph.not_checkpointable() {
+            return Err(EngineError::State(format!(
+                "this pipeline cannot run with durable state yet: the {op} operator's state is not checkpointed (run it without a state directory)"
+            )));
+        }
+        let t0 = Instant::now();
+        let lock = lock_state_dir(&cfg.state_dir)?;
+        cfg.wal.dir = cfg.state_dir.join("wal");
+        let fp = fingerprint(sql, self);
+        let (ckpts, recovered) = CheckpointStore::open(cfg.storage.clone(), cfg.cipher.clone(), &cfg.state_dir.join("checkpoints"))?;
+        let wal = Wal::open(cfg.storage.clone(), cfg.cipher.clone(), cfg.wal.clone())?;
+        let mut stats = DurableStats::default();
+        let mut from_lsn = 0;
+        if let Some(r) = recovered {
+            if r.manifest.fingerprint != fp {
+                return Err(EngineError::State(format!(
+                    "{}: the state was written by a different version of this pipeline; to start over, move the state directory away",
+                    cfg.state_dir.display()
+                )));
+            }
+            from_lsn = r.manifest.wal_lsn;
+            stats.recovered_checkpoint = Some(r.manifest.seq);
+            for i in 0..self.sources.len() {
+                let name = format!("source/{}", self.sources[i].name);
+                let b = r.blobs.get(&name).ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))?;
+                self.restore_source(i, b, &name)?;
+            }
+            for id in 0..self.graph.len() {
+                let name = format!("node/{id}/{}", self.graph.name(id));
+                let b = r.blobs.get(&name).ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))?;
+                let mut rd = StateReader::new(b, &name);
+                self.graph.restore_node(id, &mut rd)?;
+            }
+        }
+        self.prepare()?;
+        wal.replay(from_lsn, &mut |_, payload| {
+            stats.replayed_records += 1;
+            self.apply_record(payload).map_err(|e| crate::storage::StorageError::Corrupt(format!("replaying the WAL: {e}")))
+        })?;
+        stats.recovery = t0.elapsed();
+        tracing::info!(
+            state_dir = %cfg.state_dir.display(),
+            checkpoint = ?stats.recovered_checkpoint,
+            replayed = stats.replayed_records,
+            millis = stats.recovery.as_millis() as u64,
+            wal_io = wal.backend(),
+            encrypted = cfg.cipher.is_encrypted(),
+            "durable state recovered"
+        );
+        let wal_bytes = wal.stats.payload_bytes;
+        self.durable = Some(Durable {
+            wal,
+            ckpts,
+            cfg,
+            fingerprint: fp,
+            last: Instant::now(),
+            wal_bytes_at_last: wal_bytes,
+            scratch: StateWriter::default(),
+            stats,
+            _lock: lock,
+        });
+        Ok(())
+    }
+
+    fn restore_source(&mut self, i: usize, b: &[u8], what: &str) -> Result<()> {
+        let s = &mut self.sources[i];
+        let mut r = StateReader::new(b, what);
+        s.max_ts = r.i64()?;
+        s.idle_floor = r.i64()?;
+        s.ended = r.bool()?;
+        s.stats.accepted = r.u64()?;
+        s.stats.late = r.u64()?;
+        s.stats.errors = r.u64()?;
+        s.position = r.bytes()?.to_vec();
+        r.finish()
+    }
+
+    /// Re-applies one WAL record (recovery); nothing is logged again.
+    fn apply_record(&mut self, payload: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(payload, "a WAL record");
+        let kind = r.u8()?;
+        let i = r.usize()?;
+        if i >= self.sources.len() {
+            return Err(r.err("a source index out of range"));
+        }
+        match kind {
+            REC_BATCH => {
+                self.sources[i].position = r.bytes()?.to_vec();
+                let errors = if r.bool()? { Some(r.batch()?) } else { None };
+                let rows = if r.bool()? { Some(r.batch()?) } else { None };
+                r.finish()?;
+                self.run_source_output(i, errors, rows)
+            }
+            REC_IDLE => {
+                let floor = r.i64()?;
+                r.finish()?;
+                let s = &mut self.sources[i];
+                s.idle_floor = s.idle_floor.max(floor);
+                let (main, wm) = (s.main, s.watermark());
+                self.graph.advance(main, 0, wm)
+            }
+            REC_END => {
+                r.finish()?;
+                if self.sources[i].ended {
+                    return Ok(());
+                }
+                self.end_source(i)
+            }
+            _ => Err(r.err("an unknown record kind")),
+        }
+    }
+
+    /// Commits the WAL, writes a checkpoint, then lets sinks publish what it covers.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        let Some(d) = self.durable.as_mut() else { return Ok(()) };
+        let t0 = Instant::now();
+        let lsn = d.wal.commit()?;
+        let mut blobs = Vec::with_capacity(self.sources.len() + self.graph.len());
+        let mut marks = Vec::with_capacity(self.sources.len());
+        for s in &self.sources {
+            let mut w = StateWriter::default();
+            w.i64(s.max_ts);
+            w.i64(s.idle_floor);
+            w.bool(s.ended);
+            w.u64(s.stats.accepted);
+            w.u64(s.stats.late);
+            w.u64(s.stats.errors);
+            w.bytes(&s.position);
+            blobs.push((format!("source/{}", s.name), w.buf));
+            marks.push(SourceMark { name: s.name.clone(), position: s.position.clone(), watermark: s.watermark() });
+        }
+        for id in 0..self.graph.len() {
+            let mut w = StateWriter::default();
+            self.graph.snapshot_node(id, &mut w)?;
+            blobs.push((format!("node/{id}/{}", self.graph.name(id)), w.buf));
+        }
+        let d = self.durable.as_mut().ok_or_else(|| EngineError::Internal("durable state vanished".into()))?;
+        let info = d.ckpts.write(lsn, &d.fingerprint, marks, &blobs)?;
+        // Only now, with the checkpoint durable, may sinks make its output visible.
+        self.graph.checkpoint_committed()?;
+        let d = self.durable.as_mut().ok_or_else(|| EngineError::Internal("durable state vanished".into()))?;
+        d.wal.truncate_before(d.ckpts.wal_keep_from())?;
+        d.last = Instant::now();
+        d.wal_bytes_at_last = d.wal.stats.payload_bytes;
+        d.stats.checkpoints += 1;
+        d.stats.checkpoint_bytes += info.bytes_written;
+        d.stats.checkpoint_time += t0.elapsed();
+        tracing::debug!(seq = info.seq, written = info.blobs_written, reused = info.blobs_reused, bytes = info.bytes_written, wal_lsn = lsn, "checkpoint");
+        Ok(())
+    }
+
+    /// Group commit and checkpoint triggers; called by the live loop after every step.
+    pub(super) fn durable_tick(&mut self) -> Result<()> {
+        let staged: usize = self.sinks.iter().map(|(_, id)| self.graph.node_state_bytes(*id)).sum();
+        let Some(d) = self.durable.as_mut() else { return Ok(()) };
+        d.wal.maybe_commit()?;
+        let due = d.last.elapsed() >= d.cfg.checkpoint_interval
+            || staged >= d.cfg.max_staged_bytes
+            || d.wal.stats.payload_bytes - d.wal_bytes_at_last >= d.cfg.max_wal_bytes;
+        if due {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Records below this LSN are durable in the WAL (what MQTT acknowledgements wait for).
+    pub fn durable_lsn(&self) -> Option<u64> {
+        self.durable.as_ref().map(|d| d.wal.durable_lsn())
+    }
+
+    pub fn durable_stats(&self) -> Option<DurableStats> {
+        self.durable.as_ref().map(|d| {
+            let mut s = d.stats.clone();
+            s.wal = d.wal.stats.clone();
+            s
+        })
+    }
+}

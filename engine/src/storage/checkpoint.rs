@@ -1,0 +1,333 @@
+//! Checkpoints: a consistent cut of a pipeline's state (operator snapshots, source positions,
+//! watermarks, sinks' staged output) tied to a WAL LSN. Layout and crash argument:
+//! docs/checkpoint.md (manifest) and docs/state-store.md (state files).
+//!
+//! Incremental: a blob whose content (SHA-256) is unchanged since the previous checkpoint is not
+//! written again; the new manifest points at the old copy. Atomic: state file written and synced,
+//! directory synced, manifest written to a temporary name, synced, renamed, directory synced.
+//! State files are memory-mapped for reading; the manifest is an rkyv archive read in place.
+//!
+//! Owns `state-<seq>.dat` and `manifest-<seq>` in its directory. Never: deletes a file a retained
+//! manifest references, or reports a checkpoint before its manifest's rename is durable.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::crypto::{self, Cipher};
+use super::fs::Storage;
+use super::{crc, io_err, u32_at, u64_at, Result, StorageError};
+
+pub const STATE_MAGIC: &[u8; 8] = b"EDDYSTA1";
+pub const MANIFEST_MAGIC: &[u8; 8] = b"EDDYMAN1";
+const HEADER_LEN: usize = 64;
+const BLOB_HEADER: usize = 16;
+/// Manifests kept (the newest and the one recovery falls back to).
+const KEEP: usize = 2;
+
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BlobRef {
+    pub name: String,
+    pub file_seq: u64,
+    pub offset: u64,
+    /// Sealed length (payload + tag).
+    pub len: u32,
+    pub index: u32,
+    /// SHA-256 of the plaintext.
+    pub digest: Vec<u8>,
+}
+
+/// A source's place in a checkpoint (also inside its blob; here for inspection).
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SourceMark {
+    pub name: String,
+    pub position: Vec<u8>,
+    pub watermark: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Manifest {
+    pub seq: u64,
+    pub created_ms: i64,
+    /// Replay the WAL from this LSN on top of this checkpoint.
+    pub wal_lsn: u64,
+    /// What the state belongs to (a digest of the pipeline's plan); a mismatch refuses recovery.
+    pub fingerprint: Vec<u8>,
+    pub sources: Vec<SourceMark>,
+    pub blobs: Vec<BlobRef>,
+}
+
+/// A checkpoint read back.
+pub struct Recovered {
+    pub manifest: Manifest,
+    pub blobs: HashMap<String, Vec<u8>>,
+}
+
+/// What writing a checkpoint did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteInfo {
+    pub seq: u64,
+    pub blobs_written: usize,
+    pub blobs_reused: usize,
+    /// Bytes written to files (state file + manifest).
+    pub bytes_written: u64,
+}
+
+pub struct CheckpointStore {
+    storage: Arc<dyn Storage>,
+    cipher: Arc<Cipher>,
+    dir: PathBuf,
+    /// Retained manifests, oldest first.
+    retained: Vec<Manifest>,
+    next_seq: u64,
+}
+
+fn manifest_name(seq: u64) -> String {
+    format!("manifest-{seq:010}")
+}
+
+fn state_name(seq: u64) -> String {
+    format!("state-{seq:010}.dat")
+}
+
+fn digest(b: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, b).as_ref().to_vec()
+}
+
+fn header(magic: &[u8; 8], key: (u32, [u8; 8]), seq: u64, nonce_prefix: [u8; 8]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.extend_from_slice(magic);
+    h.extend_from_slice(&1u32.to_le_bytes());
+    h.extend_from_slice(&key.0.to_le_bytes());
+    h.extend_from_slice(&seq.to_le_bytes());
+    h.extend_from_slice(&nonce_prefix);
+    h.extend_from_slice(&key.1);
+    h.resize(HEADER_LEN - 4, 0);
+    let c = crc(&[&h]);
+    h.extend_from_slice(&c.to_le_bytes());
+    h
+}
+
+struct Header {
+    key_id: u32,
+    seq: u64,
+    nonce_prefix: [u8; 8],
+    key_check: [u8; 8],
+}
+
+fn read_header(b: &[u8], magic: &[u8; 8], path: &Path) -> Result<Header> {
+    if b.len() < HEADER_LEN || &b[..8] != magic || u32_at(b, 8) != 1 || crc(&[&b[..HEADER_LEN - 4]]) != u32_at(b, HEADER_LEN - 4) {
+        return Err(StorageError::Corrupt(format!("{}: damaged or foreign header", path.display())));
+    }
+    let mut nonce_prefix = [0u8; 8];
+    nonce_prefix.copy_from_slice(&b[24..32]);
+    let mut key_check = [0u8; 8];
+    key_check.copy_from_slice(&b[32..40]);
+    Ok(Header { key_id: u32_at(b, 12), seq: u64_at(b, 16), nonce_prefix, key_check })
+}
+
+fn aad(kind: &[u8; 8], seq: u64, offset: u64, key_id: u32) -> [u8; 28] {
+    let mut a = [0u8; 28];
+    a[..8].copy_from_slice(kind);
+    a[8..16].copy_from_slice(&seq.to_le_bytes());
+    a[16..24].copy_from_slice(&offset.to_le_bytes());
+    a[24..].copy_from_slice(&key_id.to_le_bytes());
+    a
+}
+
+impl CheckpointStore {
+    /// Opens the directory and reads the newest valid checkpoint, walking back past damaged ones.
+    pub fn open(storage: Arc<dyn Storage>, cipher: Arc<Cipher>, dir: &Path) -> Result<(CheckpointStore, Option<Recovered>)> {
+        storage.create_dir_all(dir).map_err(io_err(dir))?;
+        let names = storage.list(dir).map_err(io_err(dir))?;
+        let mut seqs: Vec<u64> = vec![];
+        let mut max_seq = 0;
+        for n in &names {
+            if n.ends_with(".tmp") {
+                // A manifest that never got its final name: not a checkpoint.
+                let p = dir.join(n);
+                storage.remove(&p).map_err(io_err(&p))?;
+                continue;
+            }
+            let seq = n.strip_prefix("manifest-").or_else(|| n.strip_prefix("state-").and_then(|s| s.strip_suffix(".dat")));
+            if let Some(seq) = seq.and_then(|s| s.parse::<u64>().ok()) {
+                max_seq = max_seq.max(seq);
+                if n.starts_with("manifest-") {
+                    seqs.push(seq);
+                }
+            }
+        }
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        let mut store = CheckpointStore { storage, cipher, dir: dir.to_path_buf(), retained: vec![], next_seq: max_seq + 1 };
+        let mut failures = vec![];
+        for seq in seqs {
+            match store.load(seq) {
+                Ok(r) => {
+                    if !failures.is_empty() {
+                        tracing::warn!(seq, skipped = ?failures, "checkpoint: newer checkpoints are damaged; recovering from an older one");
+                    }
+                    store.retained.push(r.manifest.clone());
+                    return Ok((store, Some(r)));
+                }
+                Err(StorageError::Key(m)) => return Err(StorageError::Key(m)),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(StorageError::Corrupt(format!("no valid checkpoint in {}: {}", dir.display(), failures.join("; "))));
+        }
+        Ok((store, None))
+    }
+
+    fn load(&self, seq: u64) -> Result<Recovered> {
+        let path = self.dir.join(manifest_name(seq));
+        let bytes = self.storage.read(&path).map_err(io_err(&path))?;
+        let b: &[u8] = (*bytes).as_ref();
+        let h = read_header(b, MANIFEST_MAGIC, &path)?;
+        self.cipher.check_readable(h.key_id, &h.key_check, &path.display().to_string())?;
+        if h.seq != seq || b.len() < HEADER_LEN + 8 {
+            return Err(StorageError::Corrupt(format!("{}: header does not match its name", path.display())));
+        }
+        let len = u32_at(b, HEADER_LEN + 4) as usize;
+        if b.len() != HEADER_LEN + 8 + len || crc(&[&b[HEADER_LEN + 4..]]) != u32_at(b, HEADER_LEN) {
+            return Err(StorageError::Corrupt(format!("{}: checksum mismatch", path.display())));
+        }
+        let mut sealed = b[HEADER_LEN + 8..].to_vec();
+        let ad = aad(b"eddy-man", seq, HEADER_LEN as u64, h.key_id);
+        let plain = self.cipher.open(h.key_id, crypto::nonce(h.nonce_prefix, 0), &ad, &mut sealed, &|| path.display().to_string())?;
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(plain.len());
+        aligned.extend_from_slice(plain);
+        let archived = rkyv::access::<ArchivedManifest, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| StorageError::Corrupt(format!("{}: not a manifest: {e}", path.display())))?;
+        // Read the blobs straight from the archived (zero-copy) refs, file by file.
+        let mut blobs = HashMap::new();
+        let mut files: HashMap<u64, (crate::storage::fs::FileBytes, Header)> = HashMap::new();
+        for r in archived.blobs.iter() {
+            let file_seq = r.file_seq.to_native();
+            if !files.contains_key(&file_seq) {
+                let p = self.dir.join(state_name(file_seq));
+                let fb = self.storage.read(&p).map_err(io_err(&p))?;
+                let fh = read_header((*fb).as_ref(), STATE_MAGIC, &p)?;
+                self.cipher.check_readable(fh.key_id, &fh.key_check, &p.display().to_string())?;
+                if fh.seq != file_seq {
+                    return Err(StorageError::Corrupt(format!("{}: header does not match its name", p.display())));
+                }
+                files.insert(file_seq, (fb, fh));
+            }
+            let (fb, fh) = &files[&file_seq];
+            let p = self.dir.join(state_name(file_seq));
+            let data: &[u8] = (**fb).as_ref();
+            let (off, len) = (r.offset.to_native() as usize, r.len.to_native() as usize);
+            let bad = |why: &str| StorageError::Corrupt(format!("{} at offset {off}: {why} (blob '{}')", p.display(), r.name.as_str()));
+            if off < HEADER_LEN || data.len() < off + BLOB_HEADER + len {
+                return Err(bad("the blob lies beyond the file"));
+            }
+            if u32_at(data, off + 4) as usize != len || u32_at(data, off + 8) != r.index.to_native() || crc(&[&data[off + 4..off + BLOB_HEADER + len]]) != u32_at(data, off) {
+                return Err(bad("checksum mismatch"));
+            }
+            let mut sealed = data[off + BLOB_HEADER..off + BLOB_HEADER + len].to_vec();
+            let ad = aad(b"eddy-sta", file_seq, off as u64, fh.key_id);
+            let nonce = crypto::nonce(fh.nonce_prefix, r.index.to_native());
+            let plain_len = self.cipher.open(fh.key_id, nonce, &ad, &mut sealed, &|| format!("{} at offset {off}", p.display()))?.len();
+            sealed.truncate(plain_len);
+            if digest(&sealed) != r.digest.as_slice() {
+                return Err(bad("content digest mismatch"));
+            }
+            blobs.insert(r.name.as_str().to_string(), sealed);
+        }
+        let manifest = rkyv::deserialize::<Manifest, rkyv::rancor::Error>(archived)
+            .map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display())))?;
+        Ok(Recovered { manifest, blobs })
+    }
+
+    /// The newest checkpoint written or recovered.
+    pub fn latest(&self) -> Option<&Manifest> {
+        self.retained.last()
+    }
+
+    /// The WAL must keep records from this LSN on (recovery may fall back to the oldest retained).
+    pub fn wal_keep_from(&self) -> u64 {
+        self.retained.first().map(|m| m.wal_lsn).unwrap_or(0)
+    }
+
+    /// Writes a checkpoint atomically; only blobs that changed since the last one are written.
+    pub fn write(&mut self, wal_lsn: u64, fingerprint: &[u8], sources: Vec<SourceMark>, blobs: &[(String, Vec<u8>)]) -> Result<WriteInfo> {
+        let seq = self.next_seq;
+        let key = self.cipher.current();
+        let prev: HashMap<&str, &BlobRef> = self.retained.last().map(|m| m.blobs.iter().map(|b| (b.name.as_str(), b)).collect()).unwrap_or_default();
+        let nonce_prefix = crypto::nonce_prefix()?;
+        let mut file = header(STATE_MAGIC, key, seq, nonce_prefix);
+        let mut refs = Vec::with_capacity(blobs.len());
+        let mut info = WriteInfo { seq, ..Default::default() };
+        for (name, plain) in blobs {
+            let d = digest(plain);
+            if let Some(old) = prev.get(name.as_str()).filter(|o| o.digest == d) {
+                refs.push((*old).clone());
+                info.blobs_reused += 1;
+                continue;
+            }
+            let index = info.blobs_written as u32;
+            let off = file.len();
+            file.extend_from_slice(&[0u8; BLOB_HEADER]);
+            file.extend_from_slice(plain);
+            let ad = aad(b"eddy-sta", seq, off as u64, key.0);
+            self.cipher.seal(key.0, crypto::nonce(nonce_prefix, index), &ad, &mut file, off + BLOB_HEADER)?;
+            let len = (file.len() - off - BLOB_HEADER) as u32;
+            file[off + 4..off + 8].copy_from_slice(&len.to_le_bytes());
+            file[off + 8..off + 12].copy_from_slice(&index.to_le_bytes());
+            let c = crc(&[&file[off + 4..]]);
+            file[off..off + 4].copy_from_slice(&c.to_le_bytes());
+            refs.push(BlobRef { name: name.clone(), file_seq: seq, offset: off as u64, len, index, digest: d });
+            info.blobs_written += 1;
+        }
+        if info.blobs_written > 0 {
+            let p = self.dir.join(state_name(seq));
+            let mut f = self.storage.create(&p).map_err(io_err(&p))?;
+            f.write_sync(0, &file).map_err(io_err(&p))?;
+            self.storage.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+            info.bytes_written += file.len() as u64;
+        }
+        let manifest = Manifest { seq, created_ms: crate::time::now_ms(), wal_lsn, fingerprint: fingerprint.to_vec(), sources, blobs: refs };
+        let archived = rkyv::to_bytes::<rkyv::rancor::Error>(&manifest).map_err(|e| StorageError::Corrupt(format!("manifest encoding: {e}")))?;
+        let mnonce = crypto::nonce_prefix()?;
+        let mut m = header(MANIFEST_MAGIC, key, seq, mnonce);
+        m.extend_from_slice(&[0u8; 8]);
+        m.extend_from_slice(&archived);
+        let ad = aad(b"eddy-man", seq, HEADER_LEN as u64, key.0);
+        self.cipher.seal(key.0, crypto::nonce(mnonce, 0), &ad, &mut m, HEADER_LEN + 8)?;
+        let len = (m.len() - HEADER_LEN - 8) as u32;
+        m[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&len.to_le_bytes());
+        let c = crc(&[&m[HEADER_LEN + 4..]]);
+        m[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&c.to_le_bytes());
+        let tmp = self.dir.join(format!("{}.tmp", manifest_name(seq)));
+        let fin = self.dir.join(manifest_name(seq));
+        let mut f = self.storage.create(&tmp).map_err(io_err(&tmp))?;
+        f.write_sync(0, &m).map_err(io_err(&tmp))?;
+        drop(f);
+        self.storage.rename(&tmp, &fin).map_err(io_err(&fin))?;
+        self.storage.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        info.bytes_written += m.len() as u64;
+        self.next_seq += 1;
+        self.retained.push(manifest);
+        self.collect_garbage()?;
+        Ok(info)
+    }
+
+    /// Drops manifests beyond the retained ones and state files no retained manifest references.
+    fn collect_garbage(&mut self) -> Result<()> {
+        while self.retained.len() > KEEP {
+            let old = self.retained.remove(0);
+            let p = self.dir.join(manifest_name(old.seq));
+            self.storage.remove(&p).map_err(io_err(&p))?;
+        }
+        let live: std::collections::HashSet<u64> = self.retained.iter().flat_map(|m| m.blobs.iter().map(|b| b.file_seq)).collect();
+        for n in self.storage.list(&self.dir).map_err(io_err(&self.dir))? {
+            let Some(seq) = n.strip_prefix("state-").and_then(|s| s.strip_suffix(".dat")).and_then(|s| s.parse::<u64>().ok()) else { continue };
+            if !live.contains(&seq) && seq < self.next_seq {
+                let p = self.dir.join(&n);
+                self.storage.remove(&p).map_err(io_err(&p))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,467 @@
+//! The write-ahead log: numbered records (LSNs) in segment files, framed with length, CRC32C and LSN,
+//! encrypted one by one, made durable by group commit (one write + fdatasync for all records
+//! appended since the last commit). Layout and crash argument: docs/wal.md.
+//!
+//! Owns: segment files `wal-<first lsn>.log` in its directory. Never: reopens a segment for
+//! writing (every open starts a new one, so a nonce prefix is used once), reports a record durable
+//! before its fsync returned, or goes on after a failed write or fsync (it is poisoned).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::crypto::{self, Cipher};
+use super::fs::{Storage, StorageFile};
+use super::{crc, io_err, u32_at, u64_at, Result, StorageError};
+
+pub const MAGIC: &[u8; 8] = b"EDDYWAL1";
+pub const HEADER_LEN: usize = 64;
+pub const FRAME_HEADER: usize = 16;
+
+/// Limits and group-commit policy.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    pub dir: PathBuf,
+    /// A segment is closed once it reaches this size.
+    pub segment_bytes: u64,
+    /// Commit once the oldest uncommitted record is this old...
+    pub commit_delay: Duration,
+    /// ...or once this many bytes wait, whichever comes first.
+    pub commit_bytes: usize,
+    /// Largest record payload; bigger appends are refused.
+    pub max_record_bytes: usize,
+}
+
+impl WalConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        WalConfig {
+            dir: dir.into(),
+            segment_bytes: 64 << 20,
+            commit_delay: Duration::from_millis(5),
+            commit_bytes: 1 << 20,
+            max_record_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Counters, for metrics and benchmarks.
+#[derive(Debug, Default, Clone)]
+pub struct WalStats {
+    pub records: u64,
+    pub payload_bytes: u64,
+    /// Bytes written to segment files (headers, frames, tags).
+    pub file_bytes: u64,
+    pub commits: u64,
+    /// Commit (write + fdatasync) latency histogram: bucket i counts commits under 2^i µs.
+    pub commit_micros: [u64; 32],
+}
+
+impl WalStats {
+    /// The latency (µs, bucket upper bound) under which fraction `q` of commits finished.
+    pub fn commit_quantile(&self, q: f64) -> u64 {
+        let total: u64 = self.commit_micros.iter().sum();
+        let mut seen = 0;
+        for (i, c) in self.commit_micros.iter().enumerate() {
+            seen += c;
+            if total > 0 && seen as f64 >= q * total as f64 {
+                return 1 << i;
+            }
+        }
+        0
+    }
+}
+
+struct Segment {
+    first_lsn: u64,
+    path: PathBuf,
+}
+
+/// The segment records are being appended to.
+struct Active {
+    first_lsn: u64,
+    path: PathBuf,
+    file: Option<Box<dyn StorageFile>>,
+    /// Bytes of the file already written and synced.
+    written: u64,
+    key_id: u32,
+    nonce_prefix: [u8; 8],
+}
+
+pub struct Wal {
+    storage: Arc<dyn Storage>,
+    cipher: Arc<Cipher>,
+    cfg: WalConfig,
+    segments: Vec<Segment>,
+    active: Option<Active>,
+    /// Frames (and a new segment's header) not yet written.
+    buf: Vec<u8>,
+    oldest_pending: Option<Instant>,
+    next_lsn: u64,
+    durable_lsn: u64,
+    poisoned: Option<String>,
+    pub stats: WalStats,
+}
+
+fn segment_name(first_lsn: u64) -> String {
+    format!("wal-{first_lsn:020}.log")
+}
+
+fn aad(first_lsn: u64, offset: u64, lsn: u64, key_id: u32) -> [u8; 36] {
+    let mut a = [0u8; 36];
+    a[..8].copy_from_slice(b"eddy-wal");
+    a[8..16].copy_from_slice(&first_lsn.to_le_bytes());
+    a[16..24].copy_from_slice(&offset.to_le_bytes());
+    a[24..32].copy_from_slice(&lsn.to_le_bytes());
+    a[32..].copy_from_slice(&key_id.to_le_bytes());
+    a
+}
+
+struct Header {
+    key_id: u32,
+    first_lsn: u64,
+    nonce_prefix: [u8; 8],
+    key_check: [u8; 8],
+}
+
+fn encode_header(h: &Header, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&h.key_id.to_le_bytes());
+    out.extend_from_slice(&h.first_lsn.to_le_bytes());
+    out.extend_from_slice(&h.nonce_prefix);
+    out.extend_from_slice(&h.key_check);
+    out.resize(start + HEADER_LEN - 4, 0);
+    let c = crc(&[&out[start..]]);
+    out.extend_from_slice(&c.to_le_bytes());
+}
+
+fn decode_header(b: &[u8]) -> Option<Header> {
+    if b.len() < HEADER_LEN || &b[..8] != MAGIC || u32_at(b, 8) != 1 || crc(&[&b[..HEADER_LEN - 4]]) != u32_at(b, HEADER_LEN - 4) {
+        return None;
+    }
+    let mut nonce_prefix = [0u8; 8];
+    nonce_prefix.copy_from_slice(&b[24..32]);
+    let mut key_check = [0u8; 8];
+    key_check.copy_from_slice(&b[32..40]);
+    Some(Header { key_id: u32_at(b, 12), first_lsn: u64_at(b, 16), nonce_prefix, key_check })
+}
+
+/// Length of the valid frame for `lsn` at `off`, or why there is none.
+fn frame_at(b: &[u8], off: usize, lsn: u64, max_len: usize) -> std::result::Result<usize, &'static str> {
+    if b.len() - off < FRAME_HEADER {
+        return Err("a frame header cut short");
+    }
+    let len = u32_at(b, off + 4) as usize;
+    if len > max_len {
+        return Err("a frame length beyond the record limit");
+    }
+    if b.len() - off - FRAME_HEADER < len {
+        return Err("a frame cut short");
+    }
+    if u64_at(b, off + 8) != lsn {
+        return Err("an unexpected LSN");
+    }
+    if crc(&[&b[off + 4..off + FRAME_HEADER + len]]) != u32_at(b, off) {
+        return Err("a CRC mismatch");
+    }
+    Ok(FRAME_HEADER + len)
+}
+
+/// Whether a valid frame for a later LSN follows `off` (then the damage at `off` is not a torn tail).
+fn valid_frame_after(b: &[u8], off: usize, lsn: u64, max_len: usize) -> bool {
+    (1..=2u64).any(|k| {
+        let needle = (lsn + k).to_le_bytes();
+        memchr::memmem::find_iter(&b[off..], &needle).any(|h| {
+            let start = off + h;
+            start >= off + 8 && frame_at(b, start - 8, lsn + k, max_len).is_ok()
+        })
+    })
+}
+
+/// What scanning a segment found.
+struct Scan {
+    /// LSN after the last valid record.
+    end_lsn: u64,
+    /// Where a torn tail starts, if any.
+    torn_at: Option<usize>,
+}
+
+impl Wal {
+    /// Opens the log in `cfg.dir`: checks every segment, cuts a torn tail off the last one, and
+    /// fails on any other damage, naming file and offset.
+    pub fn open(storage: Arc<dyn Storage>, cipher: Arc<Cipher>, cfg: WalConfig) -> Result<Wal> {
+        storage.create_dir_all(&cfg.dir).map_err(io_err(&cfg.dir))?;
+        let mut names: Vec<(u64, String)> = storage
+            .list(&cfg.dir)
+            .map_err(io_err(&cfg.dir))?
+            .into_iter()
+            .filter_map(|n| {
+                let lsn = n.strip_prefix("wal-")?.strip_suffix(".log")?.parse::<u64>().ok()?;
+                Some((lsn, n))
+            })
+            .collect();
+        names.sort();
+        let mut segments = Vec::new();
+        let mut next_lsn = 0u64;
+        let max_len = cfg.max_record_bytes + crypto::TAG_LEN;
+        let count = names.len();
+        for (i, (first_lsn, name)) in names.into_iter().enumerate() {
+            let path = cfg.dir.join(&name);
+            let is_last = i + 1 == count;
+            if i > 0 && first_lsn != next_lsn {
+                return Err(StorageError::Corrupt(format!(
+                    "{}: starts at LSN {first_lsn}, but the segment before it ends at LSN {next_lsn} (records are missing)",
+                    path.display()
+                )));
+            }
+            let scan = {
+                let bytes = storage.read(&path).map_err(io_err(&path))?;
+                Self::scan(&cipher, &path, (*bytes).as_ref(), first_lsn, is_last, max_len)?
+            };
+            if let Some(at) = scan.torn_at {
+                tracing::warn!(file = %path.display(), offset = at, "write-ahead log: cutting a torn tail (a crash interrupted the last write)");
+                if scan.end_lsn == first_lsn {
+                    // No record survived: drop the segment, so a new one can take its name.
+                    storage.remove(&path).map_err(io_err(&path))?;
+                    storage.sync_dir(&cfg.dir).map_err(io_err(&cfg.dir))?;
+                    next_lsn = first_lsn;
+                    continue;
+                }
+                let mut f = storage.open_write(&path).map_err(io_err(&path))?;
+                f.set_len(at as u64).map_err(io_err(&path))?;
+                f.sync().map_err(io_err(&path))?;
+            }
+            next_lsn = scan.end_lsn;
+            segments.push(Segment { first_lsn, path });
+        }
+        Ok(Wal {
+            storage,
+            cipher,
+            cfg,
+            segments,
+            active: None,
+            buf: Vec::with_capacity(1 << 20),
+            oldest_pending: None,
+            next_lsn,
+            durable_lsn: next_lsn,
+            poisoned: None,
+            stats: WalStats::default(),
+        })
+    }
+
+    fn scan(cipher: &Cipher, path: &Path, b: &[u8], first_lsn: u64, is_last: bool, max_len: usize) -> Result<Scan> {
+        let corrupt = |off: usize, why: &str| StorageError::Corrupt(format!("{} at offset {off}: {why}; the log is damaged before its end", path.display()));
+        let Some(h) = decode_header(b) else {
+            // A segment whose first write was torn has no valid header and no valid frame.
+            if is_last && !(b.len() > HEADER_LEN && frame_at(b, HEADER_LEN, first_lsn, max_len).is_ok()) {
+                return Ok(Scan { end_lsn: first_lsn, torn_at: Some(0) });
+            }
+            return Err(corrupt(0, "a damaged segment header"));
+        };
+        if h.first_lsn != first_lsn {
+            return Err(corrupt(0, &format!("the header says LSN {}, the name {first_lsn}", h.first_lsn)));
+        }
+        cipher.check_readable(h.key_id, &h.key_check, &path.display().to_string())?;
+        let (mut off, mut lsn) = (HEADER_LEN, first_lsn);
+        while off < b.len() {
+            match frame_at(b, off, lsn, max_len) {
+                Ok(n) => {
+                    off += n;
+                    lsn += 1;
+                }
+                Err(why) => {
+                    if !is_last || valid_frame_after(b, off, lsn, max_len) {
+                        return Err(corrupt(off, &format!("{why} in the record for LSN {lsn}")));
+                    }
+                    return Ok(Scan { end_lsn: lsn, torn_at: Some(off) });
+                }
+            }
+        }
+        Ok(Scan { end_lsn: lsn, torn_at: None })
+    }
+
+    /// LSN the next append gets.
+    pub fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    /// Records below this LSN are durable.
+    pub fn durable_lsn(&self) -> u64 {
+        self.durable_lsn
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.storage.backend()
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(m) => Err(StorageError::Poisoned(m.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds a record; returns its LSN. It is durable once [`Wal::commit`] has covered it.
+    pub fn append(&mut self, payload: &[u8]) -> Result<u64> {
+        self.check_poison()?;
+        if payload.len() > self.cfg.max_record_bytes {
+            return Err(StorageError::Limit(format!(
+                "a write-ahead log record of {} bytes is over the limit of {} (wal.max_record_bytes)",
+                payload.len(),
+                self.cfg.max_record_bytes
+            )));
+        }
+        let key_id = self.cipher.current().0;
+        let frame = FRAME_HEADER + payload.len() + Cipher::overhead(key_id);
+        let roll = match &self.active {
+            None => true,
+            Some(a) => {
+                let end = a.written + self.buf.len() as u64;
+                (end + frame as u64 > self.cfg.segment_bytes && end > HEADER_LEN as u64)
+                    || self.next_lsn - a.first_lsn >= u32::MAX as u64
+                    || a.key_id != key_id
+            }
+        };
+        if roll {
+            self.commit()?;
+            self.start_segment()?;
+        }
+        let Some(a) = self.active.as_ref() else { return Err(StorageError::Corrupt("no active segment".into())) };
+        let lsn = self.next_lsn;
+        let offset = a.written + self.buf.len() as u64;
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; FRAME_HEADER]);
+        self.buf.extend_from_slice(payload);
+        // The counter fits: segments roll before u32::MAX records (checked above).
+        let counter = (lsn - a.first_lsn) as u32;
+        let ad = aad(a.first_lsn, offset, lsn, a.key_id);
+        self.cipher.seal(a.key_id, crypto::nonce(a.nonce_prefix, counter), &ad, &mut self.buf, start + FRAME_HEADER)?;
+        let len = (self.buf.len() - start - FRAME_HEADER) as u32;
+        self.buf[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
+        self.buf[start + 8..start + 16].copy_from_slice(&lsn.to_le_bytes());
+        let c = crc(&[&self.buf[start + 4..]]);
+        self.buf[start..start + 4].copy_from_slice(&c.to_le_bytes());
+        self.next_lsn += 1;
+        self.stats.records += 1;
+        self.stats.payload_bytes += payload.len() as u64;
+        self.oldest_pending.get_or_insert_with(Instant::now);
+        Ok(lsn)
+    }
+
+    fn start_segment(&mut self) -> Result<()> {
+        let (key_id, key_check) = self.cipher.current();
+        let nonce_prefix = crypto::nonce_prefix()?;
+        let first_lsn = self.next_lsn;
+        let path = self.cfg.dir.join(segment_name(first_lsn));
+        encode_header(&Header { key_id, first_lsn, nonce_prefix, key_check }, &mut self.buf);
+        self.active = Some(Active { first_lsn, path, file: None, written: 0, key_id, nonce_prefix });
+        Ok(())
+    }
+
+    /// Whether the group-commit policy says to commit now.
+    pub fn commit_due(&self) -> bool {
+        self.buf.len() >= self.cfg.commit_bytes || self.oldest_pending.is_some_and(|t| t.elapsed() >= self.cfg.commit_delay)
+    }
+
+    /// Commits if the group-commit policy says so; returns the durable LSN.
+    pub fn maybe_commit(&mut self) -> Result<u64> {
+        if self.commit_due() {
+            self.commit()?;
+        }
+        Ok(self.durable_lsn)
+    }
+
+    /// Writes and fdatasyncs everything appended; returns the durable LSN (all records below it).
+    /// Any error poisons the log.
+    pub fn commit(&mut self) -> Result<u64> {
+        self.check_poison()?;
+        if self.buf.is_empty() {
+            return Ok(self.durable_lsn);
+        }
+        let t0 = Instant::now();
+        let r = self.write_out();
+        if let Err(e) = &r {
+            self.poisoned = Some(e.to_string());
+            tracing::error!(error = %e, "write-ahead log: write or fsync failed; the log is poisoned and the pipeline stops");
+        }
+        r?;
+        let micros = t0.elapsed().as_micros().max(1) as u64;
+        let bucket = (64 - micros.leading_zeros()).min(31) as usize;
+        self.stats.commit_micros[bucket] += 1;
+        self.stats.commits += 1;
+        self.stats.file_bytes += self.buf.len() as u64;
+        self.buf.clear();
+        self.oldest_pending = None;
+        self.durable_lsn = self.next_lsn;
+        Ok(self.durable_lsn)
+    }
+
+    fn write_out(&mut self) -> Result<()> {
+        let Some(a) = self.active.as_mut() else { return Err(StorageError::Corrupt("records without a segment".into())) };
+        let new_file = a.file.is_none();
+        if new_file {
+            a.file = Some(self.storage.create(&a.path).map_err(io_err(&a.path))?);
+        }
+        let file = a.file.as_mut().ok_or_else(|| StorageError::Corrupt("segment not open".into()))?;
+        file.write_sync(a.written, &self.buf).map_err(io_err(&a.path))?;
+        if new_file {
+            // The new segment's directory entry must be durable too before anything in it counts.
+            self.storage.sync_dir(&self.cfg.dir).map_err(io_err(&self.cfg.dir))?;
+            self.segments.push(Segment { first_lsn: a.first_lsn, path: a.path.clone() });
+        }
+        a.written += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Calls `f(lsn, payload)` for every durable record from `from_lsn` on, in order.
+    pub fn replay(&self, from_lsn: u64, f: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+        let max_len = self.cfg.max_record_bytes + crypto::TAG_LEN;
+        let mut scratch = Vec::new();
+        for (i, seg) in self.segments.iter().enumerate() {
+            if self.segments.get(i + 1).is_some_and(|n| n.first_lsn <= from_lsn) {
+                continue;
+            }
+            let bytes = self.storage.read(&seg.path).map_err(io_err(&seg.path))?;
+            let b: &[u8] = (*bytes).as_ref();
+            let h = decode_header(b).ok_or_else(|| StorageError::Corrupt(format!("{}: damaged header", seg.path.display())))?;
+            let (mut off, mut lsn) = (HEADER_LEN, seg.first_lsn);
+            while off < b.len() && lsn < self.durable_lsn {
+                let n = frame_at(b, off, lsn, max_len)
+                    .map_err(|why| StorageError::Corrupt(format!("{} at offset {off}: {why}", seg.path.display())))?;
+                if lsn >= from_lsn {
+                    scratch.clear();
+                    scratch.extend_from_slice(&b[off + FRAME_HEADER..off + n]);
+                    let ad = aad(seg.first_lsn, off as u64, lsn, h.key_id);
+                    let nonce = crypto::nonce(h.nonce_prefix, (lsn - seg.first_lsn) as u32);
+                    let path = &seg.path;
+                    let plain = self.cipher.open(h.key_id, nonce, &ad, &mut scratch, &|| format!("{} at offset {off} (LSN {lsn})", path.display()))?;
+                    let plain_len = plain.len();
+                    f(lsn, &scratch[..plain_len])?;
+                }
+                off += n;
+                lsn += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes segments holding only records below `lsn` (covered by a checkpoint).
+    pub fn truncate_before(&mut self, lsn: u64) -> Result<()> {
+        let active = self.active.as_ref().map(|a| a.first_lsn);
+        while self.segments.len() > 1 && self.segments[1].first_lsn <= lsn && Some(self.segments[0].first_lsn) != active {
+            let seg = self.segments.remove(0);
+            self.storage.remove(&seg.path).map_err(io_err(&seg.path))?;
+        }
+        Ok(())
+    }
+
+    /// Segment files currently making up the log.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments.iter().map(|s| s.path.clone()).collect()
+    }
+}
