@@ -64,9 +64,13 @@ pub enum Crash {
     Torn(usize),
 }
 
+type SyncHook = Box<dyn FnMut(&SimFs) + Send>;
+
 #[derive(Clone, Default)]
 pub struct SimFs {
     state: Arc<Mutex<State>>,
+    /// Called at every sync point, before the sync takes effect (crash images are taken there).
+    hook: Arc<Mutex<Option<SyncHook>>>,
 }
 
 impl SimFs {
@@ -77,6 +81,18 @@ impl SimFs {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a test failure anyway; keep the state usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls `f` at every fsync (file or directory), just before it makes anything durable.
+    pub fn on_sync(&self, f: impl FnMut(&SimFs) + Send + 'static) {
+        *self.hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+    }
+
+    fn sync_point(&self) {
+        let mut h = self.hook.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = h.as_mut() {
+            f(self);
+        }
     }
 
     /// Fails the `n`-th write from now (0 = the next) with EIO.
@@ -130,7 +146,7 @@ impl SimFs {
             out.live.insert(path.clone(), i);
             out.durable.insert(path.clone(), i);
         }
-        SimFs { state: Arc::new(Mutex::new(out)) }
+        SimFs { state: Arc::new(Mutex::new(out)), hook: Arc::default() }
     }
 
     /// Live contents of `path`, for tests.
@@ -181,6 +197,7 @@ impl StorageFile for SimFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        self.fs.sync_point();
         let mut s = self.fs.lock();
         s.syncs += 1;
         if s.fail_sync_at == Some(s.syncs - 1) {
@@ -257,6 +274,7 @@ impl Storage for SimFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.sync_point();
         let mut s = self.lock();
         s.syncs += 1;
         if s.fail_sync_at == Some(s.syncs - 1) {

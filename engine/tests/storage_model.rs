@@ -1,0 +1,350 @@
+//! The WAL and checkpoint store against a model, on a simulated filesystem that keeps only what was
+//! synced: at every fsync point, crash images (durable only; with some pending writes; with a torn
+//! sector) must recover to a state at or after the last acknowledged commit, with exactly the bytes
+//! written. Injected EIO poisons the WAL. Truncation at every offset and single bit flips give a cut
+//! torn tail or a named error, never wrong data. Moved records fail authentication.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use eddy_engine::storage::checkpoint::CheckpointStore;
+use eddy_engine::storage::crypto::Cipher;
+use eddy_engine::storage::fs::Storage;
+use eddy_engine::storage::simfs::{Crash, SimFs};
+use eddy_engine::storage::wal::{Wal, WalConfig};
+use eddy_engine::storage::StorageError;
+
+fn cipher(encrypted: bool) -> Arc<Cipher> {
+    Arc::new(if encrypted { Cipher::from_keys(&[(7, [0x42; 32])]).unwrap() } else { Cipher::plaintext() })
+}
+
+fn cfg() -> WalConfig {
+    let mut c = WalConfig::new("/s/wal");
+    c.segment_bytes = 2048;
+    c.max_record_bytes = 1024;
+    c
+}
+
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn record(i: u64, rng: &mut Rng) -> Vec<u8> {
+    let len = rng.below(300) as usize;
+    (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
+}
+
+fn replay_all(fs: &SimFs, c: &Arc<Cipher>) -> Result<Vec<Vec<u8>>, StorageError> {
+    let wal = Wal::open(Arc::new(fs.clone()), c.clone(), cfg())?;
+    let mut out = vec![];
+    wal.replay(0, &mut |lsn, p| {
+        assert_eq!(lsn as usize, out.len(), "LSNs are dense from 0");
+        out.push(p.to_vec());
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Every crash image taken at every sync point recovers a prefix of what was appended that holds
+/// at least everything acknowledged when the image was taken.
+fn wal_crash_model(encrypted: bool, seed: u64) {
+    let fs = SimFs::new();
+    let c = cipher(encrypted);
+    let acked = Arc::new(AtomicU64::new(0));
+    let images: Arc<Mutex<Vec<(SimFs, u64)>>> = Arc::default();
+    {
+        let (acked, images) = (acked.clone(), images.clone());
+        fs.on_sync(move |fs| {
+            let a = acked.load(Ordering::SeqCst);
+            let mut imgs = images.lock().unwrap();
+            imgs.push((fs.crash_image(Crash::DurableOnly), a));
+            for n in 0..=fs.max_pending() {
+                imgs.push((fs.crash_image(Crash::Pending(n)), a));
+                imgs.push((fs.crash_image(Crash::Torn(n)), a));
+            }
+        });
+    }
+    let mut rng = Rng(seed);
+    let mut written: Vec<Vec<u8>> = vec![];
+    // Three lives of the log: each reopens what the last left, as after a clean stop.
+    for _life in 0..3 {
+        let mut wal = Wal::open(Arc::new(fs.clone()), c.clone(), cfg()).unwrap();
+        assert_eq!(wal.next_lsn() as usize, written.len());
+        for _ in 0..40 {
+            let r = record(written.len() as u64, &mut rng);
+            wal.append(&r).unwrap();
+            written.push(r);
+            if rng.below(4) == 0 {
+                let d = wal.commit().unwrap();
+                acked.store(d, Ordering::SeqCst);
+            }
+        }
+        let d = wal.commit().unwrap();
+        acked.store(d, Ordering::SeqCst);
+    }
+    let images = std::mem::take(&mut *images.lock().unwrap());
+    assert!(images.len() > 100, "crash images were taken at the sync points");
+    for (k, (img, acked)) in images.iter().enumerate() {
+        let got = replay_all(img, &c).unwrap_or_else(|e| panic!("image {k}: recovery failed: {e}"));
+        assert!(got.len() as u64 >= *acked, "image {k}: {} records recovered, {acked} were acknowledged", got.len());
+        assert!(got.len() <= written.len());
+        assert!(got[..] == written[..got.len()], "image {k}: recovered records differ from those written");
+        // A recovered log takes new appends and recovers them too.
+        let mut wal = Wal::open(Arc::new(img.clone()), c.clone(), cfg()).unwrap();
+        wal.append(b"after").unwrap();
+        wal.commit().unwrap();
+        let again = replay_all(img, &c).unwrap();
+        assert_eq!(again.len(), got.len() + 1);
+        assert_eq!(again.last().unwrap(), b"after");
+    }
+}
+
+#[test]
+fn wal_crash_images_recover_acknowledged_records_plain() {
+    wal_crash_model(false, 1);
+}
+
+#[test]
+fn wal_crash_images_recover_acknowledged_records_encrypted() {
+    wal_crash_model(true, 2);
+}
+
+#[test]
+fn injected_eio_poisons_the_wal() {
+    let c = cipher(true);
+    for (on_sync, n) in [(false, 0), (false, 3), (true, 0), (true, 2)] {
+        let fs = SimFs::new();
+        let mut wal = Wal::open(Arc::new(fs.clone()), c.clone(), cfg()).unwrap();
+        let mut acked = 0;
+        if on_sync {
+            fs.fail_sync_after(n);
+        } else {
+            fs.fail_write_after(n);
+        }
+        let mut failed = false;
+        for i in 0..50u64 {
+            if wal.append(&i.to_le_bytes()).is_err() {
+                failed = true;
+                break;
+            }
+            match wal.commit() {
+                Ok(d) => acked = d,
+                Err(e) => {
+                    assert!(!matches!(e, StorageError::Poisoned(_)), "the first failure names its cause: {e}");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(failed, "the injected fault surfaced");
+        // Poisoned: nothing more is taken or acknowledged.
+        assert!(matches!(wal.append(b"x"), Err(StorageError::Poisoned(_))));
+        assert!(matches!(wal.commit(), Err(StorageError::Poisoned(_))));
+        assert_eq!(wal.durable_lsn(), acked);
+        // A restart recovers at least what was acknowledged, and only what was written.
+        let got = replay_all(&fs.crash_image(Crash::DurableOnly), &c).unwrap();
+        assert!(got.len() as u64 >= acked);
+        for (i, r) in got.iter().enumerate() {
+            assert_eq!(r, &(i as u64).to_le_bytes());
+        }
+    }
+}
+
+/// One segment of `n` records, as bytes.
+fn one_segment(c: &Arc<Cipher>, n: u64) -> (PathBuf, Vec<u8>, Vec<Vec<u8>>) {
+    let fs = SimFs::new();
+    let mut conf = cfg();
+    conf.segment_bytes = 1 << 20;
+    let mut wal = Wal::open(Arc::new(fs.clone()), c.clone(), conf).unwrap();
+    let mut rng = Rng(9);
+    let recs: Vec<Vec<u8>> = (0..n).map(|i| record(i, &mut rng)).collect();
+    for r in &recs {
+        wal.append(r).unwrap();
+    }
+    wal.commit().unwrap();
+    let path = wal.segment_paths()[0].clone();
+    let bytes = fs.contents(&path).unwrap();
+    (path, bytes, recs)
+}
+
+#[test]
+fn truncation_at_every_offset_cuts_a_torn_tail() {
+    for enc in [false, true] {
+        let c = cipher(enc);
+        let (path, bytes, recs) = one_segment(&c, 12);
+        // Frame ends, to know which records a cut keeps whole.
+        let full = replay_all(&{
+            let f = SimFs::new();
+            f.put(&path, bytes.clone());
+            f
+        }, &c)
+        .unwrap();
+        assert_eq!(full, recs);
+        for len in 0..bytes.len() {
+            let fs = SimFs::new();
+            fs.put(&path, bytes[..len].to_vec());
+            let got = replay_all(&fs, &c).unwrap_or_else(|e| panic!("cut at {len}: {e}"));
+            assert!(got[..] == recs[..got.len()], "cut at {len}: wrong data");
+            // Every record whose frame lies wholly before the cut survives.
+            let whole = recs.iter().scan(64usize, |end, r| {
+                *end += 16 + r.len() + if enc { 16 } else { 0 };
+                Some(*end)
+            });
+            let expect = whole.filter(|&e| e <= len).count();
+            assert_eq!(got.len(), expect, "cut at {len}");
+        }
+    }
+}
+
+#[test]
+fn single_bit_flips_give_a_named_error_or_drop_only_the_last_record() {
+    for enc in [false, true] {
+        let c = cipher(enc);
+        let (path, bytes, recs) = one_segment(&c, 10);
+        let mut errors = 0;
+        for byte in 0..bytes.len() {
+            for bit in [0u8, 3, 7] {
+                let mut b = bytes.clone();
+                b[byte] ^= 1 << bit;
+                let fs = SimFs::new();
+                fs.put(&path, b);
+                match replay_all(&fs, &c) {
+                    Ok(got) => {
+                        assert!(got[..] == recs[..got.len()], "flip at {byte}.{bit}: wrong data recovered");
+                        assert!(got.len() + 1 >= recs.len(), "flip at {byte}.{bit}: only a torn last record may go ({} of {})", got.len(), recs.len());
+                    }
+                    Err(e) => {
+                        let m = e.to_string();
+                        assert!(m.contains(&path.display().to_string()) && (m.contains("offset") || m.contains("header")), "flip at {byte}.{bit}: {m}");
+                        errors += 1;
+                    }
+                }
+            }
+        }
+        assert!(errors > bytes.len(), "most flips are errors");
+    }
+}
+
+#[test]
+fn a_record_moved_to_another_segment_fails_authentication() {
+    let c = cipher(true);
+    let (path, a, _) = one_segment(&c, 3);
+    let (_, b, _) = one_segment(&c, 3);
+    // Put b's first frame in a's place, with a's LSN and a fresh CRC: only the AEAD can tell.
+    let len = u32::from_le_bytes(a[68..72].try_into().unwrap()) as usize;
+    let blen = u32::from_le_bytes(b[68..72].try_into().unwrap()) as usize;
+    assert_eq!(len, blen, "both first records have the same length");
+    let mut m = a.clone();
+    m[64 + 16..64 + 16 + len].copy_from_slice(&b[64 + 16..64 + 16 + len]);
+    let crc = crc32c::crc32c(&m[64 + 4..64 + 16 + len]);
+    m[64..68].copy_from_slice(&crc.to_le_bytes());
+    let fs = SimFs::new();
+    fs.put(&path, m);
+    let e = replay_all(&fs, &c).unwrap_err().to_string();
+    assert!(e.contains("authentication failed"), "{e}");
+}
+
+#[test]
+fn checkpoint_crash_images_recover_a_committed_checkpoint() {
+    let fs = SimFs::new();
+    let c = cipher(true);
+    let dir = Path::new("/s/ckpt");
+    let acked = Arc::new(AtomicU64::new(0));
+    let images: Arc<Mutex<Vec<(SimFs, u64)>>> = Arc::default();
+    {
+        let (acked, images) = (acked.clone(), images.clone());
+        fs.on_sync(move |fs| {
+            let a = acked.load(Ordering::SeqCst);
+            let mut imgs = images.lock().unwrap();
+            imgs.push((fs.crash_image(Crash::DurableOnly), a));
+            imgs.push((fs.crash_image(Crash::Pending(1)), a));
+            imgs.push((fs.crash_image(Crash::Torn(0)), a));
+        });
+    }
+    let blobs_of = |seq: u64| -> Vec<(String, Vec<u8>)> {
+        // "stable" never changes (reused), "moving" changes every time, "grow" grows.
+        vec![
+            ("stable".into(), vec![1, 2, 3]),
+            ("moving".into(), seq.to_le_bytes().to_vec()),
+            ("grow".into(), vec![seq as u8; 100 * seq as usize]),
+        ]
+    };
+    let (mut store, rec) = CheckpointStore::open(Arc::new(fs.clone()), c.clone(), dir).unwrap();
+    assert!(rec.is_none());
+    for i in 1..=8u64 {
+        let info = store.write(i * 10, b"fp", vec![], &blobs_of(i)).unwrap();
+        assert_eq!(info.seq, i);
+        if i > 1 {
+            assert_eq!(info.blobs_reused, 1, "the unchanged blob is not written again");
+        }
+        acked.store(i, Ordering::SeqCst);
+    }
+    let images = std::mem::take(&mut *images.lock().unwrap());
+    assert!(images.len() > 20);
+    for (k, (img, acked)) in images.iter().enumerate() {
+        let (_, rec) = CheckpointStore::open(Arc::new(img.clone()), c.clone(), dir).unwrap_or_else(|e| panic!("image {k}: {e}"));
+        match rec {
+            None => assert_eq!(*acked, 0, "image {k}: acknowledged checkpoint {acked} lost"),
+            Some(r) => {
+                let seq = r.manifest.seq;
+                assert!(seq >= *acked, "image {k}: recovered checkpoint {seq}, but {acked} was acknowledged");
+                assert_eq!(r.manifest.wal_lsn, seq * 10);
+                for (name, data) in blobs_of(seq) {
+                    assert_eq!(r.blobs[&name], data, "image {k}: blob {name} of checkpoint {seq}");
+                }
+            }
+        }
+    }
+    // Only the retained checkpoints' files remain.
+    let names = fs.list(dir).unwrap();
+    assert_eq!(names.iter().filter(|n| n.starts_with("manifest-")).count(), 2, "{names:?}");
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_to_the_one_before() {
+    let fs = SimFs::new();
+    let c = cipher(true);
+    let dir = Path::new("/s/ckpt");
+    let (mut store, _) = CheckpointStore::open(Arc::new(fs.clone()), c.clone(), dir).unwrap();
+    store.write(5, b"fp", vec![], &[("a".into(), vec![1; 50])]).unwrap();
+    store.write(9, b"fp", vec![], &[("a".into(), vec![2; 50])]).unwrap();
+    let newest = dir.join("manifest-0000000002");
+    let mut m = fs.contents(&newest).unwrap();
+    let last = m.len() - 1;
+    m[last] ^= 1;
+    fs.put(&newest, m);
+    let (store, rec) = CheckpointStore::open(Arc::new(fs.clone()), c.clone(), dir).unwrap();
+    let rec = rec.unwrap();
+    assert_eq!(rec.manifest.seq, 1);
+    assert_eq!(rec.blobs["a"], vec![1; 50]);
+    assert_eq!(store.wal_keep_from(), 5);
+}
+
+#[test]
+fn a_blob_moved_within_its_state_file_fails_authentication() {
+    let fs = SimFs::new();
+    let c = cipher(true);
+    let dir = Path::new("/s/ckpt");
+    let (mut store, _) = CheckpointStore::open(Arc::new(fs.clone()), c.clone(), dir).unwrap();
+    store.write(1, b"fp", vec![], &[("a".into(), vec![1; 40]), ("b".into(), vec![2; 40])]).unwrap();
+    let path = dir.join("state-0000000001.dat");
+    let f = fs.contents(&path).unwrap();
+    // Two blobs of equal size: swap their sealed bytes and fix each CRC.
+    let (a, b) = (64usize, 64 + 16 + 40 + 16);
+    let len = 40 + 16;
+    let mut m = f.clone();
+    m[a + 16..a + 16 + len].copy_from_slice(&f[b + 16..b + 16 + len]);
+    m[b + 16..b + 16 + len].copy_from_slice(&f[a + 16..a + 16 + len]);
+    for off in [a, b] {
+        let crc = crc32c::crc32c(&m[off + 4..off + 16 + len]);
+        m[off..off + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+    fs.put(&path, m);
+    let e = CheckpointStore::open(Arc::new(fs.clone()), c.clone(), dir).err().expect("must fail").to_string();
+    assert!(e.contains("authentication failed"), "{e}");
+}
