@@ -616,14 +616,13 @@ impl Pipeline {
             };
             any |= poll == Poll::Rows;
             let (errors, rows) = self.take_decoded(i)?;
-            if errors.is_some() || rows.is_some() {
+            if let Some(d) = self.durable.as_mut().filter(|_| errors.is_some() || rows.is_some()) {
+                // Logged before it is processed, with where to resume after it.
                 let s = &mut self.sources[i];
                 if let Some(r) = &s.reader {
                     s.position = r.position();
                 }
-                if let Some(d) = &mut self.durable {
-                    d.log_batch(i, &self.sources[i].position, errors.as_ref(), rows.as_ref())?;
-                }
+                d.log_batch(i, &s.position, errors.as_ref(), rows.as_ref())?;
             }
             self.run_source_output(i, errors, rows)?;
             if poll == Poll::End {

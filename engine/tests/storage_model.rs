@@ -50,25 +50,32 @@ fn replay_all(fs: &SimFs, c: &Arc<Cipher>) -> Result<Vec<Vec<u8>>, StorageError>
     Ok(out)
 }
 
+type Images = Arc<Mutex<Vec<(SimFs, u64)>>>;
+
+/// At every sync point of `fs`, keeps crash images (durable only; each count of pending writes,
+/// whole and torn) with what the test had acknowledged then (the returned counter).
+fn take_crash_images(fs: &SimFs) -> (Arc<AtomicU64>, Images) {
+    let acked = Arc::new(AtomicU64::new(0));
+    let images: Images = Arc::default();
+    let (a2, i2) = (acked.clone(), images.clone());
+    fs.on_sync(move |fs| {
+        let a = a2.load(Ordering::SeqCst);
+        let mut imgs = i2.lock().unwrap();
+        imgs.push((fs.crash_image(Crash::DurableOnly), a));
+        for n in 0..=fs.max_pending() {
+            imgs.push((fs.crash_image(Crash::Pending(n)), a));
+            imgs.push((fs.crash_image(Crash::Torn(n)), a));
+        }
+    });
+    (acked, images)
+}
+
 /// Every crash image taken at every sync point recovers a prefix of what was appended that holds
 /// at least everything acknowledged when the image was taken.
 fn wal_crash_model(encrypted: bool, seed: u64) {
     let fs = SimFs::new();
     let c = cipher(encrypted);
-    let acked = Arc::new(AtomicU64::new(0));
-    let images: Arc<Mutex<Vec<(SimFs, u64)>>> = Arc::default();
-    {
-        let (acked, images) = (acked.clone(), images.clone());
-        fs.on_sync(move |fs| {
-            let a = acked.load(Ordering::SeqCst);
-            let mut imgs = images.lock().unwrap();
-            imgs.push((fs.crash_image(Crash::DurableOnly), a));
-            for n in 0..=fs.max_pending() {
-                imgs.push((fs.crash_image(Crash::Pending(n)), a));
-                imgs.push((fs.crash_image(Crash::Torn(n)), a));
-            }
-        });
-    }
+    let (acked, images) = take_crash_images(&fs);
     let mut rng = Rng(seed);
     let mut written: Vec<Vec<u8>> = vec![];
     // Three lives of the log: each reopens what the last left, as after a clean stop.
@@ -254,18 +261,7 @@ fn checkpoint_crash_images_recover_a_committed_checkpoint() {
     let fs = SimFs::new();
     let c = cipher(true);
     let dir = Path::new("/s/ckpt");
-    let acked = Arc::new(AtomicU64::new(0));
-    let images: Arc<Mutex<Vec<(SimFs, u64)>>> = Arc::default();
-    {
-        let (acked, images) = (acked.clone(), images.clone());
-        fs.on_sync(move |fs| {
-            let a = acked.load(Ordering::SeqCst);
-            let mut imgs = images.lock().unwrap();
-            imgs.push((fs.crash_image(Crash::DurableOnly), a));
-            imgs.push((fs.crash_image(Crash::Pending(1)), a));
-            imgs.push((fs.crash_image(Crash::Torn(0)), a));
-        });
-    }
+    let (acked, images) = take_crash_images(&fs);
     let blobs_of = |seq: u64| -> Vec<(String, Vec<u8>)> {
         // "stable" never changes (reused), "moving" changes every time, "grow" grows.
         vec![

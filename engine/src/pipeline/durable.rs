@@ -187,10 +187,20 @@ impl Pipeline {
             }
         }
         self.prepare()?;
-        wal.replay(from_lsn, &mut |_, payload| {
+        // An engine error while replaying (a row under on_error = 'fail', a limit) is reported as
+        // itself, not as damage to the log.
+        let mut failed: Option<EngineError> = None;
+        let replayed = wal.replay(from_lsn, &mut |lsn, payload| {
             stats.replayed_records += 1;
-            self.apply_record(payload).map_err(|e| crate::storage::StorageError::Corrupt(format!("replaying the WAL: {e}")))
-        })?;
+            self.apply_record(payload).map_err(|e| {
+                failed = Some(e);
+                crate::storage::StorageError::Corrupt(format!("replay stopped at LSN {lsn}"))
+            })
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        replayed?;
         stats.recovery = t0.elapsed();
         tracing::info!(
             state_dir = %cfg.state_dir.display(),
