@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use super::crypto::{self, Cipher};
 use super::fs::Storage;
-use super::{crc, io_err, u32_at, u64_at, Result, StorageError};
+use super::header::{FileHeader, HEADER_LEN};
+use super::{crc, io_err, u32_at, Result, StorageError};
 
 pub const STATE_MAGIC: &[u8; 8] = b"EDDYSTA1";
 pub const MANIFEST_MAGIC: &[u8; 8] = b"EDDYMAN1";
-const HEADER_LEN: usize = 64;
 const BLOB_HEADER: usize = 16;
 /// Manifests kept (the newest and the one recovery falls back to).
 const KEEP: usize = 2;
@@ -94,36 +94,14 @@ fn digest(b: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, b).as_ref().to_vec()
 }
 
+fn read_header(b: &[u8], magic: &[u8; 8], path: &Path) -> Result<FileHeader> {
+    FileHeader::decode(b, magic).ok_or_else(|| StorageError::Corrupt(format!("{}: damaged or foreign header", path.display())))
+}
+
 fn header(magic: &[u8; 8], key: (u32, [u8; 8]), seq: u64, nonce_prefix: [u8; 8]) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN);
-    h.extend_from_slice(magic);
-    h.extend_from_slice(&1u32.to_le_bytes());
-    h.extend_from_slice(&key.0.to_le_bytes());
-    h.extend_from_slice(&seq.to_le_bytes());
-    h.extend_from_slice(&nonce_prefix);
-    h.extend_from_slice(&key.1);
-    h.resize(HEADER_LEN - 4, 0);
-    let c = crc(&[&h]);
-    h.extend_from_slice(&c.to_le_bytes());
+    FileHeader { key_id: key.0, seq, nonce_prefix, key_check: key.1 }.encode(magic, &mut h);
     h
-}
-
-struct Header {
-    key_id: u32,
-    seq: u64,
-    nonce_prefix: [u8; 8],
-    key_check: [u8; 8],
-}
-
-fn read_header(b: &[u8], magic: &[u8; 8], path: &Path) -> Result<Header> {
-    if b.len() < HEADER_LEN || &b[..8] != magic || u32_at(b, 8) != 1 || crc(&[&b[..HEADER_LEN - 4]]) != u32_at(b, HEADER_LEN - 4) {
-        return Err(StorageError::Corrupt(format!("{}: damaged or foreign header", path.display())));
-    }
-    let mut nonce_prefix = [0u8; 8];
-    nonce_prefix.copy_from_slice(&b[24..32]);
-    let mut key_check = [0u8; 8];
-    key_check.copy_from_slice(&b[32..40]);
-    Ok(Header { key_id: u32_at(b, 12), seq: u64_at(b, 16), nonce_prefix, key_check })
 }
 
 fn aad(kind: &[u8; 8], seq: u64, offset: u64, key_id: u32) -> [u8; 28] {
@@ -201,7 +179,7 @@ impl CheckpointStore {
             .map_err(|e| StorageError::Corrupt(format!("{}: not a manifest: {e}", path.display())))?;
         // Read the blobs straight from the archived (zero-copy) refs, file by file.
         let mut blobs = HashMap::new();
-        let mut files: HashMap<u64, (crate::storage::fs::FileBytes, Header)> = HashMap::new();
+        let mut files: HashMap<u64, (crate::storage::fs::FileBytes, FileHeader)> = HashMap::new();
         for r in archived.blobs.iter() {
             let file_seq = r.file_seq.to_native();
             if !files.contains_key(&file_seq) {

@@ -6,7 +6,7 @@
 //! entry (create, rename, remove) only after [`Storage::sync_dir`] on its parent returned Ok.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A file opened for writing.
 pub trait StorageFile: Send {
@@ -266,9 +266,4 @@ impl StorageFile for UringFile {
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
     }
-}
-
-/// `dir/name`.
-pub fn child(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
 }

@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod crypto;
 pub mod fs;
+pub mod header;
 pub mod simfs;
 pub mod wal;
 

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use super::crypto::{self, Cipher};
 use super::fs::{Storage, StorageFile};
+use super::header::{FileHeader, HEADER_LEN};
 use super::{crc, io_err, u32_at, u64_at, Result, StorageError};
 
 pub const MAGIC: &[u8; 8] = b"EDDYWAL1";
-pub const HEADER_LEN: usize = 64;
 pub const FRAME_HEADER: usize = 16;
 
 /// Limits and group-commit policy.
@@ -114,37 +114,6 @@ fn aad(first_lsn: u64, offset: u64, lsn: u64, key_id: u32) -> [u8; 36] {
     a[24..32].copy_from_slice(&lsn.to_le_bytes());
     a[32..].copy_from_slice(&key_id.to_le_bytes());
     a
-}
-
-struct Header {
-    key_id: u32,
-    first_lsn: u64,
-    nonce_prefix: [u8; 8],
-    key_check: [u8; 8],
-}
-
-fn encode_header(h: &Header, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&1u32.to_le_bytes());
-    out.extend_from_slice(&h.key_id.to_le_bytes());
-    out.extend_from_slice(&h.first_lsn.to_le_bytes());
-    out.extend_from_slice(&h.nonce_prefix);
-    out.extend_from_slice(&h.key_check);
-    out.resize(start + HEADER_LEN - 4, 0);
-    let c = crc(&[&out[start..]]);
-    out.extend_from_slice(&c.to_le_bytes());
-}
-
-fn decode_header(b: &[u8]) -> Option<Header> {
-    if b.len() < HEADER_LEN || &b[..8] != MAGIC || u32_at(b, 8) != 1 || crc(&[&b[..HEADER_LEN - 4]]) != u32_at(b, HEADER_LEN - 4) {
-        return None;
-    }
-    let mut nonce_prefix = [0u8; 8];
-    nonce_prefix.copy_from_slice(&b[24..32]);
-    let mut key_check = [0u8; 8];
-    key_check.copy_from_slice(&b[32..40]);
-    Some(Header { key_id: u32_at(b, 12), first_lsn: u64_at(b, 16), nonce_prefix, key_check })
 }
 
 /// Length of the valid frame for `lsn` at `off`, or why there is none.
@@ -252,15 +221,15 @@ impl Wal {
 
     fn scan(cipher: &Cipher, path: &Path, b: &[u8], first_lsn: u64, is_last: bool, max_len: usize) -> Result<Scan> {
         let corrupt = |off: usize, why: &str| StorageError::Corrupt(format!("{} at offset {off}: {why}; the log is damaged before its end", path.display()));
-        let Some(h) = decode_header(b) else {
+        let Some(h) = FileHeader::decode(b, MAGIC) else {
             // A segment whose first write was torn has no valid header and no valid frame.
             if is_last && !(b.len() > HEADER_LEN && frame_at(b, HEADER_LEN, first_lsn, max_len).is_ok()) {
                 return Ok(Scan { end_lsn: first_lsn, torn_at: Some(0) });
             }
             return Err(corrupt(0, "a damaged segment header"));
         };
-        if h.first_lsn != first_lsn {
-            return Err(corrupt(0, &format!("the header says LSN {}, the name {first_lsn}", h.first_lsn)));
+        if h.seq != first_lsn {
+            return Err(corrupt(0, &format!("the header says LSN {}, the name {first_lsn}", h.seq)));
         }
         cipher.check_readable(h.key_id, &h.key_check, &path.display().to_string())?;
         let (mut off, mut lsn) = (HEADER_LEN, first_lsn);
@@ -358,7 +327,7 @@ impl Wal {
         let nonce_prefix = crypto::nonce_prefix()?;
         let first_lsn = self.next_lsn;
         let path = self.cfg.dir.join(segment_name(first_lsn));
-        encode_header(&Header { key_id, first_lsn, nonce_prefix, key_check }, &mut self.buf);
+        FileHeader { key_id, seq: first_lsn, nonce_prefix, key_check }.encode(MAGIC, &mut self.buf);
         self.active = Some(Active { first_lsn, path, file: None, written: 0, key_id, nonce_prefix });
         Ok(())
     }
@@ -428,7 +397,7 @@ impl Wal {
             }
             let bytes = self.storage.read(&seg.path).map_err(io_err(&seg.path))?;
             let b: &[u8] = (*bytes).as_ref();
-            let h = decode_header(b).ok_or_else(|| StorageError::Corrupt(format!("{}: damaged header", seg.path.display())))?;
+            let h = FileHeader::decode(b, MAGIC).ok_or_else(|| StorageError::Corrupt(format!("{}: damaged header", seg.path.display())))?;
             let (mut off, mut lsn) = (HEADER_LEN, seg.first_lsn);
             while off < b.len() && lsn < self.durable_lsn {
                 let n = frame_at(b, off, lsn, max_len)
