@@ -10,6 +10,15 @@ cd "$(dirname "$0")/.."
 # batch joins over the same accepted rows.
 cargo test --release --locked --workspace
 
+# The systemd unit's hardening, as systemd itself scores it (exposure at most 2.0).
+if command -v systemd-analyze >/dev/null 2>&1; then
+    systemd-analyze security --offline=yes --threshold=20 systemd/eddyd.service >/dev/null
+    echo "systemd/eddyd.service: systemd-analyze security passed (threshold 20)"
+elif [ "${CI:-}" = "true" ]; then
+    echo "scripts/test.sh: systemd-analyze not found; CI must check the unit" >&2
+    exit 1
+fi
+
 conformance=../shared/conformance
 if [ -f "$conformance/run.py" ]; then
     python3 "$conformance/run.py" --bin target/release/eddyd

@@ -11,9 +11,15 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
-use eddy_engine::pipeline::{DurableConfig, Mode, Pipeline, PipelineConfig};
-use eddy_engine::storage::crypto::Cipher;
-use eddy_engine::storage::fs::{RealFs, Storage};
+use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
+
+mod config;
+mod metrics;
+mod mqtt;
+mod runtime;
+mod systemd;
+
+use config::ConfigFile;
 
 const DEMO_SQL: &str = include_str!("demo.sql");
 
@@ -21,8 +27,9 @@ const DEMO_SQL: &str = include_str!("demo.sql");
 #[command(name = "eddyd", version, about = "Eddy: streaming SQL for edge gateways")]
 struct Cli {
     /// Log filter (also EDDY_LOG), e.g. `info` or `eddy_engine=debug`.
-    #[arg(long, global = true, default_value = "warn")]
-    log: String,
+    /// (Default: the config's log_level, else `warn`.)
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,71 +56,94 @@ impl LimitArgs {
     }
 }
 
-/// Durable state: WAL, checkpoints, encryption at rest.
-#[derive(clap::Args, Clone)]
-struct StateArgs {
-    /// Keep state here (each pipeline in a subdirectory named after its file); without it,
-    /// pipelines run without durable state and file sinks are not exactly-once.
+/// `eddyd run` settings; each overrides the config file's (defaults in parentheses).
+#[derive(clap::Args, Clone, Default)]
+struct RunArgs {
+    /// The TOML config (see packaging/eddyd.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A pipeline file; repeat for several (added to the config's).
+    #[arg(long)]
+    pipeline: Vec<PathBuf>,
+    /// Keep state here, each pipeline in a subdirectory named after its file (config: state_dir).
+    /// Without one, pipelines run without durable state and sinks are not exactly-once.
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// The state key file (mode 0600; `eddyd keygen` makes one). Default: the systemd credential.
+    /// The state key file, mode 0600 (default: the systemd credential `eddy-state-key`).
     #[arg(long)]
     key_file: Option<PathBuf>,
     /// Name of the systemd credential (in $CREDENTIALS_DIRECTORY) holding the key.
-    #[arg(long, default_value = "eddy-state-key")]
-    key_credential: String,
+    #[arg(long)]
+    key_credential: Option<String>,
     /// Store state unencrypted (must be said explicitly).
     #[arg(long)]
     no_encryption: bool,
-    /// Checkpoint at least this often (ms).
-    #[arg(long, default_value_t = 10_000)]
-    checkpoint_interval_ms: u64,
-    /// Group commit: commit the WAL once its oldest pending record is this old (µs)...
-    #[arg(long, default_value_t = 5_000)]
-    wal_commit_delay_us: u64,
-    /// ...or once this many bytes are pending.
-    #[arg(long, default_value_t = 1 << 20)]
-    wal_commit_bytes: usize,
-    /// WAL segment size.
-    #[arg(long, default_value_t = 64 << 20)]
-    wal_segment_bytes: u64,
-    /// Largest WAL record (one source batch).
-    #[arg(long, default_value_t = 16 << 20)]
-    wal_max_record_bytes: usize,
-    /// Checkpoint early once sinks hold this many staged (not yet committed) bytes.
-    #[arg(long, default_value_t = 64 << 20)]
-    max_staged_bytes: usize,
+    /// Checkpoint at least this often, in ms (10000).
+    #[arg(long)]
+    checkpoint_interval_ms: Option<u64>,
+    /// Group commit: commit the WAL once its oldest pending record is this old, in µs (5000)...
+    #[arg(long)]
+    wal_commit_delay_us: Option<u64>,
+    /// ...or once this many bytes are pending (1 MiB).
+    #[arg(long)]
+    wal_commit_bytes: Option<usize>,
+    /// WAL segment size (64 MiB).
+    #[arg(long)]
+    wal_segment_bytes: Option<u64>,
+    /// Largest WAL record, one source batch (16 MiB).
+    #[arg(long)]
+    wal_max_record_bytes: Option<usize>,
+    /// Checkpoint early once sinks hold this many staged bytes (64 MiB).
+    #[arg(long)]
+    max_staged_bytes: Option<usize>,
+    /// Open windows per windowed aggregation.
+    #[arg(long)]
+    max_open_windows: Option<usize>,
+    /// Groups (keys) per aggregation, summed over open windows; also OVER partitions and sessions.
+    #[arg(long)]
+    max_groups: Option<usize>,
+    /// Rows per batch a source hands on (a source's `batch_rows` option overrides it).
+    #[arg(long)]
+    batch_rows: Option<usize>,
+    /// Cores for pipeline workers, e.g. `0,1` (all available).
+    #[arg(long, value_delimiter = ',')]
+    cores: Option<Vec<usize>>,
+    /// Serve Prometheus metrics, /healthz and /readyz on this address (off).
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
-impl StateArgs {
-    fn cipher(&self) -> Result<Arc<Cipher>> {
-        if self.no_encryption {
-            if self.key_file.is_some() {
-                bail!("--no-encryption and --key-file contradict each other");
+impl RunArgs {
+    /// The config file (or an empty one) with these flags over it.
+    fn settings(&self) -> Result<ConfigFile> {
+        let mut c = match &self.config {
+            Some(p) => ConfigFile::load(p)?,
+            None => ConfigFile::default(),
+        };
+        c.pipelines.extend(self.pipeline.iter().cloned());
+        fn over<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
+            if src.is_some() {
+                dst.clone_from(src);
             }
-            return Ok(Arc::new(Cipher::plaintext()));
         }
-        if let Some(k) = &self.key_file {
-            return Ok(Arc::new(Cipher::from_key_file(k)?));
+        over(&mut c.state_dir, &self.state_dir);
+        over(&mut c.encryption.key_file, &self.key_file);
+        over(&mut c.encryption.key_credential, &self.key_credential);
+        if self.no_encryption {
+            c.encryption.enabled = Some(false);
         }
-        match Cipher::from_credential(&self.key_credential)? {
-            Some(c) => Ok(Arc::new(c)),
-            None => bail!(
-                "state is encrypted at rest, and no key was given: pass --key-file FILE (make one with `eddyd keygen > FILE; chmod 600 FILE`), provide the systemd credential '{}', or turn encryption off explicitly with --no-encryption",
-                self.key_credential
-            ),
-        }
-    }
-
-    fn durable_config(&self, dir: PathBuf, storage: Arc<dyn Storage>, cipher: Arc<Cipher>) -> DurableConfig {
-        let mut d = DurableConfig::new(dir, storage, cipher);
-        d.checkpoint_interval = Duration::from_millis(self.checkpoint_interval_ms.max(1));
-        d.wal.commit_delay = Duration::from_micros(self.wal_commit_delay_us);
-        d.wal.commit_bytes = self.wal_commit_bytes.max(1);
-        d.wal.segment_bytes = self.wal_segment_bytes.max(1 << 16);
-        d.wal.max_record_bytes = self.wal_max_record_bytes.max(1 << 10);
-        d.max_staged_bytes = self.max_staged_bytes.max(1);
-        d
+        over(&mut c.checkpoint.interval_ms, &self.checkpoint_interval_ms);
+        over(&mut c.wal.commit_delay_us, &self.wal_commit_delay_us);
+        over(&mut c.wal.commit_bytes, &self.wal_commit_bytes);
+        over(&mut c.wal.segment_bytes, &self.wal_segment_bytes);
+        over(&mut c.wal.max_record_bytes, &self.wal_max_record_bytes);
+        over(&mut c.limits.max_staged_bytes, &self.max_staged_bytes);
+        over(&mut c.limits.max_open_windows, &self.max_open_windows);
+        over(&mut c.limits.max_groups, &self.max_groups);
+        over(&mut c.limits.batch_rows, &self.batch_rows);
+        over(&mut c.cores, &self.cores);
+        over(&mut c.metrics.listen, &self.metrics_listen);
+        Ok(c)
     }
 }
 
@@ -132,19 +162,18 @@ enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
-    /// Validate a pipeline file (SQL, options, plans) without reading or writing anything.
+    /// Validate a pipeline file, or a whole config (`--config`: the file, the key, every
+    /// pipeline and its connectors' options), without connecting, reading or writing anything.
     Check {
-        pipeline: PathBuf,
+        pipeline: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
-    /// Run pipelines live until Ctrl-C / SIGTERM (or until all their sources have ended).
+    /// Run pipelines live until SIGTERM / Ctrl-C (or until all their sources have ended).
+    /// SIGHUP reloads the config and the pipeline files.
     Run {
-        /// A pipeline file; repeat for several (each runs on its own thread).
-        #[arg(long, required = true)]
-        pipeline: Vec<PathBuf>,
         #[command(flatten)]
-        limits: LimitArgs,
-        #[command(flatten)]
-        state: StateArgs,
+        args: Box<RunArgs>,
     },
     /// Print a new random state key as a key-file line (`ID:HEX`); append it to rotate keys.
     Keygen {
@@ -183,51 +212,41 @@ fn read_pipeline(path: &Path) -> Result<(String, PathBuf)> {
 }
 
 fn stop_flag() -> Result<Arc<AtomicBool>> {
+    systemd::install_signal_handlers(false)?;
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook_registry_like::SIGINT, signal_hook_registry_like::SIGTERM] {
-        signal_hook_registry_like::register(sig, stop.clone())?;
-    }
+    let s = stop.clone();
+    std::thread::spawn(move || loop {
+        if systemd::stop_requested() {
+            s.store(true, Ordering::SeqCst);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    });
     Ok(stop)
 }
 
-/// Minimal SIGINT/SIGTERM handling: the handler only sets a flag the live loop polls.
-mod signal_hook_registry_like {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, OnceLock};
-
-    pub const SIGINT: i32 = 2;
-    pub const SIGTERM: i32 = 15;
-
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-
-    extern "C" fn on_signal(_: i32) {
-        if let Some(f) = FLAG.get() {
-            f.store(true, Ordering::SeqCst);
+/// Logs go to the journal (structured fields) when stderr is the journal, else to stderr.
+fn init_logging(filter: &str) {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "warn".into());
+    if systemd::stderr_is_journal() {
+        if let Ok(j) = tracing_journald::layer() {
+            tracing_subscriber::registry().with(filter).with(j.with_syslog_identifier("eddyd".into())).init();
+            return;
         }
     }
-
-    extern "C" {
-        fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
-    }
-
-    pub fn register(sig: i32, flag: Arc<AtomicBool>) -> anyhow::Result<()> {
-        let _ = FLAG.set(flag);
-        // SAFETY: the handler only does an atomic store, which is async-signal-safe.
-        let prev = unsafe { signal(sig, on_signal) };
-        if prev == usize::MAX {
-            anyhow::bail!("cannot install a handler for signal {sig}");
-        }
-        Ok(())
-    }
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
 
 fn main() {
     let cli = Cli::parse();
-    let filter = std::env::var("EDDY_LOG").unwrap_or_else(|_| cli.log.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let from_config = match &cli.command {
+        Command::Run { args } => args.config.as_ref().and_then(|p| ConfigFile::load(p).ok()).and_then(|c| c.log_level),
+        _ => None,
+    };
+    let filter = std::env::var("EDDY_LOG").ok().or(cli.log.clone()).or(from_config).unwrap_or_else(|| "warn".into());
+    init_logging(&filter);
     if let Err(e) = run(cli.command) {
         eprintln!("eddyd: {e:#}");
         std::process::exit(1);
@@ -243,6 +262,9 @@ fn run(cmd: Command) -> Result<()> {
             limits.apply(&mut cfg);
             cfg.inputs = parse_pairs("--input", &inputs, &cwd)?;
             cfg.outputs = parse_pairs("--output", &outputs, &cwd)?;
+            // MQTT sources and sinks validate their options; replay reads them from --input files.
+            let name = config::pipeline_name(&pipeline);
+            cfg.connectors = Some(Arc::new(mqtt::Provider { pipeline: name, defaults: Default::default(), metrics: Default::default(), stopping: Default::default() }));
             let mut p = Pipeline::plan(&sql, &cfg)?;
             p.run_to_end()?;
             for (name, s) in p.source_stats() {
@@ -250,9 +272,21 @@ fn run(cmd: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Check { pipeline } => {
+        Command::Check { pipeline: None, config: Some(config) } => {
+            let cfg = ConfigFile::load(&config)?;
+            for line in runtime::check(&cfg)? {
+                println!("  {line}");
+            }
+            println!("{}: OK", config.display());
+            Ok(())
+        }
+        Command::Check { pipeline: None, config: None } | Command::Check { pipeline: Some(_), config: Some(_) } => {
+            bail!("eddyd check: give a pipeline file or --config FILE")
+        }
+        Command::Check { pipeline: Some(pipeline), config: None } => {
             let (sql, dir) = read_pipeline(&pipeline)?;
-            let p = Pipeline::plan(&sql, &PipelineConfig::new(dir, Mode::Live))?;
+            let name = config::pipeline_name(&pipeline);
+            let p = runtime::plan(&ConfigFile::default(), &name, &sql, dir, None, &Default::default(), &Default::default())?;
             let s = p.summary();
             println!(
                 "{}: OK — {} source(s), {} table(s), {} view(s), {} sink(s)",
@@ -267,7 +301,12 @@ fn run(cmd: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { pipeline, limits, state } => run_live(&pipeline, limits, &state),
+        Command::Run { args } => {
+            let cfg = args.settings()?;
+            systemd::install_signal_handlers(true)?;
+            let reload_args = args.clone();
+            runtime::Runtime::new(cfg, Box::new(move || reload_args.settings()))?.run()
+        }
         Command::Keygen { id } => {
             println!("{}", eddy_engine::storage::crypto::generate_key_line(id)?);
             Ok(())
@@ -287,69 +326,4 @@ fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Plans every pipeline (all must be valid before any starts), recovers their state, then runs each
-/// on its own thread. A pipeline whose sources all end takes its final checkpoint and stops; the
-/// others go on.
-fn run_live(files: &[PathBuf], limits: LimitArgs, state: &StateArgs) -> Result<()> {
-    let stop = stop_flag()?;
-    let durable = match &state.state_dir {
-        Some(dir) => {
-            let storage: Arc<dyn Storage> = Arc::new(RealFs::new());
-            let cipher = state.cipher()?;
-            tracing::info!(wal_io = storage.backend(), encrypted = cipher.is_encrypted(), state_dir = %dir.display(), "durable state");
-            Some((dir.clone(), storage, cipher))
-        }
-        None => {
-            tracing::warn!("no --state-dir: pipelines run without durable state; a restart loses their windows and file sinks are not exactly-once");
-            None
-        }
-    };
-    let mut names = std::collections::HashSet::new();
-    let mut pipelines = Vec::new();
-    for file in files {
-        let (sql, dir) = read_pipeline(file)?;
-        let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into());
-        if !names.insert(name.clone()) {
-            bail!("two pipelines are named '{name}'; each needs a file name of its own (it names its state)");
-        }
-        let mut cfg = PipelineConfig::new(dir, Mode::Live);
-        limits.apply(&mut cfg);
-        cfg.exactly_once = durable.is_some();
-        let mut p = Pipeline::plan(&sql, &cfg).with_context(|| format!("pipeline {}", file.display()))?;
-        if let Some((dir, storage, cipher)) = &durable {
-            p.open_durable(&sql, state.durable_config(dir.join(&name), storage.clone(), cipher.clone()))
-                .with_context(|| format!("pipeline {}", file.display()))?;
-        }
-        pipelines.push((name, p));
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = pipelines
-            .into_iter()
-            .map(|(name, mut p)| {
-                let stop = stop.clone();
-                let h = scope.spawn(move || p.run_live(&stop).with_context(|| format!("pipeline {name}")));
-                h
-            })
-            .collect();
-        let mut first_err = None;
-        for h in handles {
-            match h.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    eprintln!("eddyd: {e:#}");
-                    stop.store(true, Ordering::SeqCst);
-                    first_err.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_err.get_or_insert(anyhow!("a pipeline thread panicked"));
-                }
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    })
 }

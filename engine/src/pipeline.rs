@@ -20,7 +20,7 @@ use crate::connector::file::{FileSource, DEFAULT_MAX_LINE};
 use crate::connector::sink::{Sink, SinkMode, SinkTarget};
 use crate::connector::table::{TableRuntime, TableSpec};
 use crate::ops::lookup_join::TableHandle;
-use crate::connector::{self, Poll, SourceReader};
+use crate::connector::{self, ConnectorProvider, ConnectorSpec, FoldPosition, Poll, SinkStateDir, SourceReader};
 use crate::error::{EngineError, Result, SqlPos};
 use crate::format::decode::{errors_schema, DecodeColumn, RowDecoder};
 use crate::format::Format;
@@ -44,7 +44,7 @@ pub enum Mode {
 }
 
 /// How to build a pipeline.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PipelineConfig {
     /// Relative paths resolve against this directory (the SQL file's).
     pub base_dir: PathBuf,
@@ -58,6 +58,21 @@ pub struct PipelineConfig {
     pub idle_sleep: Duration,
     /// File sinks stage output and publish it with checkpoints (durable pipelines).
     pub exactly_once: bool,
+    /// Connectors provided from outside the engine (the daemon's MQTT).
+    pub connectors: Option<Arc<dyn ConnectorProvider>>,
+    /// Durable pipelines: where provided sinks keep their outboxes (one subdirectory per sink).
+    pub sink_state: Option<SinkStateDir>,
+}
+
+impl std::fmt::Debug for PipelineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineConfig")
+            .field("base_dir", &self.base_dir)
+            .field("mode", &self.mode)
+            .field("exactly_once", &self.exactly_once)
+            .field("sink_state", &self.sink_state.as_ref().map(|s| &s.dir))
+            .finish_non_exhaustive()
+    }
 }
 
 impl PipelineConfig {
@@ -70,6 +85,8 @@ impl PipelineConfig {
             limits: Limits::default(),
             idle_sleep: Duration::from_millis(10),
             exactly_once: false,
+            connectors: None,
+            sink_state: None,
         }
     }
 }
@@ -83,6 +100,17 @@ enum OnError {
 enum ReaderSpec {
     File { path: PathBuf, format: Format, follow: bool, max_line: usize },
     Datagen(DatagenConfig),
+    /// A provided connector: its reader is made at plan time (it connects on its first poll).
+    External { fold: FoldPosition },
+}
+
+impl ReaderSpec {
+    fn fold_position(&self, acc: &mut Vec<u8>, logged: &[u8]) {
+        match self {
+            ReaderSpec::External { fold } => fold(acc, logged),
+            _ => connector::replace_position(acc, logged),
+        }
+    }
 }
 
 /// Counts of one source.
@@ -113,7 +141,8 @@ struct SourceRuntime {
     errors: NodeId,
     ended: bool,
     stats: SourceStats,
-    /// The reader's position after the last rows handed on (resumed from after a restart).
+    /// The reader's position after the last rows handed on (resumed from after a restart), with
+    /// the logged positions folded in.
     position: Vec<u8>,
 }
 
@@ -158,6 +187,27 @@ pub struct Summary {
     pub views: Vec<String>,
     /// (name, updating)
     pub sinks: Vec<(String, bool)>,
+}
+
+/// A source's counters and event time, for metrics.
+#[derive(Debug, Clone)]
+pub struct SourceObservation {
+    pub name: String,
+    pub stats: SourceStats,
+    /// The source's watermark (`None` without event time).
+    pub watermark: Option<i64>,
+    /// Whether its connection is up (`None`: no connection).
+    pub connected: Option<bool>,
+}
+
+/// A snapshot of a running pipeline's counters, taken between steps.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub sources: Vec<SourceObservation>,
+    /// (sink, rows, retractions)
+    pub sinks: Vec<(String, u64, u64)>,
+    pub state_bytes: usize,
+    pub durable: Option<DurableStats>,
 }
 
 pub struct Pipeline {
@@ -350,7 +400,7 @@ impl Pipeline {
 
     fn plan_table(def: &RelationDef, pos: SqlPos, cfg: &PipelineConfig) -> Result<TableRuntime> {
         let ctx = format!("table '{}'", def.name);
-        connector::check_options("table", &def.name, &def.options).map_err(|e| at(pos, e))?;
+        connector::check_options("table", &def.name, &def.options, None).map_err(|e| at(pos, e))?;
         let (cols, _) = relation_columns(def, pos)?;
         if def.watermark.is_some() {
             return Err(sql_err(pos, format!("table '{}': a reference TABLE has no WATERMARK (it is joined by its current contents)", def.name)));
@@ -395,10 +445,13 @@ impl Pipeline {
         relations: &mut HashMap<String, Stream>,
     ) -> Result<SourceRuntime> {
         let ctx = format!("source '{}'", def.name);
-        let connector = connector::check_options("source", &def.name, &def.options).map_err(|e| at(pos, e))?;
+        let provider = cfg.connectors.as_deref();
+        let connector = connector::check_options("source", &def.name, &def.options, provider).map_err(|e| at(pos, e))?;
         let (cols, time_col) = relation_columns(def, pos)?;
-        if let Some(c) = cols.iter().find(|c| c.metadata_key.is_some()) {
-            return Err(sql_err(pos, format!("column '{}': connector '{connector}' provides no metadata", c.name)));
+        let builtin = matches!(connector.as_str(), "file" | "datagen");
+        if let Some(c) = cols.iter().find(|c| c.metadata_key.is_some()).filter(|_| builtin || cfg.inputs.contains_key(&def.name)) {
+            let from = if builtin { format!("connector '{connector}'") } else { "an --input file".to_string() };
+            return Err(sql_err(pos, format!("column '{}': {from} provides no metadata", c.name)));
         }
         let delay = watermark_delay(def)?;
         let o = &def.options;
@@ -410,6 +463,8 @@ impl Pipeline {
         };
         let idle_timeout = connector::duration_option(&ctx, o, "watermark.idle_timeout")?;
         let batch_rows = connector::num_option::<usize>(&ctx, o, "batch_rows")?.unwrap_or(cfg.limits.batch_rows).clamp(1, 1 << 20);
+        let decoder = RowDecoder::new(cols.clone(), time_col).map_err(|m| sql_err(pos, m))?;
+        let mut reader: Option<Box<dyn SourceReader>> = None;
         let spec = match cfg.inputs.get(&def.name) {
             Some(path) => ReaderSpec::File { path: path.clone(), format: Format::Json, follow: false, max_line: DEFAULT_MAX_LINE },
             None => match connector.as_str() {
@@ -422,12 +477,32 @@ impl Pipeline {
                         max_line: connector::num_option(&ctx, o, "max_line_bytes")?.unwrap_or(DEFAULT_MAX_LINE),
                     }
                 }
-                _ => {
+                "datagen" => {
                     let dg = DatagenConfig::from_options(&ctx, o)?;
                     if cfg.mode == Mode::Replay && dg.rows.is_none() {
                         return Err(EngineError::options(ctx, "replay reads bounded input: set option 'rows' on a datagen source"));
                     }
                     ReaderSpec::Datagen(dg)
+                }
+                _ => {
+                    let p = provider.ok_or_else(|| EngineError::Internal(format!("no provider for connector '{connector}'")))?;
+                    if cfg.mode == Mode::Replay {
+                        return Err(EngineError::options(
+                            ctx,
+                            format!("replay reads bounded input: give this '{connector}' source an input file with --input {}=FILE", def.name),
+                        ));
+                    }
+                    let spec = ConnectorSpec {
+                        name: &def.name,
+                        connector: &connector,
+                        options: o,
+                        metadata_keys: decoder.metadata_keys(),
+                        columns: cols.iter().map(|c| c.name.clone()).collect(),
+                        state: None,
+                    };
+                    p.validate("source", &spec).map_err(|e| at(pos, e))?;
+                    reader = Some(p.open_source(&spec)?);
+                    ReaderSpec::External { fold: p.fold_position(&connector) }
                 }
             },
         };
@@ -437,7 +512,6 @@ impl Pipeline {
                 return Err(EngineError::options(ctx, "format 'raw' needs exactly one payload column (payload BYTEA or VARCHAR)"));
             }
         }
-        let decoder = RowDecoder::new(cols, time_col).map_err(|m| sql_err(pos, m))?;
         let schema: SchemaRef = decoder.schema.clone();
         catalog.add(&def.name, RelationKind::Source, schema.clone());
         catalog.add(&late_name(&def.name), RelationKind::Late(def.name.clone()), schema.clone());
@@ -461,7 +535,7 @@ impl Pipeline {
         Ok(SourceRuntime {
             name: def.name.clone(),
             spec,
-            reader: None,
+            reader,
             decoder,
             time_col,
             delay,
@@ -493,7 +567,8 @@ impl Pipeline {
         tables: &HashMap<String, TableHandle>,
     ) -> Result<(Stream, NodeId)> {
         let ctx = format!("sink '{name}'");
-        let connector = connector::check_options("sink", name, options).map_err(|e| at(pos, e))?;
+        let provider = cfg.connectors.as_deref();
+        let connector = connector::check_options("sink", name, options, provider).map_err(|e| at(pos, e))?;
         let stream = match input {
             SinkInput::Relation(r) => match catalog.relation(r).map(|s| &s.kind) {
                 Some(RelationKind::Source | RelationKind::View) => relations.get(r).cloned().ok_or_else(|| EngineError::Internal(format!("no stream for {r}")))?,
@@ -533,26 +608,42 @@ impl Pipeline {
                 "an upsert sink needs a key: set primary_key = 'col,...' or project every GROUP BY column",
             ));
         }
-        let target = match cfg.outputs.get(name) {
-            Some(p) => SinkTarget::File(p.clone()),
-            None => match connector.as_str() {
-                "file" => {
-                    let path = options.get("path").ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
-                    if format_option(&ctx, options, Format::Json)? != Format::Json {
-                        return Err(EngineError::options(ctx, "file sinks write format 'json'"));
-                    }
-                    SinkTarget::File(resolve_path(&cfg.base_dir, path))
+        let mut sink = match (cfg.outputs.get(name), connector.as_str()) {
+            (Some(p), _) => Sink::new(name, SinkTarget::File(p.clone()), mode, columns),
+            (None, "file") => {
+                let path = options.get("path").ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
+                if format_option(&ctx, options, Format::Json)? != Format::Json {
+                    return Err(EngineError::options(ctx, "file sinks write format 'json'"));
                 }
-                _ => SinkTarget::Console,
-            },
+                Sink::new(name, SinkTarget::File(resolve_path(&cfg.base_dir, path)), mode, columns)
+            }
+            (None, "console") => Sink::new(name, SinkTarget::Console, mode, columns),
+            (None, other) => {
+                let p = provider.ok_or_else(|| EngineError::Internal(format!("no provider for connector '{other}'")))?;
+                let state = cfg.sink_state.as_ref().filter(|_| cfg.exactly_once);
+                let spec = ConnectorSpec {
+                    name,
+                    connector: other,
+                    options,
+                    metadata_keys: Vec::new(),
+                    columns: columns.clone(),
+                    state: state.map(|s| SinkStateDir { dir: s.dir.join(name), storage: s.storage.clone(), cipher: s.cipher.clone() }),
+                };
+                p.validate("sink", &spec).map_err(|e| at(pos, e))?;
+                Sink::external(name, other, p.open_sink(&spec)?, mode, columns)
+            }
         };
-        let mut sink = Sink::new(name, target, mode, columns);
         if cfg.exactly_once {
             sink.set_exactly_once();
         }
         let id = graph.add(Box::new(sink), 1);
         graph.connect(stream.node, id, 0);
         Ok((stream, id))
+    }
+
+    /// The first operator whose state is not checkpointed yet (such a pipeline cannot be durable).
+    pub fn not_checkpointable(&self) -> Option<String> {
+        self.graph.not_checkpointable()
     }
 
     pub fn summary(&self) -> &Summary {
@@ -579,10 +670,11 @@ impl Pipeline {
         }
         self.prepare()?;
         for s in &mut self.sources {
-            s.reader = Some(match &s.spec {
-                ReaderSpec::File { path, format, follow, max_line } => Box::new(FileSource::open(path, *format, *follow, *max_line)?),
-                ReaderSpec::Datagen(cfg) => Box::new(Datagen::new(cfg.clone())),
-            });
+            match &s.spec {
+                ReaderSpec::File { path, format, follow, max_line } => s.reader = Some(Box::new(FileSource::open(path, *format, *follow, *max_line)?)),
+                ReaderSpec::Datagen(cfg) => s.reader = Some(Box::new(Datagen::new(cfg.clone()))),
+                ReaderSpec::External { .. } => {}
+            }
             if !s.position.is_empty() {
                 if let Some(r) = s.reader.as_mut() {
                     r.resume(&s.position, &mut s.decoder).map_err(|e| match e {
@@ -616,13 +708,21 @@ impl Pipeline {
             };
             any |= poll == Poll::Rows;
             let (errors, rows) = self.take_decoded(i)?;
-            if let Some(d) = self.durable.as_mut().filter(|_| errors.is_some() || rows.is_some()) {
-                // Logged before it is processed, with where to resume after it.
+            let mut mark = None;
+            if let Some(d) = self.durable.as_mut() {
                 let s = &mut self.sources[i];
-                if let Some(r) = &s.reader {
-                    s.position = r.position();
+                if errors.is_some() || rows.is_some() {
+                    // Logged before it is processed, with where to resume after it.
+                    let logged = s.reader.as_ref().map(|r| r.position()).unwrap_or_default();
+                    s.spec.fold_position(&mut s.position, &logged);
+                    d.log_batch(i, &logged, errors.as_ref(), rows.as_ref())?;
                 }
-                d.log_batch(i, &s.position, errors.as_ref(), rows.as_ref())?;
+                mark = Some(d.next_lsn());
+            }
+            if poll != Poll::Idle {
+                if let Some(r) = self.sources[i].reader.as_mut() {
+                    r.handed_on(mark);
+                }
             }
             self.run_source_output(i, errors, rows)?;
             if poll == Poll::End {
@@ -729,10 +829,23 @@ impl Pipeline {
     /// its WAL by the group-commit policy, checkpoints by its interval, and takes a final
     /// checkpoint when it stops or its sources have ended.
     pub fn run_live(&mut self, stop: &AtomicBool) -> Result<()> {
+        self.run_live_observed(stop, Duration::MAX, &mut |_| {})
+    }
+
+    /// [`Pipeline::run_live`], calling `observe` about every `every` (and once at the start), for
+    /// metrics and health: a worker that stops calling it is stuck.
+    pub fn run_live_observed(&mut self, stop: &AtomicBool, every: Duration, observe: &mut dyn FnMut(&Pipeline)) -> Result<()> {
+        let mut last = Instant::now();
+        observe(self);
         while !stop.load(Ordering::Relaxed) && !self.all_ended() {
+            if last.elapsed() >= every {
+                observe(self);
+                last = Instant::now();
+            }
             let any = self.step()?;
             if self.durable.is_some() {
                 self.durable_tick()?;
+                self.notify_durable();
             }
             if !any {
                 std::thread::sleep(self.idle_sleep);
@@ -741,8 +854,46 @@ impl Pipeline {
         self.graph.finish_all()?;
         if self.durable.is_some() {
             self.checkpoint()?;
+            self.notify_durable();
         }
-        Ok(())
+        self.graph.close_all()
+    }
+
+    /// Tells every reader how far the WAL is durable, so it may acknowledge its input.
+    fn notify_durable(&mut self) {
+        if let Some(lsn) = self.durable_lsn() {
+            for s in &mut self.sources {
+                if let Some(r) = s.reader.as_mut() {
+                    r.durable(lsn);
+                }
+            }
+        }
+    }
+
+    /// Counters for metrics.
+    pub fn observe(&self) -> Observation {
+        Observation {
+            sources: self
+                .sources
+                .iter()
+                .map(|s| SourceObservation {
+                    name: s.name.clone(),
+                    stats: s.stats,
+                    watermark: s.time_col.map(|_| s.watermark()),
+                    connected: s.reader.as_ref().and_then(|r| r.connected()),
+                })
+                .collect(),
+            sinks: self
+                .sinks
+                .iter()
+                .map(|(n, id)| {
+                    let (rows, dels) = self.graph.sink_counts(*id).unwrap_or((0, 0));
+                    (n.clone(), rows, dels)
+                })
+                .collect(),
+            state_bytes: self.graph.state_bytes(),
+            durable: self.durable_stats(),
+        }
     }
 
     pub fn source_stats(&self) -> Vec<(String, SourceStats)> {

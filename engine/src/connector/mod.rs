@@ -1,15 +1,22 @@
 //! Connectors the engine itself provides: files (read to the end or tailed), a deterministic data
 //! generator, and file and console sinks. Network connectors (MQTT, Kafka) live in the daemon and
-//! plug in through [`SourceReader`]. Every connector validates its options and names the valid ones.
+//! plug in through a [`ConnectorProvider`], which hands the engine [`SourceReader`]s and
+//! [`SinkWriter`]s; the engine itself never touches the network. Every connector validates its
+//! options and names the valid ones.
 
 pub mod datagen;
 pub mod file;
 pub mod sink;
 pub mod table;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use crate::error::{EngineError, Result};
 use crate::format::decode::RowDecoder;
 use crate::sql::ddl::Options;
+use crate::storage::crypto::Cipher;
+use crate::storage::fs::Storage;
 
 /// What one poll of a source produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +50,87 @@ pub trait SourceReader: Send {
             Err(EngineError::State("this source cannot resume from a saved position".into()))
         }
     }
+    /// The rows of the last poll were handed on. They are safe once the pipeline's WAL is durable
+    /// up to `mark` (see [`SourceReader::durable`]); `None`: the pipeline keeps no durable state,
+    /// so they are as safe as they will get. A source that must acknowledge its input (MQTT QoS 1/2,
+    /// Kafka offsets) does so only then: nothing is acknowledged before it is durable.
+    fn handed_on(&mut self, _mark: Option<u64>) {}
+    /// The WAL is durable below `lsn`: input handed on with a mark `<= lsn` may be acknowledged.
+    fn durable(&mut self, _lsn: u64) {}
+    /// Health of the source's connection, for metrics and logs (`None`: no connection).
+    fn connected(&self) -> Option<bool> {
+        None
+    }
+}
+
+/// How a saved position and a newer logged one combine. Most readers log their whole position,
+/// so the newer replaces the older; a reader whose positions are deltas merges them.
+pub type FoldPosition = fn(acc: &mut Vec<u8>, logged: &[u8]);
+
+/// The default [`FoldPosition`]: the newer position replaces the older.
+pub fn replace_position(acc: &mut Vec<u8>, logged: &[u8]) {
+    acc.clear();
+    acc.extend_from_slice(logged);
+}
+
+/// Where a sink of a provided connector keeps its own durable state (an outbox), when the
+/// pipeline has durable state.
+#[derive(Clone)]
+pub struct SinkStateDir {
+    pub dir: PathBuf,
+    pub storage: Arc<dyn Storage>,
+    pub cipher: Arc<Cipher>,
+}
+
+/// What the engine hands a provided connector to open a source or sink.
+pub struct ConnectorSpec<'a> {
+    /// The source's or sink's name.
+    pub name: &'a str,
+    pub connector: &'a str,
+    pub options: &'a Options,
+    /// Source: the metadata keys its columns ask for (`METADATA FROM`), in slot order.
+    pub metadata_keys: Vec<String>,
+    /// Sink: the output columns.
+    pub columns: Vec<String>,
+    /// Sink: where its outbox goes in a durable pipeline (`None` without durable state).
+    pub state: Option<SinkStateDir>,
+}
+
+/// Delivers a sink's output outside the engine. Output arrives as JSON lines (one object per row,
+/// upsert sinks with an `_op` member). In a durable pipeline `deliver` is called only with output
+/// whose checkpoint is durable, with `end`, the number of bytes ever committed to this sink through
+/// the end of `lines`: after a crash the last commit is delivered again with the same `end`, so a
+/// writer that remembers the `end` it made durable can skip it (exactly-once hand-over).
+pub trait SinkWriter: Send {
+    /// Opens what the writer keeps (its outbox); called once, after the pipeline holds its state
+    /// dir's lock and before anything is delivered.
+    fn start(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Takes `lines` (whole JSON lines). An error stops the pipeline (fail-stop).
+    fn deliver(&mut self, lines: &[u8], end: u64) -> Result<()>;
+    /// The pipeline is stopping: flush what can be flushed within the writer's own limits.
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Connectors provided from outside the engine (the daemon's MQTT, Kafka).
+pub trait ConnectorProvider: Send + Sync {
+    /// The connectors provided for `what` ("source" or "sink").
+    fn connectors(&self, what: &str) -> Vec<&'static str>;
+    /// The options a provided connector takes (besides the common ones), or `None` if unknown.
+    fn options(&self, what: &str, connector: &str) -> Option<&'static [&'static str]>;
+    /// Checks a source's or sink's options and metadata keys at plan time (`eddyd check`), without
+    /// connecting anywhere.
+    fn validate(&self, what: &str, spec: &ConnectorSpec<'_>) -> Result<()>;
+    /// Makes a source's reader (it connects on its first poll, not here).
+    fn open_source(&self, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SourceReader>>;
+    /// How this connector's logged positions combine.
+    fn fold_position(&self, _connector: &str) -> FoldPosition {
+        replace_position
+    }
+    fn open_sink(&self, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SinkWriter>>;
 }
 
 /// Reads a little-endian u64 at `at` of a saved position.
@@ -62,13 +150,16 @@ pub const SOURCE_COMMON: &[&str] = &["connector", "format", "on_error", "waterma
 pub const SINK_COMMON: &[&str] = &["connector", "format", "type", "primary_key"];
 
 /// The options connector `connector` takes as a `what` (source, table or sink).
-pub fn valid_options(what: &str, connector: &str) -> Option<Vec<&'static str>> {
+pub fn valid_options(what: &str, connector: &str, provider: Option<&dyn ConnectorProvider>) -> Option<Vec<&'static str>> {
+    let provided = |common: &'static [&'static str]| provider.and_then(|p| p.options(what, connector)).map(|own| (common, own));
     let (common, own): (&[&str], &[&str]) = match (what, connector) {
         ("source", "file") => (SOURCE_COMMON, file::SOURCE_OPTIONS),
         ("source", "datagen") => (SOURCE_COMMON, datagen::OPTIONS),
         ("table", "file") => (&["connector", "format"], &["path", "reload_interval", "max_line_bytes"]),
         ("sink", "file") => (SINK_COMMON, &["path"]),
         ("sink", "console") => (SINK_COMMON, &[]),
+        ("source", _) => provided(SOURCE_COMMON)?,
+        ("sink", _) => provided(SINK_COMMON)?,
         _ => return None,
     };
     let mut v: Vec<&str> = common.iter().chain(own).copied().collect();
@@ -78,26 +169,28 @@ pub fn valid_options(what: &str, connector: &str) -> Option<Vec<&'static str>> {
 }
 
 /// Connectors known for each kind, for messages.
-pub fn known_connectors(what: &str) -> &'static [&'static str] {
-    match what {
-        "source" => &["file", "datagen"],
-        "table" => &["file"],
-        _ => &["file", "console"],
+pub fn known_connectors(what: &str, provider: Option<&dyn ConnectorProvider>) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = match what {
+        "source" => vec!["file", "datagen"],
+        "table" => vec!["file"],
+        _ => vec!["file", "console"],
+    };
+    if let Some(p) = provider {
+        v.extend(p.connectors(what));
     }
+    v
 }
 
 /// Checks `options` against the connector's list; returns the connector name.
-pub fn check_options(what: &str, name: &str, options: &Options) -> Result<String> {
+pub fn check_options(what: &str, name: &str, options: &Options, provider: Option<&dyn ConnectorProvider>) -> Result<String> {
     let ctx = format!("{what} '{name}'");
+    let known = || known_connectors(what, provider).join(", ");
     let Some(connector) = options.get("connector") else {
-        return Err(EngineError::options(ctx, format!("missing option 'connector' (one of: {})", known_connectors(what).join(", "))));
+        return Err(EngineError::options(ctx, format!("missing option 'connector' (one of: {})", known())));
     };
     let connector = connector.to_ascii_lowercase();
-    let Some(valid) = valid_options(what, &connector) else {
-        return Err(EngineError::options(
-            ctx,
-            format!("unknown connector '{connector}' (known {what} connectors: {})", known_connectors(what).join(", ")),
-        ));
+    let Some(valid) = valid_options(what, &connector, provider) else {
+        return Err(EngineError::options(ctx, format!("unknown connector '{connector}' (known {what} connectors: {})", known())));
     };
     for (k, _, pos) in &options.entries {
         if !valid.contains(&k.as_str()) {

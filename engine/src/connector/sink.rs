@@ -1,4 +1,5 @@
-//! Sinks: the graph's leaves. `file` writes JSON lines; `console` prints rows to standard output.
+//! Sinks: the graph's leaves. `file` writes JSON lines; `console` prints rows to standard output;
+//! a provided connector (MQTT) gets JSON lines through its [`SinkWriter`].
 //!
 //! An append-only sink writes rows as they come. An upsert sink (`type = 'upsert'`) writes every
 //! change with an `_op` member, `"upsert"` or `"delete"`, keyed by its key columns; reading the file
@@ -9,6 +10,8 @@
 //! the checkpoint that covers it is durable (`on_checkpoint_committed`), at the committed length,
 //! then fdatasyncs. The checkpoint holds the committed length and the staged bytes, so recovery
 //! rewrites exactly the last commit's bytes (idempotent) and the file never shows uncommitted rows.
+//! A provided sink gets the same commits through [`SinkWriter::deliver`], with the byte count that
+//! identifies them, so a re-delivered commit after a crash is recognised and skipped.
 
 use std::fs::File;
 use std::io::Write;
@@ -17,6 +20,7 @@ use std::path::PathBuf;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 
+use super::SinkWriter;
 use crate::error::{EngineError, Result};
 use crate::format::encode::{write_value, JsonRowWriter};
 use crate::ops::{Chunk, Operator, RowKind};
@@ -31,6 +35,8 @@ pub enum SinkMode {
 pub enum SinkTarget {
     File(PathBuf),
     Console,
+    /// A provided connector (named), written through a [`SinkWriter`].
+    External(String),
 }
 
 /// Counts a sink keeps.
@@ -49,8 +55,12 @@ pub struct Sink {
     out: Option<Box<dyn Write + Send>>,
     buf: Vec<u8>,
     pub stats: SinkStats,
-    /// Set in durable pipelines (file targets only).
+    /// Set in durable pipelines (file and provided targets).
     staging: Option<Staging>,
+    /// A provided connector's writer.
+    external: Option<Box<dyn SinkWriter>>,
+    /// Bytes ever handed to `external` (not staging): the `end` of each delivery.
+    delivered: u64,
 }
 
 #[derive(Default)]
@@ -76,12 +86,21 @@ impl Sink {
             buf: Vec::with_capacity(64 * 1024),
             stats: SinkStats::default(),
             staging: None,
+            external: None,
+            delivered: 0,
         }
     }
 
-    /// Makes a file sink exactly-once: output is staged and published by checkpoints.
+    /// A sink of a provided connector, writing through `writer`.
+    pub fn external(name: &str, connector: &str, writer: Box<dyn SinkWriter>, mode: SinkMode, columns: Vec<String>) -> Self {
+        let mut s = Sink::new(name, SinkTarget::External(connector.to_string()), mode, columns);
+        s.external = Some(writer);
+        s
+    }
+
+    /// Makes a file or provided sink exactly-once: output is staged and published by checkpoints.
     pub fn set_exactly_once(&mut self) {
-        if matches!(self.target, SinkTarget::File(_)) {
+        if !matches!(self.target, SinkTarget::Console) {
             self.staging = Some(Staging::default());
         }
     }
@@ -89,8 +108,23 @@ impl Sink {
     fn path(&self) -> Result<&PathBuf> {
         match &self.target {
             SinkTarget::File(p) => Ok(p),
-            SinkTarget::Console => Err(EngineError::Internal("a console sink has no file".into())),
+            _ => Err(EngineError::Internal("this sink has no file".into())),
         }
+    }
+
+    /// Publishes the staged output of a durable checkpoint: to the file, or to the writer.
+    fn publish_staged(&mut self) -> Result<()> {
+        if self.external.is_none() {
+            return self.write_committed();
+        }
+        let st = self.staging.as_mut().ok_or_else(|| EngineError::Internal("sink not staging".into()))?;
+        let end = st.committed_len + st.staged.len() as u64;
+        if let Some(w) = self.external.as_mut() {
+            w.deliver(&st.staged, end)?;
+        }
+        st.committed_len = end;
+        st.staged.clear();
+        Ok(())
     }
 
     /// Opens (creating it and its directories) the file of an exactly-once sink, never truncating.
@@ -185,7 +219,7 @@ impl Operator for Sink {
             }
             match &self.target {
                 SinkTarget::Console => self.write_text_row(batch, row, kind),
-                SinkTarget::File(_) => {
+                SinkTarget::File(_) | SinkTarget::External(_) => {
                     let extra: &[u8] = match (self.mode, kind) {
                         (SinkMode::Append, _) => b"",
                         (SinkMode::Upsert, Some(RowKind::Delete)) => b",\"_op\":\"delete\"",
@@ -207,6 +241,11 @@ impl Operator for Sink {
         if self.out.is_some() {
             return Ok(());
         }
+        if let Some(w) = self.external.as_mut() {
+            w.start()?;
+            self.out = Some(Box::new(std::io::sink()));
+            return Ok(());
+        }
         if self.staging.is_some() {
             let file = self.open_staged_file()?;
             let path = self.path()?.clone();
@@ -222,6 +261,7 @@ impl Operator for Sink {
         }
         self.out = Some(match &self.target {
             SinkTarget::Console => Box::new(std::io::stdout()),
+            SinkTarget::External(c) => return Err(EngineError::Internal(format!("{c} sink '{}' has no writer", self.name))),
             SinkTarget::File(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
@@ -252,32 +292,49 @@ impl Operator for Sink {
                 w.bytes(&[]);
             }
         }
+        w.bytes(self.target_id().as_bytes());
         Ok(())
     }
 
     fn restore(&mut self, r: &mut crate::ops::snapshot::StateReader) -> Result<()> {
         self.stats.rows = r.u64()?;
         self.stats.deletes = r.u64()?;
-        let committed = r.u64()?;
+        let mut committed = r.u64()?;
         let staged = r.bytes()?.to_vec();
+        let target = r.bytes()?.to_vec();
         if self.staging.is_none() {
             return Ok(());
         }
-        // Roll the last commit forward: the file may or may not already hold `staged`.
-        let file = self.open_staged_file()?;
+        if target != self.target_id().as_bytes() {
+            // The sink now writes elsewhere (its options changed): the new target starts empty
+            // and takes the output that was committed but not yet written.
+            tracing::info!(sink = %self.name, "the sink's target changed; it starts afresh there");
+            committed = 0;
+        }
+        // Roll the last commit forward: the file (or the writer's outbox) may or may not already
+        // hold `staged`.
+        if let Some(w) = self.external.as_mut() {
+            w.start()?;
+            self.out = Some(Box::new(std::io::sink()));
+        }
+        let file = if self.external.is_none() { Some(self.open_staged_file()?) } else { None };
         let st = self.staging.as_mut().ok_or_else(|| EngineError::Internal("sink not staging".into()))?;
-        st.file = Some(file);
+        st.file = file;
         st.committed_len = committed;
         st.staged = staged;
         st.restored = true;
-        self.write_committed()
+        self.publish_staged()
     }
 
     fn on_checkpoint_committed(&mut self) -> Result<()> {
         match &self.staging {
-            Some(st) if !st.staged.is_empty() => self.write_committed(),
+            Some(st) if !st.staged.is_empty() => self.publish_staged(),
             _ => Ok(()),
         }
+    }
+
+    fn sink_counts(&self) -> Option<(u64, u64)> {
+        Some((self.stats.rows, self.stats.deletes))
     }
 
     fn state_bytes(&self) -> usize {
@@ -292,13 +349,31 @@ impl Operator for Sink {
         }
         Ok(())
     }
+
+    fn close(&mut self) -> Result<()> {
+        match self.external.as_mut() {
+            Some(w) => w.close(),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Sink {
+    /// What the sink writes to, kept in checkpoints: a restore into a sink whose target changed
+    /// must not resume the old target's length.
+    fn target_id(&self) -> String {
+        match &self.target {
+            SinkTarget::File(p) => format!("file:{}", p.display()),
+            SinkTarget::Console => "console".into(),
+            SinkTarget::External(c) => format!("{c}:{}", self.name),
+        }
+    }
+
     fn io_err(&self, e: std::io::Error) -> EngineError {
         match &self.target {
             SinkTarget::File(p) => EngineError::io(p, e),
             SinkTarget::Console => EngineError::io("<stdout>", e),
+            SinkTarget::External(c) => EngineError::io(format!("<{c} sink {}>", self.name), e),
         }
     }
 
@@ -310,6 +385,12 @@ impl Sink {
             st.staged.extend_from_slice(&self.buf);
             self.buf.clear();
             return Ok(());
+        }
+        if let Some(w) = self.external.as_mut() {
+            self.delivered += self.buf.len() as u64;
+            let r = w.deliver(&self.buf, self.delivered);
+            self.buf.clear();
+            return r;
         }
         let out = self.out.as_mut().ok_or_else(|| EngineError::Internal("sink not started".into()))?;
         let r = out.write_all(&self.buf);

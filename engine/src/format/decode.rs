@@ -97,6 +97,25 @@ pub struct RowDecoder {
     pub errors: ErrorRows,
     /// Longest `raw` kept in an error row.
     pub max_error_raw_bytes: usize,
+    /// `METADATA FROM 'key'` columns: the value each takes for every row of the current message,
+    /// set by the connector before it decodes the payload (buffers are reused, not reallocated).
+    meta: Vec<MetaSlot>,
+}
+
+/// A metadata value a connector provides for the rows of one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    Null,
+    Text(String),
+    Int(i64),
+    Bool(bool),
+}
+
+#[derive(Debug)]
+struct MetaSlot {
+    col: usize,
+    key: String,
+    value: MetaValue,
 }
 
 impl RowDecoder {
@@ -104,7 +123,11 @@ impl RowDecoder {
         let mut bufs = Vec::with_capacity(columns.len());
         let mut fields = Vec::with_capacity(columns.len());
         let mut by_name = HashMap::new();
+        let mut meta = Vec::new();
         for (i, c) in columns.iter().enumerate() {
+            if let Some(k) = &c.metadata_key {
+                meta.push(MetaSlot { col: i, key: k.to_ascii_lowercase(), value: MetaValue::Null });
+            }
             bufs.push(ColumnBuf::new(&c.data_type).ok_or_else(|| {
                 format!("column '{}': type {} cannot be decoded", c.name, crate::types::sql_name(&c.data_type))
             })?);
@@ -127,7 +150,33 @@ impl RowDecoder {
             key_pos: 0,
             errors: ErrorRows::new(),
             max_error_raw_bytes: 64 * 1024,
+            meta,
         })
+    }
+
+    /// The metadata keys this decoder's columns ask for, in column order (lower case).
+    pub fn metadata_keys(&self) -> Vec<String> {
+        self.meta.iter().map(|m| m.key.clone()).collect()
+    }
+
+    /// Sets metadata slot `slot` (an index into [`RowDecoder::metadata_keys`]) for the rows of the
+    /// next payloads. Text reuses the slot's buffer.
+    pub fn set_meta_text(&mut self, slot: usize, text: &str) {
+        if let Some(m) = self.meta.get_mut(slot) {
+            match &mut m.value {
+                MetaValue::Text(t) => {
+                    t.clear();
+                    t.push_str(text);
+                }
+                v => *v = MetaValue::Text(text.to_string()),
+            }
+        }
+    }
+
+    pub fn set_meta(&mut self, slot: usize, value: MetaValue) {
+        if let Some(m) = self.meta.get_mut(slot) {
+            m.value = value;
+        }
     }
 
     pub fn columns(&self) -> &[DecodeColumn] {
@@ -175,6 +224,18 @@ impl RowDecoder {
         self.seen.iter_mut().for_each(|s| *s = false);
         self.row_error = None;
         self.key_pos = 0;
+        for i in 0..self.meta.len() {
+            let col = self.meta[i].col;
+            // A take/put-back keeps the borrow checker happy without cloning the text.
+            let value = std::mem::replace(&mut self.meta[i].value, MetaValue::Null);
+            match &value {
+                MetaValue::Null => self.set(col, Value::Null),
+                MetaValue::Text(t) => self.set(col, Value::Str(t)),
+                MetaValue::Int(n) => self.set(col, Value::I64(*n)),
+                MetaValue::Bool(b) => self.set(col, Value::Bool(*b)),
+            }
+            self.meta[i].value = value;
+        }
     }
 
     /// Whether the current row already failed (later values are skipped).

@@ -60,6 +60,9 @@ impl<'de> Visitor<'de> for Payload<'_> {
             self.dec.begin_row();
             let got = seq.next_element_seed(Element { dec: &mut *self.dec, index })?;
             if got.is_none() {
+                // The row begun for an element that is not there (metadata columns are already
+                // set by `begin_row`) is rolled back.
+                self.dec.abort_row();
                 return Ok(());
             }
             self.dec.end_row(self.raw, self.received_at);
@@ -240,6 +243,33 @@ mod tests {
             Some(2),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn metadata_columns_fill_every_row_of_every_payload_kind() {
+        use crate::format::decode::MetaValue;
+        let mut cols = decoder().columns().to_vec();
+        cols.push(DecodeColumn { name: "topic".into(), data_type: DataType::Utf8, nullable: true, metadata_key: Some("topic".into()) });
+        cols.push(DecodeColumn { name: "qos".into(), data_type: DataType::Int32, nullable: true, metadata_key: Some("qos".into()) });
+        let mut d = RowDecoder::new(cols, Some(2)).unwrap();
+        assert_eq!(d.metadata_keys(), vec!["topic", "qos"]);
+        let payloads: [(&str, &[u8]); 6] = [
+            ("t/1", br#"{"device_id":"a","ts":1}"#),
+            ("t/2", br#"[{"device_id":"b","ts":2},{"device_id":"c","ts":3}]"#),
+            ("t/3", br#"[]"#),
+            ("t/4", b"junk"),
+            ("t/5", br#"[{"device_id":"d","ts":4},{"ts":5}]"#),
+            ("t/6", br#"{"device_id":"e","ts":6,"topic":"not from the payload"}"#),
+        ];
+        for (i, (topic, p)) in payloads.iter().enumerate() {
+            d.set_meta_text(0, topic);
+            d.set_meta(1, MetaValue::Int(i as i64));
+            decode_json(&mut d, p, 0);
+        }
+        let b = d.finish().unwrap().unwrap();
+        let topics: Vec<&str> = b.column(3).as_string::<i32>().iter().map(|t| t.unwrap()).collect();
+        assert_eq!(topics, vec!["t/1", "t/2", "t/2", "t/5", "t/6"]);
+        assert_eq!(d.errors.len(), 2);
     }
 
     #[test]

@@ -113,6 +113,16 @@ impl Graph {
         self.nodes.iter_mut().try_for_each(|n| n.op.finish())
     }
 
+    /// A sink node's rows and retractions written.
+    pub fn sink_counts(&self, id: NodeId) -> Option<(u64, u64)> {
+        self.nodes.get(id).and_then(|n| n.op.sink_counts())
+    }
+
+    /// Closes every operator's outputs (sinks), after the final checkpoint.
+    pub fn close_all(&mut self) -> Result<()> {
+        self.nodes.iter_mut().try_for_each(|n| n.op.close())
+    }
+
     /// Runs `chunk` through node `id` (input `port`) and everything downstream of it.
     pub fn push(&mut self, id: NodeId, port: usize, chunk: Chunk) -> Result<()> {
         if chunk.num_rows() == 0 {

@@ -67,6 +67,15 @@ pub trait Operator: Send {
     fn finish(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Releases what the operator writes to (a provided sink's connection), after the final
+    /// checkpoint of a live pipeline.
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Sinks: rows written and retractions written, for metrics.
+    fn sink_counts(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// Bytes of state held (approximate), for limits and metrics.
     fn state_bytes(&self) -> usize {
         0

@@ -1,0 +1,192 @@
+//! MQTT end-to-end benchmark against a real Mosquitto on loopback: messages/s and latency p50/p99
+//! from publish to the result arriving at a subscriber, through `eddyd run` (a passthrough
+//! pipeline, MQTT in → MQTT out) at QoS 0 and 1, with and without durable state, beside Mosquitto's
+//! own publish → subscribe rate on the same machine; eddyd's RSS and CPU per 10k msgs/s.
+//! Needs `mosquitto` installed and `target/release/eddyd` built. Prints a Markdown table; run:
+//! `cargo run --release -p eddy-benches --bin mqtt_bench -- [--messages N]`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn broker(dir: &Path) -> Result<(Kill, u16)> {
+    let port = free_port()?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n"))?;
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("mosquitto");
+    let child = Command::new(bin).arg("-c").arg(&conf).stderr(Stdio::null()).spawn().context("mosquitto (apt-get install mosquitto)")?;
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!("mosquitto did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((Kill(child), port))
+}
+
+/// Subscribes to `filter`, then runs `publish`; collects (receive time, payload) until `n` messages
+/// arrived or 60 s passed. Returns the latencies in µs and the time from first publish to last receive.
+fn measure(port: u16, filter: &str, qos: QoS, n: usize, publish: impl FnOnce() -> Result<()> + Send) -> Result<(Vec<u64>, Duration)> {
+    let mut o = MqttOptions::new(format!("bench-sub-{}", now_us()), "127.0.0.1", port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(o, 1024);
+    client.subscribe(filter, qos)?;
+    // Wait for the SUBACK so nothing is published before the subscription exists.
+    loop {
+        match conn.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            _ => bail!("no SUBACK"),
+        }
+    }
+    let t0 = Instant::now();
+    let publisher = std::thread::scope(|s| -> Result<(Vec<u64>, Instant)> {
+        let h = s.spawn(publish);
+        let mut lat = Vec::with_capacity(n);
+        let mut last = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lat.len() < n && Instant::now() < deadline {
+            if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) = conn.recv_timeout(Duration::from_millis(200)) {
+                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                if let Some(sent) = v["sent_us"].as_u64() {
+                    lat.push(now_us().saturating_sub(sent));
+                    last = Instant::now();
+                }
+            }
+        }
+        h.join().map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+        Ok((lat, last))
+    })?;
+    let (lat, last) = publisher;
+    Ok((lat, last.duration_since(t0)))
+}
+
+fn publish_n(port: u16, topic: &str, qos: QoS, n: usize) -> Result<()> {
+    let mut o = MqttOptions::new(format!("bench-pub-{}", now_us()), "127.0.0.1", port);
+    o.set_inflight(200);
+    let (client, mut conn) = Client::new(o, 4096);
+    let pump = std::thread::spawn(move || {
+        let mut acked = 0usize;
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                _ => {}
+            }
+        }
+        acked
+    });
+    for i in 0..n {
+        let payload = format!("{{\"device_id\":\"dev-{}\",\"seq\":{i},\"value\":{}.5,\"sent_us\":{}}}", i % 16, i % 100, now_us());
+        client.publish(topic, qos, false, payload)?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    client.disconnect()?;
+    let _ = pump.join();
+    Ok(())
+}
+
+fn pct(v: &mut [u64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * q) as usize] as f64 / 1000.0
+}
+
+/// (utime + stime) in seconds and RSS in MiB of `pid`, from /proc.
+fn proc_usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks / 100.0, rss_kb / 1024.0)
+}
+
+fn eddyd_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe.parent().context("exe dir")?.join("eddyd");
+    if !p.exists() {
+        bail!("{} not found: build it with `cargo build --release -p eddyd`", p.display());
+    }
+    Ok(p)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args.iter().position(|a| a == "--messages").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let work = std::env::temp_dir().join(format!("eddy-mqtt-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let (_broker, port) = broker(&work)?;
+    let eddyd = eddyd_bin()?;
+    println!("{n} messages of ~80 bytes, published as fast as the publisher goes; loopback Mosquitto; {} cores\n", std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1));
+    println!("| path | QoS | msgs/s | latency p50 | latency p99 | eddyd CPU per 10k msgs/s | eddyd peak RSS |");
+    println!("|---|---|---|---|---|---|---|");
+    for (qos, q) in [(QoS::AtMostOnce, 0), (QoS::AtLeastOnce, 1)] {
+        let (mut lat, took) = measure(port, "base/#", qos, n, move || publish_n(port, "base/x", qos, n))?;
+        let rate = lat.len() as f64 / took.as_secs_f64();
+        println!("| Mosquitto alone (pub → sub) | {q} | {rate:.0} | {:.2} ms | {:.2} ms | — | — |", pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+        for durable in [false, true] {
+            if durable && q == 0 {
+                continue;
+            }
+            let dir = work.join(format!("eddyd-q{q}-{durable}"));
+            std::fs::create_dir_all(&dir)?;
+            let topic_in = format!("in{q}{durable}");
+            let sql = format!(
+                "CREATE SOURCE s (device_id VARCHAR NOT NULL, seq BIGINT, value DOUBLE, sent_us BIGINT) \
+                 WITH (connector = 'mqtt', url = 'mqtt://127.0.0.1:{port}', topic = '{topic_in}/#', qos = '{q}', queue_messages = '4096');\n\
+                 CREATE SINK k AS SELECT device_id, seq, value, sent_us FROM s \
+                 WITH (connector = 'mqtt', url = 'mqtt://127.0.0.1:{port}', topic = 'out{q}{durable}/{{device_id}}', qos = '{q}', inflight = '1000');\n"
+            );
+            std::fs::write(dir.join("p.sql"), sql)?;
+            let mut cmd = Command::new(&eddyd);
+            cmd.args(["run", "--pipeline", "p.sql"]).current_dir(&dir).stdout(Stdio::null()).stderr(Stdio::null());
+            if durable {
+                cmd.args(["--state-dir", "state", "--no-encryption", "--checkpoint-interval-ms", "50"]);
+            }
+            let child = Kill(cmd.spawn()?);
+            std::thread::sleep(Duration::from_millis(1500));
+            let pid = child.0.id();
+            let (cpu0, _) = proc_usage(pid);
+            let topic = format!("{topic_in}/gw");
+            let (mut lat, took) = measure(port, &format!("out{q}{durable}/#"), qos, n, move || publish_n(port, &topic, qos, n))?;
+            let (cpu1, rss) = proc_usage(pid);
+            let rate = lat.len() as f64 / took.as_secs_f64();
+            let cpu_per_10k = (cpu1 - cpu0) / took.as_secs_f64() / (rate / 10_000.0);
+            let path = if durable { "eddyd, durable (WAL + checkpoint every 50 ms, exactly-once sink)" } else { "eddyd, no state dir" };
+            let lost = if lat.len() < n { format!(" ({} of {n} arrived)", lat.len()) } else { String::new() };
+            println!(
+                "| {path}{lost} | {q} | {rate:.0} | {:.2} ms | {:.2} ms | {:.0}% of a core | {rss:.0} MiB |",
+                pct(&mut lat, 0.5),
+                pct(&mut lat, 0.99),
+                cpu_per_10k * 100.0
+            );
+            drop(child);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}

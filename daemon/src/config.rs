@@ -1,0 +1,270 @@
+//! The daemon's configuration: a TOML file (`/etc/eddy/eddyd.toml`), `${ENV}` expanded in every
+//! string value (for secrets), with command-line flags overriding it. Owns parsing, defaults and
+//! validation of the file; starts nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+
+/// Expands `${NAME}` from the environment (`$${` is a literal `${`). An unset variable is an error
+/// naming it, never an empty secret.
+pub fn expand_env(s: &str) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("${") {
+            let end = t.find('}').ok_or_else(|| format!("'${{' without a closing '}}' in '{s}'"))?;
+            let name = &t[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("'${{{name}}}' is not an environment variable name"));
+            }
+            out.push_str(&std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?);
+            rest = &t[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// `[mqtt]`: defaults for every MQTT source and sink (their `WITH` options win).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttDefaults {
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Client ids default to `<prefix>-<pipeline>-<source or sink>` (prefix default `eddy`).
+    pub client_id_prefix: Option<String>,
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub qos: Option<u8>,
+    pub keep_alive: Option<String>,
+    pub max_message_bytes: Option<usize>,
+    pub queue_messages: Option<usize>,
+    pub outbox_bytes: Option<usize>,
+    pub outbox_full: Option<String>,
+}
+
+impl MqttDefaults {
+    /// The default for a connector option, as text.
+    pub fn get(&self, key: &str) -> Option<String> {
+        match key {
+            "url" => self.url.clone(),
+            "username" => self.username.clone(),
+            "password" => self.password.clone(),
+            "ca_file" => self.ca_file.clone(),
+            "cert_file" => self.cert_file.clone(),
+            "key_file" => self.key_file.clone(),
+            "qos" => self.qos.map(|q| q.to_string()),
+            "keep_alive" => self.keep_alive.clone(),
+            "max_message_bytes" => self.max_message_bytes.map(|v| v.to_string()),
+            "outbox_full" => self.outbox_full.clone(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    /// `false` stores state unencrypted (must be said explicitly).
+    pub enabled: Option<bool>,
+    pub key_file: Option<PathBuf>,
+    /// systemd credential name (default `eddy-state-key`).
+    pub key_credential: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_open_windows: Option<usize>,
+    pub max_groups: Option<usize>,
+    pub batch_rows: Option<usize>,
+    pub max_staged_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalSection {
+    pub commit_delay_us: Option<u64>,
+    pub commit_bytes: Option<usize>,
+    pub segment_bytes: Option<u64>,
+    pub max_record_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `host:port` for /metrics, /healthz and /readyz (keep it on loopback or a management net).
+    pub listen: Option<String>,
+}
+
+/// The config file, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub state_dir: Option<PathBuf>,
+    /// Every `*.sql` file here is a pipeline, named after the file.
+    pub pipelines_dir: Option<PathBuf>,
+    /// Pipeline files besides (or instead of) the directory.
+    #[serde(default)]
+    pub pipelines: Vec<PathBuf>,
+    /// CPU cores for pipeline workers (default: every core the process may use).
+    pub cores: Option<Vec<usize>>,
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub encryption: Encryption,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub checkpoint: Checkpoint,
+    #[serde(default)]
+    pub wal: WalSection,
+    #[serde(default)]
+    pub mqtt: MqttDefaults,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+fn expand_all(v: &mut toml::Value, path: &str) -> Result<()> {
+    match v {
+        toml::Value::String(s) => *s = expand_env(s).map_err(|e| anyhow!("{path}: {e}"))?,
+        toml::Value::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                expand_all(x, &format!("{path}[{i}]"))?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, x) in t.iter_mut() {
+                expand_all(x, &if path.is_empty() { k.clone() } else { format!("{path}.{k}") })?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl ConfigFile {
+    /// Reads and checks the file; relative paths in it resolve against its directory.
+    pub fn load(path: &Path) -> Result<ConfigFile> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new("."))).with_context(|| format!("config {}", path.display()))
+    }
+
+    pub fn parse(text: &str, base: &Path) -> Result<ConfigFile> {
+        let mut v: toml::Value = toml::from_str(text).map_err(|e| anyhow!("{e}"))?;
+        expand_all(&mut v, "")?;
+        let mut c = ConfigFile::deserialize(v).map_err(|e| anyhow!("{e}"))?;
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        c.state_dir.as_mut().map(abs);
+        c.pipelines_dir.as_mut().map(abs);
+        c.pipelines.iter_mut().for_each(abs);
+        c.encryption.key_file.as_mut().map(abs);
+        if let Some(q) = c.mqtt.qos {
+            if q > 2 {
+                bail!("mqtt.qos must be 0, 1 or 2");
+            }
+        }
+        if let Some(cores) = &c.cores {
+            if cores.is_empty() {
+                bail!("cores: an empty list leaves no core for the pipelines");
+            }
+        }
+        Ok(c)
+    }
+
+    /// The pipeline files: the explicit ones, then `*.sql` in `pipelines_dir` (sorted), by name.
+    pub fn pipeline_files(&self) -> Result<BTreeMap<String, PathBuf>> {
+        let mut files: Vec<PathBuf> = self.pipelines.clone();
+        if let Some(dir) = &self.pipelines_dir {
+            let rd = std::fs::read_dir(dir).with_context(|| format!("pipelines_dir {}", dir.display()))?;
+            let mut found: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "sql")).collect();
+            found.sort();
+            files.extend(found);
+        }
+        let mut out = BTreeMap::new();
+        for f in files {
+            let name = pipeline_name(&f);
+            if let Some(prev) = out.insert(name.clone(), f.clone()) {
+                bail!("two pipelines are named '{name}' ({} and {}); each needs a file name of its own (it names its state)", prev.display(), f.display());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A pipeline's name: its file name without `.sql`.
+pub fn pipeline_name(file: &Path) -> String {
+    file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_expansion() {
+        std::env::set_var("EDDY_TEST_SECRET", "s3cret");
+        assert_eq!(expand_env("a-${EDDY_TEST_SECRET}-b").unwrap(), "a-s3cret-b");
+        assert_eq!(expand_env("$${literal} $5").unwrap(), "${literal} $5");
+        assert!(expand_env("${EDDY_TEST_UNSET_VARIABLE}").unwrap_err().contains("EDDY_TEST_UNSET_VARIABLE"));
+        assert!(expand_env("${oops").is_err());
+    }
+
+    #[test]
+    fn parses_a_full_file_and_rejects_unknown_keys() {
+        std::env::set_var("EDDY_TEST_PW", "pw");
+        let c = ConfigFile::parse(
+            r#"
+state_dir = "state"
+pipelines_dir = "/etc/eddy/pipelines"
+cores = [0, 1]
+[encryption]
+key_file = "k"
+[mqtt]
+url = "mqtt://localhost:1883"
+password = "${EDDY_TEST_PW}"
+[metrics]
+listen = "127.0.0.1:9187"
+"#,
+            Path::new("/etc/eddy"),
+        )
+        .unwrap();
+        assert_eq!(c.state_dir.unwrap(), PathBuf::from("/etc/eddy/state"));
+        assert_eq!(c.mqtt.password.as_deref(), Some("pw"));
+        assert_eq!(c.cores, Some(vec![0, 1]));
+        let e = ConfigFile::parse("[mqtt]\nurll = 'x'\n", Path::new(".")).unwrap_err().to_string();
+        assert!(e.contains("urll"), "{e}");
+        let e = ConfigFile::parse("[mqtt]\npassword = '${EDDY_TEST_NOPE}'\n", Path::new(".")).unwrap_err().to_string();
+        assert!(e.contains("mqtt.password") && e.contains("EDDY_TEST_NOPE"), "{e}");
+    }
+
+    #[test]
+    fn the_packaged_config_parses() {
+        let c = ConfigFile::parse(include_str!("../../packaging/eddyd.toml"), Path::new("/etc/eddy")).unwrap();
+        assert_eq!(c.state_dir.unwrap(), PathBuf::from("/var/lib/eddy"));
+        assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9187"));
+        assert_eq!(c.mqtt.outbox_full.as_deref(), Some("block"));
+    }
+}

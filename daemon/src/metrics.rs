@@ -1,0 +1,252 @@
+//! Metrics: counters the pipelines and connectors update, rendered as Prometheus text on a local
+//! address with `/healthz` (liveness: every pipeline's worker is alive and stepping) and `/readyz`
+//! (every pipeline recovered and running). Owns the HTTP endpoint; never touches pipeline state
+//! directly (pipelines publish snapshots of their counters).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eddy_engine::pipeline::Observation;
+
+/// Counters of one MQTT source or sink (connection state, messages, queue and outbox).
+#[derive(Default)]
+pub struct ConnectorGauges {
+    pub connected: AtomicBool,
+    pub connects: AtomicU64,
+    pub connect_errors: AtomicU64,
+    /// Source: messages decoded; sink: messages sent.
+    pub messages: AtomicU64,
+    /// Source: redelivered messages recognised as already logged.
+    pub duplicates: AtomicU64,
+    /// Source: messages waiting between the connection and the pipeline.
+    pub queue_depth: AtomicI64,
+    /// Times a full queue (source) or outbox (sink) made the producer wait.
+    pub backpressure: AtomicU64,
+    /// Sink: messages dropped by `outbox_full = 'drop_oldest'`.
+    pub dropped: AtomicU64,
+    pub outbox_messages: AtomicU64,
+    pub outbox_bytes: AtomicU64,
+    /// Sink: the pipeline is waiting for room in the outbox (backpressure, not a hang).
+    pub blocked: AtomicBool,
+}
+
+/// What a pipeline's worker last reported.
+pub struct PipelineStatus {
+    pub observation: Option<Observation>,
+    pub heartbeat: Instant,
+    pub state: &'static str,
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    connectors: Mutex<Vec<(String, &'static str, String, Arc<ConnectorGauges>)>>,
+    pipelines: Mutex<BTreeMap<String, PipelineStatus>>,
+    pub ready: AtomicBool,
+}
+
+/// A worker that has not stepped for this long is unhealthy (it also stops the watchdog).
+pub const STALL: Duration = Duration::from_secs(10);
+
+impl Registry {
+    /// The gauges of one connector (kept across reloads: counters only grow).
+    pub fn connector(&self, pipeline: &str, kind: &'static str, name: &str) -> Arc<ConnectorGauges> {
+        let mut c = self.connectors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, _, g)) = c.iter().find(|(p, k, n, _)| p == pipeline && *k == kind && n == name) {
+            return g.clone();
+        }
+        let g = Arc::new(ConnectorGauges::default());
+        c.push((pipeline.to_string(), kind, name.to_string(), g.clone()));
+        g
+    }
+
+    pub fn set_pipeline(&self, name: &str, state: &'static str, observation: Option<Observation>, error: Option<String>) {
+        let mut p = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        let e = p.entry(name.to_string()).or_insert(PipelineStatus { observation: None, heartbeat: Instant::now(), state, error: None });
+        e.heartbeat = Instant::now();
+        e.state = state;
+        if observation.is_some() {
+            e.observation = observation;
+        }
+        if error.is_some() {
+            e.error = error;
+        }
+    }
+
+    pub fn remove_pipeline(&self, name: &str) {
+        self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
+
+    /// Whether every running pipeline's worker reported within [`STALL`] (and none failed).
+    pub fn healthy(&self) -> Result<(), String> {
+        let p = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, s) in p.iter() {
+            if s.state == "failed" {
+                return Err(format!("pipeline {name} failed: {}", s.error.as_deref().unwrap_or("")));
+            }
+            if s.state == "running" && s.heartbeat.elapsed() > STALL && !self.waiting_on_output(name) {
+                return Err(format!("pipeline {name} has not stepped for {} s", s.heartbeat.elapsed().as_secs()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a sink of `pipeline` holds it back, waiting for room in its outbox.
+    fn waiting_on_output(&self, pipeline: &str) -> bool {
+        self.connectors.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|(p, _, _, g)| p == pipeline && g.blocked.load(Ordering::Relaxed))
+    }
+
+    /// One line of STATUS= text for systemd.
+    pub fn status_line(&self) -> String {
+        let p = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        let running = p.values().filter(|s| s.state == "running").count();
+        let rows: u64 = p.values().filter_map(|s| s.observation.as_ref()).flat_map(|o| o.sources.iter().map(|s| s.stats.accepted)).sum();
+        let disconnected = self.connectors.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|c| !c.3.connected.load(Ordering::Relaxed)).count();
+        format!("{running}/{} pipelines running, {rows} rows in, {disconnected} MQTT connections down", p.len())
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        let now = eddy_engine::time::now_ms();
+        let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        let p = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        family(&mut o, "eddy_pipeline_up", "gauge", "1 while the pipeline runs, 0 when stopped or failed.");
+        for (name, s) in p.iter() {
+            let _ = writeln!(o, "eddy_pipeline_up{{pipeline=\"{name}\",state=\"{}\"}} {}", s.state, (s.state == "running") as u8);
+        }
+        let obs: Vec<(&String, &Observation)> = p.iter().filter_map(|(n, s)| s.observation.as_ref().map(|o| (n, o))).collect();
+        let src = |o: &mut String, metric: &str, kind: &str, help: &str, f: &dyn Fn(&eddy_engine::pipeline::SourceObservation) -> Option<f64>| {
+            let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+            for (pn, ob) in &obs {
+                for s in &ob.sources {
+                    if let Some(v) = f(s) {
+                        let _ = writeln!(o, "{metric}{{pipeline=\"{pn}\",source=\"{}\"}} {v}", s.name);
+                    }
+                }
+            }
+        };
+        src(&mut o, "eddy_source_rows_total", "counter", "Rows accepted by a source.", &|s| Some(s.stats.accepted as f64));
+        src(&mut o, "eddy_source_late_rows_total", "counter", "Rows behind the watermark (to LATE()).", &|s| Some(s.stats.late as f64));
+        src(&mut o, "eddy_source_error_rows_total", "counter", "Inputs that could not be decoded (to ERRORS()).", &|s| Some(s.stats.errors as f64));
+        src(&mut o, "eddy_source_watermark_lag_seconds", "gauge", "Wall clock minus the source's watermark.", &|s| {
+            s.watermark.filter(|w| *w > i64::MIN / 2).map(|w| (now - w) as f64 / 1000.0)
+        });
+        family(&mut o, "eddy_sink_rows_total", "counter", "Rows (and upserts) a sink wrote.");
+        for (pn, ob) in &obs {
+            for (sn, rows, _) in &ob.sinks {
+                let _ = writeln!(o, "eddy_sink_rows_total{{pipeline=\"{pn}\",sink=\"{sn}\"}} {rows}");
+            }
+        }
+        family(&mut o, "eddy_sink_deletes_total", "counter", "Retractions an upsert sink wrote.");
+        for (pn, ob) in &obs {
+            for (sn, _, d) in &ob.sinks {
+                let _ = writeln!(o, "eddy_sink_deletes_total{{pipeline=\"{pn}\",sink=\"{sn}\"}} {d}");
+            }
+        }
+        family(&mut o, "eddy_pipeline_state_bytes", "gauge", "Bytes of operator state held in memory.");
+        for (pn, ob) in &obs {
+            let _ = writeln!(o, "eddy_pipeline_state_bytes{{pipeline=\"{pn}\"}} {}", ob.state_bytes);
+        }
+        family(&mut o, "eddy_checkpoints_total", "counter", "Checkpoints written.");
+        for (pn, ob) in &obs {
+            if let Some(d) = &ob.durable {
+                let _ = writeln!(o, "eddy_checkpoints_total{{pipeline=\"{pn}\"}} {}", d.checkpoints);
+            }
+        }
+        family(&mut o, "eddy_wal_bytes_total", "counter", "Payload bytes appended to the WAL.");
+        for (pn, ob) in &obs {
+            if let Some(d) = &ob.durable {
+                let _ = writeln!(o, "eddy_wal_bytes_total{{pipeline=\"{pn}\"}} {}", d.wal.payload_bytes);
+            }
+        }
+        family(&mut o, "eddy_wal_fsync_seconds", "histogram", "WAL group-commit (write + fdatasync) latency.");
+        for (pn, ob) in &obs {
+            if let Some(d) = &ob.durable {
+                let mut cum = 0u64;
+                for (i, n) in d.wal.commit_micros.iter().enumerate() {
+                    cum += n;
+                    // Bucket i holds latencies below 2^i µs.
+                    let le = (1u64 << i) as f64 / 1e6;
+                    let _ = writeln!(o, "eddy_wal_fsync_seconds_bucket{{pipeline=\"{pn}\",le=\"{le}\"}} {cum}");
+                }
+                let _ = writeln!(o, "eddy_wal_fsync_seconds_bucket{{pipeline=\"{pn}\",le=\"+Inf\"}} {cum}");
+                let _ = writeln!(o, "eddy_wal_fsync_seconds_count{{pipeline=\"{pn}\"}} {}", d.wal.commits);
+            }
+        }
+        drop(p);
+        let c = self.connectors.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = |o: &mut String, metric: &str, kind: &str, help: &str, f: &dyn Fn(&ConnectorGauges) -> Option<f64>| {
+            let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+            for (pn, k, n, g) in c.iter() {
+                if let Some(v) = f(g) {
+                    let _ = writeln!(o, "{metric}{{pipeline=\"{pn}\",{k}=\"{n}\"}} {v}");
+                }
+            }
+        };
+        let ld = |a: &AtomicU64| Some(a.load(Ordering::Relaxed) as f64);
+        conn(&mut o, "eddy_mqtt_connected", "gauge", "1 while the MQTT connection is up.", &|g| Some(g.connected.load(Ordering::Relaxed) as u8 as f64));
+        conn(&mut o, "eddy_mqtt_connects_total", "counter", "Successful MQTT connects.", &|g| ld(&g.connects));
+        conn(&mut o, "eddy_mqtt_connect_errors_total", "counter", "Failed connects and lost connections.", &|g| ld(&g.connect_errors));
+        conn(&mut o, "eddy_mqtt_messages_total", "counter", "Messages decoded (source) or sent (sink).", &|g| ld(&g.messages));
+        conn(&mut o, "eddy_mqtt_duplicates_total", "counter", "Redelivered messages already in the WAL, acknowledged and skipped.", &|g| ld(&g.duplicates));
+        conn(&mut o, "eddy_mqtt_queue_depth", "gauge", "Messages received and waiting for the pipeline.", &|g| Some(g.queue_depth.load(Ordering::Relaxed).max(0) as f64));
+        conn(&mut o, "eddy_mqtt_backpressure_total", "counter", "Times a full queue or outbox made the producer wait (overload).", &|g| ld(&g.backpressure));
+        conn(&mut o, "eddy_mqtt_dropped_total", "counter", "Messages dropped by a configured policy (outbox_full = 'drop_oldest'); 0 otherwise.", &|g| ld(&g.dropped));
+        conn(&mut o, "eddy_mqtt_outbox_messages", "gauge", "Messages waiting for the broker's acknowledgement.", &|g| ld(&g.outbox_messages));
+        conn(&mut o, "eddy_mqtt_outbox_bytes", "gauge", "Bytes waiting in the outbox.", &|g| ld(&g.outbox_bytes));
+        o
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` (one short request at a time; requests
+/// are read with a timeout and a size bound).
+pub fn serve(addr: &str, registry: Arc<Registry>) -> std::io::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if let Err(e) = handle(stream, &registry) {
+                tracing::debug!(error = %e, "metrics request");
+            }
+        }
+    })?;
+    Ok(local)
+}
+
+fn handle(mut s: TcpStream, registry: &Registry) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while n < buf.len() {
+        let r = s.read(&mut buf[n..])?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || buf[..n].contains(&b'\n') {
+            break;
+        }
+    }
+    let req = String::from_utf8_lossy(&buf[..n]);
+    let path = req.split_whitespace().nth(1).unwrap_or("/");
+    let (code, body, ctype) = match path {
+        "/metrics" => ("200 OK", registry.render(), "text/plain; version=0.0.4"),
+        "/healthz" => match registry.healthy() {
+            Ok(()) => ("200 OK", "ok\n".to_string(), "text/plain"),
+            Err(e) => ("503 Service Unavailable", format!("{e}\n"), "text/plain"),
+        },
+        "/readyz" if registry.ready.load(Ordering::Acquire) && registry.healthy().is_ok() => ("200 OK", "ready\n".into(), "text/plain"),
+        "/readyz" => ("503 Service Unavailable", "not ready\n".into(), "text/plain"),
+        _ => ("404 Not Found", "try /metrics, /healthz or /readyz\n".into(), "text/plain"),
+    };
+    write!(s, "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+}

@@ -1,0 +1,206 @@
+//! MQTT connection settings: a source's or sink's `WITH (...)` options over the `[mqtt]` defaults
+//! of the config file, checked once at plan time, and turned into rumqttc options. Owns option
+//! parsing and `${ENV}` expansion of option values; never connects.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
+
+use crate::config::{expand_env, MqttDefaults};
+use eddy_engine::sql::ddl::Options;
+use eddy_engine::EngineError;
+
+/// Options shared by MQTT sources and sinks.
+pub const CONNECTION_OPTIONS: &[&str] = &[
+    "url",
+    "topic",
+    "qos",
+    "client_id",
+    "username",
+    "password",
+    "protocol",
+    "keep_alive",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "max_message_bytes",
+];
+
+/// A broker connection, resolved.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keep_alive: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub qos: QoS,
+    pub max_message_bytes: usize,
+    /// Where to report errors: "source 'x'" / "sink 'y'".
+    pub ctx: String,
+}
+
+pub(crate) fn opt_err(ctx: &str, msg: impl Into<String>) -> EngineError {
+    EngineError::options(ctx, msg)
+}
+
+/// An option from the SQL, else from the config's `[mqtt]` defaults; `${ENV}` expanded.
+pub(crate) fn get(ctx: &str, o: &Options, defaults: &MqttDefaults, key: &str) -> Result<Option<String>, EngineError> {
+    let v = o.get(key).map(str::to_string).or_else(|| defaults.get(key));
+    v.map(|v| expand_env(&v).map_err(|e| opt_err(ctx, format!("option '{key}': {e}")))).transpose()
+}
+
+pub(crate) fn parse_qos(ctx: &str, v: Option<&str>) -> Result<QoS, EngineError> {
+    match v.map(str::trim) {
+        None | Some("1") => Ok(QoS::AtLeastOnce),
+        Some("0") => Ok(QoS::AtMostOnce),
+        Some("2") => Ok(QoS::ExactlyOnce),
+        Some(o) => Err(opt_err(ctx, format!("option 'qos' must be 0, 1 or 2, not '{o}'"))),
+    }
+}
+
+/// `mqtt://host[:1883]`, `tcp://…`, `mqtts://host[:8883]`, `ssl://…`.
+pub(crate) fn parse_url(ctx: &str, url: &str) -> Result<(String, u16, bool), EngineError> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| opt_err(ctx, format!("url '{url}': expected mqtt://host:port or mqtts://host:port")))?;
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        s => return Err(opt_err(ctx, format!("url '{url}': unknown scheme '{s}' (use mqtt:// or mqtts://)"))),
+    };
+    let hostport = rest.trim_end_matches('/');
+    if hostport.is_empty() || hostport.contains('/') || hostport.contains('@') {
+        return Err(opt_err(ctx, format!("url '{url}': expected only a host and port (credentials go in 'username'/'password')")));
+    }
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port = p.parse::<u16>().map_err(|_| opt_err(ctx, format!("url '{url}': bad port '{p}'")))?;
+            (h.trim_start_matches('[').trim_end_matches(']').to_string(), port)
+        }
+        _ => (hostport.to_string(), if tls { 8883 } else { 1883 }),
+    };
+    Ok((host, port, tls))
+}
+
+impl Connection {
+    /// Resolves the connection options of `name` (a source or sink of `pipeline`).
+    pub fn resolve(what: &str, pipeline: &str, name: &str, o: &Options, defaults: &MqttDefaults) -> Result<Connection, EngineError> {
+        let ctx = format!("{what} '{name}'");
+        let url = get(&ctx, o, defaults, "url")?.ok_or_else(|| opt_err(&ctx, "connector 'mqtt' needs option 'url' (or `url` under [mqtt] in the config)"))?;
+        let (host, port, tls) = parse_url(&ctx, &url)?;
+        if let Some(p) = get(&ctx, o, defaults, "protocol")? {
+            if !matches!(p.as_str(), "3.1.1" | "4") {
+                return Err(opt_err(&ctx, format!("option 'protocol' '{p}': this version speaks MQTT 3.1.1 ('3.1.1'); MQTT 5 is not supported yet")));
+            }
+        }
+        let client_id = match get(&ctx, o, defaults, "client_id")? {
+            Some(c) => c,
+            None => {
+                let prefix = defaults.client_id_prefix.clone().unwrap_or_else(|| "eddy".into());
+                format!("{prefix}-{pipeline}-{name}")
+            }
+        };
+        if client_id.is_empty() || client_id.len() > 23 * 8 {
+            return Err(opt_err(&ctx, "option 'client_id' must be 1 to 184 characters"));
+        }
+        let keep_alive = match get(&ctx, o, defaults, "keep_alive")? {
+            None => Duration::from_secs(30),
+            Some(v) => Duration::from_millis(
+                eddy_engine::sql::ddl::parse_duration_ms(&v).map_err(|e| opt_err(&ctx, format!("option 'keep_alive': {e}")))?.max(1000) as u64,
+            ),
+        };
+        let path = |k: &str| -> Result<Option<PathBuf>, EngineError> { Ok(get(&ctx, o, defaults, k)?.map(PathBuf::from)) };
+        let (ca_file, cert_file, key_file) = (path("ca_file")?, path("cert_file")?, path("key_file")?);
+        if cert_file.is_some() != key_file.is_some() {
+            return Err(opt_err(&ctx, "options 'cert_file' and 'key_file' go together (TLS client authentication)"));
+        }
+        if !tls && (ca_file.is_some() || cert_file.is_some()) {
+            return Err(opt_err(&ctx, "TLS files are given but the url is not mqtts://"));
+        }
+        let max_message_bytes = match get(&ctx, o, defaults, "max_message_bytes")? {
+            None => 8 << 20,
+            Some(v) => v.trim().parse::<usize>().map_err(|_| opt_err(&ctx, format!("option 'max_message_bytes' must be a number, not '{v}'")))?,
+        };
+        Ok(Connection {
+            host,
+            port,
+            tls,
+            client_id,
+            username: get(&ctx, o, defaults, "username")?,
+            password: get(&ctx, o, defaults, "password")?,
+            keep_alive,
+            ca_file,
+            cert_file,
+            key_file,
+            qos: parse_qos(&ctx, get(&ctx, o, defaults, "qos")?.as_deref())?,
+            max_message_bytes: max_message_bytes.clamp(1024, 256 << 20),
+            ctx,
+        })
+    }
+
+    /// rumqttc options; reads the TLS files (an unreadable file is an error naming it).
+    pub fn mqtt_options(&self, clean_session: bool, request_capacity: usize) -> Result<MqttOptions, EngineError> {
+        let mut m = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+        m.set_keep_alive(self.keep_alive);
+        m.set_clean_session(clean_session);
+        m.set_max_packet_size(self.max_message_bytes + 64 * 1024, self.max_message_bytes + 64 * 1024);
+        m.set_request_channel_capacity(request_capacity);
+        if let (Some(u), p) = (&self.username, &self.password) {
+            m.set_credentials(u.clone(), p.clone().unwrap_or_default());
+        }
+        if self.tls {
+            crate::mqtt::install_tls_provider();
+            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| EngineError::io(p, e));
+            let transport = match &self.ca_file {
+                Some(ca) => {
+                    let client_auth = match (&self.cert_file, &self.key_file) {
+                        (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                        _ => None,
+                    };
+                    Transport::tls_with_config(TlsConfiguration::Simple { ca: read(ca)?, alpn: None, client_auth })
+                }
+                None => Transport::tls_with_config(system_roots(&self.ctx)?),
+            };
+            m.set_transport(transport);
+        }
+        Ok(m)
+    }
+}
+
+/// TLS against the system's CA certificates (no `ca_file`).
+fn system_roots(ctx: &str) -> Result<TlsConfiguration, EngineError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for path in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"] {
+        if let Ok(pem) = std::fs::read(path) {
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
+                let _ = roots.add(cert);
+            }
+            break;
+        }
+    }
+    if roots.is_empty() {
+        return Err(opt_err(ctx, "mqtts:// without 'ca_file', and no system CA bundle was found; set 'ca_file'"));
+    }
+    let cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    Ok(TlsConfiguration::Rustls(std::sync::Arc::new(cfg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("x", "mqtt://localhost").unwrap(), ("localhost".into(), 1883, false));
+        assert_eq!(parse_url("x", "mqtts://broker.plant:9000").unwrap(), ("broker.plant".into(), 9000, true));
+        assert_eq!(parse_url("x", "tcp://[::1]:1884").unwrap(), ("::1".into(), 1884, false));
+        for bad in ["localhost:1883", "http://x", "mqtt://u:p@x", "mqtt://x:99999", "mqtt://"] {
+            assert!(parse_url("x", bad).is_err(), "{bad}");
+        }
+    }
+}

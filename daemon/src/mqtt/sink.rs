@@ -1,0 +1,370 @@
+//! The MQTT sink: each output row becomes one message (the row as a JSON object) on a topic made
+//! from a template with the row's values (`alerts/{device_id}`). Committed output goes into the
+//! [`Outbox`]; a publisher thread sends it in order and removes what the broker acknowledged, so
+//! while the broker is unreachable output waits (bounded) and goes out in order when it returns.
+//! After a crash, messages not yet acknowledged are sent again: delivery to the broker is
+//! at-least-once, and each message repeats a row identical to the first (consumers that key by
+//! the row's columns see no difference).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, Outgoing, Packet, QoS};
+
+use super::outbox::{FullPolicy, Outbox};
+use super::settings::Connection;
+use super::Backoff;
+use crate::metrics::ConnectorGauges;
+use eddy_engine::connector::{SinkStateDir, SinkWriter};
+use eddy_engine::{EngineError, Result};
+
+/// A topic template: literal text and `{column}` placeholders.
+#[derive(Debug, Clone)]
+pub struct TopicTemplate {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Text(String),
+    Column(String),
+}
+
+impl TopicTemplate {
+    /// Parses `template`, checking that every placeholder names an output column.
+    pub fn parse(template: &str, columns: &[String]) -> std::result::Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_string()));
+            }
+            let close = rest[open..].find('}').ok_or_else(|| format!("topic '{template}': a '{{' is not closed"))? + open;
+            let col = rest[open + 1..close].trim();
+            if !columns.iter().any(|c| c == col) {
+                return Err(format!("topic '{template}': '{{{col}}}' is not an output column ({})", columns.join(", ")));
+            }
+            parts.push(Part::Column(col.to_string()));
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        if template.is_empty() || template.contains(['+', '#']) {
+            return Err(format!("topic '{template}': a topic to publish to has no wildcards and is not empty"));
+        }
+        Ok(TopicTemplate { parts })
+    }
+
+    fn is_constant(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Text(_)))
+    }
+
+    /// The topic for one output row (a JSON object). Values that would make the topic invalid
+    /// (`+`, `#`, NUL) are replaced by `_`; a NULL value gives `null`.
+    pub fn render(&self, row: &[u8]) -> std::result::Result<String, String> {
+        if self.is_constant() {
+            return Ok(self.parts.iter().map(|p| if let Part::Text(t) = p { t.as_str() } else { "" }).collect());
+        }
+        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(row).map_err(|e| format!("an output row is not a JSON object: {e}"))?;
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::Column(c) => {
+                    let v = match obj.get(c) {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(v) => v.to_string(),
+                        None => "null".into(),
+                    };
+                    out.extend(v.chars().map(|ch| if matches!(ch, '+' | '#' | '\0') { '_' } else { ch }));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    pub conn: Connection,
+    pub topic: TopicTemplate,
+    pub retain: bool,
+    pub outbox_bytes: usize,
+    pub policy: FullPolicy,
+    /// Messages sent and not yet acknowledged, at most.
+    pub inflight: usize,
+}
+
+struct Shared {
+    outbox: Mutex<Outbox>,
+    /// Signalled when the outbox gains or loses messages.
+    changed: Condvar,
+    /// Set by `close` (the pipeline stopped) or by the daemon's shutdown.
+    closing: AtomicBool,
+    stopping: Arc<AtomicBool>,
+    gauges: Arc<ConnectorGauges>,
+}
+
+impl Shared {
+    fn lock(&self) -> Result<MutexGuard<'_, Outbox>> {
+        self.outbox.lock().map_err(|_| EngineError::Internal("the outbox lock is poisoned (its publisher panicked)".into()))
+    }
+}
+
+pub struct MqttSink {
+    settings: SinkSettings,
+    state: Option<SinkStateDir>,
+    shared: Option<Arc<Shared>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+    stopping: Arc<AtomicBool>,
+    gauges: Arc<ConnectorGauges>,
+    /// How long `close` waits for the outbox to drain.
+    drain_timeout: Duration,
+}
+
+impl MqttSink {
+    pub fn new(settings: SinkSettings, state: Option<SinkStateDir>, stopping: Arc<AtomicBool>, gauges: Arc<ConnectorGauges>) -> Self {
+        MqttSink { settings, state, shared: None, thread: None, stopping, gauges, drain_timeout: Duration::from_secs(5) }
+    }
+
+    fn shared(&self) -> Result<&Arc<Shared>> {
+        self.shared.as_ref().ok_or_else(|| EngineError::Internal("MQTT sink not started".into()))
+    }
+
+    fn split(&self, lines: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut msgs = Vec::new();
+        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let topic = self.settings.topic.render(line).map_err(|m| EngineError::options(&self.settings.conn.ctx, m))?;
+            msgs.push((topic, line.to_vec()));
+        }
+        Ok(msgs)
+    }
+}
+
+impl SinkWriter for MqttSink {
+    fn start(&mut self) -> Result<()> {
+        if self.shared.is_some() {
+            return Ok(());
+        }
+        let outbox = Outbox::open(self.state.as_ref(), self.settings.outbox_bytes, self.settings.policy)?;
+        if !outbox.queue.is_empty() {
+            tracing::info!(sink = %self.settings.conn.ctx, messages = outbox.queue.len(), "MQTT outbox recovered; sending it first");
+        }
+        let shared = Arc::new(Shared {
+            outbox: Mutex::new(outbox),
+            changed: Condvar::new(),
+            closing: AtomicBool::new(false),
+            stopping: self.stopping.clone(),
+            gauges: self.gauges.clone(),
+        });
+        let opts = self.settings.conn.mqtt_options(true, self.settings.inflight * 2 + 16)?;
+        let (client, connection) = Client::new(opts, self.settings.inflight * 2 + 16);
+        let s = self.settings.clone();
+        let sh = shared.clone();
+        self.thread = Some(
+            std::thread::Builder::new()
+                .name(format!("mqtt-out {}", s.conn.client_id))
+                .spawn(move || publish_loop(client, connection, &s, &sh))
+                .map_err(|e| EngineError::io("<thread>", e))?,
+        );
+        self.shared = Some(shared);
+        Ok(())
+    }
+
+    fn deliver(&mut self, lines: &[u8], end: u64) -> Result<()> {
+        let msgs = self.split(lines)?;
+        let add: usize = msgs.iter().map(|(t, p)| t.len() + p.len() + 32).sum();
+        let shared = self.shared()?.clone();
+        let mut ob = shared.lock()?;
+        if ob.has(end) {
+            return Ok(()); // re-delivered after a crash: already in the outbox
+        }
+        let mut warned = false;
+        while ob.policy == FullPolicy::Block && !ob.fits(add) {
+            if shared.stopping.load(Ordering::Acquire) {
+                // Shutting down: take it over the bound rather than lose it (the final checkpoint
+                // already counts it as delivered).
+                tracing::warn!(sink = %self.settings.conn.ctx, bytes = ob.bytes, limit = ob.limit, "outbox over its bound at shutdown");
+                break;
+            }
+            if !warned {
+                tracing::warn!(sink = %self.settings.conn.ctx, bytes = ob.bytes, limit = ob.limit, "outbox full: the pipeline waits for the broker");
+                warned = true;
+            }
+            shared.gauges.backpressure.fetch_add(1, Ordering::Relaxed);
+            shared.gauges.blocked.store(true, Ordering::Relaxed);
+            let r = shared.changed.wait_timeout(ob, Duration::from_millis(200));
+            ob = r.map_err(|_| EngineError::Internal("outbox lock poisoned".into()))?.0;
+        }
+        shared.gauges.blocked.store(false, Ordering::Relaxed);
+        let dropped = ob.take(end, msgs)?;
+        if dropped > 0 {
+            shared.gauges.dropped.fetch_add(dropped, Ordering::Relaxed);
+            tracing::warn!(sink = %self.settings.conn.ctx, dropped, "outbox full: oldest messages dropped (outbox_full = 'drop_oldest')");
+        }
+        shared.gauges.outbox_messages.store(ob.queue.len() as u64, Ordering::Relaxed);
+        shared.gauges.outbox_bytes.store(ob.bytes as u64, Ordering::Relaxed);
+        shared.changed.notify_all();
+        Ok(())
+    }
+
+    /// Waits (up to `drain_timeout`) for the outbox to empty, then stops the publisher. What is
+    /// left stays in a durable outbox for the next start.
+    fn close(&mut self) -> Result<()> {
+        let Some(shared) = self.shared.take() else { return Ok(()) };
+        let deadline = Instant::now() + self.drain_timeout;
+        {
+            let mut ob = shared.lock()?;
+            while !ob.queue.is_empty() && Instant::now() < deadline && shared.gauges.connected.load(Ordering::Relaxed) {
+                ob = shared.changed.wait_timeout(ob, Duration::from_millis(50)).map_err(|_| EngineError::Internal("outbox lock poisoned".into()))?.0;
+            }
+            if !ob.queue.is_empty() {
+                tracing::warn!(sink = %self.settings.conn.ctx, messages = ob.queue.len(), durable = self.state.is_some(), "MQTT outbox not empty at stop");
+            }
+        }
+        shared.closing.store(true, Ordering::Release);
+        shared.changed.notify_all();
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(EngineError::Internal("the MQTT publisher thread panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MqttSink {
+    fn drop(&mut self) {
+        if let Some(sh) = &self.shared {
+            sh.closing.store(true, Ordering::Release);
+            sh.changed.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends the outbox in order and removes what the broker acknowledged. After a reconnect it starts
+/// again from the oldest unacknowledged message.
+fn publish_loop(client: Client, mut connection: rumqttc::Connection, s: &SinkSettings, sh: &Shared) -> Result<()> {
+    let ctx = &s.conn.ctx;
+    let mut connected = false;
+    let mut backoff = Backoff::new();
+    // Sequence numbers sent, in order, waiting for rumqttc to give them a packet id...
+    let mut unassigned: std::collections::VecDeque<u64> = Default::default();
+    // ...and then waiting for the broker's acknowledgement.
+    let mut by_pkid: std::collections::HashMap<u16, u64> = Default::default();
+    let mut acked: std::collections::BTreeSet<u64> = Default::default();
+    let mut next_send: Option<u64> = None;
+    let mut last_sync = Instant::now();
+    loop {
+        if sh.closing.load(Ordering::Acquire) {
+            let mut ob = sh.lock()?;
+            ob.sync_acks()?;
+            let _ = client.try_disconnect();
+            return Ok(());
+        }
+        if connected {
+            let ob = sh.lock()?;
+            let inflight = unassigned.len() + by_pkid.len();
+            let start = next_send.unwrap_or_else(|| ob.queue.front().map(|m| m.seq).unwrap_or(0));
+            let mut sent = 0;
+            for m in ob.queue.iter().skip_while(|m| m.seq < start).take(s.inflight.saturating_sub(inflight)) {
+                match client.try_publish(m.topic.clone(), s.conn.qos, s.retain, m.payload.clone()) {
+                    Ok(()) => {
+                        unassigned.push_back(m.seq);
+                        next_send = Some(m.seq + 1);
+                        sent += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            sh.gauges.messages.fetch_add(sent, Ordering::Relaxed);
+        }
+        let mut acked_any = false;
+        match connection.recv_timeout(Duration::from_millis(20)) {
+            Err(_) => {}
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                connected = true;
+                backoff.reset();
+                unassigned.clear();
+                by_pkid.clear();
+                acked.clear();
+                next_send = None;
+                sh.gauges.connected.store(true, Ordering::Relaxed);
+                sh.gauges.connects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(sink = %ctx, "MQTT connected");
+            }
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                if let Some(seq) = unassigned.pop_front() {
+                    if s.conn.qos == QoS::AtMostOnce {
+                        acked.insert(seq);
+                        acked_any = true;
+                    } else {
+                        by_pkid.insert(pkid, seq);
+                    }
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(a)))) => {
+                if let Some(seq) = by_pkid.remove(&a.pkid) {
+                    acked.insert(seq);
+                    acked_any = true;
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::PubComp(a)))) => {
+                if let Some(seq) = by_pkid.remove(&a.pkid) {
+                    acked.insert(seq);
+                    acked_any = true;
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                if connected {
+                    tracing::warn!(sink = %ctx, error = %e, "MQTT connection lost; output waits in the outbox");
+                }
+                connected = false;
+                sh.gauges.connected.store(false, Ordering::Relaxed);
+                sh.gauges.connect_errors.fetch_add(1, Ordering::Relaxed);
+                backoff.sleep(&sh.closing);
+            }
+        }
+        if acked_any {
+            let mut ob = sh.lock()?;
+            // The contiguous acknowledged prefix leaves the outbox.
+            let mut through = ob.queue.front().map(|m| m.seq).unwrap_or(0);
+            while acked.remove(&through) {
+                through += 1;
+            }
+            ob.acked_through(through);
+            acked.retain(|q| *q >= through);
+            sh.gauges.outbox_messages.store(ob.queue.len() as u64, Ordering::Relaxed);
+            sh.gauges.outbox_bytes.store(ob.bytes as u64, Ordering::Relaxed);
+            if last_sync.elapsed() >= Duration::from_millis(200) || ob.queue.is_empty() {
+                ob.sync_acks()?;
+                last_sync = Instant::now();
+            }
+            sh.changed.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_templates() {
+        let cols = vec!["device_id".to_string(), "n".to_string()];
+        let t = TopicTemplate::parse("alerts/{device_id}/n", &cols).unwrap();
+        assert_eq!(t.render(br#"{"device_id":"pump-1","n":3}"#).unwrap(), "alerts/pump-1/n");
+        assert_eq!(t.render(br#"{"device_id":"a+b#","n":3}"#).unwrap(), "alerts/a_b_/n");
+        assert_eq!(t.render(br#"{"device_id":null}"#).unwrap(), "alerts/null/n");
+        let t = TopicTemplate::parse("x/{n}", &cols).unwrap();
+        assert_eq!(t.render(br#"{"n":3}"#).unwrap(), "x/3");
+        assert!(TopicTemplate::parse("alerts/{nope}", &cols).unwrap_err().contains("not an output column"));
+        assert!(TopicTemplate::parse("alerts/+", &cols).is_err());
+        assert!(TopicTemplate::parse("alerts/{device_id", &cols).is_err());
+    }
+}

@@ -1,0 +1,389 @@
+//! The MQTT source: a rumqttc connection on its own thread hands messages to the pipeline over a
+//! bounded queue; the pipeline decodes them (JSON object or array, CSV, raw) with their metadata.
+//!
+//! Acknowledgement: QoS 1/2 messages are acknowledged by hand, only once the WAL record holding
+//! their rows is durable (`handed_on` then `durable`), so a crash never loses an acknowledged
+//! message; the session is persistent, so the broker keeps what was not acknowledged.
+//!
+//! Duplicates: a message logged but not yet acknowledged when eddyd dies (or the connection
+//! drops) is delivered again by the broker with DUP set. The source remembers the packet id and a
+//! hash of topic and payload of the last [`DEDUPE_WINDOW`] logged messages; its WAL positions are
+//! those entries (deltas, folded into the checkpoint's copy), so after a restart a redelivered
+//! message that is already in the log is acknowledged and skipped instead of counted twice.
+//!
+//! Backpressure: when the queue is full the connection thread blocks; it stops reading the socket
+//! and the broker holds the messages. Nothing is dropped here.
+
+use std::collections::VecDeque;
+use std::hash::Hasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{Client, Event, Packet, Publish, QoS};
+
+use super::settings::Connection;
+use super::Backoff;
+use crate::metrics::ConnectorGauges;
+use eddy_engine::connector::{Poll, SourceReader};
+use eddy_engine::format::decode::{MetaValue, RowDecoder};
+use eddy_engine::format::{csv as csvfmt, json, Format};
+use eddy_engine::Result;
+
+/// Logged messages remembered for duplicate detection (packet id + hash each). The broker can have
+/// at most 65535 messages in flight to one client; brokers' defaults are far lower (Mosquitto: 20).
+pub const DEDUPE_WINDOW: usize = 8192;
+const ENTRY: usize = 10;
+
+/// Metadata a source column can take with `METADATA FROM 'key'`.
+pub const METADATA_KEYS: &[&str] = &["topic", "qos", "retain", "dup", "message_id"];
+
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub conn: Connection,
+    pub topics: Vec<String>,
+    pub format: Format,
+    pub clean_session: bool,
+    /// Messages waiting between the connection thread and the pipeline.
+    pub queue_messages: usize,
+}
+
+struct Delivered {
+    publish: Publish,
+    generation: u64,
+}
+
+/// What the connection thread and the reader share.
+struct Shared {
+    stop: AtomicBool,
+    /// Bumped at every CONNACK: acknowledgements of an older connection are not sent (the broker
+    /// delivers those messages again, and they are recognised as duplicates).
+    generation: AtomicU64,
+    gauges: Arc<ConnectorGauges>,
+}
+
+pub struct MqttSource {
+    settings: SourceSettings,
+    shared: Arc<Shared>,
+    client: Option<Client>,
+    rx: Option<Receiver<Delivered>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Messages of the last poll, to be acknowledged once their rows are durable.
+    this_poll: Vec<Delivered>,
+    /// (durable mark, message) in arrival order.
+    awaiting: VecDeque<(u64, Delivered)>,
+    /// Dedupe entries of logged messages (pkid, hash), oldest first.
+    window: VecDeque<(u16, u64)>,
+    /// Entries added by the last poll: the position logged with its rows.
+    delta: Vec<(u16, u64)>,
+    meta: Vec<String>,
+}
+
+fn message_hash(p: &Publish) -> u64 {
+    let mut h = ahash::AHasher::default();
+    h.write(p.topic.as_bytes());
+    h.write_u8(0);
+    h.write(&p.payload);
+    h.finish()
+}
+
+fn encode_entries<'a>(entries: impl Iterator<Item = &'a (u16, u64)>, out: &mut Vec<u8>) {
+    for (id, h) in entries {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+}
+
+fn decode_entries(b: &[u8]) -> impl Iterator<Item = (u16, u64)> + '_ {
+    b.chunks_exact(ENTRY).map(|c| {
+        let mut h = [0u8; 8];
+        h.copy_from_slice(&c[2..]);
+        (u16::from_le_bytes([c[0], c[1]]), u64::from_le_bytes(h))
+    })
+}
+
+/// Folds a logged delta into the saved window, keeping the newest [`DEDUPE_WINDOW`] entries.
+pub fn fold_position(acc: &mut Vec<u8>, logged: &[u8]) {
+    acc.extend_from_slice(&logged[..logged.len() - logged.len() % ENTRY]);
+    let keep = DEDUPE_WINDOW * ENTRY;
+    if acc.len() > keep {
+        acc.drain(..acc.len() - keep);
+    }
+}
+
+impl MqttSource {
+    pub fn new(settings: SourceSettings, meta: Vec<String>, gauges: Arc<ConnectorGauges>) -> Self {
+        MqttSource {
+            settings,
+            shared: Arc::new(Shared { stop: AtomicBool::new(false), generation: AtomicU64::new(0), gauges }),
+            client: None,
+            rx: None,
+            thread: None,
+            this_poll: Vec::new(),
+            awaiting: VecDeque::new(),
+            window: VecDeque::new(),
+            delta: Vec::new(),
+            meta,
+        }
+    }
+
+    fn connect(&mut self) -> Result<()> {
+        let s = &self.settings;
+        let mut opts = s.conn.mqtt_options(s.clean_session, s.queue_messages.max(16) * 2 + 64)?;
+        // QoS 1/2 messages are acknowledged by `ack`, once their rows are durable — never by
+        // rumqttc on receipt (that would lose them in a crash; the crash test catches it).
+        opts.set_manual_acks(true);
+        let (client, mut connection) = Client::new(opts, s.queue_messages.max(16) * 2 + 64);
+        let (tx, rx) = std::sync::mpsc::sync_channel(s.queue_messages.max(1));
+        let shared = self.shared.clone();
+        let topics = s.topics.clone();
+        let qos = s.conn.qos;
+        let sub_client = client.clone();
+        let ctx = s.conn.ctx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("mqtt-in {}", s.conn.client_id))
+            .spawn(move || run_connection(&mut connection, &sub_client, &topics, qos, &tx, &shared, &ctx))
+            .map_err(|e| eddy_engine::EngineError::io("<thread>", e))?;
+        self.client = Some(client);
+        self.rx = Some(rx);
+        self.thread = Some(thread);
+        Ok(())
+    }
+
+    fn set_meta(&self, dec: &mut RowDecoder, p: &Publish) {
+        for (slot, key) in self.meta.iter().enumerate() {
+            match key.as_str() {
+                "topic" => dec.set_meta_text(slot, &p.topic),
+                "qos" => dec.set_meta(slot, MetaValue::Int(p.qos as i64)),
+                "retain" => dec.set_meta(slot, MetaValue::Bool(p.retain)),
+                "dup" => dec.set_meta(slot, MetaValue::Bool(p.dup)),
+                "message_id" => dec.set_meta(slot, MetaValue::Int(p.pkid as i64)),
+                _ => dec.set_meta(slot, MetaValue::Null),
+            }
+        }
+    }
+
+    fn decode(&self, dec: &mut RowDecoder, p: &Publish, now: i64) {
+        self.set_meta(dec, p);
+        match self.settings.format {
+            Format::Json => {
+                json::decode_json(dec, &p.payload, now);
+            }
+            Format::Csv => {
+                csvfmt::decode_csv_payload(dec, &p.payload, now);
+            }
+            Format::Raw => {
+                csvfmt::decode_raw(dec, &p.payload, now);
+            }
+        }
+    }
+
+    /// Whether `p` is a redelivery of a message already in the log.
+    fn is_duplicate(&mut self, p: &Publish, hash: u64) -> bool {
+        if !p.dup || p.qos == QoS::AtMostOnce {
+            return false;
+        }
+        match self.window.iter().rposition(|(id, _)| *id == p.pkid) {
+            Some(i) if self.window[i].1 == hash => {
+                self.window.remove(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn ack(&self, d: &Delivered) {
+        if d.publish.qos == QoS::AtMostOnce || d.generation != self.shared.generation.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(c) = &self.client {
+            // The request queue is sized for every message in flight, so it is never full; if it
+            // were, the broker would deliver the message again and it would be skipped as a
+            // duplicate — never lost.
+            if let Err(e) = c.try_ack(&d.publish) {
+                tracing::warn!(source = %self.settings.conn.ctx, error = %e, "acknowledgement not queued; the broker will redeliver");
+            }
+        }
+    }
+}
+
+impl SourceReader for MqttSource {
+    fn poll(&mut self, dec: &mut RowDecoder, max_rows: usize) -> Result<Poll> {
+        if self.rx.is_none() {
+            self.connect()?;
+        }
+        let now = eddy_engine::time::now_ms();
+        let mut got = 0;
+        while got < max_rows && dec.rows() < max_rows {
+            let Some(rx) = &self.rx else { break };
+            let d = match rx.try_recv() {
+                Ok(d) => d,
+                Err(_) => break,
+            };
+            got += 1;
+            self.shared.gauges.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            tracing::trace!(source = %self.settings.conn.ctx, pkid = d.publish.pkid, dup = d.publish.dup, generation = d.generation, bytes = d.publish.payload.len(), "message");
+            if d.publish.qos != QoS::AtMostOnce {
+                let hash = message_hash(&d.publish);
+                if self.is_duplicate(&d.publish, hash) {
+                    tracing::debug!(source = %self.settings.conn.ctx, pkid = d.publish.pkid, "redelivered message already logged: acknowledged, not counted again");
+                    self.shared.gauges.duplicates.fetch_add(1, Ordering::Relaxed);
+                    self.this_poll.push(d);
+                    continue;
+                }
+                self.window.push_back((d.publish.pkid, hash));
+                if self.window.len() > DEDUPE_WINDOW {
+                    self.window.pop_front();
+                }
+                self.delta.push((d.publish.pkid, hash));
+            }
+            self.shared.gauges.messages.fetch_add(1, Ordering::Relaxed);
+            self.decode(dec, &d.publish, now);
+            self.this_poll.push(d);
+        }
+        Ok(if got > 0 { Poll::Rows } else { Poll::Idle })
+    }
+
+    fn bounded(&self) -> bool {
+        false
+    }
+
+    /// The dedupe entries of the messages in the rows being logged.
+    fn position(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.delta.len() * ENTRY);
+        encode_entries(self.delta.iter(), &mut out);
+        out
+    }
+
+    fn resume(&mut self, position: &[u8], _dec: &mut RowDecoder) -> Result<()> {
+        self.window = decode_entries(position).collect();
+        Ok(())
+    }
+
+    fn handed_on(&mut self, mark: Option<u64>) {
+        self.delta.clear();
+        match mark {
+            None => {
+                for d in std::mem::take(&mut self.this_poll) {
+                    self.ack(&d);
+                }
+            }
+            Some(m) => self.awaiting.extend(self.this_poll.drain(..).map(|d| (m, d))),
+        }
+    }
+
+    fn durable(&mut self, lsn: u64) {
+        while self.awaiting.front().is_some_and(|(m, _)| *m <= lsn) {
+            if let Some((_, d)) = self.awaiting.pop_front() {
+                self.ack(&d);
+            }
+        }
+    }
+
+    fn connected(&self) -> Option<bool> {
+        Some(self.shared.gauges.connected.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for MqttSource {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        // Dropping the receiver unblocks a connection thread waiting on a full queue.
+        self.rx = None;
+        if let Some(c) = self.client.take() {
+            let _ = c.try_disconnect();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The connection thread: (re)connects with backoff, subscribes on a new session, and passes
+/// messages on, blocking while the queue is full.
+fn run_connection(
+    connection: &mut rumqttc::Connection,
+    client: &Client,
+    topics: &[String],
+    qos: QoS,
+    tx: &SyncSender<Delivered>,
+    shared: &Shared,
+    ctx: &str,
+) {
+    let mut backoff = Backoff::new();
+    while !shared.stop.load(Ordering::Acquire) {
+        match connection.recv_timeout(Duration::from_millis(200)) {
+            Err(_) => continue,
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                shared.gauges.connected.store(true, Ordering::Relaxed);
+                shared.gauges.connects.fetch_add(1, Ordering::Relaxed);
+                backoff.reset();
+                tracing::info!(source = %ctx, session_present = ack.session_present, generation, "MQTT connected");
+                // A resumed session keeps its subscriptions; subscribing again would resend
+                // retained messages.
+                if !ack.session_present {
+                    for t in topics {
+                        if let Err(e) = client.try_subscribe(t.clone(), qos) {
+                            tracing::error!(source = %ctx, topic = %t, error = %e, "cannot subscribe");
+                        }
+                    }
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::SubAck(s)))) => {
+                if s.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                    tracing::error!(source = %ctx, "the broker refused a subscription (check the topic filters and ACLs)");
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                let mut d = Delivered { publish: p, generation: shared.generation.load(Ordering::Acquire) };
+                shared.gauges.queue_depth.fetch_add(1, Ordering::Relaxed);
+                loop {
+                    match tx.try_send(d) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full(back)) => {
+                            // Backpressure: stop reading until the pipeline catches up.
+                            shared.gauges.backpressure.fetch_add(1, Ordering::Relaxed);
+                            d = back;
+                            if shared.stop.load(Ordering::Acquire) {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        Err(TrySendError::Disconnected(_)) => return,
+                    }
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                if shared.gauges.connected.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(source = %ctx, error = %e, "MQTT connection lost; reconnecting");
+                } else {
+                    tracing::debug!(source = %ctx, error = %e, "MQTT connect failed");
+                }
+                shared.gauges.connect_errors.fetch_add(1, Ordering::Relaxed);
+                backoff.sleep(&shared.stop);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_fold_to_the_newest_window() {
+        let mut acc = Vec::new();
+        for i in 0..(DEDUPE_WINDOW as u64 + 10) {
+            let mut d = Vec::new();
+            encode_entries([(i as u16, i)].iter(), &mut d);
+            fold_position(&mut acc, &d);
+        }
+        let entries: Vec<_> = decode_entries(&acc).collect();
+        assert_eq!(entries.len(), DEDUPE_WINDOW);
+        assert_eq!(entries[0].1, 10);
+        assert_eq!(entries.last().unwrap().1, DEDUPE_WINDOW as u64 + 9);
+    }
+}

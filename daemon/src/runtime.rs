@@ -1,0 +1,394 @@
+//! The live runtime of `eddyd run`: plans and recovers every pipeline, runs each on a worker
+//! thread pinned to one of the configured cores, and supervises them — systemd notifications
+//! (READY after recovery, WATCHDOG while every worker is healthy, STATUS, RELOADING/READY around
+//! SIGHUP, STOPPING and final checkpoints on SIGTERM), metrics, and reload. Owns threads and their
+//! lifecycle; never touches a pipeline's state from outside its worker.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::config::ConfigFile;
+use crate::metrics::Registry;
+use crate::mqtt::Provider;
+use crate::systemd::{self, Notifier};
+use eddy_engine::connector::SinkStateDir;
+use eddy_engine::pipeline::{DurableConfig, Mode, Pipeline, PipelineConfig};
+use eddy_engine::storage::crypto::Cipher;
+use eddy_engine::storage::fs::{RealFs, Storage};
+
+/// Durable state shared by all pipelines: the state dir, its storage and key.
+#[derive(Clone)]
+pub struct StateContext {
+    pub dir: PathBuf,
+    pub storage: Arc<dyn Storage>,
+    pub cipher: Arc<Cipher>,
+}
+
+/// Loads the state key as the config says (a key file, the systemd credential, or none).
+pub fn load_cipher(cfg: &ConfigFile) -> Result<Arc<Cipher>> {
+    let enc = &cfg.encryption;
+    if enc.enabled == Some(false) {
+        if enc.key_file.is_some() {
+            bail!("encryption is turned off (--no-encryption / encryption.enabled = false) and a key file is given: choose one");
+        }
+        return Ok(Arc::new(Cipher::plaintext()));
+    }
+    if let Some(k) = &enc.key_file {
+        return Ok(Arc::new(Cipher::from_key_file(k)?));
+    }
+    let cred = enc.key_credential.clone().unwrap_or_else(|| "eddy-state-key".into());
+    match Cipher::from_credential(&cred)? {
+        Some(c) => Ok(Arc::new(c)),
+        None => bail!(
+            "state is encrypted at rest, and no key was given: pass --key-file FILE (make one with `eddyd keygen > FILE; chmod 600 FILE`), set encryption.key_file, provide the systemd credential '{cred}', or turn encryption off explicitly with --no-encryption"
+        ),
+    }
+}
+
+/// Plans one pipeline (connectors resolved, nothing opened) as the config says.
+pub fn plan(cfg: &ConfigFile, name: &str, sql: &str, file_dir: PathBuf, state: Option<&StateContext>, registry: &Arc<Registry>, stopping: &Arc<AtomicBool>) -> Result<Pipeline> {
+    let mut pc = PipelineConfig::new(file_dir, Mode::Live);
+    let l = &cfg.limits;
+    let d = eddy_engine::ops::Limits::default();
+    pc.limits.max_open_windows = l.max_open_windows.unwrap_or(d.max_open_windows).max(1);
+    pc.limits.max_groups = l.max_groups.unwrap_or(d.max_groups).max(1);
+    pc.limits.batch_rows = l.batch_rows.unwrap_or(d.batch_rows).clamp(1, 1 << 20);
+    pc.exactly_once = state.is_some();
+    pc.sink_state = state.map(|s| SinkStateDir { dir: s.dir.join(name).join("sinks"), storage: s.storage.clone(), cipher: s.cipher.clone() });
+    pc.connectors = Some(Arc::new(Provider { pipeline: name.to_string(), defaults: cfg.mqtt.clone(), metrics: registry.clone(), stopping: stopping.clone() }));
+    Ok(Pipeline::plan(sql, &pc)?)
+}
+
+fn durable_config(cfg: &ConfigFile, name: &str, s: &StateContext) -> DurableConfig {
+    let mut d = DurableConfig::new(s.dir.join(name), s.storage.clone(), s.cipher.clone());
+    if let Some(ms) = cfg.checkpoint.interval_ms {
+        d.checkpoint_interval = Duration::from_millis(ms.max(1));
+    }
+    let w = &cfg.wal;
+    if let Some(v) = w.commit_delay_us {
+        d.wal.commit_delay = Duration::from_micros(v);
+    }
+    if let Some(v) = w.commit_bytes {
+        d.wal.commit_bytes = v.max(1);
+    }
+    if let Some(v) = w.segment_bytes {
+        d.wal.segment_bytes = v.max(1 << 16);
+    }
+    if let Some(v) = w.max_record_bytes {
+        d.wal.max_record_bytes = v.max(1 << 10);
+    }
+    if let Some(v) = cfg.limits.max_staged_bytes {
+        d.max_staged_bytes = v.max(1);
+    }
+    d
+}
+
+/// The cores workers may be pinned to: the configured ones, else every core this process may use.
+fn cores(cfg: &ConfigFile) -> Result<Vec<usize>> {
+    let allowed = rustix::thread::sched_getaffinity(None).map_err(|e| anyhow!("sched_getaffinity: {e}"))?;
+    let online: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU).filter(|c| allowed.is_set(*c)).collect();
+    match &cfg.cores {
+        None => Ok(online),
+        Some(want) => {
+            for c in want {
+                if !online.contains(c) {
+                    bail!("cores: core {c} is not available to this process (available: {online:?})");
+                }
+            }
+            Ok(want.clone())
+        }
+    }
+}
+
+fn pin_to(core: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(core);
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+        tracing::warn!(core, error = %e, "cannot pin the worker to its core; it runs unpinned");
+    }
+}
+
+struct Worker {
+    file: PathBuf,
+    sql: String,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<()>>>,
+    core: usize,
+}
+
+pub struct Runtime {
+    cfg: ConfigFile,
+    /// Re-reads the config (file + flags) on SIGHUP.
+    reload_cfg: Box<dyn Fn() -> Result<ConfigFile>>,
+    state: Option<StateContext>,
+    registry: Arc<Registry>,
+    stopping: Arc<AtomicBool>,
+    cores: Vec<usize>,
+    next_core: usize,
+    workers: BTreeMap<String, Worker>,
+    notifier: Notifier,
+}
+
+impl Runtime {
+    pub fn new(cfg: ConfigFile, reload_cfg: Box<dyn Fn() -> Result<ConfigFile>>) -> Result<Runtime> {
+        let state = match &cfg.state_dir {
+            Some(dir) => {
+                let storage: Arc<dyn Storage> = Arc::new(RealFs::new());
+                let cipher = load_cipher(&cfg)?;
+                tracing::info!(wal_io = storage.backend(), encrypted = cipher.is_encrypted(), state_dir = %dir.display(), "durable state");
+                Some(StateContext { dir: dir.clone(), storage, cipher })
+            }
+            None => {
+                tracing::warn!("no state dir: pipelines run without durable state; a restart loses their windows, sinks are not exactly-once, and MQTT input is acknowledged when read");
+                None
+            }
+        };
+        Ok(Runtime {
+            cores: cores(&cfg)?,
+            cfg,
+            reload_cfg,
+            state,
+            registry: Arc::new(Registry::default()),
+            stopping: Arc::new(AtomicBool::new(false)),
+            next_core: 0,
+            workers: BTreeMap::new(),
+            notifier: Notifier::from_env(),
+        })
+    }
+
+    /// Plans and recovers one pipeline, then starts its worker.
+    fn start(&mut self, name: &str, file: &PathBuf, sql: String) -> Result<()> {
+        let dir = file.parent().map(PathBuf::from).filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+        let mut p = plan(&self.cfg, name, &sql, dir, self.state.as_ref(), &self.registry, &self.stopping).with_context(|| format!("pipeline {}", file.display()))?;
+        if let Some(s) = &self.state {
+            p.open_durable(&sql, durable_config(&self.cfg, name, s)).with_context(|| format!("pipeline {}", file.display()))?;
+        }
+        let core = self.cores[self.next_core % self.cores.len()];
+        self.next_core += 1;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, reg, n) = (stop.clone(), self.registry.clone(), name.to_string());
+        reg.set_pipeline(&n, "running", Some(p.observe()), None);
+        let handle = std::thread::Builder::new().name(format!("pipeline {name}")).spawn(move || {
+            pin_to(core);
+            let r = p.run_live_observed(&st, Duration::from_millis(500), &mut |p| reg.set_pipeline(&n, "running", Some(p.observe()), None));
+            match &r {
+                Ok(()) => reg.set_pipeline(&n, "ended", Some(p.observe()), None),
+                Err(e) => reg.set_pipeline(&n, "failed", None, Some(e.to_string())),
+            }
+            r.map_err(anyhow::Error::from)
+        })?;
+        tracing::info!(pipeline = name, core, "pipeline started");
+        self.workers.insert(name.to_string(), Worker { file: file.clone(), sql, stop, handle: Some(handle), core });
+        Ok(())
+    }
+
+    /// Stops one worker (it takes its final checkpoint) and waits for it.
+    fn stop_worker(&mut self, name: &str) -> Result<()> {
+        let Some(mut w) = self.workers.remove(name) else { return Ok(()) };
+        w.stop.store(true, Ordering::SeqCst);
+        let r = match w.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(anyhow!("the worker thread panicked")),
+            None => Ok(()),
+        };
+        tracing::info!(pipeline = name, core = w.core, "pipeline stopped");
+        r.with_context(|| format!("pipeline {name}"))
+    }
+
+    /// Starts everything, reports READY, then supervises until SIGTERM or a failure.
+    pub fn run(mut self) -> Result<()> {
+        let files = self.cfg.pipeline_files()?;
+        if files.is_empty() {
+            bail!("no pipelines: give --pipeline FILE, or pipelines_dir / pipelines in the config");
+        }
+        if let Some(addr) = &self.cfg.metrics.listen {
+            let local = crate::metrics::serve(addr, self.registry.clone()).with_context(|| format!("metrics.listen {addr}"))?;
+            tracing::info!(address = %local, "metrics on /metrics, /healthz, /readyz");
+        }
+        for (name, file) in &files {
+            let sql = std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline {}", file.display()))?;
+            if let Err(e) = self.start(name, file, sql) {
+                // The ones already started stop cleanly; the first error is the one to report.
+                let _ = self.shutdown();
+                return Err(e);
+            }
+        }
+        self.registry.ready.store(true, Ordering::Release);
+        self.notifier.notify("READY=1");
+        self.notifier.status(&self.registry.status_line());
+        tracing::info!(pipelines = files.len(), "eddyd ready");
+        let watchdog = systemd::watchdog_interval();
+        let mut last_watchdog = Instant::now() - Duration::from_secs(3600);
+        let mut last_status = Instant::now();
+        let mut failure: Option<anyhow::Error> = None;
+        loop {
+            if systemd::stop_requested() {
+                break;
+            }
+            if systemd::take_reload() {
+                self.reload();
+            }
+            // A worker that ended by itself: its sources ended (fine) or it failed (fail-stop:
+            // eddyd stops the others cleanly and exits non-zero, so systemd restarts it and
+            // recovery takes over).
+            let finished: Vec<String> = self.workers.iter().filter(|(_, w)| w.handle.as_ref().is_some_and(|h| h.is_finished())).map(|(n, _)| n.clone()).collect();
+            for name in finished {
+                if let Err(e) = self.stop_worker(&name) {
+                    tracing::error!(pipeline = %name, error = %format!("{e:#}"), "pipeline failed");
+                    failure = Some(e);
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+            if let Some(every) = watchdog {
+                if last_watchdog.elapsed() >= every / 2 {
+                    match self.registry.healthy() {
+                        Ok(()) => {
+                            self.notifier.notify("WATCHDOG=1");
+                            last_watchdog = Instant::now();
+                        }
+                        Err(why) => tracing::error!(reason = %why, "unhealthy: not feeding the watchdog"),
+                    }
+                }
+            }
+            if last_status.elapsed() >= Duration::from_secs(5) {
+                self.notifier.status(&self.registry.status_line());
+                last_status = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.notifier.notify("STOPPING=1");
+        self.notifier.status("stopping: final checkpoints");
+        let stopped = self.shutdown();
+        match failure {
+            Some(e) => Err(e),
+            None => stopped,
+        }
+    }
+
+    /// Stops every worker (each takes its final checkpoint); the first error is returned.
+    fn shutdown(&mut self) -> Result<()> {
+        self.stopping.store(true, Ordering::SeqCst);
+        for w in self.workers.values() {
+            w.stop.store(true, Ordering::SeqCst);
+        }
+        let names: Vec<String> = self.workers.keys().cloned().collect();
+        let mut first = Ok(());
+        for n in names {
+            if let Err(e) = self.stop_worker(&n) {
+                tracing::error!(pipeline = %n, error = %format!("{e:#}"), "pipeline stopped with an error");
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// SIGHUP: re-reads the config and the pipeline files. Unchanged pipelines keep running;
+    /// removed ones stop; new ones start; changed ones stop (final checkpoint) and start again from
+    /// it. A changed pipeline whose state does not fit the new plan (or that does not plan) is
+    /// reported and its previous version is started again, so a bad edit never stops a gateway.
+    fn reload(&mut self) {
+        self.notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        tracing::info!("reloading");
+        let mut problems = Vec::new();
+        match (self.reload_cfg)().and_then(|c| c.pipeline_files().map(|f| (c, f))) {
+            Err(e) => problems.push(format!("config: {e:#} (nothing changed)")),
+            Ok((cfg, files)) => {
+                self.cfg = cfg;
+                let running: Vec<String> = self.workers.keys().cloned().collect();
+                for name in running.iter().filter(|n| !files.contains_key(*n)) {
+                    if let Err(e) = self.stop_worker(name) {
+                        problems.push(format!("{name}: {e:#}"));
+                    }
+                    self.registry.remove_pipeline(name);
+                    tracing::info!(pipeline = %name, "pipeline removed");
+                }
+                for (name, file) in &files {
+                    let sql = match std::fs::read_to_string(file) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            problems.push(format!("{name}: cannot read {}: {e}", file.display()));
+                            continue;
+                        }
+                    };
+                    let old = self.workers.get(name).map(|w| (w.file.clone(), w.sql.clone()));
+                    match old {
+                        Some((f, s)) if s == sql && &f == file => continue,
+                        Some((old_file, old_sql)) => {
+                            if let Err(e) = self.stop_worker(name) {
+                                problems.push(format!("{name}: stopping the old version: {e:#}"));
+                            }
+                            if let Err(e) = self.start(name, file, sql) {
+                                problems.push(format!("{name}: the new version was not started: {e:#}; the previous version runs on"));
+                                if let Err(e2) = self.start(name, &old_file, old_sql) {
+                                    problems.push(format!("{name}: the previous version did not start again either: {e2:#}"));
+                                }
+                            } else {
+                                tracing::info!(pipeline = %name, "pipeline changed: restarted from its checkpoint");
+                            }
+                        }
+                        None => {
+                            if let Err(e) = self.start(name, file, sql) {
+                                problems.push(format!("{name}: {e:#}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for p in &problems {
+            tracing::error!(problem = %p, "reload");
+        }
+        self.notifier.notify("READY=1");
+        let status = self.registry.status_line();
+        self.notifier.status(&if problems.is_empty() { format!("reloaded; {status}") } else { format!("reload had {} problem(s): {}; {status}", problems.len(), problems.join("; ")) });
+    }
+}
+
+fn monotonic_usec() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000
+}
+
+/// `eddyd check --config`: everything `run` would check before starting, without starting.
+pub fn check(cfg: &ConfigFile) -> Result<Vec<String>> {
+    let mut report = Vec::new();
+    let files = cfg.pipeline_files()?;
+    if files.is_empty() {
+        bail!("no pipelines: set pipelines_dir or pipelines");
+    }
+    cores(cfg)?;
+    if cfg.state_dir.is_some() {
+        let c = load_cipher(cfg)?;
+        report.push(format!("state: {} ({})", cfg.state_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(), if c.is_encrypted() { "encrypted" } else { "NOT encrypted" }));
+    }
+    if let Some(addr) = &cfg.metrics.listen {
+        addr.parse::<std::net::SocketAddr>().map_err(|e| anyhow!("metrics.listen '{addr}': {e}"))?;
+    }
+    let registry = Arc::new(Registry::default());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let state = cfg.state_dir.as_ref().map(|d| StateContext { dir: d.clone(), storage: Arc::new(RealFs::new()), cipher: Arc::new(Cipher::plaintext()) });
+    for (name, file) in &files {
+        let sql = std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline {}", file.display()))?;
+        let dir = file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        // Planned as `run` plans it, but sinks open nothing until started.
+        let p = plan(cfg, name, &sql, dir, None, &registry, &stopping).with_context(|| format!("pipeline {}", file.display()))?;
+        if state.is_some() {
+            if let Some(op) = p.not_checkpointable() {
+                bail!("pipeline {}: cannot run with durable state yet: the {op} operator's state is not checkpointed", file.display());
+            }
+        }
+        let s = p.summary();
+        report.push(format!("pipeline {name} ({}): {} source(s), {} sink(s)", file.display(), s.sources.len(), s.sinks.len()));
+    }
+    Ok(report)
+}

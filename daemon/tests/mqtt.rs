@@ -1,0 +1,270 @@
+//! MQTT in and out against a real Mosquitto broker, as a gateway runs it: `eddyd run --config`
+//! reads telemetry at QoS 1, aggregates per minute and publishes the results over MQTT. What the
+//! broker delivers must equal `eddyd replay` over the same messages — also when eddyd is killed
+//! with SIGKILL and when the broker restarts mid-stream (every message counted exactly once).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const PIPELINE: &str = r#"
+CREATE SOURCE telemetry (
+    device_id VARCHAR NOT NULL,
+    ts        TIMESTAMP(3) NOT NULL,
+    temp      DOUBLE,
+    seq       BIGINT,
+    WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
+) WITH (connector = 'mqtt', topic = 'plant/+/telemetry', qos = '1', batch_rows = '64');
+
+CREATE SINK per_min AS
+SELECT device_id, window_start, COUNT(*) AS n, SUM(seq) AS seq_sum, MAX(temp) AS max_temp
+FROM TUMBLE(telemetry, ts, INTERVAL '60' SECOND)
+GROUP BY device_id, window_start, window_end
+WITH (connector = 'mqtt', topic = 'stats/{device_id}', qos = '1');
+
+CREATE SINK errs AS SELECT raw, error FROM ERRORS(telemetry)
+WITH (connector = 'file', path = 'out/errors.jsonl');
+
+CREATE SINK late AS SELECT device_id, seq FROM LATE(telemetry)
+WITH (connector = 'file', path = 'out/late.jsonl');
+"#;
+
+const T0: i64 = 1_700_000_040_000; // on a minute
+
+fn messages(n: usize) -> Vec<String> {
+    let mut v: Vec<String> = (0..n)
+        .map(|i| format!("{{\"device_id\":\"dev-{}\",\"ts\":{},\"temp\":{},\"seq\":{i}}}", i % 5, T0 + i as i64 * 150, (i * 37 % 1000) as f64 / 10.0))
+        .collect();
+    // A reading far ahead closes every window of the data.
+    v.push(format!("{{\"device_id\":\"zz\",\"ts\":{},\"temp\":0,\"seq\":0}}", T0 + 10_000_000));
+    v
+}
+
+/// The config names the broker through `${EDDY_TEST_BROKER_URL}`, set for each eddyd process.
+fn config(dir: &Path, metrics_port: u16) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    std::fs::write(dir.join("pipelines/p.sql"), PIPELINE).unwrap();
+    let key = Command::new(EDDYD).arg("keygen").output().unwrap();
+    let key_path = dir.join("state.key");
+    std::fs::write(&key_path, &key.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = format!(
+        r#"
+state_dir = "state"
+pipelines_dir = "pipelines"
+log_level = "info,eddyd::mqtt::source=debug"
+
+[encryption]
+key_file = "state.key"
+
+[checkpoint]
+interval_ms = 300
+
+[mqtt]
+url = "${{EDDY_TEST_BROKER_URL}}"
+client_id_prefix = "gw1"
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+"#
+    );
+    let path = dir.join("eddyd.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn start_eddyd(dir: &Path, cfg: &Path, broker_url: &str, metrics_port: u16) -> Daemon {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("eddyd.log")).unwrap();
+    let child = Command::new(EDDYD)
+        .args(["run", "--config"])
+        .arg(cfg)
+        .current_dir(dir)
+        .env("EDDY_TEST_BROKER_URL", broker_url)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let up = wait_for(|| metric(metrics_port, "eddy_mqtt_connected{pipeline=\"p\",source=\"telemetry\"}") == Some(1.0), Duration::from_secs(20));
+    assert!(up, "eddyd did not connect: {}", std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default());
+    Daemon(child)
+}
+
+/// `eddyd replay` over the same messages: (device, window_start) → result row.
+fn replay(dir: &Path, msgs: &[String]) -> BTreeMap<(String, String), serde_json::Value> {
+    std::fs::write(dir.join("in.jsonl"), msgs.join("\n") + "\n").unwrap();
+    let out = Command::new(EDDYD)
+        .args(["replay", "pipelines/p.sql", "--input", "telemetry=in.jsonl", "--output", "per_min=replay.jsonl", "--output", "errs=replay_errs.jsonl", "--output", "late=replay_late.jsonl"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "replay: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(dir.join("replay.jsonl")).unwrap();
+    keyed(text.lines().map(str::to_string), "replay").into_iter().filter(|((d, _), _)| d != "zz").collect()
+}
+
+/// Rows by (device, window_start); a row seen twice (redelivered after a crash) must be the same.
+fn keyed(rows: impl Iterator<Item = String>, what: &str) -> BTreeMap<(String, String), serde_json::Value> {
+    let mut m = BTreeMap::new();
+    for r in rows {
+        let v: serde_json::Value = serde_json::from_str(&r).unwrap_or_else(|e| panic!("{what}: {r}: {e}"));
+        let k = (v["device_id"].as_str().unwrap().to_string(), v["window_start"].as_str().unwrap().to_string());
+        if let Some(prev) = m.insert(k.clone(), v.clone()) {
+            assert_eq!(prev, v, "{what}: two different results for {k:?}");
+        }
+    }
+    m
+}
+
+fn scenario(faults: bool) {
+    if !have_mosquitto() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut broker = Broker::start(dir);
+    let metrics_port = free_port();
+    let cfg = config(dir, metrics_port);
+    let url = broker.url();
+    let msgs = messages(4000);
+    let expected = replay(dir, &msgs);
+    assert_eq!(expected.len(), 5 * 10, "the data spans 10 minutes of 5 devices");
+
+    let mut sub = Subscriber::start(broker.port, "stats/#", &dir.join("received.txt"));
+    let mut eddyd = start_eddyd(dir, &cfg, &url, metrics_port);
+    let mut rng = 7u64;
+    for (k, chunk) in msgs.chunks(500).enumerate() {
+        let chunk = chunk.to_vec();
+        let port = broker.port;
+        let publisher = std::thread::spawn(move || {
+            let b = BrokerHandle(port);
+            b.publish_lines(&chunk);
+        });
+        // SIGKILL while each chunk is being published (but the one before the broker restart and
+        // the last, which holds only the closing reading).
+        if faults && k != 4 && k < 8 {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            std::thread::sleep(Duration::from_millis(50 + (rng >> 33) % 400));
+            signal(eddyd.0.id(), "KILL");
+            let _ = eddyd.0.wait();
+            eddyd = start_eddyd(dir, &cfg, &url, metrics_port);
+        }
+        publisher.join().unwrap();
+        if faults && k == 4 {
+            // The broker goes away mid-stream and comes back with its persisted sessions.
+            broker.restart(Duration::from_millis(700));
+            sub.ensure();
+        }
+    }
+    let got = || keyed(sub.messages().into_iter().filter(|(t, _)| t != "stats/zz").map(|(_, p)| p), "published");
+    let complete = wait_for(|| got().len() >= expected.len(), Duration::from_secs(90));
+    let got = got();
+    assert!(complete, "only {} of {} results arrived; log:\n{}", got.len(), expected.len(), std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default());
+    let counters = || http_get(metrics_port, "/metrics").map(|m| m.1.lines().filter(|l| !l.starts_with('#') && !l.contains("bucket")).collect::<Vec<_>>().join("\n")).unwrap_or_default();
+    for (k, v) in &expected {
+        if got.get(k) != Some(v) {
+            let _ = std::fs::remove_dir_all("/tmp/eddy-mqtt-failed");
+            let _ = Command::new("cp").args(["-r"]).arg(dir).arg("/tmp/eddy-mqtt-failed").status();
+        }
+        assert_eq!(got.get(k), Some(v), "result for {k:?}; metrics:\n{}", counters());
+    }
+    assert_eq!(got.len(), expected.len(), "results for windows replay does not have");
+    // Nothing was dropped and no message was refused as bad.
+    assert_eq!(metric(metrics_port, "eddy_mqtt_dropped_total{pipeline=\"p\",sink=\"per_min\"}"), Some(0.0));
+    assert_eq!(std::fs::read_to_string(dir.join("out/errors.jsonl")).unwrap_or_default(), "");
+    signal(eddyd.0.id(), "TERM");
+    assert!(eddyd.0.wait().unwrap().success(), "eddyd did not stop cleanly on SIGTERM");
+}
+
+/// A broker address only (publishing from a thread).
+struct BrokerHandle(u16);
+
+impl BrokerHandle {
+    fn publish_lines(&self, lines: &[String]) {
+        use std::io::Write;
+        let mut c = Command::new("mosquitto_pub")
+            .args(["-p", &self.0.to_string(), "-q", "1", "-t", "plant/line1/telemetry", "-l"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub");
+        let mut stdin = c.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        drop(stdin);
+        assert!(c.wait().unwrap().success(), "mosquitto_pub failed");
+    }
+}
+
+#[test]
+fn per_minute_aggregates_over_mqtt_match_replay() {
+    scenario(false);
+}
+
+#[test]
+fn no_message_lost_or_doubled_through_sigkill_and_broker_restart() {
+    scenario(true);
+}
+
+#[test]
+fn bad_payloads_land_in_errors_and_the_pipeline_runs_on() {
+    if !have_mosquitto() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let broker = Broker::start(dir);
+    let metrics_port = free_port();
+    let sql = format!(
+        r#"
+CREATE SOURCE s (
+    device_id VARCHAR NOT NULL,
+    temp      DOUBLE,
+    topic     VARCHAR METADATA FROM 'topic'
+) WITH (connector = 'mqtt', url = '{url}', topic = 'dev/#', qos = '1');
+CREATE SINK good AS SELECT device_id, temp, topic FROM s WITH (connector = 'file', path = 'good.jsonl');
+CREATE SINK bad AS SELECT raw, error FROM ERRORS(s) WITH (connector = 'file', path = 'bad.jsonl');
+"#,
+        url = broker.url()
+    );
+    std::fs::write(dir.join("p.sql"), sql).unwrap();
+    let log = std::fs::File::create(dir.join("eddyd.log")).unwrap();
+    let child = Command::new(EDDYD)
+        .args(["run", "--pipeline", "p.sql", "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .current_dir(dir)
+        .stderr(log)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let eddyd = Daemon(child);
+    assert!(wait_for(|| metric(metrics_port, "eddy_mqtt_connected{pipeline=\"p\",source=\"s\"}") == Some(1.0), Duration::from_secs(20)));
+    broker.publish("dev/a", b"{\"device_id\":\"a\",\"temp\":1.5}");
+    broker.publish("dev/b", b"this is not json");
+    broker.publish("dev/c", b"{\"device_id\":\"c\",\"temp\":\"hot\"}");
+    broker.publish("dev/d", &[b'{', b'"', 0xff, 0xfe, b'"', b':', b'1', b'}']);
+    let junk: Vec<u8> = (0..1_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    broker.publish("dev/e", &junk);
+    broker.publish("dev/f", b"[{\"device_id\":\"f1\",\"temp\":2},{\"device_id\":\"f2\",\"temp\":3}]");
+    let good = || std::fs::read_to_string(dir.join("good.jsonl")).unwrap_or_default();
+    let log = || std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default();
+    assert!(wait_for(|| good().lines().count() == 3, Duration::from_secs(20)), "good rows: {}\nlog: {}", good(), log());
+    let bad = std::fs::read_to_string(dir.join("bad.jsonl")).unwrap();
+    let errors: Vec<serde_json::Value> = bad.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(errors.len(), 4, "{bad}");
+    assert!(errors[0]["error"].as_str().unwrap().contains("not valid JSON"));
+    assert!(errors[1]["error"].as_str().unwrap().contains("temp"), "{}", errors[1]);
+    assert!(errors[2]["error"].as_str().unwrap().contains("UTF-8"), "{}", errors[2]);
+    let raw = errors[3]["raw"].as_str().unwrap();
+    assert!(raw.chars().count() <= 64 * 1024 + 64, "error rows keep a bounded prefix of the payload, not {} chars", raw.chars().count());
+    let good = good();
+    assert!(good.contains("\"topic\":\"dev/a\"") && good.contains("\"device_id\":\"f2\""), "{good}");
+    // Metrics are published by the worker about twice a second.
+    assert!(wait_for(|| metric(metrics_port, "eddy_source_error_rows_total{pipeline=\"p\",source=\"s\"}") == Some(4.0), Duration::from_secs(5)));
+    assert_eq!(metric(metrics_port, "eddy_source_rows_total{pipeline=\"p\",source=\"s\"}"), Some(3.0));
+    drop(eddyd);
+}

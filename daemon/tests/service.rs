@@ -1,0 +1,186 @@
+//! `eddyd run` as systemd runs it: sd_notify datagrams in order (READY, WATCHDOG, RELOADING,
+//! STOPPING), SIGHUP reloads of a pipelines directory, `eddyd check --config`, and the metrics
+//! endpoint's health checks. No broker needed: the pipelines read generated data.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn pipeline(window_s: u32, out: &str) -> String {
+    format!(
+        r#"
+CREATE SOURCE readings (
+    device_id VARCHAR NOT NULL,
+    temp      DOUBLE,
+    ts        TIMESTAMP(3) NOT NULL,
+    WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
+) WITH (connector = 'datagen', shape = 'iot', devices = '3', rate = '2000', interval = '100ms', seed = '3');
+
+CREATE SINK counts AS
+SELECT device_id, window_start, COUNT(*) AS n
+FROM TUMBLE(readings, ts, INTERVAL '{window_s}' SECOND)
+GROUP BY device_id, window_start, window_end
+WITH (connector = 'file', path = '{out}');
+"#
+    )
+}
+
+fn write_config(dir: &Path, metrics_port: u16) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    let cfg = format!(
+        "state_dir = \"state\"\npipelines_dir = \"pipelines\"\n[encryption]\nenabled = false\n[checkpoint]\ninterval_ms = 200\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+    );
+    let p = dir.join("eddyd.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+/// Collects sd_notify datagrams until `until` holds for the list or `limit` passes.
+fn notes_until(sock: &UnixDatagram, notes: &mut Vec<String>, until: impl Fn(&[String]) -> bool, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    while t0.elapsed() < limit {
+        if until(notes) {
+            return true;
+        }
+        if let Ok(n) = sock.recv(&mut buf) {
+            notes.extend(String::from_utf8_lossy(&buf[..n]).lines().map(str::to_string));
+        }
+    }
+    until(notes)
+}
+
+fn pos(notes: &[String], what: &str, after: usize) -> Option<usize> {
+    notes.iter().skip(after).position(|n| n == what).map(|p| p + after)
+}
+
+#[test]
+fn notify_socket_sees_ready_watchdog_reloading_and_stopping_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let metrics_port = free_port();
+    let cfg = write_config(dir, metrics_port);
+    std::fs::write(dir.join("pipelines/a.sql"), pipeline(1, "out/a.jsonl")).unwrap();
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let log = std::fs::File::create(dir.join("eddyd.log")).unwrap();
+    let mut child = Command::new(EDDYD)
+        .args(["--log", "info", "run", "--config"])
+        .arg(&cfg)
+        .current_dir(dir)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut notes = Vec::new();
+    let ok = notes_until(&sock, &mut notes, |n| pos(n, "READY=1", 0).is_some_and(|r| pos(n, "WATCHDOG=1", r).is_some()), Duration::from_secs(20));
+    assert!(ok, "no READY=1 then WATCHDOG=1: {notes:?}");
+    assert!(notes.iter().any(|n| n.starts_with("STATUS=") && n.contains("pipelines running")), "{notes:?}");
+    assert_eq!(http_get(metrics_port, "/readyz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(metrics_port, "/healthz").map(|r| r.0), Some(200));
+    let metrics = http_get(metrics_port, "/metrics").unwrap().1;
+    assert!(metrics.contains("eddy_source_rows_total{pipeline=\"a\",source=\"readings\"}"), "{metrics}");
+
+    signal(child.id(), "HUP");
+    let after = notes.len();
+    let ok = notes_until(&sock, &mut notes, |n| pos(n, "RELOADING=1", after).is_some_and(|r| pos(n, "READY=1", r).is_some()), Duration::from_secs(20));
+    assert!(ok, "no RELOADING=1 then READY=1 after SIGHUP: {notes:?}");
+    assert!(notes.iter().any(|n| n.starts_with("MONOTONIC_USEC=")), "{notes:?}");
+
+    signal(child.id(), "TERM");
+    let after = notes.len();
+    let ok = notes_until(&sock, &mut notes, |n| pos(n, "STOPPING=1", after).is_some(), Duration::from_secs(20));
+    assert!(ok, "no STOPPING=1 after SIGTERM: {notes:?}");
+    assert!(child.wait().unwrap().success());
+    // In order: READY, WATCHDOG, ..., STOPPING last of the three.
+    let ready = pos(&notes, "READY=1", 0).unwrap();
+    let dog = pos(&notes, "WATCHDOG=1", ready).unwrap();
+    let stop = pos(&notes, "STOPPING=1", dog).unwrap();
+    assert!(ready < dog && dog < stop);
+}
+
+fn log_has(dir: &Path, what: &str) -> bool {
+    std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default().contains(what)
+}
+
+fn rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn sighup_keeps_unchanged_restarts_changed_and_refuses_incompatible_pipelines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let metrics_port = free_port();
+    let cfg = write_config(dir, metrics_port);
+    std::fs::write(dir.join("pipelines/a.sql"), pipeline(1, "out/a.jsonl")).unwrap();
+    std::fs::write(dir.join("pipelines/keep.sql"), pipeline(1, "out/keep.jsonl")).unwrap();
+    let log = std::fs::File::create(dir.join("eddyd.log")).unwrap();
+    let child = Command::new(EDDYD).args(["--log", "info", "run", "--config"]).arg(&cfg).current_dir(dir).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let mut d = Daemon(child);
+    assert!(wait_for(|| rows(&dir.join("pipelines/out/a.jsonl")).len() >= 6, Duration::from_secs(20)), "no output");
+
+    // A sink option changes (state-compatible): it restarts from its checkpoint; `keep` goes on.
+    std::fs::write(dir.join("pipelines/a.sql"), pipeline(1, "out/a2.jsonl")).unwrap();
+    std::fs::write(dir.join("pipelines/b.sql"), pipeline(2, "out/b.jsonl")).unwrap();
+    signal(d.0.id(), "HUP");
+    assert!(wait_for(|| log_has(dir, "restarted from its checkpoint"), Duration::from_secs(20)));
+    assert!(wait_for(|| rows(&dir.join("pipelines/out/a2.jsonl")).len() >= 3 && rows(&dir.join("pipelines/out/b.jsonl")).len() >= 3, Duration::from_secs(20)));
+    // The restarted pipeline continued its windows: none of a2's windows repeats one of a's.
+    let before: std::collections::HashSet<String> = rows(&dir.join("pipelines/out/a.jsonl")).iter().map(|r| format!("{}{}", r["device_id"], r["window_start"])).collect();
+    let after = rows(&dir.join("pipelines/out/a2.jsonl"));
+    assert!(after.iter().all(|r| !before.contains(&format!("{}{}", r["device_id"], r["window_start"]))), "windows repeated after the restart");
+    assert!(!log_has(dir, "pipeline stopped pipeline=\"keep\""), "an unchanged pipeline was restarted");
+
+    // The query changes (its state does not fit): reported, the previous version runs on.
+    std::fs::write(dir.join("pipelines/a.sql"), pipeline(5, "out/a3.jsonl")).unwrap();
+    signal(d.0.id(), "HUP");
+    assert!(wait_for(|| log_has(dir, "the previous version runs on"), Duration::from_secs(20)), "{}", std::fs::read_to_string(dir.join("eddyd.log")).unwrap());
+    let n = rows(&dir.join("pipelines/out/a2.jsonl")).len();
+    assert!(wait_for(|| rows(&dir.join("pipelines/out/a2.jsonl")).len() > n, Duration::from_secs(20)), "the previous version does not run");
+    assert_eq!(http_get(metrics_port, "/healthz").map(|r| r.0), Some(200));
+    signal(d.0.id(), "TERM");
+    assert!(d.0.wait().unwrap().success());
+}
+
+#[test]
+fn check_config_validates_everything_without_starting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = write_config(dir, free_port());
+    std::fs::write(
+        dir.join("pipelines/m.sql"),
+        "CREATE SOURCE s (a INT) WITH (connector = 'mqtt', url = 'mqtt://127.0.0.1:1', topic = 'x/#');\nCREATE SINK k AS SELECT a FROM s WITH (connector = 'mqtt', url = 'mqtt://127.0.0.1:1', topic = 'y/{a}');\n",
+    )
+    .unwrap();
+    let check = |cfg: &Path| Command::new(EDDYD).args(["check", "--config"]).arg(cfg).current_dir(dir).output().unwrap();
+    let out = check(&cfg);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pipeline m"));
+    assert!(!dir.join("state").exists(), "check must not create state");
+    // Each mistake is named.
+    for (sql, want) in [
+        ("CREATE SOURCE s (a INT) WITH (connector = 'mqtt', topic = 'x/#');", "needs option 'url'"),
+        ("CREATE SOURCE s (a INT) WITH (connector = 'mqtt', url = 'mqtt://h', topic = 'x/#/y');", "topic filter 'x/#/y'"),
+        ("CREATE SOURCE s (a INT) WITH (connector = 'mqtt', url = 'mqtt://h', topic = 't', qos = '3');", "'qos' must be 0, 1 or 2"),
+        ("CREATE SOURCE s (a INT, t VARCHAR METADATA FROM 'nope') WITH (connector = 'mqtt', url = 'mqtt://h', topic = 't');", "METADATA FROM 'nope'"),
+        ("CREATE SOURCE s (a INT) WITH (connector = 'mqtt', url = 'mqtt://h', topic = 't', password = '${EDDY_TEST_UNSET_PW}');", "EDDY_TEST_UNSET_PW"),
+        ("CREATE SOURCE s (a INT) WITH (connector = 'mqtt', url = 'mqtt://h', topic = 't');\nCREATE SINK k AS SELECT a FROM s WITH (connector = 'mqtt', url = 'mqtt://h', topic = 'y/{b}');", "'{b}' is not an output column"),
+    ] {
+        std::fs::write(dir.join("pipelines/m.sql"), sql).unwrap();
+        let out = check(&cfg);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{sql}\n→ {err}");
+    }
+    std::fs::write(dir.join("bad.toml"), "state_dir = 'x'\n[mqtt]\nurl = 1\n").unwrap();
+    let out = check(&dir.join("bad.toml"));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("url"));
+}

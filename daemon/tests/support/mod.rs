@@ -1,0 +1,212 @@
+//! Shared helpers for the daemon's integration tests: a real Mosquitto broker on a free loopback
+//! port, `eddyd` processes that are killed when dropped, and polling with a deadline.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const EDDYD: &str = env!("CARGO_BIN_EXE_eddyd");
+
+/// Polls `ok` until it holds or `limit` passes.
+pub fn wait_for(mut ok: impl FnMut() -> bool, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+}
+
+/// The broker binary: on PATH, or where Debian puts it (/usr/sbin is not on every user's PATH).
+fn mosquitto_bin() -> PathBuf {
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).map(|d| d.join("mosquitto")).find(|p| p.exists());
+    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
+}
+
+/// Whether Mosquitto is installed; CI installs it, so there its absence is a failure.
+pub fn have_mosquitto() -> bool {
+    let found = mosquitto_bin().exists() && Command::new("mosquitto_pub").arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !found {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "mosquitto is not installed (CI installs it in .ci/run)");
+        eprintln!("mosquitto is not installed: skipping (apt-get install mosquitto mosquitto-clients)");
+    }
+    found
+}
+
+/// A Mosquitto broker with persistence in its own directory.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(dir: &Path) -> Broker {
+        let port = free_port();
+        let dir = dir.join("broker");
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = format!(
+            // `user root`: as root, Mosquitto would otherwise switch to its own user, which cannot
+            // write the persistence file into this private directory (and would lose sessions).
+            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 100\nautosave_interval 1\n",
+            dir.display()
+        );
+        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+        let mut b = Broker { port, dir, child: None };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("mosquitto.log")).unwrap();
+        let child = Command::new(mosquitto_bin()).arg("-c").arg(self.dir.join("mosquitto.conf")).stdout(Stdio::null()).stderr(log).spawn().expect("mosquitto");
+        self.child = Some(child);
+        let port = self.port;
+        assert!(wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), Duration::from_secs(10)), "mosquitto did not start");
+    }
+
+    /// A graceful stop (SIGTERM: Mosquitto saves its sessions and queues) and a start on the same port.
+    pub fn restart(&mut self, down_for: Duration) {
+        self.stop();
+        std::thread::sleep(down_for);
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "TERM");
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Publishes `lines` (one message each) at QoS 1 with mosquitto_pub, which waits for every
+    /// acknowledgement before it exits.
+    pub fn publish_lines(&self, topic: &str, lines: &[String]) {
+        let mut c = Command::new("mosquitto_pub")
+            .args(["-p", &self.port.to_string(), "-q", "1", "-t", topic, "-l"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub");
+        let mut stdin = c.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        drop(stdin);
+        assert!(c.wait().unwrap().success(), "mosquitto_pub failed");
+    }
+
+    /// Publishes one message (any bytes) at QoS 1.
+    pub fn publish(&self, topic: &str, payload: &[u8]) {
+        let f = self.dir.join("payload.bin");
+        std::fs::write(&f, payload).unwrap();
+        let ok = Command::new("mosquitto_pub").args(["-p", &self.port.to_string(), "-q", "1", "-t", topic, "-f"]).arg(&f).status().unwrap().success();
+        assert!(ok, "mosquitto_pub failed");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A persistent-session subscriber (mosquitto_sub) writing `topic payload` lines to a file; it is
+/// started again if it exits (a broker restart).
+pub struct Subscriber {
+    port: u16,
+    filter: String,
+    out: PathBuf,
+    child: Option<Child>,
+}
+
+impl Subscriber {
+    pub fn start(port: u16, filter: &str, out: &Path) -> Subscriber {
+        let mut s = Subscriber { port, filter: filter.into(), out: out.to_path_buf(), child: None };
+        s.ensure();
+        s
+    }
+
+    pub fn ensure(&mut self) {
+        if let Some(c) = &mut self.child {
+            if c.try_wait().unwrap().is_none() {
+                return;
+            }
+        }
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.out).unwrap();
+        self.child = Some(
+            Command::new("mosquitto_sub")
+                .args(["-p", &self.port.to_string(), "-q", "1", "-c", "-i", "eddy-test-sub", "-v", "-t", &self.filter])
+                .stdout(out)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mosquitto_sub"),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// (topic, payload) lines received so far.
+    pub fn messages(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(t, p)| (t.to_string(), p.to_string())))
+            .collect()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An `eddyd` process, killed when dropped.
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// GETs `path` from eddyd's metrics endpoint.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let code = body.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+/// The value of one metric line (`name{labels}`) from /metrics.
+pub fn metric(port: u16, series: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics")?;
+    body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
