@@ -238,13 +238,18 @@ impl Runtime {
             // eddyd stops the others cleanly and exits non-zero, so systemd restarts it and
             // recovery takes over).
             let finished: Vec<String> = self.workers.iter().filter(|(_, w)| w.handle.as_ref().is_some_and(|h| h.is_finished())).map(|(n, _)| n.clone()).collect();
+            let any_ended = !finished.is_empty();
             for name in finished {
-                if let Err(e) = self.stop_worker(&name) {
-                    tracing::error!(pipeline = %name, error = %format!("{e:#}"), "pipeline failed");
-                    failure = Some(e);
+                match self.stop_worker(&name) {
+                    Ok(()) => tracing::info!(pipeline = %name, "pipeline ended: its sources ended; final checkpoint taken"),
+                    Err(e) => {
+                        tracing::error!(pipeline = %name, error = %format!("{e:#}"), "pipeline failed");
+                        failure = Some(e);
+                    }
                 }
             }
-            if failure.is_some() {
+            // Every pipeline has ended by itself (bounded inputs): nothing is left to run.
+            if failure.is_some() || (any_ended && self.workers.is_empty()) {
                 break;
             }
             if let Some(every) = watchdog {

@@ -141,10 +141,7 @@ fn scenario(faults: bool) {
     for (k, chunk) in msgs.chunks(500).enumerate() {
         let chunk = chunk.to_vec();
         let port = broker.port;
-        let publisher = std::thread::spawn(move || {
-            let b = BrokerHandle(port);
-            b.publish_lines(&chunk);
-        });
+        let publisher = std::thread::spawn(move || publish_lines(port, "plant/line1/telemetry", &chunk));
         // SIGKILL while each chunk is being published (but the one before the broker restart and
         // the last, which holds only the closing reading).
         if faults && k != 4 && k < 8 {
@@ -181,26 +178,6 @@ fn scenario(faults: bool) {
     assert!(eddyd.0.wait().unwrap().success(), "eddyd did not stop cleanly on SIGTERM");
 }
 
-/// A broker address only (publishing from a thread).
-struct BrokerHandle(u16);
-
-impl BrokerHandle {
-    fn publish_lines(&self, lines: &[String]) {
-        use std::io::Write;
-        let mut c = Command::new("mosquitto_pub")
-            .args(["-p", &self.0.to_string(), "-q", "1", "-t", "plant/line1/telemetry", "-l"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("mosquitto_pub");
-        let mut stdin = c.stdin.take().unwrap();
-        for l in lines {
-            writeln!(stdin, "{l}").unwrap();
-        }
-        drop(stdin);
-        assert!(c.wait().unwrap().success(), "mosquitto_pub failed");
-    }
-}
-
 #[test]
 fn per_minute_aggregates_over_mqtt_match_replay() {
     scenario(false);
@@ -233,15 +210,7 @@ CREATE SINK bad AS SELECT raw, error FROM ERRORS(s) WITH (connector = 'file', pa
         url = broker.url()
     );
     std::fs::write(dir.join("p.sql"), sql).unwrap();
-    let log = std::fs::File::create(dir.join("eddyd.log")).unwrap();
-    let child = Command::new(EDDYD)
-        .args(["run", "--pipeline", "p.sql", "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .current_dir(dir)
-        .stderr(log)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let eddyd = Daemon(child);
+    let eddyd = run_pipeline(dir, metrics_port);
     assert!(wait_for(|| metric(metrics_port, "eddy_mqtt_connected{pipeline=\"p\",source=\"s\"}") == Some(1.0), Duration::from_secs(20)));
     broker.publish("dev/a", b"{\"device_id\":\"a\",\"temp\":1.5}");
     broker.publish("dev/b", b"this is not json");
@@ -267,4 +236,56 @@ CREATE SINK bad AS SELECT raw, error FROM ERRORS(s) WITH (connector = 'file', pa
     assert!(wait_for(|| metric(metrics_port, "eddy_source_error_rows_total{pipeline=\"p\",source=\"s\"}") == Some(4.0), Duration::from_secs(5)));
     assert_eq!(metric(metrics_port, "eddy_source_rows_total{pipeline=\"p\",source=\"s\"}"), Some(3.0));
     drop(eddyd);
+}
+
+/// Makes a CA, a server certificate for localhost and a client certificate with openssl.
+fn make_certs(dir: &Path) -> bool {
+    let run = |args: &[&str]| Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=eddy-test-ca"])
+        && ["server", "client"].iter().all(|who| {
+            run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{who}.key"), "-out", &format!("{who}.csr"), "-subj", &format!("/CN={who}")])
+                && run(&["x509", "-req", "-in", &format!("{who}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{who}.pem"), "-days", "2", "-extfile", "san.ext"])
+        })
+}
+
+#[test]
+fn tls_with_a_private_ca_and_client_certificates() {
+    if !have_mosquitto() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    if !make_certs(dir) {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "openssl could not make test certificates");
+        eprintln!("openssl not usable: skipping");
+        return;
+    }
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nrequire_certificate true\n");
+    std::fs::write(dir.join("tls.conf"), conf).unwrap();
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("mosquitto");
+    let broker = Daemon(Command::new(bin).arg("-c").arg(dir.join("tls.conf")).stderr(Stdio::null()).spawn().unwrap());
+    assert!(wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), Duration::from_secs(10)));
+    let sql = format!(
+        "CREATE SOURCE s (device_id VARCHAR NOT NULL, temp DOUBLE) WITH (connector = 'mqtt', url = 'mqtts://localhost:{port}', topic = 'dev/#', ca_file = 'ca.pem', cert_file = 'client.pem', key_file = 'client.key');\n\
+         CREATE SINK good AS SELECT device_id, temp FROM s WITH (connector = 'file', path = 'good.jsonl');\n"
+    );
+    std::fs::write(dir.join("p.sql"), sql).unwrap();
+    let metrics_port = free_port();
+    let eddyd = run_pipeline(dir, metrics_port);
+    let log = || std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default();
+    assert!(wait_for(|| metric(metrics_port, "eddy_mqtt_connected{pipeline=\"p\",source=\"s\"}") == Some(1.0), Duration::from_secs(20)), "no TLS connection: {}", log());
+    let ok = Command::new("mosquitto_pub")
+        .args(["-h", "localhost", "-p", &port.to_string(), "--cafile", "ca.pem", "--cert", "client.pem", "--key", "client.key", "-q", "1", "-t", "dev/x", "-m", "{\"device_id\":\"x\",\"temp\":4.5}"])
+        .current_dir(dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mosquitto_pub over TLS failed");
+    let good = || std::fs::read_to_string(dir.join("good.jsonl")).unwrap_or_default();
+    assert!(wait_for(|| good().contains("\"device_id\":\"x\""), Duration::from_secs(10)), "{}", log());
+    drop(eddyd);
+    drop(broker);
 }

@@ -96,22 +96,6 @@ impl Broker {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    /// Publishes `lines` (one message each) at QoS 1 with mosquitto_pub, which waits for every
-    /// acknowledgement before it exits.
-    pub fn publish_lines(&self, topic: &str, lines: &[String]) {
-        let mut c = Command::new("mosquitto_pub")
-            .args(["-p", &self.port.to_string(), "-q", "1", "-t", topic, "-l"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("mosquitto_pub");
-        let mut stdin = c.stdin.take().unwrap();
-        for l in lines {
-            writeln!(stdin, "{l}").unwrap();
-        }
-        drop(stdin);
-        assert!(c.wait().unwrap().success(), "mosquitto_pub failed");
-    }
-
     /// Publishes one message (any bytes) at QoS 1.
     pub fn publish(&self, topic: &str, payload: &[u8]) {
         let f = self.dir.join("payload.bin");
@@ -128,6 +112,32 @@ impl Drop for Broker {
             let _ = c.wait();
         }
     }
+}
+
+/// Publishes `lines` (one message each) at QoS 1 with mosquitto_pub, which waits for every
+/// acknowledgement before it exits.
+pub fn publish_lines(port: u16, topic: &str, lines: &[String]) {
+    let mut c = Command::new("mosquitto_pub").args(["-p", &port.to_string(), "-q", "1", "-t", topic, "-l"]).stdin(Stdio::piped()).spawn().expect("mosquitto_pub");
+    let mut stdin = c.stdin.take().unwrap();
+    for l in lines {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    drop(stdin);
+    assert!(c.wait().unwrap().success(), "mosquitto_pub failed");
+}
+
+/// Runs `eddyd run --pipeline p.sql` in `dir` (no state dir) with metrics on `metrics_port`,
+/// logging to `dir/eddyd.log`.
+pub fn run_pipeline(dir: &Path, metrics_port: u16) -> Daemon {
+    let log = std::fs::File::create(dir.join("eddyd.log")).unwrap();
+    let child = Command::new(EDDYD)
+        .args(["run", "--pipeline", "p.sql", "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .current_dir(dir)
+        .stderr(log)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    Daemon(child)
 }
 
 /// A persistent-session subscriber (mosquitto_sub) writing `topic payload` lines to a file; it is
