@@ -41,6 +41,8 @@ pub fn expand_env(s: &str) -> std::result::Result<String, String> {
 #[serde(deny_unknown_fields)]
 pub struct MqttDefaults {
     pub url: Option<String>,
+    /// `3.1.1` (default) or `5`.
+    pub protocol: Option<String>,
     pub username: Option<String>,
     pub password: Option<String>,
     /// Client ids default to `<prefix>-<pipeline>-<source or sink>` (prefix default `eddy`).
@@ -61,6 +63,7 @@ impl MqttDefaults {
     pub fn get(&self, key: &str) -> Option<String> {
         match key {
             "url" => self.url.clone(),
+            "protocol" => self.protocol.clone(),
             "username" => self.username.clone(),
             "password" => self.password.clone(),
             "ca_file" => self.ca_file.clone(),

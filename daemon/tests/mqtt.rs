@@ -46,7 +46,7 @@ fn messages(n: usize) -> Vec<String> {
 }
 
 /// The config names the broker through `${EDDY_TEST_BROKER_URL}`, set for each eddyd process.
-fn config(dir: &Path, metrics_port: u16) -> std::path::PathBuf {
+fn config(dir: &Path, metrics_port: u16, protocol: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
     std::fs::write(dir.join("pipelines/p.sql"), PIPELINE).unwrap();
     let key = Command::new(EDDYD).arg("keygen").output().unwrap();
@@ -68,6 +68,7 @@ interval_ms = 300
 
 [mqtt]
 url = "${{EDDY_TEST_BROKER_URL}}"
+protocol = "{protocol}"
 client_id_prefix = "gw1"
 
 [metrics]
@@ -121,7 +122,7 @@ fn keyed(rows: impl Iterator<Item = String>, what: &str) -> BTreeMap<(String, St
     m
 }
 
-fn scenario(faults: bool) {
+fn scenario(faults: bool, protocol: &str) {
     if !have_mosquitto() {
         return;
     }
@@ -129,7 +130,7 @@ fn scenario(faults: bool) {
     let dir = tmp.path();
     let mut broker = Broker::start(dir);
     let metrics_port = free_port();
-    let cfg = config(dir, metrics_port);
+    let cfg = config(dir, metrics_port, protocol);
     let url = broker.url();
     let msgs = messages(4000);
     let expected = replay(dir, &msgs);
@@ -180,12 +181,17 @@ fn scenario(faults: bool) {
 
 #[test]
 fn per_minute_aggregates_over_mqtt_match_replay() {
-    scenario(false);
+    scenario(false, "3.1.1");
 }
 
 #[test]
 fn no_message_lost_or_doubled_through_sigkill_and_broker_restart() {
-    scenario(true);
+    scenario(true, "3.1.1");
+}
+
+#[test]
+fn mqtt5_no_message_lost_or_doubled_through_sigkill_and_broker_restart() {
+    scenario(true, "5");
 }
 
 #[test]
@@ -288,4 +294,35 @@ fn tls_with_a_private_ca_and_client_certificates() {
     assert!(wait_for(|| good().contains("\"device_id\":\"x\""), Duration::from_secs(10)), "{}", log());
     drop(eddyd);
     drop(broker);
+}
+
+#[test]
+fn a_changed_topic_takes_effect_on_a_resumed_session() {
+    if !have_mosquitto() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let broker = Broker::start(dir);
+    let metrics_port = free_port();
+    let sql = |topic: &str| {
+        format!(
+            "CREATE SOURCE s (device_id VARCHAR NOT NULL) WITH (connector = 'mqtt', url = '{}', topic = '{topic}', client_id = 'same-id');\n\
+             CREATE SINK good AS SELECT device_id FROM s WITH (connector = 'file', path = 'good.jsonl');\n",
+            broker.url()
+        )
+    };
+    let connected = || wait_for(|| metric(metrics_port, "eddy_mqtt_connected{pipeline=\"p\",source=\"s\"}") == Some(1.0), Duration::from_secs(20));
+    std::fs::write(dir.join("p.sql"), sql("a/#")).unwrap();
+    let mut first = run_pipeline(dir, metrics_port);
+    assert!(connected());
+    signal(first.0.id(), "TERM");
+    assert!(first.0.wait().unwrap().success());
+    std::fs::write(dir.join("p.sql"), sql("b/#")).unwrap();
+    let _second = run_pipeline(dir, metrics_port);
+    assert!(connected());
+    std::thread::sleep(Duration::from_millis(300));
+    broker.publish("b/1", b"{\"device_id\":\"from-b\"}");
+    let good = || std::fs::read_to_string(dir.join("good.jsonl")).unwrap_or_default();
+    assert!(wait_for(|| good().contains("from-b"), Duration::from_secs(10)), "the new topic was not subscribed: {}", std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default());
 }

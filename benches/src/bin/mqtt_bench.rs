@@ -3,7 +3,7 @@
 //! pipeline, MQTT in → MQTT out) at QoS 0 and 1, with and without durable state, beside Mosquitto's
 //! own publish → subscribe rate on the same machine; eddyd's RSS and CPU per 10k msgs/s.
 //! Needs `mosquitto` installed and `target/release/eddyd` built. Prints a Markdown table; run:
-//! `cargo run --release -p eddy-benches --bin mqtt_bench -- [--messages N]`.
+//! `cargo run --release -p eddy-benches --bin mqtt_bench -- [--messages N] [--rate MSGS_PER_S]`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -81,7 +81,8 @@ fn measure(port: u16, filter: &str, qos: QoS, n: usize, publish: impl FnOnce() -
     Ok((lat, last.duration_since(t0)))
 }
 
-fn publish_n(port: u16, topic: &str, qos: QoS, n: usize) -> Result<()> {
+/// Publishes `n` messages, as fast as possible (`rate` 0) or paced at `rate` messages/s.
+fn publish_n(port: u16, topic: &str, qos: QoS, n: usize, rate: u64) -> Result<()> {
     let mut o = MqttOptions::new(format!("bench-pub-{}", now_us()), "127.0.0.1", port);
     o.set_inflight(200);
     let (client, mut conn) = Client::new(o, 4096);
@@ -96,7 +97,14 @@ fn publish_n(port: u16, topic: &str, qos: QoS, n: usize) -> Result<()> {
         }
         acked
     });
+    let t0 = Instant::now();
     for i in 0..n {
+        if rate > 0 && i % 50 == 0 {
+            let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
         let payload = format!("{{\"device_id\":\"dev-{}\",\"seq\":{i},\"value\":{}.5,\"sent_us\":{}}}", i % 16, i % 100, now_us());
         client.publish(topic, qos, false, payload)?;
     }
@@ -137,17 +145,20 @@ fn eddyd_bin() -> Result<PathBuf> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.iter().position(|a| a == "--messages").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    // 0: saturation (throughput); otherwise a steady rate (latency under a normal load).
+    let rate: u64 = args.iter().position(|a| a == "--rate").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(0);
     let work = std::env::temp_dir().join(format!("eddy-mqtt-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let (_broker, port) = broker(&work)?;
     let eddyd = eddyd_bin()?;
-    println!("{n} messages of ~80 bytes, published as fast as the publisher goes; loopback Mosquitto; {} cores\n", std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1));
+    let pace = if rate == 0 { "as fast as the publisher goes".to_string() } else { format!("at {rate} msgs/s") };
+    println!("{n} messages of ~80 bytes, published {pace}; loopback Mosquitto; {} cores\n", std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1));
     println!("| path | QoS | msgs/s | latency p50 | latency p99 | eddyd CPU per 10k msgs/s | eddyd peak RSS |");
     println!("|---|---|---|---|---|---|---|");
     for (qos, q) in [(QoS::AtMostOnce, 0), (QoS::AtLeastOnce, 1)] {
-        let (mut lat, took) = measure(port, "base/#", qos, n, move || publish_n(port, "base/x", qos, n))?;
-        let rate = lat.len() as f64 / took.as_secs_f64();
-        println!("| Mosquitto alone (pub → sub) | {q} | {rate:.0} | {:.2} ms | {:.2} ms | — | — |", pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+        let (mut lat, took) = measure(port, "base/#", qos, n, move || publish_n(port, "base/x", qos, n, rate))?;
+        let got = lat.len() as f64 / took.as_secs_f64();
+        println!("| Mosquitto alone (pub → sub) | {q} | {got:.0} | {:.2} ms | {:.2} ms | — | — |", pct(&mut lat, 0.5), pct(&mut lat, 0.99));
         for durable in [false, true] {
             if durable && q == 0 {
                 continue;
@@ -172,14 +183,14 @@ fn main() -> Result<()> {
             let pid = child.0.id();
             let (cpu0, _) = proc_usage(pid);
             let topic = format!("{topic_in}/gw");
-            let (mut lat, took) = measure(port, &format!("out{q}{durable}/#"), qos, n, move || publish_n(port, &topic, qos, n))?;
+            let (mut lat, took) = measure(port, &format!("out{q}{durable}/#"), qos, n, move || publish_n(port, &topic, qos, n, rate))?;
             let (cpu1, rss) = proc_usage(pid);
-            let rate = lat.len() as f64 / took.as_secs_f64();
-            let cpu_per_10k = (cpu1 - cpu0) / took.as_secs_f64() / (rate / 10_000.0);
+            let got = lat.len() as f64 / took.as_secs_f64();
+            let cpu_per_10k = (cpu1 - cpu0) / took.as_secs_f64() / (got / 10_000.0);
             let path = if durable { "eddyd, durable (WAL + checkpoint every 50 ms, exactly-once sink)" } else { "eddyd, no state dir" };
             let lost = if lat.len() < n { format!(" ({} of {n} arrived)", lat.len()) } else { String::new() };
             println!(
-                "| {path}{lost} | {q} | {rate:.0} | {:.2} ms | {:.2} ms | {:.0}% of a core | {rss:.0} MiB |",
+                "| {path}{lost} | {q} | {got:.0} | {:.2} ms | {:.2} ms | {:.0}% of a core | {rss:.0} MiB |",
                 pct(&mut lat, 0.5),
                 pct(&mut lat, 0.99),
                 cpu_per_10k * 100.0

@@ -1,10 +1,11 @@
-//! The MQTT connector (rumqttc, MQTT 3.1.1): sources and sinks the engine gets through
+//! The MQTT connector (rumqttc, MQTT 3.1.1 and 5): sources and sinks the engine gets through
 //! [`ConnectorProvider`]. Owns the network side; the engine only sees rows and JSON lines.
 
 pub mod outbox;
 pub mod settings;
 pub mod sink;
 pub mod source;
+pub mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

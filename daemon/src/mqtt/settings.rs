@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{QoS, TlsConfiguration, Transport};
 
 use crate::config::{expand_env, MqttDefaults};
 use eddy_engine::sql::ddl::Options;
@@ -42,6 +42,8 @@ pub struct Connection {
     pub key_file: Option<PathBuf>,
     pub qos: QoS,
     pub max_message_bytes: usize,
+    /// MQTT 5 (`protocol = '5'`) rather than 3.1.1.
+    pub mqtt5: bool,
     /// Where to report errors: "source 'x'" / "sink 'y'".
     pub ctx: String,
 }
@@ -93,11 +95,11 @@ impl Connection {
         let ctx = format!("{what} '{name}'");
         let url = get(&ctx, o, defaults, "url")?.ok_or_else(|| opt_err(&ctx, "connector 'mqtt' needs option 'url' (or `url` under [mqtt] in the config)"))?;
         let (host, port, tls) = parse_url(&ctx, &url)?;
-        if let Some(p) = get(&ctx, o, defaults, "protocol")? {
-            if !matches!(p.as_str(), "3.1.1" | "4") {
-                return Err(opt_err(&ctx, format!("option 'protocol' '{p}': this version speaks MQTT 3.1.1 ('3.1.1'); MQTT 5 is not supported yet")));
-            }
-        }
+        let mqtt5 = match get(&ctx, o, defaults, "protocol")?.as_deref() {
+            None | Some("3.1.1") | Some("4") => false,
+            Some("5") | Some("5.0") => true,
+            Some(p) => return Err(opt_err(&ctx, format!("option 'protocol' '{p}': valid values are '3.1.1' and '5'"))),
+        };
         let client_id = match get(&ctx, o, defaults, "client_id")? {
             Some(c) => c,
             None => {
@@ -139,36 +141,29 @@ impl Connection {
             key_file,
             qos: parse_qos(&ctx, get(&ctx, o, defaults, "qos")?.as_deref())?,
             max_message_bytes: max_message_bytes.clamp(1024, 256 << 20),
+            mqtt5,
             ctx,
         })
     }
 
-    /// rumqttc options; reads the TLS files (an unreadable file is an error naming it).
-    pub fn mqtt_options(&self, clean_session: bool, request_capacity: usize) -> Result<MqttOptions, EngineError> {
-        let mut m = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
-        m.set_keep_alive(self.keep_alive);
-        m.set_clean_session(clean_session);
-        m.set_max_packet_size(self.max_message_bytes + 64 * 1024, self.max_message_bytes + 64 * 1024);
-        m.set_request_channel_capacity(request_capacity);
-        if let (Some(u), p) = (&self.username, &self.password) {
-            m.set_credentials(u.clone(), p.clone().unwrap_or_default());
+    /// The TLS transport (`None` for plain TCP); reads the TLS files (an unreadable one is an
+    /// error naming it).
+    pub fn transport(&self) -> Result<Option<Transport>, EngineError> {
+        if !self.tls {
+            return Ok(None);
         }
-        if self.tls {
-            crate::mqtt::install_tls_provider();
-            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| EngineError::io(p, e));
-            let transport = match &self.ca_file {
-                Some(ca) => {
-                    let client_auth = match (&self.cert_file, &self.key_file) {
-                        (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-                        _ => None,
-                    };
-                    Transport::tls_with_config(TlsConfiguration::Simple { ca: read(ca)?, alpn: None, client_auth })
-                }
-                None => Transport::tls_with_config(system_roots(&self.ctx)?),
-            };
-            m.set_transport(transport);
-        }
-        Ok(m)
+        crate::mqtt::install_tls_provider();
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| EngineError::io(p, e));
+        Ok(Some(match &self.ca_file {
+            Some(ca) => {
+                let client_auth = match (&self.cert_file, &self.key_file) {
+                    (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                    _ => None,
+                };
+                Transport::tls_with_config(TlsConfiguration::Simple { ca: read(ca)?, alpn: None, client_auth })
+            }
+            None => Transport::tls_with_config(system_roots(&self.ctx)?),
+        }))
     }
 }
 

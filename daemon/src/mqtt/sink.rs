@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Event, Outgoing, Packet, QoS};
+use rumqttc::QoS;
 
 use super::outbox::{FullPolicy, Outbox};
 use super::settings::Connection;
+use super::wire::{self, WireClient, WireConnection, WireEvent};
 use super::Backoff;
 use crate::metrics::ConnectorGauges;
 use eddy_engine::connector::{SinkStateDir, SinkWriter};
@@ -159,8 +160,8 @@ impl SinkWriter for MqttSink {
             stopping: self.stopping.clone(),
             gauges: self.gauges.clone(),
         });
-        let opts = self.settings.conn.mqtt_options(true, self.settings.inflight * 2 + 16)?;
-        let (client, connection) = Client::new(opts, self.settings.inflight * 2 + 16);
+        // A clean session: after a reconnect the outbox itself sends what was not acknowledged.
+        let (client, connection) = wire::open(&self.settings.conn, false, false, self.settings.inflight * 2 + 16)?;
         let s = self.settings.clone();
         let sh = shared.clone();
         self.thread = Some(
@@ -248,7 +249,7 @@ impl Drop for MqttSink {
 
 /// Sends the outbox in order and removes what the broker acknowledged. After a reconnect it starts
 /// again from the oldest unacknowledged message.
-fn publish_loop(client: Client, mut connection: rumqttc::Connection, s: &SinkSettings, sh: &Shared) -> Result<()> {
+fn publish_loop(client: WireClient, mut connection: WireConnection, s: &SinkSettings, sh: &Shared) -> Result<()> {
     let ctx = &s.conn.ctx;
     let mut connected = false;
     let mut backoff = Backoff::new();
@@ -263,7 +264,7 @@ fn publish_loop(client: Client, mut connection: rumqttc::Connection, s: &SinkSet
         if sh.closing.load(Ordering::Acquire) {
             let mut ob = sh.lock()?;
             ob.sync_acks()?;
-            let _ = client.try_disconnect();
+            client.disconnect();
             return Ok(());
         }
         if connected {
@@ -272,7 +273,7 @@ fn publish_loop(client: Client, mut connection: rumqttc::Connection, s: &SinkSet
             let start = next_send.unwrap_or_else(|| ob.queue.front().map(|m| m.seq).unwrap_or(0));
             let mut sent = 0;
             for m in ob.queue.iter().skip_while(|m| m.seq < start).take(s.inflight.saturating_sub(inflight)) {
-                match client.try_publish(m.topic.clone(), s.conn.qos, s.retain, m.payload.clone()) {
+                match client.publish(&m.topic, s.conn.qos, s.retain, m.payload.clone()) {
                     Ok(()) => {
                         unassigned.push_back(m.seq);
                         next_send = Some(m.seq + 1);
@@ -284,9 +285,10 @@ fn publish_loop(client: Client, mut connection: rumqttc::Connection, s: &SinkSet
             sh.gauges.messages.fetch_add(sent, Ordering::Relaxed);
         }
         let mut acked_any = false;
-        match connection.recv_timeout(Duration::from_millis(20)) {
-            Err(_) => {}
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+        // Short: a new delivery waits for this wait to end before it is sent.
+        match connection.recv(Duration::from_millis(4)) {
+            None | Some(WireEvent::Other) | Some(WireEvent::Message(_)) | Some(WireEvent::SubscribeRefused) => {}
+            Some(WireEvent::Connected { .. }) => {
                 connected = true;
                 backoff.reset();
                 unassigned.clear();
@@ -297,7 +299,7 @@ fn publish_loop(client: Client, mut connection: rumqttc::Connection, s: &SinkSet
                 sh.gauges.connects.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(sink = %ctx, "MQTT connected");
             }
-            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+            Some(WireEvent::Sent(pkid)) => {
                 if let Some(seq) = unassigned.pop_front() {
                     if s.conn.qos == QoS::AtMostOnce {
                         acked.insert(seq);
@@ -307,20 +309,13 @@ fn publish_loop(client: Client, mut connection: rumqttc::Connection, s: &SinkSet
                     }
                 }
             }
-            Ok(Ok(Event::Incoming(Packet::PubAck(a)))) => {
-                if let Some(seq) = by_pkid.remove(&a.pkid) {
+            Some(WireEvent::Acked(pkid)) => {
+                if let Some(seq) = by_pkid.remove(&pkid) {
                     acked.insert(seq);
                     acked_any = true;
                 }
             }
-            Ok(Ok(Event::Incoming(Packet::PubComp(a)))) => {
-                if let Some(seq) = by_pkid.remove(&a.pkid) {
-                    acked.insert(seq);
-                    acked_any = true;
-                }
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
+            Some(WireEvent::Error(e)) => {
                 if connected {
                     tracing::warn!(sink = %ctx, error = %e, "MQTT connection lost; output waits in the outbox");
                 }

@@ -21,9 +21,10 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{Client, Event, Packet, Publish, QoS};
+use rumqttc::QoS;
 
 use super::settings::Connection;
+use super::wire::{self, Message as Publish, WireClient as Client, WireConnection, WireEvent};
 use super::Backoff;
 use crate::metrics::ConnectorGauges;
 use eddy_engine::connector::{Poll, SourceReader};
@@ -130,11 +131,9 @@ impl MqttSource {
 
     fn connect(&mut self) -> Result<()> {
         let s = &self.settings;
-        let mut opts = s.conn.mqtt_options(s.clean_session, s.queue_messages.max(16) * 2 + 64)?;
         // QoS 1/2 messages are acknowledged by `ack`, once their rows are durable — never by
         // rumqttc on receipt (that would lose them in a crash; the crash test catches it).
-        opts.set_manual_acks(true);
-        let (client, mut connection) = Client::new(opts, s.queue_messages.max(16) * 2 + 64);
+        let (client, mut connection) = wire::open(&s.conn, !s.clean_session, true, s.queue_messages.max(16) * 2 + 64)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(s.queue_messages.max(1));
         let shared = self.shared.clone();
         let topics = s.topics.clone();
@@ -201,7 +200,7 @@ impl MqttSource {
             // The request queue is sized for every message in flight, so it is never full; if it
             // were, the broker would deliver the message again and it would be skipped as a
             // duplicate — never lost.
-            if let Err(e) = c.try_ack(&d.publish) {
+            if let Err(e) = c.ack(&d.publish) {
                 tracing::warn!(source = %self.settings.conn.ctx, error = %e, "acknowledgement not queued; the broker will redeliver");
             }
         }
@@ -292,7 +291,7 @@ impl Drop for MqttSource {
         // Dropping the receiver unblocks a connection thread waiting on a full queue.
         self.rx = None;
         if let Some(c) = self.client.take() {
-            let _ = c.try_disconnect();
+            c.disconnect();
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -303,7 +302,7 @@ impl Drop for MqttSource {
 /// The connection thread: (re)connects with backoff, subscribes on a new session, and passes
 /// messages on, blocking while the queue is full.
 fn run_connection(
-    connection: &mut rumqttc::Connection,
+    connection: &mut WireConnection,
     client: &Client,
     topics: &[String],
     qos: QoS,
@@ -313,30 +312,27 @@ fn run_connection(
 ) {
     let mut backoff = Backoff::new();
     while !shared.stop.load(Ordering::Acquire) {
-        match connection.recv_timeout(Duration::from_millis(200)) {
-            Err(_) => continue,
-            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+        match connection.recv(Duration::from_millis(200)) {
+            None => continue,
+            Some(WireEvent::Connected { session_present }) => {
                 let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 shared.gauges.connected.store(true, Ordering::Relaxed);
                 shared.gauges.connects.fetch_add(1, Ordering::Relaxed);
                 backoff.reset();
-                tracing::info!(source = %ctx, session_present = ack.session_present, generation, "MQTT connected");
-                // A resumed session keeps its subscriptions; subscribing again would resend
-                // retained messages.
-                if !ack.session_present {
-                    for t in topics {
-                        if let Err(e) = client.try_subscribe(t.clone(), qos) {
-                            tracing::error!(source = %ctx, topic = %t, error = %e, "cannot subscribe");
-                        }
+                tracing::info!(source = %ctx, session_present, generation, "MQTT connected");
+                // Subscribe on every connect, resumed session or not: the source's topics may have
+                // changed since the session was made (MQTT replaces an existing subscription). The
+                // broker then sends retained messages again, flagged `retain`.
+                for t in topics {
+                    if let Err(e) = client.subscribe(t, qos) {
+                        tracing::error!(source = %ctx, topic = %t, error = %e, "cannot subscribe");
                     }
                 }
             }
-            Ok(Ok(Event::Incoming(Packet::SubAck(s)))) => {
-                if s.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
-                    tracing::error!(source = %ctx, "the broker refused a subscription (check the topic filters and ACLs)");
-                }
+            Some(WireEvent::SubscribeRefused) => {
+                tracing::error!(source = %ctx, "the broker refused a subscription (check the topic filters and ACLs)");
             }
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+            Some(WireEvent::Message(p)) => {
                 let mut d = Delivered { publish: p, generation: shared.generation.load(Ordering::Acquire) };
                 shared.gauges.queue_depth.fetch_add(1, Ordering::Relaxed);
                 loop {
@@ -355,8 +351,7 @@ fn run_connection(
                     }
                 }
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
+            Some(WireEvent::Error(e)) => {
                 if shared.gauges.connected.swap(false, Ordering::Relaxed) {
                     tracing::warn!(source = %ctx, error = %e, "MQTT connection lost; reconnecting");
                 } else {
@@ -365,6 +360,7 @@ fn run_connection(
                 shared.gauges.connect_errors.fetch_add(1, Ordering::Relaxed);
                 backoff.sleep(&shared.stop);
             }
+            Some(_) => {}
         }
     }
 }
