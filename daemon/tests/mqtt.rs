@@ -46,9 +46,9 @@ fn messages(n: usize) -> Vec<String> {
 }
 
 /// The config names the broker through `${EDDY_TEST_BROKER_URL}`, set for each eddyd process.
-fn config(dir: &Path, metrics_port: u16, protocol: &str) -> std::path::PathBuf {
+fn config(dir: &Path, metrics_port: u16, protocol: &str, pipeline: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
-    std::fs::write(dir.join("pipelines/p.sql"), PIPELINE).unwrap();
+    std::fs::write(dir.join("pipelines/p.sql"), pipeline).unwrap();
     let key = Command::new(EDDYD).arg("keygen").output().unwrap();
     let key_path = dir.join("state.key");
     std::fs::write(&key_path, &key.stdout).unwrap();
@@ -130,7 +130,7 @@ fn scenario(faults: bool, protocol: &str) {
     let dir = tmp.path();
     let mut broker = Broker::start(dir);
     let metrics_port = free_port();
-    let cfg = config(dir, metrics_port, protocol);
+    let cfg = config(dir, metrics_port, protocol, PIPELINE);
     let url = broker.url();
     let msgs = messages(4000);
     let expected = replay(dir, &msgs);
@@ -174,7 +174,8 @@ fn scenario(faults: bool, protocol: &str) {
     assert_eq!(got.len(), expected.len(), "results for windows replay does not have");
     // Nothing was dropped and no message was refused as bad.
     assert_eq!(metric(metrics_port, "eddy_mqtt_dropped_total{pipeline=\"p\",sink=\"per_min\"}"), Some(0.0));
-    assert_eq!(std::fs::read_to_string(dir.join("out/errors.jsonl")).unwrap_or_default(), "");
+    // Relative sink paths resolve against the pipeline file's directory.
+    assert_eq!(std::fs::read_to_string(dir.join("pipelines/out/errors.jsonl")).unwrap(), "");
     signal(eddyd.0.id(), "TERM");
     assert!(eddyd.0.wait().unwrap().success(), "eddyd did not stop cleanly on SIGTERM");
 }
@@ -192,6 +193,68 @@ fn no_message_lost_or_doubled_through_sigkill_and_broker_restart() {
 #[test]
 fn mqtt5_no_message_lost_or_doubled_through_sigkill_and_broker_restart() {
     scenario(true, "5");
+}
+
+/// Lost acknowledgements, deterministically: a proxy drops eddyd's PUBACKs, so every message it
+/// logged is still unacknowledged at the broker when eddyd is killed. After the restart the broker
+/// delivers them all again — and once more after the connection drops before those redeliveries
+/// are acknowledged. Each must be recognised as already counted, every time.
+fn lost_acks_scenario(protocol: &str) {
+    if !have_mosquitto() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let broker = Broker::start(dir);
+    let proxy = AckLosingProxy::start(broker.port);
+    let metrics_port = free_port();
+    let pipeline = PIPELINE.replace("WITH (connector = 'mqtt', topic = 'stats/{device_id}', qos = '1')", "WITH (connector = 'file', path = 'out/per_min.jsonl')");
+    let cfg = config(dir, metrics_port, protocol, &pipeline);
+    let msgs = messages(400);
+    let expected = replay(dir, &msgs);
+    let topic = "plant/line1/telemetry";
+    let source = |name: &str| metric(metrics_port, &format!("{name}{{pipeline=\"p\",source=\"telemetry\"}}"));
+    let log = || std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default();
+
+    let mut eddyd = start_eddyd(dir, &cfg, &proxy.url(), metrics_port);
+    // The first message passes normally (and shows the subscription is in place).
+    publish_lines(broker.port, topic, &msgs[..1]);
+    assert!(wait_for(|| source("eddy_source_rows_total") == Some(1.0), Duration::from_secs(20)), "{}", log());
+    proxy.lose_acks(true);
+    publish_lines(broker.port, topic, &msgs[1..50]);
+    assert!(wait_for(|| source("eddy_source_rows_total") == Some(50.0), Duration::from_secs(20)), "{}", log());
+    // A checkpoint after them: their WAL records are durable.
+    let checkpoints = || metric(metrics_port, "eddy_checkpoints_total{pipeline=\"p\"}").unwrap_or(0.0);
+    let c0 = checkpoints();
+    assert!(wait_for(|| checkpoints() > c0, Duration::from_secs(10)));
+    signal(eddyd.0.id(), "KILL");
+    let _ = eddyd.0.wait();
+
+    eddyd = start_eddyd(dir, &cfg, &proxy.url(), metrics_port);
+    assert!(wait_for(|| source("eddy_mqtt_duplicates_total") == Some(49.0), Duration::from_secs(20)), "redeliveries after the restart: {:?}\n{}", source("eddy_mqtt_duplicates_total"), log());
+    proxy.lose_acks(false);
+    proxy.cut();
+    assert!(wait_for(|| source("eddy_mqtt_duplicates_total") == Some(98.0), Duration::from_secs(20)), "redeliveries after the cut: {:?}\n{}", source("eddy_mqtt_duplicates_total"), log());
+    assert_eq!(source("eddy_mqtt_messages_total"), Some(0.0), "no redelivery may count as a new message");
+    assert_eq!(source("eddy_source_rows_total"), Some(50.0));
+
+    publish_lines(broker.port, topic, &msgs[50..]);
+    let got = || keyed(std::fs::read_to_string(dir.join("pipelines/out/per_min.jsonl")).unwrap_or_default().lines().map(str::to_string), "sink").into_iter().filter(|((d, _), _)| d != "zz").collect::<BTreeMap<_, _>>();
+    assert!(wait_for(|| got().len() >= expected.len(), Duration::from_secs(30)), "{} of {} results; metrics:\n{}\nlog:\n{}", got().len(), expected.len(), http_get(metrics_port, "/metrics").unwrap_or_default().1, log());
+    assert_eq!(got(), expected);
+    assert_eq!(source("eddy_source_late_rows_total"), Some(0.0));
+    signal(eddyd.0.id(), "TERM");
+    assert!(eddyd.0.wait().unwrap().success());
+}
+
+#[test]
+fn redeliveries_of_unacknowledged_messages_count_once() {
+    lost_acks_scenario("3.1.1");
+}
+
+#[test]
+fn mqtt5_redeliveries_of_unacknowledged_messages_count_once() {
+    lost_acks_scenario("5");
 }
 
 #[test]

@@ -711,11 +711,14 @@ impl Pipeline {
             let mut mark = None;
             if let Some(d) = self.durable.as_mut() {
                 let s = &mut self.sources[i];
-                if errors.is_some() || rows.is_some() {
-                    // Logged before it is processed, with where to resume after it.
+                if errors.is_some() || rows.is_some() || poll == Poll::Rows {
+                    // Logged before it is processed, with where to resume after it; a read that
+                    // gave no rows is logged only when it moved the position.
                     let logged = s.reader.as_ref().map(|r| r.position()).unwrap_or_default();
-                    s.spec.fold_position(&mut s.position, &logged);
-                    d.log_batch(i, &logged, errors.as_ref(), rows.as_ref())?;
+                    if errors.is_some() || rows.is_some() || !logged.is_empty() {
+                        s.spec.fold_position(&mut s.position, &logged);
+                        d.log_batch(i, &logged, errors.as_ref(), rows.as_ref())?;
+                    }
                 }
                 mark = Some(d.next_lsn());
             }
@@ -843,10 +846,7 @@ impl Pipeline {
                 last = Instant::now();
             }
             let any = self.step()?;
-            if self.durable.is_some() {
-                self.durable_tick()?;
-                self.notify_durable();
-            }
+            self.tick()?;
             if !any {
                 std::thread::sleep(self.idle_sleep);
             }
@@ -857,6 +857,16 @@ impl Pipeline {
             self.notify_durable();
         }
         self.graph.close_all()
+    }
+
+    /// What a live durable pipeline does after each step: group commit, a checkpoint when one
+    /// is due, and acknowledgements of what became durable. Nothing for other pipelines.
+    pub fn tick(&mut self) -> Result<()> {
+        if self.durable.is_some() {
+            self.durable_tick()?;
+            self.notify_durable();
+        }
+        Ok(())
     }
 
     /// Tells every reader how far the WAL is durable, so it may acknowledge its input.

@@ -272,7 +272,9 @@ fn publish_loop(client: WireClient, mut connection: WireConnection, s: &SinkSett
             let inflight = unassigned.len() + by_pkid.len();
             let start = next_send.unwrap_or_else(|| ob.queue.front().map(|m| m.seq).unwrap_or(0));
             let mut sent = 0;
-            for m in ob.queue.iter().skip_while(|m| m.seq < start).take(s.inflight.saturating_sub(inflight)) {
+            // Sequence numbers in the outbox are contiguous: the next to send is found by index.
+            let from = ob.queue.front().map(|f| start.saturating_sub(f.seq) as usize).unwrap_or(0);
+            for m in ob.queue.range(from.min(ob.queue.len())..).take(s.inflight.saturating_sub(inflight)) {
                 match client.publish(&m.topic, s.conn.qos, s.retain, m.payload.clone()) {
                     Ok(()) => {
                         unassigned.push_back(m.seq);

@@ -9,13 +9,14 @@
 //! drops) is delivered again by the broker with DUP set. The source remembers the packet id and a
 //! hash of topic and payload of the last [`DEDUPE_WINDOW`] logged messages; its WAL positions are
 //! those entries (deltas, folded into the checkpoint's copy), so after a restart a redelivered
-//! message that is already in the log is acknowledged and skipped instead of counted twice.
+//! message that is already in the log is acknowledged and skipped instead of counted twice. The
+//! hash is persisted, so it is XXH3 (a specified function), never a per-process seeded one. A new
+//! session (the broker kept nothing) starts the window afresh: a reset entry in the log says so.
 //!
 //! Backpressure: when the queue is full the connection thread blocks; it stops reading the socket
 //! and the broker holds the messages. Nothing is dropped here.
 
 use std::collections::VecDeque;
-use std::hash::Hasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -36,6 +37,9 @@ use eddy_engine::Result;
 /// at most 65535 messages in flight to one client; brokers' defaults are far lower (Mosquitto: 20).
 pub const DEDUPE_WINDOW: usize = 8192;
 const ENTRY: usize = 10;
+/// Packet id 0 is never used for QoS 1/2, so an entry with it marks a new session: the broker
+/// redelivers nothing from before it, so entries before it are forgotten.
+const RESET_PKID: u16 = 0;
 
 /// Metadata a source column can take with `METADATA FROM 'key'`.
 pub const METADATA_KEYS: &[&str] = &["topic", "qos", "retain", "dup", "message_id"];
@@ -55,6 +59,13 @@ struct Delivered {
     generation: u64,
 }
 
+/// What the connection thread hands to the reader, in the order the broker sent it.
+enum Handoff {
+    Message(Delivered),
+    /// The broker has no session for us: nothing from before will be delivered again.
+    NewSession,
+}
+
 /// What the connection thread and the reader share.
 struct Shared {
     stop: AtomicBool,
@@ -68,7 +79,7 @@ pub struct MqttSource {
     settings: SourceSettings,
     shared: Arc<Shared>,
     client: Option<Client>,
-    rx: Option<Receiver<Delivered>>,
+    rx: Option<Receiver<Handoff>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Messages of the last poll, to be acknowledged once their rows are durable.
     this_poll: Vec<Delivered>,
@@ -81,12 +92,10 @@ pub struct MqttSource {
     meta: Vec<String>,
 }
 
-fn message_hash(p: &Publish) -> u64 {
-    let mut h = ahash::AHasher::default();
-    h.write(p.topic.as_bytes());
-    h.write_u8(0);
-    h.write(&p.payload);
-    h.finish()
+/// Persisted in the WAL and checkpoints: its output must never change between runs or versions.
+fn message_hash(topic: &str, payload: &[u8]) -> u64 {
+    use twox_hash::XxHash3_64;
+    XxHash3_64::oneshot_with_seed(XxHash3_64::oneshot(topic.as_bytes()), payload)
 }
 
 fn encode_entries<'a>(entries: impl Iterator<Item = &'a (u16, u64)>, out: &mut Vec<u8>) {
@@ -104,9 +113,17 @@ fn decode_entries(b: &[u8]) -> impl Iterator<Item = (u16, u64)> + '_ {
     })
 }
 
-/// Folds a logged delta into the saved window, keeping the newest [`DEDUPE_WINDOW`] entries.
+/// Folds a logged delta into the saved window, keeping the newest [`DEDUPE_WINDOW`] entries of
+/// the current session.
 pub fn fold_position(acc: &mut Vec<u8>, logged: &[u8]) {
-    acc.extend_from_slice(&logged[..logged.len() - logged.len() % ENTRY]);
+    let logged = &logged[..logged.len() - logged.len() % ENTRY];
+    match logged.chunks_exact(ENTRY).rposition(|c| c[..2] == RESET_PKID.to_le_bytes()) {
+        Some(i) => {
+            acc.clear();
+            acc.extend_from_slice(&logged[(i + 1) * ENTRY..]);
+        }
+        None => acc.extend_from_slice(logged),
+    }
     let keep = DEDUPE_WINDOW * ENTRY;
     if acc.len() > keep {
         acc.drain(..acc.len() - keep);
@@ -178,18 +195,16 @@ impl MqttSource {
         }
     }
 
-    /// Whether `p` is a redelivery of a message already in the log.
-    fn is_duplicate(&mut self, p: &Publish, hash: u64) -> bool {
-        if !p.dup || p.qos == QoS::AtMostOnce {
-            return false;
-        }
-        match self.window.iter().rposition(|(id, _)| *id == p.pkid) {
-            Some(i) if self.window[i].1 == hash => {
-                self.window.remove(i);
-                true
-            }
-            _ => false,
-        }
+    /// Whether `p` is a redelivery of a message already in the log. The entry stays: the same
+    /// message comes again if the connection drops before this redelivery is acknowledged.
+    fn is_duplicate(&self, p: &Publish, hash: u64) -> bool {
+        p.dup && p.qos != QoS::AtMostOnce && self.window.iter().rev().any(|e| *e == (p.pkid, hash))
+    }
+
+    /// The broker kept no session: what it delivers from now on is new.
+    fn new_session(&mut self) {
+        self.window.clear();
+        self.delta.push((RESET_PKID, 0));
     }
 
     fn ack(&self, d: &Delivered) {
@@ -217,14 +232,19 @@ impl SourceReader for MqttSource {
         while got < max_rows && dec.rows() < max_rows {
             let Some(rx) = &self.rx else { break };
             let d = match rx.try_recv() {
-                Ok(d) => d,
+                Ok(Handoff::Message(d)) => d,
+                Ok(Handoff::NewSession) => {
+                    got += 1;
+                    self.new_session();
+                    continue;
+                }
                 Err(_) => break,
             };
             got += 1;
             self.shared.gauges.queue_depth.fetch_sub(1, Ordering::Relaxed);
             tracing::trace!(source = %self.settings.conn.ctx, pkid = d.publish.pkid, dup = d.publish.dup, generation = d.generation, bytes = d.publish.payload.len(), "message");
             if d.publish.qos != QoS::AtMostOnce {
-                let hash = message_hash(&d.publish);
+                let hash = message_hash(&d.publish.topic, &d.publish.payload);
                 if self.is_duplicate(&d.publish, hash) {
                     tracing::debug!(source = %self.settings.conn.ctx, pkid = d.publish.pkid, "redelivered message already logged: acknowledged, not counted again");
                     self.shared.gauges.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -256,6 +276,7 @@ impl SourceReader for MqttSource {
     }
 
     fn resume(&mut self, position: &[u8], _dec: &mut RowDecoder) -> Result<()> {
+        // A folded position holds no reset entries: `fold_position` applied them.
         self.window = decode_entries(position).collect();
         Ok(())
     }
@@ -306,7 +327,7 @@ fn run_connection(
     client: &Client,
     topics: &[String],
     qos: QoS,
-    tx: &SyncSender<Delivered>,
+    tx: &SyncSender<Handoff>,
     shared: &Shared,
     ctx: &str,
 ) {
@@ -320,6 +341,9 @@ fn run_connection(
                 shared.gauges.connects.fetch_add(1, Ordering::Relaxed);
                 backoff.reset();
                 tracing::info!(source = %ctx, session_present, generation, "MQTT connected");
+                if !session_present && !hand_off(tx, Handoff::NewSession, shared) {
+                    return;
+                }
                 // Subscribe on every connect, resumed session or not: the source's topics may have
                 // changed since the session was made (MQTT replaces an existing subscription). The
                 // broker then sends retained messages again, flagged `retain`.
@@ -333,22 +357,10 @@ fn run_connection(
                 tracing::error!(source = %ctx, "the broker refused a subscription (check the topic filters and ACLs)");
             }
             Some(WireEvent::Message(p)) => {
-                let mut d = Delivered { publish: p, generation: shared.generation.load(Ordering::Acquire) };
+                let d = Delivered { publish: p, generation: shared.generation.load(Ordering::Acquire) };
                 shared.gauges.queue_depth.fetch_add(1, Ordering::Relaxed);
-                loop {
-                    match tx.try_send(d) {
-                        Ok(()) => break,
-                        Err(TrySendError::Full(back)) => {
-                            // Backpressure: stop reading until the pipeline catches up.
-                            shared.gauges.backpressure.fetch_add(1, Ordering::Relaxed);
-                            d = back;
-                            if shared.stop.load(Ordering::Acquire) {
-                                return;
-                            }
-                            std::thread::sleep(Duration::from_millis(2));
-                        }
-                        Err(TrySendError::Disconnected(_)) => return,
-                    }
+                if !hand_off(tx, Handoff::Message(d), shared) {
+                    return;
                 }
             }
             Some(WireEvent::Error(e)) => {
@@ -365,9 +377,110 @@ fn run_connection(
     }
 }
 
+/// Passes `h` to the reader, blocking while the queue is full (backpressure: the socket is not
+/// read, so the broker holds the messages). False once the source is stopping.
+fn hand_off(tx: &SyncSender<Handoff>, mut h: Handoff, shared: &Shared) -> bool {
+    loop {
+        match tx.try_send(h) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(back)) => {
+                shared.gauges.backpressure.fetch_add(1, Ordering::Relaxed);
+                h = back;
+                if shared.stop.load(Ordering::Acquire) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(TrySendError::Disconnected(_)) => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use eddy_engine::format::decode::DecodeColumn;
+    use eddy_engine::sql::ddl::Options;
+
+    /// A source fed by hand: its queue is the test's, it never connects (no client, so no acks).
+    fn source() -> (MqttSource, SyncSender<Handoff>, RowDecoder) {
+        let o = Options { entries: vec![("url".into(), "mqtt://127.0.0.1:1".into(), Default::default())] };
+        let conn = Connection::resolve("source", "p", "s", &o, &Default::default()).unwrap();
+        let settings = SourceSettings { conn, topics: vec!["t/#".into()], format: Format::Raw, clean_session: false, queue_messages: 64 };
+        let mut src = MqttSource::new(settings, Vec::new(), Arc::default());
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        src.rx = Some(rx);
+        let col = DecodeColumn { name: "raw".into(), data_type: arrow::datatypes::DataType::Utf8, nullable: true, metadata_key: None };
+        (src, tx, RowDecoder::new(vec![col], None).unwrap())
+    }
+
+    fn send(tx: &SyncSender<Handoff>, pkid: u16, dup: bool, payload: &str) {
+        let publish = Publish::for_test("t/a", payload.as_bytes(), pkid, dup);
+        tx.send(Handoff::Message(Delivered { publish, generation: 1 })).unwrap();
+    }
+
+    /// Polls what is queued and "logs" it: returns the rows read and folds the logged position.
+    fn poll_and_log(src: &mut MqttSource, dec: &mut RowDecoder, saved: &mut Vec<u8>) -> usize {
+        src.poll(dec, 1024).unwrap();
+        fold_position(saved, &src.position());
+        src.handed_on(None);
+        dec.finish().unwrap().map_or(0, |b| b.num_rows())
+    }
+
+    #[test]
+    fn the_persisted_hash_never_changes() {
+        // Written into WAL records and checkpoints: a hash seeded per process (or changed by an
+        // upgrade) would let every redelivery after a restart through as a new message. The value
+        // is XXH3-64 as the reference implementation (Python xxhash) computes it.
+        assert_eq!(message_hash("plant/line1/telemetry", b"{\"t\":21.5}"), 0x712c_9a4b_3ba6_b074);
+        assert_ne!(message_hash("a", b"bc"), message_hash("ab", b"c"));
+    }
+
+    #[test]
+    fn redeliveries_after_a_restart_are_skipped_every_time() {
+        let mut saved = Vec::new();
+        let (mut first, tx, mut dec) = source();
+        for i in 1..=5 {
+            send(&tx, i, false, &format!("m{i}"));
+        }
+        assert_eq!(poll_and_log(&mut first, &mut dec, &mut saved), 5);
+        drop(first);
+
+        // A restart: the broker delivers the unacknowledged ones again, with DUP, and a new one.
+        let (mut second, tx, mut dec) = source();
+        second.resume(&saved, &mut dec).unwrap();
+        for i in 3..=5 {
+            send(&tx, i, true, &format!("m{i}"));
+        }
+        send(&tx, 6, false, "m6");
+        // A redelivery of a message that never reached the log (DUP, but unknown) counts.
+        send(&tx, 7, true, "m7");
+        assert_eq!(poll_and_log(&mut second, &mut dec, &mut saved), 2);
+        assert_eq!(second.shared.gauges.duplicates.load(Ordering::Relaxed), 3);
+        // The connection drops before those were acknowledged: they come a second time.
+        for i in 3..=7 {
+            send(&tx, i, true, &format!("m{i}"));
+        }
+        assert_eq!(poll_and_log(&mut second, &mut dec, &mut saved), 0);
+        // Same packet id, other content: a different message, not a duplicate.
+        send(&tx, 4, true, "other");
+        assert_eq!(poll_and_log(&mut second, &mut dec, &mut saved), 1);
+    }
+
+    #[test]
+    fn a_new_session_forgets_what_came_before() {
+        let mut saved = Vec::new();
+        let (mut src, tx, mut dec) = source();
+        send(&tx, 1, false, "same");
+        assert_eq!(poll_and_log(&mut src, &mut dec, &mut saved), 1);
+        // The broker lost our session: its packet ids start over, so an equal (id, payload) is new.
+        tx.send(Handoff::NewSession).unwrap();
+        assert_eq!(poll_and_log(&mut src, &mut dec, &mut saved), 0);
+        send(&tx, 1, true, "same");
+        assert_eq!(poll_and_log(&mut src, &mut dec, &mut saved), 1);
+        // The reset is in the logged position too: a restart keeps only the new session's entry.
+        assert_eq!(decode_entries(&saved).collect::<Vec<_>>(), vec![(1, message_hash("t/a", b"same"))]);
+    }
 
     #[test]
     fn positions_fold_to_the_newest_window() {

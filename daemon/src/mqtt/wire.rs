@@ -22,6 +22,17 @@ pub struct Message {
     ack: Ack,
 }
 
+#[cfg(test)]
+impl Message {
+    /// A QoS 1 message as a 3.1.1 broker delivers it.
+    pub fn for_test(topic: &str, payload: &[u8], pkid: u16, dup: bool) -> Message {
+        let mut p = rumqttc::Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
+        p.pkid = pkid;
+        p.dup = dup;
+        Message { topic: topic.into(), payload: p.payload.clone(), qos: QoS::AtLeastOnce, retain: false, dup, pkid, ack: Ack::V4(p) }
+    }
+}
+
 enum Ack {
     V4(rumqttc::Publish),
     V5(v5::mqttbytes::v5::Publish),

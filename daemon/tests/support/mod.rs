@@ -220,3 +220,98 @@ pub fn metric(port: u16, series: &str) -> Option<f64> {
     let (_, body) = http_get(port, "/metrics")?;
     body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
+
+/// A TCP proxy in front of the broker that can lose the client's PUBACKs on the way (as a flaky
+/// uplink would) and cut its connections; everything else passes through.
+pub struct AckLosingProxy {
+    pub port: u16,
+    lose_acks: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl AckLosingProxy {
+    pub fn start(broker_port: u16) -> AckLosingProxy {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let lose_acks = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (lose, all) = (lose_acks.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(broker) = TcpStream::connect(("127.0.0.1", broker_port)) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                all.lock().unwrap().extend([client.try_clone().unwrap(), broker.try_clone().unwrap()]);
+                let (mut c_in, mut b_out, lose) = (client.try_clone().unwrap(), broker.try_clone().unwrap(), lose.clone());
+                std::thread::spawn(move || {
+                    forward_packets(&mut c_in, &mut b_out, &lose);
+                    let _ = c_in.shutdown(Shutdown::Both);
+                    let _ = b_out.shutdown(Shutdown::Both);
+                });
+                let (mut b_in, mut c_out) = (broker, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut b_in, &mut c_out);
+                    let _ = b_in.shutdown(Shutdown::Both);
+                    let _ = c_out.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        AckLosingProxy { port, lose_acks, conns }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, PUBACKs from clients are (not) passed on.
+    pub fn lose_acks(&self, on: bool) {
+        self.lose_acks.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every connection made so far (both sides), as a network failure would.
+    pub fn cut(&self) {
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Copies MQTT packets from `from` to `to`, leaving out PUBACKs while `lose_acks` is set.
+fn forward_packets(from: &mut std::net::TcpStream, to: &mut std::net::TcpStream, lose_acks: &std::sync::atomic::AtomicBool) {
+    use std::io::Read;
+    const PUBACK: u8 = 4;
+    let (mut buf, mut chunk) = (Vec::new(), [0u8; 16 * 1024]);
+    loop {
+        let n = match from.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(len) = mqtt_packet_len(&buf) {
+            let lost = buf[0] >> 4 == PUBACK && lose_acks.load(std::sync::atomic::Ordering::SeqCst);
+            if !lost && to.write_all(&buf[..len]).is_err() {
+                return;
+            }
+            buf.drain(..len);
+        }
+    }
+}
+
+/// The length of the complete MQTT packet at the start of `b`, if it is all there.
+fn mqtt_packet_len(b: &[u8]) -> Option<usize> {
+    let (mut len, mut mult) = (0usize, 1usize);
+    for i in 1..5 {
+        let byte = *b.get(i)?;
+        len += (byte & 0x7f) as usize * mult;
+        if byte & 0x80 == 0 {
+            return (b.len() >= 1 + i + len).then_some(1 + i + len);
+        }
+        mult *= 128;
+    }
+    None
+}

@@ -245,6 +245,36 @@ mod tests {
         .unwrap()
     }
 
+    fn payload() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            "\\[?\\{\"device_id\":\"[a-z]{0,3}\",\"ts\":[0-9]{1,4}\\}(,\\{\"ts\":1\\})?\\]?".prop_map(String::into_bytes),
+            Just(b"[]".to_vec()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any bytes, as messages with metadata: never a panic, every column as long as the rows
+        /// (the batch builds), and the batch holds exactly the rows decode_json accepted.
+        #[test]
+        fn any_payload_with_metadata_gives_consistent_batches(payloads in proptest::collection::vec(payload(), 1..12)) {
+            use crate::format::decode::MetaValue;
+            let mut cols = decoder().columns().to_vec();
+            cols.push(DecodeColumn { name: "topic".into(), data_type: DataType::Utf8, nullable: true, metadata_key: Some("topic".into()) });
+            let mut d = RowDecoder::new(cols, Some(2)).unwrap();
+            let mut accepted = 0;
+            for (i, p) in payloads.iter().enumerate() {
+                d.set_meta(0, if i % 3 == 0 { MetaValue::Null } else { MetaValue::Text(format!("t/{i}")) });
+                accepted += decode_json(&mut d, p, 0);
+            }
+            let batch = d.finish();
+            proptest::prop_assert!(batch.is_ok(), "{:?}", batch.err());
+            proptest::prop_assert_eq!(batch.unwrap().map(|b| b.num_rows()).unwrap_or(0), accepted);
+            proptest::prop_assert!(d.errors.finish().is_ok());
+        }
+    }
+
     #[test]
     fn metadata_columns_fill_every_row_of_every_payload_kind() {
         use crate::format::decode::MetaValue;
