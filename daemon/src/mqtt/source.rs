@@ -60,6 +60,7 @@ struct Delivered {
 }
 
 /// What the connection thread hands to the reader, in the order the broker sent it.
+#[allow(clippy::large_enum_variant)] // nearly every value is a message; boxing would allocate per message
 enum Handoff {
     Message(Delivered),
     /// The broker has no session for us: nothing from before will be delivered again.

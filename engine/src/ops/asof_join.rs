@@ -11,6 +11,7 @@ use arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
 use datafusion_physical_expr::PhysicalExpr;
 
 use super::rows::{eval_all, KeyEncoder, RowRef, RowStore};
+use super::snapshot::{StateReader, StateWriter};
 use super::{Chunk, Limits, Operator};
 use crate::error::{EngineError, Result};
 
@@ -210,5 +211,60 @@ impl Operator for AsofJoin {
 
     fn state_bytes(&self) -> usize {
         self.left_store.bytes() + self.right_store.bytes() + (self.pending.len() + self.held_right) * 40
+    }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    /// The arrival counter; the waiting left rows (rows, then each one's time and arrival); the
+    /// right rows per key (rows, then each one's key, time and arrival).
+    fn snapshot(&mut self, w: &mut StateWriter) -> Result<()> {
+        w.u64(self.seq);
+        w.u64(self.pending.len() as u64);
+        let refs: Vec<RowRef> = self.pending.values().copied().collect();
+        self.left_store.write_rows(&self.left.schema, &refs, w)?;
+        for (t, seq) in self.pending.keys() {
+            w.i64(*t);
+            w.u64(*seq);
+        }
+        let right: Vec<(&Box<[u8]>, &(i64, u64), &RowRef)> = self.right_rows.iter().flat_map(|(k, rows)| rows.iter().map(move |(at, r)| (k, at, r))).collect();
+        w.u64(right.len() as u64);
+        let refs: Vec<RowRef> = right.iter().map(|(_, _, r)| **r).collect();
+        self.right_store.write_rows(&self.right.schema, &refs, w)?;
+        for (k, (t, seq), _) in &right {
+            w.bytes(k);
+            w.i64(*t);
+            w.u64(*seq);
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, r: &mut StateReader) -> Result<()> {
+        self.seq = r.u64()?;
+        let n = r.count(16)?;
+        let slot = self.left_store.read_rows(&self.left.schema, n, r)?;
+        for i in 0..n {
+            let row = RowRef { slot, row: i as u32 };
+            self.left_store.hold(row);
+            self.pending.insert((r.i64()?, r.u64()?), row);
+        }
+        self.left_store.seal(slot);
+        let n = r.count(24)?;
+        let slot = self.right_store.read_rows(&self.right.schema, n, r)?;
+        for i in 0..n {
+            let row = RowRef { slot, row: i as u32 };
+            let key: Box<[u8]> = r.bytes()?.into();
+            let at = (r.i64()?, r.u64()?);
+            self.right_store.hold(row);
+            self.held_right += 1;
+            let rows = self.right_rows.entry(key.clone()).or_default();
+            rows.insert(at, row);
+            if rows.len() > 1 {
+                self.dirty.insert(key);
+            }
+        }
+        self.right_store.seal(slot);
+        Ok(())
     }
 }

@@ -89,6 +89,13 @@ impl LookupJoin {
 }
 
 impl Operator for LookupJoin {
+    /// No state of its own: the table is read from its file when the pipeline starts, and rows
+    /// replayed from the WAL after a crash join the table as it is then (a processing-time lookup,
+    /// as in Flink). Output of those rows was never made visible before, so none is repeated.
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> String {
         self.label.clone()
     }

@@ -21,6 +21,7 @@ use datafusion_expr::Accumulator;
 use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion_physical_expr::PhysicalExpr;
 
+use super::snapshot::{StateReader, StateWriter};
 use super::{Chunk, Limits, Operator};
 use crate::error::{EngineError, Result};
 
@@ -125,16 +126,21 @@ impl Over {
 
     fn new_part(&self) -> Result<Part> {
         let mut p = Part::default();
-        for f in &self.fns {
-            p.accs.push(match f {
-                OverFn::Agg { agg, frame: Frame::Rows(_) | Frame::Range(_), .. } => Some(agg.create_sliding_accumulator()?),
-                OverFn::Agg { agg, .. } => Some(agg.create_accumulator()?),
-                _ => None,
-            });
+        for f in 0..self.fns.len() {
+            p.accs.push(self.new_acc(f)?);
             p.frames.push(VecDeque::new());
             p.lag.push(VecDeque::new());
         }
         Ok(p)
+    }
+
+    /// A fresh accumulator for function `f` (none for ranking, LAG and LEAD).
+    fn new_acc(&self, f: usize) -> Result<Option<Box<dyn Accumulator>>> {
+        Ok(match &self.fns[f] {
+            OverFn::Agg { agg, frame: Frame::Rows(_) | Frame::Range(_), .. } => Some(agg.create_sliding_accumulator()?),
+            OverFn::Agg { agg, .. } => Some(agg.create_accumulator()?),
+            _ => None,
+        })
     }
 
     /// Evaluates the final rows `batch` (sorted by partition, order, arrival) and appends finished rows.
@@ -429,6 +435,134 @@ impl Operator for Over {
             }
         }
         Ok(held)
+    }
+
+    fn state_bytes(&self) -> usize {
+        let buffered: usize = self.buffered.iter().map(RecordBatch::get_array_memory_size).sum();
+        buffered + self.parts.values().map(|p| 64 + p.waiting.len() * 64 + p.frames.iter().map(VecDeque::len).sum::<usize>() * 32).sum::<usize>()
+    }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    /// Rows not yet final (as they came), then per partition (sorted by key): counters, then per
+    /// function its accumulator's partial state (sliding MIN/MAX are rebuilt from the frame
+    /// instead), frame contents and LAG history, then the rows waiting for a LEAD with the values
+    /// they have so far.
+    fn snapshot(&mut self, w: &mut StateWriter) -> Result<()> {
+        w.u64(self.buffered.len() as u64);
+        for b in &self.buffered {
+            w.batch(b)?;
+        }
+        let mut keys: Vec<Box<[u8]>> = self.parts.keys().cloned().collect();
+        keys.sort();
+        w.u64(keys.len() as u64);
+        for key in keys {
+            let fresh = (0..self.fns.len()).map(|f| self.new_acc(f)).collect::<Result<Vec<_>>>()?;
+            let Some(p) = self.parts.get_mut(&key) else { continue };
+            w.bytes(&key);
+            w.u64(p.count);
+            w.u64(p.dense);
+            for (f, fresh) in fresh.into_iter().enumerate() {
+                match (&mut p.accs[f], rebuilt_from_frame(&self.fns[f])) {
+                    (Some(acc), false) => {
+                        // Written, and merged into a fresh accumulator: the live one goes on
+                        // exactly as a restored one would.
+                        let state = acc.state()?.into_iter().map(|v| v.to_array()).collect::<datafusion_common::Result<Vec<_>>>()?;
+                        w.arrays(&state, 1)?;
+                        if let Some(mut a) = fresh {
+                            a.merge_batch(&state)?;
+                            p.accs[f] = Some(a);
+                        }
+                    }
+                    _ => w.arrays(&[], 0)?,
+                }
+                w.u64(p.frames[f].len() as u64);
+                for (t, args) in &p.frames[f] {
+                    w.i64(*t);
+                    w.arrays(args, 1)?;
+                }
+                let lag: Vec<ScalarValue> = p.lag[f].iter().cloned().collect();
+                let arrays = if lag.is_empty() { vec![] } else { vec![ScalarValue::iter_to_array(lag)?] };
+                w.arrays(&arrays, p.lag[f].len())?;
+            }
+            w.u64(p.waiting.len() as u64);
+            for pending in &p.waiting {
+                w.batch(&pending.row)?;
+                w.u64(pending.after as u64);
+                for v in &pending.values {
+                    w.bool(v.is_some());
+                    let arrays = match v {
+                        Some(v) => vec![v.to_array()?],
+                        None => vec![],
+                    };
+                    w.arrays(&arrays, 1)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, r: &mut StateReader) -> Result<()> {
+        for _ in 0..r.count(16)? {
+            self.buffered.push(r.batch()?);
+        }
+        for _ in 0..r.count(24)? {
+            let key: Box<[u8]> = r.bytes()?.into();
+            let mut p = self.new_part()?;
+            p.count = r.u64()?;
+            p.dense = r.u64()?;
+            for f in 0..self.fns.len() {
+                let (state, _) = r.arrays()?;
+                if let Some(acc) = p.accs[f].as_mut() {
+                    if !state.is_empty() {
+                        acc.merge_batch(&state)?;
+                    }
+                }
+                for _ in 0..r.count(16)? {
+                    let t = r.i64()?;
+                    let (args, _) = r.arrays()?;
+                    if let Some(acc) = p.accs[f].as_mut().filter(|_| rebuilt_from_frame(&self.fns[f])) {
+                        acc.update_batch(&args)?;
+                    }
+                    p.frames[f].push_back((t, args));
+                }
+                let (lag, n) = r.arrays()?;
+                if let Some(a) = lag.first() {
+                    for i in 0..n {
+                        p.lag[f].push_back(ScalarValue::try_from_array(a, i)?);
+                    }
+                }
+            }
+            for _ in 0..r.count(16)? {
+                let row = r.batch()?;
+                let after = r.usize()?;
+                let mut values = Vec::with_capacity(self.fns.len());
+                for _ in 0..self.fns.len() {
+                    let present = r.bool()?;
+                    let (v, _) = r.arrays()?;
+                    values.push(match (present, v.first()) {
+                        (true, Some(a)) => Some(ScalarValue::try_from_array(a, 0)?),
+                        (true, None) => return Err(r.err("a LEAD value without data")),
+                        (false, _) => None,
+                    });
+                }
+                p.waiting.push_back(Pending { row, values, after });
+            }
+            self.parts.insert(key, p);
+        }
+        Ok(())
+    }
+}
+
+/// Whether function `f`'s accumulator is restored by feeding it its frame again rather than by
+/// merging its partial state. Sliding MIN/MAX keep every candidate in the frame, which their
+/// partial state (one value) does not hold; the others' state (sums, counts) continues exactly.
+fn rebuilt_from_frame(f: &OverFn) -> bool {
+    match f {
+        OverFn::Agg { agg, frame: Frame::Rows(_) | Frame::Range(_), .. } => matches!(agg.fun().name(), "min" | "max"),
+        _ => false,
     }
 }
 

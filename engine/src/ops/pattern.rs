@@ -21,6 +21,7 @@ use datafusion_common::ScalarValue;
 use datafusion_physical_expr::PhysicalExpr;
 
 use super::rows::{KeyEncoder, RowRef, RowStore};
+use super::snapshot::{StateReader, StateWriter};
 use super::{Chunk, Limits, Operator};
 use crate::error::{EngineError, Result};
 use crate::sql::pattern::{Nav, NavKind, Pat, PatternDef, Skip};
@@ -136,6 +137,7 @@ pub struct MatchRecognizeOp {
     /// Farthest PREV reach: rows kept behind the attempt start.
     reach_back: u64,
     out_schema: SchemaRef,
+    in_schema: SchemaRef,
     store: RowStore,
     encoder: KeyEncoder,
     part_ids: HashMap<Box<[u8]>, u32>,
@@ -190,6 +192,7 @@ impl MatchRecognizeOp {
             lag,
             reach_back,
             out_schema,
+            in_schema: in_schema.clone(),
             store: RowStore::new(in_schema),
             encoder: KeyEncoder::new(key_types)?,
             part_ids: HashMap::new(),
@@ -650,5 +653,101 @@ impl Operator for MatchRecognizeOp {
 
     fn state_bytes(&self) -> usize {
         self.store.bytes() + (self.held + self.waiting.len()) * 32
+    }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    /// The arrival counter; per partition (in id order) its key, `base`, `start`, condition cache
+    /// and row times; every held row as one batch (partitions' rows in order, then the waiting
+    /// rows); the waiting rows' (time, arrival, partition); the blocked partitions' deadlines.
+    fn snapshot(&mut self, w: &mut StateWriter) -> Result<()> {
+        let mut keys: Vec<&[u8]> = vec![&[]; self.parts.len()];
+        for (k, &pid) in &self.part_ids {
+            if let Some(slot) = keys.get_mut(pid as usize) {
+                *slot = k;
+            }
+        }
+        w.u64(self.seq);
+        w.u64(self.parts.len() as u64);
+        for (p, key) in self.parts.iter().zip(keys) {
+            w.bytes(key);
+            w.u64(p.base);
+            w.u64(p.start);
+            w.bytes(&p.cache.iter().copied().collect::<Vec<u8>>());
+            w.u64(p.rows.len() as u64);
+            p.rows.iter().for_each(|(_, t)| w.i64(*t));
+        }
+        w.u64(self.waiting.len() as u64);
+        let refs: Vec<RowRef> = self.parts.iter().flat_map(|p| p.rows.iter().map(|(r, _)| *r)).chain(self.waiting.values().map(|(_, r)| *r)).collect();
+        w.u64(refs.len() as u64);
+        self.store.write_rows(&self.in_schema, &refs, w)?;
+        for ((t, seq), (pid, _)) in &self.waiting {
+            w.i64(*t);
+            w.u64(*seq);
+            w.u64(*pid as u64);
+        }
+        // The heap as it is (an entry counts only while its partition is in the set).
+        w.u64(self.blocked.len() as u64);
+        for Reverse((deadline, pid)) in &self.blocked {
+            w.i64(*deadline);
+            w.u64(*pid as u64);
+        }
+        let mut set: Vec<u32> = self.blocked_set.iter().copied().collect();
+        set.sort_unstable();
+        w.u64(set.len() as u64);
+        set.iter().for_each(|pid| w.u64(*pid as u64));
+        Ok(())
+    }
+
+    fn restore(&mut self, r: &mut StateReader) -> Result<()> {
+        self.seq = r.u64()?;
+        let nparts = r.count(40)?;
+        let mut times: Vec<Vec<i64>> = Vec::with_capacity(nparts);
+        for pid in 0..nparts {
+            let key: Box<[u8]> = r.bytes()?.into();
+            let (base, start) = (r.u64()?, r.u64()?);
+            let cache: VecDeque<u8> = r.bytes()?.iter().copied().collect();
+            let n = r.count(8)?;
+            times.push((0..n).map(|_| r.i64()).collect::<Result<_>>()?);
+            self.part_ids.insert(key, pid as u32);
+            self.parts.push(Partition { rows: VecDeque::with_capacity(n), base, start, cache });
+        }
+        let nwaiting = r.count(24)?;
+        let total = r.count(0)?;
+        let slot = self.store.read_rows(&self.in_schema, total, r)?;
+        let mut next = 0u32;
+        let mut take = |store: &mut RowStore| {
+            let row = RowRef { slot, row: next };
+            next += 1;
+            store.hold(row);
+            row
+        };
+        for (p, ts) in self.parts.iter_mut().zip(times) {
+            for t in ts {
+                p.rows.push_back((take(&mut self.store), t));
+                self.held += 1;
+            }
+        }
+        for _ in 0..nwaiting {
+            let (t, seq, pid) = (r.i64()?, r.u64()?, r.u64()?);
+            if pid as usize >= self.parts.len() {
+                return Err(r.err("a waiting row of an unknown partition"));
+            }
+            self.waiting.insert((t, seq), (pid as u32, take(&mut self.store)));
+        }
+        if next as usize != total {
+            return Err(r.err("a row count mismatch in a pattern's state"));
+        }
+        self.store.seal(slot);
+        for _ in 0..r.count(16)? {
+            let (deadline, pid) = (r.i64()?, r.u64()? as u32);
+            self.blocked.push(Reverse((deadline, pid)));
+        }
+        for _ in 0..r.count(8)? {
+            self.blocked_set.insert(r.u64()? as u32);
+        }
+        Ok(())
     }
 }

@@ -6,10 +6,11 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch};
+use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 
+use super::snapshot::{StateReader, StateWriter};
 use crate::error::{EngineError, Result};
 
 /// A held row: batch slot and row within it.
@@ -121,6 +122,26 @@ impl RowStore {
     /// Bytes of the batches held.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Writes the given held rows, in order, as one batch: an operator's buffer in a checkpoint.
+    pub fn write_rows(&self, schema: &SchemaRef, refs: &[RowRef], w: &mut StateWriter) -> Result<()> {
+        let refs: Vec<Option<RowRef>> = refs.iter().map(|r| Some(*r)).collect();
+        let cols: Vec<usize> = (0..schema.fields().len()).collect();
+        let options = RecordBatchOptions::new().with_row_count(Some(refs.len()));
+        w.batch(&RecordBatch::try_new_with_options(schema.clone(), self.gather(&refs, &cols)?, &options)?)
+    }
+
+    /// Reads `n` rows written by [`RowStore::write_rows`] into a new slot: row `i` is
+    /// `RowRef { slot, row: i }`. The caller holds the rows it keeps, then seals the slot.
+    pub fn read_rows(&mut self, schema: &SchemaRef, n: usize, r: &mut StateReader) -> Result<u32> {
+        let batch = r.batch()?;
+        let types_match = batch.num_columns() == schema.fields().len()
+            && batch.schema().fields().iter().zip(schema.fields()).all(|(a, b)| a.data_type() == b.data_type());
+        if batch.num_rows() != n || !types_match {
+            return Err(r.err("held rows of the wrong shape"));
+        }
+        Ok(self.add(batch))
     }
 }
 

@@ -18,6 +18,7 @@ use arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion_physical_expr::PhysicalExpr;
 
 use super::rows::{eval_all, KeyEncoder, RowRef, RowStore};
+use super::snapshot::{StateReader, StateWriter};
 use super::{Chunk, Limits, Operator};
 use crate::error::{EngineError, Result};
 
@@ -247,21 +248,14 @@ impl Operator for StreamJoin {
                             }
                         }
                     }
-                    let deadline = if side == 0 {
-                        t.saturating_add(hi).saturating_add(self.sides[1].spec.lag)
-                    } else {
-                        t.saturating_sub(lo).saturating_add(self.sides[0].spec.lag)
-                    };
                     let id = self.insert(side, row, t, key);
-                    self.sides[side].expiry.push(Reverse((deadline, id)));
                     pairs.extend(found.iter().map(|&oid| if side == 0 { (id, oid) } else { (oid, id) }));
                 }
                 JoinTiming::Window => {
                     if null_key[i] && !outer {
                         continue;
                     }
-                    let id = self.insert(side, row, t, None);
-                    self.buckets.entry(t).or_insert_with(|| [Vec::new(), Vec::new()])[side].push(id);
+                    self.insert(side, row, t, None);
                 }
             }
         }
@@ -314,12 +308,83 @@ impl Operator for StreamJoin {
     fn state_bytes(&self) -> usize {
         self.sides.iter().map(|s| s.store.bytes() + s.entries.len() * 48).sum()
     }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    /// Per side: the next entry id, then the held entries in id (arrival) order — their rows as
+    /// one batch, and each entry's id, time, matched flag and key. Indexes, expiry deadlines and
+    /// window buckets follow from those and are rebuilt on restore.
+    fn snapshot(&mut self, w: &mut StateWriter) -> Result<()> {
+        for s in &self.sides {
+            w.u64(s.next_id);
+            let mut ids: Vec<u64> = s.entries.keys().copied().collect();
+            ids.sort_unstable();
+            w.u64(ids.len() as u64);
+            if ids.is_empty() {
+                continue;
+            }
+            let refs: Vec<RowRef> = ids.iter().filter_map(|id| s.entries.get(id).map(|e| e.row)).collect();
+            s.store.write_rows(&s.schema, &refs, w)?;
+            for id in &ids {
+                let Some(e) = s.entries.get(id) else { continue };
+                w.u64(*id);
+                w.i64(e.ts);
+                w.bool(e.matched);
+                w.bool(e.key.is_some());
+                w.bytes(e.key.as_deref().unwrap_or_default());
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, r: &mut StateReader) -> Result<()> {
+        for side in 0..2 {
+            let next_id = r.u64()?;
+            let n = r.count(26)?;
+            if n > 0 {
+                let schema = self.sides[side].schema.clone();
+                let slot = self.sides[side].store.read_rows(&schema, n, r)?;
+                for i in 0..n {
+                    let (id, ts, matched) = (r.u64()?, r.i64()?, r.bool()?);
+                    let has_key = r.bool()?;
+                    let key = r.bytes()?;
+                    if id >= next_id {
+                        return Err(r.err("a join entry id beyond the next id"));
+                    }
+                    self.sides[side].next_id = id;
+                    self.insert(side, RowRef { slot, row: i as u32 }, ts, has_key.then(|| key.into()));
+                    if let Some(e) = self.sides[side].entries.get_mut(&id) {
+                        e.matched = matched;
+                    }
+                }
+                self.sides[side].store.seal(slot);
+            }
+            self.sides[side].next_id = next_id;
+        }
+        Ok(())
+    }
 }
 
 impl StreamJoin {
+    /// Files a held row under the next id: key index and expiry (interval) or its time's bucket
+    /// (window).
     fn insert(&mut self, side: usize, row: RowRef, ts: i64, key: Option<Box<[u8]>>) -> u64 {
+        let id = self.sides[side].next_id;
+        match self.timing {
+            JoinTiming::Interval { lo, hi } => {
+                // When no future row of the other side can fall in this row's interval.
+                let deadline = if side == 0 {
+                    ts.saturating_add(hi).saturating_add(self.sides[1].spec.lag)
+                } else {
+                    ts.saturating_sub(lo).saturating_add(self.sides[0].spec.lag)
+                };
+                self.sides[side].expiry.push(Reverse((deadline, id)));
+            }
+            JoinTiming::Window => self.buckets.entry(ts).or_insert_with(|| [Vec::new(), Vec::new()])[side].push(id),
+        }
         let s = &mut self.sides[side];
-        let id = s.next_id;
         s.next_id += 1;
         s.store.hold(row);
         if let Some(k) = &key {
