@@ -123,12 +123,8 @@ fn keyed(rows: impl Iterator<Item = String>, what: &str) -> BTreeMap<(String, St
 }
 
 fn scenario(faults: bool, protocol: &str) {
-    if !have_mosquitto() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((tmp, mut broker)) = broker_in_tempdir() else { return };
     let dir = tmp.path();
-    let mut broker = Broker::start(dir);
     let metrics_port = free_port();
     let cfg = config(dir, metrics_port, protocol, PIPELINE);
     let url = broker.url();
@@ -200,12 +196,8 @@ fn mqtt5_no_message_lost_or_doubled_through_sigkill_and_broker_restart() {
 /// delivers them all again — and once more after the connection drops before those redeliveries
 /// are acknowledged. Each must be recognised as already counted, every time.
 fn lost_acks_scenario(protocol: &str) {
-    if !have_mosquitto() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((tmp, broker)) = broker_in_tempdir() else { return };
     let dir = tmp.path();
-    let broker = Broker::start(dir);
     let proxy = AckLosingProxy::start(broker.port);
     let metrics_port = free_port();
     let pipeline = PIPELINE.replace("WITH (connector = 'mqtt', topic = 'stats/{device_id}', qos = '1')", "WITH (connector = 'file', path = 'out/per_min.jsonl')");
@@ -259,12 +251,8 @@ fn mqtt5_redeliveries_of_unacknowledged_messages_count_once() {
 
 #[test]
 fn bad_payloads_land_in_errors_and_the_pipeline_runs_on() {
-    if !have_mosquitto() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((tmp, broker)) = broker_in_tempdir() else { return };
     let dir = tmp.path();
-    let broker = Broker::start(dir);
     let metrics_port = free_port();
     let sql = format!(
         r#"
@@ -361,12 +349,8 @@ fn tls_with_a_private_ca_and_client_certificates() {
 
 #[test]
 fn a_changed_topic_takes_effect_on_a_resumed_session() {
-    if !have_mosquitto() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((tmp, broker)) = broker_in_tempdir() else { return };
     let dir = tmp.path();
-    let broker = Broker::start(dir);
     let metrics_port = free_port();
     let sql = |topic: &str| {
         format!(

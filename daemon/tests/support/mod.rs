@@ -46,6 +46,17 @@ pub fn have_mosquitto() -> bool {
     found
 }
 
+/// A temporary directory with a Mosquitto broker running in it; `None` (the test is skipped)
+/// where Mosquitto is not installed.
+pub fn broker_in_tempdir() -> Option<(tempfile::TempDir, Broker)> {
+    if !have_mosquitto() {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    Some((tmp, broker))
+}
+
 /// A Mosquitto broker with persistence in its own directory.
 pub struct Broker {
     pub port: u16,

@@ -174,7 +174,9 @@ impl ColumnBuf {
                 let ms = match value {
                     Value::I64(i) => i,
                     Value::U64(u) => i64::try_from(u).map_err(|_| mismatch("TIMESTAMP(3)", value))?,
+                    // Text (CSV fields are all text) may also be epoch milliseconds.
                     Value::Str(s) => crate::time::parse_timestamp_ms(s)
+                        .or_else(|| s.trim().parse::<i64>().ok())
                         .ok_or_else(|| format!("expected TIMESTAMP(3), got string {s:?}"))?,
                     _ => return Err(mismatch("TIMESTAMP(3)", value)),
                 };

@@ -139,4 +139,18 @@ mod tests {
             assert_eq!(got, want);
         }
     }
+
+    #[test]
+    fn csv_timestamps_may_be_epoch_milliseconds() {
+        use crate::format::decode::{DecodeColumn, RowDecoder};
+        use arrow::array::AsArray;
+        use arrow::datatypes::{DataType, TimestampMillisecondType};
+        let col = |n: &str, t: DataType| DecodeColumn { name: n.into(), data_type: t, nullable: false, metadata_key: None };
+        let mut d = RowDecoder::new(vec![col("id", DataType::Utf8), col("ts", crate::types::TS_TYPE)], Some(1)).unwrap();
+        let n = super::decode_csv_payload(&mut d, b"a,1700000000000\nb,2023-11-14T22:13:20Z\nc,17e11\n", 0);
+        assert_eq!(n, 2, "an integer or RFC 3339; not a float");
+        let b = d.finish().unwrap().unwrap();
+        let ts = b.column(1).as_primitive::<TimestampMillisecondType>();
+        assert_eq!((ts.value(0), ts.value(1)), (1_700_000_000_000, 1_700_000_000_000));
+    }
 }
