@@ -20,7 +20,7 @@ use crate::connector::file::{FileSource, DEFAULT_MAX_LINE};
 use crate::connector::sink::{Sink, SinkMode, SinkTarget};
 use crate::connector::table::{TableRuntime, TableSpec};
 use crate::ops::lookup_join::TableHandle;
-use crate::connector::{self, ConnectorProvider, ConnectorSpec, FoldPosition, Poll, SinkStateDir, SourceReader};
+use crate::connector::{self, ConnectorProvider, ConnectorSpec, FoldPosition, Poll, SinkStateDir, SourceReader, Wakeup};
 use crate::error::{EngineError, Result, SqlPos};
 use crate::format::decode::{errors_schema, DecodeColumn, RowDecoder};
 use crate::format::Format;
@@ -218,6 +218,8 @@ pub struct Pipeline {
     summary: Summary,
     mode: Mode,
     idle_sleep: Duration,
+    /// Sources with threads of their own wake an idle live loop through this.
+    wakeup: Arc<Wakeup>,
     started: bool,
     prepared: bool,
     /// Durable pipelines: the WAL and checkpoints.
@@ -348,6 +350,7 @@ impl Pipeline {
         let mut tables: Vec<TableRuntime> = Vec::new();
         let mut table_handles: HashMap<String, TableHandle> = HashMap::new();
         let mut summary = Summary::default();
+        let wakeup = Arc::new(Wakeup::default());
         for PositionedStatement { pos, statement } in &stmts {
             let pos = *pos;
             if let Some((kind, name)) = created(statement) {
@@ -357,7 +360,7 @@ impl Pipeline {
             }
             match statement {
                 Statement::CreateSource(def) => {
-                    let src = Self::plan_source(def, pos, cfg, &mut catalog, &mut graph, &mut relations)?;
+                    let src = Self::plan_source(def, pos, cfg, &mut catalog, &mut graph, &mut relations, &wakeup)?;
                     summary.sources.push(def.name.clone());
                     sources.push(src);
                 }
@@ -395,7 +398,7 @@ impl Pipeline {
                 return Err(EngineError::options("--output", format!("no sink named '{name}' (sinks: {})", known.join(", "))));
             }
         }
-        Ok(Pipeline { graph, sources, tables, sinks, summary, mode: cfg.mode, idle_sleep: cfg.idle_sleep, started: false, prepared: false, durable: None })
+        Ok(Pipeline { graph, sources, tables, sinks, summary, mode: cfg.mode, idle_sleep: cfg.idle_sleep, wakeup, started: false, prepared: false, durable: None })
     }
 
     fn plan_table(def: &RelationDef, pos: SqlPos, cfg: &PipelineConfig) -> Result<TableRuntime> {
@@ -443,6 +446,7 @@ impl Pipeline {
         catalog: &mut Catalog,
         graph: &mut Graph,
         relations: &mut HashMap<String, Stream>,
+        wakeup: &Arc<Wakeup>,
     ) -> Result<SourceRuntime> {
         let ctx = format!("source '{}'", def.name);
         let provider = cfg.connectors.as_deref();
@@ -499,6 +503,7 @@ impl Pipeline {
                         metadata_keys: decoder.metadata_keys(),
                         columns: cols.iter().map(|c| c.name.clone()).collect(),
                         state: None,
+                        wakeup: Some(wakeup.clone()),
                     };
                     p.validate("source", &spec).map_err(|e| at(pos, e))?;
                     reader = Some(p.open_source(&spec)?);
@@ -628,6 +633,7 @@ impl Pipeline {
                     metadata_keys: Vec::new(),
                     columns: columns.clone(),
                     state: state.map(|s| SinkStateDir { dir: s.dir.join(name), storage: s.storage.clone(), cipher: s.cipher.clone() }),
+                    wakeup: None,
                 };
                 p.validate("sink", &spec).map_err(|e| at(pos, e))?;
                 Sink::external(name, other, p.open_sink(&spec)?, mode, columns)
@@ -848,7 +854,8 @@ impl Pipeline {
             let any = self.step()?;
             self.tick()?;
             if !any {
-                std::thread::sleep(self.idle_sleep);
+                let wait = self.commit_wait().map_or(self.idle_sleep, |w| w.min(self.idle_sleep));
+                self.wakeup.wait(wait);
             }
         }
         self.graph.finish_all()?;

@@ -157,7 +157,7 @@ impl ConnectorProvider for Provider {
     fn open_source(&self, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SourceReader>> {
         let s = self.source_settings(spec)?;
         let gauges = self.metrics.connector(&self.pipeline, "source", spec.name);
-        Ok(Box::new(source::MqttSource::new(s, spec.metadata_keys.clone(), gauges)))
+        Ok(Box::new(source::MqttSource::new(s, spec.metadata_keys.clone(), gauges, spec.wakeup.clone())))
     }
 
     fn fold_position(&self, _connector: &str) -> FoldPosition {

@@ -28,7 +28,7 @@ use super::settings::Connection;
 use super::wire::{self, Message as Publish, WireClient as Client, WireConnection, WireEvent};
 use super::Backoff;
 use crate::metrics::ConnectorGauges;
-use eddy_engine::connector::{Poll, SourceReader};
+use eddy_engine::connector::{Poll, SourceReader, Wakeup};
 use eddy_engine::format::decode::{MetaValue, RowDecoder};
 use eddy_engine::format::{csv as csvfmt, json, Format};
 use eddy_engine::Result;
@@ -74,6 +74,8 @@ struct Shared {
     /// delivers those messages again, and they are recognised as duplicates).
     generation: AtomicU64,
     gauges: Arc<ConnectorGauges>,
+    /// Wakes the pipeline's worker when a message is handed over.
+    wakeup: Option<Arc<Wakeup>>,
 }
 
 pub struct MqttSource {
@@ -132,10 +134,10 @@ pub fn fold_position(acc: &mut Vec<u8>, logged: &[u8]) {
 }
 
 impl MqttSource {
-    pub fn new(settings: SourceSettings, meta: Vec<String>, gauges: Arc<ConnectorGauges>) -> Self {
+    pub fn new(settings: SourceSettings, meta: Vec<String>, gauges: Arc<ConnectorGauges>, wakeup: Option<Arc<Wakeup>>) -> Self {
         MqttSource {
             settings,
-            shared: Arc::new(Shared { stop: AtomicBool::new(false), generation: AtomicU64::new(0), gauges }),
+            shared: Arc::new(Shared { stop: AtomicBool::new(false), generation: AtomicU64::new(0), gauges, wakeup }),
             client: None,
             rx: None,
             thread: None,
@@ -383,7 +385,12 @@ fn run_connection(
 fn hand_off(tx: &SyncSender<Handoff>, mut h: Handoff, shared: &Shared) -> bool {
     loop {
         match tx.try_send(h) {
-            Ok(()) => return true,
+            Ok(()) => {
+                if let Some(w) = &shared.wakeup {
+                    w.wake();
+                }
+                return true;
+            }
             Err(TrySendError::Full(back)) => {
                 shared.gauges.backpressure.fetch_add(1, Ordering::Relaxed);
                 h = back;
@@ -408,7 +415,7 @@ mod tests {
         let o = Options { entries: vec![("url".into(), "mqtt://127.0.0.1:1".into(), Default::default())] };
         let conn = Connection::resolve("source", "p", "s", &o, &Default::default()).unwrap();
         let settings = SourceSettings { conn, topics: vec!["t/#".into()], format: Format::Raw, clean_session: false, queue_messages: 64 };
-        let mut src = MqttSource::new(settings, Vec::new(), Arc::default());
+        let mut src = MqttSource::new(settings, Vec::new(), Arc::default(), None);
         let (tx, rx) = std::sync::mpsc::sync_channel(64);
         src.rx = Some(rx);
         let col = DecodeColumn { name: "raw".into(), data_type: arrow::datatypes::DataType::Utf8, nullable: true, metadata_key: None };

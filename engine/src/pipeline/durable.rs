@@ -386,6 +386,11 @@ impl Pipeline {
         Ok(())
     }
 
+    /// How long an idle live loop may wait before the next group commit falls due.
+    pub(super) fn commit_wait(&self) -> Option<Duration> {
+        self.durable.as_ref().and_then(|d| d.wal.commit_wait())
+    }
+
     /// Records below this LSN are durable in the WAL (what MQTT acknowledgements wait for).
     pub fn durable_lsn(&self) -> Option<u64> {
         self.durable.as_ref().map(|d| d.wal.durable_lsn())

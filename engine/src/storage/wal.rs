@@ -337,6 +337,12 @@ impl Wal {
         self.buf.len() >= self.cfg.commit_bytes || self.oldest_pending.is_some_and(|t| t.elapsed() >= self.cfg.commit_delay)
     }
 
+    /// How long until a group commit falls due (`None`: nothing pending). An idle worker waits
+    /// no longer than this, so a commit is never late by its idle wait.
+    pub fn commit_wait(&self) -> Option<Duration> {
+        self.oldest_pending.map(|t| self.cfg.commit_delay.saturating_sub(t.elapsed()))
+    }
+
     /// Commits if the group-commit policy says so; returns the durable LSN.
     pub fn maybe_commit(&mut self) -> Result<u64> {
         if self.commit_due() {
