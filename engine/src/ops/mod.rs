@@ -17,6 +17,7 @@ pub mod agg;
 pub mod session;
 pub mod snapshot;
 pub mod window;
+pub mod variance;
 pub mod window_agg;
 
 use std::sync::Arc;

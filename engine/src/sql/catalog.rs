@@ -79,7 +79,9 @@ impl Catalog {
             scalar.insert(f.name().to_string(), f);
         }
         let mut aggregate = HashMap::new();
-        for f in datafusion_functions_aggregate::all_default_aggregate_functions() {
+        // The variance family is replaced by versions whose checkpoint restore is exact.
+        let defaults = datafusion_functions_aggregate::all_default_aggregate_functions();
+        for f in defaults.into_iter().chain(crate::ops::variance::exact_variance_functions()) {
             for a in f.aliases() {
                 aggregate.insert(a.clone(), f.clone());
             }
