@@ -307,7 +307,7 @@ for name, (sql, err) in ERR.items():
     write_case(name, sql, {'readings.jsonl': bad_rows}, {'error.txt': err})
 print('cases written')
 
-# ---- OVER: ROWS frame, LAG, LEAD, ROW_NUMBER, RANK (rows in event-time order per partition) ----
+# ---- OVER: ROWS frame, LAG, LEAD, ROW_NUMBER, RANK, DENSE_RANK (rows in event-time order per partition) ----
 ov = readings(40, 21, devices=2, disorder=3000, step=1000)
 for i, r in enumerate(ov):
     if i % 9 == 4:  # equal timestamps: peers
@@ -323,9 +323,10 @@ for dev, lst in by_dev.items():
     for i, (t, _, r) in enumerate(lst):
         w = temps[max(0, i - 2): i + 1]
         rank = 1 + sum(1 for x in lst if x[0] < t)
+        dense = 1 + len({x[0] for x in lst if x[0] < t})
         exp_rows.append({'device_id': dev, 'ts': r['ts'], 'temp': r['temp'], 'avg3': sum(w) / len(w),
                          'prev': temps[i - 1] if i > 0 else None, 'next': temps[i + 1] if i + 1 < len(temps) else None,
-                         'rn': i + 1, 'rk': rank})
+                         'rn': i + 1, 'rk': rank, 'drk': dense})
         in_range = [x[2]['temp'] for x in lst if t - 10000 <= x[0] <= t]
         running = [x[2]['temp'] for x in lst if x[0] <= t]
         exp_range.append({'device_id': dev, 'ts': r['ts'], 'sum10s': sum(in_range), 'n10s': len(in_range), 'running_max': max(running)})
@@ -336,7 +337,8 @@ SELECT device_id, ts, temp,
        LAG(temp) OVER (PARTITION BY device_id ORDER BY ts) AS prev,
        LEAD(temp) OVER (PARTITION BY device_id ORDER BY ts) AS next,
        ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY ts) AS rn,
-       RANK() OVER (PARTITION BY device_id ORDER BY ts) AS rk
+       RANK() OVER (PARTITION BY device_id ORDER BY ts) AS rk,
+       DENSE_RANK() OVER (PARTITION BY device_id ORDER BY ts) AS drk
 FROM readings
 WITH (connector = 'file', path = 'out/moving.jsonl', format = 'json');
 """, {'readings.jsonl': ov}, {'moving': exp_rows})

@@ -11,6 +11,7 @@ SELECT device_id, ts, temp,
        LAG(temp) OVER (PARTITION BY device_id ORDER BY ts) AS prev,
        LEAD(temp) OVER (PARTITION BY device_id ORDER BY ts) AS next,
        ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY ts) AS rn,
-       RANK() OVER (PARTITION BY device_id ORDER BY ts) AS rk
+       RANK() OVER (PARTITION BY device_id ORDER BY ts) AS rk,
+       DENSE_RANK() OVER (PARTITION BY device_id ORDER BY ts) AS drk
 FROM readings
 WITH (connector = 'file', path = 'out/moving.jsonl', format = 'json');
