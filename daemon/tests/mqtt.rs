@@ -195,12 +195,15 @@ fn mqtt5_no_message_lost_or_doubled_through_sigkill_and_broker_restart() {
 /// logged is still unacknowledged at the broker when eddyd is killed. After the restart the broker
 /// delivers them all again — and once more after the connection drops before those redeliveries
 /// are acknowledged. Each must be recognised as already counted, every time.
-fn lost_acks_scenario(protocol: &str) {
+fn lost_acks_scenario(protocol: &str, qos: &str) {
     let Some((tmp, broker)) = broker_in_tempdir() else { return };
     let dir = tmp.path();
     let proxy = AckLosingProxy::start(broker.port);
     let metrics_port = free_port();
-    let pipeline = PIPELINE.replace("WITH (connector = 'mqtt', topic = 'stats/{device_id}', qos = '1')", "WITH (connector = 'file', path = 'out/per_min.jsonl')");
+    let pipeline = PIPELINE
+        .replace("WITH (connector = 'mqtt', topic = 'stats/{device_id}', qos = '1')", "WITH (connector = 'file', path = 'out/per_min.jsonl')")
+        .replace("topic = 'plant/+/telemetry', qos = '1'", &format!("topic = 'plant/+/telemetry', qos = '{qos}'"));
+    let publish_lines = |port: u16, topic: &str, lines: &[String]| publish_lines_at(port, topic, qos, lines);
     let cfg = config(dir, metrics_port, protocol, &pipeline);
     let msgs = messages(400);
     let expected = replay(dir, &msgs);
@@ -241,12 +244,25 @@ fn lost_acks_scenario(protocol: &str) {
 
 #[test]
 fn redeliveries_of_unacknowledged_messages_count_once() {
-    lost_acks_scenario("3.1.1");
+    lost_acks_scenario("3.1.1", "1");
 }
 
 #[test]
 fn mqtt5_redeliveries_of_unacknowledged_messages_count_once() {
-    lost_acks_scenario("5");
+    lost_acks_scenario("5", "1");
+}
+
+/// QoS 2 end to end (devices publish at QoS 2, the source asks for QoS 2): eddyd killed with
+/// deliveries unacknowledged must neither lose nor double them — nor hang on a handshake the
+/// broker resumes after the restart.
+#[test]
+fn qos2_redeliveries_count_once_and_a_resumed_handshake_does_not_hang() {
+    lost_acks_scenario("3.1.1", "2");
+}
+
+#[test]
+fn mqtt5_qos2_redeliveries_count_once_and_a_resumed_handshake_does_not_hang() {
+    lost_acks_scenario("5", "2");
 }
 
 #[test]

@@ -157,7 +157,17 @@ impl MqttSource {
         let (tx, rx) = std::sync::mpsc::sync_channel(s.queue_messages.max(1));
         let shared = self.shared.clone();
         let topics = s.topics.clone();
-        let qos = s.conn.qos;
+        // QoS 2 is subscribed as QoS 1. Exactly-once comes from acknowledging only durable input
+        // and recognising redeliveries, which QoS 1 gives; a QoS 2 handshake the broker resumes
+        // after a restart (PUBREL for a PUBREC sent before it) is refused by rumqttc as
+        // unsolicited, and the connection would fail on it at every reconnect.
+        let qos = match s.conn.qos {
+            QoS::ExactlyOnce => {
+                tracing::info!(source = %s.conn.ctx, "qos = 2: subscribing at QoS 1; durable acknowledgement and duplicate detection count every message exactly once");
+                QoS::AtLeastOnce
+            }
+            q => q,
+        };
         let sub_client = client.clone();
         let ctx = s.conn.ctx.clone();
         let thread = std::thread::Builder::new()

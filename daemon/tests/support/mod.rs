@@ -128,7 +128,12 @@ impl Drop for Broker {
 /// Publishes `lines` (one message each) at QoS 1 with mosquitto_pub, which waits for every
 /// acknowledgement before it exits.
 pub fn publish_lines(port: u16, topic: &str, lines: &[String]) {
-    let mut c = Command::new("mosquitto_pub").args(["-p", &port.to_string(), "-q", "1", "-t", topic, "-l"]).stdin(Stdio::piped()).spawn().expect("mosquitto_pub");
+    publish_lines_at(port, topic, "1", lines)
+}
+
+/// [`publish_lines`] at QoS `qos`.
+pub fn publish_lines_at(port: u16, topic: &str, qos: &str, lines: &[String]) {
+    let mut c = Command::new("mosquitto_pub").args(["-p", &port.to_string(), "-q", qos, "-t", topic, "-l"]).stdin(Stdio::piped()).spawn().expect("mosquitto_pub");
     let mut stdin = c.stdin.take().unwrap();
     for l in lines {
         writeln!(stdin, "{l}").unwrap();
@@ -232,8 +237,9 @@ pub fn metric(port: u16, series: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
 
-/// A TCP proxy in front of the broker that can lose the client's PUBACKs on the way (as a flaky
-/// uplink would) and cut its connections; everything else passes through.
+/// A TCP proxy in front of the broker that can lose the acknowledgements of deliveries on the way
+/// (as a flaky uplink would) — the client's PUBACKs (QoS 1) and the broker's PUBRELs (the second
+/// half of a QoS 2 handshake) — and cut its connections; everything else passes through.
 pub struct AckLosingProxy {
     pub port: u16,
     lose_acks: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -258,15 +264,15 @@ impl AckLosingProxy {
                     continue;
                 };
                 all.lock().unwrap().extend([client.try_clone().unwrap(), broker.try_clone().unwrap()]);
-                let (mut c_in, mut b_out, lose) = (client.try_clone().unwrap(), broker.try_clone().unwrap(), lose.clone());
+                let (mut c_in, mut b_out, lose_out) = (client.try_clone().unwrap(), broker.try_clone().unwrap(), lose.clone());
                 std::thread::spawn(move || {
-                    forward_packets(&mut c_in, &mut b_out, &lose);
+                    forward_packets(&mut c_in, &mut b_out, PUBACK, &lose_out);
                     let _ = c_in.shutdown(Shutdown::Both);
                     let _ = b_out.shutdown(Shutdown::Both);
                 });
-                let (mut b_in, mut c_out) = (broker, client);
+                let (mut b_in, mut c_out, lose) = (broker, client, lose.clone());
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut b_in, &mut c_out);
+                    forward_packets(&mut b_in, &mut c_out, PUBREL, &lose);
                     let _ = b_in.shutdown(Shutdown::Both);
                     let _ = c_out.shutdown(Shutdown::Both);
                 });
@@ -279,7 +285,7 @@ impl AckLosingProxy {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    /// From now on, PUBACKs from clients are (not) passed on.
+    /// From now on, PUBACKs from clients and PUBRELs from the broker are (not) passed on.
     pub fn lose_acks(&self, on: bool) {
         self.lose_acks.store(on, std::sync::atomic::Ordering::SeqCst);
     }
@@ -292,10 +298,12 @@ impl AckLosingProxy {
     }
 }
 
-/// Copies MQTT packets from `from` to `to`, leaving out PUBACKs while `lose_acks` is set.
-fn forward_packets(from: &mut std::net::TcpStream, to: &mut std::net::TcpStream, lose_acks: &std::sync::atomic::AtomicBool) {
+const PUBACK: u8 = 4;
+const PUBREL: u8 = 6;
+
+/// Copies MQTT packets from `from` to `to`, leaving out those of type `lose` while `lose_acks` is set.
+fn forward_packets(from: &mut std::net::TcpStream, to: &mut std::net::TcpStream, lose: u8, lose_acks: &std::sync::atomic::AtomicBool) {
     use std::io::Read;
-    const PUBACK: u8 = 4;
     let (mut buf, mut chunk) = (Vec::new(), [0u8; 16 * 1024]);
     loop {
         let n = match from.read(&mut chunk) {
@@ -304,7 +312,7 @@ fn forward_packets(from: &mut std::net::TcpStream, to: &mut std::net::TcpStream,
         };
         buf.extend_from_slice(&chunk[..n]);
         while let Some(len) = mqtt_packet_len(&buf) {
-            let lost = buf[0] >> 4 == PUBACK && lose_acks.load(std::sync::atomic::Ordering::SeqCst);
+            let lost = buf[0] >> 4 == lose && lose_acks.load(std::sync::atomic::Ordering::SeqCst);
             if !lost && to.write_all(&buf[..len]).is_err() {
                 return;
             }
