@@ -3,9 +3,11 @@
 //! (`<state>/sinks/<sink>/`), so messages survive a crash and a broker outage; without durable state
 //! it lives in memory only.
 //!
-//! Records: `1` a delivery (`end`, first sequence number, messages), `2` acknowledged through a
-//! sequence number (written as the broker acknowledges, batched). Recovery replays both; segments
-//! holding only acknowledged messages are deleted. Never does network I/O.
+//! Records: `1` a delivery (`end`, first sequence number, messages), `3` acknowledged through a
+//! sequence number, with the counters a delivery record would give — next sequence number and
+//! delivered `end` — because the segments holding only acknowledged messages are deleted, and
+//! with them their delivery records (`2`, the same without those two, is still read). Recovery
+//! replays them all. Never does network I/O.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,7 +19,10 @@ use eddy_engine::{EngineError, Result};
 use eddy_engine::connector::SinkStateDir;
 
 const REC_DELIVERY: u8 = 1;
-const REC_ACKED: u8 = 2;
+/// Written by earlier versions: acknowledged through, dropped.
+const REC_ACKED_V1: u8 = 2;
+/// Acknowledged through, dropped, next sequence number, delivered `end`.
+const REC_ACKED: u8 = 3;
 
 /// What to do with a delivery when the outbox is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,9 +109,13 @@ impl Outbox {
                 }
                 r.finish()
             }
-            REC_ACKED => {
+            kind @ (REC_ACKED | REC_ACKED_V1) => {
                 let acked = r.u64()?;
                 self.dropped = r.u64()?;
+                if kind == REC_ACKED {
+                    self.next_seq = self.next_seq.max(r.u64()?);
+                    self.durable_end = self.durable_end.max(r.u64()?);
+                }
                 r.finish()?;
                 self.acked_through(acked);
                 Ok(())
@@ -191,6 +200,8 @@ impl Outbox {
         w.u8(REC_ACKED);
         w.u64(self.acked_seq);
         w.u64(self.dropped);
+        w.u64(self.next_seq);
+        w.u64(self.durable_end);
         let lsn = wal.append(&self.scratch.buf)?;
         wal.commit()?;
         self.logged_acked = self.acked_seq;
@@ -233,6 +244,33 @@ mod tests {
         let mut ob = ob;
         ob.take(300, msgs(10, 1)).unwrap();
         assert_eq!(ob.queue.back().unwrap().seq, 10);
+    }
+
+    /// Everything acknowledged, then two restarts: the segments with the delivery records are
+    /// gone, and the outbox must still know its sequence numbers and what was delivered.
+    #[test]
+    fn sequence_numbers_and_delivered_ends_survive_the_deletion_of_acknowledged_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let st = dir(tmp.path());
+        {
+            let mut ob = Outbox::open(Some(&st), 1 << 20, FullPolicy::Block).unwrap();
+            ob.take(100, msgs(0, 4)).unwrap();
+            ob.acked_through(4);
+            ob.sync_acks().unwrap();
+        }
+        for _ in 0..2 {
+            let mut ob = Outbox::open(Some(&st), 1 << 20, FullPolicy::Block).unwrap();
+            assert!(ob.queue.is_empty());
+            // An acknowledgement record in the new segment lets the old one go.
+            ob.acked_through(4);
+            ob.logged_acked = 0;
+            ob.sync_acks().unwrap();
+        }
+        let segments = std::fs::read_dir(tmp.path()).unwrap().count();
+        let mut ob = Outbox::open(Some(&st), 1 << 20, FullPolicy::Block).unwrap();
+        assert!(ob.has(100), "the delivery ending at 100 is forgotten ({segments} files left)");
+        ob.take(200, msgs(4, 1)).unwrap();
+        assert_eq!(ob.queue.back().unwrap().seq, 4, "sequence numbers start again");
     }
 
     #[test]

@@ -164,10 +164,12 @@ impl SinkWriter for MqttSink {
         let (client, connection) = wire::open(&self.settings.conn, false, false, self.settings.inflight * 2 + 16)?;
         let s = self.settings.clone();
         let sh = shared.clone();
+        // Sequence numbers outlive a crash only in a durable outbox; only then are they sent.
+        let durable = self.state.is_some();
         self.thread = Some(
             std::thread::Builder::new()
                 .name(format!("mqtt-out {}", s.conn.client_id))
-                .spawn(move || publish_loop(client, connection, &s, &sh))
+                .spawn(move || publish_loop(client, connection, &s, &sh, durable))
                 .map_err(|e| EngineError::io("<thread>", e))?,
         );
         self.shared = Some(shared);
@@ -249,7 +251,7 @@ impl Drop for MqttSink {
 
 /// Sends the outbox in order and removes what the broker acknowledged. After a reconnect it starts
 /// again from the oldest unacknowledged message.
-fn publish_loop(client: WireClient, mut connection: WireConnection, s: &SinkSettings, sh: &Shared) -> Result<()> {
+fn publish_loop(client: WireClient, mut connection: WireConnection, s: &SinkSettings, sh: &Shared, durable: bool) -> Result<()> {
     let ctx = &s.conn.ctx;
     let mut connected = false;
     let mut backoff = Backoff::new();
@@ -275,7 +277,7 @@ fn publish_loop(client: WireClient, mut connection: WireConnection, s: &SinkSett
             // Sequence numbers in the outbox are contiguous: the next to send is found by index.
             let from = ob.queue.front().map(|f| start.saturating_sub(f.seq) as usize).unwrap_or(0);
             for m in ob.queue.range(from.min(ob.queue.len())..).take(s.inflight.saturating_sub(inflight)) {
-                match client.publish(&m.topic, s.conn.qos, s.retain, m.payload.clone()) {
+                match client.publish(&m.topic, s.conn.qos, s.retain, m.payload.clone(), durable.then_some((s.conn.client_id.as_str(), m.seq))) {
                     Ok(()) => {
                         unassigned.push_back(m.seq);
                         next_send = Some(m.seq + 1);

@@ -135,10 +135,22 @@ impl WireClient {
         }
     }
 
-    pub fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: Vec<u8>) -> std::result::Result<(), String> {
+    /// Publishes `payload`. With `seq` (a durable outbox's sink id and sequence number) an MQTT 5
+    /// message carries them as the user properties `eddy-sink` and `eddy-seq`: a message sent
+    /// again after a reconnect or a crash has the same pair, so a consumer can drop repeats.
+    pub fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: Vec<u8>, seq: Option<(&str, u64)>) -> std::result::Result<(), String> {
         match self {
             WireClient::V4(c) => c.try_publish(topic, qos, retain, payload).map_err(|e| e.to_string()),
-            WireClient::V5(c) => c.try_publish(topic, v5_qos(qos), retain, payload).map_err(|e| e.to_string()),
+            WireClient::V5(c) => match seq {
+                None => c.try_publish(topic, v5_qos(qos), retain, payload).map_err(|e| e.to_string()),
+                Some((sink, n)) => {
+                    let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+                        user_properties: vec![("eddy-sink".into(), sink.into()), ("eddy-seq".into(), n.to_string())],
+                        ..Default::default()
+                    };
+                    c.try_publish_with_properties(topic, v5_qos(qos), retain, payload, props).map_err(|e| e.to_string())
+                }
+            },
         }
     }
 

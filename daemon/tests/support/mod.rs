@@ -163,13 +163,35 @@ pub struct Subscriber {
     filter: String,
     out: PathBuf,
     child: Option<Child>,
+    /// MQTT 5, printing each message's user properties too.
+    v5: bool,
 }
 
 impl Subscriber {
     pub fn start(port: u16, filter: &str, out: &Path) -> Subscriber {
-        let mut s = Subscriber { port, filter: filter.into(), out: out.to_path_buf(), child: None };
+        let mut s = Subscriber { port, filter: filter.into(), out: out.to_path_buf(), child: None, v5: false };
         s.ensure();
         s
+    }
+
+    /// An MQTT 5 subscriber, for [`Subscriber::tagged`].
+    pub fn start_v5(port: u16, filter: &str, out: &Path) -> Subscriber {
+        let mut s = Subscriber { port, filter: filter.into(), out: out.to_path_buf(), child: None, v5: true };
+        s.ensure();
+        s
+    }
+
+    /// (topic, user properties as `key:value` words, payload) received so far (MQTT 5 only).
+    pub fn tagged(&self) -> Vec<(String, String, String)> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (head, payload) = l.split_once('|')?;
+                let (topic, props) = head.split_once(' ')?;
+                Some((topic.to_string(), props.to_string(), payload.to_string()))
+            })
+            .collect()
     }
 
     pub fn ensure(&mut self) {
@@ -179,10 +201,16 @@ impl Subscriber {
             }
         }
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.out).unwrap();
+        let mut cmd = Command::new("mosquitto_sub");
+        cmd.args(["-p", &self.port.to_string(), "-q", "1", "-c", "-i", "eddy-test-sub", "-t", &self.filter]);
+        if self.v5 {
+            // A persistent MQTT 5 session needs an expiry to outlive the connection.
+            cmd.args(["-V", "mqttv5", "-x", "3600", "-F", "%t %P|%p"]);
+        } else {
+            cmd.arg("-v");
+        }
         self.child = Some(
-            Command::new("mosquitto_sub")
-                .args(["-p", &self.port.to_string(), "-q", "1", "-c", "-i", "eddy-test-sub", "-v", "-t", &self.filter])
-                .stdout(out)
+            cmd.stdout(out)
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("mosquitto_sub"),
@@ -192,6 +220,9 @@ impl Subscriber {
 
     /// (topic, payload) lines received so far.
     pub fn messages(&self) -> Vec<(String, String)> {
+        if self.v5 {
+            return self.tagged().into_iter().map(|(t, _, p)| (t, p)).collect();
+        }
         std::fs::read_to_string(&self.out)
             .unwrap_or_default()
             .lines()
