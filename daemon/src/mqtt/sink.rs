@@ -100,6 +100,13 @@ pub struct SinkSettings {
 
 struct Shared {
     outbox: Mutex<Outbox>,
+    /// What has been handed to rumqttc. Lock order: `outbox`, then `sending` — never the other
+    /// way round. Messages are handed over with both held, so the order of `unassigned` is the
+    /// order of rumqttc's request queue, whichever thread sent them.
+    sending: Mutex<Sending>,
+    client: WireClient,
+    /// A durable outbox's messages carry their sequence number (MQTT 5).
+    durable: bool,
     /// Signalled when the outbox gains or loses messages.
     changed: Condvar,
     /// Set by `close` (the pipeline stopped) or by the daemon's shutdown.
@@ -108,9 +115,51 @@ struct Shared {
     gauges: Arc<ConnectorGauges>,
 }
 
+#[derive(Default)]
+struct Sending {
+    connected: bool,
+    /// Sequence numbers sent, in order, waiting for rumqttc to give them a packet id...
+    unassigned: std::collections::VecDeque<u64>,
+    /// ...and then waiting for the broker's acknowledgement.
+    by_pkid: std::collections::HashMap<u16, u64>,
+    /// The next sequence number to send (`None`: the oldest in the outbox).
+    next_send: Option<u64>,
+}
+
 impl Shared {
     fn lock(&self) -> Result<MutexGuard<'_, Outbox>> {
         self.outbox.lock().map_err(|_| EngineError::Internal("the outbox lock is poisoned (its publisher panicked)".into()))
+    }
+
+    fn lock_sending(&self) -> Result<MutexGuard<'_, Sending>> {
+        self.sending.lock().map_err(|_| EngineError::Internal("the MQTT send state lock is poisoned".into()))
+    }
+
+    /// Hands rumqttc the outbox's next messages, up to `inflight` unacknowledged. Called by the
+    /// publisher and, so that new output goes out at once, by `deliver`. `ob` is held throughout.
+    fn send_ready(&self, ob: &Outbox, s: &SinkSettings) -> Result<()> {
+        let mut snd = self.lock_sending()?;
+        if !snd.connected {
+            return Ok(());
+        }
+        let inflight = snd.unassigned.len() + snd.by_pkid.len();
+        let start = snd.next_send.unwrap_or_else(|| ob.queue.front().map(|m| m.seq).unwrap_or(0));
+        let mut sent = 0;
+        // Sequence numbers in the outbox are contiguous: the next to send is found by index.
+        let from = ob.queue.front().map(|f| start.saturating_sub(f.seq) as usize).unwrap_or(0);
+        for m in ob.queue.range(from.min(ob.queue.len())..).take(s.inflight.saturating_sub(inflight)) {
+            let seq = self.durable.then_some((s.conn.client_id.as_str(), m.seq));
+            match self.client.publish(&m.topic, s.conn.qos, s.retain, m.payload.clone(), seq) {
+                Ok(()) => {
+                    snd.unassigned.push_back(m.seq);
+                    snd.next_send = Some(m.seq + 1);
+                    sent += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        self.gauges.messages.fetch_add(sent, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -153,23 +202,25 @@ impl SinkWriter for MqttSink {
         if !outbox.queue.is_empty() {
             tracing::info!(sink = %self.settings.conn.ctx, messages = outbox.queue.len(), "MQTT outbox recovered; sending it first");
         }
+        // A clean session: after a reconnect the outbox itself sends what was not acknowledged.
+        let (client, connection) = wire::open(&self.settings.conn, false, false, self.settings.inflight * 2 + 16)?;
         let shared = Arc::new(Shared {
             outbox: Mutex::new(outbox),
+            sending: Mutex::default(),
+            client,
+            // Sequence numbers outlive a crash only in a durable outbox; only then are they sent.
+            durable: self.state.is_some(),
             changed: Condvar::new(),
             closing: AtomicBool::new(false),
             stopping: self.stopping.clone(),
             gauges: self.gauges.clone(),
         });
-        // A clean session: after a reconnect the outbox itself sends what was not acknowledged.
-        let (client, connection) = wire::open(&self.settings.conn, false, false, self.settings.inflight * 2 + 16)?;
         let s = self.settings.clone();
         let sh = shared.clone();
-        // Sequence numbers outlive a crash only in a durable outbox; only then are they sent.
-        let durable = self.state.is_some();
         self.thread = Some(
             std::thread::Builder::new()
                 .name(format!("mqtt-out {}", s.conn.client_id))
-                .spawn(move || publish_loop(client, connection, &s, &sh, durable))
+                .spawn(move || publish_loop(connection, &s, &sh))
                 .map_err(|e| EngineError::io("<thread>", e))?,
         );
         self.shared = Some(shared);
@@ -209,6 +260,9 @@ impl SinkWriter for MqttSink {
         }
         shared.gauges.outbox_messages.store(ob.queue.len() as u64, Ordering::Relaxed);
         shared.gauges.outbox_bytes.store(ob.bytes as u64, Ordering::Relaxed);
+        // Sent from here rather than by the publisher's next turn: it may be waiting on the
+        // broker, and new output should not wait with it.
+        shared.send_ready(&ob, &self.settings)?;
         shared.changed.notify_all();
         Ok(())
     }
@@ -251,79 +305,57 @@ impl Drop for MqttSink {
 
 /// Sends the outbox in order and removes what the broker acknowledged. After a reconnect it starts
 /// again from the oldest unacknowledged message.
-fn publish_loop(client: WireClient, mut connection: WireConnection, s: &SinkSettings, sh: &Shared, durable: bool) -> Result<()> {
+fn publish_loop(mut connection: WireConnection, s: &SinkSettings, sh: &Shared) -> Result<()> {
     let ctx = &s.conn.ctx;
-    let mut connected = false;
     let mut backoff = Backoff::new();
-    // Sequence numbers sent, in order, waiting for rumqttc to give them a packet id...
-    let mut unassigned: std::collections::VecDeque<u64> = Default::default();
-    // ...and then waiting for the broker's acknowledgement.
-    let mut by_pkid: std::collections::HashMap<u16, u64> = Default::default();
     let mut acked: std::collections::BTreeSet<u64> = Default::default();
-    let mut next_send: Option<u64> = None;
     let mut last_sync = Instant::now();
     loop {
         if sh.closing.load(Ordering::Acquire) {
             let mut ob = sh.lock()?;
             ob.sync_acks()?;
-            client.disconnect();
+            sh.client.disconnect();
             return Ok(());
         }
-        if connected {
+        {
             let ob = sh.lock()?;
-            let inflight = unassigned.len() + by_pkid.len();
-            let start = next_send.unwrap_or_else(|| ob.queue.front().map(|m| m.seq).unwrap_or(0));
-            let mut sent = 0;
-            // Sequence numbers in the outbox are contiguous: the next to send is found by index.
-            let from = ob.queue.front().map(|f| start.saturating_sub(f.seq) as usize).unwrap_or(0);
-            for m in ob.queue.range(from.min(ob.queue.len())..).take(s.inflight.saturating_sub(inflight)) {
-                match client.publish(&m.topic, s.conn.qos, s.retain, m.payload.clone(), durable.then_some((s.conn.client_id.as_str(), m.seq))) {
-                    Ok(()) => {
-                        unassigned.push_back(m.seq);
-                        next_send = Some(m.seq + 1);
-                        sent += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-            sh.gauges.messages.fetch_add(sent, Ordering::Relaxed);
+            sh.send_ready(&ob, s)?;
         }
         let mut acked_any = false;
-        // Short: a new delivery waits for this wait to end before it is sent.
-        match connection.recv(Duration::from_millis(4)) {
+        // New deliveries are sent by `deliver` itself; this wait only paces acknowledgements
+        // and the check for `closing`.
+        match connection.recv(Duration::from_millis(50)) {
             None | Some(WireEvent::Other) | Some(WireEvent::Message(_)) | Some(WireEvent::SubscribeRefused) => {}
             Some(WireEvent::Connected { .. }) => {
-                connected = true;
+                *sh.lock_sending()? = Sending { connected: true, ..Sending::default() };
                 backoff.reset();
-                unassigned.clear();
-                by_pkid.clear();
                 acked.clear();
-                next_send = None;
                 sh.gauges.connected.store(true, Ordering::Relaxed);
                 sh.gauges.connects.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(sink = %ctx, "MQTT connected");
             }
             Some(WireEvent::Sent(pkid)) => {
-                if let Some(seq) = unassigned.pop_front() {
+                let mut snd = sh.lock_sending()?;
+                if let Some(seq) = snd.unassigned.pop_front() {
                     if s.conn.qos == QoS::AtMostOnce {
                         acked.insert(seq);
                         acked_any = true;
                     } else {
-                        by_pkid.insert(pkid, seq);
+                        snd.by_pkid.insert(pkid, seq);
                     }
                 }
             }
             Some(WireEvent::Acked(pkid)) => {
-                if let Some(seq) = by_pkid.remove(&pkid) {
+                if let Some(seq) = sh.lock_sending()?.by_pkid.remove(&pkid) {
                     acked.insert(seq);
                     acked_any = true;
                 }
             }
             Some(WireEvent::Error(e)) => {
-                if connected {
+                let was_connected = std::mem::replace(&mut sh.lock_sending()?.connected, false);
+                if was_connected {
                     tracing::warn!(sink = %ctx, error = %e, "MQTT connection lost; output waits in the outbox");
                 }
-                connected = false;
                 sh.gauges.connected.store(false, Ordering::Relaxed);
                 sh.gauges.connect_errors.fetch_add(1, Ordering::Relaxed);
                 backoff.sleep(&sh.closing);
