@@ -23,6 +23,9 @@ conformance=../shared/conformance
 if [ -f "$conformance/run.py" ]; then
     python3 "$conformance/run.py" --bin target/release/eddyd
     python3 "$conformance/run.py" --bin target/release/eddyd --cases "$conformance/joins"
+    # Again with keyed state split over 3 shard threads: the same results.
+    python3 "$conformance/run.py" --bin scripts/eddyd-sharded
+    python3 "$conformance/run.py" --bin scripts/eddyd-sharded --cases "$conformance/joins"
 elif [ "${CI:-}" = "true" ]; then
     echo "scripts/test.sh: $conformance/run.py not found; CI must run the conformance cases" >&2
     exit 1

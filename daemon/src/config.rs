@@ -95,6 +95,8 @@ pub struct Limits {
     pub max_groups: Option<usize>,
     pub batch_rows: Option<usize>,
     pub max_staged_bytes: Option<usize>,
+    /// Steps a pipeline may have sent to its shards and not seen done (default 4).
+    pub shard_queue: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -131,6 +133,9 @@ pub struct ConfigFile {
     pub pipelines: Vec<PathBuf>,
     /// CPU cores for pipeline workers (default: every core the process may use).
     pub cores: Option<Vec<usize>>,
+    /// Shard threads per pipeline, each holding the keyed state of the keys that hash to it
+    /// (default: one per core; a pipeline with durable state keeps the count it was written with).
+    pub shards: Option<usize>,
     pub log_level: Option<String>,
     #[serde(default)]
     pub encryption: Encryption,

@@ -108,6 +108,9 @@ struct RunArgs {
     /// Cores for pipeline workers, e.g. `0,1` (all available).
     #[arg(long, value_delimiter = ',')]
     cores: Option<Vec<usize>>,
+    /// Shard threads per pipeline (one per core).
+    #[arg(long)]
+    shards: Option<usize>,
     /// Serve Prometheus metrics, /healthz and /readyz on this address (off).
     #[arg(long)]
     metrics_listen: Option<String>,
@@ -142,6 +145,7 @@ impl RunArgs {
         over(&mut c.limits.max_groups, &self.max_groups);
         over(&mut c.limits.batch_rows, &self.batch_rows);
         over(&mut c.cores, &self.cores);
+        over(&mut c.shards, &self.shards);
         over(&mut c.metrics.listen, &self.metrics_listen);
         Ok(c)
     }
@@ -161,6 +165,10 @@ enum Command {
         outputs: Vec<String>,
         #[command(flatten)]
         limits: LimitArgs,
+        /// Split keyed state over this many shard threads (the result is the same rows; their
+        /// order within a step may differ).
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
     },
     /// Validate a pipeline file, or a whole config (`--config`: the file, the key, every
     /// pipeline and its connectors' options), without connecting, reading or writing anything.
@@ -255,11 +263,12 @@ fn main() {
 
 fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Replay { pipeline, inputs, outputs, limits } => {
+        Command::Replay { pipeline, inputs, outputs, limits, shards } => {
             let (sql, dir) = read_pipeline(&pipeline)?;
             let cwd = std::env::current_dir()?;
             let mut cfg = PipelineConfig::new(dir, Mode::Replay);
             limits.apply(&mut cfg);
+            cfg.shards = shards.max(1);
             cfg.inputs = parse_pairs("--input", &inputs, &cwd)?;
             cfg.outputs = parse_pairs("--output", &outputs, &cwd)?;
             // MQTT sources and sinks validate their options; replay reads them from --input files.
@@ -298,6 +307,10 @@ fn run(cmd: Command) -> Result<()> {
             );
             for (name, updating) in &s.sinks {
                 println!("  sink {name}: {}", if *updating { "updating (upsert)" } else { "append-only" });
+            }
+            match &s.unsharded_because {
+                None => println!("  sharding: {}", s.shard_keys.join(", ")),
+                Some(why) => println!("  sharding: none, runs on one core ({why})"),
             }
             Ok(())
         }

@@ -155,6 +155,14 @@ impl Registry {
         for (pn, ob) in &obs {
             let _ = writeln!(o, "eddy_pipeline_state_bytes{{pipeline=\"{pn}\"}} {}", ob.state_bytes);
         }
+        family(&mut o, "eddy_pipeline_shards", "gauge", "Shard threads holding the pipeline's keyed state.");
+        for (pn, ob) in &obs {
+            let _ = writeln!(o, "eddy_pipeline_shards{{pipeline=\"{pn}\"}} {}", ob.shards);
+        }
+        family(&mut o, "eddy_pipeline_shard_backlog", "gauge", "Steps sent to the shards and not done yet; at limits.shard_queue the sources wait.");
+        for (pn, ob) in &obs {
+            let _ = writeln!(o, "eddy_pipeline_shard_backlog{{pipeline=\"{pn}\"}} {}", ob.shard_backlog);
+        }
         family(&mut o, "eddy_checkpoints_total", "counter", "Checkpoints written.");
         for (pn, ob) in &obs {
             if let Some(d) = &ob.durable {

@@ -62,7 +62,15 @@ pub fn plan(cfg: &ConfigFile, name: &str, sql: &str, file_dir: PathBuf, state: O
     pc.exactly_once = state.is_some();
     pc.sink_state = state.map(|s| SinkStateDir { dir: s.dir.join(name).join("sinks"), storage: s.storage.clone(), cipher: s.cipher.clone() });
     pc.connectors = Some(Arc::new(Provider { pipeline: name.to_string(), defaults: cfg.mqtt.clone(), metrics: registry.clone(), stopping: stopping.clone() }));
-    Ok(Pipeline::plan(sql, &pc)?)
+    let cores = cores(cfg)?;
+    pc.shards = cfg.shards.unwrap_or(cores.len()).max(1);
+    pc.shard_queue = cfg.limits.shard_queue.unwrap_or(pc.shard_queue).max(1);
+    pc.on_shard_thread = Some(Arc::new(move |k| pin_to(cores[k % cores.len()])));
+    let p = Pipeline::plan(sql, &pc)?;
+    if let (Some(why), true) = (&p.summary().unsharded_because, pc.shards > 1) {
+        tracing::info!(pipeline = name, reason = %why, "pipeline runs on one shard");
+    }
+    Ok(p)
 }
 
 fn durable_config(cfg: &ConfigFile, name: &str, s: &StateContext) -> DurableConfig {
@@ -165,9 +173,18 @@ impl Runtime {
     /// Plans and recovers one pipeline, then starts its worker.
     fn start(&mut self, name: &str, file: &PathBuf, sql: String) -> Result<()> {
         let dir = file.parent().map(PathBuf::from).filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
-        let mut p = plan(&self.cfg, name, &sql, dir, self.state.as_ref(), &self.registry, &self.stopping).with_context(|| format!("pipeline {}", file.display()))?;
+        let mut p = plan(&self.cfg, name, &sql, dir.clone(), self.state.as_ref(), &self.registry, &self.stopping).with_context(|| format!("pipeline {}", file.display()))?;
         if let Some(s) = &self.state {
-            p.open_durable(&sql, durable_config(&self.cfg, name, s)).with_context(|| format!("pipeline {}", file.display()))?;
+            match p.open_durable(&sql, durable_config(&self.cfg, name, s)) {
+                // Shards not configured: keep the count the state was written with.
+                Err(eddy_engine::EngineError::ShardCount { written, .. }) if self.cfg.shards.is_none() => {
+                    tracing::info!(pipeline = name, shards = written, "keeping the shard count the state was written with");
+                    let cfg = ConfigFile { shards: Some(written), ..self.cfg.clone() };
+                    p = plan(&cfg, name, &sql, dir, self.state.as_ref(), &self.registry, &self.stopping).with_context(|| format!("pipeline {}", file.display()))?;
+                    p.open_durable(&sql, durable_config(&self.cfg, name, s)).with_context(|| format!("pipeline {}", file.display()))?;
+                }
+                r => r.with_context(|| format!("pipeline {}", file.display()))?,
+            }
         }
         let core = self.cores[self.next_core % self.cores.len()];
         self.next_core += 1;

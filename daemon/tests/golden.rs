@@ -76,12 +76,16 @@ fn compare(expected: &[BTreeMap<String, Value>], actual: &[BTreeMap<String, Valu
     Ok(())
 }
 
-fn run_case(dir: &Path) -> Result<(), String> {
+fn run_case(dir: &Path, shards: usize) -> Result<(), String> {
     let work = tempfile::tempdir().unwrap();
     copy_dir(dir, work.path());
     let args_file = dir.join("args.txt");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_eddyd"));
     cmd.arg("replay").arg(work.path().join("pipeline.sql")).current_dir(work.path());
+    if shards > 1 {
+        // Small batches, so that rows of one source really spread over the shards.
+        cmd.arg(format!("--shards={shards}")).arg("--batch-rows=3");
+    }
     if args_file.exists() {
         for a in std::fs::read_to_string(&args_file).unwrap().split_whitespace() {
             cmd.arg(a);
@@ -132,7 +136,7 @@ fn golden_cases() {
     let mut failed = vec![];
     for d in &dirs {
         let name = d.file_name().unwrap().to_string_lossy().to_string();
-        match run_case(d) {
+        match run_case(d, 1) {
             Ok(()) => println!("PASS {name}"),
             Err(e) => {
                 println!("FAIL {name}: {e}");
@@ -141,4 +145,59 @@ fn golden_cases() {
         }
     }
     assert!(failed.is_empty(), "{} of {} golden cases failed: {failed:?}", failed.len(), dirs.len());
+}
+
+/// Whether `eddyd check` finds the case's pipeline keyed by source columns throughout.
+fn shardable(dir: &Path) -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_eddyd")).arg("check").arg(dir.join("pipeline.sql")).current_dir(dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && text.contains("  sharding: ") && !text.contains("sharding: none")
+}
+
+/// Every case again with its keyed state split over 3 shard threads: the same rows (as a
+/// multiset), and the same errors. Cases that cannot be sharded run on one and must pass as well.
+#[test]
+fn golden_cases_sharded() {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(cases_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("pipeline.sql").exists())
+        .collect();
+    dirs.sort();
+    let mut failed = vec![];
+    let mut sharded = vec![];
+    for d in &dirs {
+        let name = d.file_name().unwrap().to_string_lossy().to_string();
+        if shardable(d) {
+            sharded.push(name.clone());
+        }
+        match run_case(d, 3) {
+            Ok(()) => println!("PASS {name}"),
+            Err(e) => {
+                println!("FAIL {name}: {e}");
+                failed.push(name);
+            }
+        }
+    }
+    println!("sharded: {sharded:?}");
+    assert!(failed.is_empty(), "{} of {} golden cases failed on 3 shards: {failed:?}", failed.len(), dirs.len());
+    // Keyed windows, OVER, MATCH_RECOGNIZE and joins shard; a regression that stops sharding
+    // them would make this test pass vacuously.
+    for must in ["cascade_views", "over_rows_lag_lead", "pattern_quantifiers", "join_lookup_updating", "join_asof_strict", "join_window"] {
+        if dirs.iter().any(|d| d.ends_with(must)) {
+            assert!(sharded.iter().any(|s| s == must), "{must} is not sharded (sharded: {sharded:?})");
+        }
+    }
+    assert!(sharded.len() >= 10, "only {} cases shard: {sharded:?}", sharded.len());
+    // And pipelines that cannot be split say why: a window over all devices (no key), an OVER
+    // keyed by another column than the windows before it, nothing keyed at all.
+    for (case, why) in [
+        ("union_all", "has no key"),
+        ("top_n_per_window", "the OVER disagrees"),
+        ("join_lookup_left_and_plain", "keeps no keyed state"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_eddyd")).arg("check").arg(cases_dir().join(case).join("pipeline.sql")).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("sharding: none") && text.contains(why), "{case}: {text}");
+    }
 }

@@ -58,6 +58,8 @@ fn config(dir: &Path, metrics_port: u16, protocol: &str, pipeline: &str) -> std:
         r#"
 state_dir = "state"
 pipelines_dir = "pipelines"
+# Keyed state over 3 shard threads: every test here (kills and broker restarts included) runs sharded.
+shards = 3
 log_level = "info,eddyd::mqtt::source=debug"
 
 [encryption]
@@ -184,6 +186,7 @@ fn scenario(faults: bool, protocol: &str) {
     }
     // Nothing was dropped and no message was refused as bad.
     assert_eq!(metric(metrics_port, "eddy_mqtt_dropped_total{pipeline=\"p\",sink=\"per_min\"}"), Some(0.0));
+    assert_eq!(metric(metrics_port, "eddy_pipeline_shards{pipeline=\"p\"}"), Some(3.0), "the per-device aggregation runs on 3 shards");
     // Relative sink paths resolve against the pipeline file's directory.
     assert_eq!(std::fs::read_to_string(dir.join("pipelines/out/errors.jsonl")).unwrap(), "");
     signal(eddyd.0.id(), "TERM");

@@ -184,3 +184,47 @@ fn check_config_validates_everything_without_starting() {
     let out = check(&dir.join("bad.toml"));
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("url"));
 }
+
+/// Keyed state stays with the shard count that wrote it: a restart without `shards` in the config
+/// keeps it; an explicit different count is refused, naming both, and nothing is started.
+#[test]
+fn durable_state_keeps_the_shard_count_it_was_written_with() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let metrics_port = free_port();
+    let cfg = write_config(dir, metrics_port);
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(dir.join("pipelines/a.sql"), pipeline(1, "out/a.jsonl")).unwrap();
+    let start = |shards: Option<usize>| {
+        let text = match shards {
+            Some(n) => format!("shards = {n}\n{base}"),
+            None => base.clone(),
+        };
+        std::fs::write(&cfg, text).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("eddyd.log")).unwrap();
+        Daemon(Command::new(EDDYD).args(["--log", "info", "run", "--config"]).arg(&cfg).current_dir(dir).stdout(Stdio::null()).stderr(log).spawn().unwrap())
+    };
+    let shards_metric = || metric(metrics_port, "eddy_pipeline_shards{pipeline=\"a\"}");
+    let out = dir.join("pipelines/out/a.jsonl");
+
+    let mut d = start(Some(3));
+    assert!(wait_for(|| shards_metric() == Some(3.0) && rows(&out).len() >= 3, Duration::from_secs(20)), "{}", std::fs::read_to_string(dir.join("eddyd.log")).unwrap());
+    signal(d.0.id(), "TERM");
+    assert!(d.0.wait().unwrap().success());
+
+    let n = rows(&out).len();
+    let mut d = start(None);
+    assert!(wait_for(|| shards_metric() == Some(3.0) && rows(&out).len() > n, Duration::from_secs(20)), "{}", std::fs::read_to_string(dir.join("eddyd.log")).unwrap());
+    signal(d.0.id(), "TERM");
+    assert!(d.0.wait().unwrap().success());
+
+    let mut d = start(Some(2));
+    let status = d.0.wait().unwrap();
+    assert!(!status.success(), "a different shard count must be refused");
+    assert!(log_has(dir, "written by 3 shard(s) and this run has 2"), "{}", std::fs::read_to_string(dir.join("eddyd.log")).unwrap());
+    // Windows went on across the restarts without repeating one.
+    let mut seen = std::collections::HashSet::new();
+    for r in rows(&out) {
+        assert!(seen.insert(format!("{}{}", r["device_id"], r["window_start"])), "window repeated: {r}");
+    }
+}

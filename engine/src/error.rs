@@ -48,6 +48,8 @@ pub enum EngineError {
     /// State written by another plan, or an operator whose state cannot be checkpointed.
     #[error("{0}")]
     State(String),
+    #[error("{dir}: the state was written by {written} shard(s) and this run has {now}; keyed state is not moved between shards, so run with shards = {written}, or move the state directory away to start over")]
+    ShardCount { dir: String, written: usize, now: usize },
     #[error("{0}")]
     DataFusion(#[from] DataFusionError),
     #[error("{0}")]

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
@@ -26,14 +26,17 @@ use crate::format::decode::{errors_schema, DecodeColumn, RowDecoder};
 use crate::format::Format;
 use crate::ops::graph::{Graph, NodeId, Passthrough};
 use crate::ops::{Chunk, Limits};
-use crate::plan::{Planner, Stream};
+use crate::plan::{Planner, ShardNeed, Stream};
 use crate::sql::catalog::{Catalog, RelationKind};
 use crate::sql::ddl::{self, ObjectKind, Options, PositionedStatement, RelationDef, SinkInput, Statement};
 use crate::sql::tvf::{errors_name, late_name};
 use crate::time::{MAX_TS, MIN_TS};
 
 mod durable;
+mod shards;
 pub use durable::{DurableConfig, DurableStats};
+pub use shards::ShardThreadHook;
+use shards::{Capture, Route, ShardGraph, Shards, SourceNodes};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -62,6 +65,14 @@ pub struct PipelineConfig {
     pub connectors: Option<Arc<dyn ConnectorProvider>>,
     /// Durable pipelines: where provided sinks keep their outboxes (one subdirectory per sink).
     pub sink_state: Option<SinkStateDir>,
+    /// Worker threads that split the pipeline's keyed state by key hash (1: the pipeline's own
+    /// thread does everything). A pipeline whose stateful operators are not all keyed by source
+    /// columns runs on one, and says why in its [`Summary`].
+    pub shards: usize,
+    /// Steps sent to the shards and not yet done, at most (the bound of each shard's queue).
+    pub shard_queue: usize,
+    /// Called on each shard thread as it starts (the daemon pins it to a core).
+    pub on_shard_thread: Option<ShardThreadHook>,
 }
 
 impl std::fmt::Debug for PipelineConfig {
@@ -87,6 +98,9 @@ impl PipelineConfig {
             exactly_once: false,
             connectors: None,
             sink_state: None,
+            shards: 1,
+            shard_queue: 4,
+            on_shard_thread: None,
         }
     }
 }
@@ -187,6 +201,12 @@ pub struct Summary {
     pub views: Vec<String>,
     /// (name, updating)
     pub sinks: Vec<(String, bool)>,
+    /// Shard threads the pipeline runs on (1: unsharded).
+    pub shards: usize,
+    /// Why the pipeline cannot be split over shards (it then runs on one).
+    pub unsharded_because: Option<String>,
+    /// How each source's rows are routed when sharded ("readings by device_id").
+    pub shard_keys: Vec<String>,
 }
 
 /// A source's counters and event time, for metrics.
@@ -208,6 +228,9 @@ pub struct Observation {
     pub sinks: Vec<(String, u64, u64)>,
     pub state_bytes: usize,
     pub durable: Option<DurableStats>,
+    pub shards: usize,
+    /// Steps the shards have not finished (0..=shard_queue; at the bound the sources wait).
+    pub shard_backlog: usize,
 }
 
 pub struct Pipeline {
@@ -224,6 +247,18 @@ pub struct Pipeline {
     prepared: bool,
     /// Durable pipelines: the WAL and checkpoints.
     durable: Option<durable::Durable>,
+    sharding: Sharding,
+    shard_queue: usize,
+    shard_hook: Option<ShardThreadHook>,
+}
+
+/// Where the graph runs: on the pipeline's thread, or over shard threads (then `Pipeline::graph`
+/// keeps only the sinks busy, fed with the shards' output).
+enum Sharding {
+    Single,
+    /// Planned, threads not started yet.
+    Planned(Vec<ShardGraph>, Vec<Route>),
+    Running(Shards),
 }
 
 fn sql_err(pos: SqlPos, message: impl Into<String>) -> EngineError {
@@ -351,6 +386,18 @@ impl Pipeline {
         let mut table_handles: HashMap<String, TableHandle> = HashMap::new();
         let mut summary = Summary::default();
         let wakeup = Arc::new(Wakeup::default());
+        // Shard graphs are planned in lockstep with `graph`, so node ids agree in all of them.
+        let mut shard_graphs: Vec<ShardGraph> = (0..if cfg.shards > 1 { cfg.shards } else { 0 })
+            .map(|_| ShardGraph { graph: Graph::default(), captured: Arc::new(Mutex::new(Vec::new())) })
+            .collect();
+        let mut needs: Vec<ShardNeed> = Vec::new();
+        let same_node = |a: NodeId, b: NodeId| {
+            if a == b {
+                Ok(())
+            } else {
+                Err(EngineError::Internal(format!("a shard's plan differs (node {b}, not {a})")))
+            }
+        };
         for PositionedStatement { pos, statement } in &stmts {
             let pos = *pos;
             if let Some((kind, name)) = created(statement) {
@@ -360,7 +407,12 @@ impl Pipeline {
             }
             match statement {
                 Statement::CreateSource(def) => {
-                    let src = Self::plan_source(def, pos, cfg, &mut catalog, &mut graph, &mut relations, &wakeup)?;
+                    let src = Self::plan_source(def, pos, cfg, sources.len(), &mut catalog, &mut graph, &mut relations, &wakeup)?;
+                    for sg in &mut shard_graphs {
+                        for n in [src.main, src.late, src.errors] {
+                            same_node(n, sg.graph.add(Box::new(Passthrough(graph.name(n))), 1))?;
+                        }
+                    }
                     summary.sources.push(def.name.clone());
                     sources.push(src);
                 }
@@ -375,12 +427,30 @@ impl Pipeline {
                 Statement::CreateView { name, query, emit } => {
                     let mut planner = Planner::new(&catalog, &mut graph, &relations, &table_handles, cfg.limits);
                     let (stream, _) = planner.plan_query(query, *emit).map_err(|e| at(pos, e))?;
+                    needs.append(&mut planner.needs);
+                    for sg in &mut shard_graphs {
+                        let mut planner = Planner::new(&catalog, &mut sg.graph, &relations, &table_handles, cfg.limits);
+                        same_node(stream.node, planner.plan_query(query, *emit).map_err(|e| at(pos, e))?.0.node)?;
+                    }
                     catalog.add(name, RelationKind::View, stream.schema.clone());
                     relations.insert(name.clone(), stream);
                     summary.views.push(name.clone());
                 }
                 Statement::CreateSink { name, input, options } => {
-                    let (stream, id) = Self::plan_sink(name, input, options, pos, cfg, &catalog, &mut graph, &relations, &table_handles)?;
+                    let (stream, id) = Self::plan_sink(name, input, options, pos, cfg, &catalog, &mut graph, &relations, &table_handles, &mut needs)?;
+                    for sg in &mut shard_graphs {
+                        let from = match input {
+                            SinkInput::Query { query, emit } => {
+                                let mut planner = Planner::new(&catalog, &mut sg.graph, &relations, &table_handles, cfg.limits);
+                                planner.plan_query(query, *emit).map_err(|e| at(pos, e))?.0.node
+                            }
+                            SinkInput::Relation(_) => stream.node,
+                        };
+                        same_node(stream.node, from)?;
+                        let capture = sg.graph.add(Box::new(Capture { sink: id, out: sg.captured.clone() }), 1);
+                        same_node(id, capture)?;
+                        sg.graph.connect(from, capture, 0);
+                    }
                     summary.sinks.push((name.clone(), stream.updating));
                     sinks.push((name.clone(), id));
                 }
@@ -398,7 +468,99 @@ impl Pipeline {
                 return Err(EngineError::options("--output", format!("no sink named '{name}' (sinks: {})", known.join(", "))));
             }
         }
-        Ok(Pipeline { graph, sources, tables, sinks, summary, mode: cfg.mode, idle_sleep: cfg.idle_sleep, wakeup, started: false, prepared: false, durable: None })
+        summary.shards = 1;
+        let mut sharding = Sharding::Single;
+        match shards::route_plan(&needs, &graph, &Self::source_nodes(&sources)) {
+            Ok(routes) => {
+                summary.shard_keys = sources
+                    .iter()
+                    .zip(&routes)
+                    .map(|(s, r)| match r {
+                        Route::Key(c) => format!("{} by {}", s.name, s.decoder.schema.field(*c).name()),
+                        Route::Spread => format!("{} spread (no keyed state)", s.name),
+                    })
+                    .collect();
+                if !shard_graphs.is_empty() {
+                    summary.shards = shard_graphs.len();
+                    sharding = Sharding::Planned(shard_graphs, routes);
+                }
+            }
+            Err(why) => summary.unsharded_because = Some(why),
+        }
+        Ok(Pipeline {
+            graph,
+            sources,
+            tables,
+            sinks,
+            summary,
+            mode: cfg.mode,
+            idle_sleep: cfg.idle_sleep,
+            wakeup,
+            started: false,
+            prepared: false,
+            durable: None,
+            sharding,
+            shard_queue: cfg.shard_queue,
+            shard_hook: cfg.on_shard_thread.clone(),
+        })
+    }
+
+    fn source_nodes(sources: &[SourceRuntime]) -> Vec<SourceNodes> {
+        sources.iter().map(|s| SourceNodes { name: s.name.clone(), nodes: [s.main, s.late, s.errors], schema: s.decoder.schema.clone() }).collect()
+    }
+
+    /// Starts the shard threads of a sharded pipeline (once).
+    fn ensure_shards(&mut self) -> Result<()> {
+        if let Sharding::Planned(..) = self.sharding {
+            let Sharding::Planned(graphs, routes) = std::mem::replace(&mut self.sharding, Sharding::Single) else {
+                return Err(EngineError::Internal("sharding state changed".into()));
+            };
+            let name = self.summary.sinks.first().map(|(n, _)| n.as_str()).unwrap_or("pipeline");
+            let shards = Shards::start(graphs, &Self::source_nodes(&self.sources), routes, self.shard_queue, self.shard_hook.clone(), name)?;
+            tracing::info!(shards = shards.count(), "pipeline sharded by key");
+            self.sharding = Sharding::Running(shards);
+        }
+        Ok(())
+    }
+
+    /// Rows entering at a source's node: into the graph, or routed to their shard.
+    fn flow_push(&mut self, node: NodeId, chunk: Chunk) -> Result<()> {
+        self.ensure_shards()?;
+        match &mut self.sharding {
+            Sharding::Running(s) => s.push(node, chunk),
+            _ => self.graph.push(node, 0, chunk),
+        }
+    }
+
+    /// A source node's watermark: into the graph, or to every shard.
+    fn flow_advance(&mut self, node: NodeId, wm: i64) -> Result<()> {
+        self.ensure_shards()?;
+        match &mut self.sharding {
+            Sharding::Running(s) => {
+                s.advance(node, wm);
+                Ok(())
+            }
+            _ => self.graph.advance(node, 0, wm),
+        }
+    }
+
+    /// Ends a step: a sharded pipeline sends it to the shards and writes finished output to its sinks.
+    fn flow_step_end(&mut self) -> Result<()> {
+        if let Sharding::Running(s) = &mut self.sharding {
+            let g = &mut self.graph;
+            s.send_step(&mut |id, chunk| g.push(id, 0, chunk))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the shards to finish every step sent and writes their output to the sinks.
+    fn flow_drain(&mut self) -> Result<()> {
+        self.flow_step_end()?;
+        if let Sharding::Running(s) = &mut self.sharding {
+            let g = &mut self.graph;
+            s.drain(&mut |id, chunk| g.push(id, 0, chunk))?;
+        }
+        Ok(())
     }
 
     fn plan_table(def: &RelationDef, pos: SqlPos, cfg: &PipelineConfig) -> Result<TableRuntime> {
@@ -439,10 +601,12 @@ impl Pipeline {
         Ok(TableRuntime::new(spec, schema))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn plan_source(
         def: &RelationDef,
         pos: SqlPos,
         cfg: &PipelineConfig,
+        index: usize,
         catalog: &mut Catalog,
         graph: &mut Graph,
         relations: &mut HashMap<String, Stream>,
@@ -524,19 +688,14 @@ impl Pipeline {
         let main = graph.add(Box::new(Passthrough(format!("source {}", def.name))), 1);
         let late = graph.add(Box::new(Passthrough(format!("LATE({})", def.name))), 1);
         let errors = graph.add(Box::new(Passthrough(format!("ERRORS({})", def.name))), 1);
-        let plain = |node, schema: SchemaRef, time_cols| Stream {
-            node,
-            schema,
-            time_cols,
-            window: None,
-            pending_session: None,
-            updating: false,
-            key: None,
-            key_alts: vec![],
-        };
-        relations.insert(def.name.clone(), plain(main, schema.clone(), time_col.map(|c| vec![(c, 0)]).unwrap_or_default()));
-        relations.insert(late_name(&def.name), plain(late, schema, vec![]));
-        relations.insert(errors_name(&def.name), plain(errors, errors_schema(), vec![]));
+        // Rows and LATE rows carry every source column; ERRORS rows carry none of them.
+        let carried: Vec<Vec<(usize, usize)>> = (0..schema.fields().len()).map(|c| vec![(index, c)]).collect();
+        relations.insert(
+            def.name.clone(),
+            Stream { origins: carried.clone(), ..Stream::append_only(main, schema.clone(), time_col.map(|c| vec![(c, 0)]).unwrap_or_default()) },
+        );
+        relations.insert(late_name(&def.name), Stream { origins: carried, ..Stream::append_only(late, schema, vec![]) });
+        relations.insert(errors_name(&def.name), Stream::append_only(errors, errors_schema(), vec![]));
         Ok(SourceRuntime {
             name: def.name.clone(),
             spec,
@@ -570,6 +729,7 @@ impl Pipeline {
         graph: &mut Graph,
         relations: &HashMap<String, Stream>,
         tables: &HashMap<String, TableHandle>,
+        needs: &mut Vec<ShardNeed>,
     ) -> Result<(Stream, NodeId)> {
         let ctx = format!("sink '{name}'");
         let provider = cfg.connectors.as_deref();
@@ -582,7 +742,9 @@ impl Pipeline {
             },
             SinkInput::Query { query, emit } => {
                 let mut planner = Planner::new(catalog, graph, relations, tables, cfg.limits);
-                planner.plan_query(query, *emit).map_err(|e| at(pos, e))?.0
+                let stream = planner.plan_query(query, *emit).map_err(|e| at(pos, e))?.0;
+                needs.append(&mut planner.needs);
+                stream
             }
         };
         let mode = match options.get("type").map(|t| t.to_ascii_lowercase()) {
@@ -739,6 +901,7 @@ impl Pipeline {
             } else if self.mode == Mode::Live {
                 self.live_watermarks(i, now)?;
             }
+            self.flow_step_end()?;
         }
         Ok(any)
     }
@@ -760,7 +923,7 @@ impl Pipeline {
                 return Err(EngineError::BadRow { source_name: s.name.clone(), message, raw });
             }
             let node = s.errors;
-            self.graph.push(node, 0, Chunk::append(errors))?;
+            self.flow_push(node, Chunk::append(errors))?;
         }
         let s = &mut self.sources[i];
         let Some(batch) = rows else { return Ok(()) };
@@ -769,14 +932,14 @@ impl Pipeline {
         let (main, late_node, wm) = (s.main, s.late, s.watermark());
         if let Some(a) = accepted {
             self.sources[i].stats.accepted += a.num_rows() as u64;
-            self.graph.push(main, 0, Chunk::append(a))?;
+            self.flow_push(main, Chunk::append(a))?;
         }
         if let Some(l) = late {
             self.sources[i].stats.late += l.num_rows() as u64;
-            self.graph.push(late_node, 0, Chunk::append(l))?;
+            self.flow_push(late_node, Chunk::append(l))?;
         }
         if self.sources[i].time_col.is_some() {
-            self.graph.advance(main, 0, wm)?;
+            self.flow_advance(main, wm)?;
         }
         Ok(())
     }
@@ -786,7 +949,7 @@ impl Pipeline {
         let s = &mut self.sources[i];
         let (main, late, errors) = (s.main, s.late, s.errors);
         if s.time_col.is_none() {
-            self.graph.advance(main, 0, now)?;
+            self.flow_advance(main, now)?;
         } else if let Some(timeout) = s.idle_timeout {
             let idle = s.last_row.elapsed().as_millis() as i64;
             if idle >= timeout && s.max_ts != MIN_TS {
@@ -798,12 +961,12 @@ impl Pipeline {
                     if let Some(d) = &mut self.durable {
                         d.log_idle(i, floor)?;
                     }
-                    self.graph.advance(main, 0, wm)?;
+                    self.flow_advance(main, wm)?;
                 }
             }
         }
-        self.graph.advance(late, 0, now)?;
-        self.graph.advance(errors, 0, now)?;
+        self.flow_advance(late, now)?;
+        self.flow_advance(errors, now)?;
         Ok(())
     }
 
@@ -817,7 +980,7 @@ impl Pipeline {
         let nodes = [s.main, s.late, s.errors];
         tracing::debug!(source = %s.name, accepted = s.stats.accepted, late = s.stats.late, errors = s.stats.errors, "source ended");
         for n in nodes {
-            self.graph.advance(n, 0, MAX_TS)?;
+            self.flow_advance(n, MAX_TS)?;
         }
         Ok(())
     }
@@ -831,6 +994,7 @@ impl Pipeline {
         while !self.all_ended() {
             self.step()?;
         }
+        self.flow_drain()?;
         self.graph.finish_all()
     }
 
@@ -854,10 +1018,13 @@ impl Pipeline {
             let any = self.step()?;
             self.tick()?;
             if !any {
+                // Nothing to read: the shards' output goes out now rather than with the next step.
+                self.flow_drain()?;
                 let wait = self.commit_wait().map_or(self.idle_sleep, |w| w.min(self.idle_sleep));
                 self.wakeup.wait(wait);
             }
         }
+        self.flow_drain()?;
         self.graph.finish_all()?;
         if self.durable.is_some() {
             self.checkpoint()?;
@@ -908,8 +1075,13 @@ impl Pipeline {
                     (n.clone(), rows, dels)
                 })
                 .collect(),
-            state_bytes: self.graph.state_bytes(),
+            state_bytes: self.state_bytes(),
             durable: self.durable_stats(),
+            shards: self.summary.shards,
+            shard_backlog: match &self.sharding {
+                Sharding::Running(s) => s.in_flight(),
+                _ => 0,
+            },
         }
     }
 
@@ -922,6 +1094,10 @@ impl Pipeline {
     }
 
     pub fn state_bytes(&self) -> usize {
-        self.graph.state_bytes()
+        let shards = match &self.sharding {
+            Sharding::Running(s) => s.state_bytes(),
+            _ => 0,
+        };
+        self.graph.state_bytes() + shards
     }
 }

@@ -65,12 +65,31 @@ pub struct Stream {
     pub key: Option<Vec<usize>>,
     /// Other column sets that identify a row as well (a window is named by its start or its end).
     pub key_alts: Vec<Vec<usize>>,
+    /// Per column, the source columns whose values it carries unchanged (for sharding by key);
+    /// missing or empty when it carries none.
+    pub origins: Vec<Origins>,
+}
+
+/// Source columns a column carries unchanged: (source index, column).
+pub type Origins = Vec<(usize, usize)>;
+
+/// What a stateful operator needs of the routing of rows over shards: all rows that can meet in
+/// its state must land in one shard. It is met when, for one of `alternatives`, every source
+/// feeding each listed input node is routed by a column in that part's origins.
+#[derive(Debug, Clone)]
+pub struct ShardNeed {
+    pub op: String,
+    pub alternatives: Vec<Vec<(NodeId, Origins)>>,
 }
 
 impl Stream {
     /// An append-only stream out of `node`.
     pub fn append_only(node: NodeId, schema: SchemaRef, time_cols: Vec<(usize, i64)>) -> Self {
-        Stream { node, schema, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![] }
+        Stream { node, schema, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![], origins: vec![] }
+    }
+
+    fn origins_of(&self, col: usize) -> Origins {
+        self.origins.get(col).cloned().unwrap_or_default()
     }
 
     pub fn time_offset(&self, col: usize) -> Option<i64> {
@@ -87,6 +106,8 @@ pub struct Planner<'a> {
     /// Loaded reference tables, for lookup joins.
     pub tables: &'a HashMap<String, TableHandle>,
     pub limits: Limits,
+    /// What each stateful operator planned needs of shard routing (see [`ShardNeed`]).
+    pub needs: Vec<ShardNeed>,
     props: ExecutionProps,
 }
 
@@ -102,7 +123,7 @@ impl<'a> Planner<'a> {
         tables: &'a HashMap<String, TableHandle>,
         limits: Limits,
     ) -> Self {
-        Planner { catalog, graph, relations, tables, limits, props: ExecutionProps::new() }
+        Planner { catalog, graph, relations, tables, limits, needs: Vec::new(), props: ExecutionProps::new() }
     }
 
     /// SQL to a type-checked logical plan.
@@ -132,6 +153,12 @@ impl<'a> Planner<'a> {
     fn physical(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
         let e = expand_coalesce(e.clone())?;
         Ok(create_physical_expr(&e, schema, &self.props, &PhysicalPlanningContext::default())?)
+    }
+
+    /// Records that a one-input stateful operator keeps its state per value of `key_cols`.
+    fn need_keyed(&mut self, op: &str, input: &Stream, key_cols: impl IntoIterator<Item = usize>) {
+        let alternatives = key_cols.into_iter().map(|c| vec![(input.node, input.origins_of(c))]).collect();
+        self.needs.push(ShardNeed { op: op.to_string(), alternatives });
     }
 
     fn add(&mut self, op: Box<dyn crate::ops::Operator>, input: NodeId) -> NodeId {
@@ -267,6 +294,10 @@ impl<'a> Planner<'a> {
                         time_cols.push((start, offset + max));
                     }
                 }
+                let mut origins = input.origins.clone();
+                origins.resize(schema.fields().len(), vec![]);
+                origins[start].clear();
+                origins[end].clear();
                 Ok(Stream {
                     node,
                     schema,
@@ -276,6 +307,7 @@ impl<'a> Planner<'a> {
                     updating: false,
                     key: None,
                     key_alts: vec![],
+                    origins,
                 })
             }
             LogicalPlan::Aggregate(agg) => {
@@ -322,7 +354,7 @@ impl<'a> Planner<'a> {
                         offs.map(|o| (c, o.into_iter().max().unwrap_or(0)))
                     })
                     .collect();
-                Ok(Stream { node: id, schema, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![] })
+                Ok(Stream { node: id, schema, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![], origins: vec![] })
             }
             LogicalPlan::Join(j) => self.plan_join(j, outermost, emit),
             LogicalPlan::Window(win) => {
@@ -452,6 +484,8 @@ impl<'a> Planner<'a> {
         } else if fns.iter().any(|f| matches!(f, OverFn::Agg { frame: Frame::Whole, .. })) {
             return Err(plan_err("frames reaching UNBOUNDED FOLLOWING never end on a stream ordered by time"));
         }
+        let part_cols: Vec<usize> = partition_by.iter().filter_map(&col_of).collect();
+        self.need_keyed("OVER", &input, part_cols);
         let part_exprs = partition_by.iter().map(|e| self.physical(e, in_schema)).collect::<Result<Vec<_>>>()?;
         let part_types = partition_by.iter().map(|e| Ok(e.get_type(in_schema.as_ref())?)).collect::<Result<Vec<_>>>()?;
         let order = order_by
@@ -498,6 +532,9 @@ impl<'a> Planner<'a> {
         let mut keys = Vec::new();
         let mut key_fields = Vec::new();
         let mut layout = Vec::new();
+        // Output columns: the GROUP BY expressions, then the aggregates.
+        let mut origins: Vec<Origins> = Vec::new();
+        let mut key_cols = Vec::new();
         for g in &agg.group_expr {
             if let Expr::GroupingSet(_) = g {
                 return Err(plan_err("GROUPING SETS, CUBE and ROLLUP are not supported"));
@@ -506,12 +543,14 @@ impl<'a> Planner<'a> {
                 Expr::Column(c) => in_schema.index_of_column(c).ok(),
                 _ => None,
             };
+            origins.push(idx.filter(|i| *i != win_start && *i != win_end).map(|i| input.origins_of(i)).unwrap_or_default());
             if idx == Some(win_start) {
                 layout.push(GroupCol::WindowStart);
             } else if idx == Some(win_end) {
                 layout.push(GroupCol::WindowEnd);
             } else {
                 layout.push(GroupCol::Key(keys.len()));
+                key_cols.extend(idx);
                 keys.push(self.physical(g, in_schema)?);
                 let (_, f) = g.to_field(in_schema)?;
                 key_fields.push(f);
@@ -546,6 +585,7 @@ impl<'a> Planner<'a> {
         let exprs = AggregateExprs { keys, key_fields, group_layout: layout.clone(), aggs, args, filters, output: output.clone() };
         let out_pos = |want: GroupCol| layout.iter().position(|g| *g == want);
         let all_groups: Vec<usize> = (0..layout.len()).collect();
+        self.need_keyed("GROUP BY", &input, key_cols);
 
         if let Some((time_col, gap, ..)) = session {
             if emit.is_some_and(|e| e != Emit::OnWindowClose) {
@@ -558,7 +598,7 @@ impl<'a> Planner<'a> {
                 (Some(p), false) => vec![(p, offset)],
                 _ => vec![],
             };
-            return Ok(Stream { node, schema: output, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![] });
+            return Ok(Stream { node, schema: output, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![], origins });
         }
         if let Some(w) = input.window {
             if out_pos(GroupCol::WindowStart).is_none() && out_pos(GroupCol::WindowEnd).is_none() {
@@ -587,6 +627,7 @@ impl<'a> Planner<'a> {
                 updating,
                 key: updating.then_some(all_groups.clone()),
                 key_alts: if updating { window_key_alts(&layout, w.spec) } else { vec![] },
+                origins,
             });
         }
         if let Some(e) = emit {
@@ -596,7 +637,7 @@ impl<'a> Planner<'a> {
         }
         let op = GroupAggregate::new(exprs, self.limits)?;
         let node = self.add(Box::new(op), input.node);
-        Ok(Stream { node, schema: output, time_cols: vec![], window: None, pending_session: None, updating: true, key: Some(all_groups), key_alts: vec![] })
+        Ok(Stream { node, schema: output, time_cols: vec![], window: None, pending_session: None, updating: true, key: Some(all_groups), key_alts: vec![], origins })
     }
 }
 
@@ -610,7 +651,8 @@ fn remap(input: Stream, node: NodeId, schema: SchemaRef, sources: &[Option<usize
     let map = |k: &Vec<usize>| k.iter().map(|c| find(*c)).collect::<Option<Vec<_>>>();
     let key = input.key.as_ref().and_then(map).or_else(|| input.key_alts.iter().find_map(map));
     let key_alts = input.key_alts.iter().filter_map(map).collect();
-    Stream { node, schema, time_cols, window, pending_session: None, updating: input.updating, key, key_alts }
+    let origins = sources.iter().map(|s| s.map(|c| input.origins_of(c)).unwrap_or_default()).collect();
+    Stream { node, schema, time_cols, window, pending_session: None, updating: input.updating, key, key_alts, origins }
 }
 
 /// Keys that still name a row of a windowed aggregate without one of the window bounds:

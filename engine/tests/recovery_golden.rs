@@ -54,8 +54,9 @@ fn outputs(dir: &Path) -> BTreeMap<String, Vec<String>> {
     m
 }
 
-fn open(sql: &str, dir: &Path) -> Result<Pipeline, String> {
+fn open(sql: &str, dir: &Path, shards: usize) -> Result<Pipeline, String> {
     let mut cfg = PipelineConfig::new(dir, Mode::Live);
+    cfg.shards = shards;
     cfg.exactly_once = true;
     cfg.limits.batch_rows = 3;
     cfg.idle_sleep = Duration::from_millis(1);
@@ -71,12 +72,12 @@ fn open(sql: &str, dir: &Path) -> Result<Pipeline, String> {
 
 /// Runs `case` in a fresh `dir`: first for `crash_after` steps (a checkpoint after every third),
 /// then recovered and to the end. Returns the sinks' rows.
-fn run(case: &Path, dir: &Path, crash_after: Option<usize>) -> Result<BTreeMap<String, Vec<String>>, String> {
+fn run(case: &Path, dir: &Path, crash_after: Option<usize>, shards: usize) -> Result<BTreeMap<String, Vec<String>>, String> {
     let _ = std::fs::remove_dir_all(dir);
     copy_inputs(case, dir);
     let sql = std::fs::read_to_string(dir.join("pipeline.sql")).unwrap();
     if let Some(steps) = crash_after {
-        let mut p = open(&sql, dir)?;
+        let mut p = open(&sql, dir, shards)?;
         for i in 1..=steps {
             if p.all_ended() {
                 break;
@@ -89,7 +90,7 @@ fn run(case: &Path, dir: &Path, crash_after: Option<usize>) -> Result<BTreeMap<S
         }
         drop(p);
     }
-    let mut p = open(&sql, dir)?;
+    let mut p = open(&sql, dir, shards)?;
     p.run_live(&AtomicBool::new(false)).map_err(|e| e.to_string())?;
     drop(p);
     Ok(outputs(dir))
@@ -97,13 +98,24 @@ fn run(case: &Path, dir: &Path, crash_after: Option<usize>) -> Result<BTreeMap<S
 
 #[test]
 fn a_crash_at_any_step_changes_no_output() {
+    crash_at_any_step(1);
+}
+
+/// The same with keyed state over 3 shard threads, against the uninterrupted unsharded run: the
+/// shards' checkpoints and the WAL replay routed to them give the same rows.
+#[test]
+fn a_crash_at_any_step_changes_no_output_on_three_shards() {
+    crash_at_any_step(3);
+}
+
+fn crash_at_any_step(shards: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     let mut checked = 0;
     for case in cases() {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let dir = tmp.path().join(&name);
-        let reference = match run(&case, &dir, None) {
+        let reference = match run(&case, &dir, None, 1) {
             Ok(r) => r,
             Err(e) if e.contains("cannot run with durable state yet") => {
                 println!("SKIP {name}: {e}");
@@ -116,7 +128,7 @@ fn a_crash_at_any_step_changes_no_output() {
         };
         assert!(reference.values().any(|v| !v.is_empty()), "{name}: no output at all");
         for crash_after in [1, 2, 3, 4, 5, 7, 9, 12, 16, 24, 40] {
-            match run(&case, &dir, Some(crash_after)) {
+            match run(&case, &dir, Some(crash_after), shards) {
                 Ok(got) if got == reference => {}
                 Ok(got) => {
                     let diff: Vec<String> = reference
@@ -183,10 +195,42 @@ fn sketches_and_ordered_aggregates_recover_exactly() {
     )
     .unwrap();
     let dir = tmp.path().join("run");
-    let reference = run(&case, &dir, None).unwrap();
+    let reference = run(&case, &dir, None, 1).unwrap();
     assert!(reference["stats.jsonl"].len() >= 12, "{reference:?}");
     for crash_after in [5, 60, 150, 300, 500, 700] {
-        let got = run(&case, &dir, Some(crash_after)).unwrap();
+        let got = run(&case, &dir, Some(crash_after), 1).unwrap();
         assert_eq!(got, reference, "crash after {crash_after} steps");
     }
+}
+
+/// Keyed state is not moved between shards: state written by 3 shards is refused by a run on 2
+/// (with both counts, so the daemon can keep the written count), and opened again by a run on 3.
+#[test]
+fn state_is_reopened_only_with_the_shard_count_that_wrote_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = cases().into_iter().find(|c| c.ends_with("cascade_views")).unwrap();
+    let dir = tmp.path().join("run");
+    copy_inputs(&case, &dir);
+    let sql = std::fs::read_to_string(dir.join("pipeline.sql")).unwrap();
+    let mut p = open(&sql, &dir, 3).unwrap();
+    assert_eq!(p.summary().shards, 3);
+    for _ in 0..6 {
+        p.step().unwrap();
+    }
+    p.checkpoint().unwrap();
+    drop(p);
+    let mut cfg = PipelineConfig::new(&dir, Mode::Live);
+    cfg.shards = 2;
+    let mut p = Pipeline::plan(&sql, &cfg).unwrap();
+    let d = DurableConfig::new(dir.join("state"), Arc::new(RealFs::new()), Arc::new(Cipher::plaintext()));
+    match p.open_durable(&sql, d) {
+        Err(eddy_engine::EngineError::ShardCount { written: 3, now: 2, .. }) => {}
+        other => panic!("expected a shard count error, got {:?}", other.err()),
+    }
+    drop(p);
+    let mut p = open(&sql, &dir, 3).unwrap();
+    p.run_live(&AtomicBool::new(false)).unwrap();
+    drop(p);
+    let got = outputs(&dir);
+    assert_eq!(got, run(&case, &tmp.path().join("reference"), None, 1).unwrap());
 }

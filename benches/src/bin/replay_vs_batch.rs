@@ -50,18 +50,20 @@ fn report(mode: &str, rows: u64, groups: u64, secs: f64) {
     );
 }
 
-fn run_eddy(file: &str) -> Result<()> {
+fn run_eddy(file: &str, shards: usize) -> Result<()> {
     use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
     let rows = count_lines(file)?;
     let out = std::env::temp_dir().join(format!("eddy-bench-{}.jsonl", std::process::id()));
     let sql = EDDY_SQL.replace("{FILE}", file).replace("{OUT}", &out.to_string_lossy());
     let t = Instant::now();
-    let mut p = Pipeline::plan(&sql, &PipelineConfig::new(".", Mode::Replay))?;
+    let mut cfg = PipelineConfig::new(".", Mode::Replay);
+    cfg.shards = shards;
+    let mut p = Pipeline::plan(&sql, &cfg)?;
     p.run_to_end()?;
     let secs = t.elapsed().as_secs_f64();
     let groups = count_lines(&out.to_string_lossy())?;
     let _ = std::fs::remove_file(&out);
-    report("eddy replay", rows, groups, secs);
+    report(&format!("eddy replay ({} shard(s))", p.summary().shards), rows, groups, secs);
     Ok(())
 }
 
@@ -98,8 +100,8 @@ fn main() -> Result<()> {
             eddy_benches::write_readings(std::path::Path::new(&args[2]), args[3].parse()?, args[4].parse()?)?;
             Ok(())
         }
-        Some("eddy") if args.len() == 3 => run_eddy(&args[2]),
+        Some("eddy") if args.len() >= 3 => run_eddy(&args[2], args.get(3).map(|p| p.parse()).transpose()?.unwrap_or(1)),
         Some("datafusion") if args.len() >= 3 => run_datafusion(&args[2], args.get(3).map(|p| p.parse()).transpose()?.unwrap_or(1)),
-        _ => bail!("usage: replay_vs_batch gen FILE ROWS DEVICES | eddy FILE | datafusion FILE [PARTITIONS]"),
+        _ => bail!("usage: replay_vs_batch gen FILE ROWS DEVICES | eddy FILE [SHARDS] | datafusion FILE [PARTITIONS]"),
     }
 }

@@ -60,6 +60,19 @@ impl Graph {
         self.nodes[id].out_wm
     }
 
+    /// Which nodes `from` reaches (itself included), by node id.
+    pub fn reachable(&self, from: NodeId) -> Vec<bool> {
+        let mut seen = vec![false; self.nodes.len()];
+        let mut todo = vec![from];
+        while let Some(n) = todo.pop() {
+            if std::mem::replace(&mut seen[n], true) {
+                continue;
+            }
+            todo.extend(self.nodes[n].outputs.iter().map(|(to, _)| *to));
+        }
+        seen
+    }
+
     pub fn state_bytes(&self) -> usize {
         self.nodes.iter().map(|n| n.op.state_bytes()).sum()
     }

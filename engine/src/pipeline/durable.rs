@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 
-use super::Pipeline;
+use super::{Pipeline, Sharding};
 use crate::error::{EngineError, Result};
 use crate::ops::snapshot::{StateReader, StateWriter};
 use crate::storage::checkpoint::{CheckpointStore, SourceMark};
@@ -186,6 +186,13 @@ fn without_options(sql: &str) -> String {
     out
 }
 
+/// The blob holding how many shards wrote a checkpoint (absent: one).
+const SHARDS_BLOB: &str = "shards";
+
+fn shard_blob_name(shard: usize, id: usize, name: &str) -> String {
+    format!("shard/{shard}/node/{id}/{name}")
+}
+
 /// What checkpointed state belongs to: the pipeline's SQL (whitespace-normalized, connector
 /// options left out) and its plan.
 fn fingerprint(sql: &str, p: &Pipeline) -> Vec<u8> {
@@ -241,6 +248,30 @@ impl Pipeline {
                 let b = r.blobs.get(&name).ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))?;
                 let mut rd = StateReader::new(b, &name);
                 self.graph.restore_node(id, &mut rd)?;
+            }
+            let written = match r.blobs.get(SHARDS_BLOB) {
+                None => 1,
+                Some(b) => {
+                    let mut rd = StateReader::new(b, SHARDS_BLOB);
+                    let n = rd.u64()? as usize;
+                    rd.finish()?;
+                    n
+                }
+            };
+            if written != self.summary.shards {
+                return Err(EngineError::ShardCount { dir: cfg.state_dir.display().to_string(), written, now: self.summary.shards });
+            }
+            self.ensure_shards()?;
+            if let Sharding::Running(shards) = &mut self.sharding {
+                for k in 0..shards.count() {
+                    let blobs = (0..self.graph.len())
+                        .map(|id| {
+                            let name = shard_blob_name(k, id, &self.graph.name(id));
+                            r.blobs.get(&name).cloned().ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    shards.restore(k, blobs)?;
+                }
             }
         }
         self.prepare()?;
@@ -312,7 +343,8 @@ impl Pipeline {
                 let errors = if r.bool()? { Some(r.batch()?) } else { None };
                 let rows = if r.bool()? { Some(r.batch()?) } else { None };
                 r.finish()?;
-                self.run_source_output(i, errors, rows)
+                self.run_source_output(i, errors, rows)?;
+                self.flow_step_end()
             }
             REC_IDLE => {
                 let floor = r.i64()?;
@@ -320,14 +352,16 @@ impl Pipeline {
                 let s = &mut self.sources[i];
                 s.idle_floor = s.idle_floor.max(floor);
                 let (main, wm) = (s.main, s.watermark());
-                self.graph.advance(main, 0, wm)
+                self.flow_advance(main, wm)?;
+                self.flow_step_end()
             }
             REC_END => {
                 r.finish()?;
                 if self.sources[i].ended {
                     return Ok(());
                 }
-                self.end_source(i)
+                self.end_source(i)?;
+                self.flow_step_end()
             }
             _ => Err(r.err("an unknown record kind")),
         }
@@ -335,8 +369,14 @@ impl Pipeline {
 
     /// Commits the WAL, writes a checkpoint, then lets sinks publish what it covers.
     pub fn checkpoint(&mut self) -> Result<()> {
-        let Some(d) = self.durable.as_mut() else { return Ok(()) };
+        if self.durable.is_none() {
+            return Ok(());
+        }
         let t0 = Instant::now();
+        // The shards catch up first: the checkpoint's state and the sinks' staged output must
+        // both stand exactly at the WAL's end.
+        self.flow_drain()?;
+        let Some(d) = self.durable.as_mut() else { return Ok(()) };
         let lsn = d.wal.commit()?;
         let mut blobs = Vec::with_capacity(self.sources.len() + self.graph.len());
         let mut marks = Vec::with_capacity(self.sources.len());
@@ -356,6 +396,16 @@ impl Pipeline {
             let mut w = StateWriter::default();
             self.graph.snapshot_node(id, &mut w)?;
             blobs.push((format!("node/{id}/{}", self.graph.name(id)), w.buf));
+        }
+        if let Sharding::Running(shards) = &mut self.sharding {
+            let mut w = StateWriter::default();
+            w.u64(shards.count() as u64);
+            blobs.push((SHARDS_BLOB.to_string(), w.buf));
+            for k in 0..shards.count() {
+                for (id, b) in shards.snapshot(k)?.into_iter().enumerate() {
+                    blobs.push((shard_blob_name(k, id, &self.graph.name(id)), b));
+                }
+            }
         }
         let d = self.durable.as_mut().ok_or_else(|| EngineError::Internal("durable state vanished".into()))?;
         let info = d.ckpts.write(lsn, &d.fingerprint, marks, &blobs)?;

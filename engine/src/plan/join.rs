@@ -11,7 +11,7 @@ use datafusion_expr::logical_plan::{Join, JoinType};
 use datafusion_expr::utils::split_conjunction;
 use datafusion_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator as Op};
 
-use super::{plan_err, Planner, Stream};
+use super::{plan_err, Origins, Planner, Stream};
 use crate::error::Result;
 use crate::ops::asof_join::{AsofJoin, AsofSide};
 use crate::ops::lookup_join::LookupJoin;
@@ -228,6 +228,7 @@ impl Planner<'_> {
                 (JoinTiming::Window, x, y, vec![(x.0, lag), (nl + y.0, lag)])
             }
         };
+        let pairs = key_columns(&keys_l, &keys_r, ls, rs);
         let (lkeys, rkeys, key_types) = self.key_exprs(&keys_l, &keys_r, ls, rs)?;
         let residual = match conjunction(cond.residual) {
             Some(e) => Some(self.physical(&e, &j.schema)?),
@@ -250,7 +251,23 @@ impl Planner<'_> {
             schema.clone(),
             self.limits,
         )?;
-        Ok(self.add_binary(Box::new(op), &left, &right, schema, out_time))
+        self.need_joined(kind, &left, &right, &pairs);
+        let mut out = self.add_binary(Box::new(op), &left, &right, schema, out_time);
+        if j.join_type == JoinType::Inner {
+            // Both key columns of an inner join's row hold the same value.
+            for &(l, r) in &pairs {
+                let both: Origins = out.origins[l].iter().chain(&out.origins[nl + r]).copied().collect();
+                out.origins[l] = both.clone();
+                out.origins[nl + r] = both;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that a join keeps its state per value of its equal keys (column pairs).
+    fn need_joined(&mut self, op: &str, left: &Stream, right: &Stream, pairs: &[(usize, usize)]) {
+        let alternatives = pairs.iter().map(|&(l, r)| vec![(left.node, left.origins_of(l)), (right.node, right.origins_of(r))]).collect();
+        self.needs.push(super::ShardNeed { op: op.to_string(), alternatives });
     }
 
     /// A two-input operator joining `left` (port 0) and `right` (port 1).
@@ -258,7 +275,10 @@ impl Planner<'_> {
         let node = self.graph.add(op, 2);
         self.graph.connect(left.node, node, 0);
         self.graph.connect(right.node, node, 1);
-        Stream::append_only(node, schema, time_cols)
+        let mut s = Stream::append_only(node, schema, time_cols);
+        let nl = left.schema.fields().len();
+        s.origins = (0..nl).map(|c| left.origins_of(c)).chain((0..right.schema.fields().len()).map(|c| right.origins_of(c))).collect();
+        s
     }
 
     /// Physical key expressions for both sides; no keys become one constant key.
@@ -389,6 +409,8 @@ impl Planner<'_> {
         let (Some((li, lag_l)), Some((ri, lag_r))) = (lag_of(&left, ls, lc), lag_of(&right, rs, rc)) else {
             return Err(plan_err(format!("ASOF JOIN compares event-time columns with a watermark; {lc} or {rc} has none")));
         };
+        let pairs = key_columns(&cond.left_keys, &cond.right_keys, ls, rs);
+        self.need_joined("asof join", &left, &right, &pairs);
         let (lkeys, rkeys, key_types) = self.key_exprs(&cond.left_keys, &cond.right_keys, ls, rs)?;
         let schema = Arc::new(a.schema.as_arrow().clone());
         let op = AsofJoin::new(
@@ -409,6 +431,17 @@ fn interval(ms: i64) -> Expr {
         datafusion_common::ScalarValue::IntervalMonthDayNano(Some(arrow::datatypes::IntervalMonthDayNano::new(0, 0, ms * 1_000_000))),
         None,
     )
+}
+
+/// The equal keys that are plain columns on both sides, as (left column, right column).
+fn key_columns(l: &[Expr], r: &[Expr], ls: &DFSchema, rs: &DFSchema) -> Vec<(usize, usize)> {
+    l.iter()
+        .zip(r)
+        .filter_map(|(a, b)| match (a, b) {
+            (Expr::Column(a), Expr::Column(b)) => Some((ls.index_of_column(a).ok()?, rs.index_of_column(b).ok()?)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn table_pk_covered(table: &RelationSource, keys: &[usize]) -> bool {

@@ -66,8 +66,10 @@ impl Planner<'_> {
             }
         }
         let exprs = PatternExprs { defines, define_schema, measures, measure_schema };
+        self.need_keyed("MATCH_RECOGNIZE", &input, def.partition_by.clone());
+        let origins = def.partition_by.iter().map(|&c| input.origins_of(c)).collect();
         let op = MatchRecognizeOp::new(def, exprs, &input.schema, schema.clone(), lag, self.limits)?;
         let node = self.add(Box::new(op), input.node);
-        Ok(Stream::append_only(node, schema, time_cols))
+        Ok(Stream { origins, ..Stream::append_only(node, schema, time_cols) })
     }
 }
