@@ -124,8 +124,8 @@ fn run_case(dir: &Path, shards: usize) -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn golden_cases() {
+/// Every case folder, sorted.
+fn case_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(cases_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -133,10 +133,15 @@ fn golden_cases() {
         .collect();
     dirs.sort();
     assert!(!dirs.is_empty(), "no golden cases under {}", cases_dir().display());
+    dirs
+}
+
+/// Runs every case on `shards`; returns the names of those that failed (each is printed).
+fn run_all(dirs: &[PathBuf], shards: usize) -> Vec<String> {
     let mut failed = vec![];
-    for d in &dirs {
+    for d in dirs {
         let name = d.file_name().unwrap().to_string_lossy().to_string();
-        match run_case(d, 1) {
+        match run_case(d, shards) {
             Ok(()) => println!("PASS {name}"),
             Err(e) => {
                 println!("FAIL {name}: {e}");
@@ -144,6 +149,13 @@ fn golden_cases() {
             }
         }
     }
+    failed
+}
+
+#[test]
+fn golden_cases() {
+    let dirs = case_dirs();
+    let failed = run_all(&dirs, 1);
     assert!(failed.is_empty(), "{} of {} golden cases failed: {failed:?}", failed.len(), dirs.len());
 }
 
@@ -158,27 +170,9 @@ fn shardable(dir: &Path) -> bool {
 /// multiset), and the same errors. Cases that cannot be sharded run on one and must pass as well.
 #[test]
 fn golden_cases_sharded() {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(cases_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("pipeline.sql").exists())
-        .collect();
-    dirs.sort();
-    let mut failed = vec![];
-    let mut sharded = vec![];
-    for d in &dirs {
-        let name = d.file_name().unwrap().to_string_lossy().to_string();
-        if shardable(d) {
-            sharded.push(name.clone());
-        }
-        match run_case(d, 3) {
-            Ok(()) => println!("PASS {name}"),
-            Err(e) => {
-                println!("FAIL {name}: {e}");
-                failed.push(name);
-            }
-        }
-    }
+    let dirs = case_dirs();
+    let sharded: Vec<String> = dirs.iter().filter(|d| shardable(d)).map(|d| d.file_name().unwrap().to_string_lossy().to_string()).collect();
+    let failed = run_all(&dirs, 3);
     println!("sharded: {sharded:?}");
     assert!(failed.is_empty(), "{} of {} golden cases failed on 3 shards: {failed:?}", failed.len(), dirs.len());
     // Keyed windows, OVER, MATCH_RECOGNIZE and joins shard; a regression that stops sharding
