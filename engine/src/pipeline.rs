@@ -515,8 +515,7 @@ impl Pipeline {
             let Sharding::Planned(graphs, routes) = std::mem::replace(&mut self.sharding, Sharding::Single) else {
                 return Err(EngineError::Internal("sharding state changed".into()));
             };
-            let name = self.summary.sinks.first().map(|(n, _)| n.as_str()).unwrap_or("pipeline");
-            let shards = Shards::start(graphs, &Self::source_nodes(&self.sources), routes, self.shard_queue, self.shard_hook.clone(), name)?;
+            let shards = Shards::start(graphs, &Self::source_nodes(&self.sources), routes, self.shard_queue, self.shard_hook.clone())?;
             tracing::info!(shards = shards.count(), "pipeline sharded by key");
             self.sharding = Sharding::Running(shards);
         }

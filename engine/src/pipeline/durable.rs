@@ -263,15 +263,17 @@ impl Pipeline {
             }
             self.ensure_shards()?;
             if let Sharding::Running(shards) = &mut self.sharding {
-                for k in 0..shards.count() {
-                    let blobs = (0..self.graph.len())
-                        .map(|id| {
-                            let name = shard_blob_name(k, id, &self.graph.name(id));
-                            r.blobs.get(&name).cloned().ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    shards.restore(k, blobs)?;
-                }
+                let states = (0..shards.count())
+                    .map(|k| {
+                        (0..self.graph.len())
+                            .map(|id| {
+                                let name = shard_blob_name(k, id, &self.graph.name(id));
+                                r.blobs.get(&name).cloned().ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                shards.restore(states)?;
             }
         }
         self.prepare()?;
@@ -401,8 +403,8 @@ impl Pipeline {
             let mut w = StateWriter::default();
             w.u64(shards.count() as u64);
             blobs.push((SHARDS_BLOB.to_string(), w.buf));
-            for k in 0..shards.count() {
-                for (id, b) in shards.snapshot(k)?.into_iter().enumerate() {
+            for (k, nodes) in shards.snapshot()?.into_iter().enumerate() {
+                for (id, b) in nodes.into_iter().enumerate() {
                     blobs.push((shard_blob_name(k, id, &self.graph.name(id)), b));
                 }
             }

@@ -276,7 +276,6 @@ pub struct Shards {
     /// 1 LATE, 2 ERRORS).
     entry: Vec<Option<(usize, usize)>>,
     routes: Vec<Route>,
-    schemas: Vec<SchemaRef>,
     /// The current step's commands, per shard.
     pending: Vec<Vec<Op>>,
     /// Steps sent whose output has not been merged; at most `max_in_flight`.
@@ -291,7 +290,7 @@ pub struct Shards {
 
 impl Shards {
     /// Starts one thread per graph. `queue` bounds the steps in flight (and each queue).
-    pub fn start(graphs: Vec<ShardGraph>, sources: &[SourceNodes], routes: Vec<Route>, queue: usize, hook: Option<ShardThreadHook>, name: &str) -> Result<Shards> {
+    pub fn start(graphs: Vec<ShardGraph>, sources: &[SourceNodes], routes: Vec<Route>, queue: usize, hook: Option<ShardThreadHook>) -> Result<Shards> {
         let n = graphs.len();
         let queue = queue.max(1);
         let nodes = graphs.first().map(|g| g.graph.len()).unwrap_or(0);
@@ -308,7 +307,7 @@ impl Shards {
             let (reply_tx, rx) = sync_channel::<Reply>(queue + 1);
             let hook = hook.clone();
             let thread = std::thread::Builder::new()
-                .name(format!("shard{k} {name}"))
+                .name(format!("eddy-shard{k}"))
                 .spawn(move || {
                     if let Some(h) = hook {
                         h(k);
@@ -322,7 +321,6 @@ impl Shards {
             workers,
             entry,
             routes,
-            schemas: sources.iter().map(|s| s.schema.clone()).collect(),
             pending: (0..n).map(|_| Vec::new()).collect(),
             in_flight: 0,
             max_in_flight: queue,
@@ -363,7 +361,6 @@ impl Shards {
                 self.pending[k].push(Op::Push(node, chunk));
             }
             Some(Route::Key(col)) => {
-                debug_assert_eq!(chunk.batch.schema().fields().len(), self.schemas[source].fields().len());
                 shard_of_rows(chunk.batch.column(col), n, &mut self.scratch)?;
                 let first = self.scratch.first().copied().unwrap_or(0);
                 if self.scratch.iter().all(|&s| s == first) {
@@ -464,30 +461,42 @@ impl Shards {
         Ok(true)
     }
 
-    fn call(&mut self, k: usize, cmd: Cmd) -> Result<Reply> {
+    /// Sends one command to each shard (all at once, so they work on it together), then
+    /// collects their replies in shard order. Only between steps.
+    fn call_all(&mut self, mut cmd: impl FnMut(usize) -> Cmd) -> Result<Vec<Reply>> {
         if self.in_flight != 0 || self.pending.iter().any(|p| !p.is_empty()) {
             return Err(EngineError::Internal("shards called with a step out".into()));
         }
-        let w = &mut self.workers[k];
-        let tx = w.tx.as_ref().ok_or_else(|| EngineError::Internal("shard queue closed".into()))?;
-        tx.send(cmd).map_err(|_| EngineError::Internal(format!("shard {k} stopped")))?;
-        w.rx.recv().map_err(|_| EngineError::Internal(format!("shard {k} stopped")))
+        for (k, w) in self.workers.iter().enumerate() {
+            let tx = w.tx.as_ref().ok_or_else(|| EngineError::Internal("shard queue closed".into()))?;
+            tx.send(cmd(k)).map_err(|_| EngineError::Internal(format!("shard {k} stopped")))?;
+        }
+        self.workers.iter().enumerate().map(|(k, w)| w.rx.recv().map_err(|_| EngineError::Internal(format!("shard {k} stopped")))).collect()
     }
 
-    /// Every node's state in shard `k`, in node order (call [`Shards::drain`] first).
-    pub fn snapshot(&mut self, k: usize) -> Result<Vec<Vec<u8>>> {
-        match self.call(k, Cmd::Snapshot)? {
-            Reply::Blobs(r) => r,
-            _ => Err(EngineError::Internal(format!("shard {k} answered out of turn"))),
-        }
+    /// Every shard's node states, in node order (call [`Shards::drain`] first).
+    pub fn snapshot(&mut self) -> Result<Vec<Vec<Vec<u8>>>> {
+        self.call_all(|_| Cmd::Snapshot)?
+            .into_iter()
+            .map(|r| match r {
+                Reply::Blobs(r) => r,
+                _ => Err(EngineError::Internal("a shard answered out of turn".into())),
+            })
+            .collect()
     }
 
-    /// Restores shard `k`'s nodes from what [`Shards::snapshot`] gave.
-    pub fn restore(&mut self, k: usize, blobs: Vec<Vec<u8>>) -> Result<()> {
-        match self.call(k, Cmd::Restore(blobs))? {
-            Reply::Restored(r) => r,
-            _ => Err(EngineError::Internal(format!("shard {k} answered out of turn"))),
+    /// Restores each shard's nodes from what [`Shards::snapshot`] gave.
+    pub fn restore(&mut self, mut blobs: Vec<Vec<Vec<u8>>>) -> Result<()> {
+        if blobs.len() != self.workers.len() {
+            return Err(EngineError::Internal("shard states for another shard count".into()));
         }
+        for r in self.call_all(|k| Cmd::Restore(std::mem::take(&mut blobs[k])))? {
+            match r {
+                Reply::Restored(r) => r?,
+                _ => return Err(EngineError::Internal("a shard answered out of turn".into())),
+            }
+        }
+        Ok(())
     }
 }
 
