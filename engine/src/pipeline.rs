@@ -511,10 +511,10 @@ impl Pipeline {
 
     /// Starts the shard threads of a sharded pipeline (once).
     fn ensure_shards(&mut self) -> Result<()> {
-        if let Sharding::Planned(..) = self.sharding {
-            let Sharding::Planned(graphs, routes) = std::mem::replace(&mut self.sharding, Sharding::Single) else {
-                return Err(EngineError::Internal("sharding state changed".into()));
-            };
+        if !matches!(self.sharding, Sharding::Planned(..)) {
+            return Ok(());
+        }
+        if let Sharding::Planned(graphs, routes) = std::mem::replace(&mut self.sharding, Sharding::Single) {
             let shards = Shards::start(graphs, &Self::source_nodes(&self.sources), routes, self.shard_queue, self.shard_hook.clone())?;
             tracing::info!(shards = shards.count(), "pipeline sharded by key");
             self.sharding = Sharding::Running(shards);

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
-use arrow::datatypes::{DataType, Int16Type, Int32Type, Int64Type, Int8Type, SchemaRef, UInt16Type, UInt32Type, UInt64Type, UInt8Type};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, UInt64Type};
 
 use crate::error::{EngineError, Result};
 use crate::ops::graph::{Graph, NodeId};
@@ -150,56 +150,38 @@ pub fn shard_of_rows(col: &ArrayRef, shards: usize, out: &mut Vec<u32>) -> Resul
     use twox_hash::XxHash3_64;
     out.clear();
     let n = shards as u64;
-    let pick = |h: u64| (h % n) as u32;
-    macro_rules! ints {
-        ($t:ty) => {{
-            let a = col.as_primitive::<$t>();
-            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(XxHash3_64::oneshot(&(a.value(i) as i64).to_le_bytes())) }));
-        }};
-    }
-    macro_rules! uints {
-        ($t:ty) => {{
-            let a = col.as_primitive::<$t>();
-            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(XxHash3_64::oneshot(&(a.value(i) as u64).to_le_bytes())) }));
-        }};
-    }
+    let pick = |bytes: &[u8]| (XxHash3_64::oneshot(bytes) % n) as u32;
     match col.data_type() {
-        DataType::Int8 => ints!(Int8Type),
-        DataType::Int16 => ints!(Int16Type),
-        DataType::Int32 | DataType::Date32 => {
-            let a = arrow::compute::cast(col, &DataType::Int32)?;
-            let a = a.as_primitive::<Int32Type>();
-            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(XxHash3_64::oneshot(&(a.value(i) as i64).to_le_bytes())) }));
-        }
-        DataType::Int64 => ints!(Int64Type),
-        DataType::Timestamp(_, _) => {
+        // Widened first, so equal values of any width land in one shard.
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Timestamp(_, _) => {
             let a = arrow::compute::cast(col, &DataType::Int64)?;
             let a = a.as_primitive::<Int64Type>();
-            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(XxHash3_64::oneshot(&a.value(i).to_le_bytes())) }));
+            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(&a.value(i).to_le_bytes()) }));
         }
-        DataType::UInt8 => uints!(UInt8Type),
-        DataType::UInt16 => uints!(UInt16Type),
-        DataType::UInt32 => uints!(UInt32Type),
-        DataType::UInt64 => uints!(UInt64Type),
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+            let a = arrow::compute::cast(col, &DataType::UInt64)?;
+            let a = a.as_primitive::<UInt64Type>();
+            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(&a.value(i).to_le_bytes()) }));
+        }
         DataType::Boolean => {
             let a = col.as_boolean();
-            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(XxHash3_64::oneshot(&[a.value(i) as u8])) }));
+            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(&[a.value(i) as u8]) }));
         }
         DataType::Utf8 => {
             let a = col.as_string::<i32>();
-            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(XxHash3_64::oneshot(a.value(i).as_bytes())) }));
+            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(a.value(i).as_bytes()) }));
         }
         DataType::LargeUtf8 => {
             let a = col.as_string::<i64>();
-            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(XxHash3_64::oneshot(a.value(i).as_bytes())) }));
+            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(a.value(i).as_bytes()) }));
         }
         DataType::Utf8View => {
             let a = col.as_string_view();
-            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(XxHash3_64::oneshot(a.value(i).as_bytes())) }));
+            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(a.value(i).as_bytes()) }));
         }
         DataType::Binary => {
             let a = col.as_binary::<i32>();
-            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(XxHash3_64::oneshot(a.value(i))) }));
+            out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(a.value(i)) }));
         }
         other => return Err(EngineError::Internal(format!("a shard key of type {other}"))),
     }
