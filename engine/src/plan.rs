@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion_common::tree_node::{Transformed, TreeNode};
 use datafusion_common::{Column, DFSchema};
 use datafusion_expr::execution_props::ExecutionProps;
@@ -31,7 +31,7 @@ use crate::ops::graph::{Graph, NodeId, Passthrough};
 use crate::ops::group_agg::GroupAggregate;
 use crate::ops::over::{Completion, Frame, Over, OverFn};
 use crate::ops::session::SessionAggregate;
-use crate::ops::window::WindowAssign;
+use crate::ops::window::{replaces_time, WindowAssign, HIDDEN_TIME};
 use crate::ops::window_agg::WindowAggregate;
 use crate::ops::lookup_join::TableHandle;
 use crate::ops::Limits;
@@ -167,7 +167,20 @@ impl<'a> Planner<'a> {
         id
     }
 
+    /// Plans `plan`; its stream has exactly the plan's columns.
     fn plan_node(&mut self, plan: &LogicalPlan, outermost: Option<*const Aggregate>, emit: Option<Emit>) -> Result<Stream> {
+        let stream = self.plan_node_hidden(plan, outermost, emit)?;
+        let visible = plan.schema().fields().len();
+        if stream.schema.fields().len() <= visible {
+            return Ok(stream);
+        }
+        let cols: Vec<usize> = (0..visible).collect();
+        self.project_columns(stream, &cols)
+    }
+
+    /// Plans `plan`; its stream may carry hidden trailing columns (`ops::window::HIDDEN_TIME`),
+    /// which only a filter passes on and only an aggregation reads.
+    fn plan_node_hidden(&mut self, plan: &LogicalPlan, outermost: Option<*const Aggregate>, emit: Option<Emit>) -> Result<Stream> {
         match plan {
             LogicalPlan::TableScan(scan) => {
                 let Some(rel) = scan.source.downcast_ref::<RelationSource>() else {
@@ -194,9 +207,9 @@ impl<'a> Planner<'a> {
                 }
                 Ok(stream)
             }
-            LogicalPlan::SubqueryAlias(a) => self.plan_node(&a.input, outermost, emit),
+            LogicalPlan::SubqueryAlias(a) => self.plan_node_hidden(&a.input, outermost, emit),
             LogicalPlan::Filter(f) => {
-                let input = self.plan_node(&f.input, outermost, emit)?;
+                let input = self.plan_node_hidden(&f.input, outermost, emit)?;
                 if let Some((_, _, start, end)) = input.pending_session {
                     let uses_window = f.predicate.column_refs().iter().any(|c| {
                         f.input.schema().index_of_column(c).map(|i| i == start || i == end).unwrap_or(false)
@@ -281,8 +294,17 @@ impl<'a> Planner<'a> {
                 if let WindowSpec::Session { gap } = tvf.spec {
                     return Ok(Stream { pending_session: Some((time_col, gap, tvf.start_idx, tvf.end_idx)), ..input });
                 }
-                let schema: SchemaRef = Arc::new(tvf.schema.as_arrow().clone());
                 let (start, end) = (tvf.start_idx, tvf.end_idx);
+                let mut fields = tvf.schema.as_arrow().fields().to_vec();
+                // A replaced time column stays readable, hidden, as the window's event time.
+                let window_time = if replaces_time(time_col, start, end) {
+                    let old = input.schema.field(time_col);
+                    fields.push(Arc::new(Field::new(HIDDEN_TIME, old.data_type().clone(), old.is_nullable())));
+                    fields.len() - 1
+                } else {
+                    time_col
+                };
+                let schema: SchemaRef = Arc::new(Schema::new(fields));
                 let node = self.add(Box::new(WindowAssign::new(tvf.spec, time_col, start, end, schema.clone())), input.node);
                 // Replaced window columns lose their old watermarks; the new ones get theirs.
                 let mut time_cols: Vec<(usize, i64)> =
@@ -302,7 +324,7 @@ impl<'a> Planner<'a> {
                     node,
                     schema,
                     time_cols,
-                    window: Some(WindowCols { start, end, time_col, spec: tvf.spec }),
+                    window: Some(WindowCols { start, end, time_col: window_time, spec: tvf.spec }),
                     pending_session: None,
                     updating: false,
                     key: None,
@@ -311,7 +333,7 @@ impl<'a> Planner<'a> {
                 })
             }
             LogicalPlan::Aggregate(agg) => {
-                let input = self.plan_node(&agg.input, outermost, emit)?;
+                let input = self.plan_node_hidden(&agg.input, outermost, emit)?;
                 if input.updating {
                     return Err(plan_err("aggregating an updating result (a non-windowed GROUP BY or EMIT ON UPDATE) is not supported"));
                 }
@@ -566,7 +588,17 @@ impl<'a> Planner<'a> {
             (None, Some(w)) => Some(w.time_col),
             (None, None) => input.time_cols.iter().min_by_key(|(_, o)| *o).map(|(c, _)| *c),
         };
-        let time_expr = time_col.map(|i| Expr::Column(Column::from(in_schema.qualified_field(i))));
+        // The input may carry hidden trailing columns; expressions are lowered over all of them.
+        let lower_schema = if input.schema.fields().len() > in_schema.fields().len() {
+            let hidden = input.schema.fields()[in_schema.fields().len()..].to_vec();
+            Arc::new(in_schema.join(&DFSchema::try_from(Schema::new(hidden))?)?)
+        } else {
+            in_schema.clone()
+        };
+        let time_expr = time_col
+            .filter(|&i| i < lower_schema.fields().len())
+            .map(|i| Expr::Column(Column::from(lower_schema.qualified_field(i))));
+        let in_schema = &lower_schema;
         let physical_schema = Arc::new(in_schema.as_arrow().clone());
         let mut aggs = Vec::new();
         let mut args = Vec::new();

@@ -437,3 +437,89 @@ FROM TUMBLE(readings, ts, INTERVAL '1' SECOND) GROUP BY device_id, window_start,
 WITH (connector = 'file', path = 'out/per_second.jsonl');
 """, {'readings.jsonl': rows}, {'error.txt': "limit reached: 3 open windows in one aggregation (limits.max_open_windows)"},
     args='--max-open-windows 3')
+
+# ---- FIRST/LAST over a view's time column: 1-minute OHLC bars -> 5-minute bars ----
+# The 5-minute close is the close of the window's last 1-minute bar (largest window_start), the
+# open the open of its first; the same ordered by window_end; and an updating GROUP BY over the
+# view (one source row a batch, so each step closes at most one minute and the upserts are fixed).
+rnd = random.Random(18)
+trades, seen = [], set()
+for i in range(900):
+    sym = ['ACME', 'GLOBEX', 'INITECH'][rnd.randrange(3)]
+    ms = T0 + i * 1000 - rnd.randrange(2500)
+    while (sym, ms) in seen:
+        ms += 1
+    seen.add((sym, ms))
+    trades.append({'symbol': sym, 'price': round(100 + rnd.random() * 20, 2), 'volume': rnd.randrange(1, 50), 'ts': iso(ms), '_ms': ms})
+acc_t = [r for r, _ in accept(trades, 2000)]
+bars = {}
+for r in acc_t:
+    m = r['_ms'] - r['_ms'] % 60000
+    bars.setdefault((r['symbol'], m), []).append(r)
+bar_rows = {}
+for (sym, m), rs in bars.items():
+    first = min(rs, key=lambda r: r['_ms'])
+    last = max(rs, key=lambda r: r['_ms'])
+    bar_rows[(sym, m)] = {'open': first['price'], 'high': max(r['price'] for r in rs), 'low': min(r['price'] for r in rs),
+                          'close': last['price'], 'volume': sum(r['volume'] for r in rs)}
+# A 1-minute bar closes when the watermark passes its end; every bar is final (no late bars: the
+# view's watermark is its source's).
+def five_minute(by_end):
+    out = {}
+    for (sym, m), b in bars_sorted:
+        t = m + 60000 if by_end else m
+        out.setdefault((sym, t - t % 300000), []).append((m, b))
+    rows5 = []
+    for (sym, s), bs in out.items():
+        bs.sort(key=lambda x: x[0])
+        rows5.append({'symbol': sym, 'window_start': iso(s), 'open': bs[0][1]['open'], 'high': max(b['high'] for _, b in bs),
+                      'low': min(b['low'] for _, b in bs), 'close': bs[-1][1]['close'], 'volume': sum(b['volume'] for _, b in bs)})
+    return rows5
+bars_sorted = sorted(bar_rows.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+# The updating GROUP BY sees bars in the order their minutes close (all symbols' bars of a minute
+# close in one step); each bar upserts its symbol's running first open, last close and count.
+latest, running = [], {}
+for (sym, m), b in sorted(bar_rows.items(), key=lambda kv: kv[0][1]):
+    first_open, n = running.get(sym, (b['open'], 0))
+    running[sym] = (first_open, n + 1)
+    latest.append({'symbol': sym, 'first_open': first_open, 'last_close': b['close'], 'bars': n + 1, '_op': 'upsert'})
+write_case('cascade_first_last', """CREATE SOURCE trades (
+    symbol VARCHAR NOT NULL,
+    price  DOUBLE,
+    volume BIGINT,
+    ts     TIMESTAMP(3) NOT NULL,
+    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+) WITH (connector = 'file', path = 'trades.jsonl', format = 'json', batch_rows = '1');
+
+CREATE MATERIALIZED VIEW bars_1m AS
+SELECT symbol, window_start, window_end,
+       FIRST_VALUE(price) AS open, MAX(price) AS high, MIN(price) AS low, LAST_VALUE(price) AS close,
+       SUM(volume) AS volume
+FROM TUMBLE(trades, ts, INTERVAL '1' MINUTE)
+GROUP BY symbol, window_start, window_end;
+
+CREATE SINK bars_5m AS
+SELECT symbol, window_start, FIRST_VALUE(open) AS open, MAX(high) AS high, MIN(low) AS low,
+       LAST_VALUE(close) AS close, SUM(volume) AS volume
+FROM TUMBLE(bars_1m, window_start, INTERVAL '5' MINUTE)
+GROUP BY symbol, window_start, window_end
+WITH (connector = 'file', path = 'out/bars_5m.jsonl', format = 'json');
+
+CREATE SINK bars_5m_by_end AS
+SELECT symbol, window_start, FIRST_VALUE(open) AS open, MAX(high) AS high, MIN(low) AS low,
+       LAST_VALUE(close) AS close, SUM(volume) AS volume
+FROM TUMBLE(bars_1m, window_end, INTERVAL '5' MINUTE)
+WHERE volume > 0
+GROUP BY symbol, window_start, window_end
+WITH (connector = 'file', path = 'out/bars_5m_by_end.jsonl', format = 'json');
+
+CREATE SINK latest AS
+SELECT symbol, FIRST_VALUE(open) AS first_open, LAST_VALUE(close) AS last_close, COUNT(*) AS bars
+FROM bars_1m
+GROUP BY symbol
+WITH (connector = 'file', path = 'out/latest.jsonl', format = 'json', type = 'upsert');
+""", {'trades.jsonl': trades}, {
+    'bars_5m': five_minute(False),
+    'bars_5m_by_end': five_minute(True),
+    'latest': latest})
+print('cascade first/last case written')

@@ -1,5 +1,10 @@
 //! Window assignment for `TUMBLE`, `HOP` and `CUMULATE`: appends `window_start` and `window_end`,
 //! repeating a row once for every window that holds it. Stateless; watermarks pass unchanged.
+//!
+//! Windowing a windowed view by its own `window_start` / `window_end` replaces that column, yet the
+//! aggregation still needs the old values as event time (`FIRST_VALUE` / `LAST_VALUE` order by
+//! them). Then the output carries the old column once more, last, as [`HIDDEN_TIME`]: only filters
+//! and the aggregation see it; the planner drops it before any other operator.
 
 use std::sync::Arc;
 
@@ -9,6 +14,14 @@ use arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use super::{Chunk, Operator};
 use crate::error::{EngineError, Result};
 use crate::sql::tvf::WindowSpec;
+
+/// Name of the trailing column that keeps a replaced time column's values (see the module doc).
+pub const HIDDEN_TIME: &str = "__eddy_window_time";
+
+/// Whether windowing by `time_col` replaces it with a new window bound.
+pub fn replaces_time(time_col: usize, start_idx: usize, end_idx: usize) -> bool {
+    time_col == start_idx || time_col == end_idx
+}
 
 pub struct WindowAssign {
     pub spec: WindowSpec,
@@ -64,6 +77,7 @@ impl Operator for WindowAssign {
             let taken = arrow::compute::take_record_batch(&batch, &idx)?;
             taken.columns().to_vec()
         };
+        let old_time = replaces_time(self.time_col, self.start_idx, self.end_idx).then(|| cols[self.time_col].clone());
         let starts: ArrayRef = Arc::new(TimestampMillisecondArray::from(std::mem::take(&mut self.starts)));
         let ends: ArrayRef = Arc::new(TimestampMillisecondArray::from(std::mem::take(&mut self.ends)));
         let mut placed = [(self.start_idx, starts), (self.end_idx, ends)];
@@ -75,6 +89,7 @@ impl Operator for WindowAssign {
                 cols.push(col);
             }
         }
+        cols.extend(old_time);
         out.push(Chunk::append(RecordBatch::try_new(self.schema.clone(), cols)?));
         Ok(())
     }
