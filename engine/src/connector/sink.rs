@@ -128,12 +128,16 @@ impl Sink {
     }
 
     /// Opens (creating it and its directories) the file of an exactly-once sink, never truncating.
+    /// Its directory entry is made durable before any output counts as published.
     fn open_staged_file(&self) -> Result<File> {
         let path = self.path()?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+            // Output is the user's, not state: the usual modes (less the umask).
+            crate::storage::fs::create_dir_all_synced(dir, 0o777).map_err(|e| EngineError::io(dir, e))?;
         }
-        std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(|e| EngineError::io(path, e))
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(|e| EngineError::io(path, e))?;
+        crate::storage::fs::sync_parent(path).map_err(|e| EngineError::io(path, e))?;
+        Ok(file)
     }
 
     /// Makes the file `committed_len` long, then adds `staged` and fdatasyncs. A failure is fatal
@@ -318,6 +322,22 @@ impl Operator for Sink {
             self.out = Some(Box::new(std::io::sink()));
         }
         let file = if self.external.is_none() { Some(self.open_staged_file()?) } else { None };
+        if let Some(f) = &file {
+            // Output up to `committed` was published and synced; a shorter file lost some of it
+            // (deleted, truncated or replaced while eddyd was stopped). Extending it would fill
+            // the gap with zeros, so refuse.
+            let path = self.path()?;
+            let len = f.metadata().map_err(|e| EngineError::io(path, e))?.len();
+            if len < committed {
+                return Err(EngineError::State(format!(
+                    "sink '{}': {} holds {len} bytes, but {committed} bytes of output were published to it; it was \
+                     truncated, deleted or replaced while eddyd was stopped. Put the file back, or point the sink at a new path \
+                     (it then starts afresh there)",
+                    self.name,
+                    path.display()
+                )));
+            }
+        }
         let st = self.staging.as_mut().ok_or_else(|| EngineError::Internal("sink not staging".into()))?;
         st.file = file;
         st.committed_len = committed;

@@ -25,6 +25,19 @@ use crate::storage::wal::{Wal, WalConfig, WalStats};
 const REC_BATCH: u8 = 1;
 const REC_IDLE: u8 = 2;
 const REC_END: u8 = 3;
+/// Part of a batch too large for one record: source, group (LSN of its first part), rows. It
+/// counts only once the `REC_BATCH_END` of its group follows (a crash between them drops the
+/// parts: their input was not acknowledged, so it comes again).
+const REC_BATCH_PART: u8 = 4;
+/// The last record of a split batch: `REC_BATCH`'s fields, then the group.
+const REC_BATCH_END: u8 = 5;
+
+/// Parts read during replay, waiting for the record that ends their group.
+#[derive(Default)]
+pub(super) struct PendingParts {
+    group: u64,
+    parts: Vec<(Option<RecordBatch>, Option<RecordBatch>)>,
+}
 
 /// How a pipeline keeps its state.
 #[derive(Clone)]
@@ -82,21 +95,80 @@ pub(super) struct Durable {
     _lock: File,
 }
 
+fn encode_batches(w: &mut StateWriter, errors: Option<&RecordBatch>, rows: Option<&RecordBatch>) -> Result<()> {
+    for b in [errors, rows] {
+        w.bool(b.is_some());
+        if let Some(b) = b {
+            w.batch(b)?;
+        }
+    }
+    Ok(())
+}
+
+/// The batches as one (`None` for none).
+fn concat(batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
+    match batches.len() {
+        0 => Ok(None),
+        1 => Ok(batches.into_iter().next()),
+        _ => Ok(Some(arrow::compute::concat_batches(&batches[0].schema(), &batches)?)),
+    }
+}
+
+/// Slices of `batch`, in order, each encoding to at most `limit` bytes (a single row may not).
+fn split_to_fit(batch: &RecordBatch, limit: usize, scratch: &mut StateWriter, out: &mut Vec<RecordBatch>) -> Result<()> {
+    scratch.buf.clear();
+    scratch.batch(batch)?;
+    if scratch.buf.len() <= limit || batch.num_rows() <= 1 {
+        out.push(batch.clone());
+        return Ok(());
+    }
+    let half = batch.num_rows() / 2;
+    split_to_fit(&batch.slice(0, half), limit, scratch, out)?;
+    split_to_fit(&batch.slice(half, batch.num_rows() - half), limit, scratch, out)
+}
+
 impl Durable {
+    /// Logs what one poll of `source` produced, with the position to resume after it. A batch
+    /// over the record limit is split by rows into parts and an end record (one group, applied
+    /// whole on replay or not at all), so no input burst can make a record too large to log.
     pub(super) fn log_batch(&mut self, source: usize, position: &[u8], errors: Option<&RecordBatch>, rows: Option<&RecordBatch>) -> Result<()> {
         let w = &mut self.scratch;
         w.buf.clear();
         w.u8(REC_BATCH);
         w.u64(source as u64);
         w.bytes(position);
-        for b in [errors, rows] {
-            w.bool(b.is_some());
-            if let Some(b) = b {
-                w.batch(b)?;
-            }
+        encode_batches(w, errors, rows)?;
+        let limit = self.cfg.wal.max_record_bytes;
+        if self.scratch.buf.len() <= limit {
+            let lsn = self.wal.append(&self.scratch.buf)?;
+            tracing::trace!(lsn, source, rows = rows.map(|r| r.num_rows()).unwrap_or(0), "batch logged");
+            return Ok(());
         }
-        let lsn = self.wal.append(&self.scratch.buf)?;
-        tracing::trace!(lsn, source, rows = rows.map(|r| r.num_rows()).unwrap_or(0), "batch logged");
+        // Room for the record's own fields beside its rows.
+        let budget = limit.saturating_sub(position.len() + 64).max(1);
+        let mut pieces: Vec<(Option<RecordBatch>, Option<RecordBatch>)> = vec![];
+        for (is_errors, b) in [(true, errors), (false, rows)] {
+            let Some(b) = b else { continue };
+            let mut slices = vec![];
+            split_to_fit(b, budget, &mut self.scratch, &mut slices)?;
+            pieces.extend(slices.into_iter().map(|s| if is_errors { (Some(s), None) } else { (None, Some(s)) }));
+        }
+        let group = self.wal.next_lsn();
+        let count = pieces.len();
+        for (k, (e, r)) in pieces.iter().enumerate() {
+            let last = k + 1 == count;
+            let w = &mut self.scratch;
+            w.buf.clear();
+            w.u8(if last { REC_BATCH_END } else { REC_BATCH_PART });
+            w.u64(source as u64);
+            if last {
+                w.bytes(position);
+            }
+            encode_batches(w, e.as_ref(), r.as_ref())?;
+            w.u64(group);
+            self.wal.append(&self.scratch.buf)?;
+        }
+        tracing::debug!(source, group, records = count, "a large batch logged in parts");
         Ok(())
     }
 
@@ -127,10 +199,14 @@ impl Durable {
 }
 
 /// Takes the state dir's lock: two processes on one state dir would corrupt it.
+/// The pipeline's directory is made owner-only (0700) even if an older version or a hand-made
+/// directory left it wider: it holds the state of every operator.
 fn lock_state_dir(dir: &std::path::Path) -> Result<File> {
-    std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+    use std::os::unix::fs::PermissionsExt;
+    crate::storage::fs::create_private_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| EngineError::io(dir, e))?;
     let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| EngineError::io(&path, e))?;
+    let f = crate::storage::fs::open_private(&path, false).map_err(|e| EngineError::io(&path, e))?;
     rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
         EngineError::State(format!("{}: another eddyd is using this state directory", dir.display()))
     })?;
@@ -208,6 +284,26 @@ fn fingerprint(sql: &str, p: &Pipeline) -> Vec<u8> {
     ctx.finish().as_ref().to_vec()
 }
 
+/// The checkpoint and the log must meet: the log holds every record from the checkpoint's LSN on
+/// (`first_lsn <= wal_lsn <= next_lsn`). Otherwise records are missing (the `wal/` directory was
+/// emptied, replaced or truncated past the checkpoint); carrying on would number new records
+/// below what a later recovery skips, so it is refused.
+fn check_continuity(state_dir: &std::path::Path, checkpoint: Option<(u64, u64)>, wal: &Wal) -> Result<()> {
+    let (first, next) = (wal.first_lsn(), wal.next_lsn());
+    let (what, from) = match checkpoint {
+        Some((seq, lsn)) => (format!("checkpoint {seq} continues from LSN {lsn}"), lsn),
+        None => ("there is no checkpoint (so it should start at LSN 0)".to_string(), 0),
+    };
+    if first <= from && from <= next {
+        return Ok(());
+    }
+    Err(EngineError::Storage(crate::storage::StorageError::Corrupt(format!(
+        "{}: the write-ahead log holds LSNs {first}..{next}, but {what}: records are missing (was wal/ or checkpoints/ \
+         emptied, replaced or restored from elsewhere?)",
+        state_dir.display()
+    ))))
+}
+
 impl Pipeline {
     /// Makes this (live, not yet started) pipeline durable under `cfg.state_dir`: restores the
     /// newest checkpoint, replays the WAL after it, and from then on logs every batch and
@@ -227,6 +323,7 @@ impl Pipeline {
         let fp = fingerprint(sql, self);
         let (ckpts, recovered) = CheckpointStore::open(cfg.storage.clone(), cfg.cipher.clone(), &cfg.state_dir.join("checkpoints"))?;
         let wal = Wal::open(cfg.storage.clone(), cfg.cipher.clone(), cfg.wal.clone())?;
+        check_continuity(&cfg.state_dir, recovered.as_ref().map(|r| (r.manifest.seq, r.manifest.wal_lsn)), &wal)?;
         let mut stats = DurableStats::default();
         let mut from_lsn = 0;
         if let Some(r) = recovered {
@@ -280,9 +377,10 @@ impl Pipeline {
         // An engine error while replaying (a row under on_error = 'fail', a limit) is reported as
         // itself, not as damage to the log.
         let mut failed: Option<EngineError> = None;
+        let mut parts = PendingParts::default();
         let replayed = wal.replay(from_lsn, &mut |lsn, payload| {
             stats.replayed_records += 1;
-            self.apply_record(payload).map_err(|e| {
+            self.apply_record(payload, &mut parts).map_err(|e| {
                 failed = Some(e);
                 crate::storage::StorageError::Corrupt(format!("replay stopped at LSN {lsn}"))
             })
@@ -330,23 +428,48 @@ impl Pipeline {
     }
 
     /// Re-applies one WAL record (recovery); nothing is logged again.
-    fn apply_record(&mut self, payload: &[u8]) -> Result<()> {
+    fn apply_record(&mut self, payload: &[u8], pending: &mut PendingParts) -> Result<()> {
         let mut r = StateReader::new(payload, "a WAL record");
         let kind = r.u8()?;
         let i = r.usize()?;
         if i >= self.sources.len() {
             return Err(r.err("a source index out of range"));
         }
+        let read_batches = |r: &mut StateReader| -> Result<(Option<RecordBatch>, Option<RecordBatch>)> {
+            let errors = if r.bool()? { Some(r.batch()?) } else { None };
+            let rows = if r.bool()? { Some(r.batch()?) } else { None };
+            Ok((errors, rows))
+        };
+        // Parts count only when the end record of their own group follows them at once.
+        let parts = std::mem::take(pending);
         match kind {
-            REC_BATCH => {
+            REC_BATCH | REC_BATCH_END => {
                 let logged = r.bytes()?;
                 let s = &mut self.sources[i];
                 s.spec.fold_position(&mut s.position, logged);
-                let errors = if r.bool()? { Some(r.batch()?) } else { None };
-                let rows = if r.bool()? { Some(r.batch()?) } else { None };
+                let (errors, rows) = read_batches(&mut r)?;
+                let group = if kind == REC_BATCH_END { Some(r.u64()?) } else { None };
                 r.finish()?;
+                // The parts and this record are one batch again, exactly as it ran live (so even
+                // floating-point sums, whose rounding follows batch boundaries, come out the same).
+                let (errors, rows) = if group.is_some() && group == Some(parts.group) {
+                    let mut pieces = parts.parts;
+                    pieces.push((errors, rows));
+                    let (e, r): (Vec<_>, Vec<_>) = pieces.into_iter().unzip();
+                    (concat(e.into_iter().flatten().collect())?, concat(r.into_iter().flatten().collect())?)
+                } else {
+                    (errors, rows)
+                };
                 self.run_source_output(i, errors, rows)?;
                 self.flow_step_end()
+            }
+            REC_BATCH_PART => {
+                let (errors, rows) = read_batches(&mut r)?;
+                let group = r.u64()?;
+                r.finish()?;
+                *pending = if parts.group == group { parts } else { PendingParts { group, parts: vec![] } };
+                pending.parts.push((errors, rows));
+                Ok(())
             }
             REC_IDLE => {
                 let floor = r.i64()?;

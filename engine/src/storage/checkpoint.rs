@@ -79,6 +79,10 @@ pub struct CheckpointStore {
     dir: PathBuf,
     /// Retained manifests, oldest first.
     retained: Vec<Manifest>,
+    /// Key id each state file of the newest manifest was written with: a blob is reused only if
+    /// it is under the current key, so after a rotation the next checkpoint re-encrypts the rest
+    /// and the old key is no longer needed once the WAL has moved past it.
+    file_keys: HashMap<u64, u32>,
     next_seq: u64,
 }
 
@@ -95,12 +99,12 @@ fn digest(b: &[u8]) -> Vec<u8> {
 }
 
 fn read_header(b: &[u8], magic: &[u8; 8], path: &Path) -> Result<FileHeader> {
-    FileHeader::decode(b, magic).ok_or_else(|| StorageError::Corrupt(format!("{}: damaged or foreign header", path.display())))
+    FileHeader::decode(b, magic, 1).ok_or_else(|| StorageError::Corrupt(format!("{}: damaged or foreign header", path.display())))
 }
 
 fn header(magic: &[u8; 8], key: (u32, [u8; 8]), seq: u64, nonce_prefix: [u8; 8]) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN);
-    FileHeader { key_id: key.0, seq, nonce_prefix, key_check: key.1 }.encode(magic, &mut h);
+    FileHeader { version: 1, key_id: key.0, seq, nonce_prefix, key_check: key.1 }.encode(magic, &mut h);
     h
 }
 
@@ -113,7 +117,37 @@ fn aad(kind: &[u8; 8], seq: u64, offset: u64, key_id: u32) -> [u8; 28] {
     a
 }
 
+/// One manifest as [`CheckpointStore::inspect`] found it.
+#[derive(Debug, Clone)]
+pub struct ManifestReport {
+    pub seq: u64,
+    /// The manifest and every blob it references read and verified: its WAL LSN, blob count and
+    /// the key ids of its files; or what is wrong, naming file and offset.
+    pub result: std::result::Result<(u64, usize, Vec<u32>), String>,
+}
+
 impl CheckpointStore {
+    /// Reads and verifies every manifest in `dir` with all its blobs, newest first, and changes
+    /// nothing (no garbage collection, no removal of temporaries): for `eddyd state check`.
+    pub fn inspect(storage: Arc<dyn Storage>, cipher: Arc<Cipher>, dir: &Path) -> Result<Vec<ManifestReport>> {
+        let names = storage.list(dir).map_err(io_err(dir))?;
+        let mut seqs: Vec<u64> = names.iter().filter_map(|n| n.strip_prefix("manifest-")?.parse::<u64>().ok()).collect();
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        let store = CheckpointStore { storage, cipher, dir: dir.to_path_buf(), retained: vec![], file_keys: HashMap::new(), next_seq: 0 };
+        Ok(seqs
+            .into_iter()
+            .map(|seq| {
+                let result = store.load(seq).map_err(|e| e.to_string()).map(|(r, keys)| {
+                    let mut ids: Vec<u32> = keys.into_values().collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    (r.manifest.wal_lsn, r.blobs.len(), ids)
+                });
+                ManifestReport { seq, result }
+            })
+            .collect())
+    }
+
     /// Opens the directory and reads the newest valid checkpoint, walking back past damaged ones.
     pub fn open(storage: Arc<dyn Storage>, cipher: Arc<Cipher>, dir: &Path) -> Result<(CheckpointStore, Option<Recovered>)> {
         storage.create_dir_all(dir).map_err(io_err(dir))?;
@@ -136,15 +170,22 @@ impl CheckpointStore {
             }
         }
         seqs.sort_unstable_by(|a, b| b.cmp(a));
-        let mut store = CheckpointStore { storage, cipher, dir: dir.to_path_buf(), retained: vec![], next_seq: max_seq + 1 };
+        let mut store =
+            CheckpointStore { storage, cipher, dir: dir.to_path_buf(), retained: vec![], file_keys: HashMap::new(), next_seq: max_seq + 1 };
         let mut failures = vec![];
-        for seq in seqs {
+        for (i, &seq) in seqs.iter().enumerate() {
             match store.load(seq) {
-                Ok(r) => {
+                Ok((r, file_keys)) => {
                     if !failures.is_empty() {
                         tracing::warn!(seq, skipped = ?failures, "checkpoint: newer checkpoints are damaged; recovering from an older one");
                     }
+                    // The next older readable manifest stays the fallback (and keeps its WAL).
+                    if let Some(older) = seqs[i + 1..].iter().find_map(|&s| store.read_manifest(s).ok()) {
+                        store.retained.push(older);
+                    }
                     store.retained.push(r.manifest.clone());
+                    store.file_keys = file_keys;
+                    store.collect_garbage()?;
                     return Ok((store, Some(r)));
                 }
                 Err(StorageError::Key(m)) => return Err(StorageError::Key(m)),
@@ -157,7 +198,17 @@ impl CheckpointStore {
         Ok((store, None))
     }
 
-    fn load(&self, seq: u64) -> Result<Recovered> {
+    /// A manifest alone (its checksum and authentication checked, not its blobs).
+    fn read_manifest(&self, seq: u64) -> Result<Manifest> {
+        let aligned = self.manifest_bytes(seq)?;
+        let path = self.dir.join(manifest_name(seq));
+        let archived = rkyv::access::<ArchivedManifest, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| StorageError::Corrupt(format!("{}: not a manifest: {e}", path.display())))?;
+        rkyv::deserialize::<Manifest, rkyv::rancor::Error>(archived).map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display())))
+    }
+
+    /// The manifest's plaintext archive, checked and aligned for rkyv.
+    fn manifest_bytes(&self, seq: u64) -> Result<rkyv::util::AlignedVec<16>> {
         let path = self.dir.join(manifest_name(seq));
         let bytes = self.storage.read(&path).map_err(io_err(&path))?;
         let b: &[u8] = (*bytes).as_ref();
@@ -175,6 +226,13 @@ impl CheckpointStore {
         let plain = self.cipher.open(h.key_id, crypto::nonce(h.nonce_prefix, 0), &ad, &mut sealed, &|| path.display().to_string())?;
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(plain.len());
         aligned.extend_from_slice(plain);
+        Ok(aligned)
+    }
+
+    /// A checkpoint with every blob read and verified; also the key id of each state file.
+    fn load(&self, seq: u64) -> Result<(Recovered, HashMap<u64, u32>)> {
+        let path = self.dir.join(manifest_name(seq));
+        let aligned = self.manifest_bytes(seq)?;
         let archived = rkyv::access::<ArchivedManifest, rkyv::rancor::Error>(&aligned)
             .map_err(|e| StorageError::Corrupt(format!("{}: not a manifest: {e}", path.display())))?;
         // Read the blobs straight from the archived (zero-copy) refs, file by file.
@@ -195,11 +253,15 @@ impl CheckpointStore {
             let (fb, fh) = &files[&file_seq];
             let p = self.dir.join(state_name(file_seq));
             let data: &[u8] = (**fb).as_ref();
-            let (off, len) = (r.offset.to_native() as usize, r.len.to_native() as usize);
+            let (off, len) = (r.offset.to_native(), r.len.to_native());
             let bad = |why: &str| StorageError::Corrupt(format!("{} at offset {off}: {why} (blob '{}')", p.display(), r.name.as_str()));
-            if off < HEADER_LEN || data.len() < off + BLOB_HEADER + len {
+            // In u64, checked: a crafted manifest must not overflow (32-bit targets included).
+            let end = off.checked_add(BLOB_HEADER as u64 + len as u64);
+            if off < HEADER_LEN as u64 || end.is_none_or(|e| e > data.len() as u64) {
                 return Err(bad("the blob lies beyond the file"));
             }
+            // Both lie within `data`, so they fit in usize.
+            let (off, len) = (off as usize, len as usize);
             if u32_at(data, off + 4) as usize != len || u32_at(data, off + 8) != r.index.to_native() || crc(&[&data[off + 4..off + BLOB_HEADER + len]]) != u32_at(data, off) {
                 return Err(bad("checksum mismatch"));
             }
@@ -215,7 +277,8 @@ impl CheckpointStore {
         }
         let manifest = rkyv::deserialize::<Manifest, rkyv::rancor::Error>(archived)
             .map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display())))?;
-        Ok(Recovered { manifest, blobs })
+        let file_keys = files.iter().map(|(seq, (_, h))| (*seq, h.key_id)).collect();
+        Ok((Recovered { manifest, blobs }, file_keys))
     }
 
     /// The newest checkpoint written or recovered.
@@ -239,7 +302,8 @@ impl CheckpointStore {
         let mut info = WriteInfo { seq, ..Default::default() };
         for (name, plain) in blobs {
             let d = digest(plain);
-            if let Some(old) = prev.get(name.as_str()).filter(|o| o.digest == d) {
+            let under_current_key = |o: &&&BlobRef| self.file_keys.get(&o.file_seq) == Some(&key.0);
+            if let Some(old) = prev.get(name.as_str()).filter(|o| o.digest == d).filter(under_current_key) {
                 refs.push((*old).clone());
                 info.blobs_reused += 1;
                 continue;
@@ -286,25 +350,41 @@ impl CheckpointStore {
         self.storage.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
         info.bytes_written += m.len() as u64;
         self.next_seq += 1;
+        self.file_keys.retain(|seq, _| manifest.blobs.iter().any(|b| b.file_seq == *seq));
+        if info.blobs_written > 0 {
+            self.file_keys.insert(seq, key.0);
+        }
         self.retained.push(manifest);
         self.collect_garbage()?;
         Ok(info)
     }
 
-    /// Drops manifests beyond the retained ones and state files no retained manifest references.
+    /// Key ids the retained checkpoints' files were written with (the newest's exactly; an older
+    /// fallback's files that the newest does not share are not opened, so not counted).
+    pub fn key_ids_in_use(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.file_keys.values().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Drops manifests older than the oldest retained one (those beyond `KEEP`, and those a
+    /// restart passed over) and state files no retained manifest references. Manifests go first,
+    /// so no remaining manifest older than the retained ones points at a deleted file. Damaged
+    /// manifests newer than the recovered one are left for `eddyd state check` to show.
     fn collect_garbage(&mut self) -> Result<()> {
         while self.retained.len() > KEEP {
-            let old = self.retained.remove(0);
-            let p = self.dir.join(manifest_name(old.seq));
-            self.storage.remove(&p).map_err(io_err(&p))?;
+            self.retained.remove(0);
         }
+        let oldest = self.retained.first().map(|m| m.seq).unwrap_or(0);
         let live: std::collections::HashSet<u64> = self.retained.iter().flat_map(|m| m.blobs.iter().map(|b| b.file_seq)).collect();
-        for n in self.storage.list(&self.dir).map_err(io_err(&self.dir))? {
-            let Some(seq) = n.strip_prefix("state-").and_then(|s| s.strip_suffix(".dat")).and_then(|s| s.parse::<u64>().ok()) else { continue };
-            if !live.contains(&seq) && seq < self.next_seq {
-                let p = self.dir.join(&n);
-                self.storage.remove(&p).map_err(io_err(&p))?;
-            }
+        let names = self.storage.list(&self.dir).map_err(io_err(&self.dir))?;
+        let seq_of = |n: &str, prefix: &str, suffix: &str| n.strip_prefix(prefix)?.strip_suffix(suffix)?.parse::<u64>().ok();
+        let manifests = names.iter().filter(|n| seq_of(n, "manifest-", "").is_some_and(|seq| seq < oldest));
+        let states = names.iter().filter(|n| seq_of(n, "state-", ".dat").is_some_and(|seq| !live.contains(&seq) && seq < self.next_seq));
+        for n in manifests.chain(states) {
+            let p = self.dir.join(n);
+            self.storage.remove(&p).map_err(io_err(&p))?;
         }
         Ok(())
     }

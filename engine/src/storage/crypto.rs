@@ -5,11 +5,9 @@
 //! from 0 in the remaining 4 bytes. The caller binds the record's place (file, offset or sequence,
 //! key id) as associated data, so a record moved, swapped or replayed elsewhere fails to open.
 //!
-//! Keys come from a key file (one `ID:HEX64` per line, or one bare `HEX64` = key 1; the last line
-//! is the key new files use, earlier ones stay readable) that nobody but the owner may read, or a
-//! systemd credential. This module never logs or formats key bytes.
-
-use std::path::Path;
+//! The caller hands in key material (`(id, bytes)`; the last key is the one new files use, earlier
+//! ones stay readable); where keys are kept is the daemon's business. Key id 0 marks plaintext in
+//! every file format, so it is never a key. This module never logs or formats key bytes.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -48,6 +46,9 @@ impl Cipher {
         }
         let mut out = Vec::new();
         for (id, bytes) in keys {
+            if *id == 0 {
+                return Err(StorageError::Key("key id 0 is reserved (it marks unencrypted files); key ids start at 1".into()));
+            }
             let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| StorageError::Key("not an AES-256 key".into()))?;
             let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
             ctx.update(b"eddy-key-check");
@@ -62,46 +63,9 @@ impl Cipher {
         Ok(Cipher { keys: out })
     }
 
-    /// Reads a key file; refuses one that group or others may read.
-    pub fn from_key_file(path: &Path) -> Result<Self, StorageError> {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| StorageError::Key(format!("key file {}: {e}", path.display())))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(StorageError::Key(format!(
-                "key file {} has mode {mode:04o}; it must be readable by its owner only (chmod 600)",
-                path.display()
-            )));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| StorageError::Key(format!("key file {}: {e}", path.display())))?;
-        Self::parse_keys(&text).map_err(|m| StorageError::Key(format!("key file {}: {m}", path.display())))
-    }
-
-    /// A systemd credential: `$CREDENTIALS_DIRECTORY/<name>` (systemd makes it private to the unit).
-    pub fn from_credential(name: &str) -> Result<Option<Self>, StorageError> {
-        let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else { return Ok(None) };
-        let path = Path::new(&dir).join(name);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| StorageError::Key(format!("credential {}: {e}", path.display())))?;
-        Self::parse_keys(&text).map(Some).map_err(|m| StorageError::Key(format!("credential {}: {m}", path.display())))
-    }
-
-    fn parse_keys(text: &str) -> Result<Self, String> {
-        let mut keys = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (id, hex) = match line.split_once(':') {
-                Some((id, hex)) => (id.trim().parse::<u32>().map_err(|_| format!("line {}: key id '{id}' is not a number", n + 1))?, hex.trim()),
-                None => (1, line),
-            };
-            keys.push((id, decode_hex_key(hex).map_err(|m| format!("line {}: {m}", n + 1))?));
-        }
-        Self::from_keys(&keys).map_err(|e| e.to_string())
+    /// Ids of the keys held, oldest first.
+    pub fn key_ids(&self) -> Vec<u32> {
+        self.keys.iter().map(|k| k.id).collect()
     }
 
     /// Id and check value of the key new files are written with (0 and zeros when plaintext).
@@ -132,6 +96,8 @@ impl Cipher {
 
     /// Encrypts `buf[from..]` in place and appends the tag. Plaintext when `key_id` is 0.
     pub fn seal(&self, key_id: u32, nonce: [u8; 12], aad: &[u8], buf: &mut Vec<u8>, from: usize) -> Result<(), StorageError> {
+        // Callers seal with `current()`, which is 0 only without keys (`from_keys` refuses id 0).
+        debug_assert!(key_id != 0 || !self.is_encrypted(), "plaintext record under an encrypting cipher");
         if key_id == 0 {
             return Ok(());
         }
@@ -178,25 +144,4 @@ pub fn nonce(prefix: [u8; 8], counter: u32) -> [u8; 12] {
     n[..8].copy_from_slice(&prefix);
     n[8..].copy_from_slice(&counter.to_le_bytes());
     n
-}
-
-fn decode_hex_key(hex: &str) -> Result<[u8; KEY_LEN], String> {
-    let hex = hex.trim();
-    if hex.len() != KEY_LEN * 2 {
-        return Err(format!("a key is {} hex digits, found {}", KEY_LEN * 2, hex.len()));
-    }
-    let mut out = [0u8; KEY_LEN];
-    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
-        let s = std::str::from_utf8(chunk).map_err(|_| "not hex".to_string())?;
-        out[i] = u8::from_str_radix(s, 16).map_err(|_| format!("'{s}' is not hex"))?;
-    }
-    Ok(out)
-}
-
-/// A new random key as a key-file line (`eddyd keygen`).
-pub fn generate_key_line(id: u32) -> Result<String, StorageError> {
-    let mut k = [0u8; KEY_LEN];
-    SystemRandom::new().fill(&mut k).map_err(|_| StorageError::Key("the system random generator failed".into()))?;
-    let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("{id}:{hex}"))
 }

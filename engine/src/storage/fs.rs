@@ -8,6 +8,47 @@
 use std::io;
 use std::path::Path;
 
+/// Creates `dir` and any missing parents private to the owner (0700, whatever the umask: a umask
+/// only removes bits) and fsyncs the parent of each directory it creates, so the new entries
+/// survive a power cut. Existing directories are left as they are.
+pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    create_dir_all_synced(dir, 0o700)
+}
+
+/// `create_dir_all` with `mode` (less the umask) for the directories it creates, each made durable
+/// by an fsync of its parent.
+pub fn create_dir_all_synced(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_all_synced(parent, mode)?;
+    }
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => sync_parent(dir),
+        // Another thread made it meanwhile.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Fsyncs the directory holding `path`, making its entry (a create, rename or remove) durable.
+pub fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let d = std::fs::File::open(parent)?;
+    rustix::fs::fsync(&d).map_err(io::Error::from)
+}
+
+/// Opens `path` for writing, creating it owner-only (0600, whatever the umask) if missing.
+pub fn open_private(path: &Path, truncate: bool) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(truncate).mode(0o600).open(path)
+}
+
 /// A file opened for writing.
 pub trait StorageFile: Send {
     /// Writes all of `data` at `offset`.
@@ -38,6 +79,7 @@ pub trait Storage: Send + Sync {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the entries of `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Creates `dir` and its missing parents (owner-only), durably.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// What writes go through, for logs: "io_uring", "pwrite", "simulated".
     fn backend(&self) -> &'static str;
@@ -95,8 +137,7 @@ impl AsRef<[u8]> for Mapped {
 
 impl Storage for RealFs {
     fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
-        self.wrap(f)
+        self.wrap(open_private(path, true)?)
     }
 
     fn open_write(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
@@ -138,7 +179,7 @@ impl Storage for RealFs {
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
+        create_private_dir_all(dir)
     }
 
     fn backend(&self) -> &'static str {
@@ -206,13 +247,15 @@ impl UringFile {
                 n += 1;
             }
         }
-        self.ring.submit_and_wait(n)?;
+        // From here on the kernel may be reading `data`: return only once every entry pushed
+        // has completed, whatever interrupts the waiting (`reap` retries EINTR and never gives up).
+        self.wait_for(n);
         let mut written = 0usize;
         let mut err = None;
         let mut seen = 0;
         while seen < n {
             let Some(cqe) = self.ring.completion().next() else {
-                self.ring.submit_and_wait(1)?;
+                self.wait_for(1);
                 continue;
             };
             seen += 1;
@@ -231,6 +274,33 @@ impl UringFile {
         }
     }
 }
+
+impl UringFile {
+    /// Submits what is queued and waits until `want` completions are ready. A signal (EINTR) or
+    /// a full completion queue (EBUSY, EAGAIN) only interrupts the wait, so it is retried. Any
+    /// other failure leaves I/O in flight on a buffer we are about to free, which no error return
+    /// can make safe: the process aborts (fail-stop; a restart recovers from what is durable).
+    fn wait_for(&mut self, want: usize) {
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => return,
+                Err(e) if matches!(e.raw_os_error(), Some(c) if c == EINTR || c == EBUSY || c == EAGAIN) => {
+                    if e.raw_os_error() != Some(EINTR) {
+                        std::thread::yield_now();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "io_uring: waiting for a write in flight failed; stopping the process");
+                    std::process::abort();
+                }
+            }
+        }
+    }
+}
+
+const EINTR: i32 = rustix::io::Errno::INTR.raw_os_error();
+const EBUSY: i32 = rustix::io::Errno::BUSY.raw_os_error();
+const EAGAIN: i32 = rustix::io::Errno::AGAIN.raw_os_error();
 
 fn libc_ecanceled() -> i32 {
     rustix::io::Errno::CANCELED.raw_os_error()

@@ -1,10 +1,13 @@
 //! A simulated filesystem for crash and fault tests. It keeps, per file, the live bytes and the
 //! bytes a crash would keep (what the last `sync` made durable), and per directory the live and the
-//! durable entries. [`SimFs::crash_image`] builds the filesystem a power cut would leave, optionally
-//! with some unsynced writes applied and the last of them torn at a sector boundary. Faults (EIO on
-//! the n-th write or sync) can be injected.
+//! durable entries — of files and of directories made by `create_dir_all`: a directory whose own
+//! entry was never synced into its parent is lost by a crash with everything under it.
+//! [`SimFs::crash_image`] builds the filesystem a power cut would leave, optionally with some
+//! unsynced writes applied and the last of them torn at a sector boundary, or with only some of
+//! its sectors persisted, in any order (flash does not write a request's sectors in order).
+//! Faults (EIO on the n-th write or sync) and damage (a zeroed page) can be injected.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,6 +50,10 @@ struct State {
     live: BTreeMap<PathBuf, usize>,
     /// path -> inode, as a crash would leave it.
     durable: BTreeMap<PathBuf, usize>,
+    /// Directories made by `create_dir_all`, as the running system sees them...
+    dirs_live: BTreeSet<PathBuf>,
+    /// ...and those whose entry in their parent is durable.
+    dirs_durable: BTreeSet<PathBuf>,
     writes: u64,
     syncs: u64,
     fail_write_at: Option<u64>,
@@ -62,6 +69,9 @@ pub enum Crash {
     Pending(usize),
     /// Like `Pending(n)`, with write `n` applied up to a sector boundary inside it.
     Torn(usize),
+    /// Like `Pending(n)`, with a subset of write `n`'s sectors applied (chosen by the seed),
+    /// not necessarily the first ones: a later sector may persist without an earlier one.
+    Scattered(usize, u64),
 }
 
 type SyncHook = Box<dyn FnMut(&SimFs) + Send>;
@@ -117,28 +127,59 @@ impl SimFs {
         s.live.values().map(|&i| s.inodes[i].pending.len()).max().unwrap_or(0)
     }
 
+    /// The filesystem a SIGKILL now would leave: everything written stays readable (the page
+    /// cache survives the process), and what was not synced is still not durable.
+    pub fn kill_image(&self) -> SimFs {
+        let s = self.lock().clone();
+        SimFs { state: Arc::new(Mutex::new(State { fail_write_at: None, fail_sync_at: None, ..s })), hook: Arc::default() }
+    }
+
     /// The filesystem a crash now would leave.
     pub fn crash_image(&self, crash: Crash) -> SimFs {
         let s = self.lock();
-        let mut out = State::default();
+        let mut out = State { dirs_live: s.dirs_durable.clone(), dirs_durable: s.dirs_durable.clone(), ..State::default() };
+        // A directory made and never synced into its parent is gone, and so is all below it.
+        let lost = |p: &Path| p.ancestors().skip(1).any(|d| s.dirs_live.contains(d) && !s.dirs_durable.contains(d));
+        out.dirs_live.retain(|d| !lost(d));
+        out.dirs_durable.retain(|d| !lost(d));
         for (path, &ino) in &s.durable {
+            if lost(path) {
+                continue;
+            }
             let node = &s.inodes[ino];
             let mut data = node.durable.clone();
-            let (keep, torn) = match crash {
-                Crash::DurableOnly => (0, false),
-                Crash::Pending(n) => (n, false),
-                Crash::Torn(n) => (n, true),
+            let keep = match crash {
+                Crash::DurableOnly => 0,
+                Crash::Pending(n) | Crash::Torn(n) | Crash::Scattered(n, _) => n,
             };
             for p in node.pending.iter().take(keep) {
                 apply(&mut data, p);
             }
-            if torn {
-                if let Some(Pending::Write(off, w)) = node.pending.get(keep) {
-                    // Sectors are written whole or not at all; keep those before a boundary inside.
-                    let end = (*off as usize + w.len()) / SECTOR * SECTOR;
-                    if end > *off as usize {
-                        apply(&mut data, &Pending::Write(*off, w[..end - *off as usize].to_vec()));
+            if let Some(Pending::Write(off, w)) = node.pending.get(keep) {
+                let off = *off as usize;
+                match crash {
+                    Crash::Torn(_) => {
+                        // Sectors are written whole or not at all; keep those before a boundary inside.
+                        let end = (off + w.len()) / SECTOR * SECTOR;
+                        if end > off {
+                            apply(&mut data, &Pending::Write(off as u64, w[..end - off].to_vec()));
+                        }
                     }
+                    Crash::Scattered(_, seed) => {
+                        // Each whole sector the write covers persists or not, independently.
+                        let mut rng = seed | 1;
+                        let mut at = off.div_ceil(SECTOR) * SECTOR;
+                        while at + SECTOR <= off + w.len() {
+                            rng ^= rng << 13;
+                            rng ^= rng >> 7;
+                            rng ^= rng << 17;
+                            if rng % 2 == 0 {
+                                apply(&mut data, &Pending::Write(at as u64, w[at - off..at - off + SECTOR].to_vec()));
+                            }
+                            at += SECTOR;
+                        }
+                    }
+                    _ => {}
                 }
             }
             out.inodes.push(Inode { live: data.clone(), durable: data, pending: vec![] });
@@ -147,6 +188,20 @@ impl SimFs {
             out.durable.insert(path.clone(), i);
         }
         SimFs { state: Arc::new(Mutex::new(out)), hook: Arc::default() }
+    }
+
+    /// Damage: `len` bytes at `offset` of `path` become zero, live and durable (a flash page
+    /// that lost its charge, or a failed erase).
+    pub fn zero(&self, path: &Path, offset: usize, len: usize) {
+        let mut s = self.lock();
+        let Some(&ino) = s.live.get(path) else { return };
+        let node = &mut s.inodes[ino];
+        for buf in [&mut node.live, &mut node.durable] {
+            let end = (offset + len).min(buf.len());
+            if offset < end {
+                buf[offset..end].fill(0);
+            }
+        }
     }
 
     /// Live contents of `path`, for tests.
@@ -280,17 +335,34 @@ impl Storage for SimFs {
         if s.fail_sync_at == Some(s.syncs - 1) {
             return Err(eio("directory fsync"));
         }
-        let State { live, durable, .. } = &mut *s;
+        let State { live, durable, dirs_live, dirs_durable, .. } = &mut *s;
         durable.retain(|p, _| p.parent() != Some(dir));
         for (p, &i) in live.iter() {
             if p.parent() == Some(dir) {
                 durable.insert(p.clone(), i);
             }
         }
+        for d in dirs_live.iter() {
+            if d.parent() == Some(dir) {
+                dirs_durable.insert(d.clone());
+            }
+        }
         Ok(())
     }
 
-    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+    /// As the trait says: made durably, by a sync of each new directory's parent (a sync point,
+    /// so crash images and injected faults apply between the mkdir and its sync).
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut made: Vec<PathBuf> = dir.ancestors().filter(|d| d.parent().is_some_and(|p| !p.as_os_str().is_empty())).map(Path::to_path_buf).collect();
+        made.reverse();
+        for d in made {
+            if !self.lock().dirs_live.insert(d.clone()) {
+                continue;
+            }
+            if let Some(parent) = d.parent() {
+                self.sync_dir(parent)?;
+            }
+        }
         Ok(())
     }
 

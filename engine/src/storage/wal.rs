@@ -16,7 +16,18 @@ use super::header::{FileHeader, HEADER_LEN};
 use super::{crc, io_err, u32_at, u64_at, Result, StorageError};
 
 pub const MAGIC: &[u8; 8] = b"EDDYWAL1";
-pub const FRAME_HEADER: usize = 16;
+/// Segments are written in this version: frames carry their commit group (docs/wal.md).
+pub const VERSION: u32 = 2;
+/// Frame header of a version 1 segment: CRC, length, LSN.
+pub const FRAME_HEADER_V1: usize = 16;
+/// Frame header of a version 2 segment: CRC, length, LSN, group (first LSN of its commit).
+pub const FRAME_HEADER: usize = 24;
+/// The format's bound on a record payload. Readers check frames against this fixed bound, never
+/// against the configured `max_record_bytes`: lowering that setting must not turn records already
+/// written into "torn tails". The configured limit may not exceed it.
+pub const FORMAT_MAX_RECORD_BYTES: usize = 1 << 30;
+/// Largest frame body a reader accepts (payload plus GCM tag).
+const FORMAT_MAX_FRAME_BODY: usize = FORMAT_MAX_RECORD_BYTES + crypto::TAG_LEN;
 
 /// Limits and group-commit policy.
 #[derive(Debug, Clone)]
@@ -83,6 +94,8 @@ struct Active {
     file: Option<Box<dyn StorageFile>>,
     /// Bytes of the file already written and synced.
     written: u64,
+    /// First LSN of the commit being gathered (the group its frames name).
+    group: Option<u64>,
     key_id: u32,
     nonce_prefix: [u8; 8],
 }
@@ -116,36 +129,173 @@ fn aad(first_lsn: u64, offset: u64, lsn: u64, key_id: u32) -> [u8; 36] {
     a
 }
 
-/// Length of the valid frame for `lsn` at `off`, or why there is none.
-fn frame_at(b: &[u8], off: usize, lsn: u64, max_len: usize) -> std::result::Result<usize, &'static str> {
-    if b.len() - off < FRAME_HEADER {
+/// A segment's frame layout, by its header's version.
+#[derive(Clone, Copy)]
+struct Fmt {
+    header: usize,
+    /// Frames carry their commit group (version 2).
+    grouped: bool,
+}
+
+impl Fmt {
+    fn of(version: u32) -> Fmt {
+        if version >= 2 {
+            Fmt { header: FRAME_HEADER, grouped: true }
+        } else {
+            Fmt { header: FRAME_HEADER_V1, grouped: false }
+        }
+    }
+}
+
+/// A valid frame: its length and its commit group (version 1 frames: their own LSN).
+#[derive(Clone, Copy)]
+struct Frame {
+    len: usize,
+    group: u64,
+}
+
+/// The valid frame for `lsn` at `off`, or why there is none.
+fn frame_at(b: &[u8], off: usize, lsn: u64, fmt: Fmt) -> std::result::Result<Frame, &'static str> {
+    let h = fmt.header;
+    if b.len() - off < h {
         return Err("a frame header cut short");
     }
     let len = u32_at(b, off + 4) as usize;
-    if len > max_len {
-        return Err("a frame length beyond the record limit");
+    if len > FORMAT_MAX_FRAME_BODY {
+        return Err("a frame length beyond the format's bound");
     }
-    if b.len() - off - FRAME_HEADER < len {
+    if b.len() - off - h < len {
         return Err("a frame cut short");
     }
     if u64_at(b, off + 8) != lsn {
         return Err("an unexpected LSN");
     }
-    if crc(&[&b[off + 4..off + FRAME_HEADER + len]]) != u32_at(b, off) {
+    if crc(&[&b[off + 4..off + h + len]]) != u32_at(b, off) {
         return Err("a CRC mismatch");
     }
-    Ok(FRAME_HEADER + len)
+    let group = if fmt.grouped { u64_at(b, off + 16) } else { lsn };
+    if group > lsn {
+        return Err("a commit group after its own LSN");
+    }
+    Ok(Frame { len: h + len, group })
 }
 
-/// Whether a valid frame for a later LSN follows `off` (then the damage at `off` is not a torn tail).
-fn valid_frame_after(b: &[u8], off: usize, lsn: u64, max_len: usize) -> bool {
+/// Version 1: whether a valid frame for LSN+1 or LSN+2 follows `off` (then the damage at `off`
+/// is not a torn tail).
+fn valid_frame_after_v1(b: &[u8], off: usize, lsn: u64) -> bool {
+    let fmt = Fmt::of(1);
     (1..=2u64).any(|k| {
         let needle = (lsn + k).to_le_bytes();
         memchr::memmem::find_iter(&b[off..], &needle).any(|h| {
             let start = off + h;
-            start >= off + 8 && frame_at(b, start - 8, lsn + k, max_len).is_ok()
+            start >= off + 8 && frame_at(b, start - 8, lsn + k, fmt).is_ok()
         })
     })
+}
+
+/// Version 2: a valid frame after the damage at `off` (LSN `lsn`) whose commit group starts
+/// after `lsn` — proof that the commit holding `lsn` had returned (commits are written one after
+/// the other, each only once the one before it was fsynced), so the damaged record was
+/// acknowledged. Returns that frame's (LSN, group).
+fn acknowledged_frame_after(b: &[u8], off: usize, lsn: u64, fmt: Fmt) -> Option<(u64, u64)> {
+    // Any frame after `off` has an LSN in (lsn, lsn + frames that fit]: a cheap first filter.
+    let most = lsn + ((b.len() - off) / fmt.header) as u64;
+    let mut at = off + 1;
+    while at + fmt.header <= b.len() {
+        let cand = u64_at(b, at + 8);
+        if cand > lsn && cand <= most {
+            if let Ok(f) = frame_at(b, at, cand, fmt) {
+                if f.group > lsn {
+                    return Some((cand, f.group));
+                }
+                at += f.len;
+                continue;
+            }
+        }
+        at += 1;
+    }
+    None
+}
+
+/// Authenticates and decrypts the records of segment `b` (starting at `first_lsn`) below
+/// `stop_lsn`, calling `f` for those from `from_lsn` on.
+#[allow(clippy::too_many_arguments)] // one segment's reading context; both callers pass it whole
+fn open_records(
+    cipher: &Cipher,
+    path: &Path,
+    b: &[u8],
+    first_lsn: u64,
+    from_lsn: u64,
+    stop_lsn: u64,
+    scratch: &mut Vec<u8>,
+    f: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let h = FileHeader::decode(b, MAGIC, VERSION).ok_or_else(|| StorageError::Corrupt(format!("{}: damaged header", path.display())))?;
+    let fmt = Fmt::of(h.version);
+    let (mut off, mut lsn) = (HEADER_LEN, first_lsn);
+    while off < b.len() && lsn < stop_lsn {
+        let n = frame_at(b, off, lsn, fmt).map_err(|why| StorageError::Corrupt(format!("{} at offset {off}: {why}", path.display())))?.len;
+        if lsn >= from_lsn {
+            scratch.clear();
+            scratch.extend_from_slice(&b[off + fmt.header..off + n]);
+            let ad = aad(first_lsn, off as u64, lsn, h.key_id);
+            let nonce = crypto::nonce(h.nonce_prefix, (lsn - first_lsn) as u32);
+            let plain = cipher.open(h.key_id, nonce, &ad, scratch, &|| format!("{} at offset {off} (LSN {lsn})", path.display()))?;
+            let plain_len = plain.len();
+            f(lsn, &scratch[..plain_len])?;
+        }
+        off += n;
+        lsn += 1;
+    }
+    Ok(())
+}
+
+/// One segment as [`inspect`] found it.
+#[derive(Debug, Clone)]
+pub struct SegmentReport {
+    pub path: PathBuf,
+    pub first_lsn: u64,
+    /// LSN after its last intact record.
+    pub end_lsn: u64,
+    pub bytes: u64,
+    pub key_id: u32,
+    /// Where a torn tail starts (an interrupted last commit, cut at the next start).
+    pub torn_at: Option<usize>,
+}
+
+/// Reads and authenticates every record of the log in `dir` and changes nothing (no cut, no
+/// sync): what `eddyd state check` reports. Damage is an error naming file, offset and LSN, as
+/// at open.
+pub fn inspect(storage: &dyn Storage, cipher: &Cipher, dir: &Path) -> Result<Vec<SegmentReport>> {
+    let mut names: Vec<(u64, String)> = storage
+        .list(dir)
+        .map_err(io_err(dir))?
+        .into_iter()
+        .filter_map(|n| Some((n.strip_prefix("wal-")?.strip_suffix(".log")?.parse::<u64>().ok()?, n)))
+        .collect();
+    names.sort();
+    let count = names.len();
+    let mut out: Vec<SegmentReport> = Vec::new();
+    let mut scratch = Vec::new();
+    for (i, (first_lsn, name)) in names.into_iter().enumerate() {
+        let path = dir.join(&name);
+        if let Some(prev) = out.last().filter(|p| p.end_lsn != first_lsn) {
+            return Err(StorageError::Corrupt(format!(
+                "{}: starts at LSN {first_lsn}, but the segment before it ends at LSN {} (records are missing)",
+                path.display(),
+                prev.end_lsn
+            )));
+        }
+        let bytes = storage.read(&path).map_err(io_err(&path))?;
+        let b: &[u8] = (*bytes).as_ref();
+        let scan = Wal::scan(cipher, &path, b, first_lsn, i + 1 == count)?;
+        let key_id = FileHeader::decode(b, MAGIC, VERSION).map(|h| h.key_id).unwrap_or(0);
+        if scan.end_lsn > first_lsn {
+            open_records(cipher, &path, b, first_lsn, first_lsn, scan.end_lsn, &mut scratch, &mut |_, _| Ok(()))?;
+        }
+        out.push(SegmentReport { path, first_lsn, end_lsn: scan.end_lsn, bytes: b.len() as u64, key_id, torn_at: scan.torn_at });
+    }
+    Ok(out)
 }
 
 /// What scanning a segment found.
@@ -159,7 +309,18 @@ struct Scan {
 impl Wal {
     /// Opens the log in `cfg.dir`: checks every segment, cuts a torn tail off the last one, and
     /// fails on any other damage, naming file and offset.
+    ///
+    /// Whatever it finds is fsynced (segments and directory) before any record counts as durable:
+    /// after a SIGKILL, records the dead process wrote but never synced are still in the page cache
+    /// and read back fine, yet a power cut would lose them. Only once synced may a redelivery of
+    /// their input be acknowledged as a duplicate.
     pub fn open(storage: Arc<dyn Storage>, cipher: Arc<Cipher>, cfg: WalConfig) -> Result<Wal> {
+        if cfg.max_record_bytes > FORMAT_MAX_RECORD_BYTES {
+            return Err(StorageError::Limit(format!(
+                "wal.max_record_bytes {} is over the format's bound of {FORMAT_MAX_RECORD_BYTES}",
+                cfg.max_record_bytes
+            )));
+        }
         storage.create_dir_all(&cfg.dir).map_err(io_err(&cfg.dir))?;
         let mut names: Vec<(u64, String)> = storage
             .list(&cfg.dir)
@@ -173,7 +334,6 @@ impl Wal {
         names.sort();
         let mut segments = Vec::new();
         let mut next_lsn = 0u64;
-        let max_len = cfg.max_record_bytes + crypto::TAG_LEN;
         let count = names.len();
         for (i, (first_lsn, name)) in names.into_iter().enumerate() {
             let path = cfg.dir.join(&name);
@@ -186,7 +346,7 @@ impl Wal {
             }
             let scan = {
                 let bytes = storage.read(&path).map_err(io_err(&path))?;
-                Self::scan(&cipher, &path, (*bytes).as_ref(), first_lsn, is_last, max_len)?
+                Self::scan(&cipher, &path, (*bytes).as_ref(), first_lsn, is_last)?
             };
             if let Some(at) = scan.torn_at {
                 tracing::warn!(file = %path.display(), offset = at, "write-ahead log: cutting a torn tail (a crash interrupted the last write)");
@@ -200,10 +360,14 @@ impl Wal {
                 let mut f = storage.open_write(&path).map_err(io_err(&path))?;
                 f.set_len(at as u64).map_err(io_err(&path))?;
                 f.sync().map_err(io_err(&path))?;
+            } else {
+                storage.open_write(&path).and_then(|mut f| f.sync()).map_err(io_err(&path))?;
             }
             next_lsn = scan.end_lsn;
             segments.push(Segment { first_lsn, path });
         }
+        // Segment names (a create whose directory entry was never synced) become durable too.
+        storage.sync_dir(&cfg.dir).map_err(io_err(&cfg.dir))?;
         Ok(Wal {
             storage,
             cipher,
@@ -219,11 +383,16 @@ impl Wal {
         })
     }
 
-    fn scan(cipher: &Cipher, path: &Path, b: &[u8], first_lsn: u64, is_last: bool, max_len: usize) -> Result<Scan> {
+    /// Checks a segment's frames. Damage in the last segment is a torn tail — cut there — when
+    /// nothing shows that the damaged record was acknowledged: no valid frame after it belongs to
+    /// a later commit (version 2), or no valid frame for one of the next two LSNs follows
+    /// (version 1). Any other damage is an error naming file, offset and LSN.
+    fn scan(cipher: &Cipher, path: &Path, b: &[u8], first_lsn: u64, is_last: bool) -> Result<Scan> {
         let corrupt = |off: usize, why: &str| StorageError::Corrupt(format!("{} at offset {off}: {why}; the log is damaged before its end", path.display()));
-        let Some(h) = FileHeader::decode(b, MAGIC) else {
+        let Some(h) = FileHeader::decode(b, MAGIC, VERSION) else {
             // A segment whose first write was torn has no valid header and no valid frame.
-            if is_last && !(b.len() > HEADER_LEN && frame_at(b, HEADER_LEN, first_lsn, max_len).is_ok()) {
+            let frame_follows = [1, VERSION].iter().any(|&v| b.len() > HEADER_LEN && frame_at(b, HEADER_LEN, first_lsn, Fmt::of(v)).is_ok());
+            if is_last && !frame_follows {
                 return Ok(Scan { end_lsn: first_lsn, torn_at: Some(0) });
             }
             return Err(corrupt(0, "a damaged segment header"));
@@ -232,15 +401,26 @@ impl Wal {
             return Err(corrupt(0, &format!("the header says LSN {}, the name {first_lsn}", h.seq)));
         }
         cipher.check_readable(h.key_id, &h.key_check, &path.display().to_string())?;
+        let fmt = Fmt::of(h.version);
         let (mut off, mut lsn) = (HEADER_LEN, first_lsn);
         while off < b.len() {
-            match frame_at(b, off, lsn, max_len) {
-                Ok(n) => {
-                    off += n;
+            match frame_at(b, off, lsn, fmt) {
+                Ok(f) => {
+                    off += f.len;
                     lsn += 1;
                 }
                 Err(why) => {
-                    if !is_last || valid_frame_after(b, off, lsn, max_len) {
+                    if !is_last {
+                        return Err(corrupt(off, &format!("{why} in the record for LSN {lsn}")));
+                    }
+                    if fmt.grouped {
+                        if let Some((later, group)) = acknowledged_frame_after(b, off, lsn, fmt) {
+                            return Err(corrupt(
+                                off,
+                                &format!("{why} in the record for LSN {lsn}, which was acknowledged (LSN {later} of a later commit from LSN {group} follows)"),
+                            ));
+                        }
+                    } else if valid_frame_after_v1(b, off, lsn) {
                         return Err(corrupt(off, &format!("{why} in the record for LSN {lsn}")));
                     }
                     return Ok(Scan { end_lsn: lsn, torn_at: Some(off) });
@@ -248,6 +428,11 @@ impl Wal {
             }
         }
         Ok(Scan { end_lsn: lsn, torn_at: None })
+    }
+
+    /// The oldest LSN the log still holds (`next_lsn` when it holds none).
+    pub fn first_lsn(&self) -> u64 {
+        self.segments.first().map(|s| s.first_lsn).unwrap_or(self.next_lsn)
     }
 
     /// LSN the next append gets.
@@ -287,6 +472,7 @@ impl Wal {
         }
         let key_id = self.cipher.current().0;
         let frame = FRAME_HEADER + payload.len() + Cipher::overhead(key_id);
+        debug_assert!(payload.len() <= FORMAT_MAX_RECORD_BYTES, "max_record_bytes is checked at open");
         let roll = match &self.active {
             None => true,
             Some(a) => {
@@ -300,8 +486,10 @@ impl Wal {
             self.commit()?;
             self.start_segment()?;
         }
-        let Some(a) = self.active.as_ref() else { return Err(StorageError::Corrupt("no active segment".into())) };
         let lsn = self.next_lsn;
+        let Some(a) = self.active.as_mut() else { return Err(StorageError::Corrupt("no active segment".into())) };
+        let group = *a.group.get_or_insert(lsn);
+        let a = &*a;
         let offset = a.written + self.buf.len() as u64;
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0u8; FRAME_HEADER]);
@@ -313,6 +501,7 @@ impl Wal {
         let len = (self.buf.len() - start - FRAME_HEADER) as u32;
         self.buf[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
         self.buf[start + 8..start + 16].copy_from_slice(&lsn.to_le_bytes());
+        self.buf[start + 16..start + 24].copy_from_slice(&group.to_le_bytes());
         let c = crc(&[&self.buf[start + 4..]]);
         self.buf[start..start + 4].copy_from_slice(&c.to_le_bytes());
         self.next_lsn += 1;
@@ -327,8 +516,8 @@ impl Wal {
         let nonce_prefix = crypto::nonce_prefix()?;
         let first_lsn = self.next_lsn;
         let path = self.cfg.dir.join(segment_name(first_lsn));
-        FileHeader { key_id, seq: first_lsn, nonce_prefix, key_check }.encode(MAGIC, &mut self.buf);
-        self.active = Some(Active { first_lsn, path, file: None, written: 0, key_id, nonce_prefix });
+        FileHeader { version: VERSION, key_id, seq: first_lsn, nonce_prefix, key_check }.encode(MAGIC, &mut self.buf);
+        self.active = Some(Active { first_lsn, path, file: None, written: 0, group: None, key_id, nonce_prefix });
         Ok(())
     }
 
@@ -390,37 +579,19 @@ impl Wal {
             self.segments.push(Segment { first_lsn: a.first_lsn, path: a.path.clone() });
         }
         a.written += self.buf.len() as u64;
+        a.group = None;
         Ok(())
     }
 
     /// Calls `f(lsn, payload)` for every durable record from `from_lsn` on, in order.
     pub fn replay(&self, from_lsn: u64, f: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
-        let max_len = self.cfg.max_record_bytes + crypto::TAG_LEN;
         let mut scratch = Vec::new();
         for (i, seg) in self.segments.iter().enumerate() {
             if self.segments.get(i + 1).is_some_and(|n| n.first_lsn <= from_lsn) {
                 continue;
             }
             let bytes = self.storage.read(&seg.path).map_err(io_err(&seg.path))?;
-            let b: &[u8] = (*bytes).as_ref();
-            let h = FileHeader::decode(b, MAGIC).ok_or_else(|| StorageError::Corrupt(format!("{}: damaged header", seg.path.display())))?;
-            let (mut off, mut lsn) = (HEADER_LEN, seg.first_lsn);
-            while off < b.len() && lsn < self.durable_lsn {
-                let n = frame_at(b, off, lsn, max_len)
-                    .map_err(|why| StorageError::Corrupt(format!("{} at offset {off}: {why}", seg.path.display())))?;
-                if lsn >= from_lsn {
-                    scratch.clear();
-                    scratch.extend_from_slice(&b[off + FRAME_HEADER..off + n]);
-                    let ad = aad(seg.first_lsn, off as u64, lsn, h.key_id);
-                    let nonce = crypto::nonce(h.nonce_prefix, (lsn - seg.first_lsn) as u32);
-                    let path = &seg.path;
-                    let plain = self.cipher.open(h.key_id, nonce, &ad, &mut scratch, &|| format!("{} at offset {off} (LSN {lsn})", path.display()))?;
-                    let plain_len = plain.len();
-                    f(lsn, &scratch[..plain_len])?;
-                }
-                off += n;
-                lsn += 1;
-            }
+            open_records(&self.cipher, &seg.path, (*bytes).as_ref(), seg.first_lsn, from_lsn, self.durable_lsn, &mut scratch, f)?;
         }
         Ok(())
     }
