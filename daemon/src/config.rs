@@ -44,7 +44,7 @@ pub struct MqttDefaults {
     /// `3.1.1` (default) or `5`.
     pub protocol: Option<String>,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<crate::secret::Secret>,
     /// Client ids default to `<prefix>-<pipeline>-<source or sink>` (prefix default `eddy`).
     pub client_id_prefix: Option<String>,
     pub ca_file: Option<String>,
@@ -54,6 +54,7 @@ pub struct MqttDefaults {
     pub keep_alive: Option<String>,
     pub max_message_bytes: Option<usize>,
     pub queue_messages: Option<usize>,
+    pub queue_bytes: Option<usize>,
     pub outbox_bytes: Option<usize>,
     pub outbox_full: Option<String>,
 }
@@ -65,7 +66,7 @@ impl MqttDefaults {
             "url" => self.url.clone(),
             "protocol" => self.protocol.clone(),
             "username" => self.username.clone(),
-            "password" => self.password.clone(),
+            "password" => self.password.as_ref().map(|p| p.expose().to_string()),
             "ca_file" => self.ca_file.clone(),
             "cert_file" => self.cert_file.clone(),
             "key_file" => self.key_file.clone(),
@@ -260,7 +261,7 @@ listen = "127.0.0.1:9187"
         )
         .unwrap();
         assert_eq!(c.state_dir.unwrap(), PathBuf::from("/etc/eddy/state"));
-        assert_eq!(c.mqtt.password.as_deref(), Some("pw"));
+        assert_eq!(c.mqtt.password.as_ref().map(|p| p.expose()), Some("pw"));
         assert_eq!(c.cores, Some(vec![0, 1]));
         let e = ConfigFile::parse("[mqtt]\nurll = 'x'\n", Path::new(".")).unwrap_err().to_string();
         assert!(e.contains("urll"), "{e}");

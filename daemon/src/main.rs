@@ -14,9 +14,12 @@ use std::time::Duration;
 use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
 
 mod config;
+mod keys;
 mod metrics;
 mod mqtt;
 mod runtime;
+mod secret;
+mod state_cmd;
 mod systemd;
 
 use config::ConfigFile;
@@ -152,6 +155,33 @@ impl RunArgs {
 }
 
 #[derive(Subcommand)]
+enum StateCmd {
+    /// Read and verify every WAL segment, checkpoint and outbox under DIR (a state dir or one
+    /// pipeline's), changing nothing. Exit 0: intact; 1: damage found (each named).
+    Check {
+        dir: PathBuf,
+        /// The state key file (default: the systemd credential `eddy-state-key`).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        #[arg(long)]
+        key_credential: Option<String>,
+        /// The state is not encrypted.
+        #[arg(long)]
+        no_encryption: bool,
+    },
+    /// Discard one pipeline's state (it starts afresh). Prints what it discards; needs --yes.
+    Reset {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The pipeline's name (its file name without .sql).
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run a pipeline over bounded input: every source to its end, then every window closes.
     Replay {
@@ -183,9 +213,15 @@ enum Command {
         #[command(flatten)]
         args: Box<RunArgs>,
     },
+    /// Inspect or reset durable state: `state check DIR`, `state reset --state-dir DIR --pipeline P`.
+    State {
+        #[command(subcommand)]
+        cmd: StateCmd,
+    },
     /// Print a new random state key as a key-file line (`ID:HEX`); append it to rotate keys.
     Keygen {
-        #[arg(long, default_value_t = 1)]
+        /// Key id, 1 or more (0 marks unencrypted files).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         id: u32,
     },
     /// Run the built-in demo: generated plant telemetry, live 10-second statistics. Ctrl-C stops it.
@@ -273,7 +309,7 @@ fn run(cmd: Command) -> Result<()> {
             cfg.outputs = parse_pairs("--output", &outputs, &cwd)?;
             // MQTT sources and sinks validate their options; replay reads them from --input files.
             let name = config::pipeline_name(&pipeline);
-            cfg.connectors = Some(Arc::new(mqtt::Provider { pipeline: name, defaults: Default::default(), metrics: Default::default(), stopping: Default::default() }));
+            cfg.connectors = Some(Arc::new(mqtt::Provider { pipeline: name, defaults: Default::default(), metrics: Default::default(), stopping: Default::default(), durable: false }));
             let mut p = Pipeline::plan(&sql, &cfg)?;
             p.run_to_end()?;
             for (name, s) in p.source_stats() {
@@ -320,8 +356,18 @@ fn run(cmd: Command) -> Result<()> {
             let reload_args = args.clone();
             runtime::Runtime::new(cfg, Box::new(move || reload_args.settings()))?.run()
         }
+        Command::State { cmd: StateCmd::Check { dir, key_file, key_credential, no_encryption } } => {
+            let args = RunArgs { key_file, key_credential, no_encryption, ..RunArgs::default() };
+            let cipher = runtime::load_cipher(&args.settings()?)?;
+            let outcome = state_cmd::check(&dir, cipher)?;
+            if outcome.damaged > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::State { cmd: StateCmd::Reset { state_dir, pipeline, yes } } => state_cmd::reset(&state_dir, &pipeline, yes),
         Command::Keygen { id } => {
-            println!("{}", eddy_engine::storage::crypto::generate_key_line(id)?);
+            println!("{}", keys::generate_key_line(id)?);
             Ok(())
         }
         Command::Demo { show_sql } => {

@@ -25,6 +25,11 @@ pub struct ConnectorGauges {
     pub duplicates: AtomicU64,
     /// Source: messages waiting between the connection and the pipeline.
     pub queue_depth: AtomicI64,
+    /// Source: payload bytes waiting between the connection and the pipeline.
+    pub queue_bytes: AtomicU64,
+    /// Source: connects on which the broker had lost the persistent session (expiry, restart
+    /// without persistence): messages it held for eddyd are gone.
+    pub sessions_lost: AtomicU64,
     /// Times a full queue (source) or outbox (sink) made the producer wait.
     pub backpressure: AtomicU64,
     /// Sink: messages dropped by `outbox_full = 'drop_oldest'`.
@@ -33,6 +38,19 @@ pub struct ConnectorGauges {
     pub outbox_bytes: AtomicU64,
     /// Sink: the pipeline is waiting for room in the outbox (backpressure, not a hang).
     pub blocked: AtomicBool,
+    /// A connector thread that stopped on an error (the pipeline fails on its next delivery;
+    /// `/healthz` reports it at once).
+    pub failed: Mutex<Option<String>>,
+}
+
+impl ConnectorGauges {
+    pub fn fail(&self, why: String) {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// What a pipeline's worker last reported.
@@ -91,6 +109,11 @@ impl Registry {
             }
             if s.state == "running" && s.heartbeat.elapsed() > STALL && !self.waiting_on_output(name) {
                 return Err(format!("pipeline {name} has not stepped for {} s", s.heartbeat.elapsed().as_secs()));
+            }
+        }
+        for (pipeline, kind, name, g) in self.connectors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Some(why) = g.failure() {
+                return Err(format!("pipeline {pipeline}: the {kind} {name}'s connection thread stopped: {why}"));
             }
         }
         Ok(())
@@ -206,6 +229,8 @@ impl Registry {
         conn(&mut o, "eddy_mqtt_messages_total", "counter", "Messages decoded (source) or sent (sink).", &|g| ld(&g.messages));
         conn(&mut o, "eddy_mqtt_duplicates_total", "counter", "Redelivered messages already in the WAL, acknowledged and skipped.", &|g| ld(&g.duplicates));
         conn(&mut o, "eddy_mqtt_queue_depth", "gauge", "Messages received and waiting for the pipeline.", &|g| Some(g.queue_depth.load(Ordering::Relaxed).max(0) as f64));
+        conn(&mut o, "eddy_mqtt_queue_bytes", "gauge", "Payload bytes received and waiting for the pipeline.", &|g| ld(&g.queue_bytes));
+        conn(&mut o, "eddy_mqtt_sessions_lost_total", "counter", "Reconnects on which the broker no longer had the persistent session (what it held is lost).", &|g| ld(&g.sessions_lost));
         conn(&mut o, "eddy_mqtt_backpressure_total", "counter", "Times a full queue or outbox made the producer wait (overload).", &|g| ld(&g.backpressure));
         conn(&mut o, "eddy_mqtt_dropped_total", "counter", "Messages dropped by a configured policy (outbox_full = 'drop_oldest'); 0 otherwise.", &|g| ld(&g.dropped));
         conn(&mut o, "eddy_mqtt_outbox_messages", "gauge", "Messages waiting for the broker's acknowledgement.", &|g| ld(&g.outbox_messages));

@@ -40,10 +40,10 @@ pub fn load_cipher(cfg: &ConfigFile) -> Result<Arc<Cipher>> {
         return Ok(Arc::new(Cipher::plaintext()));
     }
     if let Some(k) = &enc.key_file {
-        return Ok(Arc::new(Cipher::from_key_file(k)?));
+        return Ok(Arc::new(crate::keys::from_key_file(k)?));
     }
     let cred = enc.key_credential.clone().unwrap_or_else(|| "eddy-state-key".into());
-    match Cipher::from_credential(&cred)? {
+    match crate::keys::from_credential(&cred)? {
         Some(c) => Ok(Arc::new(c)),
         None => bail!(
             "state is encrypted at rest, and no key was given: pass --key-file FILE (make one with `eddyd keygen > FILE; chmod 600 FILE`), set encryption.key_file, provide the systemd credential '{cred}', or turn encryption off explicitly with --no-encryption"
@@ -61,7 +61,7 @@ pub fn plan(cfg: &ConfigFile, name: &str, sql: &str, file_dir: PathBuf, state: O
     pc.limits.batch_rows = l.batch_rows.unwrap_or(d.batch_rows).clamp(1, 1 << 20);
     pc.exactly_once = state.is_some();
     pc.sink_state = state.map(|s| SinkStateDir { dir: s.dir.join(name).join("sinks"), storage: s.storage.clone(), cipher: s.cipher.clone() });
-    pc.connectors = Some(Arc::new(Provider { pipeline: name.to_string(), defaults: cfg.mqtt.clone(), metrics: registry.clone(), stopping: stopping.clone() }));
+    pc.connectors = Some(Arc::new(Provider { pipeline: name.to_string(), defaults: cfg.mqtt.clone(), metrics: registry.clone(), stopping: stopping.clone(), durable: state.is_some() }));
     let cores = cores(cfg)?;
     pc.shards = cfg.shards.unwrap_or(cores.len()).max(1);
     pc.shard_queue = cfg.limits.shard_queue.unwrap_or(pc.shard_queue).max(1);
@@ -183,6 +183,15 @@ impl Runtime {
                     p = plan(&cfg, name, &sql, dir, self.state.as_ref(), &self.registry, &self.stopping).with_context(|| format!("pipeline {}", file.display()))?;
                     p.open_durable(&sql, durable_config(&self.cfg, name, s)).with_context(|| format!("pipeline {}", file.display()))?;
                 }
+                Err(e @ eddy_engine::EngineError::Storage(_)) => {
+                    // Damage or a key problem: say how to see what is intact, and the way out.
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "pipeline {} (see `eddyd state check {}`; `eddyd state reset --state-dir {} --pipeline {name}` discards its state)",
+                        file.display(),
+                        s.dir.join(name).display(),
+                        s.dir.display()
+                    )));
+                }
                 r => r.with_context(|| format!("pipeline {}", file.display()))?,
             }
         }
@@ -249,7 +258,13 @@ impl Runtime {
                 break;
             }
             if systemd::take_reload() {
-                self.reload();
+                if let Err(e) = self.reload() {
+                    // A worker that stopped with an error (its final checkpoint's fsync, say) is
+                    // not restarted: fail-stop, as for a worker failing on its own.
+                    tracing::error!(error = %format!("{e:#}"), "reload stopped a pipeline that had failed; stopping eddyd");
+                    failure = Some(e);
+                    break;
+                }
             }
             // A worker that ended by itself: its sources ended (fine) or it failed (fail-stop:
             // eddyd stops the others cleanly and exits non-zero, so systemd restarts it and
@@ -318,7 +333,10 @@ impl Runtime {
     /// removed ones stop; new ones start; changed ones stop (final checkpoint) and start again from
     /// it. A changed pipeline whose state does not fit the new plan (or that does not plan) is
     /// reported and its previous version is started again, so a bad edit never stops a gateway.
-    fn reload(&mut self) {
+    /// A worker that stops with an error (a failed write or fsync in its final checkpoint, or a
+    /// failure of its own) is never started again: the error is returned and eddyd stops
+    /// (fail-stop; systemd restarts it and recovery starts from what is durable).
+    fn reload(&mut self) -> Result<()> {
         self.notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
         tracing::info!("reloading");
         let mut problems = Vec::new();
@@ -328,9 +346,7 @@ impl Runtime {
                 self.cfg = cfg;
                 let running: Vec<String> = self.workers.keys().cloned().collect();
                 for name in running.iter().filter(|n| !files.contains_key(*n)) {
-                    if let Err(e) = self.stop_worker(name) {
-                        problems.push(format!("{name}: {e:#}"));
-                    }
+                    self.stop_worker(name)?;
                     self.registry.remove_pipeline(name);
                     tracing::info!(pipeline = %name, "pipeline removed");
                 }
@@ -346,9 +362,7 @@ impl Runtime {
                     match old {
                         Some((f, s)) if s == sql && &f == file => continue,
                         Some((old_file, old_sql)) => {
-                            if let Err(e) = self.stop_worker(name) {
-                                problems.push(format!("{name}: stopping the old version: {e:#}"));
-                            }
+                            self.stop_worker(name).context("stopping the old version")?;
                             if let Err(e) = self.start(name, file, sql) {
                                 problems.push(format!("{name}: the new version was not started: {e:#}; the previous version runs on"));
                                 if let Err(e2) = self.start(name, &old_file, old_sql) {
@@ -373,6 +387,7 @@ impl Runtime {
         self.notifier.notify("READY=1");
         let status = self.registry.status_line();
         self.notifier.status(&if problems.is_empty() { format!("reloaded; {status}") } else { format!("reload had {} problem(s): {}; {status}", problems.len(), problems.join("; ")) });
+        Ok(())
     }
 }
 

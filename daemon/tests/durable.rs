@@ -111,8 +111,12 @@ fn expected(dir: &Path) -> Vec<Vec<String>> {
 }
 
 fn run_cmd(dir: &Path, state: &str, key: Option<&Path>) -> Command {
+    run_cmd_with(dir, state, key, &[])
+}
+
+fn run_cmd_with(dir: &Path, state: &str, key: Option<&Path>, extra: &[&str]) -> Command {
     let mut cmd = Command::new(EDDYD);
-    cmd.current_dir(dir).args(["run", "--pipeline", "p.sql", "--state-dir", state, "--checkpoint-interval-ms", "15"]);
+    cmd.current_dir(dir).args(["run", "--pipeline", "p.sql", "--state-dir", state, "--checkpoint-interval-ms", "15"]).args(extra);
     match key {
         Some(k) => cmd.arg("--key-file").arg(k),
         None => cmd.arg("--no-encryption"),
@@ -136,7 +140,18 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn sigkill_at_random_moments_neither_loses_nor_doubles_rows() {
-    let dir = setup(200_000);
+    sigkill_rounds(200_000, 50, &[]);
+}
+
+/// The same with a record limit far below one poll's batch: every batch is logged as a group of
+/// parts, and a kill between them must neither lose nor double a row.
+#[test]
+fn sigkill_with_batches_split_over_several_records() {
+    sigkill_rounds(40_000, 12, &["--wal-max-record-bytes", "1500"]);
+}
+
+fn sigkill_rounds(rows: usize, min_kills: usize, extra: &[&str]) {
+    let dir = setup(rows);
     let root = dir.path();
     let want = expected(root);
     assert!(want.iter().all(|w| !w.is_empty()), "every sink has rows to check");
@@ -145,14 +160,14 @@ fn sigkill_at_random_moments_neither_loses_nor_doubles_rows() {
     let mut rng = Lcg(2026);
     let (mut kills, mut rounds, mut restarts) = (0, 0, 0);
     let started = Instant::now();
-    while kills < 50 {
+    while kills < min_kills {
         rounds += 1;
         let state = format!("state-{rounds}");
         let _ = std::fs::remove_dir_all(root.join("out"));
         loop {
             restarts += 1;
             assert!(restarts < 2000, "no progress after {restarts} restarts");
-            let mut child = run_cmd(root, &state, Some(&key)).spawn().unwrap();
+            let mut child = run_cmd_with(root, &state, Some(&key), extra).spawn().unwrap();
             let deadline = Instant::now() + Duration::from_millis(5 + rng.below(150));
             let mut exited = None;
             while Instant::now() < deadline {
@@ -262,4 +277,133 @@ fn a_changed_pipeline_is_not_fed_old_state() {
     let out = run_cmd(root, "st", None).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("different version of this pipeline"));
+}
+
+fn stderr_of(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "expected a failure: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Key id 0 marks plaintext in the file formats: it was accepted as a key and then wrote the WAL
+/// unencrypted while the log said encryption was on.
+#[test]
+fn key_id_zero_is_refused() {
+    let dir = setup(500);
+    let root = dir.path();
+    let out = Command::new(EDDYD).args(["keygen", "--id", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    let key = root.join("zero.key");
+    write_key(&key, &keygen(1).replacen("1:", "0:", 1));
+    let e = stderr_of(run_cmd(root, "st", Some(&key)));
+    assert!(e.contains("key id 0"), "{e}");
+    assert!(!root.join("st").join("p").join("wal").exists(), "nothing may be written with key id 0");
+}
+
+/// Outside systemd (no UMask=), a state dir must still be private: 0700 directories, 0600 files.
+#[test]
+fn state_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = setup(3_000);
+    let root = dir.path();
+    let key = root.join("k");
+    write_key(&key, &keygen(1));
+    // A pipeline with an MQTT-less outbox is not needed: WAL, checkpoints, LOCK and the dirs.
+    let out = Command::new("sh")
+        .current_dir(root)
+        .arg("-c")
+        .arg(format!("umask 022 && exec {EDDYD} run --pipeline p.sql --state-dir st --key-file k --checkpoint-interval-ms 15"))
+        .env("EDDY_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut seen = 0;
+    let mut stack = vec![root.join("st")];
+    while let Some(d) = stack.pop() {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", d.display());
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{} is {mode:o}", p.display());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 4, "only {seen} files checked");
+}
+
+/// An emptied wal/ restarted LSNs at 0 below the checkpoint's, and a later recovery from that
+/// checkpoint skipped every new record. It is refused, naming both, and the way out.
+#[test]
+fn a_log_that_does_not_reach_the_checkpoint_is_refused() {
+    let dir = setup(3_000);
+    let root = dir.path();
+    let out = run_cmd(root, "st", None).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let wal = root.join("st/p/wal");
+    std::fs::remove_dir_all(&wal).unwrap();
+    std::fs::create_dir(&wal).unwrap();
+    let e = stderr_of(run_cmd(root, "st", None));
+    assert!(e.contains("records are missing") && e.contains("checkpoint"), "{e}");
+    assert!(e.contains("eddyd state check") && e.contains("eddyd state reset"), "{e}");
+}
+
+/// The operator's way out: `state check` says what is intact (exit 0) or names the damage
+/// (exit 1); `state reset` says what it discards and needs --yes; then the pipeline starts afresh.
+#[test]
+fn state_check_and_reset_as_an_operator_uses_them() {
+    let dir = setup(20_000);
+    let root = dir.path();
+    let key = root.join("k");
+    write_key(&key, &keygen(1));
+    let out = run_cmd(root, "st", Some(&key)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let check = || Command::new(EDDYD).current_dir(root).args(["state", "check", "st", "--key-file", "k"]).output().unwrap();
+    let ok = check();
+    let text = String::from_utf8_lossy(&ok.stdout).to_string();
+    assert!(ok.status.success(), "{text}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(text.contains("pipeline p") && text.contains("wal: intact") && text.contains("checkpoint") && text.contains("state: intact"), "{text}");
+    assert!(text.contains("key id(s) [1]"), "{text}");
+    // Damage the newest state file in its middle: check names it and exits 1.
+    let mut states: Vec<PathBuf> = files_under(&root.join("st/p/checkpoints")).into_iter().filter(|p| p.to_string_lossy().ends_with(".dat")).collect();
+    states.sort();
+    let victim = states.last().unwrap().clone();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+    let bad = check();
+    let text = String::from_utf8_lossy(&bad.stdout).to_string();
+    assert_eq!(bad.status.code(), Some(1), "{text}");
+    assert!(text.contains("DAMAGED") && text.contains(&victim.file_name().unwrap().to_string_lossy().to_string()), "{text}");
+    // Damage the WAL too: eddyd run refuses and names the way out.
+    let seg = files_under(&root.join("st/p/wal")).into_iter().next().unwrap();
+    let mut w = std::fs::read(&seg).unwrap();
+    w[10] ^= 0xff; // inside the segment header
+    std::fs::write(&seg, &w).unwrap();
+    let e = stderr_of(run_cmd(root, "st", Some(&key)));
+    assert!(e.contains("eddyd state check") && e.contains("eddyd state reset"), "{e}");
+    // Reset: without --yes nothing goes; with it the pipeline's state is gone and it starts afresh.
+    let e = stderr_of({
+        let mut c = Command::new(EDDYD);
+        c.current_dir(root).args(["state", "reset", "--state-dir", "st", "--pipeline", "p"]);
+        c
+    });
+    assert!(e.contains("--yes"), "{e}");
+    assert!(root.join("st/p/wal").exists());
+    let out = Command::new(EDDYD).current_dir(root).args(["state", "reset", "--state-dir", "st", "--pipeline", "p", "--yes"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("discarding") && text.contains("wal/"), "{text}");
+    assert!(!root.join("st/p").exists());
+    let _ = std::fs::remove_dir_all(root.join("out"));
+    let out = run_cmd(root, "st", Some(&key)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = expected(root);
+    for (i, s) in SINKS.iter().enumerate() {
+        assert_eq!(sorted_lines(&root.join(format!("out/{s}.jsonl"))), want[i], "sink {s} after a reset");
+    }
 }

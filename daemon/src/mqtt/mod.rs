@@ -19,7 +19,7 @@ use eddy_engine::{EngineError, Result};
 use outbox::FullPolicy;
 use settings::{opt_err, Connection, CONNECTION_OPTIONS};
 
-const SOURCE_ONLY: &[&str] = &["clean_session", "queue_messages"];
+const SOURCE_ONLY: &[&str] = &["clean_session", "queue_messages", "queue_bytes"];
 const SINK_ONLY: &[&str] = &["retain", "outbox_bytes", "outbox_full", "inflight"];
 
 /// The daemon's provided connectors, for one pipeline.
@@ -29,6 +29,8 @@ pub struct Provider {
     pub metrics: Arc<Registry>,
     /// Set when eddyd is shutting down (a blocked sink then stops waiting).
     pub stopping: Arc<AtomicBool>,
+    /// Whether the pipeline runs with durable state (exactly-once input).
+    pub durable: bool,
 }
 
 /// Installs rustls' ring provider once (rumqttc is built without a default one).
@@ -92,13 +94,19 @@ impl Provider {
             return Err(opt_err(&ctx, "format 'raw' needs exactly one payload column (payload BYTEA or VARCHAR) besides METADATA columns"));
         }
         let queue_messages = num(&ctx, spec, "queue_messages", self.defaults.queue_messages.unwrap_or(1024))?.clamp(1, 1 << 20);
-        Ok(source::SourceSettings {
-            clean_session: connector::bool_option(&ctx, spec.options, "clean_session", false)?,
-            conn,
-            topics,
-            format,
-            queue_messages,
-        })
+        let queue_bytes = num(&ctx, spec, "queue_bytes", self.defaults.queue_bytes.unwrap_or(64 << 20))?.max(1 << 16);
+        let clean_session = connector::bool_option(&ctx, spec.options, "clean_session", false)?;
+        if clean_session && self.durable && conn.qos != rumqttc::QoS::AtMostOnce {
+            // A clean session makes the broker forget what it holds for us at every reconnect:
+            // what was published while eddyd was away is lost, so exactly-once input cannot hold.
+            return Err(opt_err(
+                &ctx,
+                "clean_session = 'true' with durable state would lose messages published while eddyd is disconnected \
+                 (the broker keeps nothing for a clean session); remove it for exactly-once input, or use qos = '0' \
+                 to say loss is acceptable",
+            ));
+        }
+        Ok(source::SourceSettings { clean_session, conn, topics, format, queue_messages, queue_bytes })
     }
 
     fn sink_settings(&self, spec: &ConnectorSpec<'_>) -> Result<sink::SinkSettings> {

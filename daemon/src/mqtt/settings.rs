@@ -8,6 +8,7 @@ use std::time::Duration;
 use rumqttc::{QoS, TlsConfiguration, Transport};
 
 use crate::config::{expand_env, MqttDefaults};
+use crate::secret::{redact_url, Secret};
 use eddy_engine::sql::ddl::Options;
 use eddy_engine::EngineError;
 
@@ -35,7 +36,7 @@ pub struct Connection {
     pub tls: bool,
     pub client_id: String,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub keep_alive: Duration,
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
@@ -69,19 +70,21 @@ pub(crate) fn parse_qos(ctx: &str, v: Option<&str>) -> Result<QoS, EngineError> 
 
 /// `mqtt://host[:1883]`, `tcp://…`, `mqtts://host[:8883]`, `ssl://…`.
 pub(crate) fn parse_url(ctx: &str, url: &str) -> Result<(String, u16, bool), EngineError> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| opt_err(ctx, format!("url '{url}': expected mqtt://host:port or mqtts://host:port")))?;
+    // Errors show the URL without any credentials in it.
+    let shown = redact_url(url);
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| opt_err(ctx, format!("url '{shown}': expected mqtt://host:port or mqtts://host:port")))?;
     let tls = match scheme.to_ascii_lowercase().as_str() {
         "mqtt" | "tcp" => false,
         "mqtts" | "ssl" => true,
-        s => return Err(opt_err(ctx, format!("url '{url}': unknown scheme '{s}' (use mqtt:// or mqtts://)"))),
+        s => return Err(opt_err(ctx, format!("url '{shown}': unknown scheme '{s}' (use mqtt:// or mqtts://)"))),
     };
     let hostport = rest.trim_end_matches('/');
     if hostport.is_empty() || hostport.contains('/') || hostport.contains('@') {
-        return Err(opt_err(ctx, format!("url '{url}': expected only a host and port (credentials go in 'username'/'password')")));
+        return Err(opt_err(ctx, format!("url '{shown}': expected only a host and port (credentials go in 'username'/'password')")));
     }
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            let port = p.parse::<u16>().map_err(|_| opt_err(ctx, format!("url '{url}': bad port '{p}'")))?;
+            let port = p.parse::<u16>().map_err(|_| opt_err(ctx, format!("url '{shown}': bad port '{p}'")))?;
             (h.trim_start_matches('[').trim_end_matches(']').to_string(), port)
         }
         _ => (hostport.to_string(), if tls { 8883 } else { 1883 }),
@@ -134,7 +137,7 @@ impl Connection {
             tls,
             client_id,
             username: get(&ctx, o, defaults, "username")?,
-            password: get(&ctx, o, defaults, "password")?,
+            password: get(&ctx, o, defaults, "password")?.map(Secret::new),
             keep_alive,
             ca_file,
             cert_file,
@@ -197,5 +200,21 @@ mod tests {
         for bad in ["localhost:1883", "http://x", "mqtt://u:p@x", "mqtt://x:99999", "mqtt://"] {
             assert!(parse_url("x", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn credentials_never_reach_errors_or_debug() {
+        let e = parse_url("source 's'", "mqtt://plant:s3cret@broker:1883").unwrap_err().to_string();
+        assert!(!e.contains("s3cret") && e.contains("***@broker"), "{e}");
+        let o = Options {
+            entries: vec![
+                ("url".into(), "mqtt://127.0.0.1:1".into(), Default::default()),
+                ("username".into(), "plant".into(), Default::default()),
+                ("password".into(), "s3cret".into(), Default::default()),
+            ],
+        };
+        let c = Connection::resolve("source", "p", "s", &o, &Default::default()).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(c.password.as_ref().map(|p| p.expose()), Some("s3cret"));
     }
 }

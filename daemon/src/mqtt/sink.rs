@@ -105,8 +105,9 @@ struct Shared {
     /// order of rumqttc's request queue, whichever thread sent them.
     sending: Mutex<Sending>,
     client: WireClient,
-    /// A durable outbox's messages carry their sequence number (MQTT 5).
-    durable: bool,
+    /// A durable outbox's messages carry `eddy-sink` = this (the client id and the outbox's
+    /// identity) and their sequence number (MQTT 5); `None` for an in-memory outbox.
+    sink_id: Option<String>,
     /// Signalled when the outbox gains or loses messages.
     changed: Condvar,
     /// Set by `close` (the pipeline stopped) or by the daemon's shutdown.
@@ -148,7 +149,7 @@ impl Shared {
         // Sequence numbers in the outbox are contiguous: the next to send is found by index.
         let from = ob.queue.front().map(|f| start.saturating_sub(f.seq) as usize).unwrap_or(0);
         for m in ob.queue.range(from.min(ob.queue.len())..).take(s.inflight.saturating_sub(inflight)) {
-            let seq = self.durable.then_some((s.conn.client_id.as_str(), m.seq));
+            let seq = self.sink_id.as_deref().map(|id| (id, m.seq));
             match self.client.publish(&m.topic, s.conn.qos, s.retain, m.payload.clone(), seq) {
                 Ok(()) => {
                     snd.unassigned.push_back(m.seq);
@@ -204,12 +205,13 @@ impl SinkWriter for MqttSink {
         }
         // A clean session: after a reconnect the outbox itself sends what was not acknowledged.
         let (client, connection) = wire::open(&self.settings.conn, false, false, self.settings.inflight * 2 + 16)?;
+        let sink_id = self.state.is_some().then(|| format!("{}#{:016x}", self.settings.conn.client_id, outbox.id));
         let shared = Arc::new(Shared {
             outbox: Mutex::new(outbox),
             sending: Mutex::default(),
             client,
             // Sequence numbers outlive a crash only in a durable outbox; only then are they sent.
-            durable: self.state.is_some(),
+            sink_id,
             changed: Condvar::new(),
             closing: AtomicBool::new(false),
             stopping: self.stopping.clone(),
@@ -220,7 +222,15 @@ impl SinkWriter for MqttSink {
         self.thread = Some(
             std::thread::Builder::new()
                 .name(format!("mqtt-out {}", s.conn.client_id))
-                .spawn(move || publish_loop(connection, &s, &sh))
+                .spawn(move || {
+                    let r = publish_loop(connection, &s, &sh);
+                    if let Err(e) = &r {
+                        tracing::error!(sink = %s.conn.ctx, error = %e, "MQTT publisher stopped");
+                        sh.gauges.fail(e.to_string());
+                        sh.changed.notify_all();
+                    }
+                    r
+                })
                 .map_err(|e| EngineError::io("<thread>", e))?,
         );
         self.shared = Some(shared);
@@ -231,12 +241,18 @@ impl SinkWriter for MqttSink {
         let msgs = self.split(lines)?;
         let add: usize = msgs.iter().map(|(t, p)| t.len() + p.len() + 32).sum();
         let shared = self.shared()?.clone();
+        if let Some(why) = shared.gauges.failure() {
+            return Err(EngineError::State(format!("{}: the MQTT publisher stopped: {why}", self.settings.conn.ctx)));
+        }
         let mut ob = shared.lock()?;
         if ob.has(end) {
             return Ok(()); // re-delivered after a crash: already in the outbox
         }
         let mut warned = false;
         while ob.policy == FullPolicy::Block && !ob.fits(add) {
+            if let Some(why) = shared.gauges.failure() {
+                return Err(EngineError::State(format!("{}: the MQTT publisher stopped: {why}", self.settings.conn.ctx)));
+            }
             if shared.stopping.load(Ordering::Acquire) {
                 // Shutting down: take it over the bound rather than lose it (the final checkpoint
                 // already counts it as delivered).

@@ -50,9 +50,15 @@ pub struct SourceSettings {
     pub topics: Vec<String>,
     pub format: Format,
     pub clean_session: bool,
-    /// Messages waiting between the connection thread and the pipeline.
+    /// Messages waiting between the connection thread and the pipeline...
     pub queue_messages: usize,
+    /// ...and their payload bytes (one message is always let through, whatever its size).
+    pub queue_bytes: usize,
 }
+
+/// Payload bytes one poll takes at most (it always takes one message): keeps a batch, and the
+/// WAL record logging it, to a size that does not depend on how much the broker had queued.
+const POLL_BYTES: usize = 8 << 20;
 
 struct Delivered {
     publish: Publish,
@@ -157,6 +163,7 @@ impl MqttSource {
         let (tx, rx) = std::sync::mpsc::sync_channel(s.queue_messages.max(1));
         let shared = self.shared.clone();
         let topics = s.topics.clone();
+        let queue_bytes = s.queue_bytes;
         // QoS 2 is subscribed as QoS 1. Exactly-once comes from acknowledging only durable input
         // and recognising redeliveries, which QoS 1 gives; a QoS 2 handshake the broker resumes
         // after a restart (PUBREL for a PUBREC sent before it) is refused by rumqttc as
@@ -172,7 +179,7 @@ impl MqttSource {
         let ctx = s.conn.ctx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("mqtt-in {}", s.conn.client_id))
-            .spawn(move || run_connection(&mut connection, &sub_client, &topics, qos, &tx, &shared, &ctx))
+            .spawn(move || run_connection(&mut connection, &sub_client, &topics, qos, &tx, &shared, &ctx, queue_bytes))
             .map_err(|e| eddy_engine::EngineError::io("<thread>", e))?;
         self.client = Some(client);
         self.rx = Some(rx);
@@ -208,10 +215,19 @@ impl MqttSource {
         }
     }
 
-    /// Whether `p` is a redelivery of a message already in the log. The entry stays: the same
+    /// Whether `p` is a redelivery of a message already in the log: its packet id's *newest*
+    /// logged entry has the same hash. The broker reuses a packet id once it is acknowledged, so
+    /// older entries of that id belong to other, finished messages; matching them would drop a
+    /// new message that repeats an old payload (`{"door":"open"}`). The entry stays: the same
     /// message comes again if the connection drops before this redelivery is acknowledged.
+    ///
+    /// What remains ambiguous (docs/mqtt-source.md): a new message with the same packet id, topic
+    /// and payload as the newest logged one, never logged itself, then redelivered with DUP. The
+    /// broker sends it only after our acknowledgement of the logged one, and that one was
+    /// acknowledged only once durable; so it takes a crash between the broker's send and our
+    /// log of the new copy *and* byte-identical content — then the copy is taken as the logged one.
     fn is_duplicate(&self, p: &Publish, hash: u64) -> bool {
-        p.dup && p.qos != QoS::AtMostOnce && self.window.iter().rev().any(|e| *e == (p.pkid, hash))
+        p.dup && p.qos != QoS::AtMostOnce && self.window.iter().rev().find(|e| e.0 == p.pkid).is_some_and(|e| e.1 == hash)
     }
 
     /// The broker kept no session: what it delivers from now on is new.
@@ -242,7 +258,8 @@ impl SourceReader for MqttSource {
         }
         let now = eddy_engine::time::now_ms();
         let mut got = 0;
-        while got < max_rows && dec.rows() < max_rows {
+        let mut bytes = 0;
+        while got < max_rows && dec.rows() < max_rows && bytes < POLL_BYTES {
             let Some(rx) = &self.rx else { break };
             let d = match rx.try_recv() {
                 Ok(Handoff::Message(d)) => d,
@@ -254,7 +271,9 @@ impl SourceReader for MqttSource {
                 Err(_) => break,
             };
             got += 1;
+            bytes += d.publish.payload.len();
             self.shared.gauges.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            self.shared.gauges.queue_bytes.fetch_sub(d.publish.payload.len() as u64, Ordering::Relaxed);
             tracing::trace!(source = %self.settings.conn.ctx, pkid = d.publish.pkid, dup = d.publish.dup, generation = d.generation, bytes = d.publish.payload.len(), "message");
             if d.publish.qos != QoS::AtMostOnce {
                 let hash = message_hash(&d.publish.topic, &d.publish.payload);
@@ -333,8 +352,9 @@ impl Drop for MqttSource {
     }
 }
 
-/// The connection thread: (re)connects with backoff, subscribes on a new session, and passes
-/// messages on, blocking while the queue is full.
+/// The connection thread: (re)connects with backoff, subscribes, and passes messages on,
+/// blocking while the queue is full (in messages or in bytes).
+#[allow(clippy::too_many_arguments)] // one thread's whole context, passed once at spawn
 fn run_connection(
     connection: &mut WireConnection,
     client: &Client,
@@ -343,8 +363,11 @@ fn run_connection(
     tx: &SyncSender<Handoff>,
     shared: &Shared,
     ctx: &str,
+    queue_bytes: usize,
 ) {
     let mut backoff = Backoff::new();
+    // Whether this process subscribed on the session the broker still holds.
+    let mut subscribed = false;
     while !shared.stop.load(Ordering::Acquire) {
         match connection.recv(Duration::from_millis(200)) {
             None => continue,
@@ -353,17 +376,34 @@ fn run_connection(
                 shared.gauges.connected.store(true, Ordering::Relaxed);
                 shared.gauges.connects.fetch_add(1, Ordering::Relaxed);
                 backoff.reset();
-                tracing::info!(source = %ctx, session_present, generation, "MQTT connected");
-                if !session_present && !hand_off(tx, Handoff::NewSession, shared) {
-                    return;
-                }
-                // Subscribe on every connect, resumed session or not: the source's topics may have
-                // changed since the session was made (MQTT replaces an existing subscription). The
-                // broker then sends retained messages again, flagged `retain`.
-                for t in topics {
-                    if let Err(e) = client.subscribe(t, qos) {
-                        tracing::error!(source = %ctx, topic = %t, error = %e, "cannot subscribe");
+                if !session_present {
+                    if generation > 1 {
+                        // We had a session on this broker and it is gone: whatever it held for us
+                        // (messages published while we were away) is lost. Say so loudly.
+                        shared.gauges.sessions_lost.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(source = %ctx, generation, "MQTT broker lost the persistent session (expiry or restart without persistence); messages it held for this source are gone");
+                    } else {
+                        tracing::info!(source = %ctx, "MQTT connected; the broker has no session for this client yet (first start, or it expired)");
                     }
+                    subscribed = false;
+                    if !hand_off(tx, Handoff::NewSession, 0, queue_bytes, shared) {
+                        return;
+                    }
+                } else {
+                    tracing::info!(source = %ctx, generation, "MQTT connected; persistent session resumed");
+                }
+                // Subscribe once per process on a resumed session (the topics may have changed
+                // since the session was made; MQTT replaces an existing subscription), and on
+                // every new session. Not again on a reconnect to the same session: a subscribe
+                // makes the broker send retained messages again, which would count them twice.
+                // MQTT 5 asks for retained messages only when the subscription is new.
+                if !subscribed {
+                    for t in topics {
+                        if let Err(e) = client.subscribe(t, qos) {
+                            tracing::error!(source = %ctx, topic = %t, error = %e, "cannot subscribe");
+                        }
+                    }
+                    subscribed = true;
                 }
             }
             Some(WireEvent::SubscribeRefused) => {
@@ -371,8 +411,8 @@ fn run_connection(
             }
             Some(WireEvent::Message(p)) => {
                 let d = Delivered { publish: p, generation: shared.generation.load(Ordering::Acquire) };
-                shared.gauges.queue_depth.fetch_add(1, Ordering::Relaxed);
-                if !hand_off(tx, Handoff::Message(d), shared) {
+                let len = d.publish.payload.len();
+                if !hand_off(tx, Handoff::Message(d), len, queue_bytes, shared) {
                     return;
                 }
             }
@@ -390,10 +430,26 @@ fn run_connection(
     }
 }
 
-/// Passes `h` to the reader, blocking while the queue is full (backpressure: the socket is not
-/// read, so the broker holds the messages). False once the source is stopping.
-fn hand_off(tx: &SyncSender<Handoff>, mut h: Handoff, shared: &Shared) -> bool {
+/// Passes `h` (carrying `len` payload bytes) to the reader, blocking while the queue is full —
+/// in messages, or in bytes unless it is empty (backpressure: the socket is not read, so the
+/// broker holds the messages). False once the source is stopping.
+fn hand_off(tx: &SyncSender<Handoff>, mut h: Handoff, len: usize, queue_bytes: usize, shared: &Shared) -> bool {
+    let g = &shared.gauges;
     loop {
+        let queued = g.queue_bytes.load(Ordering::Relaxed) as usize;
+        if len > 0 && queued > 0 && queued + len > queue_bytes {
+            g.backpressure.fetch_add(1, Ordering::Relaxed);
+            if shared.stop.load(Ordering::Acquire) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        // Counted before the send, so the reader never subtracts what was not yet added.
+        if len > 0 {
+            g.queue_depth.fetch_add(1, Ordering::Relaxed);
+            g.queue_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        }
         match tx.try_send(h) {
             Ok(()) => {
                 if let Some(w) = &shared.wakeup {
@@ -402,7 +458,11 @@ fn hand_off(tx: &SyncSender<Handoff>, mut h: Handoff, shared: &Shared) -> bool {
                 return true;
             }
             Err(TrySendError::Full(back)) => {
-                shared.gauges.backpressure.fetch_add(1, Ordering::Relaxed);
+                if len > 0 {
+                    g.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    g.queue_bytes.fetch_sub(len as u64, Ordering::Relaxed);
+                }
+                g.backpressure.fetch_add(1, Ordering::Relaxed);
                 h = back;
                 if shared.stop.load(Ordering::Acquire) {
                     return false;
@@ -424,7 +484,7 @@ mod tests {
     fn source() -> (MqttSource, SyncSender<Handoff>, RowDecoder) {
         let o = Options { entries: vec![("url".into(), "mqtt://127.0.0.1:1".into(), Default::default())] };
         let conn = Connection::resolve("source", "p", "s", &o, &Default::default()).unwrap();
-        let settings = SourceSettings { conn, topics: vec!["t/#".into()], format: Format::Raw, clean_session: false, queue_messages: 64 };
+        let settings = SourceSettings { conn, topics: vec!["t/#".into()], format: Format::Raw, clean_session: false, queue_messages: 64, queue_bytes: 1 << 20 };
         let mut src = MqttSource::new(settings, Vec::new(), Arc::default(), None);
         let (tx, rx) = std::sync::mpsc::sync_channel(64);
         src.rx = Some(rx);
@@ -483,6 +543,26 @@ mod tests {
         // Same packet id, other content: a different message, not a duplicate.
         send(&tx, 4, true, "other");
         assert_eq!(poll_and_log(&mut second, &mut dec, &mut saved), 1);
+    }
+
+    #[test]
+    fn a_reused_packet_id_matches_only_its_newest_message() {
+        let mut saved = Vec::new();
+        let (mut first, tx, mut dec) = source();
+        // The broker reuses packet id 1 once "on" is acknowledged.
+        send(&tx, 1, false, "on");
+        send(&tx, 1, false, "off");
+        assert_eq!(poll_and_log(&mut first, &mut dec, &mut saved), 2);
+        drop(first);
+        // After a restart, id 1 comes with DUP and "on" again: that is a new message whose first
+        // delivery never reached the log ("off" was the last message with id 1).
+        let (mut second, tx, mut dec) = source();
+        second.resume(&saved, &mut dec).unwrap();
+        send(&tx, 1, true, "on");
+        assert_eq!(poll_and_log(&mut second, &mut dec, &mut saved), 1);
+        // Its own redelivery now is a duplicate.
+        send(&tx, 1, true, "on");
+        assert_eq!(poll_and_log(&mut second, &mut dec, &mut saved), 0);
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub fn open(conn: &Connection, persistent: bool, manual_acks: bool, capacity: us
         o.set_max_packet_size(Some(max));
         o.set_manual_acks(manual_acks);
         if let Some(u) = &conn.username {
-            o.set_credentials(u.clone(), conn.password.clone().unwrap_or_default());
+            o.set_credentials(u.clone(), conn.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
         }
         if let Some(t) = conn.transport()? {
             o.set_transport(t);
@@ -108,7 +108,7 @@ pub fn open(conn: &Connection, persistent: bool, manual_acks: bool, capacity: us
         o.set_request_channel_capacity(capacity);
         o.set_manual_acks(manual_acks);
         if let Some(u) = &conn.username {
-            o.set_credentials(u.clone(), conn.password.clone().unwrap_or_default());
+            o.set_credentials(u.clone(), conn.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
         }
         if let Some(t) = conn.transport()? {
             o.set_transport(t);
@@ -122,7 +122,12 @@ impl WireClient {
     pub fn subscribe(&self, topic: &str, qos: QoS) -> std::result::Result<(), String> {
         match self {
             WireClient::V4(c) => c.try_subscribe(topic, qos).map_err(|e| e.to_string()),
-            WireClient::V5(c) => c.try_subscribe(topic, v5_qos(qos)).map_err(|e| e.to_string()),
+            WireClient::V5(c) => {
+                // Retained messages only for a subscription the session did not have yet.
+                let mut f = v5::mqttbytes::v5::Filter::new(topic, v5_qos(qos));
+                f.retain_forward_rule = v5::mqttbytes::v5::RetainForwardRule::OnNewSubscribe;
+                c.try_subscribe_many(vec![f]).map_err(|e| e.to_string())
+            }
         }
     }
 
