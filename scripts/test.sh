@@ -5,10 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Formatting (rustfmt.toml) first: it fails in a second, before anything is built.
+cargo fmt --all -- --check
+
 # The whole workspace in one cargo invocation, so DataFusion's crates are resolved with one feature
 # set and built once. This includes benches/tests/join_check.rs: join results against DataFusion's
 # batch joins over the same accepted rows.
 cargo test --release --locked --workspace
+
+# Lints over everything the tests built (same profile, so dependencies are not checked again).
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
 
 # The systemd unit's hardening, as systemd itself scores it (exposure at most 2.0).
 if command -v systemd-analyze >/dev/null 2>&1; then

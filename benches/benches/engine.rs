@@ -8,8 +8,8 @@ use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
 
 fn decoder() -> RowDecoder {
     let col = |n: &str, t, nullable| DecodeColumn { name: n.into(), data_type: t, nullable, metadata_key: None };
-    use eddy_engine::types::TS_TYPE;
     use datafusion::arrow::datatypes::DataType;
+    use eddy_engine::types::TS_TYPE;
     RowDecoder::new(
         vec![
             col("device_id", DataType::Utf8, false),

@@ -115,7 +115,9 @@ fn compare(what: &str, eddy: &[BTreeMap<String, Value>], batch: &[BTreeMap<Strin
     }
     let mut pending: Vec<&BTreeMap<String, Value>> = eddy.iter().collect();
     for row in batch {
-        let hit = pending.iter().position(|e| e.len() == row.len() && row.iter().all(|(k, v)| e.get(k).is_some_and(|x| same(v, x))));
+        let hit = pending
+            .iter()
+            .position(|e| e.len() == row.len() && row.iter().all(|(k, v)| e.get(k).is_some_and(|x| same(v, x))));
         match hit {
             Some(i) => {
                 pending.remove(i);
@@ -132,7 +134,9 @@ async fn check(eddyd: &Path, golden: &Path, c: &Check) -> Result<()> {
     copy_dir(&golden.join(c.case), &work)?;
     let mut sql = std::fs::read_to_string(work.join("pipeline.sql"))?;
     for s in c.sources {
-        sql.push_str(&format!("\nCREATE SINK accepted_{s} AS SELECT * FROM {s} WITH (connector = 'file', path = 'accepted/{s}.jsonl');\n"));
+        sql.push_str(&format!(
+            "\nCREATE SINK accepted_{s} AS SELECT * FROM {s} WITH (connector = 'file', path = 'accepted/{s}.jsonl');\n"
+        ));
     }
     std::fs::write(work.join("pipeline.sql"), sql)?;
     let out = Command::new(eddyd).arg("replay").arg(work.join("pipeline.sql")).output()?;
@@ -142,10 +146,20 @@ async fn check(eddyd: &Path, golden: &Path, c: &Check) -> Result<()> {
     let ctx = SessionContext::new();
     for s in c.sources {
         let path = work.join("accepted").join(format!("{s}.jsonl"));
-        ctx.register_json(format!("{s}_raw"), path.to_string_lossy().as_ref(), JsonReadOptions::default().file_extension(".jsonl")).await?;
+        ctx.register_json(
+            format!("{s}_raw"),
+            path.to_string_lossy().as_ref(),
+            JsonReadOptions::default().file_extension(".jsonl"),
+        )
+        .await?;
     }
     if work.join("devices.jsonl").exists() {
-        ctx.register_json("devices_raw", work.join("devices.jsonl").to_string_lossy().as_ref(), JsonReadOptions::default().file_extension(".jsonl")).await?;
+        ctx.register_json(
+            "devices_raw",
+            work.join("devices.jsonl").to_string_lossy().as_ref(),
+            JsonReadOptions::default().file_extension(".jsonl"),
+        )
+        .await?;
     }
     for stmt in c.setup {
         ctx.sql(stmt).await?.collect().await?;

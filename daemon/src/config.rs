@@ -174,7 +174,8 @@ impl ConfigFile {
     /// Reads and checks the file; relative paths in it resolve against its directory.
     pub fn load(path: &Path) -> Result<ConfigFile> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::parse(&text, path.parent().unwrap_or(Path::new("."))).with_context(|| format!("config {}", path.display()))
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("config {}", path.display()))
     }
 
     pub fn parse(text: &str, base: &Path) -> Result<ConfigFile> {
@@ -208,7 +209,10 @@ impl ConfigFile {
         let mut files: Vec<PathBuf> = self.pipelines.clone();
         if let Some(dir) = &self.pipelines_dir {
             let rd = std::fs::read_dir(dir).with_context(|| format!("pipelines_dir {}", dir.display()))?;
-            let mut found: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "sql")).collect();
+            let mut found: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+                .collect();
             found.sort();
             files.extend(found);
         }

@@ -45,7 +45,10 @@ pub fn parse_keys(text: &str) -> Result<Cipher> {
         }
         let (id, hex) = match line.split_once(':') {
             Some((id, hex)) => {
-                let id = id.trim().parse::<u32>().map_err(|_| anyhow!("line {}: key id '{}' is not a number", n + 1, id.trim()))?;
+                let id = id
+                    .trim()
+                    .parse::<u32>()
+                    .map_err(|_| anyhow!("line {}: key id '{}' is not a number", n + 1, id.trim()))?;
                 (id, hex.trim())
             }
             None => (1, line),

@@ -309,7 +309,13 @@ fn run(cmd: Command) -> Result<()> {
             cfg.outputs = parse_pairs("--output", &outputs, &cwd)?;
             // MQTT sources and sinks validate their options; replay reads them from --input files.
             let name = config::pipeline_name(&pipeline);
-            cfg.connectors = Some(Arc::new(mqtt::Provider { pipeline: name, defaults: Default::default(), metrics: Default::default(), stopping: Default::default(), durable: false }));
+            cfg.connectors = Some(Arc::new(mqtt::Provider {
+                pipeline: name,
+                defaults: Default::default(),
+                metrics: Default::default(),
+                stopping: Default::default(),
+                durable: false,
+            }));
             let mut p = Pipeline::plan(&sql, &cfg)?;
             p.run_to_end()?;
             for (name, s) in p.source_stats() {
@@ -331,7 +337,15 @@ fn run(cmd: Command) -> Result<()> {
         Command::Check { pipeline: Some(pipeline), config: None } => {
             let (sql, dir) = read_pipeline(&pipeline)?;
             let name = config::pipeline_name(&pipeline);
-            let p = runtime::plan(&ConfigFile::default(), &name, &sql, dir, None, &Default::default(), &Default::default())?;
+            let p = runtime::plan(
+                &ConfigFile::default(),
+                &name,
+                &sql,
+                dir,
+                None,
+                &Default::default(),
+                &Default::default(),
+            )?;
             let s = p.summary();
             println!(
                 "{}: OK — {} source(s), {} table(s), {} view(s), {} sink(s)",
@@ -365,7 +379,9 @@ fn run(cmd: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::State { cmd: StateCmd::Reset { state_dir, pipeline, yes } } => state_cmd::reset(&state_dir, &pipeline, yes),
+        Command::State { cmd: StateCmd::Reset { state_dir, pipeline, yes } } => {
+            state_cmd::reset(&state_dir, &pipeline, yes)
+        }
         Command::Keygen { id } => {
             println!("{}", keys::generate_key_line(id)?);
             Ok(())

@@ -61,9 +61,12 @@ pub struct PipelineStatus {
     pub error: Option<String>,
 }
 
+/// A connector's gauges with its pipeline, kind ("source" / "sink") and name.
+type ConnectorEntry = (String, &'static str, String, Arc<ConnectorGauges>);
+
 #[derive(Default)]
 pub struct Registry {
-    connectors: Mutex<Vec<(String, &'static str, String, Arc<ConnectorGauges>)>>,
+    connectors: Mutex<Vec<ConnectorEntry>>,
     pipelines: Mutex<BTreeMap<String, PipelineStatus>>,
     pub ready: AtomicBool,
 }
@@ -83,9 +86,20 @@ impl Registry {
         g
     }
 
-    pub fn set_pipeline(&self, name: &str, state: &'static str, observation: Option<Observation>, error: Option<String>) {
+    pub fn set_pipeline(
+        &self,
+        name: &str,
+        state: &'static str,
+        observation: Option<Observation>,
+        error: Option<String>,
+    ) {
         let mut p = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
-        let e = p.entry(name.to_string()).or_insert(PipelineStatus { observation: None, heartbeat: Instant::now(), state, error: None });
+        let e = p.entry(name.to_string()).or_insert(PipelineStatus {
+            observation: None,
+            heartbeat: Instant::now(),
+            state,
+            error: None,
+        });
         e.heartbeat = Instant::now();
         e.state = state;
         if observation.is_some() {
@@ -121,15 +135,29 @@ impl Registry {
 
     /// Whether a sink of `pipeline` holds it back, waiting for room in its outbox.
     fn waiting_on_output(&self, pipeline: &str) -> bool {
-        self.connectors.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|(p, _, _, g)| p == pipeline && g.blocked.load(Ordering::Relaxed))
+        self.connectors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(p, _, _, g)| p == pipeline && g.blocked.load(Ordering::Relaxed))
     }
 
     /// One line of STATUS= text for systemd.
     pub fn status_line(&self) -> String {
         let p = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         let running = p.values().filter(|s| s.state == "running").count();
-        let rows: u64 = p.values().filter_map(|s| s.observation.as_ref()).flat_map(|o| o.sources.iter().map(|s| s.stats.accepted)).sum();
-        let disconnected = self.connectors.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|c| !c.3.connected.load(Ordering::Relaxed)).count();
+        let rows: u64 = p
+            .values()
+            .filter_map(|s| s.observation.as_ref())
+            .flat_map(|o| o.sources.iter().map(|s| s.stats.accepted))
+            .sum();
+        let disconnected = self
+            .connectors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|c| !c.3.connected.load(Ordering::Relaxed))
+            .count();
         format!("{running}/{} pipelines running, {rows} rows in, {disconnected} MQTT connections down", p.len())
     }
 
@@ -143,10 +171,20 @@ impl Registry {
         let p = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         family(&mut o, "eddy_pipeline_up", "gauge", "1 while the pipeline runs, 0 when stopped or failed.");
         for (name, s) in p.iter() {
-            let _ = writeln!(o, "eddy_pipeline_up{{pipeline=\"{name}\",state=\"{}\"}} {}", s.state, (s.state == "running") as u8);
+            let _ = writeln!(
+                o,
+                "eddy_pipeline_up{{pipeline=\"{name}\",state=\"{}\"}} {}",
+                s.state,
+                (s.state == "running") as u8
+            );
         }
-        let obs: Vec<(&String, &Observation)> = p.iter().filter_map(|(n, s)| s.observation.as_ref().map(|o| (n, o))).collect();
-        let src = |o: &mut String, metric: &str, kind: &str, help: &str, f: &dyn Fn(&eddy_engine::pipeline::SourceObservation) -> Option<f64>| {
+        let obs: Vec<(&String, &Observation)> =
+            p.iter().filter_map(|(n, s)| s.observation.as_ref().map(|o| (n, o))).collect();
+        let src = |o: &mut String,
+                   metric: &str,
+                   kind: &str,
+                   help: &str,
+                   f: &dyn Fn(&eddy_engine::pipeline::SourceObservation) -> Option<f64>| {
             let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
             for (pn, ob) in &obs {
                 for s in &ob.sources {
@@ -156,9 +194,19 @@ impl Registry {
                 }
             }
         };
-        src(&mut o, "eddy_source_rows_total", "counter", "Rows accepted by a source.", &|s| Some(s.stats.accepted as f64));
-        src(&mut o, "eddy_source_late_rows_total", "counter", "Rows behind the watermark (to LATE()).", &|s| Some(s.stats.late as f64));
-        src(&mut o, "eddy_source_error_rows_total", "counter", "Inputs that could not be decoded (to ERRORS()).", &|s| Some(s.stats.errors as f64));
+        src(&mut o, "eddy_source_rows_total", "counter", "Rows accepted by a source.", &|s| {
+            Some(s.stats.accepted as f64)
+        });
+        src(&mut o, "eddy_source_late_rows_total", "counter", "Rows behind the watermark (to LATE()).", &|s| {
+            Some(s.stats.late as f64)
+        });
+        src(
+            &mut o,
+            "eddy_source_error_rows_total",
+            "counter",
+            "Inputs that could not be decoded (to ERRORS()).",
+            &|s| Some(s.stats.errors as f64),
+        );
         src(&mut o, "eddy_source_watermark_lag_seconds", "gauge", "Wall clock minus the source's watermark.", &|s| {
             s.watermark.filter(|w| *w > i64::MIN / 2).map(|w| (now - w) as f64 / 1000.0)
         });
@@ -182,7 +230,12 @@ impl Registry {
         for (pn, ob) in &obs {
             let _ = writeln!(o, "eddy_pipeline_shards{{pipeline=\"{pn}\"}} {}", ob.shards);
         }
-        family(&mut o, "eddy_pipeline_shard_backlog", "gauge", "Steps sent to the shards and not done yet; at limits.shard_queue the sources wait.");
+        family(
+            &mut o,
+            "eddy_pipeline_shard_backlog",
+            "gauge",
+            "Steps sent to the shards and not done yet; at limits.shard_queue the sources wait.",
+        );
         for (pn, ob) in &obs {
             let _ = writeln!(o, "eddy_pipeline_shard_backlog{{pipeline=\"{pn}\"}} {}", ob.shard_backlog);
         }
@@ -214,26 +267,67 @@ impl Registry {
         }
         drop(p);
         let c = self.connectors.lock().unwrap_or_else(|p| p.into_inner());
-        let conn = |o: &mut String, metric: &str, kind: &str, help: &str, f: &dyn Fn(&ConnectorGauges) -> Option<f64>| {
-            let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
-            for (pn, k, n, g) in c.iter() {
-                if let Some(v) = f(g) {
-                    let _ = writeln!(o, "{metric}{{pipeline=\"{pn}\",{k}=\"{n}\"}} {v}");
+        let conn =
+            |o: &mut String, metric: &str, kind: &str, help: &str, f: &dyn Fn(&ConnectorGauges) -> Option<f64>| {
+                let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+                for (pn, k, n, g) in c.iter() {
+                    if let Some(v) = f(g) {
+                        let _ = writeln!(o, "{metric}{{pipeline=\"{pn}\",{k}=\"{n}\"}} {v}");
+                    }
                 }
-            }
-        };
+            };
         let ld = |a: &AtomicU64| Some(a.load(Ordering::Relaxed) as f64);
-        conn(&mut o, "eddy_mqtt_connected", "gauge", "1 while the MQTT connection is up.", &|g| Some(g.connected.load(Ordering::Relaxed) as u8 as f64));
+        conn(&mut o, "eddy_mqtt_connected", "gauge", "1 while the MQTT connection is up.", &|g| {
+            Some(g.connected.load(Ordering::Relaxed) as u8 as f64)
+        });
         conn(&mut o, "eddy_mqtt_connects_total", "counter", "Successful MQTT connects.", &|g| ld(&g.connects));
-        conn(&mut o, "eddy_mqtt_connect_errors_total", "counter", "Failed connects and lost connections.", &|g| ld(&g.connect_errors));
-        conn(&mut o, "eddy_mqtt_messages_total", "counter", "Messages decoded (source) or sent (sink).", &|g| ld(&g.messages));
-        conn(&mut o, "eddy_mqtt_duplicates_total", "counter", "Redelivered messages already in the WAL, acknowledged and skipped.", &|g| ld(&g.duplicates));
-        conn(&mut o, "eddy_mqtt_queue_depth", "gauge", "Messages received and waiting for the pipeline.", &|g| Some(g.queue_depth.load(Ordering::Relaxed).max(0) as f64));
-        conn(&mut o, "eddy_mqtt_queue_bytes", "gauge", "Payload bytes received and waiting for the pipeline.", &|g| ld(&g.queue_bytes));
-        conn(&mut o, "eddy_mqtt_sessions_lost_total", "counter", "Reconnects on which the broker no longer had the persistent session (what it held is lost).", &|g| ld(&g.sessions_lost));
-        conn(&mut o, "eddy_mqtt_backpressure_total", "counter", "Times a full queue or outbox made the producer wait (overload).", &|g| ld(&g.backpressure));
-        conn(&mut o, "eddy_mqtt_dropped_total", "counter", "Messages dropped by a configured policy (outbox_full = 'drop_oldest'); 0 otherwise.", &|g| ld(&g.dropped));
-        conn(&mut o, "eddy_mqtt_outbox_messages", "gauge", "Messages waiting for the broker's acknowledgement.", &|g| ld(&g.outbox_messages));
+        conn(&mut o, "eddy_mqtt_connect_errors_total", "counter", "Failed connects and lost connections.", &|g| {
+            ld(&g.connect_errors)
+        });
+        conn(&mut o, "eddy_mqtt_messages_total", "counter", "Messages decoded (source) or sent (sink).", &|g| {
+            ld(&g.messages)
+        });
+        conn(
+            &mut o,
+            "eddy_mqtt_duplicates_total",
+            "counter",
+            "Redelivered messages already in the WAL, acknowledged and skipped.",
+            &|g| ld(&g.duplicates),
+        );
+        conn(&mut o, "eddy_mqtt_queue_depth", "gauge", "Messages received and waiting for the pipeline.", &|g| {
+            Some(g.queue_depth.load(Ordering::Relaxed).max(0) as f64)
+        });
+        conn(&mut o, "eddy_mqtt_queue_bytes", "gauge", "Payload bytes received and waiting for the pipeline.", &|g| {
+            ld(&g.queue_bytes)
+        });
+        conn(
+            &mut o,
+            "eddy_mqtt_sessions_lost_total",
+            "counter",
+            "Reconnects on which the broker no longer had the persistent session (what it held is lost).",
+            &|g| ld(&g.sessions_lost),
+        );
+        conn(
+            &mut o,
+            "eddy_mqtt_backpressure_total",
+            "counter",
+            "Times a full queue or outbox made the producer wait (overload).",
+            &|g| ld(&g.backpressure),
+        );
+        conn(
+            &mut o,
+            "eddy_mqtt_dropped_total",
+            "counter",
+            "Messages dropped by a configured policy (outbox_full = 'drop_oldest'); 0 otherwise.",
+            &|g| ld(&g.dropped),
+        );
+        conn(
+            &mut o,
+            "eddy_mqtt_outbox_messages",
+            "gauge",
+            "Messages waiting for the broker's acknowledgement.",
+            &|g| ld(&g.outbox_messages),
+        );
         conn(&mut o, "eddy_mqtt_outbox_bytes", "gauge", "Bytes waiting in the outbox.", &|g| ld(&g.outbox_bytes));
         o
     }
@@ -277,9 +371,15 @@ fn handle(mut s: TcpStream, registry: &Registry) -> std::io::Result<()> {
             Ok(()) => ("200 OK", "ok\n".to_string(), "text/plain"),
             Err(e) => ("503 Service Unavailable", format!("{e}\n"), "text/plain"),
         },
-        "/readyz" if registry.ready.load(Ordering::Acquire) && registry.healthy().is_ok() => ("200 OK", "ready\n".into(), "text/plain"),
+        "/readyz" if registry.ready.load(Ordering::Acquire) && registry.healthy().is_ok() => {
+            ("200 OK", "ready\n".into(), "text/plain")
+        }
         "/readyz" => ("503 Service Unavailable", "not ready\n".into(), "text/plain"),
         _ => ("404 Not Found", "try /metrics, /healthz or /readyz\n".into(), "text/plain"),
     };
-    write!(s, "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    write!(
+        s,
+        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }

@@ -5,7 +5,7 @@
 //! lifecycle; never touches a pipeline's state from outside its worker.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -52,7 +52,15 @@ pub fn load_cipher(cfg: &ConfigFile) -> Result<Arc<Cipher>> {
 }
 
 /// Plans one pipeline (connectors resolved, nothing opened) as the config says.
-pub fn plan(cfg: &ConfigFile, name: &str, sql: &str, file_dir: PathBuf, state: Option<&StateContext>, registry: &Arc<Registry>, stopping: &Arc<AtomicBool>) -> Result<Pipeline> {
+pub fn plan(
+    cfg: &ConfigFile,
+    name: &str,
+    sql: &str,
+    file_dir: PathBuf,
+    state: Option<&StateContext>,
+    registry: &Arc<Registry>,
+    stopping: &Arc<AtomicBool>,
+) -> Result<Pipeline> {
     let mut pc = PipelineConfig::new(file_dir, Mode::Live);
     let l = &cfg.limits;
     let d = eddy_engine::ops::Limits::default();
@@ -60,8 +68,18 @@ pub fn plan(cfg: &ConfigFile, name: &str, sql: &str, file_dir: PathBuf, state: O
     pc.limits.max_groups = l.max_groups.unwrap_or(d.max_groups).max(1);
     pc.limits.batch_rows = l.batch_rows.unwrap_or(d.batch_rows).clamp(1, 1 << 20);
     pc.exactly_once = state.is_some();
-    pc.sink_state = state.map(|s| SinkStateDir { dir: s.dir.join(name).join("sinks"), storage: s.storage.clone(), cipher: s.cipher.clone() });
-    pc.connectors = Some(Arc::new(Provider { pipeline: name.to_string(), defaults: cfg.mqtt.clone(), metrics: registry.clone(), stopping: stopping.clone(), durable: state.is_some() }));
+    pc.sink_state = state.map(|s| SinkStateDir {
+        dir: s.dir.join(name).join("sinks"),
+        storage: s.storage.clone(),
+        cipher: s.cipher.clone(),
+    });
+    pc.connectors = Some(Arc::new(Provider {
+        pipeline: name.to_string(),
+        defaults: cfg.mqtt.clone(),
+        metrics: registry.clone(),
+        stopping: stopping.clone(),
+        durable: state.is_some(),
+    }));
     let cores = cores(cfg)?;
     pc.shards = cfg.shards.unwrap_or(cores.len()).max(1);
     pc.shard_queue = cfg.limits.shard_queue.unwrap_or(pc.shard_queue).max(1);
@@ -171,17 +189,28 @@ impl Runtime {
     }
 
     /// Plans and recovers one pipeline, then starts its worker.
-    fn start(&mut self, name: &str, file: &PathBuf, sql: String) -> Result<()> {
-        let dir = file.parent().map(PathBuf::from).filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
-        let mut p = plan(&self.cfg, name, &sql, dir.clone(), self.state.as_ref(), &self.registry, &self.stopping).with_context(|| format!("pipeline {}", file.display()))?;
+    fn start(&mut self, name: &str, file: &Path, sql: String) -> Result<()> {
+        let dir = file
+            .parent()
+            .map(PathBuf::from)
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut p = plan(&self.cfg, name, &sql, dir.clone(), self.state.as_ref(), &self.registry, &self.stopping)
+            .with_context(|| format!("pipeline {}", file.display()))?;
         if let Some(s) = &self.state {
             match p.open_durable(&sql, durable_config(&self.cfg, name, s)) {
                 // Shards not configured: keep the count the state was written with.
                 Err(eddy_engine::EngineError::ShardCount { written, .. }) if self.cfg.shards.is_none() => {
-                    tracing::info!(pipeline = name, shards = written, "keeping the shard count the state was written with");
+                    tracing::info!(
+                        pipeline = name,
+                        shards = written,
+                        "keeping the shard count the state was written with"
+                    );
                     let cfg = ConfigFile { shards: Some(written), ..self.cfg.clone() };
-                    p = plan(&cfg, name, &sql, dir, self.state.as_ref(), &self.registry, &self.stopping).with_context(|| format!("pipeline {}", file.display()))?;
-                    p.open_durable(&sql, durable_config(&self.cfg, name, s)).with_context(|| format!("pipeline {}", file.display()))?;
+                    p = plan(&cfg, name, &sql, dir, self.state.as_ref(), &self.registry, &self.stopping)
+                        .with_context(|| format!("pipeline {}", file.display()))?;
+                    p.open_durable(&sql, durable_config(&self.cfg, name, s))
+                        .with_context(|| format!("pipeline {}", file.display()))?;
                 }
                 Err(e @ eddy_engine::EngineError::Storage(_)) => {
                     // Damage or a key problem: say how to see what is intact, and the way out.
@@ -202,7 +231,9 @@ impl Runtime {
         reg.set_pipeline(&n, "running", Some(p.observe()), None);
         let handle = std::thread::Builder::new().name(format!("pipeline {name}")).spawn(move || {
             pin_to(core);
-            let r = p.run_live_observed(&st, Duration::from_millis(500), &mut |p| reg.set_pipeline(&n, "running", Some(p.observe()), None));
+            let r = p.run_live_observed(&st, Duration::from_millis(500), &mut |p| {
+                reg.set_pipeline(&n, "running", Some(p.observe()), None)
+            });
             match &r {
                 Ok(()) => reg.set_pipeline(&n, "ended", Some(p.observe()), None),
                 Err(e) => reg.set_pipeline(&n, "failed", None, Some(e.to_string())),
@@ -210,7 +241,8 @@ impl Runtime {
             r.map_err(anyhow::Error::from)
         })?;
         tracing::info!(pipeline = name, core, "pipeline started");
-        self.workers.insert(name.to_string(), Worker { file: file.clone(), sql, stop, handle: Some(handle), core });
+        self.workers
+            .insert(name.to_string(), Worker { file: file.to_path_buf(), sql, stop, handle: Some(handle), core });
         Ok(())
     }
 
@@ -234,11 +266,13 @@ impl Runtime {
             bail!("no pipelines: give --pipeline FILE, or pipelines_dir / pipelines in the config");
         }
         if let Some(addr) = &self.cfg.metrics.listen {
-            let local = crate::metrics::serve(addr, self.registry.clone()).with_context(|| format!("metrics.listen {addr}"))?;
+            let local =
+                crate::metrics::serve(addr, self.registry.clone()).with_context(|| format!("metrics.listen {addr}"))?;
             tracing::info!(address = %local, "metrics on /metrics, /healthz, /readyz");
         }
         for (name, file) in &files {
-            let sql = std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline {}", file.display()))?;
+            let sql =
+                std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline {}", file.display()))?;
             if let Err(e) = self.start(name, file, sql) {
                 // The ones already started stop cleanly; the first error is the one to report.
                 let _ = self.shutdown();
@@ -269,11 +303,18 @@ impl Runtime {
             // A worker that ended by itself: its sources ended (fine) or it failed (fail-stop:
             // eddyd stops the others cleanly and exits non-zero, so systemd restarts it and
             // recovery takes over).
-            let finished: Vec<String> = self.workers.iter().filter(|(_, w)| w.handle.as_ref().is_some_and(|h| h.is_finished())).map(|(n, _)| n.clone()).collect();
+            let finished: Vec<String> = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.handle.as_ref().is_some_and(|h| h.is_finished()))
+                .map(|(n, _)| n.clone())
+                .collect();
             let any_ended = !finished.is_empty();
             for name in finished {
                 match self.stop_worker(&name) {
-                    Ok(()) => tracing::info!(pipeline = %name, "pipeline ended: its sources ended; final checkpoint taken"),
+                    Ok(()) => {
+                        tracing::info!(pipeline = %name, "pipeline ended: its sources ended; final checkpoint taken")
+                    }
                     Err(e) => {
                         tracing::error!(pipeline = %name, error = %format!("{e:#}"), "pipeline failed");
                         failure = Some(e);
@@ -364,9 +405,13 @@ impl Runtime {
                         Some((old_file, old_sql)) => {
                             self.stop_worker(name).context("stopping the old version")?;
                             if let Err(e) = self.start(name, file, sql) {
-                                problems.push(format!("{name}: the new version was not started: {e:#}; the previous version runs on"));
+                                problems.push(format!(
+                                    "{name}: the new version was not started: {e:#}; the previous version runs on"
+                                ));
                                 if let Err(e2) = self.start(name, &old_file, old_sql) {
-                                    problems.push(format!("{name}: the previous version did not start again either: {e2:#}"));
+                                    problems.push(format!(
+                                        "{name}: the previous version did not start again either: {e2:#}"
+                                    ));
                                 }
                             } else {
                                 tracing::info!(pipeline = %name, "pipeline changed: restarted from its checkpoint");
@@ -386,7 +431,11 @@ impl Runtime {
         }
         self.notifier.notify("READY=1");
         let status = self.registry.status_line();
-        self.notifier.status(&if problems.is_empty() { format!("reloaded; {status}") } else { format!("reload had {} problem(s): {}; {status}", problems.len(), problems.join("; ")) });
+        self.notifier.status(&if problems.is_empty() {
+            format!("reloaded; {status}")
+        } else {
+            format!("reload had {} problem(s): {}; {status}", problems.len(), problems.join("; "))
+        });
         Ok(())
     }
 }
@@ -406,26 +455,43 @@ pub fn check(cfg: &ConfigFile) -> Result<Vec<String>> {
     cores(cfg)?;
     if cfg.state_dir.is_some() {
         let c = load_cipher(cfg)?;
-        report.push(format!("state: {} ({})", cfg.state_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(), if c.is_encrypted() { "encrypted" } else { "NOT encrypted" }));
+        report.push(format!(
+            "state: {} ({})",
+            cfg.state_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
+            if c.is_encrypted() { "encrypted" } else { "NOT encrypted" }
+        ));
     }
     if let Some(addr) = &cfg.metrics.listen {
         addr.parse::<std::net::SocketAddr>().map_err(|e| anyhow!("metrics.listen '{addr}': {e}"))?;
     }
     let registry = Arc::new(Registry::default());
     let stopping = Arc::new(AtomicBool::new(false));
-    let state = cfg.state_dir.as_ref().map(|d| StateContext { dir: d.clone(), storage: Arc::new(RealFs::new()), cipher: Arc::new(Cipher::plaintext()) });
+    let state = cfg.state_dir.as_ref().map(|d| StateContext {
+        dir: d.clone(),
+        storage: Arc::new(RealFs::new()),
+        cipher: Arc::new(Cipher::plaintext()),
+    });
     for (name, file) in &files {
         let sql = std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline {}", file.display()))?;
         let dir = file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
         // Planned as `run` plans it, but sinks open nothing until started.
-        let p = plan(cfg, name, &sql, dir, None, &registry, &stopping).with_context(|| format!("pipeline {}", file.display()))?;
+        let p = plan(cfg, name, &sql, dir, None, &registry, &stopping)
+            .with_context(|| format!("pipeline {}", file.display()))?;
         if state.is_some() {
             if let Some(op) = p.not_checkpointable() {
-                bail!("pipeline {}: cannot run with durable state yet: the {op} operator's state is not checkpointed", file.display());
+                bail!(
+                    "pipeline {}: cannot run with durable state yet: the {op} operator's state is not checkpointed",
+                    file.display()
+                );
             }
         }
         let s = p.summary();
-        report.push(format!("pipeline {name} ({}): {} source(s), {} sink(s)", file.display(), s.sources.len(), s.sinks.len()));
+        report.push(format!(
+            "pipeline {name} ({}): {} source(s), {} sink(s)",
+            file.display(),
+            s.sources.len(),
+            s.sinks.len()
+        ));
     }
     Ok(report)
 }

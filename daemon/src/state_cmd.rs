@@ -53,7 +53,11 @@ fn report_wal(storage: &dyn Storage, cipher: &Cipher, what: &str, dir: &Path, da
             keys.sort_unstable();
             keys.dedup();
             let (first, end) = (segs[0].first_lsn, segs[segs.len() - 1].end_lsn);
-            println!("  {what}: intact — {} segment(s), LSN {first}..{end}, {}, key id(s) {keys:?}", segs.len(), mib(bytes));
+            println!(
+                "  {what}: intact — {} segment(s), LSN {first}..{end}, {}, key id(s) {keys:?}",
+                segs.len(),
+                mib(bytes)
+            );
             for s in segs.iter().filter(|s| s.torn_at.is_some()) {
                 println!(
                     "    torn tail in {} at offset {} (an interrupted last commit, never acknowledged; cut at the next start)",
@@ -90,7 +94,10 @@ pub fn check(dir: &Path, cipher: Arc<Cipher>) -> Result<CheckOutcome> {
                 Ok(ms) => {
                     for m in &ms {
                         match &m.result {
-                            Ok((lsn, blobs, keys)) => println!("  checkpoint {}: intact — WAL from LSN {lsn}, {blobs} blob(s), key id(s) {keys:?}", m.seq),
+                            Ok((lsn, blobs, keys)) => println!(
+                                "  checkpoint {}: intact — WAL from LSN {lsn}, {blobs} blob(s), key id(s) {keys:?}",
+                                m.seq
+                            ),
                             Err(e) => {
                                 damaged += 1;
                                 println!("  checkpoint {}: DAMAGED — {e}", m.seq);
@@ -111,15 +118,22 @@ pub fn check(dir: &Path, cipher: Arc<Cipher>) -> Result<CheckOutcome> {
             }
         }
         if let Ok(sinks) = std::fs::read_dir(p.join("sinks")) {
-            let mut sinks: Vec<PathBuf> = sinks.filter_map(|e| e.ok().map(|e| e.path())).filter(|d| d.is_dir()).collect();
+            let mut sinks: Vec<PathBuf> =
+                sinks.filter_map(|e| e.ok().map(|e| e.path())).filter(|d| d.is_dir()).collect();
             sinks.sort();
             for s in sinks {
-                let what = format!("sink {} outbox", s.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
+                let what = format!(
+                    "sink {} outbox",
+                    s.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+                );
                 report_wal(storage.as_ref(), &cipher, &what, &s, &mut damaged);
             }
         }
     }
-    println!("{}", if damaged == 0 { "state: intact".to_string() } else { format!("state: {damaged} damaged part(s)") });
+    println!(
+        "{}",
+        if damaged == 0 { "state: intact".to_string() } else { format!("state: {damaged} damaged part(s)") }
+    );
     Ok(CheckOutcome { damaged })
 }
 
@@ -137,7 +151,10 @@ pub fn reset(state_dir: &Path, name: &str, yes: bool) -> Result<()> {
     let lock = std::fs::File::open(dir.join("LOCK")).ok();
     if let Some(l) = &lock {
         if rustix::fs::flock(l, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-            bail!("{}: a running eddyd is using this state; stop it (or remove the pipeline and reload) first", dir.display());
+            bail!(
+                "{}: a running eddyd is using this state; stop it (or remove the pipeline and reload) first",
+                dir.display()
+            );
         }
     }
     let mut files = vec![];
@@ -155,7 +172,13 @@ pub fn reset(state_dir: &Path, name: &str, yes: bool) -> Result<()> {
     }
     files.sort();
     let total: u64 = files.iter().map(|f| f.1).sum();
-    println!("{} the state of pipeline '{name}' ({}): {} file(s), {}", if yes { "discarding" } else { "would discard" }, dir.display(), files.len(), mib(total));
+    println!(
+        "{} the state of pipeline '{name}' ({}): {} file(s), {}",
+        if yes { "discarding" } else { "would discard" },
+        dir.display(),
+        files.len(),
+        mib(total)
+    );
     for (p, len) in &files {
         println!("  {} ({len} bytes)", p.strip_prefix(&dir).unwrap_or(p).display());
     }

@@ -14,7 +14,10 @@ pub struct Notifier {
 
 impl Notifier {
     pub fn from_env() -> Notifier {
-        let socket = std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty()).and_then(|path| UnixDatagram::unbound().ok().map(|s| (s, path)));
+        let socket = std::env::var("NOTIFY_SOCKET")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .and_then(|path| UnixDatagram::unbound().ok().map(|s| (s, path)));
         Notifier { socket }
     }
 
@@ -24,7 +27,8 @@ impl Notifier {
         let Some((sock, path)) = &self.socket else { return };
         let r = if let Some(name) = path.strip_prefix('@') {
             use std::os::linux::net::SocketAddrExt;
-            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
         } else {
             sock.send_to(state.as_bytes(), path)
         };
@@ -55,7 +59,8 @@ pub fn stderr_is_journal() -> bool {
     let Some((dev, ino)) = v.split_once(':') else { return false };
     let Ok(meta) = rustix::fs::fstat(rustix::stdio::stderr()) else { return false };
     #[allow(clippy::unnecessary_cast)] // dev_t / ino_t widths differ between targets
-    let same = dev.parse::<u64>().ok() == Some(meta.st_dev as u64) && ino.parse::<u64>().ok() == Some(meta.st_ino as u64);
+    let same =
+        dev.parse::<u64>().ok() == Some(meta.st_dev as u64) && ino.parse::<u64>().ok() == Some(meta.st_ino as u64);
     same
 }
 

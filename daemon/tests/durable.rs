@@ -67,7 +67,8 @@ fn write_input(dir: &Path, rows: usize) {
             s.push_str("{\"device_id\": \"x\", \"temp\": \"hot\"\n");
             continue;
         }
-        let dev = if rng.below(50) == 0 { format!("{CANARY}-{}", rng.below(3)) } else { format!("dev-{}", rng.below(12)) };
+        let dev =
+            if rng.below(50) == 0 { format!("{CANARY}-{}", rng.below(3)) } else { format!("dev-{}", rng.below(12)) };
         let temp = 10.0 + rng.below(3000) as f64 / 100.0;
         s.push_str(&format!("{{\"device_id\": \"{dev}\", \"temp\": {temp}, \"ts\": {ts}}}\n"));
     }
@@ -116,7 +117,9 @@ fn run_cmd(dir: &Path, state: &str, key: Option<&Path>) -> Command {
 
 fn run_cmd_with(dir: &Path, state: &str, key: Option<&Path>, extra: &[&str]) -> Command {
     let mut cmd = Command::new(EDDYD);
-    cmd.current_dir(dir).args(["run", "--pipeline", "p.sql", "--state-dir", state, "--checkpoint-interval-ms", "15"]).args(extra);
+    cmd.current_dir(dir)
+        .args(["run", "--pipeline", "p.sql", "--state-dir", state, "--checkpoint-interval-ms", "15"])
+        .args(extra);
     match key {
         Some(k) => cmd.arg("--key-file").arg(k),
         None => cmd.arg("--no-encryption"),
@@ -198,7 +201,10 @@ fn sigkill_rounds(rows: usize, min_kills: usize, extra: &[&str]) {
             assert!(got == want[i], "sink {s}: rows differ from replay after round {rounds}");
         }
     }
-    eprintln!("{kills} SIGKILLs over {rounds} rounds ({restarts} starts) in {:?}: every sink equal to replay", started.elapsed());
+    eprintln!(
+        "{kills} SIGKILLs over {rounds} rounds ({restarts} starts) in {:?}: every sink equal to replay",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -312,7 +318,9 @@ fn state_files_are_private_whatever_the_umask() {
     let out = Command::new("sh")
         .current_dir(root)
         .arg("-c")
-        .arg(format!("umask 022 && exec {EDDYD} run --pipeline p.sql --state-dir st --key-file k --checkpoint-interval-ms 15"))
+        .arg(format!(
+            "umask 022 && exec {EDDYD} run --pipeline p.sql --state-dir st --key-file k --checkpoint-interval-ms 15"
+        ))
         .env("EDDY_LOG", "warn")
         .output()
         .unwrap();
@@ -362,14 +370,24 @@ fn state_check_and_reset_as_an_operator_uses_them() {
     write_key(&key, &keygen(1));
     let out = run_cmd(root, "st", Some(&key)).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let check = || Command::new(EDDYD).current_dir(root).args(["state", "check", "st", "--key-file", "k"]).output().unwrap();
+    let check =
+        || Command::new(EDDYD).current_dir(root).args(["state", "check", "st", "--key-file", "k"]).output().unwrap();
     let ok = check();
     let text = String::from_utf8_lossy(&ok.stdout).to_string();
     assert!(ok.status.success(), "{text}{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(text.contains("pipeline p") && text.contains("wal: intact") && text.contains("checkpoint") && text.contains("state: intact"), "{text}");
+    assert!(
+        text.contains("pipeline p")
+            && text.contains("wal: intact")
+            && text.contains("checkpoint")
+            && text.contains("state: intact"),
+        "{text}"
+    );
     assert!(text.contains("key id(s) [1]"), "{text}");
     // Damage the newest state file in its middle: check names it and exits 1.
-    let mut states: Vec<PathBuf> = files_under(&root.join("st/p/checkpoints")).into_iter().filter(|p| p.to_string_lossy().ends_with(".dat")).collect();
+    let mut states: Vec<PathBuf> = files_under(&root.join("st/p/checkpoints"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".dat"))
+        .collect();
     states.sort();
     let victim = states.last().unwrap().clone();
     let mut bytes = std::fs::read(&victim).unwrap();
@@ -379,7 +397,10 @@ fn state_check_and_reset_as_an_operator_uses_them() {
     let bad = check();
     let text = String::from_utf8_lossy(&bad.stdout).to_string();
     assert_eq!(bad.status.code(), Some(1), "{text}");
-    assert!(text.contains("DAMAGED") && text.contains(&victim.file_name().unwrap().to_string_lossy().to_string()), "{text}");
+    assert!(
+        text.contains("DAMAGED") && text.contains(&victim.file_name().unwrap().to_string_lossy().to_string()),
+        "{text}"
+    );
     // Damage the WAL too: eddyd run refuses and names the way out.
     let seg = files_under(&root.join("st/p/wal")).into_iter().next().unwrap();
     let mut w = std::fs::read(&seg).unwrap();
@@ -395,7 +416,11 @@ fn state_check_and_reset_as_an_operator_uses_them() {
     });
     assert!(e.contains("--yes"), "{e}");
     assert!(root.join("st/p/wal").exists());
-    let out = Command::new(EDDYD).current_dir(root).args(["state", "reset", "--state-dir", "st", "--pipeline", "p", "--yes"]).output().unwrap();
+    let out = Command::new(EDDYD)
+        .current_dir(root)
+        .args(["state", "reset", "--state-dir", "st", "--pipeline", "p", "--yes"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("discarding") && text.contains("wal/"), "{text}");
     assert!(!root.join("st/p").exists());

@@ -65,7 +65,9 @@ fn compare(expected: &[BTreeMap<String, Value>], actual: &[BTreeMap<String, Valu
     }
     let mut pending: Vec<&BTreeMap<String, Value>> = actual.iter().collect();
     for e in expected {
-        let hit = pending.iter().position(|a| a.len() == e.len() && e.iter().all(|(k, v)| a.get(k).is_some_and(|x| same(v, x))));
+        let hit = pending
+            .iter()
+            .position(|a| a.len() == e.len() && e.iter().all(|(k, v)| a.get(k).is_some_and(|x| same(v, x))));
         match hit {
             Some(i) => {
                 pending.remove(i);
@@ -161,7 +163,12 @@ fn golden_cases() {
 
 /// Whether `eddyd check` finds the case's pipeline keyed by source columns throughout.
 fn shardable(dir: &Path) -> bool {
-    let out = Command::new(env!("CARGO_BIN_EXE_eddyd")).arg("check").arg(dir.join("pipeline.sql")).current_dir(dir).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_eddyd"))
+        .arg("check")
+        .arg(dir.join("pipeline.sql"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     out.status.success() && text.contains("  sharding: ") && !text.contains("sharding: none")
 }
@@ -171,13 +178,21 @@ fn shardable(dir: &Path) -> bool {
 #[test]
 fn golden_cases_sharded() {
     let dirs = case_dirs();
-    let sharded: Vec<String> = dirs.iter().filter(|d| shardable(d)).map(|d| d.file_name().unwrap().to_string_lossy().to_string()).collect();
+    let sharded: Vec<String> =
+        dirs.iter().filter(|d| shardable(d)).map(|d| d.file_name().unwrap().to_string_lossy().to_string()).collect();
     let failed = run_all(&dirs, 3);
     println!("sharded: {sharded:?}");
     assert!(failed.is_empty(), "{} of {} golden cases failed on 3 shards: {failed:?}", failed.len(), dirs.len());
     // Keyed windows, OVER, MATCH_RECOGNIZE and joins shard; a regression that stops sharding
     // them would make this test pass vacuously.
-    for must in ["cascade_views", "over_rows_lag_lead", "pattern_quantifiers", "join_lookup_updating", "join_asof_strict", "join_window"] {
+    for must in [
+        "cascade_views",
+        "over_rows_lag_lead",
+        "pattern_quantifiers",
+        "join_lookup_updating",
+        "join_asof_strict",
+        "join_window",
+    ] {
         if dirs.iter().any(|d| d.ends_with(must)) {
             assert!(sharded.iter().any(|s| s == must), "{must} is not sharded (sharded: {sharded:?})");
         }
@@ -190,7 +205,11 @@ fn golden_cases_sharded() {
         ("top_n_per_window", "the OVER disagrees"),
         ("join_lookup_left_and_plain", "keeps no keyed state"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_eddyd")).arg("check").arg(cases_dir().join(case).join("pipeline.sql")).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_eddyd"))
+            .arg("check")
+            .arg(cases_dir().join(case).join("pipeline.sql"))
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("sharding: none") && text.contains(why), "{case}: {text}");
     }

@@ -30,7 +30,14 @@ impl Drop for Reaper {
 
 /// `eddyd run --pipeline FILE`, stopped by the test (or by the guard if it fails first).
 fn run_pipeline(sql: &std::path::Path) -> Reaper {
-    Reaper(Command::new(env!("CARGO_BIN_EXE_eddyd")).args(["run", "--pipeline"]).arg(sql).stderr(Stdio::null()).spawn().unwrap())
+    Reaper(
+        Command::new(env!("CARGO_BIN_EXE_eddyd"))
+            .args(["run", "--pipeline"])
+            .arg(sql)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -79,7 +86,14 @@ fn run_tails_a_growing_file_and_stops_on_sigterm() {
 
 #[test]
 fn demo_prints_live_window_results_until_interrupted() {
-    let mut child = Reaper(Command::new(env!("CARGO_BIN_EXE_eddyd")).arg("demo").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+    let mut child = Reaper(
+        Command::new(env!("CARGO_BIN_EXE_eddyd"))
+            .arg("demo")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

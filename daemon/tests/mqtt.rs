@@ -38,7 +38,14 @@ const T0: i64 = 1_700_000_040_000; // on a minute
 
 fn messages(n: usize) -> Vec<String> {
     let mut v: Vec<String> = (0..n)
-        .map(|i| format!("{{\"device_id\":\"dev-{}\",\"ts\":{},\"temp\":{},\"seq\":{i}}}", i % 5, T0 + i as i64 * 150, (i * 37 % 1000) as f64 / 10.0))
+        .map(|i| {
+            format!(
+                "{{\"device_id\":\"dev-{}\",\"ts\":{},\"temp\":{},\"seq\":{i}}}",
+                i % 5,
+                T0 + i as i64 * 150,
+                (i * 37 % 1000) as f64 / 10.0
+            )
+        })
         .collect();
     // A reading far ahead closes every window of the data.
     v.push(format!("{{\"device_id\":\"zz\",\"ts\":{},\"temp\":0,\"seq\":0}}", T0 + 10_000_000));
@@ -93,7 +100,10 @@ fn start_eddyd(dir: &Path, cfg: &Path, broker_url: &str, metrics_port: u16) -> D
         .stderr(log)
         .spawn()
         .unwrap();
-    let up = wait_for(|| metric(metrics_port, "eddy_mqtt_connected{pipeline=\"p\",source=\"telemetry\"}") == Some(1.0), Duration::from_secs(20));
+    let up = wait_for(
+        || metric(metrics_port, "eddy_mqtt_connected{pipeline=\"p\",source=\"telemetry\"}") == Some(1.0),
+        Duration::from_secs(20),
+    );
     assert!(up, "eddyd did not connect: {}", std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default());
     Daemon(child)
 }
@@ -102,7 +112,18 @@ fn start_eddyd(dir: &Path, cfg: &Path, broker_url: &str, metrics_port: u16) -> D
 fn replay(dir: &Path, msgs: &[String]) -> BTreeMap<(String, String), serde_json::Value> {
     std::fs::write(dir.join("in.jsonl"), msgs.join("\n") + "\n").unwrap();
     let out = Command::new(EDDYD)
-        .args(["replay", "pipelines/p.sql", "--input", "telemetry=in.jsonl", "--output", "per_min=replay.jsonl", "--output", "errs=replay_errs.jsonl", "--output", "late=replay_late.jsonl"])
+        .args([
+            "replay",
+            "pipelines/p.sql",
+            "--input",
+            "telemetry=in.jsonl",
+            "--output",
+            "per_min=replay.jsonl",
+            "--output",
+            "errs=replay_errs.jsonl",
+            "--output",
+            "late=replay_late.jsonl",
+        ])
         .current_dir(dir)
         .output()
         .unwrap();
@@ -135,7 +156,11 @@ fn scenario(faults: bool, protocol: &str) {
     assert_eq!(expected.len(), 5 * 10, "the data spans 10 minutes of 5 devices");
 
     let received = dir.join("received.txt");
-    let mut sub = if protocol == "5" { Subscriber::start_v5(broker.port, "stats/#", &received) } else { Subscriber::start(broker.port, "stats/#", &received) };
+    let mut sub = if protocol == "5" {
+        Subscriber::start_v5(broker.port, "stats/#", &received)
+    } else {
+        Subscriber::start(broker.port, "stats/#", &received)
+    };
     let mut eddyd = start_eddyd(dir, &cfg, &url, metrics_port);
     let mut rng = 7u64;
     for (k, chunk) in msgs.chunks(500).enumerate() {
@@ -161,8 +186,20 @@ fn scenario(faults: bool, protocol: &str) {
     let got = || keyed(sub.messages().into_iter().filter(|(t, _)| t != "stats/zz").map(|(_, p)| p), "published");
     let complete = wait_for(|| got().len() >= expected.len(), Duration::from_secs(90));
     let got = got();
-    assert!(complete, "only {} of {} results arrived; log:\n{}", got.len(), expected.len(), std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default());
-    let counters = || http_get(metrics_port, "/metrics").map(|m| m.1.lines().filter(|l| !l.starts_with('#') && !l.contains("bucket")).collect::<Vec<_>>().join("\n")).unwrap_or_default();
+    assert!(
+        complete,
+        "only {} of {} results arrived; log:\n{}",
+        got.len(),
+        expected.len(),
+        std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default()
+    );
+    let counters = || {
+        http_get(metrics_port, "/metrics")
+            .map(|m| {
+                m.1.lines().filter(|l| !l.starts_with('#') && !l.contains("bucket")).collect::<Vec<_>>().join("\n")
+            })
+            .unwrap_or_default()
+    };
     for (k, v) in &expected {
         if got.get(k) != Some(v) {
             let _ = std::fs::remove_dir_all("/tmp/eddy-mqtt-failed");
@@ -186,7 +223,11 @@ fn scenario(faults: bool, protocol: &str) {
     }
     // Nothing was dropped and no message was refused as bad.
     assert_eq!(metric(metrics_port, "eddy_mqtt_dropped_total{pipeline=\"p\",sink=\"per_min\"}"), Some(0.0));
-    assert_eq!(metric(metrics_port, "eddy_pipeline_shards{pipeline=\"p\"}"), Some(3.0), "the per-device aggregation runs on 3 shards");
+    assert_eq!(
+        metric(metrics_port, "eddy_pipeline_shards{pipeline=\"p\"}"),
+        Some(3.0),
+        "the per-device aggregation runs on 3 shards"
+    );
     // Relative sink paths resolve against the pipeline file's directory.
     assert_eq!(std::fs::read_to_string(dir.join("pipelines/out/errors.jsonl")).unwrap(), "");
     signal(eddyd.0.id(), "TERM");
@@ -218,7 +259,10 @@ fn lost_acks_scenario(protocol: &str, qos: &str) {
     let proxy = AckLosingProxy::start(broker.port);
     let metrics_port = free_port();
     let pipeline = PIPELINE
-        .replace("WITH (connector = 'mqtt', topic = 'stats/{device_id}', qos = '1')", "WITH (connector = 'file', path = 'out/per_min.jsonl')")
+        .replace(
+            "WITH (connector = 'mqtt', topic = 'stats/{device_id}', qos = '1')",
+            "WITH (connector = 'file', path = 'out/per_min.jsonl')",
+        )
         .replace("topic = 'plant/+/telemetry', qos = '1'", &format!("topic = 'plant/+/telemetry', qos = '{qos}'"));
     let publish_lines = |port: u16, topic: &str, lines: &[String]| publish_lines_at(port, topic, qos, lines);
     let cfg = config(dir, metrics_port, protocol, &pipeline);
@@ -243,16 +287,44 @@ fn lost_acks_scenario(protocol: &str, qos: &str) {
     let _ = eddyd.0.wait();
 
     eddyd = start_eddyd(dir, &cfg, &proxy.url(), metrics_port);
-    assert!(wait_for(|| source("eddy_mqtt_duplicates_total") == Some(49.0), Duration::from_secs(20)), "redeliveries after the restart: {:?}\n{}", source("eddy_mqtt_duplicates_total"), log());
+    assert!(
+        wait_for(|| source("eddy_mqtt_duplicates_total") == Some(49.0), Duration::from_secs(20)),
+        "redeliveries after the restart: {:?}\n{}",
+        source("eddy_mqtt_duplicates_total"),
+        log()
+    );
     proxy.lose_acks(false);
     proxy.cut();
-    assert!(wait_for(|| source("eddy_mqtt_duplicates_total") == Some(98.0), Duration::from_secs(20)), "redeliveries after the cut: {:?}\n{}", source("eddy_mqtt_duplicates_total"), log());
+    assert!(
+        wait_for(|| source("eddy_mqtt_duplicates_total") == Some(98.0), Duration::from_secs(20)),
+        "redeliveries after the cut: {:?}\n{}",
+        source("eddy_mqtt_duplicates_total"),
+        log()
+    );
     assert_eq!(source("eddy_mqtt_messages_total"), Some(0.0), "no redelivery may count as a new message");
     assert_eq!(source("eddy_source_rows_total"), Some(50.0));
 
     publish_lines(broker.port, topic, &msgs[50..]);
-    let got = || keyed(std::fs::read_to_string(dir.join("pipelines/out/per_min.jsonl")).unwrap_or_default().lines().map(str::to_string), "sink").into_iter().filter(|((d, _), _)| d != "zz").collect::<BTreeMap<_, _>>();
-    assert!(wait_for(|| got().len() >= expected.len(), Duration::from_secs(30)), "{} of {} results; metrics:\n{}\nlog:\n{}", got().len(), expected.len(), http_get(metrics_port, "/metrics").unwrap_or_default().1, log());
+    let got = || {
+        keyed(
+            std::fs::read_to_string(dir.join("pipelines/out/per_min.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string),
+            "sink",
+        )
+        .into_iter()
+        .filter(|((d, _), _)| d != "zz")
+        .collect::<BTreeMap<_, _>>()
+    };
+    assert!(
+        wait_for(|| got().len() >= expected.len(), Duration::from_secs(30)),
+        "{} of {} results; metrics:\n{}\nlog:\n{}",
+        got().len(),
+        expected.len(),
+        http_get(metrics_port, "/metrics").unwrap_or_default().1,
+        log()
+    );
     assert_eq!(got(), expected);
     assert_eq!(source("eddy_source_late_rows_total"), Some(0.0));
     signal(eddyd.0.id(), "TERM");
@@ -301,7 +373,10 @@ CREATE SINK bad AS SELECT raw, error FROM ERRORS(s) WITH (connector = 'file', pa
     );
     std::fs::write(dir.join("p.sql"), sql).unwrap();
     let eddyd = run_pipeline(dir, metrics_port);
-    assert!(wait_for(|| metric(metrics_port, "eddy_mqtt_connected{pipeline=\"p\",source=\"s\"}") == Some(1.0), Duration::from_secs(20)));
+    assert!(wait_for(
+        || metric(metrics_port, "eddy_mqtt_connected{pipeline=\"p\",source=\"s\"}") == Some(1.0),
+        Duration::from_secs(20)
+    ));
     broker.publish("dev/a", b"{\"device_id\":\"a\",\"temp\":1.5}");
     broker.publish("dev/b", b"this is not json");
     broker.publish("dev/c", b"{\"device_id\":\"c\",\"temp\":\"hot\"}");
@@ -319,24 +394,78 @@ CREATE SINK bad AS SELECT raw, error FROM ERRORS(s) WITH (connector = 'file', pa
     assert!(errors[1]["error"].as_str().unwrap().contains("temp"), "{}", errors[1]);
     assert!(errors[2]["error"].as_str().unwrap().contains("UTF-8"), "{}", errors[2]);
     let raw = errors[3]["raw"].as_str().unwrap();
-    assert!(raw.chars().count() <= 64 * 1024 + 64, "error rows keep a bounded prefix of the payload, not {} chars", raw.chars().count());
+    assert!(
+        raw.chars().count() <= 64 * 1024 + 64,
+        "error rows keep a bounded prefix of the payload, not {} chars",
+        raw.chars().count()
+    );
     let good = good();
     assert!(good.contains("\"topic\":\"dev/a\"") && good.contains("\"device_id\":\"f2\""), "{good}");
     // Metrics are published by the worker about twice a second.
-    assert!(wait_for(|| metric(metrics_port, "eddy_source_error_rows_total{pipeline=\"p\",source=\"s\"}") == Some(4.0), Duration::from_secs(5)));
+    assert!(wait_for(
+        || metric(metrics_port, "eddy_source_error_rows_total{pipeline=\"p\",source=\"s\"}") == Some(4.0),
+        Duration::from_secs(5)
+    ));
     assert_eq!(metric(metrics_port, "eddy_source_rows_total{pipeline=\"p\",source=\"s\"}"), Some(3.0));
     drop(eddyd);
 }
 
 /// Makes a CA, a server certificate for localhost and a client certificate with openssl.
 fn make_certs(dir: &Path) -> bool {
-    let run = |args: &[&str]| Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
     std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=eddy-test-ca"])
-        && ["server", "client"].iter().all(|who| {
-            run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{who}.key"), "-out", &format!("{who}.csr"), "-subj", &format!("/CN={who}")])
-                && run(&["x509", "-req", "-in", &format!("{who}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{who}.pem"), "-days", "2", "-extfile", "san.ext"])
-        })
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=eddy-test-ca",
+    ]) && ["server", "client"].iter().all(|who| {
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{who}.key"),
+            "-out",
+            &format!("{who}.csr"),
+            "-subj",
+            &format!("/CN={who}"),
+        ]) && run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{who}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{who}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ])
+    })
 }
 
 #[test]
@@ -355,7 +484,10 @@ fn tls_with_a_private_ca_and_client_certificates() {
     let d = dir.display();
     let conf = format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nrequire_certificate true\n");
     std::fs::write(dir.join("tls.conf"), conf).unwrap();
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("mosquitto");
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("mosquitto");
     let broker = Daemon(Command::new(bin).arg("-c").arg(dir.join("tls.conf")).stderr(Stdio::null()).spawn().unwrap());
     assert!(wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), Duration::from_secs(10)));
     let sql = format!(
@@ -366,9 +498,33 @@ fn tls_with_a_private_ca_and_client_certificates() {
     let metrics_port = free_port();
     let eddyd = run_pipeline(dir, metrics_port);
     let log = || std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default();
-    assert!(wait_for(|| metric(metrics_port, "eddy_mqtt_connected{pipeline=\"p\",source=\"s\"}") == Some(1.0), Duration::from_secs(20)), "no TLS connection: {}", log());
+    assert!(
+        wait_for(
+            || metric(metrics_port, "eddy_mqtt_connected{pipeline=\"p\",source=\"s\"}") == Some(1.0),
+            Duration::from_secs(20)
+        ),
+        "no TLS connection: {}",
+        log()
+    );
     let ok = Command::new("mosquitto_pub")
-        .args(["-h", "localhost", "-p", &port.to_string(), "--cafile", "ca.pem", "--cert", "client.pem", "--key", "client.key", "-q", "1", "-t", "dev/x", "-m", "{\"device_id\":\"x\",\"temp\":4.5}"])
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &port.to_string(),
+            "--cafile",
+            "ca.pem",
+            "--cert",
+            "client.pem",
+            "--key",
+            "client.key",
+            "-q",
+            "1",
+            "-t",
+            "dev/x",
+            "-m",
+            "{\"device_id\":\"x\",\"temp\":4.5}",
+        ])
         .current_dir(dir)
         .status()
         .unwrap()
@@ -392,7 +548,12 @@ fn a_changed_topic_takes_effect_on_a_resumed_session() {
             broker.url()
         )
     };
-    let connected = || wait_for(|| metric(metrics_port, "eddy_mqtt_connected{pipeline=\"p\",source=\"s\"}") == Some(1.0), Duration::from_secs(20));
+    let connected = || {
+        wait_for(
+            || metric(metrics_port, "eddy_mqtt_connected{pipeline=\"p\",source=\"s\"}") == Some(1.0),
+            Duration::from_secs(20),
+        )
+    };
     std::fs::write(dir.join("p.sql"), sql("a/#")).unwrap();
     let mut first = run_pipeline(dir, metrics_port);
     assert!(connected());
@@ -404,5 +565,9 @@ fn a_changed_topic_takes_effect_on_a_resumed_session() {
     std::thread::sleep(Duration::from_millis(300));
     broker.publish("b/1", b"{\"device_id\":\"from-b\"}");
     let good = || std::fs::read_to_string(dir.join("good.jsonl")).unwrap_or_default();
-    assert!(wait_for(|| good().contains("from-b"), Duration::from_secs(10)), "the new topic was not subscribed: {}", std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default());
+    assert!(
+        wait_for(|| good().contains("from-b"), Duration::from_secs(10)),
+        "the new topic was not subscribed: {}",
+        std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default()
+    );
 }

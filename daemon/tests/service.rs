@@ -41,7 +41,12 @@ fn write_config(dir: &Path, metrics_port: u16) -> std::path::PathBuf {
 }
 
 /// Collects sd_notify datagrams until `until` holds for the list or `limit` passes.
-fn notes_until(sock: &UnixDatagram, notes: &mut Vec<String>, until: impl Fn(&[String]) -> bool, limit: Duration) -> bool {
+fn notes_until(
+    sock: &UnixDatagram,
+    notes: &mut Vec<String>,
+    until: impl Fn(&[String]) -> bool,
+    limit: Duration,
+) -> bool {
     let t0 = Instant::now();
     let mut buf = [0u8; 4096];
     while t0.elapsed() < limit {
@@ -81,7 +86,12 @@ fn notify_socket_sees_ready_watchdog_reloading_and_stopping_in_order() {
         .spawn()
         .unwrap();
     let mut notes = Vec::new();
-    let ok = notes_until(&sock, &mut notes, |n| pos(n, "READY=1", 0).is_some_and(|r| pos(n, "WATCHDOG=1", r).is_some()), Duration::from_secs(20));
+    let ok = notes_until(
+        &sock,
+        &mut notes,
+        |n| pos(n, "READY=1", 0).is_some_and(|r| pos(n, "WATCHDOG=1", r).is_some()),
+        Duration::from_secs(20),
+    );
     assert!(ok, "no READY=1 then WATCHDOG=1: {notes:?}");
     assert!(notes.iter().any(|n| n.starts_with("STATUS=") && n.contains("pipelines running")), "{notes:?}");
     assert_eq!(http_get(metrics_port, "/readyz").map(|r| r.0), Some(200));
@@ -91,7 +101,12 @@ fn notify_socket_sees_ready_watchdog_reloading_and_stopping_in_order() {
 
     signal(child.id(), "HUP");
     let after = notes.len();
-    let ok = notes_until(&sock, &mut notes, |n| pos(n, "RELOADING=1", after).is_some_and(|r| pos(n, "READY=1", r).is_some()), Duration::from_secs(20));
+    let ok = notes_until(
+        &sock,
+        &mut notes,
+        |n| pos(n, "RELOADING=1", after).is_some_and(|r| pos(n, "READY=1", r).is_some()),
+        Duration::from_secs(20),
+    );
     assert!(ok, "no RELOADING=1 then READY=1 after SIGHUP: {notes:?}");
     assert!(notes.iter().any(|n| n.starts_with("MONOTONIC_USEC=")), "{notes:?}");
 
@@ -124,7 +139,14 @@ fn sighup_keeps_unchanged_restarts_changed_and_refuses_incompatible_pipelines() 
     std::fs::write(dir.join("pipelines/a.sql"), pipeline(1, "out/a.jsonl")).unwrap();
     std::fs::write(dir.join("pipelines/keep.sql"), pipeline(1, "out/keep.jsonl")).unwrap();
     let log = std::fs::File::create(dir.join("eddyd.log")).unwrap();
-    let child = Command::new(EDDYD).args(["--log", "info", "run", "--config"]).arg(&cfg).current_dir(dir).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let child = Command::new(EDDYD)
+        .args(["--log", "info", "run", "--config"])
+        .arg(&cfg)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
     let mut d = Daemon(child);
     assert!(wait_for(|| rows(&dir.join("pipelines/out/a.jsonl")).len() >= 6, Duration::from_secs(20)), "no output");
 
@@ -133,19 +155,35 @@ fn sighup_keeps_unchanged_restarts_changed_and_refuses_incompatible_pipelines() 
     std::fs::write(dir.join("pipelines/b.sql"), pipeline(2, "out/b.jsonl")).unwrap();
     signal(d.0.id(), "HUP");
     assert!(wait_for(|| log_has(dir, "restarted from its checkpoint"), Duration::from_secs(20)));
-    assert!(wait_for(|| rows(&dir.join("pipelines/out/a2.jsonl")).len() >= 3 && rows(&dir.join("pipelines/out/b.jsonl")).len() >= 3, Duration::from_secs(20)));
+    assert!(wait_for(
+        || rows(&dir.join("pipelines/out/a2.jsonl")).len() >= 3 && rows(&dir.join("pipelines/out/b.jsonl")).len() >= 3,
+        Duration::from_secs(20)
+    ));
     // The restarted pipeline continued its windows: none of a2's windows repeats one of a's.
-    let before: std::collections::HashSet<String> = rows(&dir.join("pipelines/out/a.jsonl")).iter().map(|r| format!("{}{}", r["device_id"], r["window_start"])).collect();
+    let before: std::collections::HashSet<String> = rows(&dir.join("pipelines/out/a.jsonl"))
+        .iter()
+        .map(|r| format!("{}{}", r["device_id"], r["window_start"]))
+        .collect();
     let after = rows(&dir.join("pipelines/out/a2.jsonl"));
-    assert!(after.iter().all(|r| !before.contains(&format!("{}{}", r["device_id"], r["window_start"]))), "windows repeated after the restart");
+    assert!(
+        after.iter().all(|r| !before.contains(&format!("{}{}", r["device_id"], r["window_start"]))),
+        "windows repeated after the restart"
+    );
     assert!(!log_has(dir, "pipeline stopped pipeline=\"keep\""), "an unchanged pipeline was restarted");
 
     // The query changes (its state does not fit): reported, the previous version runs on.
     std::fs::write(dir.join("pipelines/a.sql"), pipeline(5, "out/a3.jsonl")).unwrap();
     signal(d.0.id(), "HUP");
-    assert!(wait_for(|| log_has(dir, "the previous version runs on"), Duration::from_secs(20)), "{}", std::fs::read_to_string(dir.join("eddyd.log")).unwrap());
+    assert!(
+        wait_for(|| log_has(dir, "the previous version runs on"), Duration::from_secs(20)),
+        "{}",
+        std::fs::read_to_string(dir.join("eddyd.log")).unwrap()
+    );
     let n = rows(&dir.join("pipelines/out/a2.jsonl")).len();
-    assert!(wait_for(|| rows(&dir.join("pipelines/out/a2.jsonl")).len() > n, Duration::from_secs(20)), "the previous version does not run");
+    assert!(
+        wait_for(|| rows(&dir.join("pipelines/out/a2.jsonl")).len() > n, Duration::from_secs(20)),
+        "the previous version does not run"
+    );
     assert_eq!(http_get(metrics_port, "/healthz").map(|r| r.0), Some(200));
     signal(d.0.id(), "TERM");
     assert!(d.0.wait().unwrap().success());
@@ -161,7 +199,8 @@ fn check_config_validates_everything_without_starting() {
         "CREATE SOURCE s (a INT) WITH (connector = 'mqtt', url = 'mqtt://127.0.0.1:1', topic = 'x/#');\nCREATE SINK k AS SELECT a FROM s WITH (connector = 'mqtt', url = 'mqtt://127.0.0.1:1', topic = 'y/{a}');\n",
     )
     .unwrap();
-    let check = |cfg: &Path| Command::new(EDDYD).args(["check", "--config"]).arg(cfg).current_dir(dir).output().unwrap();
+    let check =
+        |cfg: &Path| Command::new(EDDYD).args(["check", "--config"]).arg(cfg).current_dir(dir).output().unwrap();
     let out = check(&cfg);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("pipeline m"));
@@ -202,26 +241,47 @@ fn durable_state_keeps_the_shard_count_it_was_written_with() {
         };
         std::fs::write(&cfg, text).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("eddyd.log")).unwrap();
-        Daemon(Command::new(EDDYD).args(["--log", "info", "run", "--config"]).arg(&cfg).current_dir(dir).stdout(Stdio::null()).stderr(log).spawn().unwrap())
+        Daemon(
+            Command::new(EDDYD)
+                .args(["--log", "info", "run", "--config"])
+                .arg(&cfg)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
     };
     let shards_metric = || metric(metrics_port, "eddy_pipeline_shards{pipeline=\"a\"}");
     let out = dir.join("pipelines/out/a.jsonl");
 
     let mut d = start(Some(3));
-    assert!(wait_for(|| shards_metric() == Some(3.0) && rows(&out).len() >= 3, Duration::from_secs(20)), "{}", std::fs::read_to_string(dir.join("eddyd.log")).unwrap());
+    assert!(
+        wait_for(|| shards_metric() == Some(3.0) && rows(&out).len() >= 3, Duration::from_secs(20)),
+        "{}",
+        std::fs::read_to_string(dir.join("eddyd.log")).unwrap()
+    );
     signal(d.0.id(), "TERM");
     assert!(d.0.wait().unwrap().success());
 
     let n = rows(&out).len();
     let mut d = start(None);
-    assert!(wait_for(|| shards_metric() == Some(3.0) && rows(&out).len() > n, Duration::from_secs(20)), "{}", std::fs::read_to_string(dir.join("eddyd.log")).unwrap());
+    assert!(
+        wait_for(|| shards_metric() == Some(3.0) && rows(&out).len() > n, Duration::from_secs(20)),
+        "{}",
+        std::fs::read_to_string(dir.join("eddyd.log")).unwrap()
+    );
     signal(d.0.id(), "TERM");
     assert!(d.0.wait().unwrap().success());
 
     let mut d = start(Some(2));
     let status = d.0.wait().unwrap();
     assert!(!status.success(), "a different shard count must be refused");
-    assert!(log_has(dir, "written by 3 shard(s) and this run has 2"), "{}", std::fs::read_to_string(dir.join("eddyd.log")).unwrap());
+    assert!(
+        log_has(dir, "written by 3 shard(s) and this run has 2"),
+        "{}",
+        std::fs::read_to_string(dir.join("eddyd.log")).unwrap()
+    );
     // Windows went on across the restarts without repeating one.
     let mut seen = std::collections::HashSet::new();
     for r in rows(&out) {

@@ -8,9 +8,9 @@
 pub mod connector;
 pub mod error;
 pub mod format;
-pub mod plan;
 pub mod ops;
 pub mod pipeline;
+pub mod plan;
 pub mod sql;
 pub mod storage;
 pub mod time;

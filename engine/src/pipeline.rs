@@ -19,12 +19,14 @@ use crate::connector::datagen::{Datagen, DatagenConfig};
 use crate::connector::file::{FileSource, DEFAULT_MAX_LINE};
 use crate::connector::sink::{Sink, SinkMode, SinkTarget};
 use crate::connector::table::{TableRuntime, TableSpec};
-use crate::ops::lookup_join::TableHandle;
-use crate::connector::{self, ConnectorProvider, ConnectorSpec, FoldPosition, Poll, SinkStateDir, SourceReader, Wakeup};
+use crate::connector::{
+    self, ConnectorProvider, ConnectorSpec, FoldPosition, Poll, SinkStateDir, SourceReader, Wakeup,
+};
 use crate::error::{EngineError, Result, SqlPos};
 use crate::format::decode::{errors_schema, DecodeColumn, RowDecoder};
 use crate::format::Format;
 use crate::ops::graph::{Graph, NodeId, Passthrough};
+use crate::ops::lookup_join::TableHandle;
 use crate::ops::{Chunk, Limits};
 use crate::plan::{Planner, ShardNeed, Stream};
 use crate::sql::catalog::{Catalog, RelationKind};
@@ -112,10 +114,17 @@ enum OnError {
 }
 
 enum ReaderSpec {
-    File { path: PathBuf, format: Format, follow: bool, max_line: usize },
+    File {
+        path: PathBuf,
+        format: Format,
+        follow: bool,
+        max_line: usize,
+    },
     Datagen(DatagenConfig),
     /// A provided connector: its reader is made at plan time (it connects on its first poll).
-    External { fold: FoldPosition },
+    External {
+        fold: FoldPosition,
+    },
 }
 
 impl ReaderSpec {
@@ -320,8 +329,9 @@ fn resolve_path(base: &Path, p: &str) -> PathBuf {
 fn format_option(ctx: &str, options: &Options, default: Format) -> Result<Format> {
     match options.get("format") {
         None => Ok(default),
-        Some(f) => Format::parse(f)
-            .ok_or_else(|| EngineError::options(ctx, format!("unknown format '{f}' (valid formats: {})", Format::NAMES.join(", ")))),
+        Some(f) => Format::parse(f).ok_or_else(|| {
+            EngineError::options(ctx, format!("unknown format '{f}' (valid formats: {})", Format::NAMES.join(", ")))
+        }),
     }
 }
 
@@ -329,8 +339,14 @@ fn format_option(ctx: &str, options: &Options, default: Format) -> Result<Format
 fn relation_columns(def: &RelationDef, pos: SqlPos) -> Result<(Vec<DecodeColumn>, Option<usize>)> {
     let mut cols = Vec::new();
     for c in &def.columns {
-        let t = crate::types::arrow_type(&c.sql_type).map_err(|m| sql_err(c.pos, format!("column '{}': {m}", c.name)))?;
-        cols.push(DecodeColumn { name: c.name.clone(), data_type: t, nullable: !c.not_null, metadata_key: c.metadata_key.clone() });
+        let t =
+            crate::types::arrow_type(&c.sql_type).map_err(|m| sql_err(c.pos, format!("column '{}': {m}", c.name)))?;
+        cols.push(DecodeColumn {
+            name: c.name.clone(),
+            data_type: t,
+            nullable: !c.not_null,
+            metadata_key: c.metadata_key.clone(),
+        });
     }
     for k in &def.primary_key {
         if !cols.iter().any(|c| &c.name == k) {
@@ -358,7 +374,9 @@ fn watermark_delay(def: &RelationDef) -> Result<i64> {
     use datafusion_sql::sqlparser::ast::{BinaryOperator, Expr as E};
     let Some(w) = &def.watermark else { return Ok(0) };
     let is_col = |e: &E| matches!(e, E::Identifier(i) if i.value.eq_ignore_ascii_case(&w.column));
-    let bad = || sql_err(w.pos, format!("WATERMARK FOR {c} AS {c} - INTERVAL '...' expected, found {}", w.expr, c = w.column));
+    let bad = || {
+        sql_err(w.pos, format!("WATERMARK FOR {c} AS {c} - INTERVAL '...' expected, found {}", w.expr, c = w.column))
+    };
     match &w.expr {
         e if is_col(e) => Ok(0),
         E::BinaryOp { left, op: BinaryOperator::Minus, right } if is_col(left) => {
@@ -402,12 +420,24 @@ impl Pipeline {
             let pos = *pos;
             if let Some((kind, name)) = created(statement) {
                 if !names.insert(name.to_string()) {
-                    return Err(sql_err(pos, format!("'{name}' is already defined; a {} needs a name of its own", kind.sql())));
+                    return Err(sql_err(
+                        pos,
+                        format!("'{name}' is already defined; a {} needs a name of its own", kind.sql()),
+                    ));
                 }
             }
             match statement {
                 Statement::CreateSource(def) => {
-                    let src = Self::plan_source(def, pos, cfg, sources.len(), &mut catalog, &mut graph, &mut relations, &wakeup)?;
+                    let src = Self::plan_source(
+                        def,
+                        pos,
+                        cfg,
+                        sources.len(),
+                        &mut catalog,
+                        &mut graph,
+                        &mut relations,
+                        &wakeup,
+                    )?;
                     for sg in &mut shard_graphs {
                         for n in [src.main, src.late, src.errors] {
                             same_node(n, sg.graph.add(Box::new(Passthrough(graph.name(n))), 1))?;
@@ -418,7 +448,8 @@ impl Pipeline {
                 }
                 Statement::CreateTable(def) => {
                     let table = Self::plan_table(def, pos, cfg)?;
-                    let schema = table.handle.read().map_err(|_| EngineError::Internal("table lock".into()))?.batch.schema();
+                    let schema =
+                        table.handle.read().map_err(|_| EngineError::Internal("table lock".into()))?.batch.schema();
                     catalog.add_keyed(&def.name, RelationKind::Table, schema, table.spec.primary_key.clone());
                     table_handles.insert(def.name.clone(), table.handle.clone());
                     tables.push(table);
@@ -437,11 +468,23 @@ impl Pipeline {
                     summary.views.push(name.clone());
                 }
                 Statement::CreateSink { name, input, options } => {
-                    let (stream, id) = Self::plan_sink(name, input, options, pos, cfg, &catalog, &mut graph, &relations, &table_handles, &mut needs)?;
+                    let (stream, id) = Self::plan_sink(
+                        name,
+                        input,
+                        options,
+                        pos,
+                        cfg,
+                        &catalog,
+                        &mut graph,
+                        &relations,
+                        &table_handles,
+                        &mut needs,
+                    )?;
                     for sg in &mut shard_graphs {
                         let from = match input {
                             SinkInput::Query { query, emit } => {
-                                let mut planner = Planner::new(&catalog, &mut sg.graph, &relations, &table_handles, cfg.limits);
+                                let mut planner =
+                                    Planner::new(&catalog, &mut sg.graph, &relations, &table_handles, cfg.limits);
                                 planner.plan_query(query, *emit).map_err(|e| at(pos, e))?.0.node
                             }
                             SinkInput::Relation(_) => stream.node,
@@ -459,13 +502,19 @@ impl Pipeline {
         }
         for name in cfg.inputs.keys() {
             if !summary.sources.contains(name) {
-                return Err(EngineError::options("--input", format!("no source named '{name}' (sources: {})", summary.sources.join(", "))));
+                return Err(EngineError::options(
+                    "--input",
+                    format!("no source named '{name}' (sources: {})", summary.sources.join(", ")),
+                ));
             }
         }
         for name in cfg.outputs.keys() {
             if !summary.sinks.iter().any(|(s, _)| s == name) {
                 let known: Vec<&str> = summary.sinks.iter().map(|(s, _)| s.as_str()).collect();
-                return Err(EngineError::options("--output", format!("no sink named '{name}' (sinks: {})", known.join(", "))));
+                return Err(EngineError::options(
+                    "--output",
+                    format!("no sink named '{name}' (sinks: {})", known.join(", ")),
+                ));
             }
         }
         summary.shards = 1;
@@ -506,7 +555,14 @@ impl Pipeline {
     }
 
     fn source_nodes(sources: &[SourceRuntime]) -> Vec<SourceNodes> {
-        sources.iter().map(|s| SourceNodes { name: s.name.clone(), nodes: [s.main, s.late, s.errors], schema: s.decoder.schema.clone() }).collect()
+        sources
+            .iter()
+            .map(|s| SourceNodes {
+                name: s.name.clone(),
+                nodes: [s.main, s.late, s.errors],
+                schema: s.decoder.schema.clone(),
+            })
+            .collect()
     }
 
     /// Starts the shard threads of a sharded pipeline (once).
@@ -515,7 +571,13 @@ impl Pipeline {
             return Ok(());
         }
         if let Sharding::Planned(graphs, routes) = std::mem::replace(&mut self.sharding, Sharding::Single) {
-            let shards = Shards::start(graphs, &Self::source_nodes(&self.sources), routes, self.shard_queue, self.shard_hook.clone())?;
+            let shards = Shards::start(
+                graphs,
+                &Self::source_nodes(&self.sources),
+                routes,
+                self.shard_queue,
+                self.shard_hook.clone(),
+            )?;
             tracing::info!(shards = shards.count(), "pipeline sharded by key");
             self.sharding = Sharding::Running(shards);
         }
@@ -567,7 +629,13 @@ impl Pipeline {
         connector::check_options("table", &def.name, &def.options, None).map_err(|e| at(pos, e))?;
         let (cols, _) = relation_columns(def, pos)?;
         if def.watermark.is_some() {
-            return Err(sql_err(pos, format!("table '{}': a reference TABLE has no WATERMARK (it is joined by its current contents)", def.name)));
+            return Err(sql_err(
+                pos,
+                format!(
+                    "table '{}': a reference TABLE has no WATERMARK (it is joined by its current contents)",
+                    def.name
+                ),
+            ));
         }
         if let Some(c) = cols.iter().find(|c| c.metadata_key.is_some()) {
             return Err(sql_err(pos, format!("column '{}': a table file provides no metadata", c.name)));
@@ -578,9 +646,12 @@ impl Pipeline {
         if format == Format::Raw {
             return Err(EngineError::options(ctx, "a table is read as 'csv' or 'json'"));
         }
-        let primary_key: Vec<usize> = def.primary_key.iter().filter_map(|k| cols.iter().position(|c| &c.name == k)).collect();
+        let primary_key: Vec<usize> =
+            def.primary_key.iter().filter_map(|k| cols.iter().position(|c| &c.name == k)).collect();
         let schema: SchemaRef = Arc::new(Schema::new(
-            cols.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable && !def.primary_key.contains(&c.name))).collect::<Vec<_>>(),
+            cols.iter()
+                .map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable && !def.primary_key.contains(&c.name)))
+                .collect::<Vec<_>>(),
         ));
         let spec = TableSpec {
             name: def.name.clone(),
@@ -613,10 +684,13 @@ impl Pipeline {
     ) -> Result<SourceRuntime> {
         let ctx = format!("source '{}'", def.name);
         let provider = cfg.connectors.as_deref();
-        let connector = connector::check_options("source", &def.name, &def.options, provider).map_err(|e| at(pos, e))?;
+        let connector =
+            connector::check_options("source", &def.name, &def.options, provider).map_err(|e| at(pos, e))?;
         let (cols, time_col) = relation_columns(def, pos)?;
         let builtin = matches!(connector.as_str(), "file" | "datagen");
-        if let Some(c) = cols.iter().find(|c| c.metadata_key.is_some()).filter(|_| builtin || cfg.inputs.contains_key(&def.name)) {
+        if let Some(c) =
+            cols.iter().find(|c| c.metadata_key.is_some()).filter(|_| builtin || cfg.inputs.contains_key(&def.name))
+        {
             let from = if builtin { format!("connector '{connector}'") } else { "an --input file".to_string() };
             return Err(sql_err(pos, format!("column '{}': {from} provides no metadata", c.name)));
         }
@@ -629,14 +703,19 @@ impl Pipeline {
             Some(v) => return Err(EngineError::options(ctx, format!("on_error '{v}': valid values are skip, fail"))),
         };
         let idle_timeout = connector::duration_option(&ctx, o, "watermark.idle_timeout")?;
-        let batch_rows = connector::num_option::<usize>(&ctx, o, "batch_rows")?.unwrap_or(cfg.limits.batch_rows).clamp(1, 1 << 20);
+        let batch_rows =
+            connector::num_option::<usize>(&ctx, o, "batch_rows")?.unwrap_or(cfg.limits.batch_rows).clamp(1, 1 << 20);
         let decoder = RowDecoder::new(cols.clone(), time_col).map_err(|m| sql_err(pos, m))?;
         let mut reader: Option<Box<dyn SourceReader>> = None;
         let spec = match cfg.inputs.get(&def.name) {
-            Some(path) => ReaderSpec::File { path: path.clone(), format: Format::Json, follow: false, max_line: DEFAULT_MAX_LINE },
+            Some(path) => {
+                ReaderSpec::File { path: path.clone(), format: Format::Json, follow: false, max_line: DEFAULT_MAX_LINE }
+            }
             None => match connector.as_str() {
                 "file" => {
-                    let path = o.get("path").ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
+                    let path = o
+                        .get("path")
+                        .ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
                     ReaderSpec::File {
                         path: resolve_path(&cfg.base_dir, path),
                         format: format_option(&ctx, o, Format::Json)?,
@@ -647,12 +726,16 @@ impl Pipeline {
                 "datagen" => {
                     let dg = DatagenConfig::from_options(&ctx, o)?;
                     if cfg.mode == Mode::Replay && dg.rows.is_none() {
-                        return Err(EngineError::options(ctx, "replay reads bounded input: set option 'rows' on a datagen source"));
+                        return Err(EngineError::options(
+                            ctx,
+                            "replay reads bounded input: set option 'rows' on a datagen source",
+                        ));
                     }
                     ReaderSpec::Datagen(dg)
                 }
                 _ => {
-                    let p = provider.ok_or_else(|| EngineError::Internal(format!("no provider for connector '{connector}'")))?;
+                    let p = provider
+                        .ok_or_else(|| EngineError::Internal(format!("no provider for connector '{connector}'")))?;
                     if cfg.mode == Mode::Replay {
                         return Err(EngineError::options(
                             ctx,
@@ -677,7 +760,10 @@ impl Pipeline {
         if let ReaderSpec::File { format: Format::Raw, .. } = spec {
             let payload_cols = cols.iter().filter(|c| c.metadata_key.is_none()).count();
             if payload_cols != 1 {
-                return Err(EngineError::options(ctx, "format 'raw' needs exactly one payload column (payload BYTEA or VARCHAR)"));
+                return Err(EngineError::options(
+                    ctx,
+                    "format 'raw' needs exactly one payload column (payload BYTEA or VARCHAR)",
+                ));
             }
         }
         let schema: SchemaRef = decoder.schema.clone();
@@ -691,9 +777,13 @@ impl Pipeline {
         let carried: Vec<Vec<(usize, usize)>> = (0..schema.fields().len()).map(|c| vec![(index, c)]).collect();
         relations.insert(
             def.name.clone(),
-            Stream { origins: carried.clone(), ..Stream::append_only(main, schema.clone(), time_col.map(|c| vec![(c, 0)]).unwrap_or_default()) },
+            Stream {
+                origins: carried.clone(),
+                ..Stream::append_only(main, schema.clone(), time_col.map(|c| vec![(c, 0)]).unwrap_or_default())
+            },
         );
-        relations.insert(late_name(&def.name), Stream { origins: carried, ..Stream::append_only(late, schema, vec![]) });
+        relations
+            .insert(late_name(&def.name), Stream { origins: carried, ..Stream::append_only(late, schema, vec![]) });
         relations.insert(errors_name(&def.name), Stream::append_only(errors, errors_schema(), vec![]));
         Ok(SourceRuntime {
             name: def.name.clone(),
@@ -735,8 +825,12 @@ impl Pipeline {
         let connector = connector::check_options("sink", name, options, provider).map_err(|e| at(pos, e))?;
         let stream = match input {
             SinkInput::Relation(r) => match catalog.relation(r).map(|s| &s.kind) {
-                Some(RelationKind::Source | RelationKind::View) => relations.get(r).cloned().ok_or_else(|| EngineError::Internal(format!("no stream for {r}")))?,
-                Some(RelationKind::Table) => return Err(sql_err(pos, format!("'{r}' is a reference TABLE, not a stream"))),
+                Some(RelationKind::Source | RelationKind::View) => {
+                    relations.get(r).cloned().ok_or_else(|| EngineError::Internal(format!("no stream for {r}")))?
+                }
+                Some(RelationKind::Table) => {
+                    return Err(sql_err(pos, format!("'{r}' is a reference TABLE, not a stream")))
+                }
                 _ => return Err(sql_err(pos, format!("unknown relation '{r}'"))),
             },
             SinkInput::Query { query, emit } => {
@@ -756,7 +850,10 @@ impl Pipeline {
         if let Some(pk) = options.get("primary_key") {
             for k in pk.split(',').map(str::trim) {
                 if !columns.iter().any(|c| c == k) {
-                    return Err(EngineError::options(ctx, format!("primary_key column '{k}' is not an output column ({})", columns.join(", "))));
+                    return Err(EngineError::options(
+                        ctx,
+                        format!("primary_key column '{k}' is not an output column ({})", columns.join(", ")),
+                    ));
                 }
             }
         }
@@ -777,7 +874,9 @@ impl Pipeline {
         let mut sink = match (cfg.outputs.get(name), connector.as_str()) {
             (Some(p), _) => Sink::new(name, SinkTarget::File(p.clone()), mode, columns),
             (None, "file") => {
-                let path = options.get("path").ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
+                let path = options
+                    .get("path")
+                    .ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
                 if format_option(&ctx, options, Format::Json)? != Format::Json {
                     return Err(EngineError::options(ctx, "file sinks write format 'json'"));
                 }
@@ -785,7 +884,8 @@ impl Pipeline {
             }
             (None, "console") => Sink::new(name, SinkTarget::Console, mode, columns),
             (None, other) => {
-                let p = provider.ok_or_else(|| EngineError::Internal(format!("no provider for connector '{other}'")))?;
+                let p =
+                    provider.ok_or_else(|| EngineError::Internal(format!("no provider for connector '{other}'")))?;
                 let state = cfg.sink_state.as_ref().filter(|_| cfg.exactly_once);
                 let spec = ConnectorSpec {
                     name,
@@ -793,7 +893,11 @@ impl Pipeline {
                     options,
                     metadata_keys: Vec::new(),
                     columns: columns.clone(),
-                    state: state.map(|s| SinkStateDir { dir: s.dir.join(name), storage: s.storage.clone(), cipher: s.cipher.clone() }),
+                    state: state.map(|s| SinkStateDir {
+                        dir: s.dir.join(name),
+                        storage: s.storage.clone(),
+                        cipher: s.cipher.clone(),
+                    }),
                     wakeup: None,
                 };
                 p.validate("sink", &spec).map_err(|e| at(pos, e))?;
@@ -838,7 +942,9 @@ impl Pipeline {
         self.prepare()?;
         for s in &mut self.sources {
             match &s.spec {
-                ReaderSpec::File { path, format, follow, max_line } => s.reader = Some(Box::new(FileSource::open(path, *format, *follow, *max_line)?)),
+                ReaderSpec::File { path, format, follow, max_line } => {
+                    s.reader = Some(Box::new(FileSource::open(path, *format, *follow, *max_line)?))
+                }
                 ReaderSpec::Datagen(cfg) => s.reader = Some(Box::new(Datagen::new(cfg.clone()))),
                 ReaderSpec::External { .. } => {}
             }
@@ -1006,7 +1112,12 @@ impl Pipeline {
 
     /// [`Pipeline::run_live`], calling `observe` about every `every` (and once at the start), for
     /// metrics and health: a worker that stops calling it is stuck.
-    pub fn run_live_observed(&mut self, stop: &AtomicBool, every: Duration, observe: &mut dyn FnMut(&Pipeline)) -> Result<()> {
+    pub fn run_live_observed(
+        &mut self,
+        stop: &AtomicBool,
+        every: Duration,
+        observe: &mut dyn FnMut(&Pipeline),
+    ) -> Result<()> {
         let mut last = Instant::now();
         observe(self);
         while !stop.load(Ordering::Relaxed) && !self.all_ended() {

@@ -29,11 +29,11 @@ use crate::ops::agg::{AggregateExprs, GroupCol};
 use crate::ops::calc::Calc;
 use crate::ops::graph::{Graph, NodeId, Passthrough};
 use crate::ops::group_agg::GroupAggregate;
+use crate::ops::lookup_join::TableHandle;
 use crate::ops::over::{Completion, Frame, Over, OverFn};
 use crate::ops::session::SessionAggregate;
 use crate::ops::window::{replaces_time, WindowAssign, HIDDEN_TIME};
 use crate::ops::window_agg::WindowAggregate;
-use crate::ops::lookup_join::TableHandle;
 use crate::ops::Limits;
 use crate::sql::catalog::{Catalog, RelationKind, RelationSource};
 use crate::sql::ddl::Emit;
@@ -85,7 +85,17 @@ pub struct ShardNeed {
 impl Stream {
     /// An append-only stream out of `node`.
     pub fn append_only(node: NodeId, schema: SchemaRef, time_cols: Vec<(usize, i64)>) -> Self {
-        Stream { node, schema, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![], origins: vec![] }
+        Stream {
+            node,
+            schema,
+            time_cols,
+            window: None,
+            pending_session: None,
+            updating: false,
+            key: None,
+            key_alts: vec![],
+            origins: vec![],
+        }
     }
 
     fn origins_of(&self, col: usize) -> Origins {
@@ -168,7 +178,12 @@ impl<'a> Planner<'a> {
     }
 
     /// Plans `plan`; its stream has exactly the plan's columns.
-    fn plan_node(&mut self, plan: &LogicalPlan, outermost: Option<*const Aggregate>, emit: Option<Emit>) -> Result<Stream> {
+    fn plan_node(
+        &mut self,
+        plan: &LogicalPlan,
+        outermost: Option<*const Aggregate>,
+        emit: Option<Emit>,
+    ) -> Result<Stream> {
         let stream = self.plan_node_hidden(plan, outermost, emit)?;
         let visible = plan.schema().fields().len();
         if stream.schema.fields().len() <= visible {
@@ -180,7 +195,12 @@ impl<'a> Planner<'a> {
 
     /// Plans `plan`; its stream may carry hidden trailing columns (`ops::window::HIDDEN_TIME`),
     /// which only a filter passes on and only an aggregation reads.
-    fn plan_node_hidden(&mut self, plan: &LogicalPlan, outermost: Option<*const Aggregate>, emit: Option<Emit>) -> Result<Stream> {
+    fn plan_node_hidden(
+        &mut self,
+        plan: &LogicalPlan,
+        outermost: Option<*const Aggregate>,
+        emit: Option<Emit>,
+    ) -> Result<Stream> {
         match plan {
             LogicalPlan::TableScan(scan) => {
                 let Some(rel) = scan.source.downcast_ref::<RelationSource>() else {
@@ -211,11 +231,14 @@ impl<'a> Planner<'a> {
             LogicalPlan::Filter(f) => {
                 let input = self.plan_node_hidden(&f.input, outermost, emit)?;
                 if let Some((_, _, start, end)) = input.pending_session {
-                    let uses_window = f.predicate.column_refs().iter().any(|c| {
-                        f.input.schema().index_of_column(c).map(|i| i == start || i == end).unwrap_or(false)
-                    });
+                    let uses_window =
+                        f.predicate.column_refs().iter().any(|c| {
+                            f.input.schema().index_of_column(c).map(|i| i == start || i == end).unwrap_or(false)
+                        });
                     if uses_window {
-                        return Err(plan_err("a SESSION window's bounds are known only after aggregation: filter them in HAVING"));
+                        return Err(plan_err(
+                            "a SESSION window's bounds are known only after aggregation: filter them in HAVING",
+                        ));
                     }
                 }
                 let pred = self.physical(&f.predicate, f.input.schema())?;
@@ -271,7 +294,10 @@ impl<'a> Planner<'a> {
                 };
                 let input = self.plan_node(&tvf.input, outermost, emit)?;
                 if input.updating {
-                    return Err(plan_err(format!("{} needs an append-only input; its input is an updating result", tvf.spec.name())));
+                    return Err(plan_err(format!(
+                        "{} needs an append-only input; its input is an updating result",
+                        tvf.spec.name()
+                    )));
                 }
                 let Expr::Column(c) = &tvf.time_expr else {
                     return Err(plan_err("window time argument must be a column"));
@@ -282,7 +308,8 @@ impl<'a> Planner<'a> {
                     // A stream without any watermarked column runs on processing time.
                     None if input.time_cols.is_empty() => 0,
                     None => {
-                        let names: Vec<String> = input.time_cols.iter().map(|(i, _)| input.schema.field(*i).name().clone()).collect();
+                        let names: Vec<String> =
+                            input.time_cols.iter().map(|(i, _)| input.schema.field(*i).name().clone()).collect();
                         return Err(plan_err(format!(
                             "{}: column '{}' has no watermark; use a time column with one ({})",
                             tvf.spec.name(),
@@ -305,7 +332,8 @@ impl<'a> Planner<'a> {
                     time_col
                 };
                 let schema: SchemaRef = Arc::new(Schema::new(fields));
-                let node = self.add(Box::new(WindowAssign::new(tvf.spec, time_col, start, end, schema.clone())), input.node);
+                let node =
+                    self.add(Box::new(WindowAssign::new(tvf.spec, time_col, start, end, schema.clone())), input.node);
                 // Replaced window columns lose their old watermarks; the new ones get theirs.
                 let mut time_cols: Vec<(usize, i64)> =
                     input.time_cols.iter().copied().filter(|(c, _)| *c != start && *c != end).collect();
@@ -335,7 +363,9 @@ impl<'a> Planner<'a> {
             LogicalPlan::Aggregate(agg) => {
                 let input = self.plan_node_hidden(&agg.input, outermost, emit)?;
                 if input.updating {
-                    return Err(plan_err("aggregating an updating result (a non-windowed GROUP BY or EMIT ON UPDATE) is not supported"));
+                    return Err(plan_err(
+                        "aggregating an updating result (a non-windowed GROUP BY or EMIT ON UPDATE) is not supported",
+                    ));
                 }
                 let is_outer = outermost.is_some_and(|o| std::ptr::eq(o, agg));
                 let emit = if is_outer { emit } else { None };
@@ -356,9 +386,13 @@ impl<'a> Planner<'a> {
                             projection: Some(
                                 (0..schema.fields().len())
                                     .map(|i| {
-                                        let col = Expr::Column(Column::from(u.inputs[port].schema().qualified_field(i)));
+                                        let col =
+                                            Expr::Column(Column::from(u.inputs[port].schema().qualified_field(i)));
                                         let target = schema.field(i).data_type().clone();
-                                        self.physical(&col.cast_to(&target, u.inputs[port].schema())?, u.inputs[port].schema())
+                                        self.physical(
+                                            &col.cast_to(&target, u.inputs[port].schema())?,
+                                            u.inputs[port].schema(),
+                                        )
                                     })
                                     .collect::<Result<Vec<_>>>()?,
                             ),
@@ -376,7 +410,17 @@ impl<'a> Planner<'a> {
                         offs.map(|o| (c, o.into_iter().max().unwrap_or(0)))
                     })
                     .collect();
-                Ok(Stream { node: id, schema, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![], origins: vec![] })
+                Ok(Stream {
+                    node: id,
+                    schema,
+                    time_cols,
+                    window: None,
+                    pending_session: None,
+                    updating: false,
+                    key: None,
+                    key_alts: vec![],
+                    origins: vec![],
+                })
             }
             LogicalPlan::Join(j) => self.plan_join(j, outermost, emit),
             LogicalPlan::Window(win) => {
@@ -386,12 +430,16 @@ impl<'a> Planner<'a> {
                 }
                 self.plan_over(win, input)
             }
-            LogicalPlan::Sort(_) => Err(plan_err("ORDER BY is not supported on a stream (rows are emitted as they are final)")),
-            LogicalPlan::Limit(_) => Err(plan_err("LIMIT is not supported on a stream")),
-            LogicalPlan::Distinct(_) => {
-                Err(plan_err("SELECT DISTINCT is not supported on a stream; use GROUP BY (an updating result) or a window"))
+            LogicalPlan::Sort(_) => {
+                Err(plan_err("ORDER BY is not supported on a stream (rows are emitted as they are final)"))
             }
-            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Err(plan_err("a streaming query must read FROM a source or view")),
+            LogicalPlan::Limit(_) => Err(plan_err("LIMIT is not supported on a stream")),
+            LogicalPlan::Distinct(_) => Err(plan_err(
+                "SELECT DISTINCT is not supported on a stream; use GROUP BY (an updating result) or a window",
+            )),
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+                Err(plan_err("a streaming query must read FROM a source or view"))
+            }
             other => Err(plan_err(format!("{} is not supported in a streaming query", other.display()))),
         }
     }
@@ -410,12 +458,16 @@ impl<'a> Planner<'a> {
             match &shared {
                 None => shared = Some((p.partition_by.clone(), p.order_by.clone())),
                 Some((pb, ob)) if *pb == p.partition_by && *ob == p.order_by => {}
-                Some(_) => return Err(plan_err("all OVER clauses of one SELECT must use the same PARTITION BY and ORDER BY")),
+                Some(_) => {
+                    return Err(plan_err("all OVER clauses of one SELECT must use the same PARTITION BY and ORDER BY"))
+                }
             }
             let frame = &p.window_frame;
             let whole = matches!(frame.end_bound, WindowFrameBound::Following(ref v) if v.is_null());
             if !whole && !matches!(frame.end_bound, WindowFrameBound::CurrentRow) {
-                return Err(plan_err("OVER frames must end at CURRENT ROW (or UNBOUNDED FOLLOWING for a whole window partition)"));
+                return Err(plan_err(
+                    "OVER frames must end at CURRENT ROW (or UNBOUNDED FOLLOWING for a whole window partition)",
+                ));
             }
             let frame = match (&frame.units, &frame.start_bound, whole) {
                 (_, WindowFrameBound::Preceding(v), true) if v.is_null() => Frame::Whole,
@@ -440,11 +492,21 @@ impl<'a> Planner<'a> {
                         vec![],
                         p.null_treatment,
                     ));
-                    let lowered = LoweredAggregateBuilder::new(&agg, in_schema, &physical_schema, &self.props, &PhysicalPlanningContext::default()).build()?;
+                    let lowered = LoweredAggregateBuilder::new(
+                        &agg,
+                        in_schema,
+                        &physical_schema,
+                        &self.props,
+                        &PhysicalPlanningContext::default(),
+                    )
+                    .build()?;
                     if matches!(frame, Frame::Rows(_) | Frame::Range(_))
                         && lowered.aggregate.create_sliding_accumulator().is_err()
                     {
-                        return Err(plan_err(format!("{} cannot slide over a bounded frame; use UNBOUNDED PRECEDING", udaf.name())));
+                        return Err(plan_err(format!(
+                            "{} cannot slide over a bounded frame; use UNBOUNDED PRECEDING",
+                            udaf.name()
+                        )));
                     }
                     OverFn::Agg { args: lowered.aggregate.expressions(), agg: lowered.aggregate, frame }
                 }
@@ -459,7 +521,9 @@ impl<'a> Planner<'a> {
                             None => 1,
                             Some(Expr::Literal(v, _)) => match v.cast_to(&DataType::UInt64)? {
                                 datafusion_common::ScalarValue::UInt64(Some(n)) => n as usize,
-                                _ => return Err(plan_err(format!("{name}: the offset must be a non-negative integer"))),
+                                _ => {
+                                    return Err(plan_err(format!("{name}: the offset must be a non-negative integer")))
+                                }
                             },
                             Some(_) => return Err(plan_err(format!("{name}: the offset must be a constant"))),
                         };
@@ -475,7 +539,9 @@ impl<'a> Planner<'a> {
                             OverFn::Lead { arg, offset, default }
                         }
                     }
-                    other => return Err(plan_err(format!("window function {other} is not supported in a streaming query"))),
+                    other => {
+                        return Err(plan_err(format!("window function {other} is not supported in a streaming query")))
+                    }
                 },
             };
             fns.push(f);
@@ -489,7 +555,7 @@ impl<'a> Planner<'a> {
             [s] if s.asc => col_of(&s.expr).and_then(|c| input.time_offset(c).map(|o| (c, o))),
             _ => None,
         };
-        let by_partition = partition_by.iter().filter_map(|e| col_of(e)).find_map(|c| input.time_offset(c).map(|o| (c, o)));
+        let by_partition = partition_by.iter().filter_map(col_of).find_map(|c| input.time_offset(c).map(|o| (c, o)));
         let completion = match (by_time, by_partition) {
             (Some((col, offset)), _) => Completion::ByRowTime { col, offset },
             (None, Some((col, offset))) => Completion::ByPartitionTime { col, offset },
@@ -509,7 +575,8 @@ impl<'a> Planner<'a> {
         let part_cols: Vec<usize> = partition_by.iter().filter_map(&col_of).collect();
         self.need_keyed("OVER", &input, part_cols);
         let part_exprs = partition_by.iter().map(|e| self.physical(e, in_schema)).collect::<Result<Vec<_>>>()?;
-        let part_types = partition_by.iter().map(|e| Ok(e.get_type(in_schema.as_ref())?)).collect::<Result<Vec<_>>>()?;
+        let part_types =
+            partition_by.iter().map(|e| Ok(e.get_type(in_schema.as_ref())?)).collect::<Result<Vec<_>>>()?;
         let order = order_by
             .iter()
             .map(|s| {
@@ -531,11 +598,18 @@ impl<'a> Planner<'a> {
         let exprs: Vec<Arc<dyn PhysicalExpr>> = cols
             .iter()
             .map(|&i| {
-                Arc::new(datafusion_physical_expr::expressions::Column::new(input.schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>
+                Arc::new(datafusion_physical_expr::expressions::Column::new(input.schema.field(i).name(), i))
+                    as Arc<dyn PhysicalExpr>
             })
             .collect();
         let node = self.add(
-            Box::new(Calc { label: "scan columns".into(), filter: None, projection: Some(exprs), schema: schema.clone(), keyed: false }),
+            Box::new(Calc {
+                label: "scan columns".into(),
+                filter: None,
+                projection: Some(exprs),
+                schema: schema.clone(),
+                keyed: false,
+            }),
             input.node,
         );
         let sources: Vec<Option<usize>> = cols.iter().map(|&c| Some(c)).collect();
@@ -544,7 +618,7 @@ impl<'a> Planner<'a> {
 
     fn plan_aggregate(&mut self, agg: &Aggregate, input: Stream, emit: Option<Emit>) -> Result<Stream> {
         let in_schema = agg.input.schema();
-                let session = input.pending_session;
+        let session = input.pending_session;
         // Window bounds in the GROUP BY (for sessions they are produced by the aggregation).
         let (win_start, win_end) = match (session, input.window) {
             (Some((_, _, s, e)), _) => (s, e),
@@ -565,7 +639,9 @@ impl<'a> Planner<'a> {
                 Expr::Column(c) => in_schema.index_of_column(c).ok(),
                 _ => None,
             };
-            origins.push(idx.filter(|i| *i != win_start && *i != win_end).map(|i| input.origins_of(i)).unwrap_or_default());
+            origins.push(
+                idx.filter(|i| *i != win_start && *i != win_end).map(|i| input.origins_of(i)).unwrap_or_default(),
+            );
             if idx == Some(win_start) {
                 layout.push(GroupCol::WindowStart);
             } else if idx == Some(win_end) {
@@ -580,7 +656,9 @@ impl<'a> Planner<'a> {
         }
         let windowed = layout.iter().any(|g| !matches!(g, GroupCol::Key(_)));
         if (session.is_some() || input.window.is_some()) && !windowed {
-            return Err(plan_err("a window TVF's aggregation must GROUP BY window_start and window_end (and any keys)"));
+            return Err(plan_err(
+                "a window TVF's aggregation must GROUP BY window_start and window_end (and any keys)",
+            ));
         }
         // FIRST_VALUE / LAST_VALUE without ORDER BY mean "by event time".
         let time_col = match (session, input.window) {
@@ -605,7 +683,14 @@ impl<'a> Planner<'a> {
         let mut filters = Vec::new();
         for e in &agg.aggr_expr {
             let e = order_by_event_time(e.clone(), time_expr.as_ref())?;
-            let lowered = LoweredAggregateBuilder::new(&e, in_schema, &physical_schema, &self.props, &PhysicalPlanningContext::default()).build()?;
+            let lowered = LoweredAggregateBuilder::new(
+                &e,
+                in_schema,
+                &physical_schema,
+                &self.props,
+                &PhysicalPlanningContext::default(),
+            )
+            .build()?;
             let all = lowered.aggregate.all_expressions();
             let mut a = all.args;
             a.extend(all.order_by_exprs);
@@ -614,7 +699,15 @@ impl<'a> Planner<'a> {
             aggs.push(lowered.aggregate);
         }
         let output: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
-        let exprs = AggregateExprs { keys, key_fields, group_layout: layout.clone(), aggs, args, filters, output: output.clone() };
+        let exprs = AggregateExprs {
+            keys,
+            key_fields,
+            group_layout: layout.clone(),
+            aggs,
+            args,
+            filters,
+            output: output.clone(),
+        };
         let out_pos = |want: GroupCol| layout.iter().position(|g| *g == want);
         let all_groups: Vec<usize> = (0..layout.len()).collect();
         self.need_keyed("GROUP BY", &input, key_cols);
@@ -630,7 +723,17 @@ impl<'a> Planner<'a> {
                 (Some(p), false) => vec![(p, offset)],
                 _ => vec![],
             };
-            return Ok(Stream { node, schema: output, time_cols, window: None, pending_session: None, updating: false, key: None, key_alts: vec![], origins });
+            return Ok(Stream {
+                node,
+                schema: output,
+                time_cols,
+                window: None,
+                pending_session: None,
+                updating: false,
+                key: None,
+                key_alts: vec![],
+                origins,
+            });
         }
         if let Some(w) = input.window {
             if out_pos(GroupCol::WindowStart).is_none() && out_pos(GroupCol::WindowEnd).is_none() {
@@ -664,12 +767,24 @@ impl<'a> Planner<'a> {
         }
         if let Some(e) = emit {
             if e != Emit::OnUpdate {
-                return Err(plan_err("EMIT ON WINDOW CLOSE / EVERY need a windowed aggregation (TUMBLE, HOP, SESSION, CUMULATE)"));
+                return Err(plan_err(
+                    "EMIT ON WINDOW CLOSE / EVERY need a windowed aggregation (TUMBLE, HOP, SESSION, CUMULATE)",
+                ));
             }
         }
         let op = GroupAggregate::new(exprs, self.limits)?;
         let node = self.add(Box::new(op), input.node);
-        Ok(Stream { node, schema: output, time_cols: vec![], window: None, pending_session: None, updating: true, key: Some(all_groups), key_alts: vec![], origins })
+        Ok(Stream {
+            node,
+            schema: output,
+            time_cols: vec![],
+            window: None,
+            pending_session: None,
+            updating: true,
+            key: Some(all_groups),
+            key_alts: vec![],
+            origins,
+        })
     }
 }
 
@@ -678,7 +793,12 @@ fn remap(input: Stream, node: NodeId, schema: SchemaRef, sources: &[Option<usize
     let find = |col: usize| sources.iter().position(|s| *s == Some(col));
     let time_cols = input.time_cols.iter().filter_map(|(c, o)| find(*c).map(|p| (p, *o))).collect();
     let window = input.window.and_then(|w| {
-        Some(WindowCols { start: find(w.start)?, end: find(w.end)?, time_col: find(w.time_col).unwrap_or(usize::MAX), spec: w.spec })
+        Some(WindowCols {
+            start: find(w.start)?,
+            end: find(w.end)?,
+            time_col: find(w.time_col).unwrap_or(usize::MAX),
+            spec: w.spec,
+        })
     });
     let map = |k: &Vec<usize>| k.iter().map(|c| find(*c)).collect::<Option<Vec<_>>>();
     let key = input.key.as_ref().and_then(map).or_else(|| input.key_alts.iter().find_map(map));

@@ -139,10 +139,7 @@ pub fn rfc3339_ms(ms: i64) -> String {
 
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -159,7 +156,14 @@ mod tests {
         assert_eq!(parse_timestamp_ms("2026-03-01T08:00:00.3Z"), Some(z - 84));
         assert_eq!(parse_timestamp_ms("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_timestamp_ms("1969-12-31T23:59:59.999Z"), Some(-1));
-        for bad in ["", "hot", "2026-02-30T00:00:00Z", "2026-03-01T25:00:00Z", "2026-03-01T08:00:00.Z", "2026-03-01T08:00:00Zx"] {
+        for bad in [
+            "",
+            "hot",
+            "2026-02-30T00:00:00Z",
+            "2026-03-01T25:00:00Z",
+            "2026-03-01T08:00:00.Z",
+            "2026-03-01T08:00:00Zx",
+        ] {
             assert_eq!(parse_timestamp_ms(bad), None, "{bad}");
         }
     }

@@ -114,8 +114,12 @@ fn checkpoint_files() {
         let dir = Path::new("/s/checkpoints");
         let (mut store, _) = CheckpointStore::open(Arc::new(fs.clone()), targets::cipher(encrypted), dir).unwrap();
         let marks = vec![SourceMark { name: "s".into(), position: vec![1, 2, 3], watermark: 42 }];
-        store.write(7, b"fingerprint", marks, &[("node/0/x".into(), vec![9; 40]), ("source/s".into(), vec![5; 12])]).unwrap();
-        let file = |prefix: &str| fs.paths().into_iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix)).unwrap();
+        store
+            .write(7, b"fingerprint", marks, &[("node/0/x".into(), vec![9; 40]), ("source/s".into(), vec![5; 12])])
+            .unwrap();
+        let file = |prefix: &str| {
+            fs.paths().into_iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix)).unwrap()
+        };
         let (manifest, state) = (fs.contents(&file("manifest-")).unwrap(), fs.contents(&file("state-")).unwrap());
         // The target names its files for seq 1, as the first checkpoint's are.
         assert!(file("manifest-").ends_with("manifest-0000000001"));
@@ -130,8 +134,16 @@ fn checkpoint_files() {
 
 #[test]
 fn json_payloads() {
-    let mut seeds: Vec<Vec<u8>> = golden_files(".jsonl").iter().flat_map(|f| f.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect::<Vec<_>>()).filter(|l| !l.is_empty()).take(200).collect();
-    seeds.push(br#"[{"device_id":"a","ts":1,"temp":2.5,"n":3,"ok":true},{"device_id":"b","ts":"2026-03-01T08:00:00Z"}]"#.to_vec());
+    let mut seeds: Vec<Vec<u8>> = golden_files(".jsonl")
+        .iter()
+        .flat_map(|f| f.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect::<Vec<_>>())
+        .filter(|l| !l.is_empty())
+        .take(200)
+        .collect();
+    seeds.push(
+        br#"[{"device_id":"a","ts":1,"temp":2.5,"n":3,"ok":true},{"device_id":"b","ts":"2026-03-01T08:00:00Z"}]"#
+            .to_vec(),
+    );
     seeds.push(br#"{"device_id":"\u00e9\ud83d\ude00","ts":1e3,"temp":-0.0,"n":9223372036854775807,"nested":{"a":[1,{"b":null}]}}"#.to_vec());
     drive(targets::json_payload, &seeds, 20000, 3);
 }
@@ -153,7 +165,8 @@ fn pipeline_sql() {
     drive(targets::sql_pipeline, &seeds, 1500, 5);
     // Token-level mutations reach past the parser into the planner: a token dropped, doubled,
     // or replaced by one from another pipeline.
-    let tokens: Vec<Vec<String>> = seeds.iter().map(|s| String::from_utf8_lossy(s).split_whitespace().map(str::to_string).collect()).collect();
+    let tokens: Vec<Vec<String>> =
+        seeds.iter().map(|s| String::from_utf8_lossy(s).split_whitespace().map(str::to_string).collect()).collect();
     let mut rng = Rng(6);
     let mut planned = 0;
     for _ in 0..6000 {
@@ -175,4 +188,3 @@ fn pipeline_sql() {
     }
     assert!(planned >= 40, "only {planned} of 6000 token mutations planned");
 }
-

@@ -35,7 +35,9 @@ fn accept(rows: &[Row], delay: i64) -> Vec<Row> {
 fn write(dir: &std::path::Path, name: &str, rows: &[Row]) {
     let text: String = rows
         .iter()
-        .map(|r| format!("{{\"dev\":{},\"v\":{},\"ts\":\"{}\"}}\n", r.dev, r.v, eddy_engine::time::rfc3339_ms(T0 + r.ts)))
+        .map(|r| {
+            format!("{{\"dev\":{},\"v\":{},\"ts\":\"{}\"}}\n", r.dev, r.v, eddy_engine::time::rfc3339_ms(T0 + r.ts))
+        })
         .collect();
     std::fs::write(dir.join(name), text).unwrap();
 }
@@ -94,7 +96,8 @@ fn run(a: &[Row], b: &[Row], batch_a: usize, batch_b: usize) -> (Out, Out, Vec<(
 fn reference(a: &[Row], b: &[Row]) -> (Out, Out, Vec<(i64, i64, i64)>) {
     let (mut inter, mut asof) = (vec![], vec![]);
     for x in a {
-        let hits: Vec<&Row> = b.iter().filter(|y| y.dev == x.dev && x.ts - 2000 <= y.ts && y.ts <= x.ts + 1000).collect();
+        let hits: Vec<&Row> =
+            b.iter().filter(|y| y.dev == x.dev && x.ts - 2000 <= y.ts && y.ts <= x.ts + 1000).collect();
         if hits.is_empty() {
             inter.push((x.ts, x.v, None, None));
         }

@@ -22,7 +22,9 @@ fn cases() -> Vec<PathBuf> {
         .unwrap()
         .map(|e| e.unwrap().path())
         // Cases with `args.txt` replace inputs on the replay command line; error cases never run.
-        .filter(|p| p.join("pipeline.sql").exists() && !p.join("args.txt").exists() && !p.join("expected/error.txt").exists())
+        .filter(|p| {
+            p.join("pipeline.sql").exists() && !p.join("args.txt").exists() && !p.join("expected/error.txt").exists()
+        })
         // Processing-time windows follow the wall clock, so no two runs agree (docs/checkpoint.md).
         .filter(|p| !p.ends_with("processing_time"))
         .collect();
@@ -46,7 +48,8 @@ fn outputs(dir: &Path) -> BTreeMap<String, Vec<String>> {
     if let Ok(rd) = std::fs::read_dir(dir.join("out")) {
         for e in rd {
             let e = e.unwrap();
-            let mut lines: Vec<String> = std::fs::read_to_string(e.path()).unwrap().lines().map(str::to_string).collect();
+            let mut lines: Vec<String> =
+                std::fs::read_to_string(e.path()).unwrap().lines().map(str::to_string).collect();
             lines.sort();
             m.insert(e.file_name().to_string_lossy().to_string(), lines);
         }
@@ -72,7 +75,12 @@ fn open(sql: &str, dir: &Path, shards: usize) -> Result<Pipeline, String> {
 
 /// Runs `case` in a fresh `dir`: first for `crash_after` steps (a checkpoint after every third),
 /// then recovered and to the end. Returns the sinks' rows.
-fn run(case: &Path, dir: &Path, crash_after: Option<usize>, shards: usize) -> Result<BTreeMap<String, Vec<String>>, String> {
+fn run(
+    case: &Path,
+    dir: &Path,
+    crash_after: Option<usize>,
+    shards: usize,
+) -> Result<BTreeMap<String, Vec<String>>, String> {
     let _ = std::fs::remove_dir_all(dir);
     copy_inputs(case, dir);
     let sql = std::fs::read_to_string(dir.join("pipeline.sql")).unwrap();
@@ -136,7 +144,9 @@ fn crash_at_any_step(shards: usize) {
                         .filter(|(k, v)| got.get(*k) != Some(v))
                         .map(|(k, v)| {
                             let g = got.get(k).cloned().unwrap_or_default();
-                            let only = |a: &[String], b: &[String]| a.iter().filter(|l| !b.contains(l)).cloned().collect::<Vec<_>>();
+                            let only = |a: &[String], b: &[String]| {
+                                a.iter().filter(|l| !b.contains(l)).cloned().collect::<Vec<_>>()
+                            };
                             format!("{k}: missing {:?}\n  extra {:?}", only(v, &g), only(&g, v))
                         })
                         .collect();
@@ -173,10 +183,7 @@ fn sketches_and_ordered_aggregates_recover_exactly() {
         // Up to two seconds of disorder; four devices; temperatures with three decimals.
         let ms = 1_772_352_000_000 + i * 100 - (x >> 33) % 2000;
         let temp = ((x >> 20) % 40_000) as f64 / 1000.0 - 5.0;
-        lines.push_str(&format!(
-            "{{\"device_id\": \"dev-{}\", \"temp\": {temp}, \"ts\": {ms}}}\n",
-            (x >> 40) % 4
-        ));
+        lines.push_str(&format!("{{\"device_id\": \"dev-{}\", \"temp\": {temp}, \"ts\": {ms}}}\n", (x >> 40) % 4));
     }
     std::fs::write(case.join("readings.jsonl"), lines).unwrap();
     std::fs::write(

@@ -142,7 +142,7 @@ fn wal_crash_model_over_many_seeds() {
 /// One small random life of the log; returns how many crash images it checked.
 fn small_wal_life(seed: u64) -> usize {
     let fs = SimFs::new();
-    let c = cipher(seed % 2 == 0);
+    let c = cipher(seed.is_multiple_of(2));
     let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) + 1);
     let images: Images = Arc::default();
     let acked = Arc::new(AtomicU64::new(0));
@@ -152,7 +152,7 @@ fn small_wal_life(seed: u64) -> usize {
         let mut n = 0u64;
         fs.on_sync(move |fs| {
             n += 1;
-            if n % pick != 0 {
+            if !n.is_multiple_of(pick) {
                 return;
             }
             let a = a2.load(Ordering::SeqCst);
@@ -382,11 +382,14 @@ fn truncation_at_every_offset_cuts_a_torn_tail() {
         let c = cipher(enc);
         let (path, bytes, recs) = one_segment(&c, 12);
         // Frame ends, to know which records a cut keeps whole.
-        let full = replay_all(&{
-            let f = SimFs::new();
-            f.put(&path, bytes.clone());
-            f
-        }, &c)
+        let full = replay_all(
+            &{
+                let f = SimFs::new();
+                f.put(&path, bytes.clone());
+                f
+            },
+            &c,
+        )
         .unwrap();
         assert_eq!(full, recs);
         for len in 0..bytes.len() {
@@ -420,11 +423,19 @@ fn single_bit_flips_give_a_named_error_or_drop_only_the_last_record() {
                 match replay_all(&fs, &c) {
                     Ok(got) => {
                         assert!(got[..] == recs[..got.len()], "flip at {byte}.{bit}: wrong data recovered");
-                        assert!(got.len() + 1 >= recs.len(), "flip at {byte}.{bit}: only a torn last record may go ({} of {})", got.len(), recs.len());
+                        assert!(
+                            got.len() + 1 >= recs.len(),
+                            "flip at {byte}.{bit}: only a torn last record may go ({} of {})",
+                            got.len(),
+                            recs.len()
+                        );
                     }
                     Err(e) => {
                         let m = e.to_string();
-                        assert!(m.contains(&path.display().to_string()) && (m.contains("offset") || m.contains("header")), "flip at {byte}.{bit}: {m}");
+                        assert!(
+                            m.contains(&path.display().to_string()) && (m.contains("offset") || m.contains("header")),
+                            "flip at {byte}.{bit}: {m}"
+                        );
                         errors += 1;
                     }
                 }
@@ -481,7 +492,8 @@ fn checkpoint_crash_images_recover_a_committed_checkpoint() {
     let images = std::mem::take(&mut *images.lock().unwrap());
     assert!(images.len() > 20);
     for (k, (img, acked)) in images.iter().enumerate() {
-        let (_, rec) = CheckpointStore::open(Arc::new(img.clone()), c.clone(), dir).unwrap_or_else(|e| panic!("image {k}: {e}"));
+        let (_, rec) =
+            CheckpointStore::open(Arc::new(img.clone()), c.clone(), dir).unwrap_or_else(|e| panic!("image {k}: {e}"));
         match rec {
             None => assert_eq!(*acked, 0, "image {k}: acknowledged checkpoint {acked} lost"),
             Some(r) => {

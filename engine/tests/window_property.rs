@@ -85,11 +85,7 @@ fn sessions(rows: &[Row], gap: i64) -> BTreeMap<Key, i64> {
 }
 
 fn read(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn ms(v: &serde_json::Value) -> i64 {
@@ -136,8 +132,20 @@ fn windowed(path: &std::path::Path) -> BTreeMap<Key, (i64, i64, i64, i64)> {
     read(path)
         .iter()
         .map(|o| {
-            let k = (dev(&o["device_id"]), ms(&o["window_start"]) - 1_772_352_000_000, ms(&o["window_end"]) - 1_772_352_000_000);
-            (k, (o["n"].as_i64().unwrap(), o["s"].as_i64().unwrap(), o["lo"].as_i64().unwrap(), o["hi"].as_i64().unwrap()))
+            let k = (
+                dev(&o["device_id"]),
+                ms(&o["window_start"]) - 1_772_352_000_000,
+                ms(&o["window_end"]) - 1_772_352_000_000,
+            );
+            (
+                k,
+                (
+                    o["n"].as_i64().unwrap(),
+                    o["s"].as_i64().unwrap(),
+                    o["lo"].as_i64().unwrap(),
+                    o["hi"].as_i64().unwrap(),
+                ),
+            )
         })
         .collect()
 }

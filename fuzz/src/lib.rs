@@ -83,7 +83,12 @@ pub fn checkpoint_manifest(data: &[u8]) -> usize {
 }
 
 fn telemetry_decoder() -> RowDecoder {
-    let col = |n: &str, t: DataType, nullable: bool| DecodeColumn { name: n.into(), data_type: t, nullable, metadata_key: None };
+    let col = |n: &str, t: DataType, nullable: bool| DecodeColumn {
+        name: n.into(),
+        data_type: t,
+        nullable,
+        metadata_key: None,
+    };
     let cols = vec![
         col("device_id", DataType::Utf8, false),
         col("temp", DataType::Float64, true),

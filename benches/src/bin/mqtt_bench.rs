@@ -32,8 +32,16 @@ fn broker(dir: &Path) -> Result<(Kill, u16)> {
     let port = free_port()?;
     let conf = dir.join("mosquitto.conf");
     std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n"))?;
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("mosquitto");
-    let child = Command::new(bin).arg("-c").arg(&conf).stderr(Stdio::null()).spawn().context("mosquitto (apt-get install mosquitto)")?;
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("mosquitto");
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("mosquitto (apt-get install mosquitto)")?;
     let t0 = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if t0.elapsed() > Duration::from_secs(10) {
@@ -46,7 +54,13 @@ fn broker(dir: &Path) -> Result<(Kill, u16)> {
 
 /// Subscribes to `filter`, then runs `publish`; collects (receive time, payload) until `n` messages
 /// arrived or 60 s passed. Returns the latencies in µs and the time from first publish to last receive.
-fn measure(port: u16, filter: &str, qos: QoS, n: usize, publish: impl FnOnce() -> Result<()> + Send) -> Result<(Vec<u64>, Duration)> {
+fn measure(
+    port: u16,
+    filter: &str,
+    qos: QoS,
+    n: usize,
+    publish: impl FnOnce() -> Result<()> + Send,
+) -> Result<(Vec<u64>, Duration)> {
     let mut o = MqttOptions::new(format!("bench-sub-{}", now_us()), "127.0.0.1", port);
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut conn) = Client::new(o, 1024);
@@ -105,7 +119,12 @@ fn publish_n(port: u16, topic: &str, qos: QoS, n: usize, rate: u64) -> Result<()
                 std::thread::sleep(wait);
             }
         }
-        let payload = format!("{{\"device_id\":\"dev-{}\",\"seq\":{i},\"value\":{}.5,\"sent_us\":{}}}", i % 16, i % 100, now_us());
+        let payload = format!(
+            "{{\"device_id\":\"dev-{}\",\"seq\":{i},\"value\":{}.5,\"sent_us\":{}}}",
+            i % 16,
+            i % 100,
+            now_us()
+        );
         client.publish(topic, qos, false, payload)?;
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -127,9 +146,14 @@ fn proc_usage(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()).unwrap_or(0.0);
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
     (ticks / 100.0, rss_kb / 1024.0)
 }
 
@@ -144,21 +168,34 @@ fn eddyd_bin() -> Result<PathBuf> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let n: usize = args.iter().position(|a| a == "--messages").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: usize = args
+        .iter()
+        .position(|a| a == "--messages")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     // 0: saturation (throughput); otherwise a steady rate (latency under a normal load).
-    let rate: u64 = args.iter().position(|a| a == "--rate").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let rate: u64 =
+        args.iter().position(|a| a == "--rate").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(0);
     let work = std::env::temp_dir().join(format!("eddy-mqtt-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let (_broker, port) = broker(&work)?;
     let eddyd = eddyd_bin()?;
     let pace = if rate == 0 { "as fast as the publisher goes".to_string() } else { format!("at {rate} msgs/s") };
-    println!("{n} messages of ~80 bytes, published {pace}; loopback Mosquitto; {} cores\n", std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1));
+    println!(
+        "{n} messages of ~80 bytes, published {pace}; loopback Mosquitto; {} cores\n",
+        std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1)
+    );
     println!("| path | QoS | msgs/s | latency p50 | latency p99 | eddyd CPU per 10k msgs/s | eddyd peak RSS |");
     println!("|---|---|---|---|---|---|---|");
     for (qos, q) in [(QoS::AtMostOnce, 0), (QoS::AtLeastOnce, 1)] {
         let (mut lat, took) = measure(port, "base/#", qos, n, move || publish_n(port, "base/x", qos, n, rate))?;
         let got = lat.len() as f64 / took.as_secs_f64();
-        println!("| Mosquitto alone (pub → sub) | {q} | {got:.0} | {:.2} ms | {:.2} ms | — | — |", pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+        println!(
+            "| Mosquitto alone (pub → sub) | {q} | {got:.0} | {:.2} ms | {:.2} ms | — | — |",
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99)
+        );
         for durable in [false, true] {
             if durable && q == 0 {
                 continue;
@@ -183,11 +220,16 @@ fn main() -> Result<()> {
             let pid = child.0.id();
             let (cpu0, _) = proc_usage(pid);
             let topic = format!("{topic_in}/gw");
-            let (mut lat, took) = measure(port, &format!("out{q}{durable}/#"), qos, n, move || publish_n(port, &topic, qos, n, rate))?;
+            let (mut lat, took) =
+                measure(port, &format!("out{q}{durable}/#"), qos, n, move || publish_n(port, &topic, qos, n, rate))?;
             let (cpu1, rss) = proc_usage(pid);
             let got = lat.len() as f64 / took.as_secs_f64();
             let cpu_per_10k = (cpu1 - cpu0) / took.as_secs_f64() / (got / 10_000.0);
-            let path = if durable { "eddyd, durable (WAL + checkpoint every 50 ms, exactly-once sink)" } else { "eddyd, no state dir" };
+            let path = if durable {
+                "eddyd, durable (WAL + checkpoint every 50 ms, exactly-once sink)"
+            } else {
+                "eddyd, no state dir"
+            };
             let lost = if lat.len() < n { format!(" ({} of {n} arrived)", lat.len()) } else { String::new() };
             println!(
                 "| {path}{lost} | {q} | {got:.0} | {:.2} ms | {:.2} ms | {:.0}% of a core | {rss:.0} MiB |",

@@ -101,7 +101,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("eddy") if args.len() >= 3 => run_eddy(&args[2], args.get(3).map(|p| p.parse()).transpose()?.unwrap_or(1)),
-        Some("datafusion") if args.len() >= 3 => run_datafusion(&args[2], args.get(3).map(|p| p.parse()).transpose()?.unwrap_or(1)),
+        Some("datafusion") if args.len() >= 3 => {
+            run_datafusion(&args[2], args.get(3).map(|p| p.parse()).transpose()?.unwrap_or(1))
+        }
         _ => bail!("usage: replay_vs_batch gen FILE ROWS DEVICES | eddy FILE [SHARDS] | datafusion FILE [PARTITIONS]"),
     }
 }

@@ -19,7 +19,12 @@ use eddy_engine::storage::wal::{Wal, WalConfig};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let base = args.iter().position(|a| a == "--dir").and_then(|i| args.get(i + 1)).map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let base = args
+        .iter()
+        .position(|a| a == "--dir")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     let work = base.join(format!("eddy-storage-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let storage: Arc<dyn Storage> = Arc::new(RealFs::new());
@@ -83,7 +88,9 @@ fn main() -> Result<()> {
 
     // Checkpoints: full, then incremental with one blob in ten changed.
     let mb = if quick { 16 } else { 64 };
-    let blobs: Vec<(String, Vec<u8>)> = (0..10).map(|i| (format!("node/{i}"), (0..mb * 1024 * 1024 / 10).map(|j| (j * 7 + i) as u8).collect())).collect();
+    let blobs: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| (format!("node/{i}"), (0..mb * 1024 * 1024 / 10).map(|j| (j * 7 + i) as u8).collect()))
+        .collect();
     let (mut store, _) = CheckpointStore::open(storage.clone(), cipher.clone(), &work.join("ckpt"))?;
     let t = Instant::now();
     let full = store.write(0, b"fp", vec![], &blobs)?;
@@ -126,7 +133,10 @@ fn main() -> Result<()> {
         Ok(())
     })?;
     let secs = t.elapsed().as_secs_f64();
-    println!("recovery: {wal_mb} MB of WAL opened and replayed in {secs:.2} s = {:.1} s/GB (page cache warm)", secs * 1024.0 / wal_mb as f64);
+    println!(
+        "recovery: {wal_mb} MB of WAL opened and replayed in {secs:.2} s = {:.1} s/GB (page cache warm)",
+        secs * 1024.0 / wal_mb as f64
+    );
     std::fs::remove_dir_all(&dir)?;
 
     flash_per_input(&work, storage, cipher, if quick { 100_000 } else { 1_000_000 })?;
@@ -140,7 +150,12 @@ fn flash_per_input(work: &Path, storage: Arc<dyn Storage>, cipher: Arc<Cipher>, 
     std::fs::create_dir_all(&dir)?;
     let mut input = String::new();
     for i in 0..rows {
-        input.push_str(&format!("{{\"device_id\": \"dev-{:03}\", \"temp\": {}.5, \"ts\": {}}}\n", i % 500, i % 40, 1_700_000_000_000i64 + i as i64 * 10));
+        input.push_str(&format!(
+            "{{\"device_id\": \"dev-{:03}\", \"temp\": {}.5, \"ts\": {}}}\n",
+            i % 500,
+            i % 40,
+            1_700_000_000_000i64 + i as i64 * 10
+        ));
     }
     std::fs::write(dir.join("in.jsonl"), &input)?;
     let sql = "CREATE SOURCE r (device_id VARCHAR NOT NULL, temp DOUBLE, ts TIMESTAMP(3) NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)

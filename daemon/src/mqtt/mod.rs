@@ -70,7 +70,9 @@ impl Provider {
         let ctx = format!("source '{}'", spec.name);
         let conn = Connection::resolve("source", &self.pipeline, spec.name, spec.options, &self.defaults)?;
         let topics: Vec<String> = settings::get(&ctx, spec.options, &MqttDefaults::default(), "topic")?
-            .ok_or_else(|| opt_err(&ctx, "connector 'mqtt' needs option 'topic' (filters, comma-separated; + and # allowed)"))?
+            .ok_or_else(|| {
+                opt_err(&ctx, "connector 'mqtt' needs option 'topic' (filters, comma-separated; + and # allowed)")
+            })?
             .split(',')
             .map(|t| t.trim().to_string())
             .collect();
@@ -78,22 +80,34 @@ impl Provider {
             let bad_hash = t.find('#').is_some_and(|i| i + 1 != t.len() || (i > 0 && !t[..i].ends_with('/')));
             let bad_plus = t.split('/').any(|l| l.contains('+') && l != "+");
             if t.is_empty() || bad_hash || bad_plus {
-                return Err(opt_err(&ctx, format!("topic filter '{t}' is not valid ('+' stands for one whole level, '#' only last)")));
+                return Err(opt_err(
+                    &ctx,
+                    format!("topic filter '{t}' is not valid ('+' stands for one whole level, '#' only last)"),
+                ));
             }
         }
         let format = match spec.options.get("format") {
             None => Format::Json,
-            Some(f) => Format::parse(f).ok_or_else(|| opt_err(&ctx, format!("unknown format '{f}' (valid formats: {})", Format::NAMES.join(", "))))?,
+            Some(f) => Format::parse(f).ok_or_else(|| {
+                opt_err(&ctx, format!("unknown format '{f}' (valid formats: {})", Format::NAMES.join(", ")))
+            })?,
         };
         for k in &spec.metadata_keys {
             if !source::METADATA_KEYS.contains(&k.as_str()) {
-                return Err(opt_err(&ctx, format!("METADATA FROM '{k}': an MQTT source provides {}", source::METADATA_KEYS.join(", "))));
+                return Err(opt_err(
+                    &ctx,
+                    format!("METADATA FROM '{k}': an MQTT source provides {}", source::METADATA_KEYS.join(", ")),
+                ));
             }
         }
         if format == Format::Raw && spec.columns.len() != spec.metadata_keys.len() + 1 {
-            return Err(opt_err(&ctx, "format 'raw' needs exactly one payload column (payload BYTEA or VARCHAR) besides METADATA columns"));
+            return Err(opt_err(
+                &ctx,
+                "format 'raw' needs exactly one payload column (payload BYTEA or VARCHAR) besides METADATA columns",
+            ));
         }
-        let queue_messages = num(&ctx, spec, "queue_messages", self.defaults.queue_messages.unwrap_or(1024))?.clamp(1, 1 << 20);
+        let queue_messages =
+            num(&ctx, spec, "queue_messages", self.defaults.queue_messages.unwrap_or(1024))?.clamp(1, 1 << 20);
         let queue_bytes = num(&ctx, spec, "queue_bytes", self.defaults.queue_bytes.unwrap_or(64 << 20))?.max(1 << 16);
         let clean_session = connector::bool_option(&ctx, spec.options, "clean_session", false)?;
         if clean_session && self.durable && conn.qos != rumqttc::QoS::AtMostOnce {
@@ -112,14 +126,20 @@ impl Provider {
     fn sink_settings(&self, spec: &ConnectorSpec<'_>) -> Result<sink::SinkSettings> {
         let ctx = format!("sink '{}'", spec.name);
         let conn = Connection::resolve("sink", &self.pipeline, spec.name, spec.options, &self.defaults)?;
-        let topic = spec.options.get("topic").ok_or_else(|| opt_err(&ctx, "connector 'mqtt' needs option 'topic' (a template such as 'alerts/{device_id}')"))?;
+        let topic = spec.options.get("topic").ok_or_else(|| {
+            opt_err(&ctx, "connector 'mqtt' needs option 'topic' (a template such as 'alerts/{device_id}')")
+        })?;
         let topic = sink::TopicTemplate::parse(topic, &spec.columns).map_err(|m| opt_err(&ctx, m))?;
         if let Some(f) = spec.options.get("format") {
             if !f.eq_ignore_ascii_case("json") {
                 return Err(opt_err(&ctx, "MQTT sinks publish format 'json' (one object per row)"));
             }
         }
-        let policy = match settings::get(&ctx, spec.options, &self.defaults, "outbox_full")?.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        let policy = match settings::get(&ctx, spec.options, &self.defaults, "outbox_full")?
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("block") => FullPolicy::Block,
             Some("drop_oldest") => FullPolicy::DropOldest,
             Some(o) => return Err(opt_err(&ctx, format!("outbox_full '{o}': valid values are block, drop_oldest"))),

@@ -110,7 +110,9 @@ impl Outbox {
         // of 256 MiB) with its framing.
         cfg.max_record_bytes = 260 << 20;
         let wal = Wal::open(st.storage.clone(), Arc::clone(&st.cipher), cfg)?;
-        wal.replay(0, &mut |lsn, payload| ob.apply(lsn, payload).map_err(|e| eddy_engine::storage::StorageError::Corrupt(e.to_string())))?;
+        wal.replay(0, &mut |lsn, payload| {
+            ob.apply(lsn, payload).map_err(|e| eddy_engine::storage::StorageError::Corrupt(e.to_string()))
+        })?;
         // Parts not ended by their delivery record: a crash cut that delivery short, so none of
         // it was taken (the pipeline delivers it again).
         ob.parts.clear();
@@ -132,7 +134,12 @@ impl Outbox {
         // A lowered bound applies at once under drop_oldest; under block nothing is ever dropped.
         if ob.policy == FullPolicy::DropOldest && ob.bytes > ob.limit {
             let dropped = ob.drop_oldest(0);
-            tracing::warn!(dropped, bytes = ob.bytes, limit = ob.limit, "outbox over its (lowered) bound: oldest messages dropped");
+            tracing::warn!(
+                dropped,
+                bytes = ob.bytes,
+                limit = ob.limit,
+                "outbox over its (lowered) bound: oldest messages dropped"
+            );
             ob.sync_acks()?;
         }
         Ok(ob)
@@ -147,7 +154,8 @@ impl Outbox {
             self.parts.clear();
         }
         for i in 0..n {
-            let topic = String::from_utf8(r.bytes()?.to_vec()).map_err(|_| EngineError::State("an outbox topic is not UTF-8".into()))?;
+            let topic = String::from_utf8(r.bytes()?.to_vec())
+                .map_err(|_| EngineError::State("an outbox topic is not UTF-8".into()))?;
             let payload = r.bytes()?.to_vec();
             self.parts.push(OutMsg { seq: first + i, topic, payload, lsn });
         }
@@ -236,7 +244,11 @@ impl Outbox {
         let mut lsns = Vec::new();
         if let Some(wal) = self.wal.as_mut() {
             if dropped > 0 {
-                Self::append_acked(wal, &mut self.scratch, [self.acked_seq, self.dropped, self.next_seq, self.durable_end, self.id])?;
+                Self::append_acked(
+                    wal,
+                    &mut self.scratch,
+                    [self.acked_seq, self.dropped, self.next_seq, self.durable_end, self.id],
+                )?;
             }
             // Records of at most PART_BYTES of messages (one message at least), all but the last
             // as parts; the last carries `end`. One commit covers them all.
@@ -316,7 +328,11 @@ impl Outbox {
         if self.acked_seq == self.logged_acked {
             return Ok(());
         }
-        let lsn = Self::append_acked(wal, &mut self.scratch, [self.acked_seq, self.dropped, self.next_seq, self.durable_end, self.id])?;
+        let lsn = Self::append_acked(
+            wal,
+            &mut self.scratch,
+            [self.acked_seq, self.dropped, self.next_seq, self.durable_end, self.id],
+        )?;
         wal.commit()?;
         self.logged_acked = self.acked_seq;
         let keep = self.queue.front().map(|m| m.lsn).unwrap_or(lsn);
@@ -329,7 +345,9 @@ impl Outbox {
 fn random_id() -> Result<u64> {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 8];
-    ring::rand::SystemRandom::new().fill(&mut b).map_err(|_| EngineError::State("the system random generator failed".into()))?;
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| EngineError::State("the system random generator failed".into()))?;
     Ok(u64::from_le_bytes(b).max(1))
 }
 
@@ -405,7 +423,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let st = dir(tmp.path());
         let limit = 64 << 10;
-        let dir_bytes = || std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum::<u64>();
+        let dir_bytes =
+            || std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum::<u64>();
         let payload = |i: usize| (format!("t/{i}"), vec![b'x'; 1000 + i % 7]);
         let mut total_dropped = 0;
         {
@@ -577,23 +596,41 @@ mod tests {
             assert!(images.len() > 10, "seed {seed}: too few sync points");
             for (i, (img, m)) in images.into_iter().enumerate() {
                 let st = SinkStateDir { dir: "/outbox".into(), storage: Arc::new(img), cipher: cipher.clone() };
-                let rec = Outbox::open(Some(&st), 1 << 20, FullPolicy::Block).unwrap_or_else(|e| panic!("seed {seed} image {i}: {e}"));
-                let got: Vec<(u64, String, Vec<u8>)> = rec.queue.iter().map(|x| (x.seq, x.topic.clone(), x.payload.clone())).collect();
+                let rec = Outbox::open(Some(&st), 1 << 20, FullPolicy::Block)
+                    .unwrap_or_else(|e| panic!("seed {seed} image {i}: {e}"));
+                let got: Vec<(u64, String, Vec<u8>)> =
+                    rec.queue.iter().map(|x| (x.seq, x.topic.clone(), x.payload.clone())).collect();
                 let all: Vec<&(String, Vec<u8>)> = m.taken.iter().chain(m.in_flight.iter()).collect();
                 for w in got.windows(2) {
                     assert_eq!(w[0].0 + 1, w[1].0, "seed {seed} image {i}: a gap in the recovered messages");
                 }
                 for (seq, t, p) in &got {
-                    let want = all.get(*seq as usize).unwrap_or_else(|| panic!("seed {seed} image {i}: message {seq} was never delivered"));
+                    let want = all
+                        .get(*seq as usize)
+                        .unwrap_or_else(|| panic!("seed {seed} image {i}: message {seq} was never delivered"));
                     assert_eq!((t, p), (&want.0, &want.1), "seed {seed} image {i}: message {seq} differs");
                 }
                 let start = got.first().map(|g| g.0).unwrap_or(m.taken.len() as u64);
-                assert!(start >= m.synced_acked.min(m.taken.len() as u64) || m.taken.is_empty(), "seed {seed} image {i}: acknowledged message {start} came back");
-                assert!(start <= m.acked.max(m.synced_acked), "seed {seed} image {i}: unacknowledged messages from {} lost (recovered from {start})", m.acked);
+                assert!(
+                    start >= m.synced_acked.min(m.taken.len() as u64) || m.taken.is_empty(),
+                    "seed {seed} image {i}: acknowledged message {start} came back"
+                );
+                assert!(
+                    start <= m.acked.max(m.synced_acked),
+                    "seed {seed} image {i}: unacknowledged messages from {} lost (recovered from {start})",
+                    m.acked
+                );
                 let end = got.last().map(|g| g.0 + 1).unwrap_or(start);
-                assert!(end >= m.taken.len() as u64 || start > m.taken.len() as u64, "seed {seed} image {i}: delivered messages lost at the end ({end} < {})", m.taken.len());
+                assert!(
+                    end >= m.taken.len() as u64 || start > m.taken.len() as u64,
+                    "seed {seed} image {i}: delivered messages lost at the end ({end} < {})",
+                    m.taken.len()
+                );
                 if m.last_end > 0 {
-                    assert!(rec.has(m.last_end), "seed {seed} image {i}: a completed delivery is not recognised after recovery");
+                    assert!(
+                        rec.has(m.last_end),
+                        "seed {seed} image {i}: a completed delivery is not recognised after recovery"
+                    );
                 }
             }
         }

@@ -72,7 +72,9 @@ pub(crate) fn parse_qos(ctx: &str, v: Option<&str>) -> Result<QoS, EngineError> 
 pub(crate) fn parse_url(ctx: &str, url: &str) -> Result<(String, u16, bool), EngineError> {
     // Errors show the URL without any credentials in it.
     let shown = redact_url(url);
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| opt_err(ctx, format!("url '{shown}': expected mqtt://host:port or mqtts://host:port")))?;
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| opt_err(ctx, format!("url '{shown}': expected mqtt://host:port or mqtts://host:port")))?;
     let tls = match scheme.to_ascii_lowercase().as_str() {
         "mqtt" | "tcp" => false,
         "mqtts" | "ssl" => true,
@@ -80,7 +82,10 @@ pub(crate) fn parse_url(ctx: &str, url: &str) -> Result<(String, u16, bool), Eng
     };
     let hostport = rest.trim_end_matches('/');
     if hostport.is_empty() || hostport.contains('/') || hostport.contains('@') {
-        return Err(opt_err(ctx, format!("url '{shown}': expected only a host and port (credentials go in 'username'/'password')")));
+        return Err(opt_err(
+            ctx,
+            format!("url '{shown}': expected only a host and port (credentials go in 'username'/'password')"),
+        ));
     }
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
@@ -94,9 +99,17 @@ pub(crate) fn parse_url(ctx: &str, url: &str) -> Result<(String, u16, bool), Eng
 
 impl Connection {
     /// Resolves the connection options of `name` (a source or sink of `pipeline`).
-    pub fn resolve(what: &str, pipeline: &str, name: &str, o: &Options, defaults: &MqttDefaults) -> Result<Connection, EngineError> {
+    pub fn resolve(
+        what: &str,
+        pipeline: &str,
+        name: &str,
+        o: &Options,
+        defaults: &MqttDefaults,
+    ) -> Result<Connection, EngineError> {
         let ctx = format!("{what} '{name}'");
-        let url = get(&ctx, o, defaults, "url")?.ok_or_else(|| opt_err(&ctx, "connector 'mqtt' needs option 'url' (or `url` under [mqtt] in the config)"))?;
+        let url = get(&ctx, o, defaults, "url")?.ok_or_else(|| {
+            opt_err(&ctx, "connector 'mqtt' needs option 'url' (or `url` under [mqtt] in the config)")
+        })?;
         let (host, port, tls) = parse_url(&ctx, &url)?;
         let mqtt5 = match get(&ctx, o, defaults, "protocol")?.as_deref() {
             None | Some("3.1.1") | Some("4") => false,
@@ -116,10 +129,13 @@ impl Connection {
         let keep_alive = match get(&ctx, o, defaults, "keep_alive")? {
             None => Duration::from_secs(30),
             Some(v) => Duration::from_millis(
-                eddy_engine::sql::ddl::parse_duration_ms(&v).map_err(|e| opt_err(&ctx, format!("option 'keep_alive': {e}")))?.max(1000) as u64,
+                eddy_engine::sql::ddl::parse_duration_ms(&v)
+                    .map_err(|e| opt_err(&ctx, format!("option 'keep_alive': {e}")))?
+                    .max(1000) as u64,
             ),
         };
-        let path = |k: &str| -> Result<Option<PathBuf>, EngineError> { Ok(get(&ctx, o, defaults, k)?.map(PathBuf::from)) };
+        let path =
+            |k: &str| -> Result<Option<PathBuf>, EngineError> { Ok(get(&ctx, o, defaults, k)?.map(PathBuf::from)) };
         let (ca_file, cert_file, key_file) = (path("ca_file")?, path("cert_file")?, path("key_file")?);
         if cert_file.is_some() != key_file.is_some() {
             return Err(opt_err(&ctx, "options 'cert_file' and 'key_file' go together (TLS client authentication)"));
@@ -129,7 +145,10 @@ impl Connection {
         }
         let max_message_bytes = match get(&ctx, o, defaults, "max_message_bytes")? {
             None => 8 << 20,
-            Some(v) => v.trim().parse::<usize>().map_err(|_| opt_err(&ctx, format!("option 'max_message_bytes' must be a number, not '{v}'")))?,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| opt_err(&ctx, format!("option 'max_message_bytes' must be a number, not '{v}'")))?,
         };
         Ok(Connection {
             host,

@@ -41,10 +41,14 @@ impl TopicTemplate {
             if open > 0 {
                 parts.push(Part::Text(rest[..open].to_string()));
             }
-            let close = rest[open..].find('}').ok_or_else(|| format!("topic '{template}': a '{{' is not closed"))? + open;
+            let close =
+                rest[open..].find('}').ok_or_else(|| format!("topic '{template}': a '{{' is not closed"))? + open;
             let col = rest[open + 1..close].trim();
             if !columns.iter().any(|c| c == col) {
-                return Err(format!("topic '{template}': '{{{col}}}' is not an output column ({})", columns.join(", ")));
+                return Err(format!(
+                    "topic '{template}': '{{{col}}}' is not an output column ({})",
+                    columns.join(", ")
+                ));
             }
             parts.push(Part::Column(col.to_string()));
             rest = &rest[close + 1..];
@@ -68,7 +72,8 @@ impl TopicTemplate {
         if self.is_constant() {
             return Ok(self.parts.iter().map(|p| if let Part::Text(t) = p { t.as_str() } else { "" }).collect());
         }
-        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(row).map_err(|e| format!("an output row is not a JSON object: {e}"))?;
+        let obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(row).map_err(|e| format!("an output row is not a JSON object: {e}"))?;
         let mut out = String::new();
         for p in &self.parts {
             match p {
@@ -129,7 +134,9 @@ struct Sending {
 
 impl Shared {
     fn lock(&self) -> Result<MutexGuard<'_, Outbox>> {
-        self.outbox.lock().map_err(|_| EngineError::Internal("the outbox lock is poisoned (its publisher panicked)".into()))
+        self.outbox
+            .lock()
+            .map_err(|_| EngineError::Internal("the outbox lock is poisoned (its publisher panicked)".into()))
     }
 
     fn lock_sending(&self) -> Result<MutexGuard<'_, Sending>> {
@@ -176,8 +183,21 @@ pub struct MqttSink {
 }
 
 impl MqttSink {
-    pub fn new(settings: SinkSettings, state: Option<SinkStateDir>, stopping: Arc<AtomicBool>, gauges: Arc<ConnectorGauges>) -> Self {
-        MqttSink { settings, state, shared: None, thread: None, stopping, gauges, drain_timeout: Duration::from_secs(5) }
+    pub fn new(
+        settings: SinkSettings,
+        state: Option<SinkStateDir>,
+        stopping: Arc<AtomicBool>,
+        gauges: Arc<ConnectorGauges>,
+    ) -> Self {
+        MqttSink {
+            settings,
+            state,
+            shared: None,
+            thread: None,
+            stopping,
+            gauges,
+            drain_timeout: Duration::from_secs(5),
+        }
     }
 
     fn shared(&self) -> Result<&Arc<Shared>> {
@@ -187,7 +207,8 @@ impl MqttSink {
     fn split(&self, lines: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
         let mut msgs = Vec::new();
         for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let topic = self.settings.topic.render(line).map_err(|m| EngineError::options(&self.settings.conn.ctx, m))?;
+            let topic =
+                self.settings.topic.render(line).map_err(|m| EngineError::options(&self.settings.conn.ctx, m))?;
             msgs.push((topic, line.to_vec()));
         }
         Ok(msgs)
@@ -251,7 +272,10 @@ impl SinkWriter for MqttSink {
         let mut warned = false;
         while ob.policy == FullPolicy::Block && !ob.fits(add) {
             if let Some(why) = shared.gauges.failure() {
-                return Err(EngineError::State(format!("{}: the MQTT publisher stopped: {why}", self.settings.conn.ctx)));
+                return Err(EngineError::State(format!(
+                    "{}: the MQTT publisher stopped: {why}",
+                    self.settings.conn.ctx
+                )));
             }
             if shared.stopping.load(Ordering::Acquire) {
                 // Shutting down: take it over the bound rather than lose it (the final checkpoint
@@ -291,7 +315,11 @@ impl SinkWriter for MqttSink {
         {
             let mut ob = shared.lock()?;
             while !ob.queue.is_empty() && Instant::now() < deadline && shared.gauges.connected.load(Ordering::Relaxed) {
-                ob = shared.changed.wait_timeout(ob, Duration::from_millis(50)).map_err(|_| EngineError::Internal("outbox lock poisoned".into()))?.0;
+                ob = shared
+                    .changed
+                    .wait_timeout(ob, Duration::from_millis(50))
+                    .map_err(|_| EngineError::Internal("outbox lock poisoned".into()))?
+                    .0;
             }
             if !ob.queue.is_empty() {
                 tracing::warn!(sink = %self.settings.conn.ctx, messages = ob.queue.len(), durable = self.state.is_some(), "MQTT outbox not empty at stop");

@@ -140,7 +140,12 @@ pub fn fold_position(acc: &mut Vec<u8>, logged: &[u8]) {
 }
 
 impl MqttSource {
-    pub fn new(settings: SourceSettings, meta: Vec<String>, gauges: Arc<ConnectorGauges>, wakeup: Option<Arc<Wakeup>>) -> Self {
+    pub fn new(
+        settings: SourceSettings,
+        meta: Vec<String>,
+        gauges: Arc<ConnectorGauges>,
+        wakeup: Option<Arc<Wakeup>>,
+    ) -> Self {
         MqttSource {
             settings,
             shared: Arc::new(Shared { stop: AtomicBool::new(false), generation: AtomicU64::new(0), gauges, wakeup }),
@@ -227,7 +232,9 @@ impl MqttSource {
     /// acknowledged only once durable; so it takes a crash between the broker's send and our
     /// log of the new copy *and* byte-identical content — then the copy is taken as the logged one.
     fn is_duplicate(&self, p: &Publish, hash: u64) -> bool {
-        p.dup && p.qos != QoS::AtMostOnce && self.window.iter().rev().find(|e| e.0 == p.pkid).is_some_and(|e| e.1 == hash)
+        p.dup
+            && p.qos != QoS::AtMostOnce
+            && self.window.iter().rev().find(|e| e.0 == p.pkid).is_some_and(|e| e.1 == hash)
     }
 
     /// The broker kept no session: what it delivers from now on is new.
@@ -484,11 +491,23 @@ mod tests {
     fn source() -> (MqttSource, SyncSender<Handoff>, RowDecoder) {
         let o = Options { entries: vec![("url".into(), "mqtt://127.0.0.1:1".into(), Default::default())] };
         let conn = Connection::resolve("source", "p", "s", &o, &Default::default()).unwrap();
-        let settings = SourceSettings { conn, topics: vec!["t/#".into()], format: Format::Raw, clean_session: false, queue_messages: 64, queue_bytes: 1 << 20 };
+        let settings = SourceSettings {
+            conn,
+            topics: vec!["t/#".into()],
+            format: Format::Raw,
+            clean_session: false,
+            queue_messages: 64,
+            queue_bytes: 1 << 20,
+        };
         let mut src = MqttSource::new(settings, Vec::new(), Arc::default(), None);
         let (tx, rx) = std::sync::mpsc::sync_channel(64);
         src.rx = Some(rx);
-        let col = DecodeColumn { name: "raw".into(), data_type: arrow::datatypes::DataType::Utf8, nullable: true, metadata_key: None };
+        let col = DecodeColumn {
+            name: "raw".into(),
+            data_type: arrow::datatypes::DataType::Utf8,
+            nullable: true,
+            metadata_key: None,
+        };
         (src, tx, RowDecoder::new(vec![col], None).unwrap())
     }
 

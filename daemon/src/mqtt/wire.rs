@@ -29,7 +29,15 @@ impl Message {
         let mut p = rumqttc::Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
         p.pkid = pkid;
         p.dup = dup;
-        Message { topic: topic.into(), payload: p.payload.clone(), qos: QoS::AtLeastOnce, retain: false, dup, pkid, ack: Ack::V4(p) }
+        Message {
+            topic: topic.into(),
+            payload: p.payload.clone(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            dup,
+            pkid,
+            ack: Ack::V4(p),
+        }
     }
 }
 
@@ -39,8 +47,11 @@ enum Ack {
 }
 
 /// What a connection reports, protocol aside.
+#[allow(clippy::large_enum_variant)] // nearly every event is a message; boxing would allocate per message
 pub enum WireEvent {
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+    },
     SubscribeRefused,
     Message(Message),
     /// An outgoing publish got its packet id (in the order the publishes were requested).
@@ -57,6 +68,7 @@ pub enum WireClient {
     V5(v5::Client),
 }
 
+#[allow(clippy::large_enum_variant)] // one per connection, made once and never moved in a loop
 pub enum WireConnection {
     V4(rumqttc::Connection),
     V5(v5::Connection),
@@ -81,7 +93,12 @@ fn v4_qos(q: v5::mqttbytes::QoS) -> QoS {
 /// Opens a client for `conn` (it connects when its connection is first polled). `persistent`: the
 /// broker keeps the session (3.1.1: clean session off; 5: clean start off and a session that does
 /// not expire). `manual_acks`: incoming QoS 1/2 messages are acknowledged by [`WireClient::ack`].
-pub fn open(conn: &Connection, persistent: bool, manual_acks: bool, capacity: usize) -> Result<(WireClient, WireConnection)> {
+pub fn open(
+    conn: &Connection,
+    persistent: bool,
+    manual_acks: bool,
+    capacity: usize,
+) -> Result<(WireClient, WireConnection)> {
     if conn.mqtt5 {
         let mut o = v5::MqttOptions::new(conn.client_id.clone(), conn.host.clone(), conn.port);
         o.set_keep_alive(conn.keep_alive);
@@ -143,7 +160,14 @@ impl WireClient {
     /// Publishes `payload`. With `seq` (a durable outbox's sink id and sequence number) an MQTT 5
     /// message carries them as the user properties `eddy-sink` and `eddy-seq`: a message sent
     /// again after a reconnect or a crash has the same pair, so a consumer can drop repeats.
-    pub fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: Vec<u8>, seq: Option<(&str, u64)>) -> std::result::Result<(), String> {
+    pub fn publish(
+        &self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+        seq: Option<(&str, u64)>,
+    ) -> std::result::Result<(), String> {
         match self {
             WireClient::V4(c) => c.try_publish(topic, qos, retain, payload).map_err(|e| e.to_string()),
             WireClient::V5(c) => match seq {
@@ -174,8 +198,12 @@ impl WireConnection {
             WireConnection::V4(c) => {
                 use rumqttc::{Event, Outgoing, Packet};
                 Some(match c.recv_timeout(timeout).ok()? {
-                    Ok(Event::Incoming(Packet::ConnAck(a))) => WireEvent::Connected { session_present: a.session_present },
-                    Ok(Event::Incoming(Packet::SubAck(s))) if s.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) => {
+                    Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                        WireEvent::Connected { session_present: a.session_present }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(s)))
+                        if s.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
+                    {
                         WireEvent::SubscribeRefused
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => WireEvent::Message(Message {
@@ -198,8 +226,14 @@ impl WireConnection {
                 use v5::mqttbytes::v5::Packet;
                 use v5::Event;
                 Some(match c.recv_timeout(timeout).ok()? {
-                    Ok(Event::Incoming(Packet::ConnAck(a))) => WireEvent::Connected { session_present: a.session_present },
-                    Ok(Event::Incoming(Packet::SubAck(s))) if s.return_codes.iter().any(|c| !matches!(c, v5::mqttbytes::v5::SubscribeReasonCode::Success(_))) => {
+                    Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                        WireEvent::Connected { session_present: a.session_present }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(s)))
+                        if s.return_codes
+                            .iter()
+                            .any(|c| !matches!(c, v5::mqttbytes::v5::SubscribeReasonCode::Success(_))) =>
+                    {
                         WireEvent::SubscribeRefused
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => WireEvent::Message(Message {

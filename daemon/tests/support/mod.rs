@@ -32,13 +32,18 @@ pub fn signal(pid: u32, sig: &str) {
 
 /// The broker binary: on PATH, or where Debian puts it (/usr/sbin is not on every user's PATH).
 fn mosquitto_bin() -> PathBuf {
-    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).map(|d| d.join("mosquitto")).find(|p| p.exists());
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("mosquitto"))
+        .find(|p| p.exists());
     on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
 }
 
 /// Whether Mosquitto is installed; CI installs it, so there its absence is a failure.
 pub fn have_mosquitto() -> bool {
-    let found = mosquitto_bin().exists() && Command::new("mosquitto_pub").arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let found = mosquitto_bin().exists()
+        && Command::new("mosquitto_pub").arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     if !found {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "mosquitto is not installed (CI installs it in .ci/run)");
         eprintln!("mosquitto is not installed: skipping (apt-get install mosquitto mosquitto-clients)");
@@ -83,10 +88,19 @@ impl Broker {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("mosquitto.log")).unwrap();
-        let child = Command::new(mosquitto_bin()).arg("-c").arg(self.dir.join("mosquitto.conf")).stdout(Stdio::null()).stderr(log).spawn().expect("mosquitto");
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto");
         self.child = Some(child);
         let port = self.port;
-        assert!(wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), Duration::from_secs(10)), "mosquitto did not start");
+        assert!(
+            wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), Duration::from_secs(10)),
+            "mosquitto did not start"
+        );
     }
 
     /// A graceful stop (SIGTERM: Mosquitto saves its sessions and queues) and a start on the same port.
@@ -111,7 +125,12 @@ impl Broker {
     pub fn publish(&self, topic: &str, payload: &[u8]) {
         let f = self.dir.join("payload.bin");
         std::fs::write(&f, payload).unwrap();
-        let ok = Command::new("mosquitto_pub").args(["-p", &self.port.to_string(), "-q", "1", "-t", topic, "-f"]).arg(&f).status().unwrap().success();
+        let ok = Command::new("mosquitto_pub")
+            .args(["-p", &self.port.to_string(), "-q", "1", "-t", topic, "-f"])
+            .arg(&f)
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "mosquitto_pub failed");
     }
 }
@@ -133,7 +152,11 @@ pub fn publish_lines(port: u16, topic: &str, lines: &[String]) {
 
 /// [`publish_lines`] at QoS `qos`.
 pub fn publish_lines_at(port: u16, topic: &str, qos: &str, lines: &[String]) {
-    let mut c = Command::new("mosquitto_pub").args(["-p", &port.to_string(), "-q", qos, "-t", topic, "-l"]).stdin(Stdio::piped()).spawn().expect("mosquitto_pub");
+    let mut c = Command::new("mosquitto_pub")
+        .args(["-p", &port.to_string(), "-q", qos, "-t", topic, "-l"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub");
     let mut stdin = c.stdin.take().unwrap();
     for l in lines {
         writeln!(stdin, "{l}").unwrap();
@@ -209,12 +232,7 @@ impl Subscriber {
         } else {
             cmd.arg("-v");
         }
-        self.child = Some(
-            cmd.stdout(out)
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("mosquitto_sub"),
-        );
+        self.child = Some(cmd.stdout(out).stderr(Stdio::null()).spawn().expect("mosquitto_sub"));
         std::thread::sleep(Duration::from_millis(300));
     }
 
@@ -295,7 +313,8 @@ impl AckLosingProxy {
                     continue;
                 };
                 all.lock().unwrap().extend([client.try_clone().unwrap(), broker.try_clone().unwrap()]);
-                let (mut c_in, mut b_out, lose_out) = (client.try_clone().unwrap(), broker.try_clone().unwrap(), lose.clone());
+                let (mut c_in, mut b_out, lose_out) =
+                    (client.try_clone().unwrap(), broker.try_clone().unwrap(), lose.clone());
                 std::thread::spawn(move || {
                     forward_packets(&mut c_in, &mut b_out, PUBACK, &lose_out);
                     let _ = c_in.shutdown(Shutdown::Both);
@@ -333,7 +352,12 @@ const PUBACK: u8 = 4;
 const PUBREL: u8 = 6;
 
 /// Copies MQTT packets from `from` to `to`, leaving out those of type `lose` while `lose_acks` is set.
-fn forward_packets(from: &mut std::net::TcpStream, to: &mut std::net::TcpStream, lose: u8, lose_acks: &std::sync::atomic::AtomicBool) {
+fn forward_packets(
+    from: &mut std::net::TcpStream,
+    to: &mut std::net::TcpStream,
+    lose: u8,
+    lose_acks: &std::sync::atomic::AtomicBool,
+) {
     use std::io::Read;
     let (mut buf, mut chunk) = (Vec::new(), [0u8; 16 * 1024]);
     loop {

@@ -15,9 +15,8 @@ use crate::format::decode::RowDecoder;
 use crate::format::json;
 use crate::sql::ddl::Options;
 
-pub const OPTIONS: &[&str] = &[
-    "shape", "seed", "rows", "rate", "devices", "start", "interval", "disorder", "late_ratio", "error_ratio",
-];
+pub const OPTIONS: &[&str] =
+    &["shape", "seed", "rows", "rate", "devices", "start", "interval", "disorder", "late_ratio", "error_ratio"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -146,11 +145,15 @@ impl Datagen {
                 let phase = (ts as f64 / 60_000.0 + who as f64).sin();
                 // Occasional spikes (0.2% of readings) give alerts something to find.
                 let spike = if rng.f64() < 0.002 { 8.0 } else { 0.0 };
-                let temp = 20.0 + (who % 7) as f64 + 4.0 * phase + rng.f64() * 2.0 + spike + if late { 100.0 } else { 0.0 };
+                let temp =
+                    20.0 + (who % 7) as f64 + 4.0 * phase + rng.f64() * 2.0 + spike + if late { 100.0 } else { 0.0 };
                 let humidity = 30.0 + rng.f64() * 50.0;
                 let _ = if error {
                     match rng.below(3) {
-                        0 => write!(self.line, "{{\"device_id\": \"dev-{who:02}\", \"temp\": \"hot\", \"ts\": \"{ts_text}\"}}"),
+                        0 => write!(
+                            self.line,
+                            "{{\"device_id\": \"dev-{who:02}\", \"temp\": \"hot\", \"ts\": \"{ts_text}\"}}"
+                        ),
                         1 => write!(self.line, "{{\"temp\": {temp:.2}, \"ts\": \"{ts_text}\"}}"),
                         _ => write!(self.line, "{{\"device_id\": \"dev-{who:02}\", \"temp\": {temp:.2}"),
                     }
@@ -168,9 +171,16 @@ impl Datagen {
                 let volume = 1 + rng.below(500);
                 let symbol = symbol_name(who);
                 let _ = if error {
-                    write!(self.line, "{{\"symbol\": \"{symbol}\", \"price\": \"n/a\", \"volume\": {volume}, \"ts\": \"{ts_text}\"}}")
+                    write!(
+                        self.line,
+                        "{{\"symbol\": \"{symbol}\", \"price\": \"n/a\", \"volume\": {volume}, \"ts\": \"{ts_text}\"}}"
+                    )
                 } else {
-                    write!(self.line, "{{\"symbol\": \"{symbol}\", \"price\": {:.4}, \"volume\": {volume}, \"ts\": \"{ts_text}\"}}", *p)
+                    write!(
+                        self.line,
+                        "{{\"symbol\": \"{symbol}\", \"price\": {:.4}, \"volume\": {volume}, \"ts\": \"{ts_text}\"}}",
+                        *p
+                    )
                 };
             }
         }
@@ -240,7 +250,9 @@ impl SourceReader for Datagen {
         }
         if let Some(rate) = self.cfg.rate {
             // Keep the pace: as if the rows made so far had come at `rate` until now.
-            self.started = Instant::now().checked_sub(std::time::Duration::from_secs_f64(self.seq as f64 / rate)).unwrap_or(self.started);
+            self.started = Instant::now()
+                .checked_sub(std::time::Duration::from_secs_f64(self.seq as f64 / rate))
+                .unwrap_or(self.started);
         }
         Ok(())
     }

@@ -92,17 +92,15 @@ impl FileSource {
             Format::Raw => {
                 csvfmt::decode_raw(dec, line, now);
             }
-            Format::Csv => {
-                match self.csv.parse(line) {
-                    Ok(record) => match &self.csv_mapping {
-                        None => self.csv_mapping = Some(csvfmt::header_mapping(dec, &strip_bom(record))),
-                        Some(m) => {
-                            csvfmt::decode_record(dec, m, record, line, now);
-                        }
-                    },
-                    Err(e) => dec.reject(line, &format!("not valid CSV: {e}"), now),
-                }
-            }
+            Format::Csv => match self.csv.parse(line) {
+                Ok(record) => match &self.csv_mapping {
+                    None => self.csv_mapping = Some(csvfmt::header_mapping(dec, &strip_bom(record))),
+                    Some(m) => {
+                        csvfmt::decode_record(dec, m, record, line, now);
+                    }
+                },
+                Err(e) => dec.reject(line, &format!("not valid CSV: {e}"), now),
+            },
         }
     }
 }
@@ -138,7 +136,11 @@ impl SourceReader for FileSource {
                         // Too long: record it once and drop bytes up to the next newline.
                         if !self.skipping {
                             let head = &self.buf[self.start..self.start + 256.min(self.buf.len() - self.start)];
-                            dec.reject(head, &format!("line longer than {} bytes (max_line_bytes)", self.max_line), now);
+                            dec.reject(
+                                head,
+                                &format!("line longer than {} bytes (max_line_bytes)", self.max_line),
+                                now,
+                            );
                         }
                         self.skipping = true;
                         self.start = self.buf.len();
@@ -215,7 +217,10 @@ impl FileSource {
                 }
                 None => {
                     if self.fill()? == 0 {
-                        return Err(EngineError::State(format!("{}: the CSV header line is gone", self.path.display())));
+                        return Err(EngineError::State(format!(
+                            "{}: the CSV header line is gone",
+                            self.path.display()
+                        )));
                     }
                 }
             }

@@ -184,8 +184,13 @@ pub const SOURCE_COMMON: &[&str] = &["connector", "format", "on_error", "waterma
 pub const SINK_COMMON: &[&str] = &["connector", "format", "type", "primary_key"];
 
 /// The options connector `connector` takes as a `what` (source, table or sink).
-pub fn valid_options(what: &str, connector: &str, provider: Option<&dyn ConnectorProvider>) -> Option<Vec<&'static str>> {
-    let provided = |common: &'static [&'static str]| provider.and_then(|p| p.options(what, connector)).map(|own| (common, own));
+pub fn valid_options(
+    what: &str,
+    connector: &str,
+    provider: Option<&dyn ConnectorProvider>,
+) -> Option<Vec<&'static str>> {
+    let provided =
+        |common: &'static [&'static str]| provider.and_then(|p| p.options(what, connector)).map(|own| (common, own));
     let (common, own): (&[&str], &[&str]) = match (what, connector) {
         ("source", "file") => (SOURCE_COMMON, file::SOURCE_OPTIONS),
         ("source", "datagen") => (SOURCE_COMMON, datagen::OPTIONS),
@@ -216,7 +221,12 @@ pub fn known_connectors(what: &str, provider: Option<&dyn ConnectorProvider>) ->
 }
 
 /// Checks `options` against the connector's list; returns the connector name.
-pub fn check_options(what: &str, name: &str, options: &Options, provider: Option<&dyn ConnectorProvider>) -> Result<String> {
+pub fn check_options(
+    what: &str,
+    name: &str,
+    options: &Options,
+    provider: Option<&dyn ConnectorProvider>,
+) -> Result<String> {
     let ctx = format!("{what} '{name}'");
     let known = || known_connectors(what, provider).join(", ");
     let Some(connector) = options.get("connector") else {
@@ -224,7 +234,10 @@ pub fn check_options(what: &str, name: &str, options: &Options, provider: Option
     };
     let connector = connector.to_ascii_lowercase();
     let Some(valid) = valid_options(what, &connector, provider) else {
-        return Err(EngineError::options(ctx, format!("unknown connector '{connector}' (known {what} connectors: {})", known())));
+        return Err(EngineError::options(
+            ctx,
+            format!("unknown connector '{connector}' (known {what} connectors: {})", known()),
+        ));
     };
     for (k, _, pos) in &options.entries {
         if !valid.contains(&k.as_str()) {

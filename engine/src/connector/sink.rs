@@ -92,7 +92,13 @@ impl Sink {
     }
 
     /// A sink of a provided connector, writing through `writer`.
-    pub fn external(name: &str, connector: &str, writer: Box<dyn SinkWriter>, mode: SinkMode, columns: Vec<String>) -> Self {
+    pub fn external(
+        name: &str,
+        connector: &str,
+        writer: Box<dyn SinkWriter>,
+        mode: SinkMode,
+        columns: Vec<String>,
+    ) -> Self {
         let mut s = Sink::new(name, SinkTarget::External(connector.to_string()), mode, columns);
         s.external = Some(writer);
         s
@@ -135,7 +141,12 @@ impl Sink {
             // Output is the user's, not state: the usual modes (less the umask).
             crate::storage::fs::create_dir_all_synced(dir, 0o777).map_err(|e| EngineError::io(dir, e))?;
         }
-        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(|e| EngineError::io(path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| EngineError::io(path, e))?;
         crate::storage::fs::sync_parent(path).map_err(|e| EngineError::io(path, e))?;
         Ok(file)
     }
@@ -196,7 +207,9 @@ impl Sink {
                 _ => {
                     scratch.clear();
                     write_value(col, row, &mut scratch);
-                    b.extend_from_slice(scratch.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(&scratch));
+                    b.extend_from_slice(
+                        scratch.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(&scratch),
+                    );
                 }
             }
         }
@@ -265,7 +278,9 @@ impl Operator for Sink {
         }
         self.out = Some(match &self.target {
             SinkTarget::Console => Box::new(std::io::stdout()),
-            SinkTarget::External(c) => return Err(EngineError::Internal(format!("{c} sink '{}' has no writer", self.name))),
+            SinkTarget::External(c) => {
+                return Err(EngineError::Internal(format!("{c} sink '{}' has no writer", self.name)))
+            }
             SinkTarget::File(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;

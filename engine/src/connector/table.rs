@@ -73,7 +73,9 @@ impl TableRuntime {
                     tracing::warn!(table = %self.spec.name, error = %e, "table reload failed; keeping the previous contents");
                 }
             }
-            Err(e) => tracing::warn!(table = %self.spec.name, error = %e, "table file unreadable; keeping the previous contents"),
+            Err(e) => {
+                tracing::warn!(table = %self.spec.name, error = %e, "table file unreadable; keeping the previous contents")
+            }
         }
     }
 }
@@ -113,10 +115,11 @@ fn read_table(spec: &TableSpec) -> Result<RecordBatch> {
     // One row per key: the last one.
     let types = spec.primary_key.iter().map(|&c| all.column(c).data_type().clone()).collect();
     let encoder = KeyEncoder::new(types)?;
-    let (rows, null_key) = encoder.encode(&spec.primary_key.iter().map(|&c| all.column(c).clone()).collect::<Vec<_>>())?;
+    let (rows, null_key) =
+        encoder.encode(&spec.primary_key.iter().map(|&c| all.column(c).clone()).collect::<Vec<_>>())?;
     let mut last: HashMap<&[u8], u32> = HashMap::new();
-    for i in 0..all.num_rows() {
-        if null_key[i] {
+    for (i, &null) in null_key.iter().enumerate().take(all.num_rows()) {
+        if null {
             return Err(table_err(spec, format!("row {} has a NULL PRIMARY KEY", i + 1)));
         }
         last.insert(rows.row(i).data(), i as u32);

@@ -6,9 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BinaryArray, BooleanArray, Decimal128Array, NullArray, PrimitiveArray, StringArray,
-};
+use arrow::array::{ArrayRef, BinaryArray, BooleanArray, Decimal128Array, NullArray, PrimitiveArray, StringArray};
 use arrow::buffer::{BooleanBuffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
@@ -26,11 +24,29 @@ pub enum ColumnBuf {
     F32(Vec<f32>, Vec<bool>),
     F64(Vec<f64>, Vec<bool>),
     Ts(Vec<i64>, Vec<bool>),
-    Decimal { values: Vec<i128>, valid: Vec<bool>, precision: u8, scale: i8 },
-    Utf8 { offsets: Vec<i32>, data: Vec<u8>, valid: Vec<bool> },
-    Binary { offsets: Vec<i32>, data: Vec<u8>, valid: Vec<bool> },
+    Decimal {
+        values: Vec<i128>,
+        valid: Vec<bool>,
+        precision: u8,
+        scale: i8,
+    },
+    Utf8 {
+        offsets: Vec<i32>,
+        data: Vec<u8>,
+        valid: Vec<bool>,
+    },
+    Binary {
+        offsets: Vec<i32>,
+        data: Vec<u8>,
+        valid: Vec<bool>,
+    },
     /// Types decoded through JSON text (STRUCT): kept as text and converted when the batch is built.
-    JsonText { offsets: Vec<i32>, data: Vec<u8>, valid: Vec<bool>, data_type: DataType },
+    JsonText {
+        offsets: Vec<i32>,
+        data: Vec<u8>,
+        valid: Vec<bool>,
+        data_type: DataType,
+    },
 }
 
 /// A value a decoder hands to a column, borrowed from its input.
@@ -206,7 +222,8 @@ impl ColumnBuf {
                     Value::U64(u) => data.extend_from_slice(u.to_string().as_bytes()),
                     Value::F64(f) => data.extend_from_slice(f.to_string().as_bytes()),
                     Value::Bytes(b) => {
-                        let s = std::str::from_utf8(b).map_err(|_| "expected VARCHAR, got invalid UTF-8".to_string())?;
+                        let s =
+                            std::str::from_utf8(b).map_err(|_| "expected VARCHAR, got invalid UTF-8".to_string())?;
                         data.extend_from_slice(s.as_bytes())
                     }
                     Value::Null => unreachable!("handled above"),

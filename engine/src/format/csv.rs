@@ -11,12 +11,7 @@ pub fn header_mapping(dec: &RowDecoder, header: &csv::ByteRecord) -> Vec<Option<
 
 /// The mapping used when there is no header: payload columns in declared order.
 pub fn positional_mapping(dec: &RowDecoder) -> Vec<Option<usize>> {
-    dec.columns()
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.metadata_key.is_none())
-        .map(|(i, _)| Some(i))
-        .collect()
+    dec.columns().iter().enumerate().filter(|(_, c)| c.metadata_key.is_none()).map(|(i, _)| Some(i)).collect()
 }
 
 /// Decodes one CSV record into a row. `raw` is what an error row shows.
@@ -56,7 +51,12 @@ pub struct CsvLineParser {
 
 impl Default for CsvLineParser {
     fn default() -> Self {
-        CsvLineParser { reader: csv_core::Reader::new(), out: vec![0; 256], ends: vec![0; 32], record: csv::ByteRecord::new() }
+        CsvLineParser {
+            reader: csv_core::Reader::new(),
+            out: vec![0; 256],
+            ends: vec![0; 32],
+            record: csv::ByteRecord::new(),
+        }
     }
 }
 
@@ -130,7 +130,10 @@ mod tests {
         let long = "x".repeat(5000);
         let lines = [
             ("a,\"b,c\",,\"say \"\"hi\"\"\"".to_string(), vec!["a", "b,c", "", "say \"hi\""]),
-            (format!("{long},{}", "y,".repeat(100)), std::iter::once(long.as_str()).chain(std::iter::repeat_n("y", 100)).chain(["" ]).collect()),
+            (
+                format!("{long},{}", "y,".repeat(100)),
+                std::iter::once(long.as_str()).chain(std::iter::repeat_n("y", 100)).chain([""]).collect(),
+            ),
             ("only".to_string(), vec!["only"]),
         ];
         for (line, want) in &lines {
@@ -145,8 +148,10 @@ mod tests {
         use crate::format::decode::{DecodeColumn, RowDecoder};
         use arrow::array::AsArray;
         use arrow::datatypes::{DataType, TimestampMillisecondType};
-        let col = |n: &str, t: DataType| DecodeColumn { name: n.into(), data_type: t, nullable: false, metadata_key: None };
-        let mut d = RowDecoder::new(vec![col("id", DataType::Utf8), col("ts", crate::types::TS_TYPE)], Some(1)).unwrap();
+        let col =
+            |n: &str, t: DataType| DecodeColumn { name: n.into(), data_type: t, nullable: false, metadata_key: None };
+        let mut d =
+            RowDecoder::new(vec![col("id", DataType::Utf8), col("ts", crate::types::TS_TYPE)], Some(1)).unwrap();
         let n = super::decode_csv_payload(&mut d, b"a,1700000000000\nb,2023-11-14T22:13:20Z\nc,17e11\n", 0);
         assert_eq!(n, 2, "an integer or RFC 3339; not a float");
         let b = d.finish().unwrap().unwrap();

@@ -287,7 +287,8 @@ impl RowDecoder {
                 if self.seen[i] {
                     let is_null = self.bufs[i].len() == self.rows + 1 && self.last_is_null(i);
                     if is_null && (!self.columns[i].nullable || self.time_col == Some(i)) {
-                        self.row_error = Some(format!("column '{}' is NOT NULL but the value is null", self.columns[i].name));
+                        self.row_error =
+                            Some(format!("column '{}' is NOT NULL but the value is null", self.columns[i].name));
                         break;
                     }
                     continue;

@@ -249,7 +249,8 @@ mod tests {
         use proptest::prelude::*;
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..64),
-            "\\[?\\{\"device_id\":\"[a-z]{0,3}\",\"ts\":[0-9]{1,4}\\}(,\\{\"ts\":1\\})?\\]?".prop_map(String::into_bytes),
+            "\\[?\\{\"device_id\":\"[a-z]{0,3}\",\"ts\":[0-9]{1,4}\\}(,\\{\"ts\":1\\})?\\]?"
+                .prop_map(String::into_bytes),
             Just(b"[]".to_vec()),
         ]
     }
@@ -279,8 +280,18 @@ mod tests {
     fn metadata_columns_fill_every_row_of_every_payload_kind() {
         use crate::format::decode::MetaValue;
         let mut cols = decoder().columns().to_vec();
-        cols.push(DecodeColumn { name: "topic".into(), data_type: DataType::Utf8, nullable: true, metadata_key: Some("topic".into()) });
-        cols.push(DecodeColumn { name: "qos".into(), data_type: DataType::Int32, nullable: true, metadata_key: Some("qos".into()) });
+        cols.push(DecodeColumn {
+            name: "topic".into(),
+            data_type: DataType::Utf8,
+            nullable: true,
+            metadata_key: Some("topic".into()),
+        });
+        cols.push(DecodeColumn {
+            name: "qos".into(),
+            data_type: DataType::Int32,
+            nullable: true,
+            metadata_key: Some("qos".into()),
+        });
         let mut d = RowDecoder::new(cols, Some(2)).unwrap();
         assert_eq!(d.metadata_keys(), vec!["topic", "qos"]);
         let payloads: [(&str, &[u8]); 6] = [
@@ -305,14 +316,24 @@ mod tests {
     #[test]
     fn objects_arrays_and_bad_rows() {
         let mut d = decoder();
-        assert_eq!(decode_json(&mut d, br#"{"device_id":"a","temp":1.5,"ts":"2026-03-01T08:00:00Z","x":[1,{"y":2}]}"#, 0), 1);
+        assert_eq!(
+            decode_json(&mut d, br#"{"device_id":"a","temp":1.5,"ts":"2026-03-01T08:00:00Z","x":[1,{"y":2}]}"#, 0),
+            1
+        );
         assert_eq!(decode_json(&mut d, br#"{"device_id":"b","ts":1000}"#, 0), 1);
         assert_eq!(decode_json(&mut d, br#"{"temp":20.0,"ts":1000}"#, 0), 0);
         assert_eq!(decode_json(&mut d, br#"{"device_id":"c","temp":"hot","ts":1000}"#, 0), 0);
         assert_eq!(decode_json(&mut d, br#"{"device_id":"c","temp":2}"#, 0), 0);
         assert_eq!(decode_json(&mut d, b"not json", 0), 0);
         assert_eq!(decode_json(&mut d, &[0xff, 0xfe, b'{'], 0), 0);
-        assert_eq!(decode_json(&mut d, br#"[{"device_id":"d","ts":5},{"device_id":"e","temp":{"a":1},"ts":6},{"device_id":"f","ts":7}]"#, 0), 2);
+        assert_eq!(
+            decode_json(
+                &mut d,
+                br#"[{"device_id":"d","ts":5},{"device_id":"e","temp":{"a":1},"ts":6},{"device_id":"f","ts":7}]"#,
+                0
+            ),
+            2
+        );
         let b = d.finish().unwrap().unwrap();
         assert_eq!(b.num_rows(), 4);
         let ids = b.column(0).as_string::<i32>();

@@ -51,7 +51,8 @@ pub struct Evaluated {
 
 impl AggregateExprs {
     pub fn row_converter(&self) -> Result<RowConverter> {
-        let mut fields: Vec<SortField> = self.key_fields.iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        let mut fields: Vec<SortField> =
+            self.key_fields.iter().map(|f| SortField::new(f.data_type().clone())).collect();
         if fields.is_empty() {
             // No GROUP BY keys: one constant key column, so that every row has the same key.
             fields.push(SortField::new(arrow::datatypes::DataType::Boolean));
@@ -68,7 +69,8 @@ impl AggregateExprs {
         } else {
             converter.convert_columns(&key_cols)?
         };
-        let args = self.args.iter().map(|a| a.iter().map(eval).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
+        let args =
+            self.args.iter().map(|a| a.iter().map(eval).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
         let filters = self
             .filters
             .iter()
@@ -198,7 +200,13 @@ impl GroupsAccs {
     }
 
     /// Adds the rows `rows` (all rows when `None`) of `input`; `groups[i]` is the group of the i-th row.
-    pub fn update(&mut self, input: &Evaluated, rows: Option<&UInt32Array>, groups: &[usize], total: usize) -> Result<()> {
+    pub fn update(
+        &mut self,
+        input: &Evaluated,
+        rows: Option<&UInt32Array>,
+        groups: &[usize],
+        total: usize,
+    ) -> Result<()> {
         for (i, acc) in self.accs.iter_mut().enumerate() {
             let args = take_all(&input.args[i], rows)?;
             let filter = take_filter(&input.filters[i], rows)?;
@@ -298,7 +306,8 @@ pub fn update_group(accs: &mut [Box<dyn Accumulator>], input: &Evaluated, idx: &
 /// Folds `from`'s state into `into` (sessions that merge).
 pub fn merge_group(into: &mut [Box<dyn Accumulator>], from: &mut [Box<dyn Accumulator>]) -> Result<()> {
     for (a, b) in into.iter_mut().zip(from.iter_mut()) {
-        let state: Vec<ArrayRef> = b.state()?.into_iter().map(|s| s.to_array()).collect::<datafusion_common::Result<_>>()?;
+        let state: Vec<ArrayRef> =
+            b.state()?.into_iter().map(|s| s.to_array()).collect::<datafusion_common::Result<_>>()?;
         a.merge_batch(&state)?;
     }
     Ok(())
@@ -364,7 +373,11 @@ impl RowAccs {
 }
 
 /// Writes the partial states of `n` groups of per-group accumulators, one IPC batch per aggregate.
-pub fn snapshot_groups<'a>(groups: impl Iterator<Item = &'a mut Vec<Box<dyn Accumulator>>>, n: usize, w: &mut StateWriter) -> Result<()> {
+pub fn snapshot_groups<'a>(
+    groups: impl Iterator<Item = &'a mut Vec<Box<dyn Accumulator>>>,
+    n: usize,
+    w: &mut StateWriter,
+) -> Result<()> {
     let mut per_agg: Vec<Vec<Vec<ScalarValue>>> = Vec::new();
     for accs in groups {
         if per_agg.is_empty() {
@@ -382,7 +395,8 @@ pub fn snapshot_groups<'a>(groups: impl Iterator<Item = &'a mut Vec<Box<dyn Accu
     }
     w.u64(per_agg.len() as u64);
     for fields in per_agg {
-        let arrays = fields.into_iter().map(|vals| Ok(ScalarValue::iter_to_array(vals)?)).collect::<Result<Vec<_>>>()?;
+        let arrays =
+            fields.into_iter().map(|vals| Ok(ScalarValue::iter_to_array(vals)?)).collect::<Result<Vec<_>>>()?;
         w.arrays(&arrays, n)?;
     }
     Ok(())

@@ -22,6 +22,9 @@ pub struct AsofSide {
     pub schema: SchemaRef,
 }
 
+/// Rows by (event time, arrival).
+type ByTime = BTreeMap<(i64, u64), RowRef>;
+
 pub struct AsofJoin {
     label: String,
     left: AsofSide,
@@ -32,9 +35,9 @@ pub struct AsofJoin {
     left_store: RowStore,
     right_store: RowStore,
     /// Left rows waiting, by (time, arrival).
-    pending: BTreeMap<(i64, u64), RowRef>,
+    pending: ByTime,
     /// Right rows per key, by (time, arrival).
-    right_rows: HashMap<Box<[u8]>, BTreeMap<(i64, u64), RowRef>>,
+    right_rows: HashMap<Box<[u8]>, ByTime>,
     /// Keys whose old right rows may be freeable.
     dirty: HashSet<Box<[u8]>>,
     seq: u64,
@@ -45,7 +48,15 @@ pub struct AsofJoin {
 
 impl AsofJoin {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(label: String, left: AsofSide, right: AsofSide, key_types: Vec<DataType>, strict: bool, schema: SchemaRef, limits: Limits) -> Result<Self> {
+    pub fn new(
+        label: String,
+        left: AsofSide,
+        right: AsofSide,
+        key_types: Vec<DataType>,
+        strict: bool,
+        schema: SchemaRef,
+        limits: Limits,
+    ) -> Result<Self> {
         Ok(AsofJoin {
             label,
             left_store: RowStore::new(&left.schema),
@@ -105,7 +116,8 @@ impl AsofJoin {
                 continue;
             }
             let Some(rows) = self.right_rows.get(keys.row(i).as_ref()) else { continue };
-            let found = if self.strict { rows.range(..(t, 0)).next_back() } else { rows.range(..=(t, u64::MAX)).next_back() };
+            let found =
+                if self.strict { rows.range(..(t, 0)).next_back() } else { rows.range(..=(t, u64::MAX)).next_back() };
             if let Some((_, r)) = found {
                 take_left.push(i as u32);
                 matches.push(Some(*r));
@@ -118,8 +130,11 @@ impl AsofJoin {
             return Ok(());
         }
         let idx = arrow::array::UInt32Array::from(take_left);
-        let mut cols: Vec<ArrayRef> =
-            left_batch.columns().iter().map(|c| arrow::compute::take(c.as_ref(), &idx, None)).collect::<std::result::Result<_, _>>()?;
+        let mut cols: Vec<ArrayRef> = left_batch
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
+            .collect::<std::result::Result<_, _>>()?;
         let right_cols: Vec<usize> = (0..self.right.schema.fields().len()).collect();
         cols.extend(self.right_store.gather(&matches, &right_cols)?);
         let options = RecordBatchOptions::new().with_row_count(Some(idx.len()));
@@ -135,8 +150,12 @@ impl AsofJoin {
         for k in dirty {
             let Some(rows) = self.right_rows.get_mut(k.as_ref()) else { continue };
             // Keep the latest row at or before the horizon (strict: before), and all later ones.
-            let keep_from = if self.strict { rows.range(..(horizon, 0)).next_back() } else { rows.range(..=(horizon, u64::MAX)).next_back() }
-                .map(|(k, _)| *k);
+            let keep_from = if self.strict {
+                rows.range(..(horizon, 0)).next_back()
+            } else {
+                rows.range(..=(horizon, u64::MAX)).next_back()
+            }
+            .map(|(k, _)| *k);
             if let Some(from) = keep_from {
                 let newer = rows.split_off(&from);
                 for (_, r) in std::mem::replace(rows, newer) {
@@ -180,8 +199,8 @@ impl Operator for AsofJoin {
             let ts_col = batch.column(self.right.time_col).clone();
             let ts = ts_col.as_primitive::<TimestampMillisecondType>();
             let slot = self.right_store.add(batch);
-            for i in 0..n {
-                if ts.is_null(i) || null_key[i] {
+            for (i, &null) in null_key.iter().enumerate().take(n) {
+                if ts.is_null(i) || null {
                     continue;
                 }
                 let r = RowRef { slot, row: i as u32 };
@@ -228,7 +247,8 @@ impl Operator for AsofJoin {
             w.i64(*t);
             w.u64(*seq);
         }
-        let right: Vec<(&Box<[u8]>, &(i64, u64), &RowRef)> = self.right_rows.iter().flat_map(|(k, rows)| rows.iter().map(move |(at, r)| (k, at, r))).collect();
+        let right: Vec<(&[u8], &(i64, u64), &RowRef)> =
+            self.right_rows.iter().flat_map(|(k, rows)| rows.iter().map(move |(at, r)| (&k[..], at, r))).collect();
         w.u64(right.len() as u64);
         let refs: Vec<RowRef> = right.iter().map(|(_, _, r)| **r).collect();
         self.right_store.write_rows(&self.right.schema, &refs, w)?;

@@ -49,7 +49,10 @@ impl Operator for GroupAggregate {
             self.scratch.push(self.groups.intern(input.keys.row(i).as_ref()));
         }
         if self.groups.len() > self.limits.max_groups {
-            return Err(EngineError::Limit(format!("{} groups in one aggregation (limits.max_groups)", self.groups.len())));
+            return Err(EngineError::Limit(format!(
+                "{} groups in one aggregation (limits.max_groups)",
+                self.groups.len()
+            )));
         }
         let rows: Vec<u32> = (0..n as u32).collect();
         self.accs.update(&self.exprs, &input, &rows, &self.scratch)?;

@@ -15,6 +15,9 @@ use super::rows::{eval_all, KeyEncoder};
 use super::{Chunk, Operator, RowKind};
 use crate::error::{EngineError, Result};
 
+/// Table rows by encoded key.
+type KeyIndex = HashMap<Box<[u8]>, Vec<u32>>;
+
 /// One loaded version of a reference table.
 #[derive(Debug)]
 pub struct TableData {
@@ -38,7 +41,8 @@ pub struct LookupJoin {
     pub schema: SchemaRef,
     /// The stream is updating (rows carry kinds).
     pub keyed: bool,
-    index: Option<(u64, HashMap<Box<[u8]>, Vec<u32>>)>,
+    /// The table version it was built from, and its rows by key.
+    index: Option<(u64, KeyIndex)>,
     encoder: KeyEncoder,
 }
 
@@ -76,8 +80,8 @@ impl LookupJoin {
             let mut index: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
             if data.batch.num_rows() > 0 {
                 let (rows, null_key) = self.encoder.encode(&keys)?;
-                for i in 0..data.batch.num_rows() {
-                    if !null_key[i] {
+                for (i, &null) in null_key.iter().enumerate().take(data.batch.num_rows()) {
+                    if !null {
                         index.entry(rows.row(i).as_ref().into()).or_default().push(i as u32);
                     }
                 }
@@ -108,8 +112,8 @@ impl Operator for LookupJoin {
         // (stream row, table row or none)
         let mut stream_idx: Vec<u32> = Vec::with_capacity(batch.num_rows());
         let mut table_idx: Vec<Option<u32>> = Vec::with_capacity(batch.num_rows());
-        for i in 0..batch.num_rows() {
-            let matches = if null_key[i] { None } else { index.get(rows.row(i).as_ref()) };
+        for (i, &null) in null_key.iter().enumerate().take(batch.num_rows()) {
+            let matches = if null { None } else { index.get(rows.row(i).as_ref()) };
             match matches {
                 Some(m) => {
                     for &t in m {
@@ -128,7 +132,9 @@ impl Operator for LookupJoin {
         let mut matched: Vec<bool> = table_idx.iter().map(|t| t.is_some()).collect();
         if let Some(r) = &self.residual {
             let v = r.evaluate(&joined)?.into_array(joined.num_rows())?;
-            let pass = super::null_as_false(v.as_boolean_opt().ok_or_else(|| EngineError::Internal("join condition is not BOOLEAN".into()))?);
+            let pass = super::null_as_false(
+                v.as_boolean_opt().ok_or_else(|| EngineError::Internal("join condition is not BOOLEAN".into()))?,
+            );
             for (i, m) in matched.iter_mut().enumerate() {
                 *m &= pass.value(i);
             }
@@ -185,7 +191,13 @@ impl Operator for LookupJoin {
     }
 }
 
-fn build(schema: &SchemaRef, stream: &RecordBatch, table: &RecordBatch, s: &[u32], t: &[Option<u32>]) -> Result<RecordBatch> {
+fn build(
+    schema: &SchemaRef,
+    stream: &RecordBatch,
+    table: &RecordBatch,
+    s: &[u32],
+    t: &[Option<u32>],
+) -> Result<RecordBatch> {
     let s = UInt32Array::from(s.to_vec());
     let t = UInt32Array::from(t.to_vec());
     let mut cols = Vec::with_capacity(schema.fields().len());

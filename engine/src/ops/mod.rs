@@ -4,20 +4,20 @@
 //! Operators are single-threaded and deterministic: the same chunks and watermarks in the same order
 //! give the same output. They do no I/O (sinks are the graph's leaves and live in `connector`).
 
+pub mod agg;
+pub mod asof_join;
 pub mod calc;
 pub mod graph;
 pub mod group_agg;
+pub mod lookup_join;
 pub mod over;
 pub mod pattern;
-pub mod asof_join;
-pub mod lookup_join;
 pub mod rows;
-pub mod stream_join;
-pub mod agg;
 pub mod session;
 pub mod snapshot;
-pub mod window;
+pub mod stream_join;
 pub mod variance;
+pub mod window;
 pub mod window_agg;
 
 use std::sync::Arc;

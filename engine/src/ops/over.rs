@@ -7,6 +7,7 @@
 //!   by the frame. `LEAD` rows wait for their successors (or the end of input).
 //! - partitioned by a window column of a windowed aggregate (top-N per window): a partition is
 //!   evaluated whole, in its ORDER BY order, once the watermark passes it; then its state is freed.
+//!
 //! Frames end at the current row (or, for whole partitions, at the partition's end).
 
 use std::collections::{HashMap, VecDeque};
@@ -108,7 +109,9 @@ impl Over {
         let order_conv = if order_by.is_empty() {
             None
         } else {
-            Some(RowConverter::new(order_by.iter().map(|(_, t, o)| SortField::new_with_options(t.clone(), *o)).collect())?)
+            Some(RowConverter::new(
+                order_by.iter().map(|(_, t, o)| SortField::new_with_options(t.clone(), *o)).collect(),
+            )?)
         };
         Ok(Over {
             fns,
@@ -185,7 +188,10 @@ impl Over {
             } else {
                 self.parts.insert(key.as_ref().into(), part);
                 if self.parts.len() > self.limits.max_groups {
-                    return Err(EngineError::Limit(format!("{} OVER partitions (limits.max_groups)", self.parts.len())));
+                    return Err(EngineError::Limit(format!(
+                        "{} OVER partitions (limits.max_groups)",
+                        self.parts.len()
+                    )));
                 }
             }
             i = end;
@@ -241,7 +247,8 @@ impl Over {
             for (f, func) in self.fns.iter().enumerate() {
                 match func {
                     OverFn::Agg { frame, .. } => {
-                        let acc = part.accs[f].as_mut().ok_or_else(|| EngineError::Internal("no accumulator".into()))?;
+                        let acc =
+                            part.accs[f].as_mut().ok_or_else(|| EngineError::Internal("no accumulator".into()))?;
                         match frame {
                             Frame::Whole => values.iter_mut().for_each(|v| v[f] = whole[f].clone()),
                             Frame::Rows(_) | Frame::RowsUnbounded => {
@@ -367,8 +374,11 @@ impl Over {
         for f in 0..self.fns.len() {
             let vals = done.iter().map(|p| p.values[f].clone().unwrap_or(ScalarValue::Null)).collect::<Vec<_>>();
             let target = self.schema.field(n_in + f).data_type();
-            let arr = ScalarValue::iter_to_array(vals.into_iter().map(|v| v.cast_to(target).unwrap_or(ScalarValue::Null)))
-                .or_else(|_| Ok::<_, datafusion_common::DataFusionError>(arrow::array::new_null_array(target, done.len())))?;
+            let arr =
+                ScalarValue::iter_to_array(vals.into_iter().map(|v| v.cast_to(target).unwrap_or(ScalarValue::Null)))
+                    .or_else(|_| {
+                        Ok::<_, datafusion_common::DataFusionError>(arrow::array::new_null_array(target, done.len()))
+                    })?;
             cols.push(arr);
         }
         Ok(Some(RecordBatch::try_new(self.schema.clone(), cols)?))
@@ -402,7 +412,8 @@ impl Operator for Over {
             let all = concat_batches(&self.buffered[0].schema(), &self.buffered)?;
             self.buffered.clear();
             let t = all.column(col).as_primitive::<TimestampMillisecondType>();
-            let fin: Vec<bool> = (0..all.num_rows()).map(|i| wm == i64::MAX || (t.is_valid(i) && t.value(i) < w)).collect();
+            let fin: Vec<bool> =
+                (0..all.num_rows()).map(|i| wm == i64::MAX || (t.is_valid(i) && t.value(i) < w)).collect();
             let mask = arrow::array::BooleanArray::from(fin);
             let rest = arrow::compute::filter_record_batch(&all, &arrow::compute::not(&mask)?)?;
             if rest.num_rows() > 0 {
@@ -439,7 +450,12 @@ impl Operator for Over {
 
     fn state_bytes(&self) -> usize {
         let buffered: usize = self.buffered.iter().map(RecordBatch::get_array_memory_size).sum();
-        buffered + self.parts.values().map(|p| 64 + p.waiting.len() * 64 + p.frames.iter().map(VecDeque::len).sum::<usize>() * 32).sum::<usize>()
+        buffered
+            + self
+                .parts
+                .values()
+                .map(|p| 64 + p.waiting.len() * 64 + p.frames.iter().map(VecDeque::len).sum::<usize>() * 32)
+                .sum::<usize>()
     }
 
     fn checkpointable(&self) -> bool {
@@ -469,7 +485,11 @@ impl Operator for Over {
                     (Some(acc), false) => {
                         // Written, and merged into a fresh accumulator: the live one goes on
                         // exactly as a restored one would.
-                        let state = acc.state()?.into_iter().map(|v| v.to_array()).collect::<datafusion_common::Result<Vec<_>>>()?;
+                        let state = acc
+                            .state()?
+                            .into_iter()
+                            .map(|v| v.to_array())
+                            .collect::<datafusion_common::Result<Vec<_>>>()?;
                         w.arrays(&state, 1)?;
                         if let Some(mut a) = fresh {
                             a.merge_batch(&state)?;
@@ -573,7 +593,8 @@ impl Over {
         let n = batch.num_rows();
         let order = match &self.order_conv {
             Some(c) => {
-                let cols = self.order_by.iter().map(|e| Ok(e.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<_>>>()?;
+                let cols =
+                    self.order_by.iter().map(|e| Ok(e.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<_>>>()?;
                 Some(c.convert_columns(&cols)?)
             }
             None => None,

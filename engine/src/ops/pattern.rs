@@ -67,7 +67,8 @@ fn compile(p: &Pat, prog: &mut Vec<Inst>) {
             for _ in 0..*min {
                 compile(pat, prog);
             }
-            let choice = |body: usize, end: usize| if *greedy { Inst::Split(body, end) } else { Inst::Split(end, body) };
+            let choice =
+                |body: usize, end: usize| if *greedy { Inst::Split(body, end) } else { Inst::Split(end, body) };
             match max {
                 Some(m) => {
                     let mut splits = Vec::new();
@@ -160,7 +161,14 @@ struct Found {
 }
 
 impl MatchRecognizeOp {
-    pub fn new(def: Arc<PatternDef>, exprs: PatternExprs, in_schema: &SchemaRef, out_schema: SchemaRef, lag: i64, limits: Limits) -> Result<Self> {
+    pub fn new(
+        def: Arc<PatternDef>,
+        exprs: PatternExprs,
+        in_schema: &SchemaRef,
+        out_schema: SchemaRef,
+        lag: i64,
+        limits: Limits,
+    ) -> Result<Self> {
         let mut prog = Vec::new();
         compile(&def.pattern, &mut prog);
         prog.push(Inst::Match);
@@ -232,8 +240,12 @@ impl MatchRecognizeOp {
                     let next = match self.def.skip {
                         Skip::PastLastRow => end,
                         Skip::ToNextRow => start + 1,
-                        Skip::ToFirst(v) => assign.iter().position(|&a| a as usize == v).map(|j| start + j as u64).unwrap_or(start + 1),
-                        Skip::ToLast(v) => assign.iter().rposition(|&a| a as usize == v).map(|j| start + j as u64).unwrap_or(start + 1),
+                        Skip::ToFirst(v) => {
+                            assign.iter().position(|&a| a as usize == v).map(|j| start + j as u64).unwrap_or(start + 1)
+                        }
+                        Skip::ToLast(v) => {
+                            assign.iter().rposition(|&a| a as usize == v).map(|j| start + j as u64).unwrap_or(start + 1)
+                        }
                     };
                     // Skipping to the start again would find the same match forever.
                     self.parts[pid as usize].start = next.max(start + 1);
@@ -292,7 +304,10 @@ impl MatchRecognizeOp {
                         _ => false,
                     };
                     if cut {
-                        if self.def.emit_timeouts && best_cut.as_ref().is_none_or(|c| c.len() < assign.len()) && !assign.is_empty() {
+                        if self.def.emit_timeouts
+                            && best_cut.as_ref().is_none_or(|c| c.len() < assign.len())
+                            && !assign.is_empty()
+                        {
                             best_cut = Some(assign.clone());
                         }
                         fail = true;
@@ -360,7 +375,8 @@ impl MatchRecognizeOp {
     /// Computes a history-free DEFINE for rows `from..` of the partition in one batch.
     fn fill_cache(&mut self, pid: u32, v: usize, from: u64, final_all: bool) -> Result<Cond> {
         let navs = &self.def.define_navs.navs;
-        let next_reach = navs.iter().map(|n| if let NavKind::Next(k) = n.kind { k as u64 } else { 0 }).max().unwrap_or(0);
+        let next_reach =
+            navs.iter().map(|n| if let NavKind::Next(k) = n.kind { k as u64 } else { 0 }).max().unwrap_or(0);
         let p = &self.parts[pid as usize];
         let end = p.base + p.rows.len() as u64;
         // Rows whose NEXT neighbours are final (all of them once nothing more comes).
@@ -407,10 +423,23 @@ impl MatchRecognizeOp {
 
     /// One navigation value for one candidate as a 1-row array; `None`: needs rows not final yet.
     /// `defining`: the variable being defined (DEFINE), or `None` (MEASURES, after the match).
-    fn nav_value(&self, pid: u32, nav: &Nav, defining: Option<usize>, start: u64, assign: &[u16], final_all: bool) -> Result<Option<ArrayRef>> {
+    fn nav_value(
+        &self,
+        pid: u32,
+        nav: &Nav,
+        defining: Option<usize>,
+        start: u64,
+        assign: &[u16],
+        final_all: bool,
+    ) -> Result<Option<ArrayRef>> {
         let p = &self.parts[pid as usize];
         let rows_of = |var: Option<usize>| -> Vec<u64> {
-            assign.iter().enumerate().filter(|(_, &a)| var.is_none_or(|x| a as usize == x)).map(|(j, _)| start + j as u64).collect()
+            assign
+                .iter()
+                .enumerate()
+                .filter(|(_, &a)| var.is_none_or(|x| a as usize == x))
+                .map(|(j, _)| start + j as u64)
+                .collect()
         };
         // The row `A.col` names: the current row, or the last row mapped to A.
         let anchor = |var: Option<usize>| -> Option<u64> {
@@ -464,13 +493,29 @@ impl MatchRecognizeOp {
                 continue;
             }
             let v = ScalarValue::try_from_array(&values, i)?;
-            let v = if matches!(kind, NavKind::Sum | NavKind::Avg) { v.cast_to(&nav_sum_type(&nav.data_type, kind))? } else { v };
+            let v = if matches!(kind, NavKind::Sum | NavKind::Avg) {
+                v.cast_to(&nav_sum_type(&nav.data_type, kind))?
+            } else {
+                v
+            };
             count += 1;
             acc = Some(match (acc, kind) {
                 (None, _) => v,
                 (Some(a), NavKind::Sum | NavKind::Avg) => a.add(&v)?,
-                (Some(a), NavKind::Min) => if v < a { v } else { a },
-                (Some(a), _) => if v > a { v } else { a },
+                (Some(a), NavKind::Min) => {
+                    if v < a {
+                        v
+                    } else {
+                        a
+                    }
+                }
+                (Some(a), _) => {
+                    if v > a {
+                        v
+                    } else {
+                        a
+                    }
+                }
             });
         }
         let value = match (acc, kind) {
@@ -491,12 +536,19 @@ impl MatchRecognizeOp {
         }
         let n = found.len();
         let mut cols: Vec<ArrayRef> = Vec::new();
-        let firsts: Vec<Option<RowRef>> = found.iter().map(|f| self.row(&self.parts[f.part as usize], f.start).map(|r| r.0)).collect();
+        let firsts: Vec<Option<RowRef>> =
+            found.iter().map(|f| self.row(&self.parts[f.part as usize], f.start).map(|r| r.0)).collect();
         cols.extend(self.store.gather(&firsts, &self.def.partition_by)?);
         let mut nav_cols: Vec<ArrayRef> = Vec::with_capacity(self.def.measure_navs.navs.len());
         for nav in &self.def.measure_navs.navs {
             if nav.kind == NavKind::MatchStatus {
-                nav_cols.push(Arc::new(StringArray::from_iter_values(found.iter().map(|f| if f.timeout { "timeout" } else { "match" }))));
+                nav_cols.push(Arc::new(StringArray::from_iter_values(found.iter().map(|f| {
+                    if f.timeout {
+                        "timeout"
+                    } else {
+                        "match"
+                    }
+                }))));
                 continue;
             }
             let mut parts = Vec::with_capacity(n);
@@ -548,7 +600,12 @@ fn uses(e: &datafusion_expr::Expr, i: usize) -> bool {
     e.column_refs().iter().any(|c| c.name == name)
 }
 
-fn eval_bool(e: &Arc<dyn PhysicalExpr>, schema: &SchemaRef, cols: Vec<ArrayRef>, n: usize) -> Result<arrow::array::BooleanArray> {
+fn eval_bool(
+    e: &Arc<dyn PhysicalExpr>,
+    schema: &SchemaRef,
+    cols: Vec<ArrayRef>,
+    n: usize,
+) -> Result<arrow::array::BooleanArray> {
     let options = RecordBatchOptions::new().with_row_count(Some(n));
     let batch = RecordBatch::try_new_with_options(schema.clone(), cols, &options)?;
     let v = e.evaluate(&batch)?.into_array(n)?;
@@ -680,7 +737,12 @@ impl Operator for MatchRecognizeOp {
             p.rows.iter().for_each(|(_, t)| w.i64(*t));
         }
         w.u64(self.waiting.len() as u64);
-        let refs: Vec<RowRef> = self.parts.iter().flat_map(|p| p.rows.iter().map(|(r, _)| *r)).chain(self.waiting.values().map(|(_, r)| *r)).collect();
+        let refs: Vec<RowRef> = self
+            .parts
+            .iter()
+            .flat_map(|p| p.rows.iter().map(|(r, _)| *r))
+            .chain(self.waiting.values().map(|(_, r)| *r))
+            .collect();
         w.u64(refs.len() as u64);
         self.store.write_rows(&self.in_schema, &refs, w)?;
         for ((t, seq), (pid, _)) in &self.waiting {

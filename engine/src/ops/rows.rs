@@ -179,6 +179,9 @@ impl KeyEncoder {
 }
 
 /// Evaluates physical expressions over a batch into arrays.
-pub fn eval_all(exprs: &[std::sync::Arc<dyn datafusion_physical_expr::PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+pub fn eval_all(
+    exprs: &[std::sync::Arc<dyn datafusion_physical_expr::PhysicalExpr>],
+    batch: &RecordBatch,
+) -> Result<Vec<ArrayRef>> {
     exprs.iter().map(|e| Ok(e.evaluate(batch)?.into_array(batch.num_rows())?)).collect()
 }

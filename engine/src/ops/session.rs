@@ -63,11 +63,13 @@ impl Operator for SessionAggregate {
         let ts = batch.column(self.time_col).as_primitive::<TimestampMillisecondType>().clone();
         let input = self.exprs.evaluate(&self.converter, &batch)?;
         // Rows by key, then by time: each run of rows closer than `gap` is one piece of a session.
-        let mut order: Vec<u32> = (0..batch.num_rows() as u32)
-            .filter(|&i| ts.is_valid(i as usize))
-            .collect();
+        let mut order: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| ts.is_valid(i as usize)).collect();
         order.sort_by(|&a, &b| {
-            input.keys.row(a as usize).cmp(&input.keys.row(b as usize)).then(ts.value(a as usize).cmp(&ts.value(b as usize)))
+            input
+                .keys
+                .row(a as usize)
+                .cmp(&input.keys.row(b as usize))
+                .then(ts.value(a as usize).cmp(&ts.value(b as usize)))
         });
         let mut at = 0;
         while at < order.len() {

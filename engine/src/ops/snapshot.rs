@@ -37,9 +37,14 @@ impl StateWriter {
     }
     /// Equal-length arrays (or none) as one IPC stream; `rows` keeps the count when there are none.
     pub fn arrays(&mut self, arrays: &[ArrayRef], rows: usize) -> Result<()> {
-        let fields: Vec<Field> = arrays.iter().enumerate().map(|(i, a)| Field::new(format!("c{i}"), a.data_type().clone(), true)).collect();
+        let fields: Vec<Field> =
+            arrays.iter().enumerate().map(|(i, a)| Field::new(format!("c{i}"), a.data_type().clone(), true)).collect();
         let schema = Arc::new(Schema::new(fields));
-        let batch = RecordBatch::try_new_with_options(schema, arrays.to_vec(), &RecordBatchOptions::new().with_row_count(Some(rows)))?;
+        let batch = RecordBatch::try_new_with_options(
+            schema,
+            arrays.to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
         self.batch(&batch)
     }
     pub fn batch(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -114,7 +119,8 @@ impl<'a> StateReader<'a> {
     pub fn batch(&mut self) -> Result<RecordBatch> {
         let rows = self.usize()?;
         let ipc = self.bytes()?;
-        let mut r = arrow::ipc::reader::StreamReader::try_new(Cursor::new(ipc), None).map_err(|e| self.err(&e.to_string()))?;
+        let mut r =
+            arrow::ipc::reader::StreamReader::try_new(Cursor::new(ipc), None).map_err(|e| self.err(&e.to_string()))?;
         let schema = r.schema();
         let batch = match r.next() {
             Some(b) => b.map_err(|e| self.err(&e.to_string()))?,

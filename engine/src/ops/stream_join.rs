@@ -117,14 +117,16 @@ impl StreamJoin {
     fn output(&self, pairs: &[(Option<RowRef>, Option<RowRef>)]) -> Result<(RecordBatch, Option<BooleanArray>)> {
         let left: Vec<Option<RowRef>> = pairs.iter().map(|p| p.0).collect();
         let right: Vec<Option<RowRef>> = pairs.iter().map(|p| p.1).collect();
-        let mut cols: Vec<ArrayRef> = self.sides[0].store.gather(&left, &(0..self.sides[0].spec.columns).collect::<Vec<_>>())?;
+        let mut cols: Vec<ArrayRef> =
+            self.sides[0].store.gather(&left, &(0..self.sides[0].spec.columns).collect::<Vec<_>>())?;
         cols.extend(self.sides[1].store.gather(&right, &(0..self.sides[1].spec.columns).collect::<Vec<_>>())?);
         let options = RecordBatchOptions::new().with_row_count(Some(pairs.len()));
         let batch = RecordBatch::try_new_with_options(self.schema.clone(), cols, &options)?;
         let mask = match &self.residual {
             Some(r) if pairs.iter().all(|p| p.0.is_some() && p.1.is_some()) => {
                 let v = r.evaluate(&batch)?.into_array(batch.num_rows())?;
-                let b = v.as_boolean_opt().ok_or_else(|| EngineError::Internal("join condition is not BOOLEAN".into()))?;
+                let b =
+                    v.as_boolean_opt().ok_or_else(|| EngineError::Internal("join condition is not BOOLEAN".into()))?;
                 Some(super::null_as_false(b))
             }
             _ => None,
@@ -221,7 +223,7 @@ impl Operator for StreamJoin {
         let mut pairs: Vec<(u64, u64)> = Vec::new();
         let mut found: Vec<u64> = Vec::new();
         let mut lone = Vec::new();
-        for i in 0..n {
+        for (i, &null) in null_key.iter().enumerate().take(n) {
             let row = RowRef { slot, row: i as u32 };
             let t = if ts.is_null(i) { None } else { Some(ts.value(i)) };
             let outer = self.sides[side].spec.outer;
@@ -234,7 +236,7 @@ impl Operator for StreamJoin {
             };
             match self.timing {
                 JoinTiming::Interval { lo, hi } => {
-                    let key: Option<Box<[u8]>> = (!null_key[i]).then(|| rows.row(i).as_ref().into());
+                    let key: Option<Box<[u8]>> = (!null).then(|| rows.row(i).as_ref().into());
                     let other = 1 - side;
                     found.clear();
                     if let Some(k) = &key {
@@ -252,7 +254,7 @@ impl Operator for StreamJoin {
                     pairs.extend(found.iter().map(|&oid| if side == 0 { (id, oid) } else { (oid, id) }));
                 }
                 JoinTiming::Window => {
-                    if null_key[i] && !outer {
+                    if null && !outer {
                         continue;
                     }
                     self.insert(side, row, t, None);
@@ -402,7 +404,8 @@ impl StreamJoin {
     /// Joins the complete rows of one time value, then frees them.
     fn join_bucket(&mut self, l: Vec<u64>, r: Vec<u64>, out: &mut Vec<Chunk>) -> Result<()> {
         let keys_of = |this: &Self, side: usize, ids: &[u64]| -> Result<(arrow::row::Rows, Vec<bool>)> {
-            let refs: Vec<Option<RowRef>> = ids.iter().map(|id| this.sides[side].entries.get(id).map(|e| e.row)).collect();
+            let refs: Vec<Option<RowRef>> =
+                ids.iter().map(|id| this.sides[side].entries.get(id).map(|e| e.row)).collect();
             let cols: Vec<usize> = (0..this.sides[side].spec.columns).collect();
             let arrays = this.sides[side].store.gather(&refs, &cols)?;
             let options = RecordBatchOptions::new().with_row_count(Some(ids.len()));

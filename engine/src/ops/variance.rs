@@ -18,7 +18,9 @@ use arrow::datatypes::{DataType, FieldRef};
 use datafusion_common::cast::{as_float64_array, as_uint64_array};
 use datafusion_common::{Result, ScalarValue};
 use datafusion_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator, Signature};
+use datafusion_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator, Signature,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Stat {
@@ -151,7 +153,11 @@ fn state_arrays(states: &[ArrayRef]) -> Result<(&UInt64Array, &Float64Array, &Fl
 
 impl Accumulator for VarianceAccumulator {
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![ScalarValue::from(self.state.count), ScalarValue::from(self.state.mean), ScalarValue::from(self.state.m2)])
+        Ok(vec![
+            ScalarValue::from(self.state.count),
+            ScalarValue::from(self.state.mean),
+            ScalarValue::from(self.state.m2),
+        ])
     }
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
         for v in as_float64_array(&values[0])?.iter().flatten() {
@@ -208,7 +214,13 @@ impl VarianceGroups {
 }
 
 impl GroupsAccumulator for VarianceGroups {
-    fn update_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], opt_filter: Option<&BooleanArray>, total_num_groups: usize) -> Result<()> {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
         let values = as_float64_array(&values[0])?;
         self.resize(total_num_groups);
         for (row, &g) in group_indices.iter().enumerate() {
@@ -235,7 +247,12 @@ impl GroupsAccumulator for VarianceGroups {
         let counts = emit_to.take_needed(&mut self.counts);
         let means = emit_to.take_needed(&mut self.means);
         let m2s = emit_to.take_needed(&mut self.m2s);
-        let out: Vec<Option<f64>> = counts.iter().zip(&means).zip(&m2s).map(|((&count, &mean), &m2)| Welford { count, mean, m2 }.evaluate(self.stat)).collect();
+        let out: Vec<Option<f64>> = counts
+            .iter()
+            .zip(&means)
+            .zip(&m2s)
+            .map(|((&count, &mean), &m2)| Welford { count, mean, m2 }.evaluate(self.stat))
+            .collect();
         let nulls = NullBuffer::from_iter(out.iter().map(Option::is_some));
         let values: Vec<f64> = out.into_iter().map(|v| v.unwrap_or(0.0)).collect();
         Ok(Arc::new(Float64Array::new(values.into(), Some(nulls))))
@@ -292,11 +309,17 @@ mod tests {
     fn datafusion_result(stat: Stat, v: &[f64]) -> ScalarValue {
         use datafusion_functions_aggregate::variance::VarianceAccumulator as Df;
         use datafusion_functions_aggregate_common::stats::StatsType;
-        let st = if matches!(stat, Stat::VarSample | Stat::StddevSample) { StatsType::Sample } else { StatsType::Population };
+        let st = if matches!(stat, Stat::VarSample | Stat::StddevSample) {
+            StatsType::Sample
+        } else {
+            StatsType::Population
+        };
         let mut a = Df::try_new(st).unwrap();
         a.update_batch(&[array(v)]).unwrap();
         match (a.evaluate().unwrap(), stat) {
-            (ScalarValue::Float64(x), Stat::StddevSample | Stat::StddevPopulation) => ScalarValue::Float64(x.map(f64::sqrt)),
+            (ScalarValue::Float64(x), Stat::StddevSample | Stat::StddevPopulation) => {
+                ScalarValue::Float64(x.map(f64::sqrt))
+            }
             (x, _) => x,
         }
     }

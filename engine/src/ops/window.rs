@@ -70,13 +70,14 @@ impl Operator for WindowAssign {
         if self.indices.is_empty() {
             return Ok(());
         }
-        let mut cols = if self.indices.len() == batch.num_rows() && self.indices.iter().enumerate().all(|(i, &j)| i as u32 == j) {
-            batch.columns().to_vec()
-        } else {
-            let idx = UInt32Array::from(std::mem::take(&mut self.indices));
-            let taken = arrow::compute::take_record_batch(&batch, &idx)?;
-            taken.columns().to_vec()
-        };
+        let mut cols =
+            if self.indices.len() == batch.num_rows() && self.indices.iter().enumerate().all(|(i, &j)| i as u32 == j) {
+                batch.columns().to_vec()
+            } else {
+                let idx = UInt32Array::from(std::mem::take(&mut self.indices));
+                let taken = arrow::compute::take_record_batch(&batch, &idx)?;
+                taken.columns().to_vec()
+            };
         let old_time = replaces_time(self.time_col, self.start_idx, self.end_idx).then(|| cols[self.time_col].clone());
         let starts: ArrayRef = Arc::new(TimestampMillisecondArray::from(std::mem::take(&mut self.starts)));
         let ends: ArrayRef = Arc::new(TimestampMillisecondArray::from(std::mem::take(&mut self.ends)));

@@ -51,7 +51,14 @@ pub struct WindowAggregate {
 }
 
 impl WindowAggregate {
-    pub fn new(exprs: AggregateExprs, start_col: usize, end_col: usize, wm_offset: i64, emit: Emit, limits: Limits) -> Result<Self> {
+    pub fn new(
+        exprs: AggregateExprs,
+        start_col: usize,
+        end_col: usize,
+        wm_offset: i64,
+        emit: Emit,
+        limits: Limits,
+    ) -> Result<Self> {
         Ok(WindowAggregate {
             converter: exprs.row_converter()?,
             exprs,
@@ -71,7 +78,9 @@ impl WindowAggregate {
     fn new_state(&self) -> Result<WindowState> {
         let accs = match self.emit {
             Emit::OnWindowClose => Accs::Final(GroupsAccs::new(&self.exprs)?),
-            Emit::OnUpdate | Emit::Every(_) => Accs::Updating { accs: RowAccs::default(), dirty: vec![], is_dirty: vec![] },
+            Emit::OnUpdate | Emit::Every(_) => {
+                Accs::Updating { accs: RowAccs::default(), dirty: vec![], is_dirty: vec![] }
+            }
         };
         Ok(WindowState { groups: GroupIndex::default(), accs })
     }
@@ -92,7 +101,9 @@ impl WindowAggregate {
         self.group_scratch.clear();
         match &rows {
             None => (0..n).for_each(|i| self.group_scratch.push(st.groups.intern(input.keys.row(i).as_ref()))),
-            Some(r) => r.iter().for_each(|&i| self.group_scratch.push(st.groups.intern(input.keys.row(i as usize).as_ref()))),
+            Some(r) => {
+                r.iter().for_each(|&i| self.group_scratch.push(st.groups.intern(input.keys.row(i as usize).as_ref())))
+            }
         }
         self.groups_total += st.groups.len() - before;
         if self.groups_total > self.limits.max_groups {
@@ -204,7 +215,8 @@ impl Operator for WindowAggregate {
     fn on_watermark(&mut self, wm: i64, out: &mut Vec<Chunk>) -> Result<i64> {
         let w = wm.saturating_sub(self.wm_offset);
         if let Emit::Every(every) = self.emit {
-            let crossed = self.closed_upto == MIN_TS || w == i64::MAX || w.div_euclid(every) > self.closed_upto.div_euclid(every);
+            let crossed =
+                self.closed_upto == MIN_TS || w == i64::MAX || w.div_euclid(every) > self.closed_upto.div_euclid(every);
             if crossed {
                 self.emit_dirty(out)?;
             }
@@ -225,11 +237,25 @@ impl Operator for WindowAggregate {
                     if matches!(self.emit, Emit::Every(_)) {
                         let groups: Vec<u32> = (0..st.groups.len() as u32).collect();
                         let values = accs.evaluate(&self.exprs, &groups)?;
-                        out.push(upserts(window_rows(&self.exprs, &self.converter, key, &st.groups, Some(&groups), values)?));
+                        out.push(upserts(window_rows(
+                            &self.exprs,
+                            &self.converter,
+                            key,
+                            &st.groups,
+                            Some(&groups),
+                            values,
+                        )?));
                     } else if !dirty.is_empty() {
                         let groups = std::mem::take(dirty);
                         let values = accs.evaluate(&self.exprs, &groups)?;
-                        out.push(upserts(window_rows(&self.exprs, &self.converter, key, &st.groups, Some(&groups), values)?));
+                        out.push(upserts(window_rows(
+                            &self.exprs,
+                            &self.converter,
+                            key,
+                            &st.groups,
+                            Some(&groups),
+                            values,
+                        )?));
                     }
                 }
             }

@@ -115,7 +115,12 @@ fn concat(batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
 }
 
 /// Slices of `batch`, in order, each encoding to at most `limit` bytes (a single row may not).
-fn split_to_fit(batch: &RecordBatch, limit: usize, scratch: &mut StateWriter, out: &mut Vec<RecordBatch>) -> Result<()> {
+fn split_to_fit(
+    batch: &RecordBatch,
+    limit: usize,
+    scratch: &mut StateWriter,
+    out: &mut Vec<RecordBatch>,
+) -> Result<()> {
     scratch.buf.clear();
     scratch.batch(batch)?;
     if scratch.buf.len() <= limit || batch.num_rows() <= 1 {
@@ -131,7 +136,13 @@ impl Durable {
     /// Logs what one poll of `source` produced, with the position to resume after it. A batch
     /// over the record limit is split by rows into parts and an end record (one group, applied
     /// whole on replay or not at all), so no input burst can make a record too large to log.
-    pub(super) fn log_batch(&mut self, source: usize, position: &[u8], errors: Option<&RecordBatch>, rows: Option<&RecordBatch>) -> Result<()> {
+    pub(super) fn log_batch(
+        &mut self,
+        source: usize,
+        position: &[u8],
+        errors: Option<&RecordBatch>,
+        rows: Option<&RecordBatch>,
+    ) -> Result<()> {
         let w = &mut self.scratch;
         w.buf.clear();
         w.u8(REC_BATCH);
@@ -207,9 +218,8 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<File> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| EngineError::io(dir, e))?;
     let path = dir.join("LOCK");
     let f = crate::storage::fs::open_private(&path, false).map_err(|e| EngineError::io(&path, e))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        EngineError::State(format!("{}: another eddyd is using this state directory", dir.display()))
-    })?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| EngineError::State(format!("{}: another eddyd is using this state directory", dir.display())))?;
     Ok(f)
 }
 
@@ -321,7 +331,8 @@ impl Pipeline {
         let lock = lock_state_dir(&cfg.state_dir)?;
         cfg.wal.dir = cfg.state_dir.join("wal");
         let fp = fingerprint(sql, self);
-        let (ckpts, recovered) = CheckpointStore::open(cfg.storage.clone(), cfg.cipher.clone(), &cfg.state_dir.join("checkpoints"))?;
+        let (ckpts, recovered) =
+            CheckpointStore::open(cfg.storage.clone(), cfg.cipher.clone(), &cfg.state_dir.join("checkpoints"))?;
         let wal = Wal::open(cfg.storage.clone(), cfg.cipher.clone(), cfg.wal.clone())?;
         check_continuity(&cfg.state_dir, recovered.as_ref().map(|r| (r.manifest.seq, r.manifest.wal_lsn)), &wal)?;
         let mut stats = DurableStats::default();
@@ -337,12 +348,14 @@ impl Pipeline {
             stats.recovered_checkpoint = Some(r.manifest.seq);
             for i in 0..self.sources.len() {
                 let name = format!("source/{}", self.sources[i].name);
-                let b = r.blobs.get(&name).ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))?;
+                let b =
+                    r.blobs.get(&name).ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))?;
                 self.restore_source(i, b, &name)?;
             }
             for id in 0..self.graph.len() {
                 let name = format!("node/{id}/{}", self.graph.name(id));
-                let b = r.blobs.get(&name).ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))?;
+                let b =
+                    r.blobs.get(&name).ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))?;
                 let mut rd = StateReader::new(b, &name);
                 self.graph.restore_node(id, &mut rd)?;
             }
@@ -356,7 +369,11 @@ impl Pipeline {
                 }
             };
             if written != self.summary.shards {
-                return Err(EngineError::ShardCount { dir: cfg.state_dir.display().to_string(), written, now: self.summary.shards });
+                return Err(EngineError::ShardCount {
+                    dir: cfg.state_dir.display().to_string(),
+                    written,
+                    now: self.summary.shards,
+                });
             }
             self.ensure_shards()?;
             if let Sharding::Running(shards) = &mut self.sharding {
@@ -365,7 +382,10 @@ impl Pipeline {
                         (0..self.graph.len())
                             .map(|id| {
                                 let name = shard_blob_name(k, id, &self.graph.name(id));
-                                r.blobs.get(&name).cloned().ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))
+                                r.blobs
+                                    .get(&name)
+                                    .cloned()
+                                    .ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))
                             })
                             .collect::<Result<Vec<_>>>()
                     })
@@ -543,7 +563,14 @@ impl Pipeline {
         d.stats.checkpoints += 1;
         d.stats.checkpoint_bytes += info.bytes_written;
         d.stats.checkpoint_time += t0.elapsed();
-        tracing::debug!(seq = info.seq, written = info.blobs_written, reused = info.blobs_reused, bytes = info.bytes_written, wal_lsn = lsn, "checkpoint");
+        tracing::debug!(
+            seq = info.seq,
+            written = info.blobs_written,
+            reused = info.blobs_reused,
+            bytes = info.bytes_written,
+            wal_lsn = lsn,
+            "checkpoint"
+        );
         Ok(())
     }
 

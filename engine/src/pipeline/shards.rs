@@ -49,7 +49,11 @@ const MAX_ASSIGNMENTS: usize = 4096;
 
 /// Chooses the column that routes each source so that every stateful operator's rows that can meet
 /// land in one shard. `Err` says, for the user, why the pipeline cannot be sharded.
-pub fn route_plan(needs: &[ShardNeed], graph: &Graph, sources: &[SourceNodes]) -> std::result::Result<Vec<Route>, String> {
+pub fn route_plan(
+    needs: &[ShardNeed],
+    graph: &Graph,
+    sources: &[SourceNodes],
+) -> std::result::Result<Vec<Route>, String> {
     if needs.is_empty() {
         // Nothing to split: the work is the reader's, and another thread would only add a hop.
         return Err("it keeps no keyed state".into());
@@ -85,7 +89,11 @@ pub fn route_plan(needs: &[ShardNeed], graph: &Graph, sources: &[SourceNodes]) -
     }
     for s in 0..sources.len() {
         if involved[s] && candidates[s].is_empty() {
-            let ops: Vec<&str> = needs.iter().filter(|n| n.alternatives.iter().flatten().any(|p| reach[s].0[p.0])).map(|n| n.op.as_str()).collect();
+            let ops: Vec<&str> = needs
+                .iter()
+                .filter(|n| n.alternatives.iter().flatten().any(|p| reach[s].0[p.0]))
+                .map(|n| n.op.as_str())
+                .collect();
             return Err(format!(
                 "no column of source '{}' keys its stateful operators ({}); a shard key must be a source column passed on unchanged (of an integer, text, boolean or timestamp type)",
                 sources[s].name,
@@ -95,7 +103,9 @@ pub fn route_plan(needs: &[ShardNeed], graph: &Graph, sources: &[SourceNodes]) -
     }
     let satisfied = |choice: &[Option<usize>], need: &ShardNeed| {
         need.alternatives.iter().any(|alt| {
-            alt.iter().all(|(node, origins)| feeds(*node).iter().all(|&s| choice[s].is_some_and(|c| origins.contains(&(s, c)))))
+            alt.iter().all(|(node, origins)| {
+                feeds(*node).iter().all(|&s| choice[s].is_some_and(|c| origins.contains(&(s, c))))
+            })
         })
     };
     let slots: Vec<usize> = (0..sources.len()).filter(|&s| involved[s]).collect();
@@ -153,7 +163,12 @@ pub fn shard_of_rows(col: &ArrayRef, shards: usize, out: &mut Vec<u32>) -> Resul
     let pick = |bytes: &[u8]| (XxHash3_64::oneshot(bytes) % n) as u32;
     match col.data_type() {
         // Widened first, so equal values of any width land in one shard.
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Timestamp(_, _) => {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::Date32
+        | DataType::Timestamp(_, _) => {
             let a = arrow::compute::cast(col, &DataType::Int64)?;
             let a = a.as_primitive::<Int64Type>();
             out.extend((0..a.len()).map(|i| if a.is_null(i) { 0 } else { pick(&a.value(i).to_le_bytes()) }));
@@ -205,7 +220,10 @@ impl Operator for Capture {
     }
 
     fn on_chunk(&mut self, _port: usize, chunk: Chunk, _out: &mut Vec<Chunk>) -> Result<()> {
-        self.out.lock().map_err(|_| EngineError::Internal("a shard's output lock is poisoned".into()))?.push((self.sink, chunk));
+        self.out
+            .lock()
+            .map_err(|_| EngineError::Internal("a shard's output lock is poisoned".into()))?
+            .push((self.sink, chunk));
         Ok(())
     }
 
@@ -272,7 +290,13 @@ pub struct Shards {
 
 impl Shards {
     /// Starts one thread per graph. `queue` bounds the steps in flight (and each queue).
-    pub fn start(graphs: Vec<ShardGraph>, sources: &[SourceNodes], routes: Vec<Route>, queue: usize, hook: Option<ShardThreadHook>) -> Result<Shards> {
+    pub fn start(
+        graphs: Vec<ShardGraph>,
+        sources: &[SourceNodes],
+        routes: Vec<Route>,
+        queue: usize,
+        hook: Option<ShardThreadHook>,
+    ) -> Result<Shards> {
         let n = graphs.len();
         let queue = queue.max(1);
         let nodes = graphs.first().map(|g| g.graph.len()).unwrap_or(0);
@@ -331,7 +355,12 @@ impl Shards {
         if chunk.num_rows() == 0 {
             return Ok(());
         }
-        let (source, kind) = self.entry.get(node).copied().flatten().ok_or_else(|| EngineError::Internal(format!("rows pushed into node {node}, which no source feeds")))?;
+        let (source, kind) = self
+            .entry
+            .get(node)
+            .copied()
+            .flatten()
+            .ok_or_else(|| EngineError::Internal(format!("rows pushed into node {node}, which no source feeds")))?;
         let n = self.workers.len();
         let route = if kind == 2 { None } else { Some(self.routes[source]) };
         match route {
@@ -433,7 +462,8 @@ impl Shards {
         }
         self.in_flight -= 1;
         for k in 0..self.workers.len() {
-            let r = self.workers[k].ready.pop_front().ok_or_else(|| EngineError::Internal("shard reply missing".into()))?;
+            let r =
+                self.workers[k].ready.pop_front().ok_or_else(|| EngineError::Internal("shard reply missing".into()))?;
             let (chunks, bytes) = r?;
             self.state_bytes[k] = bytes;
             for (sink, chunk) in chunks {
@@ -453,7 +483,11 @@ impl Shards {
             let tx = w.tx.as_ref().ok_or_else(|| EngineError::Internal("shard queue closed".into()))?;
             tx.send(cmd(k)).map_err(|_| EngineError::Internal(format!("shard {k} stopped")))?;
         }
-        self.workers.iter().enumerate().map(|(k, w)| w.rx.recv().map_err(|_| EngineError::Internal(format!("shard {k} stopped")))).collect()
+        self.workers
+            .iter()
+            .enumerate()
+            .map(|(k, w)| w.rx.recv().map_err(|_| EngineError::Internal(format!("shard {k} stopped"))))
+            .collect()
     }
 
     /// Every shard's node states, in node order (call [`Shards::drain`] first).
@@ -524,13 +558,19 @@ fn run_step(g: &mut ShardGraph, ops: Vec<Op>) -> Result<StepOutput> {
             Op::Advance(node, wm) => g.graph.advance(node, 0, wm)?,
         }
     }
-    let out = std::mem::take(&mut *g.captured.lock().map_err(|_| EngineError::Internal("a shard's output lock is poisoned".into()))?);
+    let out = std::mem::take(
+        &mut *g.captured.lock().map_err(|_| EngineError::Internal("a shard's output lock is poisoned".into()))?,
+    );
     Ok((out, g.graph.state_bytes()))
 }
 
 fn restore(graph: &mut Graph, blobs: &[Vec<u8>]) -> Result<()> {
     if blobs.len() != graph.len() {
-        return Err(EngineError::State(format!("a shard's checkpoint has {} operators; the pipeline has {}", blobs.len(), graph.len())));
+        return Err(EngineError::State(format!(
+            "a shard's checkpoint has {} operators; the pipeline has {}",
+            blobs.len(),
+            graph.len()
+        )));
     }
     for (id, b) in blobs.iter().enumerate() {
         let what = format!("shard node {id}");

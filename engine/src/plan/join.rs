@@ -109,14 +109,17 @@ fn split(cond: Option<&Expr>, on: &[(Expr, Expr)], left: &DFSchema, right: &DFSc
         }
         let comparisons: Vec<(&Expr, Op, &Expr)> = match c {
             Expr::Between(b) if !b.negated => vec![(&*b.expr, Op::GtEq, &*b.low), (&*b.expr, Op::LtEq, &*b.high)],
-            Expr::BinaryExpr(BinaryExpr { left: a, op: op @ (Op::Gt | Op::GtEq | Op::Lt | Op::LtEq), right: b }) => vec![(a, *op, b)],
+            Expr::BinaryExpr(BinaryExpr { left: a, op: op @ (Op::Gt | Op::GtEq | Op::Lt | Op::LtEq), right: b }) => {
+                vec![(a, *op, b)]
+            }
             _ => vec![],
         };
         let bounds: Option<Vec<(Column, Column, Op, i64)>> = comparisons
             .iter()
             .map(|(a, op, b)| {
                 let ((ca, oa), (cb, ob)) = (time_term(a)?, time_term(b)?);
-                let (sa, sb) = (side_of(&Expr::Column(ca.clone()), left, right), side_of(&Expr::Column(cb.clone()), left, right));
+                let (sa, sb) =
+                    (side_of(&Expr::Column(ca.clone()), left, right), side_of(&Expr::Column(cb.clone()), left, right));
                 // Normalise to R - L (op) x.
                 match (sa, sb) {
                     // R + oa op L + ob  →  R - L op ob - oa
@@ -167,7 +170,12 @@ fn conjunction(exprs: Vec<Expr>) -> Option<Expr> {
 }
 
 impl Planner<'_> {
-    pub(super) fn plan_join(&mut self, j: &Join, outermost: Option<*const datafusion_expr::Aggregate>, emit: Option<crate::sql::ddl::Emit>) -> Result<Stream> {
+    pub(super) fn plan_join(
+        &mut self,
+        j: &Join,
+        outermost: Option<*const datafusion_expr::Aggregate>,
+        emit: Option<crate::sql::ddl::Emit>,
+    ) -> Result<Stream> {
         if !matches!(j.join_type, JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full) {
             return Err(plan_err(format!("{} joins are not supported; use INNER, LEFT, RIGHT or FULL", j.join_type)));
         }
@@ -177,14 +185,18 @@ impl Planner<'_> {
             return self.plan_lookup(j, t, cond, outermost, emit);
         }
         if table_scan(&j.left).is_some() {
-            return Err(plan_err("a lookup join takes the stream first: FROM stream JOIN table FOR SYSTEM_TIME AS OF stream.ts ON ..."));
+            return Err(plan_err(
+                "a lookup join takes the stream first: FROM stream JOIN table FOR SYSTEM_TIME AS OF stream.ts ON ...",
+            ));
         }
         let left = self.plan_node(&j.left, outermost, emit)?;
         let right = self.plan_node(&j.right, outermost, emit)?;
         if left.updating || right.updating {
             return Err(plan_err("a join of two streams takes append-only inputs; an updating result (GROUP BY without a window, EMIT ON UPDATE) can only be joined with a reference TABLE"));
         }
-        let lag_of = |s: &Stream, schema: &DFSchema, c: &Column| schema.index_of_column(c).ok().and_then(|i| s.time_offset(i).map(|o| (i, o)));
+        let lag_of = |s: &Stream, schema: &DFSchema, c: &Column| {
+            schema.index_of_column(c).ok().and_then(|i| s.time_offset(i).map(|o| (i, o)))
+        };
         let mut keys_l = cond.left_keys.clone();
         let mut keys_r = cond.right_keys.clone();
         let nl = ls.fields().len();
@@ -207,7 +219,9 @@ impl Planner<'_> {
             }
             (None, _, _) => {
                 // Window join: an equality of two watermarked columns (the one lagging least triggers).
-                let mut best: Option<(usize, (usize, i64), (usize, i64))> = None;
+                // (key index, (left column, lag), (right column, lag))
+                type Candidate = (usize, (usize, i64), (usize, i64));
+                let mut best: Option<Candidate> = None;
                 for (k, (a, b)) in keys_l.iter().zip(&keys_r).enumerate() {
                     if let (Expr::Column(a), Expr::Column(b)) = (a, b) {
                         if let (Some(x), Some(y)) = (lag_of(&left, ls, a), lag_of(&right, rs, b)) {
@@ -243,8 +257,14 @@ impl Planner<'_> {
         };
         let op = StreamJoin::new(
             format!("{kind} ({})", j.join_type),
-            (JoinSide { keys: lkeys, time_col: time_l.0, lag: time_l.1, outer: outer_l, columns: nl }, left.schema.clone()),
-            (JoinSide { keys: rkeys, time_col: time_r.0, lag: time_r.1, outer: outer_r, columns: rs.fields().len() }, right.schema.clone()),
+            (
+                JoinSide { keys: lkeys, time_col: time_l.0, lag: time_l.1, outer: outer_l, columns: nl },
+                left.schema.clone(),
+            ),
+            (
+                JoinSide { keys: rkeys, time_col: time_r.0, lag: time_r.1, outer: outer_r, columns: rs.fields().len() },
+                right.schema.clone(),
+            ),
             key_types,
             timing,
             residual,
@@ -266,18 +286,31 @@ impl Planner<'_> {
 
     /// Records that a join keeps its state per value of its equal keys (column pairs).
     fn need_joined(&mut self, op: &str, left: &Stream, right: &Stream, pairs: &[(usize, usize)]) {
-        let alternatives = pairs.iter().map(|&(l, r)| vec![(left.node, left.origins_of(l)), (right.node, right.origins_of(r))]).collect();
+        let alternatives = pairs
+            .iter()
+            .map(|&(l, r)| vec![(left.node, left.origins_of(l)), (right.node, right.origins_of(r))])
+            .collect();
         self.needs.push(super::ShardNeed { op: op.to_string(), alternatives });
     }
 
     /// A two-input operator joining `left` (port 0) and `right` (port 1).
-    fn add_binary(&mut self, op: Box<dyn crate::ops::Operator>, left: &Stream, right: &Stream, schema: arrow::datatypes::SchemaRef, time_cols: Vec<(usize, i64)>) -> Stream {
+    fn add_binary(
+        &mut self,
+        op: Box<dyn crate::ops::Operator>,
+        left: &Stream,
+        right: &Stream,
+        schema: arrow::datatypes::SchemaRef,
+        time_cols: Vec<(usize, i64)>,
+    ) -> Stream {
         let node = self.graph.add(op, 2);
         self.graph.connect(left.node, node, 0);
         self.graph.connect(right.node, node, 1);
         let mut s = Stream::append_only(node, schema, time_cols);
         let nl = left.schema.fields().len();
-        s.origins = (0..nl).map(|c| left.origins_of(c)).chain((0..right.schema.fields().len()).map(|c| right.origins_of(c))).collect();
+        s.origins = (0..nl)
+            .map(|c| left.origins_of(c))
+            .chain((0..right.schema.fields().len()).map(|c| right.origins_of(c)))
+            .collect();
         s
     }
 
@@ -289,10 +322,18 @@ impl Planner<'_> {
         r: &[Expr],
         ls: &DFSchema,
         rs: &DFSchema,
-    ) -> Result<(Vec<Arc<dyn datafusion_physical_expr::PhysicalExpr>>, Vec<Arc<dyn datafusion_physical_expr::PhysicalExpr>>, Vec<arrow::datatypes::DataType>)> {
+    ) -> Result<(
+        Vec<Arc<dyn datafusion_physical_expr::PhysicalExpr>>,
+        Vec<Arc<dyn datafusion_physical_expr::PhysicalExpr>>,
+        Vec<arrow::datatypes::DataType>,
+    )> {
         if l.is_empty() {
             let t = Expr::Literal(datafusion_common::ScalarValue::Boolean(Some(true)), None);
-            return Ok((vec![self.physical(&t, ls)?], vec![self.physical(&t, rs)?], vec![arrow::datatypes::DataType::Boolean]));
+            return Ok((
+                vec![self.physical(&t, ls)?],
+                vec![self.physical(&t, rs)?],
+                vec![arrow::datatypes::DataType::Boolean],
+            ));
         }
         let mut types = Vec::new();
         for (a, b) in l.iter().zip(r) {
@@ -383,7 +424,12 @@ impl Planner<'_> {
         Ok(Stream { node, schema, window: None, pending_session: None, ..stream })
     }
 
-    pub(super) fn plan_asof(&mut self, a: &AsofJoinNode, outermost: Option<*const datafusion_expr::Aggregate>, emit: Option<crate::sql::ddl::Emit>) -> Result<Stream> {
+    pub(super) fn plan_asof(
+        &mut self,
+        a: &AsofJoinNode,
+        outermost: Option<*const datafusion_expr::Aggregate>,
+        emit: Option<crate::sql::ddl::Emit>,
+    ) -> Result<Stream> {
         let usage = "ASOF JOIN q ON t.key = q.key AND t.ts >= q.ts";
         let (ls, rs) = (a.left.schema().as_ref(), a.right.schema().as_ref());
         let left = self.plan_node(&a.left, outermost, emit)?;
@@ -394,7 +440,10 @@ impl Planner<'_> {
         let cond = split(Some(&a.on), &[], ls, rs)?;
         if !cond.residual.is_empty() {
             let rest: Vec<String> = cond.residual.iter().map(|e| e.to_string()).collect();
-            return Err(plan_err(format!("ASOF JOIN takes equal keys and one time comparison ({usage}); cannot use {}", rest.join(" AND "))));
+            return Err(plan_err(format!(
+                "ASOF JOIN takes equal keys and one time comparison ({usage}); cannot use {}",
+                rest.join(" AND ")
+            )));
         }
         // L.t >= R.t is R - L <= 0; L.t > R.t is R - L <= -1.
         let (Some((lc, rc)), None, Some(hi)) = (&cond.time, cond.lo, cond.hi) else {
@@ -405,9 +454,13 @@ impl Planner<'_> {
             -1 => true,
             _ => return Err(plan_err(format!("ASOF JOIN compares the two times without an offset: {usage}"))),
         };
-        let lag_of = |s: &Stream, schema: &DFSchema, c: &Column| schema.index_of_column(c).ok().and_then(|i| s.time_offset(i).map(|o| (i, o)));
+        let lag_of = |s: &Stream, schema: &DFSchema, c: &Column| {
+            schema.index_of_column(c).ok().and_then(|i| s.time_offset(i).map(|o| (i, o)))
+        };
         let (Some((li, lag_l)), Some((ri, lag_r))) = (lag_of(&left, ls, lc), lag_of(&right, rs, rc)) else {
-            return Err(plan_err(format!("ASOF JOIN compares event-time columns with a watermark; {lc} or {rc} has none")));
+            return Err(plan_err(format!(
+                "ASOF JOIN compares event-time columns with a watermark; {lc} or {rc} has none"
+            )));
         };
         let pairs = key_columns(&cond.left_keys, &cond.right_keys, ls, rs);
         self.need_joined("asof join", &left, &right, &pairs);
@@ -428,7 +481,11 @@ impl Planner<'_> {
 
 fn interval(ms: i64) -> Expr {
     Expr::Literal(
-        datafusion_common::ScalarValue::IntervalMonthDayNano(Some(arrow::datatypes::IntervalMonthDayNano::new(0, 0, ms * 1_000_000))),
+        datafusion_common::ScalarValue::IntervalMonthDayNano(Some(arrow::datatypes::IntervalMonthDayNano::new(
+            0,
+            0,
+            ms * 1_000_000,
+        ))),
         None,
     )
 }

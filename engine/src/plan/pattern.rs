@@ -17,7 +17,9 @@ fn check_repeats(p: &Pat) -> Result<()> {
         Pat::Concat(v) | Pat::Alt(v) => v.iter().try_for_each(check_repeats),
         Pat::Repeat { pat, max, .. } => {
             if max.is_none() && pat.min_len() == 0 {
-                return Err(plan_err("MATCH_RECOGNIZE: a part of PATTERN repeated with * or + must match at least one row each time"));
+                return Err(plan_err(
+                    "MATCH_RECOGNIZE: a part of PATTERN repeated with * or + must match at least one row each time",
+                ));
             }
             check_repeats(pat)
         }
@@ -50,7 +52,8 @@ impl Planner<'_> {
             .iter()
             .map(|d| d.as_ref().map(|e| self.physical(e, &def.define_navs.schema)).transpose())
             .collect::<Result<Vec<_>>>()?;
-        let measures = def.measures.iter().map(|e| self.physical(e, &def.measure_navs.schema)).collect::<Result<Vec<_>>>()?;
+        let measures =
+            def.measures.iter().map(|e| self.physical(e, &def.measure_navs.schema)).collect::<Result<Vec<_>>>()?;
         let schema: SchemaRef = Arc::new(m.schema.as_arrow().clone());
         // With WITHIN, a match's rows are at most `within` older than the watermark's frontier, so
         // a measure that is one of its event times keeps a watermark.
@@ -60,7 +63,9 @@ impl Planner<'_> {
                 let Expr::Column(c) = e else { continue };
                 let Some(k) = c.name.strip_prefix("__nav").and_then(|k| k.parse::<usize>().ok()) else { continue };
                 let nav = &def.measure_navs.navs[k];
-                if nav.col == Some(def.order_col) && matches!(nav.kind, NavKind::Current | NavKind::First(_) | NavKind::Last(_)) {
+                if nav.col == Some(def.order_col)
+                    && matches!(nav.kind, NavKind::Current | NavKind::First(_) | NavKind::Last(_))
+                {
                     time_cols.push((def.partition_by.len() + i, lag + d));
                 }
             }

@@ -10,7 +10,8 @@ use datafusion_common::{plan_err, DFSchemaRef, Result as DfResult};
 use datafusion_expr::planner::{PlannedRelation, RelationPlannerContext};
 use datafusion_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
 use datafusion_sql::sqlparser::ast::{
-    Expr as SqlExpr, JoinConstraint, JoinOperator, Query, SetExpr, TableFactor, TableWithJoins, Value, VisitMut, VisitorMut,
+    Expr as SqlExpr, JoinConstraint, JoinOperator, Query, SetExpr, TableFactor, TableWithJoins, Value, VisitMut,
+    VisitorMut,
 };
 
 /// `left ASOF JOIN right ON keys AND left.t >= right.t`: the condition is planned against both
@@ -46,7 +47,9 @@ impl UserDefinedLogicalNodeCore for AsofJoinNode {
         write!(f, "AsofJoin: {}", self.on)
     }
     fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> DfResult<Self> {
-        let (Some(right), Some(left)) = (inputs.pop(), inputs.pop()) else { return plan_err!("ASOF JOIN takes two inputs") };
+        let (Some(right), Some(left)) = (inputs.pop(), inputs.pop()) else {
+            return plan_err!("ASOF JOIN takes two inputs");
+        };
         Ok(AsofJoinNode { left, right, on: self.on.clone(), schema: self.schema.clone() })
     }
 }
@@ -65,7 +68,10 @@ fn nest(t: &mut TableWithJoins, nested: bool) {
         }
         let head: Vec<_> = t.joins.drain(..=k).collect();
         let relation = std::mem::replace(&mut t.relation, super::tvf::table_factor(vec![]));
-        t.relation = TableFactor::NestedJoin { table_with_joins: Box::new(TableWithJoins { relation, joins: head }), alias: None };
+        t.relation = TableFactor::NestedJoin {
+            table_with_joins: Box::new(TableWithJoins { relation, joins: head }),
+            alias: None,
+        };
     }
 }
 
@@ -123,7 +129,11 @@ pub fn plan_asof(relation: &TableFactor, ctx: &mut dyn RelationPlannerContext) -
     // The rewrite adds MATCH_CONDITION (TRUE); a written one joins the ON condition.
     let cond = match match_condition {
         SqlExpr::Value(v) if matches!(v.value, Value::Boolean(true)) => on_sql,
-        m => SqlExpr::BinaryOp { left: Box::new(m.clone()), op: datafusion_sql::sqlparser::ast::BinaryOperator::And, right: Box::new(on_sql) },
+        m => SqlExpr::BinaryOp {
+            left: Box::new(m.clone()),
+            op: datafusion_sql::sqlparser::ast::BinaryOperator::And,
+            right: Box::new(on_sql),
+        },
     };
     let on = ctx.sql_to_expr(cond, &schema)?;
     let on = super::pattern::coerce(on, &schema)?;

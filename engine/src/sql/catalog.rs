@@ -151,7 +151,11 @@ impl ContextProvider for Catalog {
                     .map(|r| r.name.as_str())
                     .collect();
                 known.sort();
-                plan_err!("unknown relation '{}' (known: {})", name.table(), if known.is_empty() { "none".to_string() } else { known.join(", ") })
+                plan_err!(
+                    "unknown relation '{}' (known: {})",
+                    name.table(),
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )
             }
         }
     }

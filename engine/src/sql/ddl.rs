@@ -111,7 +111,11 @@ fn pos_of(statement: usize, loc: Location) -> SqlPos {
 /// Parses a whole pipeline file.
 pub fn parse_pipeline(sql: &str) -> Result<Vec<PositionedStatement>> {
     let tokens = Tokenizer::new(dialect(), sql).tokenize_with_location().map_err(|e| EngineError::Sql {
-        pos: SqlPos { statement: 1 + count_statements_before(sql, e.location), line: e.location.line, column: e.location.column },
+        pos: SqlPos {
+            statement: 1 + count_statements_before(sql, e.location),
+            line: e.location.line,
+            column: e.location.column,
+        },
         message: e.message,
     })?;
     let mut out = Vec::new();
@@ -376,7 +380,8 @@ fn split_trailing_with(tokens: Vec<TokenWithSpan>) -> (Vec<TokenWithSpan>, Optio
         return (tokens, None);
     }
     let with_at = sig[k - 1];
-    let is_with = matches!(&tokens[with_at].token, Token::Word(w) if w.keyword == Keyword::WITH && w.quote_style.is_none());
+    let is_with =
+        matches!(&tokens[with_at].token, Token::Word(w) if w.keyword == Keyword::WITH && w.quote_style.is_none());
     if !is_with {
         return (tokens, None);
     }
@@ -412,7 +417,10 @@ fn parse_query_and_emit(index: usize, tokens: Vec<TokenWithSpan>) -> Result<(Box
     if p.at_end() {
         return p.err("expected a query");
     }
-    let query = { let r = p.parser.parse_query(); p.wrap(r) }?;
+    let query = {
+        let r = p.parser.parse_query();
+        p.wrap(r)
+    }?;
     p.expect_end()?;
     let emit = match emit_tokens {
         None => None,
@@ -434,7 +442,10 @@ fn parse_emit(index: usize, tokens: Vec<TokenWithSpan>) -> Result<Emit> {
             return p.err("expected WINDOW CLOSE or UPDATE after EMIT ON");
         }
     } else if p.word("EVERY") {
-        let e = { let r = p.parser.parse_expr(); p.wrap(r) }?;
+        let e = {
+            let r = p.parser.parse_expr();
+            p.wrap(r)
+        }?;
         let ms = interval_literal_ms(&e).map_err(|m| EngineError::Sql { pos: p.here(), message: m })?;
         if ms <= 0 {
             return p.err("EMIT EVERY needs a positive interval");
@@ -465,7 +476,10 @@ fn parse_relation(
             p.expect_word("FOR")?;
             let column = p.ident("the event-time column")?;
             p.expect_word("AS")?;
-            let expr = { let r = p.parser.parse_expr(); p.wrap(r) }?;
+            let expr = {
+                let r = p.parser.parse_expr();
+                p.wrap(r)
+            }?;
             if watermark.is_some() {
                 return Err(EngineError::Sql { pos: wpos, message: "a source has at most one WATERMARK".into() });
             }
@@ -483,8 +497,12 @@ fn parse_relation(
         } else {
             let cpos = p.here();
             let cname = p.ident("a column name or WATERMARK FOR")?;
-            let sql_type = { let r = p.parser.parse_data_type(); p.wrap(r) }?;
-            let mut col = ColumnDef { name: cname, sql_type, not_null: false, primary_key: false, metadata_key: None, pos: cpos };
+            let sql_type = {
+                let r = p.parser.parse_data_type();
+                p.wrap(r)
+            }?;
+            let mut col =
+                ColumnDef { name: cname, sql_type, not_null: false, primary_key: false, metadata_key: None, pos: cpos };
             loop {
                 if p.keyword(Keyword::NOT) {
                     p.expect_word("NULL")?;
@@ -496,7 +514,10 @@ fn parse_relation(
                     col.not_null = true;
                 } else if p.word("METADATA") {
                     if p.keyword(Keyword::FROM) {
-                        col.metadata_key = Some({ let r = p.parser.parse_literal_string(); p.wrap(r) }?);
+                        col.metadata_key = Some({
+                            let r = p.parser.parse_literal_string();
+                            p.wrap(r)
+                        }?);
                     } else {
                         col.metadata_key = Some(col.name.clone());
                     }
@@ -506,7 +527,10 @@ fn parse_relation(
                 }
             }
             if columns.iter().any(|c| c.name == col.name) {
-                return Err(EngineError::Sql { pos: cpos, message: format!("column '{}' is declared twice", col.name) });
+                return Err(EngineError::Sql {
+                    pos: cpos,
+                    message: format!("column '{}' is declared twice", col.name),
+                });
             }
             columns.push(col);
         }
@@ -543,7 +567,12 @@ pub fn parse_options(index: usize, tokens: Vec<TokenWithSpan>) -> Result<Options
         let mut key = match p.parser.next_token().token {
             Token::Word(w) => w.value.to_ascii_lowercase(),
             Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => s.to_ascii_lowercase(),
-            other => return Err(EngineError::Sql { pos: kpos, message: format!("expected an option name, found {}", describe(&other)) }),
+            other => {
+                return Err(EngineError::Sql {
+                    pos: kpos,
+                    message: format!("expected an option name, found {}", describe(&other)),
+                })
+            }
         };
         while p.parser.consume_token(&Token::Period) {
             match p.parser.next_token().token {
@@ -551,7 +580,12 @@ pub fn parse_options(index: usize, tokens: Vec<TokenWithSpan>) -> Result<Options
                     key.push('.');
                     key.push_str(&w.value.to_ascii_lowercase());
                 }
-                other => return Err(EngineError::Sql { pos: kpos, message: format!("expected an option name part, found {}", describe(&other)) }),
+                other => {
+                    return Err(EngineError::Sql {
+                        pos: kpos,
+                        message: format!("expected an option name part, found {}", describe(&other)),
+                    })
+                }
             }
         }
         p.expect(Token::Eq)?;
@@ -561,10 +595,20 @@ pub fn parse_options(index: usize, tokens: Vec<TokenWithSpan>) -> Result<Options
             Token::Number(n, _) => n,
             Token::Minus => match p.parser.next_token().token {
                 Token::Number(n, _) => format!("-{n}"),
-                other => return Err(EngineError::Sql { pos: vpos, message: format!("expected a number, found {}", describe(&other)) }),
+                other => {
+                    return Err(EngineError::Sql {
+                        pos: vpos,
+                        message: format!("expected a number, found {}", describe(&other)),
+                    })
+                }
             },
             Token::Word(w) => w.value,
-            other => return Err(EngineError::Sql { pos: vpos, message: format!("expected a value for option '{key}', found {}", describe(&other)) }),
+            other => {
+                return Err(EngineError::Sql {
+                    pos: vpos,
+                    message: format!("expected a value for option '{key}', found {}", describe(&other)),
+                })
+            }
         };
         out.entries.push((key, value, kpos));
         if p.parser.consume_token(&Token::Comma) {
@@ -660,7 +704,9 @@ mod tests {
 
     #[test]
     fn sink_as_query_with_emit_and_options() {
-        let s = one("CREATE SINK s AS SELECT a FROM t GROUP BY a EMIT EVERY INTERVAL '10' SECOND WITH (connector = 'console')");
+        let s = one(
+            "CREATE SINK s AS SELECT a FROM t GROUP BY a EMIT EVERY INTERVAL '10' SECOND WITH (connector = 'console')",
+        );
         let Statement::CreateSink { input: SinkInput::Query { emit, .. }, options, .. } = s else { panic!() };
         assert_eq!(emit, Some(Emit::Every(10_000)));
         assert_eq!(options.get("connector"), Some("console"));

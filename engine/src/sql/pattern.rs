@@ -185,7 +185,11 @@ fn compile_pattern(p: &MatchRecognizePattern, vars: &mut Vec<String>) -> DfResul
             Pat::Var(i)
         }
         P::Symbol(_) => return plan_err!("MATCH_RECOGNIZE: the anchors ^ and $ are not supported"),
-        P::Exclude(_) => return plan_err!("MATCH_RECOGNIZE: {{- ... -}} exclusion applies to ALL ROWS PER MATCH, which is not supported"),
+        P::Exclude(_) => {
+            return plan_err!(
+                "MATCH_RECOGNIZE: {{- ... -}} exclusion applies to ALL ROWS PER MATCH, which is not supported"
+            )
+        }
         P::Permute(_) => return plan_err!("MATCH_RECOGNIZE: PERMUTE is not supported"),
         P::Concat(v) => Pat::Concat(v.iter().map(|x| compile_pattern(x, vars)).collect::<DfResult<_>>()?),
         P::Alternation(v) => Pat::Alt(v.iter().map(|x| compile_pattern(x, vars)).collect::<DfResult<_>>()?),
@@ -248,9 +252,13 @@ impl NavRewriter<'_> {
         match e {
             SqlExpr::Identifier(id) => Ok((None, Some(self.column(&id.value)?))),
             SqlExpr::CompoundIdentifier(parts) if parts.len() == 2 => {
-                let var = self
-                    .var(&parts[0].value)
-                    .ok_or_else(|| format!("MATCH_RECOGNIZE: '{}' is not a pattern variable ({})", parts[0].value, self.vars.join(", ")))?;
+                let var = self.var(&parts[0].value).ok_or_else(|| {
+                    format!(
+                        "MATCH_RECOGNIZE: '{}' is not a pattern variable ({})",
+                        parts[0].value,
+                        self.vars.join(", ")
+                    )
+                })?;
                 Ok((Some(var), Some(self.column(&parts[1].value)?)))
             }
             _ if allow_star => Err(String::new()),
@@ -285,7 +293,9 @@ impl NavRewriter<'_> {
             match exprs.get(i) {
                 None => Ok(if matches!(name, "prev" | "next") { 1 } else { 0 }),
                 Some(FunctionArgExpr::Expr(SqlExpr::Value(v))) => match &v.value {
-                    Value::Number(n, _) => n.parse::<u32>().map_err(|_| format!("{}: the offset must be a non-negative integer", name.to_uppercase())),
+                    Value::Number(n, _) => n
+                        .parse::<u32>()
+                        .map_err(|_| format!("{}: the offset must be a non-negative integer", name.to_uppercase())),
                     _ => Err(format!("{}: the offset must be a non-negative integer", name.to_uppercase())),
                 },
                 Some(_) => Err(format!("{}: the offset must be a constant", name.to_uppercase())),
@@ -320,13 +330,17 @@ impl NavRewriter<'_> {
             }
             other => return Err(format!("{upper}: unexpected argument {other}")),
         };
-        if exprs.len() > 1 && !matches!(kind, NavKind::Prev(_) | NavKind::Next(_) | NavKind::First(_) | NavKind::Last(_)) {
+        if exprs.len() > 1
+            && !matches!(kind, NavKind::Prev(_) | NavKind::Next(_) | NavKind::First(_) | NavKind::Last(_))
+        {
             return Err(format!("{upper} takes one argument"));
         }
         let col_type = self.column_type(col);
         let data_type = match kind {
             NavKind::Count => DataType::Int64,
-            NavKind::Sum | NavKind::Avg if !col_type.is_numeric() => return Err(format!("{upper} needs a numeric column")),
+            NavKind::Sum | NavKind::Avg if !col_type.is_numeric() => {
+                return Err(format!("{upper} needs a numeric column"))
+            }
             NavKind::Avg => DataType::Float64,
             NavKind::Sum if col_type.is_integer() => DataType::Int64,
             NavKind::Sum => DataType::Float64,
@@ -350,12 +364,12 @@ impl VisitorMut for NavRewriter<'_> {
                 };
                 self.function(&name, args)
             }
-            SqlExpr::CompoundIdentifier(parts) if parts.len() == 2 => {
-                self.reference(e, false).map(|(var, col)| Some(Nav { kind: NavKind::Current, var, col, data_type: self.column_type(col) }))
-            }
-            SqlExpr::Identifier(id) if !id.value.starts_with("__nav") => {
-                self.reference(e, false).map(|(var, col)| Some(Nav { kind: NavKind::Current, var, col, data_type: self.column_type(col) }))
-            }
+            SqlExpr::CompoundIdentifier(parts) if parts.len() == 2 => self
+                .reference(e, false)
+                .map(|(var, col)| Some(Nav { kind: NavKind::Current, var, col, data_type: self.column_type(col) })),
+            SqlExpr::Identifier(id) if !id.value.starts_with("__nav") => self
+                .reference(e, false)
+                .map(|(var, col)| Some(Nav { kind: NavKind::Current, var, col, data_type: self.column_type(col) })),
             _ => Ok(None),
         };
         match result {
@@ -373,7 +387,8 @@ impl VisitorMut for NavRewriter<'_> {
 }
 
 fn nav_schema(navs: &[Nav]) -> DfResult<DFSchemaRef> {
-    let fields: Vec<Field> = navs.iter().enumerate().map(|(i, n)| Field::new(format!("__nav{i}"), n.data_type.clone(), true)).collect();
+    let fields: Vec<Field> =
+        navs.iter().enumerate().map(|(i, n)| Field::new(format!("__nav{i}"), n.data_type.clone(), true)).collect();
     Ok(Arc::new(DFSchema::from_unqualified_fields(fields.into(), Default::default())?))
 }
 
@@ -395,17 +410,24 @@ fn plan_nav_exprs(
         rewritten.push(e);
     }
     let schema = nav_schema(&navs)?;
-    let planned = rewritten
-        .into_iter()
-        .map(|e| coerce(ctx.sql_to_expr(e, &schema)?, &schema))
-        .collect::<DfResult<Vec<_>>>()?;
+    let planned =
+        rewritten.into_iter().map(|e| coerce(ctx.sql_to_expr(e, &schema)?, &schema)).collect::<DfResult<Vec<_>>>()?;
     Ok((planned, NavExprs { navs, schema }))
 }
 
 /// Plans `table MATCH_RECOGNIZE (...)` (called by the streaming relation planner).
 pub fn plan_match_recognize(relation: TableFactor, ctx: &mut dyn RelationPlannerContext) -> DfResult<PlannedRelation> {
-    let TableFactor::MatchRecognize { table, partition_by, order_by, measures, rows_per_match, after_match_skip, pattern, symbols, alias } =
-        relation
+    let TableFactor::MatchRecognize {
+        table,
+        partition_by,
+        order_by,
+        measures,
+        rows_per_match,
+        after_match_skip,
+        pattern,
+        symbols,
+        alias,
+    } = relation
     else {
         return plan_err!("not a MATCH_RECOGNIZE");
     };
@@ -420,26 +442,33 @@ pub fn plan_match_recognize(relation: TableFactor, ctx: &mut dyn RelationPlanner
             other => plan_err!("MATCH_RECOGNIZE: {what} takes columns, found {other}"),
         }
     };
-    let partition_cols = partition_by.iter().map(|e| column_index(e, "PARTITION BY", ctx)).collect::<DfResult<Vec<_>>>()?;
+    let partition_cols =
+        partition_by.iter().map(|e| column_index(e, "PARTITION BY", ctx)).collect::<DfResult<Vec<_>>>()?;
     let order_col = match order_by.as_slice() {
         [o] if o.options.asc != Some(false) => column_index(&o.expr, "ORDER BY", ctx)?,
         _ => return plan_err!("MATCH_RECOGNIZE: ORDER BY takes the event-time column, ascending"),
     };
     if !matches!(in_schema.field(order_col).data_type(), DataType::Timestamp(..)) {
-        return plan_err!("MATCH_RECOGNIZE: ORDER BY {} must be the event-time column (TIMESTAMP(3))", in_schema.field(order_col).name());
+        return plan_err!(
+            "MATCH_RECOGNIZE: ORDER BY {} must be the event-time column (TIMESTAMP(3))",
+            in_schema.field(order_col).name()
+        );
     }
 
     let mut vars = Vec::new();
     let pat = compile_pattern(&pattern, &mut vars)?;
     if pat.min_len() == 0 {
-        return plan_err!("MATCH_RECOGNIZE: PATTERN ({pattern}) can match no rows; every match must hold at least one row");
+        return plan_err!(
+            "MATCH_RECOGNIZE: PATTERN ({pattern}) can match no rows; every match must hold at least one row"
+        );
     }
     let mut within = None;
     let mut emit_timeouts = false;
     let mut define_sql: Vec<Option<SqlExpr>> = vec![None; vars.len()];
     for s in symbols {
         if s.symbol.value == WITHIN_SYMBOL {
-            within = Some(super::ddl::interval_literal_ms(&s.definition).map_err(|m| plan_datafusion_err!("WITHIN: {m}"))?);
+            within =
+                Some(super::ddl::interval_literal_ms(&s.definition).map_err(|m| plan_datafusion_err!("WITHIN: {m}"))?);
             continue;
         }
         if s.symbol.value == TIMEOUTS_SYMBOL {
@@ -461,7 +490,8 @@ pub fn plan_match_recognize(relation: TableFactor, ctx: &mut dyn RelationPlanner
     }
 
     let defined: Vec<usize> = (0..vars.len()).filter(|&v| define_sql[v].is_some()).collect();
-    let (define_exprs, define_navs) = plan_nav_exprs(define_sql.iter().flatten().cloned().collect(), &vars, &in_schema, ctx)?;
+    let (define_exprs, define_navs) =
+        plan_nav_exprs(define_sql.iter().flatten().cloned().collect(), &vars, &in_schema, ctx)?;
     let mut defines: Vec<Option<Expr>> = vec![None; vars.len()];
     for (v, e) in defined.into_iter().zip(define_exprs) {
         let t = e.get_type(define_navs.schema.as_ref())?;
@@ -477,7 +507,8 @@ pub fn plan_match_recognize(relation: TableFactor, ctx: &mut dyn RelationPlanner
     }
 
     let names: Vec<String> = measures.iter().map(|m| ctx.normalize_ident(m.alias.clone())).collect();
-    let (measure_exprs, measure_navs) = plan_nav_exprs(measures.into_iter().map(|m| m.expr).collect(), &vars, &in_schema, ctx)?;
+    let (measure_exprs, measure_navs) =
+        plan_nav_exprs(measures.into_iter().map(|m| m.expr).collect(), &vars, &in_schema, ctx)?;
     if measure_navs.navs.iter().any(|n| matches!(n.kind, NavKind::Next(_))) {
         return plan_err!("MATCH_RECOGNIZE: NEXT() in MEASURES is not supported");
     }
@@ -488,7 +519,9 @@ pub fn plan_match_recognize(relation: TableFactor, ctx: &mut dyn RelationPlanner
     let skip = match after_match_skip {
         None | Some(AfterMatchSkip::PastLastRow) => Skip::PastLastRow,
         Some(AfterMatchSkip::ToNextRow) => Skip::ToNextRow,
-        Some(AfterMatchSkip::ToFirst(v)) | Some(AfterMatchSkip::ToLast(v)) if !vars.iter().any(|x| ident_eq(x, &v.value)) => {
+        Some(AfterMatchSkip::ToFirst(v)) | Some(AfterMatchSkip::ToLast(v))
+            if !vars.iter().any(|x| ident_eq(x, &v.value)) =>
+        {
             return plan_err!("AFTER MATCH SKIP: '{}' is not a pattern variable", v.value)
         }
         Some(AfterMatchSkip::ToFirst(v)) => Skip::ToFirst(vars.iter().position(|x| ident_eq(x, &v.value)).unwrap_or(0)),

@@ -139,12 +139,14 @@ fn word(w: &str) -> Token {
 fn asof_match_condition(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     let mut inserts = Vec::new();
     for i in 0..tokens.len() {
-        if !is_word(&tokens[i].token, "ASOF") || !next_sig(&tokens, i + 1).is_some_and(|j| is_word(&tokens[j].token, "JOIN")) {
+        if !is_word(&tokens[i].token, "ASOF")
+            || !next_sig(&tokens, i + 1).is_some_and(|j| is_word(&tokens[j].token, "JOIN"))
+        {
             continue;
         }
         let mut depth = 0i32;
-        for j in i + 1..tokens.len() {
-            match &tokens[j].token {
+        for (j, tok) in tokens.iter().enumerate().skip(i + 1) {
+            match &tok.token {
                 Token::LParen => depth += 1,
                 Token::RParen => {
                     depth -= 1;
@@ -165,7 +167,13 @@ fn asof_match_condition(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     for (j, t) in tokens.into_iter().enumerate() {
         if inserts.contains(&j) {
             let span = t.span;
-            for tok in [word("MATCH_CONDITION"), Token::LParen, word("TRUE"), Token::RParen, Token::Whitespace(datafusion_sql::sqlparser::tokenizer::Whitespace::Space)] {
+            for tok in [
+                word("MATCH_CONDITION"),
+                Token::LParen,
+                word("TRUE"),
+                Token::RParen,
+                Token::Whitespace(datafusion_sql::sqlparser::tokenizer::Whitespace::Space),
+            ] {
                 out.push(TokenWithSpan::new(tok, span));
             }
         }
@@ -230,7 +238,8 @@ fn match_within(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
         let span = tokens[w].span;
         let mut insert = vec![Token::Comma, word(WITHIN_SYMBOL), word("AS")];
         let mut inserted: Vec<TokenWithSpan> = insert.drain(..).map(|t| TokenWithSpan::new(t, span)).collect();
-        inserted.push(TokenWithSpan::new(Token::Whitespace(datafusion_sql::sqlparser::tokenizer::Whitespace::Space), span));
+        inserted
+            .push(TokenWithSpan::new(Token::Whitespace(datafusion_sql::sqlparser::tokenizer::Whitespace::Space), span));
         inserted.extend(interval);
         if timeouts {
             for t in [Token::Comma, word(TIMEOUTS_SYMBOL), word("AS"), word("TRUE")] {

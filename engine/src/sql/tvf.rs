@@ -80,14 +80,16 @@ impl WindowSpec {
     fn validate(&self) -> Result<(), String> {
         match *self {
             WindowSpec::Tumble { size } if size <= 0 => Err("TUMBLE size must be positive".into()),
-            WindowSpec::Hop { slide, size } if slide <= 0 || size <= 0 => Err("HOP slide and size must be positive".into()),
+            WindowSpec::Hop { slide, size } if slide <= 0 || size <= 0 => {
+                Err("HOP slide and size must be positive".into())
+            }
             WindowSpec::Hop { slide, size } if size % slide != 0 => {
                 Err(format!("HOP size ({size} ms) must be a whole multiple of its slide ({slide} ms)"))
             }
             WindowSpec::Session { gap } if gap <= 0 => Err("SESSION gap must be positive".into()),
-            WindowSpec::Cumulate { step, max_size } if step <= 0 || max_size <= 0 || max_size % step != 0 => {
-                Err(format!("CUMULATE max size ({max_size} ms) must be a positive whole multiple of its step ({step} ms)"))
-            }
+            WindowSpec::Cumulate { step, max_size } if step <= 0 || max_size <= 0 || max_size % step != 0 => Err(
+                format!("CUMULATE max size ({max_size} ms) must be a positive whole multiple of its step ({step} ms)"),
+            ),
             _ => Ok(()),
         }
     }
@@ -220,9 +222,8 @@ fn object_name_lower(name: &ObjectName) -> String {
 fn arg_expr(a: &FunctionArg) -> DfResult<SqlExpr> {
     match a {
         FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e.clone()),
-        FunctionArg::Named { arg: FunctionArgExpr::Expr(e), .. } | FunctionArg::ExprNamed { arg: FunctionArgExpr::Expr(e), .. } => {
-            Ok(e.clone())
-        }
+        FunctionArg::Named { arg: FunctionArgExpr::Expr(e), .. }
+        | FunctionArg::ExprNamed { arg: FunctionArgExpr::Expr(e), .. } => Ok(e.clone()),
         other => plan_err!("unsupported argument {other}"),
     }
 }
@@ -347,8 +348,14 @@ mod tests {
     fn assignment_matches_the_spec() {
         assert_eq!(windows(WindowSpec::Tumble { size: 60 }, 61), vec![(60, 120)]);
         assert_eq!(windows(WindowSpec::Tumble { size: 60 }, -1), vec![(-60, 0)]);
-        assert_eq!(windows(WindowSpec::Hop { slide: 30, size: 120 }, 61), vec![(-30, 90), (0, 120), (30, 150), (60, 180)]);
-        assert_eq!(windows(WindowSpec::Hop { slide: 30, size: 120 }, 60), vec![(-30, 90), (0, 120), (30, 150), (60, 180)]);
+        assert_eq!(
+            windows(WindowSpec::Hop { slide: 30, size: 120 }, 61),
+            vec![(-30, 90), (0, 120), (30, 150), (60, 180)]
+        );
+        assert_eq!(
+            windows(WindowSpec::Hop { slide: 30, size: 120 }, 60),
+            vec![(-30, 90), (0, 120), (30, 150), (60, 180)]
+        );
         assert_eq!(windows(WindowSpec::Cumulate { step: 10, max_size: 30 }, 15), vec![(0, 20), (0, 30)]);
         assert_eq!(windows(WindowSpec::Cumulate { step: 10, max_size: 30 }, 30), vec![(30, 40), (30, 50), (30, 60)]);
     }

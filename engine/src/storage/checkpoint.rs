@@ -99,7 +99,8 @@ fn digest(b: &[u8]) -> Vec<u8> {
 }
 
 fn read_header(b: &[u8], magic: &[u8; 8], path: &Path) -> Result<FileHeader> {
-    FileHeader::decode(b, magic, 1).ok_or_else(|| StorageError::Corrupt(format!("{}: damaged or foreign header", path.display())))
+    FileHeader::decode(b, magic, 1)
+        .ok_or_else(|| StorageError::Corrupt(format!("{}: damaged or foreign header", path.display())))
 }
 
 fn header(magic: &[u8; 8], key: (u32, [u8; 8]), seq: u64, nonce_prefix: [u8; 8]) -> Vec<u8> {
@@ -131,9 +132,17 @@ impl CheckpointStore {
     /// nothing (no garbage collection, no removal of temporaries): for `eddyd state check`.
     pub fn inspect(storage: Arc<dyn Storage>, cipher: Arc<Cipher>, dir: &Path) -> Result<Vec<ManifestReport>> {
         let names = storage.list(dir).map_err(io_err(dir))?;
-        let mut seqs: Vec<u64> = names.iter().filter_map(|n| n.strip_prefix("manifest-")?.parse::<u64>().ok()).collect();
+        let mut seqs: Vec<u64> =
+            names.iter().filter_map(|n| n.strip_prefix("manifest-")?.parse::<u64>().ok()).collect();
         seqs.sort_unstable_by(|a, b| b.cmp(a));
-        let store = CheckpointStore { storage, cipher, dir: dir.to_path_buf(), retained: vec![], file_keys: HashMap::new(), next_seq: 0 };
+        let store = CheckpointStore {
+            storage,
+            cipher,
+            dir: dir.to_path_buf(),
+            retained: vec![],
+            file_keys: HashMap::new(),
+            next_seq: 0,
+        };
         Ok(seqs
             .into_iter()
             .map(|seq| {
@@ -149,7 +158,11 @@ impl CheckpointStore {
     }
 
     /// Opens the directory and reads the newest valid checkpoint, walking back past damaged ones.
-    pub fn open(storage: Arc<dyn Storage>, cipher: Arc<Cipher>, dir: &Path) -> Result<(CheckpointStore, Option<Recovered>)> {
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        cipher: Arc<Cipher>,
+        dir: &Path,
+    ) -> Result<(CheckpointStore, Option<Recovered>)> {
         storage.create_dir_all(dir).map_err(io_err(dir))?;
         let names = storage.list(dir).map_err(io_err(dir))?;
         let mut seqs: Vec<u64> = vec![];
@@ -161,7 +174,8 @@ impl CheckpointStore {
                 storage.remove(&p).map_err(io_err(&p))?;
                 continue;
             }
-            let seq = n.strip_prefix("manifest-").or_else(|| n.strip_prefix("state-").and_then(|s| s.strip_suffix(".dat")));
+            let seq =
+                n.strip_prefix("manifest-").or_else(|| n.strip_prefix("state-").and_then(|s| s.strip_suffix(".dat")));
             if let Some(seq) = seq.and_then(|s| s.parse::<u64>().ok()) {
                 max_seq = max_seq.max(seq);
                 if n.starts_with("manifest-") {
@@ -170,8 +184,14 @@ impl CheckpointStore {
             }
         }
         seqs.sort_unstable_by(|a, b| b.cmp(a));
-        let mut store =
-            CheckpointStore { storage, cipher, dir: dir.to_path_buf(), retained: vec![], file_keys: HashMap::new(), next_seq: max_seq + 1 };
+        let mut store = CheckpointStore {
+            storage,
+            cipher,
+            dir: dir.to_path_buf(),
+            retained: vec![],
+            file_keys: HashMap::new(),
+            next_seq: max_seq + 1,
+        };
         let mut failures = vec![];
         for (i, &seq) in seqs.iter().enumerate() {
             match store.load(seq) {
@@ -193,7 +213,11 @@ impl CheckpointStore {
             }
         }
         if !failures.is_empty() {
-            return Err(StorageError::Corrupt(format!("no valid checkpoint in {}: {}", dir.display(), failures.join("; "))));
+            return Err(StorageError::Corrupt(format!(
+                "no valid checkpoint in {}: {}",
+                dir.display(),
+                failures.join("; ")
+            )));
         }
         Ok((store, None))
     }
@@ -204,7 +228,8 @@ impl CheckpointStore {
         let path = self.dir.join(manifest_name(seq));
         let archived = rkyv::access::<ArchivedManifest, rkyv::rancor::Error>(&aligned)
             .map_err(|e| StorageError::Corrupt(format!("{}: not a manifest: {e}", path.display())))?;
-        rkyv::deserialize::<Manifest, rkyv::rancor::Error>(archived).map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display())))
+        rkyv::deserialize::<Manifest, rkyv::rancor::Error>(archived)
+            .map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display())))
     }
 
     /// The manifest's plaintext archive, checked and aligned for rkyv.
@@ -223,7 +248,9 @@ impl CheckpointStore {
         }
         let mut sealed = b[HEADER_LEN + 8..].to_vec();
         let ad = aad(b"eddy-man", seq, HEADER_LEN as u64, h.key_id);
-        let plain = self.cipher.open(h.key_id, crypto::nonce(h.nonce_prefix, 0), &ad, &mut sealed, &|| path.display().to_string())?;
+        let plain = self
+            .cipher
+            .open(h.key_id, crypto::nonce(h.nonce_prefix, 0), &ad, &mut sealed, &|| path.display().to_string())?;
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(plain.len());
         aligned.extend_from_slice(plain);
         Ok(aligned)
@@ -240,7 +267,7 @@ impl CheckpointStore {
         let mut files: HashMap<u64, (crate::storage::fs::FileBytes, FileHeader)> = HashMap::new();
         for r in archived.blobs.iter() {
             let file_seq = r.file_seq.to_native();
-            if !files.contains_key(&file_seq) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = files.entry(file_seq) {
                 let p = self.dir.join(state_name(file_seq));
                 let fb = self.storage.read(&p).map_err(io_err(&p))?;
                 let fh = read_header((*fb).as_ref(), STATE_MAGIC, &p)?;
@@ -248,13 +275,15 @@ impl CheckpointStore {
                 if fh.seq != file_seq {
                     return Err(StorageError::Corrupt(format!("{}: header does not match its name", p.display())));
                 }
-                files.insert(file_seq, (fb, fh));
+                slot.insert((fb, fh));
             }
             let (fb, fh) = &files[&file_seq];
             let p = self.dir.join(state_name(file_seq));
             let data: &[u8] = (**fb).as_ref();
             let (off, len) = (r.offset.to_native(), r.len.to_native());
-            let bad = |why: &str| StorageError::Corrupt(format!("{} at offset {off}: {why} (blob '{}')", p.display(), r.name.as_str()));
+            let bad = |why: &str| {
+                StorageError::Corrupt(format!("{} at offset {off}: {why} (blob '{}')", p.display(), r.name.as_str()))
+            };
             // In u64, checked: a crafted manifest must not overflow (32-bit targets included).
             let end = off.checked_add(BLOB_HEADER as u64 + len as u64);
             if off < HEADER_LEN as u64 || end.is_none_or(|e| e > data.len() as u64) {
@@ -262,13 +291,19 @@ impl CheckpointStore {
             }
             // Both lie within `data`, so they fit in usize.
             let (off, len) = (off as usize, len as usize);
-            if u32_at(data, off + 4) as usize != len || u32_at(data, off + 8) != r.index.to_native() || crc(&[&data[off + 4..off + BLOB_HEADER + len]]) != u32_at(data, off) {
+            if u32_at(data, off + 4) as usize != len
+                || u32_at(data, off + 8) != r.index.to_native()
+                || crc(&[&data[off + 4..off + BLOB_HEADER + len]]) != u32_at(data, off)
+            {
                 return Err(bad("checksum mismatch"));
             }
             let mut sealed = data[off + BLOB_HEADER..off + BLOB_HEADER + len].to_vec();
             let ad = aad(b"eddy-sta", file_seq, off as u64, fh.key_id);
             let nonce = crypto::nonce(fh.nonce_prefix, r.index.to_native());
-            let plain_len = self.cipher.open(fh.key_id, nonce, &ad, &mut sealed, &|| format!("{} at offset {off}", p.display()))?.len();
+            let plain_len = self
+                .cipher
+                .open(fh.key_id, nonce, &ad, &mut sealed, &|| format!("{} at offset {off}", p.display()))?
+                .len();
             sealed.truncate(plain_len);
             if digest(&sealed) != r.digest.as_slice() {
                 return Err(bad("content digest mismatch"));
@@ -292,10 +327,17 @@ impl CheckpointStore {
     }
 
     /// Writes a checkpoint atomically; only blobs that changed since the last one are written.
-    pub fn write(&mut self, wal_lsn: u64, fingerprint: &[u8], sources: Vec<SourceMark>, blobs: &[(String, Vec<u8>)]) -> Result<WriteInfo> {
+    pub fn write(
+        &mut self,
+        wal_lsn: u64,
+        fingerprint: &[u8],
+        sources: Vec<SourceMark>,
+        blobs: &[(String, Vec<u8>)],
+    ) -> Result<WriteInfo> {
         let seq = self.next_seq;
         let key = self.cipher.current();
-        let prev: HashMap<&str, &BlobRef> = self.retained.last().map(|m| m.blobs.iter().map(|b| (b.name.as_str(), b)).collect()).unwrap_or_default();
+        let prev: HashMap<&str, &BlobRef> =
+            self.retained.last().map(|m| m.blobs.iter().map(|b| (b.name.as_str(), b)).collect()).unwrap_or_default();
         let nonce_prefix = crypto::nonce_prefix()?;
         let mut file = header(STATE_MAGIC, key, seq, nonce_prefix);
         let mut refs = Vec::with_capacity(blobs.len());
@@ -329,8 +371,16 @@ impl CheckpointStore {
             self.storage.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
             info.bytes_written += file.len() as u64;
         }
-        let manifest = Manifest { seq, created_ms: crate::time::now_ms(), wal_lsn, fingerprint: fingerprint.to_vec(), sources, blobs: refs };
-        let archived = rkyv::to_bytes::<rkyv::rancor::Error>(&manifest).map_err(|e| StorageError::Corrupt(format!("manifest encoding: {e}")))?;
+        let manifest = Manifest {
+            seq,
+            created_ms: crate::time::now_ms(),
+            wal_lsn,
+            fingerprint: fingerprint.to_vec(),
+            sources,
+            blobs: refs,
+        };
+        let archived = rkyv::to_bytes::<rkyv::rancor::Error>(&manifest)
+            .map_err(|e| StorageError::Corrupt(format!("manifest encoding: {e}")))?;
         let mnonce = crypto::nonce_prefix()?;
         let mut m = header(MANIFEST_MAGIC, key, seq, mnonce);
         m.extend_from_slice(&[0u8; 8]);
@@ -377,11 +427,15 @@ impl CheckpointStore {
             self.retained.remove(0);
         }
         let oldest = self.retained.first().map(|m| m.seq).unwrap_or(0);
-        let live: std::collections::HashSet<u64> = self.retained.iter().flat_map(|m| m.blobs.iter().map(|b| b.file_seq)).collect();
+        let live: std::collections::HashSet<u64> =
+            self.retained.iter().flat_map(|m| m.blobs.iter().map(|b| b.file_seq)).collect();
         let names = self.storage.list(&self.dir).map_err(io_err(&self.dir))?;
-        let seq_of = |n: &str, prefix: &str, suffix: &str| n.strip_prefix(prefix)?.strip_suffix(suffix)?.parse::<u64>().ok();
+        let seq_of =
+            |n: &str, prefix: &str, suffix: &str| n.strip_prefix(prefix)?.strip_suffix(suffix)?.parse::<u64>().ok();
         let manifests = names.iter().filter(|n| seq_of(n, "manifest-", "").is_some_and(|seq| seq < oldest));
-        let states = names.iter().filter(|n| seq_of(n, "state-", ".dat").is_some_and(|seq| !live.contains(&seq) && seq < self.next_seq));
+        let states = names
+            .iter()
+            .filter(|n| seq_of(n, "state-", ".dat").is_some_and(|seq| !live.contains(&seq) && seq < self.next_seq));
         for n in manifests.chain(states) {
             let p = self.dir.join(n);
             self.storage.remove(&p).map_err(io_err(&p))?;

@@ -47,9 +47,12 @@ impl Cipher {
         let mut out = Vec::new();
         for (id, bytes) in keys {
             if *id == 0 {
-                return Err(StorageError::Key("key id 0 is reserved (it marks unencrypted files); key ids start at 1".into()));
+                return Err(StorageError::Key(
+                    "key id 0 is reserved (it marks unencrypted files); key ids start at 1".into(),
+                ));
             }
-            let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| StorageError::Key("not an AES-256 key".into()))?;
+            let unbound =
+                UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| StorageError::Key("not an AES-256 key".into()))?;
             let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
             ctx.update(b"eddy-key-check");
             ctx.update(bytes);
@@ -78,7 +81,9 @@ impl Cipher {
             StorageError::Key(format!("{what} is encrypted with key id {id}, which the key file does not hold"))
         })?;
         if &k.check != check {
-            return Err(StorageError::Key(format!("{what} was written with a different key {id} than the one configured (wrong key)")));
+            return Err(StorageError::Key(format!(
+                "{what} was written with a different key {id} than the one configured (wrong key)"
+            )));
         }
         Ok(k)
     }
@@ -88,20 +93,32 @@ impl Cipher {
     pub fn check_readable(&self, key_id: u32, check: &[u8; 8], what: &str) -> Result<(), StorageError> {
         match (key_id, self.is_encrypted()) {
             (0, false) => Ok(()),
-            (0, true) => Err(StorageError::Key(format!("{what} is not encrypted, but encryption is on; refusing to mix"))),
-            (_, false) => Err(StorageError::Key(format!("{what} is encrypted (key id {key_id}), but no key is configured"))),
+            (0, true) => {
+                Err(StorageError::Key(format!("{what} is not encrypted, but encryption is on; refusing to mix")))
+            }
+            (_, false) => {
+                Err(StorageError::Key(format!("{what} is encrypted (key id {key_id}), but no key is configured")))
+            }
             _ => self.key(key_id, check, what).map(|_| ()),
         }
     }
 
     /// Encrypts `buf[from..]` in place and appends the tag. Plaintext when `key_id` is 0.
-    pub fn seal(&self, key_id: u32, nonce: [u8; 12], aad: &[u8], buf: &mut Vec<u8>, from: usize) -> Result<(), StorageError> {
+    pub fn seal(
+        &self,
+        key_id: u32,
+        nonce: [u8; 12],
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+        from: usize,
+    ) -> Result<(), StorageError> {
         // Callers seal with `current()`, which is 0 only without keys (`from_keys` refuses id 0).
         debug_assert!(key_id != 0 || !self.is_encrypted(), "plaintext record under an encrypting cipher");
         if key_id == 0 {
             return Ok(());
         }
-        let key = self.keys.iter().find(|k| k.id == key_id).ok_or_else(|| StorageError::Key(format!("no key {key_id}")))?;
+        let key =
+            self.keys.iter().find(|k| k.id == key_id).ok_or_else(|| StorageError::Key(format!("no key {key_id}")))?;
         let tag = key
             .aead
             .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf[from..])
@@ -111,15 +128,25 @@ impl Cipher {
     }
 
     /// Decrypts a sealed record in place; returns the plaintext. `what` names it in errors.
-    pub fn open<'a>(&self, key_id: u32, nonce: [u8; 12], aad: &[u8], buf: &'a mut [u8], what: &dyn Fn() -> String) -> Result<&'a [u8], StorageError> {
+    pub fn open<'a>(
+        &self,
+        key_id: u32,
+        nonce: [u8; 12],
+        aad: &[u8],
+        buf: &'a mut [u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<&'a [u8], StorageError> {
         if key_id == 0 {
             return Ok(buf);
         }
-        let key = self.keys.iter().find(|k| k.id == key_id).ok_or_else(|| StorageError::Key(format!("{}: no key {key_id}", what())))?;
-        key.aead
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), buf)
-            .map(|p| &*p)
-            .map_err(|_| StorageError::Corrupt(format!("{}: authentication failed (moved, altered or not ours)", what())))
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == key_id)
+            .ok_or_else(|| StorageError::Key(format!("{}: no key {key_id}", what())))?;
+        key.aead.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), buf).map(|p| &*p).map_err(|_| {
+            StorageError::Corrupt(format!("{}: authentication failed (moved, altered or not ours)", what()))
+        })
     }
 
     /// Bytes a sealed record adds.

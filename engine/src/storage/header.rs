@@ -34,7 +34,11 @@ impl FileHeader {
     /// The header at the start of `b`, if it is whole, ours (`magic`, a version up to
     /// `max_version`) and its CRC checks.
     pub fn decode(b: &[u8], magic: &[u8; 8], max_version: u32) -> Option<FileHeader> {
-        if b.len() < HEADER_LEN || &b[..8] != magic || !(1..=max_version).contains(&u32_at(b, 8)) || crc(&[&b[..HEADER_LEN - 4]]) != u32_at(b, HEADER_LEN - 4) {
+        if b.len() < HEADER_LEN
+            || &b[..8] != magic
+            || !(1..=max_version).contains(&u32_at(b, 8))
+            || crc(&[&b[..HEADER_LEN - 4]]) != u32_at(b, HEADER_LEN - 4)
+        {
             return None;
         }
         let mut nonce_prefix = [0u8; 8];

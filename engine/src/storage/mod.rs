@@ -25,7 +25,9 @@ pub enum StorageError {
     Corrupt(String),
     #[error("{0}")]
     Key(String),
-    #[error("the write-ahead log stopped after an I/O error ({0}); nothing more is acknowledged; restart eddyd to recover")]
+    #[error(
+        "the write-ahead log stopped after an I/O error ({0}); nothing more is acknowledged; restart eddyd to recover"
+    )]
     Poisoned(String),
     #[error("{0}")]
     Limit(String),

@@ -131,13 +131,17 @@ impl SimFs {
     /// cache survives the process), and what was not synced is still not durable.
     pub fn kill_image(&self) -> SimFs {
         let s = self.lock().clone();
-        SimFs { state: Arc::new(Mutex::new(State { fail_write_at: None, fail_sync_at: None, ..s })), hook: Arc::default() }
+        SimFs {
+            state: Arc::new(Mutex::new(State { fail_write_at: None, fail_sync_at: None, ..s })),
+            hook: Arc::default(),
+        }
     }
 
     /// The filesystem a crash now would leave.
     pub fn crash_image(&self, crash: Crash) -> SimFs {
         let s = self.lock();
-        let mut out = State { dirs_live: s.dirs_durable.clone(), dirs_durable: s.dirs_durable.clone(), ..State::default() };
+        let mut out =
+            State { dirs_live: s.dirs_durable.clone(), dirs_durable: s.dirs_durable.clone(), ..State::default() };
         // A directory made and never synced into its parent is gone, and so is all below it.
         let lost = |p: &Path| p.ancestors().skip(1).any(|d| s.dirs_live.contains(d) && !s.dirs_durable.contains(d));
         out.dirs_live.retain(|d| !lost(d));
@@ -353,7 +357,11 @@ impl Storage for SimFs {
     /// As the trait says: made durably, by a sync of each new directory's parent (a sync point,
     /// so crash images and injected faults apply between the mkdir and its sync).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        let mut made: Vec<PathBuf> = dir.ancestors().filter(|d| d.parent().is_some_and(|p| !p.as_os_str().is_empty())).map(Path::to_path_buf).collect();
+        let mut made: Vec<PathBuf> = dir
+            .ancestors()
+            .filter(|d| d.parent().is_some_and(|p| !p.as_os_str().is_empty()))
+            .map(Path::to_path_buf)
+            .collect();
         made.reverse();
         for d in made {
             if !self.lock().dirs_live.insert(d.clone()) {

@@ -230,17 +230,21 @@ fn open_records(
     scratch: &mut Vec<u8>,
     f: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
-    let h = FileHeader::decode(b, MAGIC, VERSION).ok_or_else(|| StorageError::Corrupt(format!("{}: damaged header", path.display())))?;
+    let h = FileHeader::decode(b, MAGIC, VERSION)
+        .ok_or_else(|| StorageError::Corrupt(format!("{}: damaged header", path.display())))?;
     let fmt = Fmt::of(h.version);
     let (mut off, mut lsn) = (HEADER_LEN, first_lsn);
     while off < b.len() && lsn < stop_lsn {
-        let n = frame_at(b, off, lsn, fmt).map_err(|why| StorageError::Corrupt(format!("{} at offset {off}: {why}", path.display())))?.len;
+        let n = frame_at(b, off, lsn, fmt)
+            .map_err(|why| StorageError::Corrupt(format!("{} at offset {off}: {why}", path.display())))?
+            .len;
         if lsn >= from_lsn {
             scratch.clear();
             scratch.extend_from_slice(&b[off + fmt.header..off + n]);
             let ad = aad(first_lsn, off as u64, lsn, h.key_id);
             let nonce = crypto::nonce(h.nonce_prefix, (lsn - first_lsn) as u32);
-            let plain = cipher.open(h.key_id, nonce, &ad, scratch, &|| format!("{} at offset {off} (LSN {lsn})", path.display()))?;
+            let plain = cipher
+                .open(h.key_id, nonce, &ad, scratch, &|| format!("{} at offset {off} (LSN {lsn})", path.display()))?;
             let plain_len = plain.len();
             f(lsn, &scratch[..plain_len])?;
         }
@@ -293,7 +297,14 @@ pub fn inspect(storage: &dyn Storage, cipher: &Cipher, dir: &Path) -> Result<Vec
         if scan.end_lsn > first_lsn {
             open_records(cipher, &path, b, first_lsn, first_lsn, scan.end_lsn, &mut scratch, &mut |_, _| Ok(()))?;
         }
-        out.push(SegmentReport { path, first_lsn, end_lsn: scan.end_lsn, bytes: b.len() as u64, key_id, torn_at: scan.torn_at });
+        out.push(SegmentReport {
+            path,
+            first_lsn,
+            end_lsn: scan.end_lsn,
+            bytes: b.len() as u64,
+            key_id,
+            torn_at: scan.torn_at,
+        });
     }
     Ok(out)
 }
@@ -388,10 +399,17 @@ impl Wal {
     /// a later commit (version 2), or no valid frame for one of the next two LSNs follows
     /// (version 1). Any other damage is an error naming file, offset and LSN.
     fn scan(cipher: &Cipher, path: &Path, b: &[u8], first_lsn: u64, is_last: bool) -> Result<Scan> {
-        let corrupt = |off: usize, why: &str| StorageError::Corrupt(format!("{} at offset {off}: {why}; the log is damaged before its end", path.display()));
+        let corrupt = |off: usize, why: &str| {
+            StorageError::Corrupt(format!(
+                "{} at offset {off}: {why}; the log is damaged before its end",
+                path.display()
+            ))
+        };
         let Some(h) = FileHeader::decode(b, MAGIC, VERSION) else {
             // A segment whose first write was torn has no valid header and no valid frame.
-            let frame_follows = [1, VERSION].iter().any(|&v| b.len() > HEADER_LEN && frame_at(b, HEADER_LEN, first_lsn, Fmt::of(v)).is_ok());
+            let frame_follows = [1, VERSION]
+                .iter()
+                .any(|&v| b.len() > HEADER_LEN && frame_at(b, HEADER_LEN, first_lsn, Fmt::of(v)).is_ok());
             if is_last && !frame_follows {
                 return Ok(Scan { end_lsn: first_lsn, torn_at: Some(0) });
             }
@@ -523,7 +541,8 @@ impl Wal {
 
     /// Whether the group-commit policy says to commit now.
     pub fn commit_due(&self) -> bool {
-        self.buf.len() >= self.cfg.commit_bytes || self.oldest_pending.is_some_and(|t| t.elapsed() >= self.cfg.commit_delay)
+        self.buf.len() >= self.cfg.commit_bytes
+            || self.oldest_pending.is_some_and(|t| t.elapsed() >= self.cfg.commit_delay)
     }
 
     /// How long until a group commit falls due (`None`: nothing pending). An idle worker waits
@@ -566,7 +585,9 @@ impl Wal {
     }
 
     fn write_out(&mut self) -> Result<()> {
-        let Some(a) = self.active.as_mut() else { return Err(StorageError::Corrupt("records without a segment".into())) };
+        let Some(a) = self.active.as_mut() else {
+            return Err(StorageError::Corrupt("records without a segment".into()));
+        };
         let new_file = a.file.is_none();
         if new_file {
             a.file = Some(self.storage.create(&a.path).map_err(io_err(&a.path))?);
@@ -591,7 +612,16 @@ impl Wal {
                 continue;
             }
             let bytes = self.storage.read(&seg.path).map_err(io_err(&seg.path))?;
-            open_records(&self.cipher, &seg.path, (*bytes).as_ref(), seg.first_lsn, from_lsn, self.durable_lsn, &mut scratch, f)?;
+            open_records(
+                &self.cipher,
+                &seg.path,
+                (*bytes).as_ref(),
+                seg.first_lsn,
+                from_lsn,
+                self.durable_lsn,
+                &mut scratch,
+                f,
+            )?;
         }
         Ok(())
     }
@@ -599,7 +629,8 @@ impl Wal {
     /// Deletes segments holding only records below `lsn` (covered by a checkpoint).
     pub fn truncate_before(&mut self, lsn: u64) -> Result<()> {
         let active = self.active.as_ref().map(|a| a.first_lsn);
-        while self.segments.len() > 1 && self.segments[1].first_lsn <= lsn && Some(self.segments[0].first_lsn) != active {
+        while self.segments.len() > 1 && self.segments[1].first_lsn <= lsn && Some(self.segments[0].first_lsn) != active
+        {
             let seg = self.segments.remove(0);
             self.storage.remove(&seg.path).map_err(io_err(&seg.path))?;
         }
