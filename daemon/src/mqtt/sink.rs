@@ -124,6 +124,12 @@ struct Shared {
 #[derive(Default)]
 struct Sending {
     connected: bool,
+    /// After a reconnect, until the marker is out: publishes that `deliver` handed rumqttc after
+    /// it dropped the old connection (and drained its queue) but before we saw the error are
+    /// still queued, and go out first. Their packet ids must not be taken for ours, or a later
+    /// acknowledgement would remove the wrong message from the outbox; so nothing is sent and
+    /// their ids are ignored until the marker behind them is out.
+    draining: bool,
     /// Sequence numbers sent, in order, waiting for rumqttc to give them a packet id...
     unassigned: std::collections::VecDeque<u64>,
     /// ...and then waiting for the broker's acknowledgement.
@@ -371,15 +377,35 @@ fn publish_loop(mut connection: WireConnection, s: &SinkSettings, sh: &Shared) -
         match connection.recv(Duration::from_millis(50)) {
             None | Some(WireEvent::Other) | Some(WireEvent::Message(_)) | Some(WireEvent::SubscribeRefused) => {}
             Some(WireEvent::Connected { .. }) => {
-                *sh.lock_sending()? = Sending { connected: true, ..Sending::default() };
+                {
+                    // Held while the marker is queued, so no `deliver` can slip a publish in front.
+                    let mut snd = sh.lock_sending()?;
+                    *snd = Sending { draining: true, ..Sending::default() };
+                    if let Err(e) = sh.client.marker() {
+                        tracing::warn!(sink = %ctx, error = %e, "cannot queue the reconnect marker; sending without it");
+                        *snd = Sending { connected: true, ..Sending::default() };
+                    }
+                }
                 backoff.reset();
                 acked.clear();
                 sh.gauges.connected.store(true, Ordering::Relaxed);
                 sh.gauges.connects.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(sink = %ctx, "MQTT connected");
             }
+            Some(WireEvent::Marker) => {
+                let mut snd = sh.lock_sending()?;
+                if snd.draining {
+                    // Every stray publish is out; from here packet ids map to our requests again.
+                    *snd = Sending { connected: true, ..Sending::default() };
+                }
+            }
             Some(WireEvent::Sent(pkid)) => {
                 let mut snd = sh.lock_sending()?;
+                if snd.draining {
+                    // A stray from before the reconnect: sent again later, its ack is ignored.
+                    tracing::debug!(sink = %ctx, pkid, "a publish queued before the reconnect went out; it is sent again in order");
+                    continue;
+                }
                 if let Some(seq) = snd.unassigned.pop_front() {
                     if s.conn.qos == QoS::AtMostOnce {
                         acked.insert(seq);

@@ -58,6 +58,8 @@ pub enum WireEvent {
     Sent(u16),
     /// The broker acknowledged an outgoing publish (PUBACK, or PUBCOMP at QoS 2).
     Acked(u16),
+    /// A [`WireClient::marker`] request went out: every request made before it has too.
+    Marker,
     Other,
     Error(String),
 }
@@ -183,6 +185,16 @@ impl WireClient {
         }
     }
 
+    /// Queues a marker behind every request made so far (an UNSUBSCRIBE of a topic nothing
+    /// subscribes to; harmless to the broker): its [`WireEvent::Marker`] tells when they are out.
+    pub fn marker(&self) -> std::result::Result<(), String> {
+        const TOPIC: &str = "eddy/marker/unused";
+        match self {
+            WireClient::V4(c) => c.try_unsubscribe(TOPIC).map_err(|e| e.to_string()),
+            WireClient::V5(c) => c.try_unsubscribe(TOPIC).map_err(|e| e.to_string()),
+        }
+    }
+
     pub fn disconnect(&self) {
         let _ = match self {
             WireClient::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
@@ -216,6 +228,7 @@ impl WireConnection {
                         ack: Ack::V4(p),
                     }),
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => WireEvent::Sent(pkid),
+                    Ok(Event::Outgoing(Outgoing::Unsubscribe(_))) => WireEvent::Marker,
                     Ok(Event::Incoming(Packet::PubAck(a))) => WireEvent::Acked(a.pkid),
                     Ok(Event::Incoming(Packet::PubComp(a))) => WireEvent::Acked(a.pkid),
                     Ok(_) => WireEvent::Other,
@@ -246,6 +259,7 @@ impl WireConnection {
                         ack: Ack::V5(p),
                     }),
                     Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => WireEvent::Sent(pkid),
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Unsubscribe(_))) => WireEvent::Marker,
                     Ok(Event::Incoming(Packet::PubAck(a))) => WireEvent::Acked(a.pkid),
                     Ok(Event::Incoming(Packet::PubComp(a))) => WireEvent::Acked(a.pkid),
                     Ok(_) => WireEvent::Other,

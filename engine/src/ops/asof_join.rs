@@ -78,7 +78,7 @@ impl AsofJoin {
     fn check_limit(&self, more: usize) -> Result<()> {
         if self.pending.len() + self.held_right + more > self.limits.max_groups {
             return Err(EngineError::Limit(format!(
-                "{}: more than {} rows held (raise --max-groups; a stalled watermark on one input holds the other's rows)",
+                "{}: more than {} rows held (raise limits.max_groups; a stalled watermark on one input holds the other's rows)",
                 self.label, self.limits.max_groups
             )));
         }

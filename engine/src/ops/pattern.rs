@@ -622,7 +622,7 @@ impl Operator for MatchRecognizeOp {
         let n = batch.num_rows();
         if self.held + self.waiting.len() + n > self.limits.max_groups {
             return Err(EngineError::Limit(format!(
-                "MATCH_RECOGNIZE: more than {} rows held (raise --max-groups, or add WITHIN to bound how long a match may wait)",
+                "MATCH_RECOGNIZE: more than {} rows held (raise limits.max_groups, or add WITHIN to bound how long a match may wait)",
                 self.limits.max_groups
             )));
         }

@@ -215,7 +215,7 @@ impl Operator for StreamJoin {
         let n = batch.num_rows();
         if self.held() + n > self.limits.max_groups {
             return Err(EngineError::Limit(format!(
-                "{}: more than {} rows held waiting for matches (raise --max-groups, or narrow the join's time bound)",
+                "{}: more than {} rows held waiting for matches (raise limits.max_groups, or narrow the join's time bound)",
                 self.label, self.limits.max_groups
             )));
         }

@@ -281,19 +281,24 @@ impl UringFile {
     /// other failure leaves I/O in flight on a buffer we are about to free, which no error return
     /// can make safe: the process aborts (fail-stop; a restart recovers from what is durable).
     fn wait_for(&mut self, want: usize) {
-        loop {
-            match self.ring.submit_and_wait(want) {
-                Ok(_) => return,
-                Err(e) if matches!(e.raw_os_error(), Some(c) if c == EINTR || c == EBUSY || c == EAGAIN) => {
-                    if e.raw_os_error() != Some(EINTR) {
-                        std::thread::yield_now();
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "io_uring: waiting for a write in flight failed; stopping the process");
-                    std::process::abort();
+        if let Err(e) = retry_interrupted(|| self.ring.submit_and_wait(want)) {
+            tracing::error!(error = %e, "io_uring: waiting for a write in flight failed; stopping the process");
+            std::process::abort();
+        }
+    }
+}
+
+/// Calls `wait` until it returns anything but an interruption (EINTR, or EBUSY / EAGAIN from a
+/// full completion queue, after a yield); returns that.
+fn retry_interrupted(mut wait: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+    loop {
+        match wait() {
+            Err(e) if matches!(e.raw_os_error(), Some(c) if c == EINTR || c == EBUSY || c == EAGAIN) => {
+                if e.raw_os_error() != Some(EINTR) {
+                    std::thread::yield_now();
                 }
             }
+            r => return r,
         }
     }
 }
@@ -335,5 +340,31 @@ impl StorageFile for UringFile {
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A signal during the wait (EINTR) or a full completion queue must not end it: the caller
+    /// would free a buffer the kernel may still be reading (it used to return the error).
+    #[test]
+    fn interrupted_waits_are_retried_until_they_complete() {
+        let mut calls = 0;
+        let r = retry_interrupted(|| {
+            calls += 1;
+            match calls {
+                1 | 2 => Err(io::Error::from_raw_os_error(EINTR)),
+                3 => Err(io::Error::from_raw_os_error(EBUSY)),
+                4 => Err(io::Error::from_raw_os_error(EAGAIN)),
+                _ => Ok(2),
+            }
+        });
+        assert_eq!(r.unwrap(), 2);
+        assert_eq!(calls, 5);
+        // Anything else is returned (the caller stops the process).
+        let e = retry_interrupted(|| Err(io::Error::from_raw_os_error(rustix::io::Errno::BADF.raw_os_error()))).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(rustix::io::Errno::BADF.raw_os_error()));
     }
 }
