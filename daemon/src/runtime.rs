@@ -21,6 +21,7 @@ use eddy_engine::connector::SinkStateDir;
 use eddy_engine::pipeline::{DurableConfig, Mode, Pipeline, PipelineConfig};
 use eddy_engine::storage::crypto::Cipher;
 use eddy_engine::storage::fs::{RealFs, Storage};
+use eddy_engine::storage::header::Owner;
 
 /// Durable state shared by all pipelines: the state dir, its storage and key.
 #[derive(Clone)]
@@ -72,6 +73,7 @@ pub fn plan(
         dir: s.dir.join(name).join("sinks"),
         storage: s.storage.clone(),
         cipher: s.cipher.clone(),
+        owner: Owner::of(name),
     });
     pc.connectors = Some(Arc::new(Provider {
         pipeline: name.to_string(),
@@ -93,6 +95,8 @@ pub fn plan(
 
 fn durable_config(cfg: &ConfigFile, name: &str, s: &StateContext) -> DurableConfig {
     let mut d = DurableConfig::new(s.dir.join(name), s.storage.clone(), s.cipher.clone());
+    // State files are bound to the pipeline's name: files of another pipeline are refused.
+    d.owner = Owner::of(name);
     if let Some(ms) = cfg.checkpoint.interval_ms {
         d.checkpoint_interval = Duration::from_millis(ms.max(1));
     }

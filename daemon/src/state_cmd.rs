@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use eddy_engine::storage::checkpoint::CheckpointStore;
 use eddy_engine::storage::crypto::Cipher;
 use eddy_engine::storage::fs::{RealFs, Storage};
+use eddy_engine::storage::header::Owner;
 use eddy_engine::storage::wal;
 
 /// How `check` ended: whether every file is intact.
@@ -44,8 +45,8 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-fn report_wal(storage: &dyn Storage, cipher: &Cipher, what: &str, dir: &Path, damaged: &mut usize) {
-    match wal::inspect(storage, cipher, dir) {
+fn report_wal(storage: &dyn Storage, cipher: &Cipher, what: &str, dir: &Path, owner: Owner, damaged: &mut usize) {
+    match wal::inspect(storage, cipher, dir, owner) {
         Ok(segs) if segs.is_empty() => println!("  {what}: empty"),
         Ok(segs) => {
             let bytes: u64 = segs.iter().map(|s| s.bytes).sum();
@@ -83,13 +84,15 @@ pub fn check(dir: &Path, cipher: Arc<Cipher>) -> Result<CheckOutcome> {
     let mut damaged = 0;
     for p in &pipelines {
         let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        // Files are bound to the pipeline's name (its directory's), sinks' to theirs within it.
+        let owner = Owner::of(&name);
         println!("pipeline {name} ({}){}", p.display(), if in_use(p) { " — in use by a running eddyd" } else { "" });
         if p.join("wal").is_dir() {
-            report_wal(storage.as_ref(), &cipher, "wal", &p.join("wal"), &mut damaged);
+            report_wal(storage.as_ref(), &cipher, "wal", &p.join("wal"), owner, &mut damaged);
         }
         let ckdir = p.join("checkpoints");
         if ckdir.is_dir() {
-            match CheckpointStore::inspect(storage.clone(), cipher.clone(), &ckdir) {
+            match CheckpointStore::inspect(storage.clone(), cipher.clone(), &ckdir, owner) {
                 Ok(ms) if ms.is_empty() => println!("  checkpoints: none yet"),
                 Ok(ms) => {
                     for m in &ms {
@@ -122,11 +125,9 @@ pub fn check(dir: &Path, cipher: Arc<Cipher>) -> Result<CheckOutcome> {
                 sinks.filter_map(|e| e.ok().map(|e| e.path())).filter(|d| d.is_dir()).collect();
             sinks.sort();
             for s in sinks {
-                let what = format!(
-                    "sink {} outbox",
-                    s.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
-                );
-                report_wal(storage.as_ref(), &cipher, &what, &s, &mut damaged);
+                let sink = s.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                let what = format!("sink {sink} outbox");
+                report_wal(storage.as_ref(), &cipher, &what, &s, owner.child(&sink), &mut damaged);
             }
         }
     }

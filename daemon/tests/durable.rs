@@ -432,3 +432,26 @@ fn state_check_and_reset_as_an_operator_uses_them() {
         assert_eq!(sorted_lines(&root.join(format!("out/{s}.jsonl"))), want[i], "sink {s} after a reset");
     }
 }
+
+/// Two pipelines with the same SQL text have equal fingerprints; their state files used to be
+/// accepted by each other. Files are bound to the pipeline's name: swapped state is refused.
+#[test]
+fn state_swapped_between_pipelines_with_the_same_sql_is_refused() {
+    let dir = setup(3_000);
+    let root = dir.path();
+    let key = root.join("k");
+    write_key(&key, &keygen(1));
+    std::fs::write(root.join("q.sql"), PIPELINE.replace("out/", "out-q/")).unwrap();
+    for p in ["p.sql", "q.sql"] {
+        let out = Command::new(EDDYD)
+            .current_dir(root)
+            .args(["run", "--pipeline", p, "--state-dir", "st", "--key-file", "k", "--checkpoint-interval-ms", "15"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::rename(root.join("st/p"), root.join("st/tmp")).unwrap();
+    std::fs::rename(root.join("st/q"), root.join("st/p")).unwrap();
+    let e = stderr_of(run_cmd(root, "st", Some(&key)));
+    assert!(e.contains("belongs to another pipeline"), "{e}");
+}

@@ -897,6 +897,7 @@ impl Pipeline {
                         dir: s.dir.join(name),
                         storage: s.storage.clone(),
                         cipher: s.cipher.clone(),
+                        owner: s.owner.child(name),
                     }),
                     wakeup: None,
                 };

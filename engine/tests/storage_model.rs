@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use eddy_engine::storage::checkpoint::CheckpointStore;
 use eddy_engine::storage::crypto::Cipher;
 use eddy_engine::storage::fs::Storage;
+use eddy_engine::storage::header::Owner;
 use eddy_engine::storage::simfs::{Crash, SimFs};
 use eddy_engine::storage::wal::{Wal, WalConfig, FRAME_HEADER};
 use eddy_engine::storage::StorageError;
@@ -553,4 +554,42 @@ fn a_blob_moved_within_its_state_file_fails_authentication() {
     fs.put(&path, m);
     let e = CheckpointStore::open(Arc::new(fs.clone()), c.clone(), dir).err().expect("must fail").to_string();
     assert!(e.contains("authentication failed"), "{e}");
+}
+
+/// A file of another owner is refused by its header, and — encrypted — also when the header is
+/// rewritten to name this owner (with a fresh CRC): the tag binds the owner the reader expects.
+#[test]
+fn files_of_another_owner_are_refused_even_with_a_forged_header() {
+    let c = cipher(true);
+    let (a, b) = (Owner::of("line1"), Owner::of("line2"));
+    // WAL
+    let fs = SimFs::new();
+    let mut conf = cfg();
+    conf.owner = a;
+    let mut wal = Wal::open(Arc::new(fs.clone()), c.clone(), conf.clone()).unwrap();
+    wal.append(b"reading").unwrap();
+    wal.commit().unwrap();
+    let path = wal.segment_paths()[0].clone();
+    drop(wal);
+    conf.owner = b;
+    let e = Wal::open(Arc::new(fs.clone()), c.clone(), conf.clone()).err().unwrap().to_string();
+    assert!(e.contains("belongs to another"), "{e}");
+    let mut bytes = fs.contents(&path).unwrap();
+    bytes[40..48].copy_from_slice(&b.0);
+    let crc = crc32c::crc32c(&bytes[..60]);
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    fs.put(&path, bytes);
+    let wal = Wal::open(Arc::new(fs.clone()), c.clone(), conf).unwrap();
+    let e = wal.replay(0, &mut |_, _| Ok(())).unwrap_err().to_string();
+    assert!(e.contains("authentication failed"), "{e}");
+    // Checkpoints
+    let fs = SimFs::new();
+    let dir = Path::new("/s/checkpoints");
+    let (mut store, _) = CheckpointStore::open_owned(Arc::new(fs.clone()), c.clone(), dir, a).unwrap();
+    store.write(0, b"fp", vec![], &[("node/0/x".to_string(), vec![1, 2, 3])]).unwrap();
+    drop(store);
+    let e = CheckpointStore::open_owned(Arc::new(fs.clone()), c.clone(), dir, b).err().unwrap().to_string();
+    assert!(e.contains("belongs to another pipeline"), "{e}");
+    let (_, rec) = CheckpointStore::open_owned(Arc::new(fs.clone()), c.clone(), dir, a).unwrap();
+    assert!(rec.is_some());
 }

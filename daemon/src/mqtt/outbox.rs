@@ -105,6 +105,7 @@ impl Outbox {
         };
         let Some(st) = state else { return Ok(ob) };
         let mut cfg = WalConfig::new(st.dir.clone());
+        cfg.owner = st.owner;
         cfg.segment_bytes = 16 << 20;
         // A record holds at most PART_BYTES of messages, or one message (at most the MQTT limit
         // of 256 MiB) with its framing.
@@ -358,7 +359,12 @@ mod tests {
     use eddy_engine::storage::fs::RealFs;
 
     fn dir(p: &std::path::Path) -> SinkStateDir {
-        SinkStateDir { dir: p.to_path_buf(), storage: Arc::new(RealFs::new()), cipher: Arc::new(Cipher::plaintext()) }
+        SinkStateDir {
+            dir: p.to_path_buf(),
+            storage: Arc::new(RealFs::new()),
+            cipher: Arc::new(Cipher::plaintext()),
+            owner: Default::default(),
+        }
     }
 
     fn msgs(from: usize, n: usize) -> Vec<(String, Vec<u8>)> {
@@ -457,7 +463,12 @@ mod tests {
         use std::sync::Mutex;
         let fs = SimFs::new();
         let cipher = Arc::new(eddy_engine::storage::crypto::Cipher::from_keys(&[(1, [7u8; 32])]).unwrap());
-        let st = SinkStateDir { dir: "/outbox".into(), storage: Arc::new(fs.clone()), cipher: cipher.clone() };
+        let st = SinkStateDir {
+            dir: "/outbox".into(),
+            storage: Arc::new(fs.clone()),
+            cipher: cipher.clone(),
+            owner: Default::default(),
+        };
         let images: Arc<Mutex<Vec<SimFs>>> = Arc::default();
         let mut ob = Outbox::open(Some(&st), 1 << 20, FullPolicy::Block).unwrap();
         ob.take(1, msgs(0, 2)).unwrap();
@@ -480,7 +491,12 @@ mod tests {
         let mut images = std::mem::take(&mut *images.lock().unwrap());
         images.push(fs.crash_image(Crash::DurableOnly));
         for img in images {
-            let st = SinkStateDir { dir: "/outbox".into(), storage: Arc::new(img), cipher: cipher.clone() };
+            let st = SinkStateDir {
+                dir: "/outbox".into(),
+                storage: Arc::new(img),
+                cipher: cipher.clone(),
+                owner: Default::default(),
+            };
             let rec = Outbox::open(Some(&st), 1 << 20, FullPolicy::Block).unwrap();
             match rec.queue.len() {
                 2 => {
@@ -545,7 +561,12 @@ mod tests {
         for seed in 0..24u64 {
             let fs = SimFs::new();
             let cipher = Arc::new(eddy_engine::storage::crypto::Cipher::from_keys(&[(1, [9u8; 32])]).unwrap());
-            let st = SinkStateDir { dir: "/outbox".into(), storage: Arc::new(fs.clone()), cipher: cipher.clone() };
+            let st = SinkStateDir {
+                dir: "/outbox".into(),
+                storage: Arc::new(fs.clone()),
+                cipher: cipher.clone(),
+                owner: Default::default(),
+            };
             let model = Arc::new(Mutex::new(Model::default()));
             let images: Arc<Mutex<Vec<(SimFs, Model)>>> = Arc::default();
             {
@@ -595,7 +616,12 @@ mod tests {
             let images = std::mem::take(&mut *images.lock().unwrap());
             assert!(images.len() > 10, "seed {seed}: too few sync points");
             for (i, (img, m)) in images.into_iter().enumerate() {
-                let st = SinkStateDir { dir: "/outbox".into(), storage: Arc::new(img), cipher: cipher.clone() };
+                let st = SinkStateDir {
+                    dir: "/outbox".into(),
+                    storage: Arc::new(img),
+                    cipher: cipher.clone(),
+                    owner: Default::default(),
+                };
                 let rec = Outbox::open(Some(&st), 1 << 20, FullPolicy::Block)
                     .unwrap_or_else(|e| panic!("seed {seed} image {i}: {e}"));
                 let got: Vec<(u64, String, Vec<u8>)> =

@@ -112,6 +112,8 @@ pub struct SinkStateDir {
     pub dir: PathBuf,
     pub storage: Arc<dyn Storage>,
     pub cipher: Arc<Cipher>,
+    /// Whose files these are (the pipeline's; each sink's is its child): bound into every file.
+    pub owner: crate::storage::header::Owner,
 }
 
 /// What the engine hands a provided connector to open a source or sink.

@@ -20,6 +20,7 @@ use crate::ops::snapshot::{StateReader, StateWriter};
 use crate::storage::checkpoint::{CheckpointStore, SourceMark};
 use crate::storage::crypto::Cipher;
 use crate::storage::fs::Storage;
+use crate::storage::header::Owner;
 use crate::storage::wal::{Wal, WalConfig, WalStats};
 
 const REC_BATCH: u8 = 1;
@@ -54,6 +55,8 @@ pub struct DurableConfig {
     pub max_staged_bytes: usize,
     /// ...or this many WAL bytes were appended since the last one (bounds recovery time).
     pub max_wal_bytes: u64,
+    /// Whose state this is (its files are bound to it); the daemon uses the pipeline's name.
+    pub owner: Owner,
 }
 
 impl DurableConfig {
@@ -67,6 +70,7 @@ impl DurableConfig {
             checkpoint_interval: Duration::from_secs(10),
             max_staged_bytes: 64 << 20,
             max_wal_bytes: 256 << 20,
+            owner: Owner::default(),
         }
     }
 }
@@ -330,9 +334,14 @@ impl Pipeline {
         let t0 = Instant::now();
         let lock = lock_state_dir(&cfg.state_dir)?;
         cfg.wal.dir = cfg.state_dir.join("wal");
+        cfg.wal.owner = cfg.owner;
         let fp = fingerprint(sql, self);
-        let (ckpts, recovered) =
-            CheckpointStore::open(cfg.storage.clone(), cfg.cipher.clone(), &cfg.state_dir.join("checkpoints"))?;
+        let (ckpts, recovered) = CheckpointStore::open_owned(
+            cfg.storage.clone(),
+            cfg.cipher.clone(),
+            &cfg.state_dir.join("checkpoints"),
+            cfg.owner,
+        )?;
         let wal = Wal::open(cfg.storage.clone(), cfg.cipher.clone(), cfg.wal.clone())?;
         check_continuity(&cfg.state_dir, recovered.as_ref().map(|r| (r.manifest.seq, r.manifest.wal_lsn)), &wal)?;
         let mut stats = DurableStats::default();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::crypto::{self, Cipher};
 use super::fs::Storage;
-use super::header::{FileHeader, HEADER_LEN};
+use super::header::{FileHeader, Owner, HEADER_LEN};
 use super::{crc, io_err, u32_at, Result, StorageError};
 
 pub const STATE_MAGIC: &[u8; 8] = b"EDDYSTA1";
@@ -84,6 +84,7 @@ pub struct CheckpointStore {
     /// and the old key is no longer needed once the WAL has moved past it.
     file_keys: HashMap<u64, u32>,
     next_seq: u64,
+    owner: Owner,
 }
 
 fn manifest_name(seq: u64) -> String {
@@ -98,24 +99,43 @@ fn digest(b: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, b).as_ref().to_vec()
 }
 
-fn read_header(b: &[u8], magic: &[u8; 8], path: &Path) -> Result<FileHeader> {
-    FileHeader::decode(b, magic, 1)
-        .ok_or_else(|| StorageError::Corrupt(format!("{}: damaged or foreign header", path.display())))
+/// Files are written in this version: the header names the owner and records bind it.
+const VERSION: u32 = 2;
+
+/// The header of a state file or manifest; one of another owner (version 2) is refused.
+fn read_header(b: &[u8], magic: &[u8; 8], path: &Path, owner: Owner) -> Result<FileHeader> {
+    let h = FileHeader::decode(b, magic, VERSION)
+        .ok_or_else(|| StorageError::Corrupt(format!("{}: damaged or foreign header", path.display())))?;
+    if h.version >= 2 && h.owner != owner {
+        return Err(StorageError::Corrupt(format!(
+            "{}: belongs to another pipeline (its files were moved or copied here)",
+            path.display()
+        )));
+    }
+    Ok(h)
 }
 
-fn header(magic: &[u8; 8], key: (u32, [u8; 8]), seq: u64, nonce_prefix: [u8; 8]) -> Vec<u8> {
+fn header(magic: &[u8; 8], key: (u32, [u8; 8]), seq: u64, nonce_prefix: [u8; 8], owner: Owner) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN);
-    FileHeader { version: 1, key_id: key.0, seq, nonce_prefix, key_check: key.1 }.encode(magic, &mut h);
+    FileHeader { version: VERSION, key_id: key.0, seq, nonce_prefix, key_check: key.1, owner }.encode(magic, &mut h);
     h
 }
 
-fn aad(kind: &[u8; 8], seq: u64, offset: u64, key_id: u32) -> [u8; 28] {
-    let mut a = [0u8; 28];
+/// A blob's or manifest's associated data: kind, place, key and (version 2) the expected owner —
+/// never the header's, which can be rewritten. Returns the buffer and its used length.
+fn aad(kind: &[u8; 8], seq: u64, offset: u64, key_id: u32, owner: Option<Owner>) -> ([u8; 36], usize) {
+    let mut a = [0u8; 36];
     a[..8].copy_from_slice(kind);
     a[8..16].copy_from_slice(&seq.to_le_bytes());
     a[16..24].copy_from_slice(&offset.to_le_bytes());
-    a[24..].copy_from_slice(&key_id.to_le_bytes());
-    a
+    a[24..28].copy_from_slice(&key_id.to_le_bytes());
+    match owner {
+        Some(o) => {
+            a[28..].copy_from_slice(&o.0);
+            (a, 36)
+        }
+        None => (a, 28),
+    }
 }
 
 /// One manifest as [`CheckpointStore::inspect`] found it.
@@ -130,7 +150,12 @@ pub struct ManifestReport {
 impl CheckpointStore {
     /// Reads and verifies every manifest in `dir` with all its blobs, newest first, and changes
     /// nothing (no garbage collection, no removal of temporaries): for `eddyd state check`.
-    pub fn inspect(storage: Arc<dyn Storage>, cipher: Arc<Cipher>, dir: &Path) -> Result<Vec<ManifestReport>> {
+    pub fn inspect(
+        storage: Arc<dyn Storage>,
+        cipher: Arc<Cipher>,
+        dir: &Path,
+        owner: Owner,
+    ) -> Result<Vec<ManifestReport>> {
         let names = storage.list(dir).map_err(io_err(dir))?;
         let mut seqs: Vec<u64> =
             names.iter().filter_map(|n| n.strip_prefix("manifest-")?.parse::<u64>().ok()).collect();
@@ -142,6 +167,7 @@ impl CheckpointStore {
             retained: vec![],
             file_keys: HashMap::new(),
             next_seq: 0,
+            owner,
         };
         Ok(seqs
             .into_iter()
@@ -162,6 +188,16 @@ impl CheckpointStore {
         storage: Arc<dyn Storage>,
         cipher: Arc<Cipher>,
         dir: &Path,
+    ) -> Result<(CheckpointStore, Option<Recovered>)> {
+        Self::open_owned(storage, cipher, dir, Owner::default())
+    }
+
+    /// [`CheckpointStore::open`] for files of `owner` (written with it; others are refused).
+    pub fn open_owned(
+        storage: Arc<dyn Storage>,
+        cipher: Arc<Cipher>,
+        dir: &Path,
+        owner: Owner,
     ) -> Result<(CheckpointStore, Option<Recovered>)> {
         storage.create_dir_all(dir).map_err(io_err(dir))?;
         let names = storage.list(dir).map_err(io_err(dir))?;
@@ -191,6 +227,7 @@ impl CheckpointStore {
             retained: vec![],
             file_keys: HashMap::new(),
             next_seq: max_seq + 1,
+            owner,
         };
         let mut failures = vec![];
         for (i, &seq) in seqs.iter().enumerate() {
@@ -237,7 +274,7 @@ impl CheckpointStore {
         let path = self.dir.join(manifest_name(seq));
         let bytes = self.storage.read(&path).map_err(io_err(&path))?;
         let b: &[u8] = (*bytes).as_ref();
-        let h = read_header(b, MANIFEST_MAGIC, &path)?;
+        let h = read_header(b, MANIFEST_MAGIC, &path, self.owner)?;
         self.cipher.check_readable(h.key_id, &h.key_check, &path.display().to_string())?;
         if h.seq != seq || b.len() < HEADER_LEN + 8 {
             return Err(StorageError::Corrupt(format!("{}: header does not match its name", path.display())));
@@ -247,10 +284,11 @@ impl CheckpointStore {
             return Err(StorageError::Corrupt(format!("{}: checksum mismatch", path.display())));
         }
         let mut sealed = b[HEADER_LEN + 8..].to_vec();
-        let ad = aad(b"eddy-man", seq, HEADER_LEN as u64, h.key_id);
-        let plain = self
-            .cipher
-            .open(h.key_id, crypto::nonce(h.nonce_prefix, 0), &ad, &mut sealed, &|| path.display().to_string())?;
+        let (ad, ad_len) = aad(b"eddy-man", seq, HEADER_LEN as u64, h.key_id, (h.version >= 2).then_some(self.owner));
+        let plain =
+            self.cipher.open(h.key_id, crypto::nonce(h.nonce_prefix, 0), &ad[..ad_len], &mut sealed, &|| {
+                path.display().to_string()
+            })?;
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(plain.len());
         aligned.extend_from_slice(plain);
         Ok(aligned)
@@ -270,7 +308,7 @@ impl CheckpointStore {
             if let std::collections::hash_map::Entry::Vacant(slot) = files.entry(file_seq) {
                 let p = self.dir.join(state_name(file_seq));
                 let fb = self.storage.read(&p).map_err(io_err(&p))?;
-                let fh = read_header((*fb).as_ref(), STATE_MAGIC, &p)?;
+                let fh = read_header((*fb).as_ref(), STATE_MAGIC, &p, self.owner)?;
                 self.cipher.check_readable(fh.key_id, &fh.key_check, &p.display().to_string())?;
                 if fh.seq != file_seq {
                     return Err(StorageError::Corrupt(format!("{}: header does not match its name", p.display())));
@@ -298,11 +336,12 @@ impl CheckpointStore {
                 return Err(bad("checksum mismatch"));
             }
             let mut sealed = data[off + BLOB_HEADER..off + BLOB_HEADER + len].to_vec();
-            let ad = aad(b"eddy-sta", file_seq, off as u64, fh.key_id);
+            let (ad, ad_len) =
+                aad(b"eddy-sta", file_seq, off as u64, fh.key_id, (fh.version >= 2).then_some(self.owner));
             let nonce = crypto::nonce(fh.nonce_prefix, r.index.to_native());
             let plain_len = self
                 .cipher
-                .open(fh.key_id, nonce, &ad, &mut sealed, &|| format!("{} at offset {off}", p.display()))?
+                .open(fh.key_id, nonce, &ad[..ad_len], &mut sealed, &|| format!("{} at offset {off}", p.display()))?
                 .len();
             sealed.truncate(plain_len);
             if digest(&sealed) != r.digest.as_slice() {
@@ -339,7 +378,7 @@ impl CheckpointStore {
         let prev: HashMap<&str, &BlobRef> =
             self.retained.last().map(|m| m.blobs.iter().map(|b| (b.name.as_str(), b)).collect()).unwrap_or_default();
         let nonce_prefix = crypto::nonce_prefix()?;
-        let mut file = header(STATE_MAGIC, key, seq, nonce_prefix);
+        let mut file = header(STATE_MAGIC, key, seq, nonce_prefix, self.owner);
         let mut refs = Vec::with_capacity(blobs.len());
         let mut info = WriteInfo { seq, ..Default::default() };
         for (name, plain) in blobs {
@@ -354,8 +393,8 @@ impl CheckpointStore {
             let off = file.len();
             file.extend_from_slice(&[0u8; BLOB_HEADER]);
             file.extend_from_slice(plain);
-            let ad = aad(b"eddy-sta", seq, off as u64, key.0);
-            self.cipher.seal(key.0, crypto::nonce(nonce_prefix, index), &ad, &mut file, off + BLOB_HEADER)?;
+            let (ad, ad_len) = aad(b"eddy-sta", seq, off as u64, key.0, Some(self.owner));
+            self.cipher.seal(key.0, crypto::nonce(nonce_prefix, index), &ad[..ad_len], &mut file, off + BLOB_HEADER)?;
             let len = (file.len() - off - BLOB_HEADER) as u32;
             file[off + 4..off + 8].copy_from_slice(&len.to_le_bytes());
             file[off + 8..off + 12].copy_from_slice(&index.to_le_bytes());
@@ -382,11 +421,11 @@ impl CheckpointStore {
         let archived = rkyv::to_bytes::<rkyv::rancor::Error>(&manifest)
             .map_err(|e| StorageError::Corrupt(format!("manifest encoding: {e}")))?;
         let mnonce = crypto::nonce_prefix()?;
-        let mut m = header(MANIFEST_MAGIC, key, seq, mnonce);
+        let mut m = header(MANIFEST_MAGIC, key, seq, mnonce, self.owner);
         m.extend_from_slice(&[0u8; 8]);
         m.extend_from_slice(&archived);
-        let ad = aad(b"eddy-man", seq, HEADER_LEN as u64, key.0);
-        self.cipher.seal(key.0, crypto::nonce(mnonce, 0), &ad, &mut m, HEADER_LEN + 8)?;
+        let (ad, ad_len) = aad(b"eddy-man", seq, HEADER_LEN as u64, key.0, Some(self.owner));
+        self.cipher.seal(key.0, crypto::nonce(mnonce, 0), &ad[..ad_len], &mut m, HEADER_LEN + 8)?;
         let len = (m.len() - HEADER_LEN - 8) as u32;
         m[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&len.to_le_bytes());
         let c = crc(&[&m[HEADER_LEN + 4..]]);

@@ -364,7 +364,8 @@ mod tests {
         assert_eq!(r.unwrap(), 2);
         assert_eq!(calls, 5);
         // Anything else is returned (the caller stops the process).
-        let e = retry_interrupted(|| Err(io::Error::from_raw_os_error(rustix::io::Errno::BADF.raw_os_error()))).unwrap_err();
+        let e = retry_interrupted(|| Err(io::Error::from_raw_os_error(rustix::io::Errno::BADF.raw_os_error())))
+            .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(rustix::io::Errno::BADF.raw_os_error()));
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::crypto::{self, Cipher};
 use super::fs::{Storage, StorageFile};
-use super::header::{FileHeader, HEADER_LEN};
+use super::header::{FileHeader, Owner, HEADER_LEN};
 use super::{crc, io_err, u32_at, u64_at, Result, StorageError};
 
 pub const MAGIC: &[u8; 8] = b"EDDYWAL1";
@@ -41,6 +41,9 @@ pub struct WalConfig {
     pub commit_bytes: usize,
     /// Largest record payload; bigger appends are refused.
     pub max_record_bytes: usize,
+    /// Whose log this is (bound into every version 2 segment; a segment of another owner is
+    /// refused). The default, zeros, is "unnamed".
+    pub owner: Owner,
 }
 
 impl WalConfig {
@@ -51,6 +54,7 @@ impl WalConfig {
             commit_delay: Duration::from_millis(5),
             commit_bytes: 1 << 20,
             max_record_bytes: 16 << 20,
+            owner: Owner::default(),
         }
     }
 }
@@ -119,14 +123,22 @@ fn segment_name(first_lsn: u64) -> String {
     format!("wal-{first_lsn:020}.log")
 }
 
-fn aad(first_lsn: u64, offset: u64, lsn: u64, key_id: u32) -> [u8; 36] {
-    let mut a = [0u8; 36];
+/// A record's associated data: its place, its key, and (version 2) its owner. Returns the
+/// buffer and how much of it is used (36 bytes in version 1, 44 with the owner).
+fn aad(first_lsn: u64, offset: u64, lsn: u64, key_id: u32, owner: Option<Owner>) -> ([u8; 44], usize) {
+    let mut a = [0u8; 44];
     a[..8].copy_from_slice(b"eddy-wal");
     a[8..16].copy_from_slice(&first_lsn.to_le_bytes());
     a[16..24].copy_from_slice(&offset.to_le_bytes());
     a[24..32].copy_from_slice(&lsn.to_le_bytes());
-    a[32..].copy_from_slice(&key_id.to_le_bytes());
-    a
+    a[32..36].copy_from_slice(&key_id.to_le_bytes());
+    match owner {
+        Some(o) => {
+            a[36..].copy_from_slice(&o.0);
+            (a, 44)
+        }
+        None => (a, 36),
+    }
 }
 
 /// A segment's frame layout, by its header's version.
@@ -227,12 +239,15 @@ fn open_records(
     first_lsn: u64,
     from_lsn: u64,
     stop_lsn: u64,
+    owner: Owner,
     scratch: &mut Vec<u8>,
     f: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let h = FileHeader::decode(b, MAGIC, VERSION)
         .ok_or_else(|| StorageError::Corrupt(format!("{}: damaged header", path.display())))?;
     let fmt = Fmt::of(h.version);
+    // The expected owner, never the header's: a header can be rewritten, the tag cannot.
+    let bound = (h.version >= 2).then_some(owner);
     let (mut off, mut lsn) = (HEADER_LEN, first_lsn);
     while off < b.len() && lsn < stop_lsn {
         let n = frame_at(b, off, lsn, fmt)
@@ -241,10 +256,11 @@ fn open_records(
         if lsn >= from_lsn {
             scratch.clear();
             scratch.extend_from_slice(&b[off + fmt.header..off + n]);
-            let ad = aad(first_lsn, off as u64, lsn, h.key_id);
+            let (ad, ad_len) = aad(first_lsn, off as u64, lsn, h.key_id, bound);
             let nonce = crypto::nonce(h.nonce_prefix, (lsn - first_lsn) as u32);
-            let plain = cipher
-                .open(h.key_id, nonce, &ad, scratch, &|| format!("{} at offset {off} (LSN {lsn})", path.display()))?;
+            let plain = cipher.open(h.key_id, nonce, &ad[..ad_len], scratch, &|| {
+                format!("{} at offset {off} (LSN {lsn})", path.display())
+            })?;
             let plain_len = plain.len();
             f(lsn, &scratch[..plain_len])?;
         }
@@ -270,7 +286,7 @@ pub struct SegmentReport {
 /// Reads and authenticates every record of the log in `dir` and changes nothing (no cut, no
 /// sync): what `eddyd state check` reports. Damage is an error naming file, offset and LSN, as
 /// at open.
-pub fn inspect(storage: &dyn Storage, cipher: &Cipher, dir: &Path) -> Result<Vec<SegmentReport>> {
+pub fn inspect(storage: &dyn Storage, cipher: &Cipher, dir: &Path, owner: Owner) -> Result<Vec<SegmentReport>> {
     let mut names: Vec<(u64, String)> = storage
         .list(dir)
         .map_err(io_err(dir))?
@@ -292,10 +308,20 @@ pub fn inspect(storage: &dyn Storage, cipher: &Cipher, dir: &Path) -> Result<Vec
         }
         let bytes = storage.read(&path).map_err(io_err(&path))?;
         let b: &[u8] = (*bytes).as_ref();
-        let scan = Wal::scan(cipher, &path, b, first_lsn, i + 1 == count)?;
+        let scan = Wal::scan(cipher, &path, b, first_lsn, i + 1 == count, owner)?;
         let key_id = FileHeader::decode(b, MAGIC, VERSION).map(|h| h.key_id).unwrap_or(0);
         if scan.end_lsn > first_lsn {
-            open_records(cipher, &path, b, first_lsn, first_lsn, scan.end_lsn, &mut scratch, &mut |_, _| Ok(()))?;
+            open_records(
+                cipher,
+                &path,
+                b,
+                first_lsn,
+                first_lsn,
+                scan.end_lsn,
+                owner,
+                &mut scratch,
+                &mut |_, _| Ok(()),
+            )?;
         }
         out.push(SegmentReport {
             path,
@@ -357,7 +383,7 @@ impl Wal {
             }
             let scan = {
                 let bytes = storage.read(&path).map_err(io_err(&path))?;
-                Self::scan(&cipher, &path, (*bytes).as_ref(), first_lsn, is_last)?
+                Self::scan(&cipher, &path, (*bytes).as_ref(), first_lsn, is_last, cfg.owner)?
             };
             if let Some(at) = scan.torn_at {
                 tracing::warn!(file = %path.display(), offset = at, "write-ahead log: cutting a torn tail (a crash interrupted the last write)");
@@ -398,7 +424,7 @@ impl Wal {
     /// nothing shows that the damaged record was acknowledged: no valid frame after it belongs to
     /// a later commit (version 2), or no valid frame for one of the next two LSNs follows
     /// (version 1). Any other damage is an error naming file, offset and LSN.
-    fn scan(cipher: &Cipher, path: &Path, b: &[u8], first_lsn: u64, is_last: bool) -> Result<Scan> {
+    fn scan(cipher: &Cipher, path: &Path, b: &[u8], first_lsn: u64, is_last: bool, owner: Owner) -> Result<Scan> {
         let corrupt = |off: usize, why: &str| {
             StorageError::Corrupt(format!(
                 "{} at offset {off}: {why}; the log is damaged before its end",
@@ -417,6 +443,12 @@ impl Wal {
         };
         if h.seq != first_lsn {
             return Err(corrupt(0, &format!("the header says LSN {}, the name {first_lsn}", h.seq)));
+        }
+        if h.version >= 2 && h.owner != owner {
+            return Err(StorageError::Corrupt(format!(
+                "{}: belongs to another pipeline or sink (its files were moved or copied here)",
+                path.display()
+            )));
         }
         cipher.check_readable(h.key_id, &h.key_check, &path.display().to_string())?;
         let fmt = Fmt::of(h.version);
@@ -514,8 +546,14 @@ impl Wal {
         self.buf.extend_from_slice(payload);
         // The counter fits: segments roll before u32::MAX records (checked above).
         let counter = (lsn - a.first_lsn) as u32;
-        let ad = aad(a.first_lsn, offset, lsn, a.key_id);
-        self.cipher.seal(a.key_id, crypto::nonce(a.nonce_prefix, counter), &ad, &mut self.buf, start + FRAME_HEADER)?;
+        let (ad, ad_len) = aad(a.first_lsn, offset, lsn, a.key_id, Some(self.cfg.owner));
+        self.cipher.seal(
+            a.key_id,
+            crypto::nonce(a.nonce_prefix, counter),
+            &ad[..ad_len],
+            &mut self.buf,
+            start + FRAME_HEADER,
+        )?;
         let len = (self.buf.len() - start - FRAME_HEADER) as u32;
         self.buf[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
         self.buf[start + 8..start + 16].copy_from_slice(&lsn.to_le_bytes());
@@ -534,7 +572,9 @@ impl Wal {
         let nonce_prefix = crypto::nonce_prefix()?;
         let first_lsn = self.next_lsn;
         let path = self.cfg.dir.join(segment_name(first_lsn));
-        FileHeader { version: VERSION, key_id, seq: first_lsn, nonce_prefix, key_check }.encode(MAGIC, &mut self.buf);
+        let owner = self.cfg.owner;
+        FileHeader { version: VERSION, key_id, seq: first_lsn, nonce_prefix, key_check, owner }
+            .encode(MAGIC, &mut self.buf);
         self.active = Some(Active { first_lsn, path, file: None, written: 0, group: None, key_id, nonce_prefix });
         Ok(())
     }
@@ -619,6 +659,7 @@ impl Wal {
                 seg.first_lsn,
                 from_lsn,
                 self.durable_lsn,
+                self.cfg.owner,
                 &mut scratch,
                 f,
             )?;
