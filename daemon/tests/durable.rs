@@ -455,3 +455,38 @@ fn state_swapped_between_pipelines_with_the_same_sql_is_refused() {
     let e = stderr_of(run_cmd(root, "st", Some(&key)));
     assert!(e.contains("belongs to another pipeline"), "{e}");
 }
+
+/// A sink file that lost committed output while eddyd was stopped used to be zero-filled back to
+/// its committed length. It is refused, naming the file and both lengths.
+#[test]
+fn a_sink_file_shorter_than_its_committed_output_is_refused() {
+    // Long enough for several checkpoints: the last one's staged output is rolled forward at
+    // restore, what came before it must be in the file.
+    let dir = setup(40_000);
+    let root = dir.path();
+    let out = run_cmd(root, "st", None).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sink = root.join("out/raw.jsonl");
+    assert!(std::fs::metadata(&sink).unwrap().len() > 0, "the sink got no committed output to test with");
+    std::fs::write(&sink, b"").unwrap();
+    let e = stderr_of(run_cmd(root, "st", None));
+    assert!(e.contains("raw.jsonl") && e.contains("holds 0 bytes") && e.contains("were published"), "{e}");
+}
+
+/// A clean session makes the broker forget what it holds for eddyd at every reconnect: with
+/// durable state (exactly-once input) that is refused when the pipeline is planned.
+#[test]
+fn clean_session_with_durable_state_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(
+        root.join("m.sql"),
+        "CREATE SOURCE s (v VARCHAR) WITH (connector = 'mqtt', url = 'mqtt://127.0.0.1:1', topic = 't', clean_session = 'true');\n\
+         CREATE SINK o AS SELECT v FROM s WITH (connector = 'file', path = 'o.jsonl');\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(EDDYD);
+    cmd.current_dir(root).args(["run", "--pipeline", "m.sql", "--state-dir", "st", "--no-encryption"]);
+    let e = stderr_of(cmd);
+    assert!(e.contains("clean_session") && e.contains("durable state"), "{e}");
+}

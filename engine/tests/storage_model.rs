@@ -593,3 +593,38 @@ fn files_of_another_owner_are_refused_even_with_a_forged_header() {
     let (_, rec) = CheckpointStore::open_owned(Arc::new(fs.clone()), c.clone(), dir, a).unwrap();
     assert!(rec.is_some());
 }
+
+/// After a key rotation, unchanged blobs are written again under the new key at the next
+/// checkpoint (they used to be reused by digest forever, so the old key could never go), and
+/// a restart leaves no manifest behind (one leaked per restart before).
+#[test]
+fn a_rotated_key_is_retired_by_the_next_checkpoint_and_restarts_leak_no_manifests() {
+    let fs = SimFs::new();
+    let dir = Path::new("/s/checkpoints");
+    let k1 = Arc::new(Cipher::from_keys(&[(1, [1; 32])]).unwrap());
+    let k12 = Arc::new(Cipher::from_keys(&[(1, [1; 32]), (2, [2; 32])]).unwrap());
+    let k2 = Arc::new(Cipher::from_keys(&[(2, [2; 32])]).unwrap());
+    let blobs = vec![("node/0/a".to_string(), vec![7u8; 100]), ("node/1/b".to_string(), vec![8u8; 100])];
+    let (mut store, _) = CheckpointStore::open(Arc::new(fs.clone()), k1.clone(), dir).unwrap();
+    store.write(10, b"fp", vec![], &blobs).unwrap();
+    store.write(20, b"fp", vec![], &blobs).unwrap();
+    drop(store);
+    for _ in 0..3 {
+        let (store, rec) = CheckpointStore::open(Arc::new(fs.clone()), k1.clone(), dir).unwrap();
+        assert!(rec.is_some());
+        drop(store);
+    }
+    let manifests = fs.paths().iter().filter(|p| p.to_string_lossy().contains("manifest-")).count();
+    assert!(manifests <= 2, "{manifests} manifests left after restarts");
+    // Rotate: key 2 is current; the next checkpoint rewrites both unchanged blobs under it.
+    let (mut store, _) = CheckpointStore::open(Arc::new(fs.clone()), k12.clone(), dir).unwrap();
+    let info = store.write(30, b"fp", vec![], &blobs).unwrap();
+    assert_eq!((info.blobs_written, info.blobs_reused), (2, 0));
+    assert_eq!(store.key_ids_in_use(), vec![2]);
+    let info = store.write(40, b"fp", vec![], &blobs).unwrap();
+    assert_eq!((info.blobs_written, info.blobs_reused), (0, 2), "under the current key, unchanged blobs are reused");
+    drop(store);
+    // Key 1 can go: the state opens with key 2 alone.
+    let (_, rec) = CheckpointStore::open(Arc::new(fs.clone()), k2, dir).unwrap();
+    assert_eq!(rec.unwrap().manifest.wal_lsn, 40);
+}
