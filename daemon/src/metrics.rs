@@ -383,3 +383,20 @@ fn handle(mut s: TcpStream, registry: &Registry) -> std::io::Result<()> {
         body.len()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connector thread that stopped on an error (an MQTT publisher whose outbox fsync failed)
+    /// used to leave /healthz OK until the pipeline next delivered output.
+    #[test]
+    fn a_failed_connector_thread_makes_health_fail_at_once() {
+        let r = Registry::default();
+        let g = r.connector("p", "sink", "alerts");
+        assert!(r.healthy().is_ok());
+        g.fail("outbox: fsync failed".into());
+        let e = r.healthy().unwrap_err();
+        assert!(e.contains("pipeline p") && e.contains("sink alerts") && e.contains("fsync failed"), "{e}");
+    }
+}

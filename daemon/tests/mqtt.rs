@@ -571,3 +571,40 @@ fn a_changed_topic_takes_effect_on_a_resumed_session() {
         std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default()
     );
 }
+
+/// Session semantics over a real broker: a retained message counts once — a reconnect to the
+/// same session no longer subscribes again (which made the broker resend it, counted twice) —
+/// and a broker that lost the persistent session is counted and logged as a warning.
+#[test]
+fn retained_messages_count_once_and_a_lost_session_is_reported() {
+    let Some((tmp, mut broker)) = broker_in_tempdir() else { return };
+    let dir = tmp.path();
+    let metrics_port = free_port();
+    let pipeline = PIPELINE.replace(
+        "WITH (connector = 'mqtt', topic = 'stats/{device_id}', qos = '1')",
+        "WITH (connector = 'file', path = 'out/per_min.jsonl')",
+    );
+    let cfg = config(dir, metrics_port, "3.1.1", &pipeline);
+    let source = |name: &str| metric(metrics_port, &format!("{name}{{pipeline=\"p\",source=\"telemetry\"}}"));
+    let log = || std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default();
+    let msgs = messages(1);
+    broker.publish_retained("plant/line1/telemetry", &msgs[0]);
+    let eddyd = start_eddyd(dir, &cfg, &broker.url(), metrics_port);
+    assert!(wait_for(|| source("eddy_source_rows_total") == Some(1.0), Duration::from_secs(20)), "{}", log());
+    // The broker restarts with the session kept: eddyd reconnects to it, and the retained
+    // message must not come (and count) again.
+    broker.restart(Duration::from_millis(200));
+    assert!(
+        wait_for(|| source("eddy_mqtt_connects_total").is_some_and(|n| n >= 2.0), Duration::from_secs(30)),
+        "{}",
+        log()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(source("eddy_source_rows_total"), Some(1.0), "the retained message was counted again: {}", log());
+    assert_eq!(source("eddy_mqtt_sessions_lost_total"), Some(0.0));
+    // Now the broker forgets everything: the lost session is counted and said loudly.
+    broker.restart_forgetting();
+    assert!(wait_for(|| source("eddy_mqtt_sessions_lost_total") == Some(1.0), Duration::from_secs(30)), "{}", log());
+    assert!(log().contains("lost the persistent session"), "{}", log());
+    drop(eddyd);
+}

@@ -564,6 +564,36 @@ mod tests {
         assert_eq!(poll_and_log(&mut second, &mut dec, &mut saved), 1);
     }
 
+    /// The queue between the connection and the pipeline is bounded in bytes too: a large
+    /// message waits while others fill it (the socket is not read, so the broker holds it), and
+    /// goes through once the reader takes what is queued; an empty queue takes any one message.
+    #[test]
+    fn the_queue_is_bounded_in_bytes_as_well_as_messages() {
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            generation: AtomicU64::new(1),
+            gauges: Arc::default(),
+            wakeup: None,
+        });
+        let (tx, rx) = std::sync::mpsc::sync_channel(100);
+        let msg = |n: usize| {
+            let publish = Publish::for_test("t/a", &vec![b'x'; n], 1, false);
+            Handoff::Message(Delivered { publish, generation: 1 })
+        };
+        // Larger than the bound, into an empty queue: passes.
+        assert!(hand_off(&tx, msg(3000), 3000, 1000, &shared));
+        let (sh, tx2) = (shared.clone(), tx.clone());
+        let waiting = std::thread::spawn(move || hand_off(&tx2, msg(600), 600, 1000, &sh));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiting.is_finished(), "a message over the byte bound was queued");
+        // The reader takes the first message.
+        let _ = rx.recv().unwrap();
+        shared.gauges.queue_bytes.fetch_sub(3000, Ordering::Relaxed);
+        assert!(waiting.join().unwrap());
+        assert_eq!(shared.gauges.queue_bytes.load(Ordering::Relaxed), 600);
+        assert!(shared.gauges.backpressure.load(Ordering::Relaxed) > 0);
+    }
+
     #[test]
     fn a_reused_packet_id_matches_only_its_newest_message() {
         let mut saved = Vec::new();

@@ -110,6 +110,28 @@ impl Broker {
         self.spawn();
     }
 
+    /// A stop, the loss of everything the broker kept (its persistence file), and a start: as
+    /// after a broker whose disk was replaced, or one that never persisted.
+    pub fn restart_forgetting(&mut self) {
+        self.stop();
+        for e in std::fs::read_dir(&self.dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "db") {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        self.spawn();
+    }
+
+    /// Publishes one retained message at QoS 1.
+    pub fn publish_retained(&self, topic: &str, payload: &str) {
+        let ok = Command::new("mosquitto_pub")
+            .args(["-p", &self.port.to_string(), "-q", "1", "-r", "-t", topic, "-m", payload])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mosquitto_pub -r failed");
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             signal(c.id(), "TERM");
