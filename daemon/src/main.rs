@@ -59,6 +59,20 @@ impl LimitArgs {
     }
 }
 
+/// Where the state key comes from (`run`, `state check`).
+#[derive(clap::Args, Clone, Default)]
+struct KeyArgs {
+    /// The state key file, mode 0600 (default: the systemd credential `eddy-state-key`).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Name of the systemd credential (in $CREDENTIALS_DIRECTORY) holding the key.
+    #[arg(long)]
+    key_credential: Option<String>,
+    /// The state is not encrypted (must be said explicitly).
+    #[arg(long)]
+    no_encryption: bool,
+}
+
 /// `eddyd run` settings; each overrides the config file's (defaults in parentheses).
 #[derive(clap::Args, Clone, Default)]
 struct RunArgs {
@@ -72,15 +86,8 @@ struct RunArgs {
     /// Without one, pipelines run without durable state and sinks are not exactly-once.
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// The state key file, mode 0600 (default: the systemd credential `eddy-state-key`).
-    #[arg(long)]
-    key_file: Option<PathBuf>,
-    /// Name of the systemd credential (in $CREDENTIALS_DIRECTORY) holding the key.
-    #[arg(long)]
-    key_credential: Option<String>,
-    /// Store state unencrypted (must be said explicitly).
-    #[arg(long)]
-    no_encryption: bool,
+    #[command(flatten)]
+    key: KeyArgs,
     /// Checkpoint at least this often, in ms (10000).
     #[arg(long)]
     checkpoint_interval_ms: Option<u64>,
@@ -133,9 +140,9 @@ impl RunArgs {
             }
         }
         over(&mut c.state_dir, &self.state_dir);
-        over(&mut c.encryption.key_file, &self.key_file);
-        over(&mut c.encryption.key_credential, &self.key_credential);
-        if self.no_encryption {
+        over(&mut c.encryption.key_file, &self.key.key_file);
+        over(&mut c.encryption.key_credential, &self.key.key_credential);
+        if self.key.no_encryption {
             c.encryption.enabled = Some(false);
         }
         over(&mut c.checkpoint.interval_ms, &self.checkpoint_interval_ms);
@@ -160,14 +167,8 @@ enum StateCmd {
     /// pipeline's), changing nothing. Exit 0: intact; 1: damage found (each named).
     Check {
         dir: PathBuf,
-        /// The state key file (default: the systemd credential `eddy-state-key`).
-        #[arg(long)]
-        key_file: Option<PathBuf>,
-        #[arg(long)]
-        key_credential: Option<String>,
-        /// The state is not encrypted.
-        #[arg(long)]
-        no_encryption: bool,
+        #[command(flatten)]
+        key: KeyArgs,
     },
     /// Discard one pipeline's state (it starts afresh). Prints what it discards; needs --yes.
     Reset {
@@ -370,8 +371,8 @@ fn run(cmd: Command) -> Result<()> {
             let reload_args = args.clone();
             runtime::Runtime::new(cfg, Box::new(move || reload_args.settings()))?.run()
         }
-        Command::State { cmd: StateCmd::Check { dir, key_file, key_credential, no_encryption } } => {
-            let args = RunArgs { key_file, key_credential, no_encryption, ..RunArgs::default() };
+        Command::State { cmd: StateCmd::Check { dir, key } } => {
+            let args = RunArgs { key, ..RunArgs::default() };
             let cipher = runtime::load_cipher(&args.settings()?)?;
             let outcome = state_cmd::check(&dir, cipher)?;
             if outcome.damaged > 0 {
