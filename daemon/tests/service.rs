@@ -288,3 +288,39 @@ fn durable_state_keeps_the_shard_count_it_was_written_with() {
         assert!(seen.insert(format!("{}{}", r["device_id"], r["window_start"])), "window repeated: {r}");
     }
 }
+
+/// A reload that stops a pipeline whose final checkpoint fails (here: its checkpoint directory
+/// was replaced by a file, so the write fails) is fail-stop: eddyd exits non-zero rather than
+/// starting the pipeline again over state it could not make durable.
+#[test]
+fn a_reload_that_stops_a_failing_pipeline_stops_eddyd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let metrics_port = free_port();
+    let cfg = write_config(dir, metrics_port);
+    // No periodic checkpoint: the first one after start is the final one the reload takes.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("interval_ms = 200", "interval_ms = 3600000");
+    std::fs::write(&cfg, text).unwrap();
+    std::fs::write(dir.join("pipelines/a.sql"), pipeline(1, "out/a.jsonl")).unwrap();
+    let log = std::fs::File::create(dir.join("eddyd.log")).unwrap();
+    let child = Command::new(EDDYD)
+        .args(["--log", "info", "run", "--config"])
+        .arg(&cfg)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut d = Daemon(child);
+    assert!(wait_for(|| log_has(dir, "eddyd ready"), Duration::from_secs(20)));
+    let ck = dir.join("state/a/checkpoints");
+    std::fs::rename(&ck, dir.join("state/a/checkpoints-away")).unwrap();
+    std::fs::write(&ck, b"not a directory").unwrap();
+    std::fs::write(dir.join("pipelines/a.sql"), pipeline(1, "out/a2.jsonl")).unwrap();
+    signal(d.0.id(), "HUP");
+    let exited = wait_for(|| d.0.try_wait().unwrap().is_some(), Duration::from_secs(20));
+    let text = std::fs::read_to_string(dir.join("eddyd.log")).unwrap();
+    assert!(exited, "eddyd went on after a failed final checkpoint: {text}");
+    assert!(!d.0.wait().unwrap().success(), "{text}");
+    assert!(text.contains("reload stopped a pipeline that had failed"), "{text}");
+}
