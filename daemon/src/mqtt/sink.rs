@@ -138,6 +138,49 @@ struct Sending {
     next_send: Option<u64>,
 }
 
+impl Sending {
+    /// A connect: nothing is sent until the marker, queued behind any strays, is out.
+    fn reconnected(&mut self) {
+        *self = Sending { draining: true, ..Sending::default() };
+    }
+
+    /// Sending may start (the marker is out, or none could be queued): our publishes from now on
+    /// are the only ones rumqttc has, so packet ids map to them in order.
+    fn ready(&mut self) {
+        *self = Sending { connected: true, ..Sending::default() };
+    }
+
+    /// The connection failed; returns whether it had been up.
+    fn disconnected(&mut self) -> bool {
+        std::mem::replace(&mut self.connected, false)
+    }
+
+    /// We handed rumqttc message `seq`.
+    fn published(&mut self, seq: u64) {
+        self.unassigned.push_back(seq);
+        self.next_send = Some(seq + 1);
+    }
+
+    /// rumqttc sent a publish with `pkid`. Returns the message it completes at once (QoS 0); a
+    /// stray (while draining) maps to nothing.
+    fn sent(&mut self, pkid: u16, qos0: bool) -> Option<u64> {
+        if self.draining {
+            return None;
+        }
+        let seq = self.unassigned.pop_front()?;
+        if qos0 {
+            return Some(seq);
+        }
+        self.by_pkid.insert(pkid, seq);
+        None
+    }
+
+    /// The broker acknowledged `pkid`: the message it was ours for, if any.
+    fn acked(&mut self, pkid: u16) -> Option<u64> {
+        self.by_pkid.remove(&pkid)
+    }
+}
+
 impl Shared {
     fn lock(&self) -> Result<MutexGuard<'_, Outbox>> {
         self.outbox
@@ -165,8 +208,7 @@ impl Shared {
             let seq = self.sink_id.as_deref().map(|id| (id, m.seq));
             match self.client.publish(&m.topic, s.conn.qos, s.retain, m.payload.clone(), seq) {
                 Ok(()) => {
-                    snd.unassigned.push_back(m.seq);
-                    snd.next_send = Some(m.seq + 1);
+                    snd.published(m.seq);
                     sent += 1;
                 }
                 Err(_) => break,
@@ -380,10 +422,10 @@ fn publish_loop(mut connection: WireConnection, s: &SinkSettings, sh: &Shared) -
                 {
                     // Held while the marker is queued, so no `deliver` can slip a publish in front.
                     let mut snd = sh.lock_sending()?;
-                    *snd = Sending { draining: true, ..Sending::default() };
+                    snd.reconnected();
                     if let Err(e) = sh.client.marker() {
                         tracing::warn!(sink = %ctx, error = %e, "cannot queue the reconnect marker; sending without it");
-                        *snd = Sending { connected: true, ..Sending::default() };
+                        snd.ready();
                     }
                 }
                 backoff.reset();
@@ -396,33 +438,25 @@ fn publish_loop(mut connection: WireConnection, s: &SinkSettings, sh: &Shared) -
                 let mut snd = sh.lock_sending()?;
                 if snd.draining {
                     // Every stray publish is out; from here packet ids map to our requests again.
-                    *snd = Sending { connected: true, ..Sending::default() };
+                    snd.ready();
                 }
             }
             Some(WireEvent::Sent(pkid)) => {
-                let mut snd = sh.lock_sending()?;
-                if snd.draining {
-                    // A stray from before the reconnect: sent again later, its ack is ignored.
-                    tracing::debug!(sink = %ctx, pkid, "a publish queued before the reconnect went out; it is sent again in order");
-                    continue;
-                }
-                if let Some(seq) = snd.unassigned.pop_front() {
-                    if s.conn.qos == QoS::AtMostOnce {
-                        acked.insert(seq);
-                        acked_any = true;
-                    } else {
-                        snd.by_pkid.insert(pkid, seq);
-                    }
+                // A stray from before the reconnect maps to nothing: it is sent again in order,
+                // and its acknowledgement is ignored.
+                if let Some(seq) = sh.lock_sending()?.sent(pkid, s.conn.qos == QoS::AtMostOnce) {
+                    acked.insert(seq);
+                    acked_any = true;
                 }
             }
             Some(WireEvent::Acked(pkid)) => {
-                if let Some(seq) = sh.lock_sending()?.by_pkid.remove(&pkid) {
+                if let Some(seq) = sh.lock_sending()?.acked(pkid) {
                     acked.insert(seq);
                     acked_any = true;
                 }
             }
             Some(WireEvent::Error(e)) => {
-                let was_connected = std::mem::replace(&mut sh.lock_sending()?.connected, false);
+                let was_connected = sh.lock_sending()?.disconnected();
                 if was_connected {
                     tracing::warn!(sink = %ctx, error = %e, "MQTT connection lost; output waits in the outbox");
                 }
@@ -454,6 +488,37 @@ fn publish_loop(mut connection: WireConnection, s: &SinkSettings, sh: &Shared) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reconnect race: `deliver` hands rumqttc message 7 after rumqttc dropped the old
+    /// connection (and drained its queue) but before the publisher saw the error. After the
+    /// reconnect that stray goes out first. Its packet id must not be taken for the first message
+    /// we send again (5), or its acknowledgement would remove 5 from the outbox unsent.
+    #[test]
+    fn a_stray_publish_after_a_reconnect_takes_no_message_s_packet_id() {
+        let mut snd = Sending::default();
+        snd.ready();
+        for seq in 5..8 {
+            snd.published(seq);
+        }
+        assert!(snd.disconnected());
+        // Reconnect: rumqttc sends the stray (7) with packet id 1 before the marker.
+        snd.reconnected();
+        assert!(!snd.connected, "nothing is sent while strays may be queued");
+        assert_eq!(snd.sent(1, false), None);
+        snd.ready(); // the marker is out
+                     // We send again from the oldest unacknowledged: 5, 6, 7 get packet ids 2, 3, 4.
+        for seq in 5..8 {
+            snd.published(seq);
+        }
+        for pkid in 2..5 {
+            assert_eq!(snd.sent(pkid, false), None);
+        }
+        // The stray's acknowledgement removes nothing; ours map to the right messages.
+        assert_eq!(snd.acked(1), None);
+        assert_eq!(snd.acked(2), Some(5));
+        assert_eq!(snd.acked(4), Some(7));
+        assert_eq!(snd.acked(3), Some(6));
+    }
 
     #[test]
     fn topic_templates() {
