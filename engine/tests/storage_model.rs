@@ -628,3 +628,55 @@ fn a_rotated_key_is_retired_by_the_next_checkpoint_and_restarts_leak_no_manifest
     let (_, rec) = CheckpointStore::open(Arc::new(fs.clone()), k2, dir).unwrap();
     assert_eq!(rec.unwrap().manifest.wal_lsn, 40);
 }
+
+/// A crafted manifest whose blob offset is near u64::MAX (valid CRC, plaintext): the bounds
+/// check is done in checked 64-bit arithmetic, so it is a named error — never an overflow that
+/// passes the check and then slices out of bounds (or wraps on a 32-bit target).
+#[test]
+fn a_crafted_manifest_with_an_overflowing_blob_offset_is_an_error() {
+    use eddy_engine::storage::checkpoint::{BlobRef, Manifest, MANIFEST_MAGIC};
+    use eddy_engine::storage::header::FileHeader;
+    let fs = SimFs::new();
+    let dir = Path::new("/s/checkpoints");
+    let c = cipher(false);
+    // A real state file for the reference to point into.
+    let (mut store, _) = CheckpointStore::open(Arc::new(fs.clone()), c.clone(), dir).unwrap();
+    store.write(0, b"fp", vec![], &[("node/0/x".to_string(), vec![1u8; 64])]).unwrap();
+    drop(store);
+    for offset in [u64::MAX - 8, u64::MAX - 16 - 100, (1 << 63) + 64] {
+        let blob = BlobRef { name: "node/0/x".into(), file_seq: 1, offset, len: 100, index: 0, digest: vec![0; 32] };
+        let m = Manifest {
+            seq: 2,
+            created_ms: 0,
+            wal_lsn: 0,
+            fingerprint: b"fp".to_vec(),
+            sources: vec![],
+            blobs: vec![blob],
+        };
+        let body = rkyv::to_bytes::<rkyv::rancor::Error>(&m).unwrap();
+        let mut file = Vec::new();
+        let header = FileHeader {
+            version: 2,
+            key_id: 0,
+            seq: 2,
+            nonce_prefix: [0; 8],
+            key_check: [0; 8],
+            owner: Owner::default(),
+        };
+        header.encode(MANIFEST_MAGIC, &mut file);
+        file.extend_from_slice(&[0u8; 8]);
+        file.extend_from_slice(&body);
+        let len = body.len() as u32;
+        file[68..72].copy_from_slice(&len.to_le_bytes());
+        let crc = crc32c::crc32c(&file[68..]);
+        file[64..68].copy_from_slice(&crc.to_le_bytes());
+        fs.put(&dir.join("manifest-0000000002"), file);
+        let got = std::panic::catch_unwind(|| {
+            CheckpointStore::inspect(Arc::new(fs.clone()), c.clone(), dir, Owner::default()).unwrap()
+        });
+        let reports = got.unwrap_or_else(|_| panic!("offset {offset}: panicked"));
+        let newest = reports.iter().find(|r| r.seq == 2).unwrap();
+        let e = newest.result.clone().unwrap_err();
+        assert!(e.contains("beyond the file"), "offset {offset}: {e}");
+    }
+}
