@@ -30,6 +30,20 @@ WITH (connector = 'file', path = '{out}');
     )
 }
 
+/// `eddyd run --config cfg` in `dir`, logging at info to `dir/eddyd.log` (appended).
+fn start(dir: &Path, cfg: &Path) -> Daemon {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("eddyd.log")).unwrap();
+    let child = Command::new(EDDYD)
+        .args(["--log", "info", "run", "--config"])
+        .arg(cfg)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Daemon(child)
+}
+
 fn write_config(dir: &Path, metrics_port: u16) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
     let cfg = format!(
@@ -138,16 +152,7 @@ fn sighup_keeps_unchanged_restarts_changed_and_refuses_incompatible_pipelines() 
     let cfg = write_config(dir, metrics_port);
     std::fs::write(dir.join("pipelines/a.sql"), pipeline(1, "out/a.jsonl")).unwrap();
     std::fs::write(dir.join("pipelines/keep.sql"), pipeline(1, "out/keep.jsonl")).unwrap();
-    let log = std::fs::File::create(dir.join("eddyd.log")).unwrap();
-    let child = Command::new(EDDYD)
-        .args(["--log", "info", "run", "--config"])
-        .arg(&cfg)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut d = Daemon(child);
+    let mut d = start(dir, &cfg);
     assert!(wait_for(|| rows(&dir.join("pipelines/out/a.jsonl")).len() >= 6, Duration::from_secs(20)), "no output");
 
     // A sink option changes (state-compatible): it restarts from its checkpoint; `keep` goes on.
@@ -240,17 +245,7 @@ fn durable_state_keeps_the_shard_count_it_was_written_with() {
             None => base.clone(),
         };
         std::fs::write(&cfg, text).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("eddyd.log")).unwrap();
-        Daemon(
-            Command::new(EDDYD)
-                .args(["--log", "info", "run", "--config"])
-                .arg(&cfg)
-                .current_dir(dir)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        )
+        start(dir, &cfg)
     };
     let shards_metric = || metric(metrics_port, "eddy_pipeline_shards{pipeline=\"a\"}");
     let out = dir.join("pipelines/out/a.jsonl");
@@ -302,16 +297,7 @@ fn a_reload_that_stops_a_failing_pipeline_stops_eddyd() {
     let text = std::fs::read_to_string(&cfg).unwrap().replace("interval_ms = 200", "interval_ms = 3600000");
     std::fs::write(&cfg, text).unwrap();
     std::fs::write(dir.join("pipelines/a.sql"), pipeline(1, "out/a.jsonl")).unwrap();
-    let log = std::fs::File::create(dir.join("eddyd.log")).unwrap();
-    let child = Command::new(EDDYD)
-        .args(["--log", "info", "run", "--config"])
-        .arg(&cfg)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut d = Daemon(child);
+    let mut d = start(dir, &cfg);
     assert!(wait_for(|| log_has(dir, "eddyd ready"), Duration::from_secs(20)));
     let ck = dir.join("state/a/checkpoints");
     std::fs::rename(&ck, dir.join("state/a/checkpoints-away")).unwrap();
