@@ -25,7 +25,7 @@ mod join;
 mod pattern;
 
 use crate::error::{EngineError, Result};
-use crate::ops::agg::{AggregateExprs, GroupCol};
+use crate::ops::agg::{AggregateExprs, Arrival, GroupCol};
 use crate::ops::calc::Calc;
 use crate::ops::graph::{Graph, NodeId, Passthrough};
 use crate::ops::group_agg::GroupAggregate;
@@ -676,13 +676,22 @@ impl<'a> Planner<'a> {
         let time_expr = time_col
             .filter(|&i| i < lower_schema.fields().len())
             .map(|i| Expr::Column(Column::from(lower_schema.qualified_field(i))));
+        // FIRST/LAST by event time break ties by arrival: a numbered column, appended last.
+        let numbered = time_expr.is_some() && agg.aggr_expr.iter().any(orders_by_event_time);
+        let lower_schema = if numbered {
+            let arrival = Schema::new(vec![Field::new(ARRIVAL, DataType::UInt64, false)]);
+            Arc::new(lower_schema.join(&DFSchema::try_from(arrival)?)?)
+        } else {
+            lower_schema
+        };
+        let arrival_expr = numbered.then(|| Expr::Column(Column::from_name(ARRIVAL)));
         let in_schema = &lower_schema;
         let physical_schema = Arc::new(in_schema.as_arrow().clone());
         let mut aggs = Vec::new();
         let mut args = Vec::new();
         let mut filters = Vec::new();
         for e in &agg.aggr_expr {
-            let e = order_by_event_time(e.clone(), time_expr.as_ref())?;
+            let e = order_by_event_time(e.clone(), time_expr.as_ref(), arrival_expr.as_ref())?;
             let lowered = LoweredAggregateBuilder::new(
                 &e,
                 in_schema,
@@ -707,6 +716,7 @@ impl<'a> Planner<'a> {
             args,
             filters,
             output: output.clone(),
+            arrival: numbered.then(|| Arrival::new(physical_schema.clone())),
         };
         let out_pos = |want: GroupCol| layout.iter().position(|g| *g == want);
         let all_groups: Vec<usize> = (0..layout.len()).collect();
@@ -844,8 +854,21 @@ fn expand_coalesce(e: Expr) -> Result<Expr> {
     Ok(out.data)
 }
 
-/// Gives FIRST_VALUE / LAST_VALUE without their own ORDER BY the event-time order of the spec.
-fn order_by_event_time(e: Expr, time: Option<&Expr>) -> Result<Expr> {
+/// Name of the arrival-number column an aggregation appends for FIRST/LAST ties.
+const ARRIVAL: &str = "__eddy_arrival";
+
+/// Whether `e` holds a FIRST_VALUE / LAST_VALUE without its own ORDER BY (ordered by event time).
+fn orders_by_event_time(e: &Expr) -> bool {
+    e.exists(|e| {
+        Ok(matches!(e, Expr::AggregateFunction(AggregateFunction { func, params })
+            if (func.name() == "first_value" || func.name() == "last_value") && params.order_by.is_empty()))
+    })
+    .unwrap_or(false)
+}
+
+/// Gives FIRST_VALUE / LAST_VALUE without their own ORDER BY the order of the spec: event time,
+/// ties by arrival (`arrival`, when numbered).
+fn order_by_event_time(e: Expr, time: Option<&Expr>, arrival: Option<&Expr>) -> Result<Expr> {
     let Some(time) = time else { return Ok(e) };
     let out = e.transform_up(|e| {
         if let Expr::AggregateFunction(AggregateFunction { func, params }) = &e {
@@ -853,6 +876,7 @@ fn order_by_event_time(e: Expr, time: Option<&Expr>) -> Result<Expr> {
             if (name == "first_value" || name == "last_value") && params.order_by.is_empty() {
                 let mut params = params.clone();
                 params.order_by = vec![Sort::new(time.clone(), true, false)];
+                params.order_by.extend(arrival.map(|a| Sort::new(a.clone(), true, false)));
                 return Ok(Transformed::yes(Expr::AggregateFunction(AggregateFunction { func: func.clone(), params })));
             }
         }

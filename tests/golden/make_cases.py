@@ -523,3 +523,40 @@ WITH (connector = 'file', path = 'out/latest.jsonl', format = 'json', type = 'up
     'bars_5m_by_end': five_minute(True),
     'latest': latest})
 print('cascade first/last case written')
+
+# ---- FIRST/LAST with equal event times: ties go to the first / last arrival (spec) ----
+rnd = random.Random(7)
+tied = []
+for i in range(240):
+    # Timestamps on whole seconds with disorder, so many rows of a device share one.
+    ms = T0 + (i // 3) * 1000 - rnd.randrange(3) * 1000
+    tied.append({'device_id': f'dev-{rnd.randrange(2)}', 'temp': float(i), 'ts': iso(ms), '_ms': ms})
+acc_tied = [r for r, _ in accept(tied, 2000)]
+def first_last(rows):
+    lo = min(r['_ms'] for r in rows)
+    hi = max(r['_ms'] for r in rows)
+    first = next(r for r in rows if r['_ms'] == lo)
+    last = [r for r in rows if r['_ms'] == hi][-1]
+    return first['temp'], last['temp']
+g = {}
+for r in acc_tied:
+    s = r['_ms'] - r['_ms'] % 10000
+    g.setdefault((r['device_id'], s), []).append(r)
+tumble_fl = []
+for (dev, s), rows_ in g.items():
+    f, l = first_last(rows_)
+    tumble_fl.append({'device_id': dev, 'window_start': iso(s), 'first_temp': f, 'last_temp': l, 'n': len(rows_)})
+write_case('first_last_ties', """CREATE SOURCE readings (
+    device_id VARCHAR NOT NULL,
+    temp      DOUBLE,
+    ts        TIMESTAMP(3) NOT NULL,
+    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+) WITH (connector = 'file', path = 'readings.jsonl', format = 'json');
+
+CREATE SINK per_10s AS
+SELECT device_id, window_start, FIRST_VALUE(temp) AS first_temp, LAST_VALUE(temp) AS last_temp, COUNT(*) AS n
+FROM TUMBLE(readings, ts, INTERVAL '10' SECOND)
+GROUP BY device_id, window_start, window_end
+WITH (connector = 'file', path = 'out/per_10s.jsonl', format = 'json');
+""", {'readings.jsonl': tied}, {'per_10s': tumble_fl})
+print('first/last ties case written')

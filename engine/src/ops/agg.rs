@@ -29,6 +29,23 @@ pub enum GroupCol {
     WindowEnd,
 }
 
+/// Arrival numbers for an aggregation whose FIRST_VALUE / LAST_VALUE order by event time: the
+/// spec breaks ties by arrival (first / last), and DataFusion's accumulators keep the first of
+/// equal orderings, so each input row gets the next number as a second ordering column, appended
+/// last. The next number is part of the operator's checkpointed state, so a recovered operator
+/// numbers on where it left off.
+pub struct Arrival {
+    /// The input schema with the arrival column appended.
+    pub schema: SchemaRef,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Arrival {
+    pub fn new(schema: SchemaRef) -> Self {
+        Arrival { schema, next: std::sync::atomic::AtomicU64::new(0) }
+    }
+}
+
 /// A compiled `GROUP BY ... aggregates` over one input schema.
 pub struct AggregateExprs {
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
@@ -40,6 +57,8 @@ pub struct AggregateExprs {
     pub args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     pub output: SchemaRef,
+    /// Set when an aggregate orders by (event time, arrival).
+    pub arrival: Option<Arrival>,
 }
 
 /// Keys and aggregate inputs of one batch, evaluated once.
@@ -60,7 +79,37 @@ impl AggregateExprs {
         Ok(RowConverter::new(fields)?)
     }
 
+    /// The next arrival number, for a checkpoint (written only when arrivals are numbered).
+    pub fn snapshot_arrival(&self, w: &mut StateWriter) {
+        if let Some(a) = &self.arrival {
+            w.u64(a.next.load(std::sync::atomic::Ordering::Relaxed));
+        }
+    }
+
+    /// Restores the next arrival number (state written before arrivals were numbered has none:
+    /// numbering starts at 0, and only ties with rows restored from it can break differently).
+    pub fn restore_arrival(&self, r: &mut StateReader) -> Result<()> {
+        if let Some(a) = &self.arrival {
+            let next = if r.at_end() { 0 } else { r.u64()? };
+            a.next.store(next, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     pub fn evaluate(&self, converter: &RowConverter, batch: &RecordBatch) -> Result<Evaluated> {
+        let numbered;
+        let batch = match &self.arrival {
+            None => batch,
+            Some(a) => {
+                let n = batch.num_rows() as u64;
+                let first = a.next.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                let mut cols = batch.columns().to_vec();
+                cols.push(Arc::new(arrow::array::UInt64Array::from_iter_values(first..first + n)));
+                let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+                numbered = RecordBatch::try_new_with_options(a.schema.clone(), cols, &options)?;
+                &numbered
+            }
+        };
         let n = batch.num_rows();
         let eval = |e: &Arc<dyn PhysicalExpr>| -> Result<ArrayRef> { Ok(e.evaluate(batch)?.into_array(n)?) };
         let key_cols = self.keys.iter().map(eval).collect::<Result<Vec<_>>>()?;

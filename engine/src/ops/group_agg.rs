@@ -77,7 +77,9 @@ impl Operator for GroupAggregate {
 
     fn snapshot(&mut self, w: &mut StateWriter) -> Result<()> {
         self.groups.snapshot(w);
-        self.accs.snapshot(w)
+        self.accs.snapshot(w)?;
+        self.exprs.snapshot_arrival(w);
+        Ok(())
     }
 
     fn restore(&mut self, r: &mut StateReader) -> Result<()> {
@@ -86,7 +88,7 @@ impl Operator for GroupAggregate {
         if self.accs.len() != self.groups.len() {
             return Err(r.err("groups and accumulators differ in number"));
         }
-        Ok(())
+        self.exprs.restore_arrival(r)
     }
 
     fn state_bytes(&self) -> usize {

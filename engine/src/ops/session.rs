@@ -166,7 +166,9 @@ impl Operator for SessionAggregate {
                 w.i64(s.end);
             }
         }
-        snapshot_groups(self.sessions.values_mut().flatten().map(|s| &mut s.accs), self.open, w)
+        snapshot_groups(self.sessions.values_mut().flatten().map(|s| &mut s.accs), self.open, w)?;
+        self.exprs.snapshot_arrival(w);
+        Ok(())
     }
 
     fn restore(&mut self, r: &mut StateReader) -> Result<()> {
@@ -184,7 +186,7 @@ impl Operator for SessionAggregate {
             self.sessions.entry(key).or_default().push(Session { start, end, accs });
         }
         self.open = n;
-        Ok(())
+        self.exprs.restore_arrival(r)
     }
 
     fn state_bytes(&self) -> usize {

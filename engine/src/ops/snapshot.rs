@@ -138,6 +138,10 @@ impl<'a> StateReader<'a> {
         let b = self.batch()?;
         Ok((b.columns().to_vec(), rows))
     }
+    /// Whether every byte has been read (a field added later is absent from older state).
+    pub fn at_end(&self) -> bool {
+        self.pos == self.b.len()
+    }
     pub fn finish(&self) -> Result<()> {
         if self.pos != self.b.len() {
             return Err(self.err("trailing bytes"));

@@ -285,6 +285,7 @@ impl Operator for WindowAggregate {
                 }
             }
         }
+        self.exprs.snapshot_arrival(w);
         Ok(())
     }
 
@@ -314,7 +315,7 @@ impl Operator for WindowAggregate {
             self.groups_total += groups.len();
             self.windows.insert(key, WindowState { groups, accs });
         }
-        Ok(())
+        self.exprs.restore_arrival(r)
     }
 
     fn state_bytes(&self) -> usize {
