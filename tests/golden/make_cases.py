@@ -546,13 +546,7 @@ tumble_fl = []
 for (dev, s), rows_ in g.items():
     f, l = first_last(rows_)
     tumble_fl.append({'device_id': dev, 'window_start': iso(s), 'first_temp': f, 'last_temp': l, 'n': len(rows_)})
-write_case('first_last_ties', """CREATE SOURCE readings (
-    device_id VARCHAR NOT NULL,
-    temp      DOUBLE,
-    ts        TIMESTAMP(3) NOT NULL,
-    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
-) WITH (connector = 'file', path = 'readings.jsonl', format = 'json');
-
+write_case('first_last_ties', SRC.format(delay=2, extra='') + """
 CREATE SINK per_10s AS
 SELECT device_id, window_start, FIRST_VALUE(temp) AS first_temp, LAST_VALUE(temp) AS last_temp, COUNT(*) AS n
 FROM TUMBLE(readings, ts, INTERVAL '10' SECOND)
