@@ -410,17 +410,7 @@ impl<'a> Planner<'a> {
                         offs.map(|o| (c, o.into_iter().max().unwrap_or(0)))
                     })
                     .collect();
-                Ok(Stream {
-                    node: id,
-                    schema,
-                    time_cols,
-                    window: None,
-                    pending_session: None,
-                    updating: false,
-                    key: None,
-                    key_alts: vec![],
-                    origins: vec![],
-                })
+                Ok(Stream::append_only(id, schema, time_cols))
             }
             LogicalPlan::Join(j) => self.plan_join(j, outermost, emit),
             LogicalPlan::Window(win) => {

@@ -252,9 +252,10 @@ impl Outbox {
                 )?;
             }
             // Records of at most PART_BYTES of messages (one message at least), all but the last
-            // as parts; the last carries `end`. One commit covers them all.
+            // as parts; the last carries `end` (an empty delivery is that record alone). One
+            // commit covers them all.
             let mut i = 0;
-            while i < msgs.len() {
+            loop {
                 let (mut j, mut bytes) = (i, 0);
                 while j < msgs.len() && (j == i || bytes + msgs[j].0.len() + msgs[j].1.len() <= PART_BYTES) {
                     bytes += msgs[j].0.len() + msgs[j].1.len();
@@ -276,15 +277,9 @@ impl Outbox {
                 let lsn = wal.append(&w.buf)?;
                 lsns.extend(std::iter::repeat_n(lsn, j - i));
                 i = j;
-            }
-            if msgs.is_empty() {
-                let w = &mut self.scratch;
-                w.buf.clear();
-                w.u8(REC_DELIVERY);
-                w.u64(end);
-                w.u64(first);
-                w.u64(0);
-                wal.append(&w.buf)?;
+                if last {
+                    break;
+                }
             }
             wal.commit()?;
             if dropped > 0 {

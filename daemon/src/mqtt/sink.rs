@@ -310,21 +310,20 @@ impl SinkWriter for MqttSink {
         let msgs = self.split(lines)?;
         let add: usize = msgs.iter().map(|(t, p)| t.len() + p.len() + 32).sum();
         let shared = self.shared()?.clone();
-        if let Some(why) = shared.gauges.failure() {
-            return Err(EngineError::State(format!("{}: the MQTT publisher stopped: {why}", self.settings.conn.ctx)));
-        }
+        let publisher_alive = || match shared.gauges.failure() {
+            Some(why) => {
+                Err(EngineError::State(format!("{}: the MQTT publisher stopped: {why}", self.settings.conn.ctx)))
+            }
+            None => Ok(()),
+        };
+        publisher_alive()?;
         let mut ob = shared.lock()?;
         if ob.has(end) {
             return Ok(()); // re-delivered after a crash: already in the outbox
         }
         let mut warned = false;
         while ob.policy == FullPolicy::Block && !ob.fits(add) {
-            if let Some(why) = shared.gauges.failure() {
-                return Err(EngineError::State(format!(
-                    "{}: the MQTT publisher stopped: {why}",
-                    self.settings.conn.ctx
-                )));
-            }
+            publisher_alive()?;
             if shared.stopping.load(Ordering::Acquire) {
                 // Shutting down: take it over the bound rather than lose it (the final checkpoint
                 // already counts it as delivered).

@@ -233,29 +233,17 @@ impl Operator for WindowAggregate {
                     out.push(Chunk::append(window_rows(&self.exprs, &self.converter, key, &st.groups, None, values)?));
                 }
                 Accs::Updating { accs, dirty, .. } => {
-                    // ON UPDATE already emitted every change; EVERY emits the final rows now.
-                    if matches!(self.emit, Emit::Every(_)) {
-                        let groups: Vec<u32> = (0..st.groups.len() as u32).collect();
+                    // ON UPDATE already emitted every change (but those still pending); EVERY emits
+                    // the final rows now.
+                    let groups: Vec<u32> = if matches!(self.emit, Emit::Every(_)) {
+                        (0..st.groups.len() as u32).collect()
+                    } else {
+                        std::mem::take(dirty)
+                    };
+                    if !groups.is_empty() {
                         let values = accs.evaluate(&self.exprs, &groups)?;
-                        out.push(upserts(window_rows(
-                            &self.exprs,
-                            &self.converter,
-                            key,
-                            &st.groups,
-                            Some(&groups),
-                            values,
-                        )?));
-                    } else if !dirty.is_empty() {
-                        let groups = std::mem::take(dirty);
-                        let values = accs.evaluate(&self.exprs, &groups)?;
-                        out.push(upserts(window_rows(
-                            &self.exprs,
-                            &self.converter,
-                            key,
-                            &st.groups,
-                            Some(&groups),
-                            values,
-                        )?));
+                        let rows = window_rows(&self.exprs, &self.converter, key, &st.groups, Some(&groups), values)?;
+                        out.push(upserts(rows));
                     }
                 }
             }

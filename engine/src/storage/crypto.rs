@@ -66,11 +66,6 @@ impl Cipher {
         Ok(Cipher { keys: out })
     }
 
-    /// Ids of the keys held, oldest first.
-    pub fn key_ids(&self) -> Vec<u32> {
-        self.keys.iter().map(|k| k.id).collect()
-    }
-
     /// Id and check value of the key new files are written with (0 and zeros when plaintext).
     pub fn current(&self) -> (u32, [u8; 8]) {
         self.keys.last().map(|k| (k.id, k.check)).unwrap_or((0, [0; 8]))

@@ -39,7 +39,12 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let d = std::fs::File::open(parent)?;
+    fsync_dir(parent)
+}
+
+/// Makes the entries of `dir` durable.
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    let d = std::fs::File::open(dir)?;
     rustix::fs::fsync(&d).map_err(io::Error::from)
 }
 
@@ -174,8 +179,7 @@ impl Storage for RealFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let d = std::fs::File::open(dir)?;
-        rustix::fs::fsync(&d).map_err(io::Error::from)
+        fsync_dir(dir)
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {

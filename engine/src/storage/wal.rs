@@ -270,6 +270,29 @@ fn open_records(
     Ok(())
 }
 
+/// The segment files in `dir` by first LSN, in order.
+fn segment_names(storage: &dyn Storage, dir: &Path) -> Result<Vec<(u64, String)>> {
+    let mut names: Vec<(u64, String)> = storage
+        .list(dir)
+        .map_err(io_err(dir))?
+        .into_iter()
+        .filter_map(|n| Some((n.strip_prefix("wal-")?.strip_suffix(".log")?.parse::<u64>().ok()?, n)))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// LSNs are dense across segments: `path` must start where the one before it ended.
+fn check_follows(path: &Path, first_lsn: u64, prev_end: u64) -> Result<()> {
+    if first_lsn == prev_end {
+        return Ok(());
+    }
+    Err(StorageError::Corrupt(format!(
+        "{}: starts at LSN {first_lsn}, but the segment before it ends at LSN {prev_end} (records are missing)",
+        path.display()
+    )))
+}
+
 /// One segment as [`inspect`] found it.
 #[derive(Debug, Clone)]
 pub struct SegmentReport {
@@ -287,24 +310,14 @@ pub struct SegmentReport {
 /// sync): what `eddyd state check` reports. Damage is an error naming file, offset and LSN, as
 /// at open.
 pub fn inspect(storage: &dyn Storage, cipher: &Cipher, dir: &Path, owner: Owner) -> Result<Vec<SegmentReport>> {
-    let mut names: Vec<(u64, String)> = storage
-        .list(dir)
-        .map_err(io_err(dir))?
-        .into_iter()
-        .filter_map(|n| Some((n.strip_prefix("wal-")?.strip_suffix(".log")?.parse::<u64>().ok()?, n)))
-        .collect();
-    names.sort();
+    let names = segment_names(storage, dir)?;
     let count = names.len();
     let mut out: Vec<SegmentReport> = Vec::new();
     let mut scratch = Vec::new();
     for (i, (first_lsn, name)) in names.into_iter().enumerate() {
         let path = dir.join(&name);
-        if let Some(prev) = out.last().filter(|p| p.end_lsn != first_lsn) {
-            return Err(StorageError::Corrupt(format!(
-                "{}: starts at LSN {first_lsn}, but the segment before it ends at LSN {} (records are missing)",
-                path.display(),
-                prev.end_lsn
-            )));
+        if let Some(prev) = out.last() {
+            check_follows(&path, first_lsn, prev.end_lsn)?;
         }
         let bytes = storage.read(&path).map_err(io_err(&path))?;
         let b: &[u8] = (*bytes).as_ref();
@@ -359,27 +372,15 @@ impl Wal {
             )));
         }
         storage.create_dir_all(&cfg.dir).map_err(io_err(&cfg.dir))?;
-        let mut names: Vec<(u64, String)> = storage
-            .list(&cfg.dir)
-            .map_err(io_err(&cfg.dir))?
-            .into_iter()
-            .filter_map(|n| {
-                let lsn = n.strip_prefix("wal-")?.strip_suffix(".log")?.parse::<u64>().ok()?;
-                Some((lsn, n))
-            })
-            .collect();
-        names.sort();
+        let names = segment_names(storage.as_ref(), &cfg.dir)?;
         let mut segments = Vec::new();
         let mut next_lsn = 0u64;
         let count = names.len();
         for (i, (first_lsn, name)) in names.into_iter().enumerate() {
             let path = cfg.dir.join(&name);
             let is_last = i + 1 == count;
-            if i > 0 && first_lsn != next_lsn {
-                return Err(StorageError::Corrupt(format!(
-                    "{}: starts at LSN {first_lsn}, but the segment before it ends at LSN {next_lsn} (records are missing)",
-                    path.display()
-                )));
+            if i > 0 {
+                check_follows(&path, first_lsn, next_lsn)?;
             }
             let scan = {
                 let bytes = storage.read(&path).map_err(io_err(&path))?;
