@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 # Formatting (rustfmt.toml) first: it fails in a second, before anything is built.
 cargo fmt --all -- --check
 
+# The Apache Kafka broker's jars for the Kafka tests (fetched once into target/kafka-libs).
+bash scripts/kafka-libs.sh
+
 # The whole workspace in one cargo invocation, so DataFusion's crates are resolved with one feature
 # set and built once. This includes benches/tests/join_check.rs: join results against DataFusion's
 # batch joins over the same accepted rows.

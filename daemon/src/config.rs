@@ -122,6 +122,34 @@ pub struct MetricsSection {
     pub listen: Option<String>,
 }
 
+/// `[kafka]`: defaults for every Kafka source and sink, by option name as in `WITH`
+/// (`"bootstrap.servers" = "…"`, `"properties.sasl.password" = "${KAFKA_PASSWORD}"`); their
+/// `WITH` options win. Values never show in `Debug` (they may hold credentials).
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct KafkaDefaults(pub BTreeMap<String, toml::Value>);
+
+impl KafkaDefaults {
+    /// The default for a connector option, as text.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.0.get(key).map(|v| match v {
+            toml::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        })
+    }
+
+    /// The `properties.*` defaults: (librdkafka property, value).
+    pub fn properties(&self) -> impl Iterator<Item = (&str, String)> {
+        self.0.keys().filter_map(|k| Some((k.strip_prefix("properties.")?, self.get(k)?)))
+    }
+}
+
+impl std::fmt::Debug for KafkaDefaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys().map(|k| format!("{k} = <set>"))).finish()
+    }
+}
+
 /// The config file, as written.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +176,8 @@ pub struct ConfigFile {
     pub wal: WalSection,
     #[serde(default)]
     pub mqtt: MqttDefaults,
+    #[serde(default)]
+    pub kafka: KafkaDefaults,
     #[serde(default)]
     pub metrics: MetricsSection,
 }
@@ -194,6 +224,14 @@ impl ConfigFile {
         if let Some(q) = c.mqtt.qos {
             if q > 2 {
                 bail!("mqtt.qos must be 0, 1 or 2");
+            }
+        }
+        for k in c.kafka.0.keys() {
+            if !crate::connectors::kafka::is_default_option(k) {
+                bail!(
+                    "kafka: unknown option '{k}' (valid: {}, and properties.* for librdkafka)",
+                    crate::connectors::kafka::default_options().join(", ")
+                );
             }
         }
         if let Some(cores) = &c.cores {

@@ -14,9 +14,9 @@ use std::time::Duration;
 use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
 
 mod config;
+mod connectors;
 mod keys;
 mod metrics;
-mod mqtt;
 mod runtime;
 mod secret;
 mod state_cmd;
@@ -310,13 +310,7 @@ fn run(cmd: Command) -> Result<()> {
             cfg.outputs = parse_pairs("--output", &outputs, &cwd)?;
             // MQTT sources and sinks validate their options; replay reads them from --input files.
             let name = config::pipeline_name(&pipeline);
-            cfg.connectors = Some(Arc::new(mqtt::Provider {
-                pipeline: name,
-                defaults: Default::default(),
-                metrics: Default::default(),
-                stopping: Default::default(),
-                durable: false,
-            }));
+            cfg.connectors = Some(Arc::new(connectors::Provider::offline(&name)));
             let mut p = Pipeline::plan(&sql, &cfg)?;
             p.run_to_end()?;
             for (name, s) in p.source_stats() {

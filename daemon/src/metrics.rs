@@ -41,6 +41,8 @@ pub struct ConnectorGauges {
     /// A connector thread that stopped on an error (the pipeline fails on its next delivery;
     /// `/healthz` reports it at once).
     pub failed: Mutex<Option<String>>,
+    /// Sink (Kafka): the first delivery that failed since the sink last checked.
+    pub failed_deliveries: Mutex<Option<String>>,
 }
 
 impl ConnectorGauges {

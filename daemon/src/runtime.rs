@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::ConfigFile;
+use crate::connectors::{gateway_name, Provider};
 use crate::metrics::Registry;
-use crate::mqtt::Provider;
 use crate::systemd::{self, Notifier};
 use eddy_engine::connector::SinkStateDir;
 use eddy_engine::pipeline::{DurableConfig, Mode, Pipeline, PipelineConfig};
@@ -77,10 +77,12 @@ pub fn plan(
     });
     pc.connectors = Some(Arc::new(Provider {
         pipeline: name.to_string(),
-        defaults: cfg.mqtt.clone(),
+        mqtt: cfg.mqtt.clone(),
+        kafka: cfg.kafka.clone(),
         metrics: registry.clone(),
         stopping: stopping.clone(),
         durable: state.is_some(),
+        gateway: gateway_name(),
     }));
     let cores = cores(cfg)?;
     pc.shards = cfg.shards.unwrap_or(cores.len()).max(1);

@@ -36,6 +36,7 @@ use crate::time::{MAX_TS, MIN_TS};
 
 mod durable;
 mod shards;
+pub mod splits;
 pub use durable::{DurableConfig, DurableStats};
 pub use shards::ShardThreadHook;
 use shards::{Capture, Route, ShardGraph, Shards, SourceNodes};
@@ -167,29 +168,61 @@ struct SourceRuntime {
     /// The reader's position after the last rows handed on (resumed from after a restart), with
     /// the logged positions folded in.
     position: Vec<u8>,
+    /// Whether the reader can read its input again (then nothing of it goes to the WAL).
+    replayable: bool,
+    /// Event time per split, for a reader with splits (Kafka partitions).
+    splits: splits::SplitClock,
 }
 
 impl SourceRuntime {
     fn watermark(&self) -> i64 {
-        let from_rows = if self.max_ts == MIN_TS { MIN_TS } else { self.max_ts.saturating_sub(self.delay) };
+        let from_rows = if !self.splits.is_empty() {
+            self.splits.watermark(self.delay, self.idle_timeout)
+        } else if self.max_ts == MIN_TS {
+            MIN_TS
+        } else {
+            self.max_ts.saturating_sub(self.delay)
+        };
         from_rows.max(self.idle_floor)
     }
 
-    /// Splits a decoded batch into accepted and late rows by the spec's rule, row by row.
-    fn split_late(&mut self, batch: RecordBatch) -> Result<(Option<RecordBatch>, Option<RecordBatch>)> {
+    /// Splits a decoded batch into accepted and late rows by the spec's rule, row by row; rows of
+    /// a split are judged against the minimum over the source's splits.
+    fn split_late(
+        &mut self,
+        batch: RecordBatch,
+        split: Option<u64>,
+    ) -> Result<(Option<RecordBatch>, Option<RecordBatch>)> {
         let Some(tc) = self.time_col else { return Ok((Some(batch), None)) };
         let ts = batch.column(tc).as_primitive::<TimestampMillisecondType>();
         let mut keep = Vec::with_capacity(batch.num_rows());
         let mut late = 0usize;
-        for i in 0..ts.len() {
-            let t = ts.value(i);
-            let w = self.watermark();
-            if t < w {
-                keep.push(false);
-                late += 1;
-            } else {
-                keep.push(true);
-                self.max_ts = self.max_ts.max(t);
+        if let Some(id) = split {
+            let (idle_floor, mut max_ts) = (self.idle_floor, self.max_ts);
+            let mut judge = self.splits.batch(id, self.delay, self.idle_timeout);
+            for i in 0..ts.len() {
+                let t = ts.value(i);
+                if t < judge.watermark().max(idle_floor) {
+                    keep.push(false);
+                    late += 1;
+                } else {
+                    keep.push(true);
+                    max_ts = max_ts.max(t);
+                    judge.accept(t);
+                }
+            }
+            self.max_ts = max_ts;
+            self.splits.settle(self.delay, self.idle_timeout);
+        } else {
+            for i in 0..ts.len() {
+                let t = ts.value(i);
+                if t < self.watermark() {
+                    keep.push(false);
+                    late += 1;
+                } else {
+                    keep.push(true);
+                    self.max_ts = self.max_ts.max(t);
+                }
             }
         }
         if late == 0 {
@@ -323,15 +356,6 @@ fn resolve_path(base: &Path, p: &str) -> PathBuf {
         p.to_path_buf()
     } else {
         base.join(p)
-    }
-}
-
-fn format_option(ctx: &str, options: &Options, default: Format) -> Result<Format> {
-    match options.get("format") {
-        None => Ok(default),
-        Some(f) => Format::parse(f).ok_or_else(|| {
-            EngineError::options(ctx, format!("unknown format '{f}' (valid formats: {})", Format::NAMES.join(", ")))
-        }),
     }
 }
 
@@ -642,7 +666,7 @@ impl Pipeline {
         }
         let o = &def.options;
         let path = o.get("path").ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
-        let format = format_option(&ctx, o, Format::Csv)?;
+        let format = connector::format_option(&ctx, o, Format::Csv)?;
         if format == Format::Raw {
             return Err(EngineError::options(ctx, "a table is read as 'csv' or 'json'"));
         }
@@ -718,7 +742,7 @@ impl Pipeline {
                         .ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
                     ReaderSpec::File {
                         path: resolve_path(&cfg.base_dir, path),
-                        format: format_option(&ctx, o, Format::Json)?,
+                        format: connector::format_option(&ctx, o, Format::Json)?,
                         follow: connector::bool_option(&ctx, o, "follow", false)? && cfg.mode == Mode::Live,
                         max_line: connector::num_option(&ctx, o, "max_line_bytes")?.unwrap_or(DEFAULT_MAX_LINE),
                     }
@@ -757,14 +781,8 @@ impl Pipeline {
                 }
             },
         };
-        if let ReaderSpec::File { format: Format::Raw, .. } = spec {
-            let payload_cols = cols.iter().filter(|c| c.metadata_key.is_none()).count();
-            if payload_cols != 1 {
-                return Err(EngineError::options(
-                    ctx,
-                    "format 'raw' needs exactly one payload column (payload BYTEA or VARCHAR)",
-                ));
-            }
+        if let ReaderSpec::File { format, .. } = &spec {
+            connector::check_raw_payload(&ctx, *format, cols.iter().filter(|c| c.metadata_key.is_none()).count())?;
         }
         let schema: SchemaRef = decoder.schema.clone();
         catalog.add(&def.name, RelationKind::Source, schema.clone());
@@ -804,6 +822,8 @@ impl Pipeline {
             ended: false,
             stats: SourceStats::default(),
             position: Vec::new(),
+            replayable: false,
+            splits: splits::SplitClock::default(),
         })
     }
 
@@ -877,7 +897,7 @@ impl Pipeline {
                 let path = options
                     .get("path")
                     .ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
-                if format_option(&ctx, options, Format::Json)? != Format::Json {
+                if connector::format_option(&ctx, options, Format::Json)? != Format::Json {
                     return Err(EngineError::options(ctx, "file sinks write format 'json'"));
                 }
                 Sink::new(name, SinkTarget::File(resolve_path(&cfg.base_dir, path)), mode, columns)
@@ -949,6 +969,7 @@ impl Pipeline {
                 ReaderSpec::Datagen(cfg) => s.reader = Some(Box::new(Datagen::new(cfg.clone()))),
                 ReaderSpec::External { .. } => {}
             }
+            s.replayable = s.reader.as_ref().is_some_and(|r| r.replayable());
             if !s.position.is_empty() {
                 if let Some(r) = s.reader.as_mut() {
                     r.resume(&s.position, &mut s.decoder).map_err(|e| match e {
@@ -982,10 +1003,23 @@ impl Pipeline {
             };
             any |= poll == Poll::Rows;
             let (errors, rows) = self.take_decoded(i)?;
+            let split = {
+                let s = &mut self.sources[i];
+                match s.reader.as_ref() {
+                    Some(r) if s.replayable => {
+                        debug_assert!(r.split().is_none() || !r.splits().is_empty() || rows.is_none());
+                        s.splits.assign(r.splits());
+                        r.split()
+                    }
+                    _ => None,
+                }
+            };
             let mut mark = None;
             if let Some(d) = self.durable.as_mut() {
                 let s = &mut self.sources[i];
-                if errors.is_some() || rows.is_some() || poll == Poll::Rows {
+                // A replayable source reads its input again after a crash: only checkpoints
+                // save its position.
+                if !s.replayable && (errors.is_some() || rows.is_some() || poll == Poll::Rows) {
                     // Logged before it is processed, with where to resume after it; a read that
                     // gave no rows is logged only when it moved the position.
                     let logged = s.reader.as_ref().map(|r| r.position()).unwrap_or_default();
@@ -1001,7 +1035,7 @@ impl Pipeline {
                     r.handed_on(mark);
                 }
             }
-            self.run_source_output(i, errors, rows)?;
+            self.run_source_output(i, errors, rows, split)?;
             if poll == Poll::End {
                 self.end_source(i)?;
             } else if self.mode == Mode::Live {
@@ -1019,7 +1053,13 @@ impl Pipeline {
     }
 
     /// Pushes the decoded rows of source `i` into the graph.
-    fn run_source_output(&mut self, i: usize, errors: Option<RecordBatch>, rows: Option<RecordBatch>) -> Result<()> {
+    fn run_source_output(
+        &mut self,
+        i: usize,
+        errors: Option<RecordBatch>,
+        rows: Option<RecordBatch>,
+        split: Option<u64>,
+    ) -> Result<()> {
         let s = &mut self.sources[i];
         if let Some(errors) = errors {
             s.stats.errors += errors.num_rows() as u64;
@@ -1034,7 +1074,7 @@ impl Pipeline {
         let s = &mut self.sources[i];
         let Some(batch) = rows else { return Ok(()) };
         s.last_row = Instant::now();
-        let (accepted, late) = s.split_late(batch)?;
+        let (accepted, late) = s.split_late(batch, split)?;
         let (main, late_node, wm) = (s.main, s.late, s.watermark());
         if let Some(a) = accepted {
             self.sources[i].stats.accepted += a.num_rows() as u64;
@@ -1057,6 +1097,13 @@ impl Pipeline {
         if s.time_col.is_none() {
             self.flow_advance(main, now)?;
         } else if let Some(timeout) = s.idle_timeout {
+            if !s.splits.is_empty() {
+                // A split gone idle stops holding the watermark back.
+                s.splits.settle(s.delay, s.idle_timeout);
+                let wm = s.watermark();
+                self.flow_advance(main, wm)?;
+            }
+            let s = &mut self.sources[i];
             let idle = s.last_row.elapsed().as_millis() as i64;
             if idle >= timeout && s.max_ts != MIN_TS {
                 // Event time moves on with the wall clock while the source is silent.
@@ -1064,7 +1111,7 @@ impl Pipeline {
                 if floor > s.idle_floor {
                     s.idle_floor = floor;
                     let wm = s.watermark();
-                    if let Some(d) = &mut self.durable {
+                    if let (Some(d), false) = (&mut self.durable, s.replayable) {
                         d.log_idle(i, floor)?;
                     }
                     self.flow_advance(main, wm)?;
@@ -1078,7 +1125,7 @@ impl Pipeline {
 
     /// A source ended: its watermark becomes +inf, closing what depends only on ended inputs.
     fn end_source(&mut self, i: usize) -> Result<()> {
-        if let Some(d) = &mut self.durable {
+        if let (Some(d), false) = (&mut self.durable, self.sources[i].replayable) {
             d.log_end(i)?;
         }
         let s = &mut self.sources[i];

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::error::{EngineError, Result};
 use crate::format::decode::RowDecoder;
+use crate::format::Format;
 use crate::sql::ddl::Options;
 use crate::storage::crypto::Cipher;
 use crate::storage::fs::Storage;
@@ -92,6 +93,26 @@ pub trait SourceReader: Send {
     /// Health of the source's connection, for metrics and logs (`None`: no connection).
     fn connected(&self) -> Option<bool> {
         None
+    }
+    /// Whether the input can be read again from a saved position (a Kafka topic). Such a source's
+    /// input is not copied to the WAL: its position is saved by checkpoints only, and after a crash
+    /// it reads again from the last checkpoint's position. It must then hold back anything it
+    /// acknowledges until [`SourceReader::checkpointed`].
+    fn replayable(&self) -> bool {
+        false
+    }
+    /// A checkpoint holding `position` (from [`SourceReader::position`]) is durable.
+    fn checkpointed(&mut self, _position: &[u8]) {}
+    /// A source read in independent splits (Kafka partitions), each in event-time order of its
+    /// own: the split every row of the last poll came from. The source's watermark is then the
+    /// minimum over its splits. Only a replayable source may have splits (the WAL does not record
+    /// them).
+    fn split(&self) -> Option<u64> {
+        None
+    }
+    /// The splits assigned now, sorted (a split not listed no longer holds the watermark back).
+    fn splits(&self) -> &[u64] {
+        &[]
     }
 }
 
@@ -242,7 +263,9 @@ pub fn check_options(
         ));
     };
     for (k, _, pos) in &options.entries {
-        if !valid.contains(&k.as_str()) {
+        // An entry `prefix.*` takes every option under the prefix (Kafka's `properties.*`).
+        let known = valid.iter().any(|v| *v == k || v.strip_suffix('*').is_some_and(|p| k.starts_with(p)));
+        if !known {
             return Err(EngineError::options(
                 format!("{ctx} ({pos})"),
                 format!("unknown option '{k}' for connector '{connector}'; valid options: {}", valid.join(", ")),
@@ -250,6 +273,38 @@ pub fn check_options(
         }
     }
     Ok(connector)
+}
+
+/// The `format` option (`default` when absent).
+pub fn format_option(ctx: &str, options: &Options, default: Format) -> Result<Format> {
+    match options.get("format") {
+        None => Ok(default),
+        Some(f) => Format::parse(f).ok_or_else(|| {
+            EngineError::options(ctx, format!("unknown format '{f}' (valid formats: {})", Format::NAMES.join(", ")))
+        }),
+    }
+}
+
+/// Format `raw` decodes the whole payload into one column: the relation must have exactly one
+/// column besides its METADATA ones.
+pub fn check_raw_payload(ctx: &str, format: Format, payload_columns: usize) -> Result<()> {
+    if format == Format::Raw && payload_columns != 1 {
+        return Err(EngineError::options(
+            ctx,
+            "format 'raw' needs exactly one payload column (payload BYTEA or VARCHAR) besides METADATA columns",
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes one message's payload in `format` into `dec` (rows, or error rows for what does not
+/// decode); returns the rows it added.
+pub fn decode_payload(dec: &mut RowDecoder, format: Format, payload: &[u8], received_at: i64) -> usize {
+    match format {
+        Format::Json => crate::format::json::decode_json(dec, payload, received_at),
+        Format::Csv => crate::format::csv::decode_csv_payload(dec, payload, received_at),
+        Format::Raw => crate::format::csv::decode_raw(dec, payload, received_at) as usize,
+    }
 }
 
 /// A boolean option: 'true' / 'false'.

@@ -453,6 +453,10 @@ impl Pipeline {
         s.stats.late = r.u64()?;
         s.stats.errors = r.u64()?;
         s.position = r.bytes()?.to_vec();
+        // Checkpoints before split sources have no split clock.
+        if !r.at_end() {
+            s.splits.restore(&mut r)?;
+        }
         r.finish()
     }
 
@@ -489,7 +493,7 @@ impl Pipeline {
                 } else {
                     (errors, rows)
                 };
-                self.run_source_output(i, errors, rows)?;
+                self.run_source_output(i, errors, rows, None)?;
                 self.flow_step_end()
             }
             REC_BATCH_PART => {
@@ -534,7 +538,13 @@ impl Pipeline {
         let lsn = d.wal.commit()?;
         let mut blobs = Vec::with_capacity(self.sources.len() + self.graph.len());
         let mut marks = Vec::with_capacity(self.sources.len());
-        for s in &self.sources {
+        for s in &mut self.sources {
+            if s.replayable {
+                // Its position is saved here only: where it stands after the rows run so far.
+                if let Some(r) = s.reader.as_ref() {
+                    s.position = r.position();
+                }
+            }
             let mut w = StateWriter::default();
             w.i64(s.max_ts);
             w.i64(s.idle_floor);
@@ -543,6 +553,7 @@ impl Pipeline {
             w.u64(s.stats.late);
             w.u64(s.stats.errors);
             w.bytes(&s.position);
+            s.splits.snapshot(&mut w);
             blobs.push((format!("source/{}", s.name), w.buf));
             marks.push(SourceMark { name: s.name.clone(), position: s.position.clone(), watermark: s.watermark() });
         }
@@ -563,8 +574,14 @@ impl Pipeline {
         }
         let d = self.durable.as_mut().ok_or_else(|| EngineError::Internal("durable state vanished".into()))?;
         let info = d.ckpts.write(lsn, &d.fingerprint, marks, &blobs)?;
-        // Only now, with the checkpoint durable, may sinks make its output visible.
+        // Only now, with the checkpoint durable, may sinks make its output visible, and
+        // replayable sources acknowledge what it covers.
         self.graph.checkpoint_committed()?;
+        for s in self.sources.iter_mut().filter(|s| s.replayable) {
+            if let Some(r) = s.reader.as_mut() {
+                r.checkpointed(&s.position);
+            }
+        }
         let d = self.durable.as_mut().ok_or_else(|| EngineError::Internal("durable state vanished".into()))?;
         d.wal.truncate_before(d.ckpts.wal_keep_from())?;
         d.last = Instant::now();

@@ -12,90 +12,31 @@ use std::time::{Duration, Instant};
 
 use rumqttc::QoS;
 
-use super::outbox::{FullPolicy, Outbox};
 use super::settings::Connection;
 use super::wire::{self, WireClient, WireConnection, WireEvent};
-use super::Backoff;
+use crate::connectors::backoff::Backoff;
+use crate::connectors::outbox::{FullPolicy, Outbox};
+use crate::connectors::template::{NameRules, RowFields, Template};
 use crate::metrics::ConnectorGauges;
 use eddy_engine::connector::{SinkStateDir, SinkWriter};
 use eddy_engine::{EngineError, Result};
 
-/// A topic template: literal text and `{column}` placeholders.
-#[derive(Debug, Clone)]
-pub struct TopicTemplate {
-    parts: Vec<Part>,
-}
-
-#[derive(Debug, Clone)]
-enum Part {
-    Text(String),
-    Column(String),
-}
-
-impl TopicTemplate {
-    /// Parses `template`, checking that every placeholder names an output column.
-    pub fn parse(template: &str, columns: &[String]) -> std::result::Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_string()));
-            }
-            let close =
-                rest[open..].find('}').ok_or_else(|| format!("topic '{template}': a '{{' is not closed"))? + open;
-            let col = rest[open + 1..close].trim();
-            if !columns.iter().any(|c| c == col) {
-                return Err(format!(
-                    "topic '{template}': '{{{col}}}' is not an output column ({})",
-                    columns.join(", ")
-                ));
-            }
-            parts.push(Part::Column(col.to_string()));
-            rest = &rest[close + 1..];
+/// What an MQTT topic made from a template may contain.
+pub const TOPIC_RULES: NameRules = NameRules {
+    forbidden_in_values: |c| matches!(c, '+' | '#' | '\0'),
+    check_literal: |t| {
+        if t.contains(['+', '#']) {
+            Err("a topic to publish to has no wildcards".into())
+        } else {
+            Ok(())
         }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_string()));
-        }
-        if template.is_empty() || template.contains(['+', '#']) {
-            return Err(format!("topic '{template}': a topic to publish to has no wildcards and is not empty"));
-        }
-        Ok(TopicTemplate { parts })
-    }
-
-    fn is_constant(&self) -> bool {
-        self.parts.iter().all(|p| matches!(p, Part::Text(_)))
-    }
-
-    /// The topic for one output row (a JSON object). Values that would make the topic invalid
-    /// (`+`, `#`, NUL) are replaced by `_`; a NULL value gives `null`.
-    pub fn render(&self, row: &[u8]) -> std::result::Result<String, String> {
-        if self.is_constant() {
-            return Ok(self.parts.iter().map(|p| if let Part::Text(t) = p { t.as_str() } else { "" }).collect());
-        }
-        let obj: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(row).map_err(|e| format!("an output row is not a JSON object: {e}"))?;
-        let mut out = String::new();
-        for p in &self.parts {
-            match p {
-                Part::Text(t) => out.push_str(t),
-                Part::Column(c) => {
-                    let v = match obj.get(c) {
-                        Some(serde_json::Value::String(s)) => s.clone(),
-                        Some(v) => v.to_string(),
-                        None => "null".into(),
-                    };
-                    out.extend(v.chars().map(|ch| if matches!(ch, '+' | '#' | '\0') { '_' } else { ch }));
-                }
-            }
-        }
-        Ok(out)
-    }
-}
+    },
+};
 
 #[derive(Debug, Clone)]
 pub struct SinkSettings {
     pub conn: Connection,
-    pub topic: TopicTemplate,
+    pub topic: Template,
     pub retain: bool,
     pub outbox_bytes: usize,
     pub policy: FullPolicy,
@@ -254,9 +195,17 @@ impl MqttSink {
 
     fn split(&self, lines: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
         let mut msgs = Vec::new();
+        let constant = self.settings.topic.constant();
         for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let topic =
-                self.settings.topic.render(line).map_err(|m| EngineError::options(&self.settings.conn.ctx, m))?;
+            let topic = match &constant {
+                Some(t) => t.clone(),
+                None => {
+                    let row = RowFields::parse(line).map_err(|m| EngineError::options(&self.settings.conn.ctx, m))?;
+                    let mut t = String::new();
+                    self.settings.topic.render_into(&row, &mut t);
+                    t
+                }
+            };
             msgs.push((topic, line.to_vec()));
         }
         Ok(msgs)
@@ -517,19 +466,5 @@ mod tests {
         assert_eq!(snd.acked(2), Some(5));
         assert_eq!(snd.acked(4), Some(7));
         assert_eq!(snd.acked(3), Some(6));
-    }
-
-    #[test]
-    fn topic_templates() {
-        let cols = vec!["device_id".to_string(), "n".to_string()];
-        let t = TopicTemplate::parse("alerts/{device_id}/n", &cols).unwrap();
-        assert_eq!(t.render(br#"{"device_id":"pump-1","n":3}"#).unwrap(), "alerts/pump-1/n");
-        assert_eq!(t.render(br#"{"device_id":"a+b#","n":3}"#).unwrap(), "alerts/a_b_/n");
-        assert_eq!(t.render(br#"{"device_id":null}"#).unwrap(), "alerts/null/n");
-        let t = TopicTemplate::parse("x/{n}", &cols).unwrap();
-        assert_eq!(t.render(br#"{"n":3}"#).unwrap(), "x/3");
-        assert!(TopicTemplate::parse("alerts/{nope}", &cols).unwrap_err().contains("not an output column"));
-        assert!(TopicTemplate::parse("alerts/+", &cols).is_err());
-        assert!(TopicTemplate::parse("alerts/{device_id", &cols).is_err());
     }
 }

@@ -174,7 +174,7 @@ impl Connection {
         if !self.tls {
             return Ok(None);
         }
-        crate::mqtt::install_tls_provider();
+        crate::connectors::install_tls_provider();
         let read = |p: &PathBuf| std::fs::read(p).map_err(|e| EngineError::io(p, e));
         Ok(Some(match &self.ca_file {
             Some(ca) => {

@@ -26,11 +26,11 @@ use rumqttc::QoS;
 
 use super::settings::Connection;
 use super::wire::{self, Message as Publish, WireClient as Client, WireConnection, WireEvent};
-use super::Backoff;
+use crate::connectors::backoff::Backoff;
 use crate::metrics::ConnectorGauges;
-use eddy_engine::connector::{Poll, SourceReader, Wakeup};
+use eddy_engine::connector::{self, Poll, SourceReader, Wakeup};
 use eddy_engine::format::decode::{MetaValue, RowDecoder};
-use eddy_engine::format::{csv as csvfmt, json, Format};
+use eddy_engine::format::Format;
 use eddy_engine::Result;
 
 /// Logged messages remembered for duplicate detection (packet id + hash each). The broker can have
@@ -207,17 +207,7 @@ impl MqttSource {
 
     fn decode(&self, dec: &mut RowDecoder, p: &Publish, now: i64) {
         self.set_meta(dec, p);
-        match self.settings.format {
-            Format::Json => {
-                json::decode_json(dec, &p.payload, now);
-            }
-            Format::Csv => {
-                csvfmt::decode_csv_payload(dec, &p.payload, now);
-            }
-            Format::Raw => {
-                csvfmt::decode_raw(dec, &p.payload, now);
-            }
-        }
+        connector::decode_payload(dec, self.settings.format, &p.payload, now);
     }
 
     /// Whether `p` is a redelivery of a message already in the log: its packet id's *newest*

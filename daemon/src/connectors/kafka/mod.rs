@@ -1,0 +1,400 @@
+//! The Kafka connector (librdkafka through rdkafka): a source that reads partitions it assigns
+//! itself from the checkpoint, and a sink that writes one transaction per checkpoint. Owns the
+//! Kafka options and the client setup they turn into; the network work is in [`source`] and
+//! [`sink`]. librdkafka is the one C library eddyd links next to ring/rustls: no Rust client
+//! implements Kafka transactions, and it is built from the crate's bundled sources (no system
+//! library), with TLS/SASL only under the `kafka-tls` feature.
+
+pub mod client;
+pub mod position;
+pub mod sink;
+pub mod source;
+
+use std::time::Duration;
+
+use super::template::{NameRules, Template};
+use super::{num, Provider};
+use crate::secret::Secret;
+use eddy_engine::connector::{self, ConnectorSpec, SinkWriter, SourceReader};
+use eddy_engine::format::Format;
+use eddy_engine::{EngineError, Result};
+
+/// Options every Kafka source and sink takes.
+const COMMON: &[&str] = &["bootstrap.servers", "topic", "properties.*"];
+const SOURCE_ONLY: &[&str] = &[
+    "topic-pattern",
+    "group.id",
+    "startup.mode",
+    "startup.timestamp",
+    "isolation.level",
+    "partition.discovery.interval",
+    "max_partitions",
+];
+const SINK_ONLY: &[&str] =
+    &["delivery", "key", "headers", "partitioner", "transactional.id", "transaction.timeout", "progress.topic"];
+
+/// The options a Kafka source or sink takes (besides the engine's common ones).
+pub fn options(what: &str) -> Option<&'static [&'static str]> {
+    static SOURCE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    static SINK: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let join = |own: &[&'static str]| COMMON.iter().chain(own).copied().collect::<Vec<_>>();
+    match what {
+        "source" => Some(SOURCE.get_or_init(|| join(SOURCE_ONLY)).as_slice()),
+        "sink" => Some(SINK.get_or_init(|| join(SINK_ONLY)).as_slice()),
+        _ => None,
+    }
+}
+
+/// Options `[kafka]` in the config may give defaults for.
+pub fn default_options() -> Vec<&'static str> {
+    let mut v: Vec<_> = COMMON.iter().chain(SOURCE_ONLY).chain(SINK_ONLY).copied().filter(|o| *o != "topic").collect();
+    v.sort();
+    v
+}
+
+pub fn is_default_option(key: &str) -> bool {
+    key.starts_with("properties.") || default_options().contains(&key)
+}
+
+fn opt_err(ctx: &str, msg: impl Into<String>) -> EngineError {
+    EngineError::options(ctx, msg)
+}
+
+/// An option from the SQL, else from `[kafka]`; `${ENV}` expanded.
+fn get(p: &Provider, ctx: &str, spec: &ConnectorSpec<'_>, key: &str) -> Result<Option<String>> {
+    let v = spec.options.get(key).map(str::to_string).or_else(|| p.kafka.get(key));
+    v.map(|v| crate::config::expand_env(&v).map_err(|e| opt_err(ctx, format!("option '{key}': {e}")))).transpose()
+}
+
+/// A duration option from the SQL or `[kafka]`.
+fn duration(p: &Provider, ctx: &str, spec: &ConnectorSpec<'_>, key: &str, default: Duration) -> Result<Duration> {
+    match get(p, ctx, spec, key)? {
+        None => Ok(default),
+        Some(v) => eddy_engine::sql::ddl::parse_duration_ms(&v)
+            .map(|ms| Duration::from_millis(ms.max(0) as u64))
+            .map_err(|e| opt_err(ctx, format!("option '{key}': {e}"))),
+    }
+}
+
+/// What a Kafka client is given: the brokers and librdkafka properties (values kept secret).
+#[derive(Clone)]
+pub struct ClientProps {
+    pub bootstrap: String,
+    pub properties: Vec<(String, Secret)>,
+}
+
+impl std::fmt::Debug for ClientProps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self.properties.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("ClientProps").field("bootstrap", &self.bootstrap).field("properties", &keys).finish()
+    }
+}
+
+/// Properties eddyd sets itself: a `properties.*` option may not change them.
+const OWN_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+    "transactional.id",
+    "enable.idempotence",
+    "transaction.timeout.ms",
+];
+
+fn client_props(p: &Provider, ctx: &str, spec: &ConnectorSpec<'_>) -> Result<ClientProps> {
+    let bootstrap = get(p, ctx, spec, "bootstrap.servers")?.ok_or_else(|| {
+        opt_err(ctx, "connector 'kafka' needs option 'bootstrap.servers' (host:port[,host:port], or under [kafka])")
+    })?;
+    let mut properties: Vec<(String, Secret)> = Vec::new();
+    let from_sql = spec.options.entries.iter().map(|(k, v, _)| (k.clone(), v.to_string()));
+    let from_config = p.kafka.properties().map(|(k, v)| (format!("properties.{k}"), v));
+    for (k, v) in from_sql.chain(from_config) {
+        let Some(prop) = k.strip_prefix("properties.") else { continue };
+        if properties.iter().any(|(p, _)| p == prop) {
+            continue; // the SQL's value came first and wins
+        }
+        if OWN_PROPERTIES.contains(&prop) {
+            return Err(opt_err(
+                ctx,
+                format!("option '{k}': eddyd sets '{prop}' itself (use the connector's own option instead)"),
+            ));
+        }
+        let v = crate::config::expand_env(&v).map_err(|e| opt_err(ctx, format!("option '{k}': {e}")))?;
+        properties.push((prop.to_string(), Secret::new(v)));
+    }
+    Ok(ClientProps { bootstrap, properties })
+}
+
+/// Which topics a source reads.
+#[derive(Debug, Clone)]
+pub enum Topics {
+    List(Vec<String>),
+    Pattern(regex::Regex),
+}
+
+impl Topics {
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            Topics::List(l) => l.iter().any(|t| t == topic),
+            Topics::Pattern(r) => r.is_match(topic),
+        }
+    }
+}
+
+/// Where a source starts when its checkpoint has no position for a partition it finds at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Startup {
+    Earliest,
+    Latest,
+    /// The group's committed offsets; earliest for a partition without one.
+    GroupOffsets,
+    /// The first record at or after this time (ms since the epoch).
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub ctx: String,
+    pub client: ClientProps,
+    pub topics: Topics,
+    pub group_id: String,
+    pub startup: Startup,
+    pub read_committed: bool,
+    pub format: Format,
+    pub discovery_interval: Duration,
+    pub max_partitions: usize,
+}
+
+/// Metadata a Kafka source provides (`METADATA FROM`).
+pub const METADATA_KEYS: &[&str] = &["topic", "partition", "offset", "timestamp", "key", "headers"];
+
+/// Kafka topic names: `[a-zA-Z0-9._-]`, at most 249 characters.
+fn is_topic_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+fn check_topic(t: &str) -> std::result::Result<(), String> {
+    if t.is_empty() || t.len() > 249 || !t.chars().all(is_topic_char) || t == "." || t == ".." {
+        return Err(format!("'{t}' is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"));
+    }
+    Ok(())
+}
+
+/// What a Kafka topic made from a template may contain.
+pub const TOPIC_RULES: NameRules = NameRules {
+    forbidden_in_values: |c| !is_topic_char(c),
+    check_literal: |t| {
+        if t.chars().all(is_topic_char) {
+            Ok(())
+        } else {
+            Err("Kafka topic names are made of a-z A-Z 0-9 . _ -".into())
+        }
+    },
+};
+
+pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<SourceSettings> {
+    let ctx = format!("source '{}'", spec.name);
+    let client = client_props(p, &ctx, spec)?;
+    let topics = match (spec.options.get("topic"), spec.options.get("topic-pattern")) {
+        (Some(_), Some(_)) => return Err(opt_err(&ctx, "give either 'topic' or 'topic-pattern', not both")),
+        (None, None) => {
+            return Err(opt_err(&ctx, "connector 'kafka' needs option 'topic' (comma-separated) or 'topic-pattern'"))
+        }
+        (Some(list), None) => {
+            let l: Vec<String> = list.split(',').map(|t| t.trim().to_string()).collect();
+            for t in &l {
+                check_topic(t).map_err(|m| opt_err(&ctx, m))?;
+            }
+            Topics::List(l)
+        }
+        (None, Some(pat)) => Topics::Pattern(
+            regex::Regex::new(&format!("^(?:{pat})$"))
+                .map_err(|e| opt_err(&ctx, format!("option 'topic-pattern': {e}")))?,
+        ),
+    };
+    let group_id = get(p, &ctx, spec, "group.id")?.unwrap_or_else(|| format!("eddy-{}-{}", p.pipeline, spec.name));
+    let startup = match get(p, &ctx, spec, "startup.mode")?.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("group-offsets") => Startup::GroupOffsets,
+        Some("earliest") | Some("earliest-offset") => Startup::Earliest,
+        Some("latest") | Some("latest-offset") => Startup::Latest,
+        Some("timestamp") => {
+            let ts = get(p, &ctx, spec, "startup.timestamp")?.ok_or_else(|| {
+                opt_err(&ctx, "startup.mode = 'timestamp' needs 'startup.timestamp' (milliseconds since the epoch)")
+            })?;
+            Startup::Timestamp(ts.trim().parse::<i64>().map_err(|_| {
+                opt_err(&ctx, format!("option 'startup.timestamp' must be milliseconds since the epoch, not '{ts}'"))
+            })?)
+        }
+        Some(m) => {
+            return Err(opt_err(
+                &ctx,
+                format!("option 'startup.mode' '{m}': valid values are earliest, latest, group-offsets, timestamp"),
+            ))
+        }
+    };
+    if !matches!(startup, Startup::Timestamp(_)) && spec.options.get("startup.timestamp").is_some() {
+        return Err(opt_err(&ctx, "option 'startup.timestamp' needs startup.mode = 'timestamp'"));
+    }
+    let read_committed = match get(p, &ctx, spec, "isolation.level")?.as_deref() {
+        None | Some("read_committed") => true,
+        Some("read_uncommitted") => false,
+        Some(o) => {
+            return Err(opt_err(
+                &ctx,
+                format!("option 'isolation.level' '{o}': valid values are read_committed, read_uncommitted"),
+            ))
+        }
+    };
+    let format = connector::format_option(&ctx, spec.options, Format::Json)?;
+    for k in &spec.metadata_keys {
+        if !METADATA_KEYS.contains(&k.as_str()) {
+            return Err(opt_err(
+                &ctx,
+                format!("METADATA FROM '{k}': a Kafka source provides {}", METADATA_KEYS.join(", ")),
+            ));
+        }
+    }
+    connector::check_raw_payload(&ctx, format, spec.columns.len() - spec.metadata_keys.len())?;
+    Ok(SourceSettings {
+        client,
+        topics,
+        group_id,
+        startup,
+        read_committed,
+        format,
+        discovery_interval: duration(p, &ctx, spec, "partition.discovery.interval", Duration::from_secs(30))?
+            .max(Duration::from_millis(100)),
+        max_partitions: num(&ctx, spec, "max_partitions", 4096)?.clamp(1, eddy_engine::pipeline::splits::MAX_SPLITS),
+        ctx,
+    })
+}
+
+/// How a sink hands its output to Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// One transaction per checkpoint; a re-delivered checkpoint is recognised and skipped.
+    ExactlyOnce,
+    /// Idempotent produce, flushed per delivery; after a crash the last checkpoint's output may
+    /// be written again.
+    AtLeastOnce,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    pub ctx: String,
+    pub client: ClientProps,
+    pub topic: Template,
+    pub delivery: Delivery,
+    pub key: Vec<String>,
+    /// (header name, column)
+    pub headers: Vec<(String, String)>,
+    pub partitioner: Option<String>,
+    pub transactional_id: String,
+    pub transaction_timeout: Duration,
+    /// The topic whose partition 0 holds the exactly-once progress marker.
+    pub progress_topic: Option<String>,
+}
+
+fn columns_option(ctx: &str, v: &str, columns: &[String], key: &str) -> Result<Vec<(String, String)>> {
+    v.split(',')
+        .map(|item| {
+            let item = item.trim();
+            let (name, col) = item.split_once('=').map(|(n, c)| (n.trim(), c.trim())).unwrap_or((item, item));
+            if !columns.iter().any(|c| c == col) {
+                return Err(opt_err(
+                    ctx,
+                    format!("option '{key}': '{col}' is not an output column ({})", columns.join(", ")),
+                ));
+            }
+            Ok((name.to_string(), col.to_string()))
+        })
+        .collect()
+}
+
+pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<SinkSettings> {
+    let ctx = format!("sink '{}'", spec.name);
+    let client = client_props(p, &ctx, spec)?;
+    let topic = spec.options.get("topic").ok_or_else(|| {
+        opt_err(&ctx, "connector 'kafka' needs option 'topic' (a name or a template such as 'alerts.{site}')")
+    })?;
+    let topic = Template::parse(topic, &spec.columns, TOPIC_RULES).map_err(|m| opt_err(&ctx, m))?;
+    if let Some(f) = spec.options.get("format") {
+        if !f.eq_ignore_ascii_case("json") {
+            return Err(opt_err(&ctx, "Kafka sinks write format 'json' (one object per row)"));
+        }
+    }
+    let delivery = match get(p, &ctx, spec, "delivery")?.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None if p.durable => Delivery::ExactlyOnce,
+        None => Delivery::AtLeastOnce,
+        Some("exactly-once") | Some("exactly_once") => Delivery::ExactlyOnce,
+        Some("at-least-once") | Some("at_least_once") => Delivery::AtLeastOnce,
+        Some(o) => {
+            return Err(opt_err(&ctx, format!("option 'delivery' '{o}': valid values are exactly-once, at-least-once")))
+        }
+    };
+    let key = match spec.options.get("key") {
+        None => vec![],
+        Some(v) => columns_option(&ctx, v, &spec.columns, "key")?.into_iter().map(|(_, c)| c).collect(),
+    };
+    let headers = match spec.options.get("headers") {
+        None => vec![],
+        Some(v) => columns_option(&ctx, v, &spec.columns, "headers")?,
+    };
+    let partitioner = get(p, &ctx, spec, "partitioner")?;
+    if let Some(part) = &partitioner {
+        const KNOWN: &[&str] =
+            &["murmur2_random", "murmur2", "consistent_random", "consistent", "random", "fnv1a", "fnv1a_random"];
+        if !KNOWN.contains(&part.as_str()) {
+            return Err(opt_err(&ctx, format!("option 'partitioner' '{part}': valid values are {}", KNOWN.join(", "))));
+        }
+    }
+    let transactional_id = get(p, &ctx, spec, "transactional.id")?
+        .unwrap_or_else(|| format!("eddy.{}.{}.{}", p.gateway, p.pipeline, spec.name));
+    let transaction_timeout = duration(p, &ctx, spec, "transaction.timeout", Duration::from_secs(60))?;
+    let progress_topic = match (get(p, &ctx, spec, "progress.topic")?, topic.constant()) {
+        (Some(t), _) => {
+            check_topic(&t).map_err(|m| opt_err(&ctx, m))?;
+            Some(t)
+        }
+        (None, constant) => constant,
+    };
+    if delivery == Delivery::ExactlyOnce && progress_topic.is_none() {
+        return Err(opt_err(
+            &ctx,
+            "exactly-once delivery to a topic template needs 'progress.topic': an existing topic under whose \
+             partition 0 the sink's group records which checkpoint it committed",
+        ));
+    }
+    Ok(SinkSettings {
+        client,
+        topic,
+        delivery,
+        key,
+        headers,
+        partitioner,
+        transactional_id,
+        transaction_timeout,
+        progress_topic,
+        ctx,
+    })
+}
+
+pub(super) fn open_source(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SourceReader>> {
+    let s = source_settings(p, spec)?;
+    let gauges = p.metrics.connector(&p.pipeline, "source", spec.name);
+    Ok(Box::new(source::KafkaSource::new(s, spec.metadata_keys.clone(), gauges, spec.wakeup.clone(), p.durable)))
+}
+
+pub(super) fn open_sink(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SinkWriter>> {
+    let s = sink_settings(p, spec)?;
+    if s.delivery == Delivery::ExactlyOnce && !p.durable {
+        return Err(opt_err(
+            &s.ctx,
+            "delivery = 'exactly-once' needs durable state (a state_dir in the config): without it a restart \
+             cannot tell what was written; use delivery = 'at-least-once'",
+        ));
+    }
+    let gauges = p.metrics.connector(&p.pipeline, "sink", spec.name);
+    Ok(Box::new(sink::KafkaSink::new(s, p.stopping.clone(), gauges)))
+}

@@ -1,0 +1,351 @@
+//! The Kafka sink. The engine hands it a checkpoint's output only once that checkpoint is
+//! durable, with `end`, the sink's byte count through it (the same `end` again after a crash).
+//!
+//! Exactly-once: each delivery is one Kafka transaction, under a `transactional.id` that stays the
+//! same across restarts. Its rows and a progress marker — the group `<transactional.id>`'s offset
+//! on partition 0 of the progress topic, set to `end` — commit together. At start,
+//! `init_transactions` fences any older producer with the same id and aborts a transaction it
+//! left open; the marker then says which delivery last committed, and a re-delivered one is
+//! skipped. So a crash anywhere leaves each checkpoint's output in Kafka exactly once.
+//!
+//! At-least-once: rows are produced idempotently and flushed; a delivery counts once every
+//! delivery report came back without error.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::client::{self, Context};
+use super::{Delivery, SinkSettings};
+use crate::connectors::backoff::Backoff;
+use crate::connectors::template::RowFields;
+use crate::metrics::ConnectorGauges;
+use eddy_engine::connector::SinkWriter;
+use eddy_engine::{EngineError, Result};
+
+/// How long one transaction step (init, commit, abort, marker read) may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// One attempt to reach the cluster at start; attempts repeat (with backoff) until one succeeds
+/// or eddyd is asked to stop.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Delivery of what is queued before a commit or flush, at most.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct KafkaSink {
+    s: SinkSettings,
+    stopping: Arc<AtomicBool>,
+    gauges: Arc<ConnectorGauges>,
+    producer: Option<BaseProducer<Context>>,
+    /// Reads and writes the progress marker (exactly-once).
+    marker: Option<BaseConsumer<Context>>,
+    /// `end` of the last delivery known to be in Kafka.
+    committed_end: u64,
+    topic: String,
+    key: String,
+}
+
+impl KafkaSink {
+    pub fn new(s: SinkSettings, stopping: Arc<AtomicBool>, gauges: Arc<ConnectorGauges>) -> Self {
+        KafkaSink {
+            s,
+            stopping,
+            gauges,
+            producer: None,
+            marker: None,
+            committed_end: 0,
+            topic: String::new(),
+            key: String::new(),
+        }
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> EngineError {
+        EngineError::options(&self.s.ctx, format!("{what}: {e}"))
+    }
+
+    fn context(&self) -> Context {
+        Context { ctx: self.s.ctx.clone(), gauges: self.gauges.clone() }
+    }
+
+    fn producer_config(&self) -> rdkafka::ClientConfig {
+        let mut own = vec![("enable.idempotence", "true".to_string())];
+        if self.s.delivery == Delivery::ExactlyOnce {
+            own.push(("transactional.id", self.s.transactional_id.clone()));
+            own.push(("transaction.timeout.ms", self.s.transaction_timeout.as_millis().to_string()));
+        }
+        if let Some(p) = &self.s.partitioner {
+            own.push(("partitioner", p.clone()));
+        } else {
+            // The partitioner Java clients use, so keys land where other producers put them.
+            own.push(("partitioner", "murmur2_random".into()));
+        }
+        client::config(&self.s.client, &own)
+    }
+
+    /// Exactly-once start: fences older producers, aborts what they left open, reads the marker.
+    /// Retries while the cluster is unreachable (until eddyd stops).
+    fn init_transactions(&mut self) -> Result<()> {
+        let mut backoff = Backoff::new();
+        loop {
+            let producer: BaseProducer<Context> =
+                self.producer_config().create_with_context(self.context()).map_err(|e| self.err("Kafka client", e))?;
+            match producer.init_transactions(ATTEMPT_TIMEOUT) {
+                Ok(()) => {
+                    self.producer = Some(producer);
+                    break;
+                }
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidTransactionTimeout) => {
+                    return Err(self.err(
+                        "transaction.timeout",
+                        format!(
+                            "{} ms is over the broker's transaction.max.timeout.ms; lower it (or raise the broker's)",
+                            self.s.transaction_timeout.as_millis()
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    if self.stop_requested() {
+                        return Err(self.err("Kafka transactions not initialised before eddyd stopped", e));
+                    }
+                    tracing::warn!(sink = %self.s.ctx, error = %e, "Kafka transactions not initialised; retrying");
+                    backoff.sleep_unless(|| self.stop_requested());
+                }
+            }
+        }
+        let marker: BaseConsumer<Context> = client::config(
+            &self.s.client,
+            &[("group.id", self.s.transactional_id.clone()), ("enable.auto.commit", "false".into())],
+        )
+        .create_with_context(self.context())
+        .map_err(|e| self.err("Kafka client", e))?;
+        let topic = self.progress_topic()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, 0);
+        let mut backoff = Backoff::new();
+        let got = loop {
+            match marker.committed_offsets(tpl.clone(), ATTEMPT_TIMEOUT) {
+                Ok(got) => break got,
+                Err(e) if !self.stop_requested() => {
+                    tracing::warn!(sink = %self.s.ctx, error = %e, "Kafka sink progress not read; retrying");
+                    backoff.sleep_unless(|| self.stop_requested());
+                }
+                Err(e) => return Err(self.err("Kafka sink progress not read before eddyd stopped", e)),
+            }
+        };
+        self.committed_end = match got.find_partition(&topic, 0).map(|e| e.offset()) {
+            Some(Offset::Offset(n)) if n >= 0 => n as u64,
+            _ => 0,
+        };
+        tracing::info!(sink = %self.s.ctx, transactional_id = %self.s.transactional_id, committed_end = self.committed_end, "Kafka transactions ready");
+        self.marker = Some(marker);
+        Ok(())
+    }
+
+    /// eddyd is stopping (its runtime says so, or a signal came while the pipeline was still
+    /// being started, before the runtime could pass it on).
+    fn stop_requested(&self) -> bool {
+        self.stopping.load(Ordering::Acquire) || crate::systemd::stop_requested()
+    }
+
+    fn progress_topic(&self) -> Result<String> {
+        self.s
+            .progress_topic
+            .clone()
+            .ok_or_else(|| EngineError::Internal("exactly-once sink without a progress topic".into()))
+    }
+
+    /// Queues every row of `lines`; waits for room when librdkafka's queue is full.
+    fn produce(&mut self, lines: &[u8]) -> Result<()> {
+        let constant = self.s.topic.constant();
+        let Some(producer) = self.producer.as_ref() else {
+            return Err(EngineError::Internal("Kafka sink not started".into()));
+        };
+        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let needs_row = constant.is_none() || !self.s.key.is_empty() || !self.s.headers.is_empty();
+            let row = if needs_row {
+                Some(RowFields::parse(line).map_err(|m| EngineError::options(&self.s.ctx, m))?)
+            } else {
+                None
+            };
+            match (&constant, &row) {
+                (Some(t), _) => {
+                    self.topic.clear();
+                    self.topic.push_str(t);
+                }
+                (None, Some(r)) => self.s.topic.render_into(r, &mut self.topic),
+                (None, None) => unreachable!("a row is parsed whenever the topic is a template"),
+            }
+            self.key.clear();
+            if let Some(r) = &row {
+                key_of(r, &self.s.key, &mut self.key);
+            }
+            let mut headers = OwnedHeaders::new_with_capacity(self.s.headers.len());
+            if let Some(r) = &row {
+                for (name, col) in &self.s.headers {
+                    let v = r.text(col);
+                    headers = headers.insert(Header { key: name, value: v.as_deref() });
+                }
+            }
+            let mut record = BaseRecord::to(&self.topic).payload(line).headers(headers);
+            if !self.s.key.is_empty() {
+                record = record.key(self.key.as_str());
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        self.gauges.backpressure.fetch_add(1, Ordering::Relaxed);
+                        producer.poll(Duration::from_millis(50));
+                    }
+                    Err((e, _)) => return Err(self.err("Kafka produce", e)),
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+        Ok(())
+    }
+
+    fn take_failed_delivery(&self) -> Option<String> {
+        self.gauges.failed_deliveries.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn deliver_transaction(&mut self, lines: &[u8], end: u64) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        let producer = self.producer.as_ref().ok_or_else(|| EngineError::Internal("Kafka sink not started".into()))?;
+        producer.begin_transaction().map_err(|e| self.err("Kafka begin transaction", e))?;
+        let result = self.produce(lines).and_then(|()| self.commit_transaction(end));
+        if let Err(e) = result {
+            if let Some(p) = self.producer.as_ref() {
+                if let Err(abort) = p.abort_transaction(STEP_TIMEOUT) {
+                    tracing::warn!(sink = %self.s.ctx, error = %abort, "Kafka transaction not aborted (the broker aborts it at its timeout or our restart)");
+                }
+            }
+            return Err(e);
+        }
+        self.committed_end = end;
+        tracing::debug!(sink = %self.s.ctx, end, bytes = lines.len(), millis = t0.elapsed().as_millis() as u64, "Kafka transaction committed");
+        Ok(())
+    }
+
+    fn commit_transaction(&self, end: u64) -> Result<()> {
+        let (Some(producer), Some(marker)) = (self.producer.as_ref(), self.marker.as_ref()) else {
+            return Err(EngineError::Internal("Kafka sink not started".into()));
+        };
+        let mut tpl = TopicPartitionList::new();
+        let end_offset = i64::try_from(end).map_err(|_| EngineError::Internal("sink byte count over i64".into()))?;
+        tpl.add_partition_offset(&self.progress_topic()?, 0, Offset::Offset(end_offset))
+            .map_err(|e| self.err("Kafka progress marker", e))?;
+        let group = marker
+            .group_metadata()
+            .ok_or_else(|| EngineError::Internal("the progress consumer has no group metadata".into()))?;
+        producer
+            .send_offsets_to_transaction(&tpl, &group, STEP_TIMEOUT)
+            .map_err(|e| self.err("Kafka progress marker", fenced_hint(e)))?;
+        // Commit flushes first and fails if any record of the transaction failed.
+        producer.commit_transaction(FLUSH_TIMEOUT).map_err(|e| self.err("Kafka commit", fenced_hint(e)))?;
+        if let Some(f) = self.take_failed_delivery() {
+            return Err(self.err("Kafka delivery failed inside a committed transaction", f));
+        }
+        Ok(())
+    }
+
+    fn deliver_at_least_once(&mut self, lines: &[u8]) -> Result<()> {
+        self.produce(lines)?;
+        let producer = self.producer.as_ref().ok_or_else(|| EngineError::Internal("Kafka sink not started".into()))?;
+        producer.flush(FLUSH_TIMEOUT).map_err(|e| self.err("Kafka flush", e))?;
+        if let Some(f) = self.take_failed_delivery() {
+            return Err(self.err("Kafka delivery failed", f));
+        }
+        Ok(())
+    }
+}
+
+/// Says what a fenced producer means for the user.
+fn fenced_hint(e: KafkaError) -> String {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::ProducerFenced) | Some(RDKafkaErrorCode::Fenced) => {
+            format!("{e}: another producer took this transactional.id (is this pipeline running in a second eddyd?)")
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// A record's key: one key column's value as text, or a JSON object of several.
+fn key_of(row: &RowFields, cols: &[String], out: &mut String) {
+    out.clear();
+    match cols {
+        [] => {}
+        [one] => out.push_str(row.text(one).as_deref().unwrap_or("")),
+        many => {
+            let mut m = serde_json::Map::new();
+            for c in many {
+                m.insert(c.clone(), row.text(c).map_or(serde_json::Value::Null, |v| v.into_owned().into()));
+            }
+            out.push_str(&serde_json::Value::Object(m).to_string());
+        }
+    }
+}
+
+impl SinkWriter for KafkaSink {
+    fn start(&mut self) -> Result<()> {
+        if self.producer.is_some() {
+            return Ok(());
+        }
+        match self.s.delivery {
+            Delivery::ExactlyOnce => self.init_transactions(),
+            Delivery::AtLeastOnce => {
+                let p: BaseProducer<Context> = self
+                    .producer_config()
+                    .create_with_context(self.context())
+                    .map_err(|e| self.err("Kafka client", e))?;
+                self.producer = Some(p);
+                Ok(())
+            }
+        }
+    }
+
+    fn deliver(&mut self, lines: &[u8], end: u64) -> Result<()> {
+        self.start()?;
+        if lines.is_empty() {
+            return Ok(()); // no empty transactions
+        }
+        match self.s.delivery {
+            Delivery::ExactlyOnce if end <= self.committed_end => {
+                tracing::info!(sink = %self.s.ctx, end, committed_end = self.committed_end, "output already committed to Kafka before a restart; skipped");
+                Ok(())
+            }
+            Delivery::ExactlyOnce => self.deliver_transaction(lines, end),
+            Delivery::AtLeastOnce => self.deliver_at_least_once(lines),
+        }
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let (Some(p), Delivery::AtLeastOnce) = (self.producer.as_ref(), self.s.delivery) {
+            p.flush(FLUSH_TIMEOUT).map_err(|e| self.err("Kafka flush", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_one_value_or_an_object() {
+        let row = RowFields::parse(br#"{"a":"x","b":2,"c":null}"#).unwrap();
+        let mut k = String::new();
+        key_of(&row, &["a".into()], &mut k);
+        assert_eq!(k, "x");
+        key_of(&row, &["a".into(), "b".into(), "c".into()], &mut k);
+        assert_eq!(k, r#"{"a":"x","b":"2","c":null}"#);
+        key_of(&row, &[], &mut k);
+        assert_eq!(k, "");
+    }
+}

@@ -1,0 +1,117 @@
+//! The daemon's network connectors (MQTT, Kafka), handed to the engine through one
+//! [`ConnectorProvider`]. What every connector shares lives here: the reconnect [`backoff`], the
+//! durable [`outbox`] and the sink name [`template`]s. Each connector owns its protocol; none
+//! reaches into another's module, and none parses options the engine's kit already parses
+//! (formats, numbers, durations).
+
+pub mod backoff;
+pub mod kafka;
+pub mod mqtt;
+pub mod outbox;
+pub mod template;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::config::{KafkaDefaults, MqttDefaults};
+use crate::metrics::Registry;
+use eddy_engine::connector::{self, ConnectorProvider, ConnectorSpec, FoldPosition, SinkWriter, SourceReader};
+use eddy_engine::{EngineError, Result};
+
+/// The daemon's provided connectors, for one pipeline.
+pub struct Provider {
+    pub pipeline: String,
+    pub mqtt: MqttDefaults,
+    pub kafka: KafkaDefaults,
+    pub metrics: Arc<Registry>,
+    /// Set when eddyd is shutting down (a blocked sink then stops waiting).
+    pub stopping: Arc<AtomicBool>,
+    /// Whether the pipeline runs with durable state (exactly-once input).
+    pub durable: bool,
+    /// This gateway's name, part of what identifies its Kafka producers across restarts.
+    pub gateway: String,
+}
+
+impl Provider {
+    /// A provider that only checks options (replay and `eddyd check` of a single file).
+    pub fn offline(pipeline: &str) -> Provider {
+        Provider {
+            pipeline: pipeline.to_string(),
+            mqtt: Default::default(),
+            kafka: Default::default(),
+            metrics: Default::default(),
+            stopping: Default::default(),
+            durable: false,
+            gateway: gateway_name(),
+        }
+    }
+}
+
+/// The host's name (for identities that must stay the same across restarts).
+pub fn gateway_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".into())
+}
+
+/// Installs rustls' ring provider once (rumqttc is built without a default one).
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A whole-number option, `default` when absent.
+pub(crate) fn num(ctx: &str, spec: &ConnectorSpec<'_>, key: &str, default: usize) -> Result<usize> {
+    Ok(connector::num_option::<usize>(ctx, spec.options, key)?.unwrap_or(default))
+}
+
+const CONNECTORS: &[&str] = &["mqtt", "kafka"];
+
+impl ConnectorProvider for Provider {
+    fn connectors(&self, _what: &str) -> Vec<&'static str> {
+        CONNECTORS.to_vec()
+    }
+
+    fn options(&self, what: &str, connector: &str) -> Option<&'static [&'static str]> {
+        match connector {
+            "mqtt" => mqtt::options(what),
+            "kafka" => kafka::options(what),
+            _ => None,
+        }
+    }
+
+    fn validate(&self, what: &str, spec: &ConnectorSpec<'_>) -> Result<()> {
+        match (spec.connector, what) {
+            ("mqtt", "source") => mqtt::source_settings(self, spec).map(|_| ()),
+            ("mqtt", "sink") => mqtt::sink_settings(self, spec).map(|_| ()),
+            ("kafka", "source") => kafka::source_settings(self, spec).map(|_| ()),
+            ("kafka", "sink") => kafka::sink_settings(self, spec).map(|_| ()),
+            (c, w) => Err(EngineError::Internal(format!("no provided {c} {w}s"))),
+        }
+    }
+
+    fn open_source(&self, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SourceReader>> {
+        match spec.connector {
+            "kafka" => kafka::open_source(self, spec),
+            _ => mqtt::open_source(self, spec),
+        }
+    }
+
+    fn fold_position(&self, connector: &str) -> FoldPosition {
+        match connector {
+            "mqtt" => mqtt::source::fold_position,
+            _ => connector::replace_position,
+        }
+    }
+
+    fn open_sink(&self, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SinkWriter>> {
+        match spec.connector {
+            "kafka" => kafka::open_sink(self, spec),
+            _ => mqtt::open_sink(self, spec),
+        }
+    }
+}

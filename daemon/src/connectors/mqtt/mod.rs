@@ -1,0 +1,122 @@
+//! The MQTT connector (rumqttc, MQTT 3.1.1 and 5): its options, sources and sinks, opened for the
+//! engine by the daemon's [`Provider`]. Owns the MQTT network side; the engine only sees rows and
+//! JSON lines.
+
+pub mod settings;
+pub mod sink;
+pub mod source;
+pub mod wire;
+
+use super::outbox::FullPolicy;
+use super::template::Template;
+use super::{num, Provider};
+use crate::config::MqttDefaults;
+use eddy_engine::connector::{self, ConnectorSpec, SinkWriter, SourceReader};
+use eddy_engine::format::Format;
+use eddy_engine::Result;
+use settings::{opt_err, Connection, CONNECTION_OPTIONS};
+
+const SOURCE_ONLY: &[&str] = &["clean_session", "queue_messages", "queue_bytes"];
+const SINK_ONLY: &[&str] = &["retain", "outbox_bytes", "outbox_full", "inflight"];
+
+/// The options an MQTT source or sink takes (besides the common ones).
+pub fn options(what: &str) -> Option<&'static [&'static str]> {
+    static SOURCE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    static SINK: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let join = |own: &[&'static str]| CONNECTION_OPTIONS.iter().chain(own).copied().collect::<Vec<_>>();
+    match what {
+        "source" => Some(SOURCE.get_or_init(|| join(SOURCE_ONLY)).as_slice()),
+        "sink" => Some(SINK.get_or_init(|| join(SINK_ONLY)).as_slice()),
+        _ => None,
+    }
+}
+
+pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<source::SourceSettings> {
+    let ctx = format!("source '{}'", spec.name);
+    let conn = Connection::resolve("source", &p.pipeline, spec.name, spec.options, &p.mqtt)?;
+    let topics: Vec<String> = settings::get(&ctx, spec.options, &MqttDefaults::default(), "topic")?
+        .ok_or_else(|| {
+            opt_err(&ctx, "connector 'mqtt' needs option 'topic' (filters, comma-separated; + and # allowed)")
+        })?
+        .split(',')
+        .map(|t| t.trim().to_string())
+        .collect();
+    for t in &topics {
+        let bad_hash = t.find('#').is_some_and(|i| i + 1 != t.len() || (i > 0 && !t[..i].ends_with('/')));
+        let bad_plus = t.split('/').any(|l| l.contains('+') && l != "+");
+        if t.is_empty() || bad_hash || bad_plus {
+            return Err(opt_err(
+                &ctx,
+                format!("topic filter '{t}' is not valid ('+' stands for one whole level, '#' only last)"),
+            ));
+        }
+    }
+    let format = connector::format_option(&ctx, spec.options, Format::Json)?;
+    for k in &spec.metadata_keys {
+        if !source::METADATA_KEYS.contains(&k.as_str()) {
+            return Err(opt_err(
+                &ctx,
+                format!("METADATA FROM '{k}': an MQTT source provides {}", source::METADATA_KEYS.join(", ")),
+            ));
+        }
+    }
+    connector::check_raw_payload(&ctx, format, spec.columns.len() - spec.metadata_keys.len())?;
+    let queue_messages = num(&ctx, spec, "queue_messages", p.mqtt.queue_messages.unwrap_or(1024))?.clamp(1, 1 << 20);
+    let queue_bytes = num(&ctx, spec, "queue_bytes", p.mqtt.queue_bytes.unwrap_or(64 << 20))?.max(1 << 16);
+    let clean_session = connector::bool_option(&ctx, spec.options, "clean_session", false)?;
+    if clean_session && p.durable && conn.qos != rumqttc::QoS::AtMostOnce {
+        // A clean session makes the broker forget what it holds for us at every reconnect:
+        // what was published while eddyd was away is lost, so exactly-once input cannot hold.
+        return Err(opt_err(
+            &ctx,
+            "clean_session = 'true' with durable state would lose messages published while eddyd is disconnected \
+             (the broker keeps nothing for a clean session); remove it for exactly-once input, or use qos = '0' \
+             to say loss is acceptable",
+        ));
+    }
+    Ok(source::SourceSettings { clean_session, conn, topics, format, queue_messages, queue_bytes })
+}
+
+pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<sink::SinkSettings> {
+    let ctx = format!("sink '{}'", spec.name);
+    let conn = Connection::resolve("sink", &p.pipeline, spec.name, spec.options, &p.mqtt)?;
+    let topic = spec.options.get("topic").ok_or_else(|| {
+        opt_err(&ctx, "connector 'mqtt' needs option 'topic' (a template such as 'alerts/{device_id}')")
+    })?;
+    let topic = Template::parse(topic, &spec.columns, sink::TOPIC_RULES).map_err(|m| opt_err(&ctx, m))?;
+    if let Some(f) = spec.options.get("format") {
+        if !f.eq_ignore_ascii_case("json") {
+            return Err(opt_err(&ctx, "MQTT sinks publish format 'json' (one object per row)"));
+        }
+    }
+    let policy = match settings::get(&ctx, spec.options, &p.mqtt, "outbox_full")?
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("block") => FullPolicy::Block,
+        Some("drop_oldest") => FullPolicy::DropOldest,
+        Some(o) => return Err(opt_err(&ctx, format!("outbox_full '{o}': valid values are block, drop_oldest"))),
+    };
+    Ok(sink::SinkSettings {
+        conn,
+        topic,
+        retain: connector::bool_option(&ctx, spec.options, "retain", false)?,
+        outbox_bytes: num(&ctx, spec, "outbox_bytes", p.mqtt.outbox_bytes.unwrap_or(64 << 20))?.max(4096),
+        policy,
+        inflight: num(&ctx, spec, "inflight", 64)?.clamp(1, 65535),
+    })
+}
+
+/// Opens an MQTT source's reader (it connects on its first poll).
+pub(super) fn open_source(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SourceReader>> {
+    let s = source_settings(p, spec)?;
+    let gauges = p.metrics.connector(&p.pipeline, "source", spec.name);
+    Ok(Box::new(source::MqttSource::new(s, spec.metadata_keys.clone(), gauges, spec.wakeup.clone())))
+}
+
+pub(super) fn open_sink(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SinkWriter>> {
+    let s = sink_settings(p, spec)?;
+    let gauges = p.metrics.connector(&p.pipeline, "sink", spec.name);
+    Ok(Box::new(sink::MqttSink::new(s, spec.state.clone(), p.stopping.clone(), gauges)))
+}

@@ -1,0 +1,266 @@
+//! The Kafka source and sink against a real Apache Kafka broker (KRaft, started by the test):
+//! windows over 3 partitions written back to Kafka exactly once, across SIGKILLs of eddyd and a
+//! broker restart; a zombie producer fenced; bad input and bad options with clear errors.
+
+#[path = "support/kafka.rs"]
+mod kafka_broker;
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kafka_broker::KafkaBroker;
+use support::*;
+
+const PARTITIONS: i32 = 3;
+const T0: i64 = 1_700_000_000_000;
+
+fn pipeline(bootstrap: &str, out_topic: &str) -> String {
+    format!(
+        r#"
+CREATE SOURCE readings (
+    device_id VARCHAR NOT NULL,
+    temp      DOUBLE,
+    ts        TIMESTAMP(3) NOT NULL,
+    WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
+) WITH (connector = 'kafka', 'bootstrap.servers' = '{bootstrap}', topic = 'readings',
+        'startup.mode' = 'earliest', batch_rows = '500');
+
+CREATE SINK per_min AS
+SELECT device_id, window_start, window_end, COUNT(*) AS n, SUM(temp) AS s
+FROM TUMBLE(readings, ts, INTERVAL '60' SECOND)
+GROUP BY device_id, window_start, window_end
+WITH (connector = 'kafka', 'bootstrap.servers' = '{bootstrap}', topic = '{out_topic}', key = 'device_id');
+
+CREATE SINK bad AS SELECT raw, error FROM ERRORS(readings)
+WITH (connector = 'kafka', 'bootstrap.servers' = '{bootstrap}', topic = 'bad');
+"#
+    )
+}
+
+/// `rows` readings from 30 devices, each device always on one partition, in event-time order
+/// per partition with disorder under the watermark delay; every 997th record does not decode.
+/// Ends with one far-future record per partition, so every real window closes in the live run.
+fn readings(rows: usize) -> (Vec<(i32, String)>, i64) {
+    let mut out = Vec::with_capacity(rows + 3);
+    let mut seed = 7u64;
+    for i in 0..rows {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let dev = (seed >> 33) % 30;
+        let jitter = ((seed >> 20) % 3000) as i64;
+        let ts = T0 + i as i64 * 20 + jitter;
+        let part = (dev % PARTITIONS as u64) as i32;
+        let payload = if i % 997 == 0 {
+            format!("{{\"device_id\": \"d{dev}\", \"temp\": oops}}")
+        } else {
+            format!("{{\"device_id\":\"d{dev}\",\"temp\":{}.{},\"ts\":{ts}}}", 20 + dev, i % 10)
+        };
+        out.push((part, payload));
+    }
+    let end = T0 + rows as i64 * 20 + 3_600_000;
+    for p in 0..PARTITIONS {
+        out.push((p, format!("{{\"device_id\":\"flush{p}\",\"temp\":0,\"ts\":{end}}}")));
+    }
+    (out, end)
+}
+
+fn keygen(dir: &Path) -> std::path::PathBuf {
+    let out = Command::new(EDDYD).args(["keygen", "--id", "1"]).output().unwrap();
+    assert!(out.status.success());
+    let key = dir.join("state.key");
+    std::fs::write(&key, out.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    key
+}
+
+/// What `eddyd replay` gives for the same records (one file, partition by partition in turn).
+fn expected(dir: &Path, records: &[(i32, String)], flush_ts: i64) -> Vec<String> {
+    let mut input = String::new();
+    for (_, r) in records {
+        input.push_str(r);
+        input.push('\n');
+    }
+    std::fs::write(dir.join("in.jsonl"), input).unwrap();
+    let out = Command::new(EDDYD)
+        .current_dir(dir)
+        .args([
+            "replay",
+            "p.sql",
+            "--input",
+            "readings=in.jsonl",
+            "--output",
+            "per_min=exp.jsonl",
+            "--output",
+            "bad=bad.jsonl",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "replay: {}", String::from_utf8_lossy(&out.stderr));
+    let mut rows: Vec<String> = std::fs::read_to_string(dir.join("exp.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("flush"))
+        .map(str::to_string)
+        .collect();
+    rows.sort();
+    assert!(!rows.is_empty() && !rows.iter().any(|r| r.contains(&flush_ts.to_string())));
+    rows
+}
+
+fn run(dir: &Path, key: &Path, metrics_port: u16) -> std::process::Child {
+    Command::new(EDDYD)
+        .current_dir(dir)
+        .args(["run", "--pipeline", "p.sql", "--state-dir", "state", "--checkpoint-interval-ms", "200"])
+        .arg("--key-file")
+        .arg(key)
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .env("EDDY_LOG", "info,eddyd::connectors::kafka=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("eddyd.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn got_rows(broker: &KafkaBroker) -> Vec<String> {
+    let mut rows: Vec<String> =
+        broker.read_all("per_min", "read_committed").into_iter().filter(|l| !l.contains("flush")).collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn windows_over_three_partitions_are_written_exactly_once_across_sigkills_and_a_broker_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    if std::env::var_os("EDDY_TEST_KEEP").is_some() {
+        let kept = tmp.keep();
+        eprintln!("keeping {}", kept.display());
+        return windows_exactly_once(&kept);
+    }
+    windows_exactly_once(dir)
+}
+
+fn windows_exactly_once(dir: &Path) {
+    let mut broker = KafkaBroker::start(dir, PARTITIONS as u32);
+    std::fs::write(dir.join("p.sql"), pipeline(&broker.bootstrap(), "per_min")).unwrap();
+    let (records, flush_ts) = readings(100_000);
+    let want = expected(dir, &records, flush_ts);
+    broker.ensure_topic("per_min");
+    broker.ensure_topic("bad");
+    // Half the input before eddyd starts, half while it runs and is killed.
+    let (first, second) = records.split_at(records.len() / 2 - 3);
+    broker.produce("readings", first);
+    let key = keygen(dir);
+    let metrics_port = free_port();
+    let mut seed = 99u64;
+    let mut kills = 0;
+    let mut produced_second = false;
+    let started = Instant::now();
+    while kills < 10 {
+        let mut child = run(dir, &key, metrics_port);
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(700 + (seed >> 33) % 1500));
+        if kills == 3 && !produced_second {
+            broker.produce("readings", second);
+            produced_second = true;
+        }
+        if kills == 5 {
+            broker.restart(Duration::from_millis(500));
+        }
+        assert!(child.try_wait().unwrap().is_none(), "eddyd exited; see {}/eddyd.log", dir.display());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let mut child = run(dir, &key, metrics_port);
+    let done = wait_for(|| got_rows(&broker).len() >= want.len(), Duration::from_secs(120));
+    // A little longer: a double would show up now.
+    std::thread::sleep(Duration::from_secs(2));
+    signal(child.id(), "TERM");
+    let st = child.wait().unwrap();
+    let got = got_rows(&broker);
+    assert!(
+        done && st.success(),
+        "rows {} of {}; eddyd {st:?}; see {}/eddyd.log",
+        got.len(),
+        want.len(),
+        dir.display()
+    );
+    assert_eq!(got.len(), want.len(), "row count after {kills} SIGKILLs and a broker restart");
+    assert!(got == want, "rows differ from replay");
+    let bad = broker.read_all("bad", "read_committed");
+    assert_eq!(
+        bad.len(),
+        records.iter().filter(|(_, r)| r.contains("oops")).count(),
+        "every bad record in ERRORS once"
+    );
+    eprintln!(
+        "{kills} SIGKILLs and a broker restart in {:?}: {} windows equal to replay",
+        started.elapsed(),
+        got.len()
+    );
+}
+
+#[test]
+fn a_second_producer_with_the_same_transactional_id_fences_eddyd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let broker = KafkaBroker::start(dir, PARTITIONS as u32);
+    std::fs::write(dir.join("p.sql"), pipeline(&broker.bootstrap(), "per_min")).unwrap();
+    broker.ensure_topic("per_min");
+    broker.ensure_topic("bad");
+    let (records, _) = readings(8_000);
+    broker.produce("readings", &records[..6_000]);
+    let key = keygen(dir);
+    let mut child = run(dir, &key, free_port());
+    let log = || std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default();
+    assert!(wait_for(|| !got_rows(&broker).is_empty(), Duration::from_secs(60)), "no output: {}", log());
+    // The zombie: a producer that takes eddyd's transactional id.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let zombie: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("transactional.id", format!("eddy.{}.p.per_min", host.trim()))
+        .create()
+        .unwrap();
+    use rdkafka::producer::Producer;
+    zombie.init_transactions(Duration::from_secs(30)).unwrap();
+    broker.produce("readings", &records[6_000..]);
+    let exited = wait_for(|| child.try_wait().unwrap().is_some(), Duration::from_secs(60));
+    assert!(exited, "a fenced eddyd must stop, not go on writing");
+    assert!(!child.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.join("eddyd.log")).unwrap();
+    assert!(log.contains("another producer took this transactional.id"), "{log}");
+}
+
+#[test]
+fn bad_options_and_an_unreachable_broker_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let port = free_port();
+    let bootstrap = format!("127.0.0.1:{port}");
+    std::fs::write(dir.join("p.sql"), pipeline(&bootstrap, "per_min").replace("'earliest'", "'soonest'")).unwrap();
+    let out = Command::new(EDDYD).current_dir(dir).args(["check", "p.sql"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("startup.mode") && err.contains("earliest"), "{err}");
+    std::fs::write(
+        dir.join("p.sql"),
+        pipeline(&bootstrap, "per_min").replace("batch_rows", "'properties.group.id' = 'x', batch_rows"),
+    )
+    .unwrap();
+    let out = Command::new(EDDYD).current_dir(dir).args(["check", "p.sql"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("eddyd sets 'group.id' itself"), "{err}");
+    // No broker: eddyd keeps trying and says it is not ready.
+    std::fs::write(dir.join("p.sql"), pipeline(&bootstrap, "per_min")).unwrap();
+    let key = keygen(dir);
+    let metrics_port = free_port();
+    let mut child = run(dir, &key, metrics_port);
+    let not_ready =
+        wait_for(|| http_get(metrics_port, "/readyz").is_some_and(|(c, _)| c == 503), Duration::from_secs(30));
+    assert!(child.try_wait().unwrap().is_none(), "eddyd must keep retrying");
+    signal(child.id(), "TERM");
+    let _ = child.wait();
+    assert!(not_ready, "/readyz must say not ready while the broker is unreachable");
+}
