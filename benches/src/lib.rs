@@ -1,4 +1,5 @@
-//! Shared pieces of Eddy's benchmarks: a deterministic telemetry file and peak-RSS reading.
+//! Shared pieces of Eddy's benchmarks: a deterministic telemetry file, peak-RSS reading, and what
+//! another process used (CPU, memory, bytes written).
 
 use std::io::Write;
 
@@ -36,4 +37,24 @@ pub fn peak_rss_mib() -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// What process `pid` used so far, from /proc: CPU seconds (user + system), peak RSS in MiB and
+/// bytes it wrote to storage.
+pub fn proc_usage(pid: u32) -> (f64, f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let written =
+        io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    (ticks / 100.0, rss_kb / 1024.0, written)
 }

@@ -264,3 +264,58 @@ fn bad_options_and_an_unreachable_broker_are_clear() {
     let _ = child.wait();
     assert!(not_ready, "/readyz must say not ready while the broker is unreachable");
 }
+
+/// Two topics read by one source; one is deleted and later recreated with fewer partitions:
+/// eddyd says so and goes on reading (the other topic, then the new one from its start), and
+/// records with METADATA columns and undecodable ones reach their sinks.
+#[test]
+fn a_deleted_and_recreated_topic_is_reported_and_reading_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let broker = KafkaBroker::start(dir, 2);
+    broker.create_topic("a", 2);
+    broker.create_topic("b", 3);
+    let bootstrap = broker.bootstrap();
+    std::fs::write(
+        dir.join("p.sql"),
+        format!(
+            r#"
+CREATE SOURCE s (
+    n     BIGINT,
+    topic VARCHAR METADATA FROM 'topic',
+    part  INT METADATA FROM 'partition',
+    off   BIGINT METADATA FROM 'offset',
+    k     VARCHAR METADATA FROM 'key'
+) WITH (connector = 'kafka', 'bootstrap.servers' = '{bootstrap}', topic = 'a,b', 'startup.mode' = 'earliest',
+        'partition.discovery.interval' = '300ms');
+CREATE SINK rows AS SELECT n, topic, part, off FROM s WITH (connector = 'file', path = 'rows.jsonl');
+CREATE SINK bad AS SELECT raw, error FROM ERRORS(s) WITH (connector = 'file', path = 'bad.jsonl');
+"#
+        ),
+    )
+    .unwrap();
+    let batch = |from: u64, parts: i32| -> Vec<(i32, String)> {
+        (from..from + 100).map(|i| ((i % parts as u64) as i32, format!("{{\"n\":{i}}}"))).collect()
+    };
+    broker.produce("a", &batch(0, 2));
+    broker.produce("b", &batch(1000, 3));
+    broker.produce("b", &[(0, "not json".to_string())]);
+    let key = keygen(dir);
+    let mut child = run(dir, &key, free_port());
+    let lines = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default().lines().count();
+    assert!(wait_for(|| lines("rows.jsonl") == 200 && lines("bad.jsonl") == 1, Duration::from_secs(60)), "first rows");
+    let rows = std::fs::read_to_string(dir.join("rows.jsonl")).unwrap();
+    assert!(rows.contains(r#""topic":"b","part":2"#) && rows.contains(r#""off":49"#), "{rows}");
+    broker.delete_topic("b");
+    broker.produce("a", &batch(2000, 2));
+    assert!(wait_for(|| lines("rows.jsonl") == 300, Duration::from_secs(60)), "rows of 'a' after 'b' was deleted");
+    let log = || std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default();
+    assert!(wait_for(|| log().contains("partition gone"), Duration::from_secs(30)), "the deletion is logged");
+    // Recreated with fewer partitions: read again from its start.
+    broker.create_topic("b", 1);
+    broker.produce("b", &batch(3000, 1));
+    assert!(wait_for(|| lines("rows.jsonl") == 400, Duration::from_secs(60)), "rows of the recreated 'b': {}", log());
+    assert!(child.try_wait().unwrap().is_none(), "eddyd goes on");
+    signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+}

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use eddy_benches::proc_usage;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 fn now_us() -> u64 {
@@ -141,20 +142,19 @@ fn pct(v: &mut [u64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q) as usize] as f64 / 1000.0
 }
 
-/// (utime + stime) in seconds and RSS in MiB of `pid`, from /proc.
-fn proc_usage(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    (ticks / 100.0, rss_kb / 1024.0)
+/// The payload bytes `publish_n` sends for `n` messages (`sent_us` has 16 digits).
+fn payload_bytes(n: usize) -> u64 {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"device_id\":\"dev-{}\",\"seq\":{i},\"value\":{}.5,\"sent_us\":{}}}",
+                i % 16,
+                i % 100,
+                1u64 << 50
+            )
+            .len() as u64
+        })
+        .sum()
 }
 
 fn eddyd_bin() -> Result<PathBuf> {
@@ -186,13 +186,13 @@ fn main() -> Result<()> {
         "{n} messages of ~80 bytes, published {pace}; loopback Mosquitto; {} cores\n",
         std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1)
     );
-    println!("| path | QoS | msgs/s | latency p50 | latency p99 | eddyd CPU per 10k msgs/s | eddyd peak RSS |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| path | QoS | msgs/s | latency p50 | latency p99 | eddyd CPU per 10k msgs/s | eddyd peak RSS | bytes written per input byte |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (qos, q) in [(QoS::AtMostOnce, 0), (QoS::AtLeastOnce, 1)] {
         let (mut lat, took) = measure(port, "base/#", qos, n, move || publish_n(port, "base/x", qos, n, rate))?;
         let got = lat.len() as f64 / took.as_secs_f64();
         println!(
-            "| Mosquitto alone (pub → sub) | {q} | {got:.0} | {:.2} ms | {:.2} ms | — | — |",
+            "| Mosquitto alone (pub → sub) | {q} | {got:.0} | {:.2} ms | {:.2} ms | — | — | — |",
             pct(&mut lat, 0.5),
             pct(&mut lat, 0.99)
         );
@@ -218,11 +218,12 @@ fn main() -> Result<()> {
             let child = Kill(cmd.spawn()?);
             std::thread::sleep(Duration::from_millis(1500));
             let pid = child.0.id();
-            let (cpu0, _) = proc_usage(pid);
+            let (cpu0, _, written0) = proc_usage(pid);
             let topic = format!("{topic_in}/gw");
             let (mut lat, took) =
                 measure(port, &format!("out{q}{durable}/#"), qos, n, move || publish_n(port, &topic, qos, n, rate))?;
-            let (cpu1, rss) = proc_usage(pid);
+            let (cpu1, rss, written1) = proc_usage(pid);
+            let written = (written1 - written0) as f64 / payload_bytes(n) as f64;
             let got = lat.len() as f64 / took.as_secs_f64();
             let cpu_per_10k = (cpu1 - cpu0) / took.as_secs_f64() / (got / 10_000.0);
             let path = if durable {
@@ -232,7 +233,7 @@ fn main() -> Result<()> {
             };
             let lost = if lat.len() < n { format!(" ({} of {n} arrived)", lat.len()) } else { String::new() };
             println!(
-                "| {path}{lost} | {q} | {got:.0} | {:.2} ms | {:.2} ms | {:.0}% of a core | {rss:.0} MiB |",
+                "| {path}{lost} | {q} | {got:.0} | {:.2} ms | {:.2} ms | {:.0}% of a core | {rss:.0} MiB | {written:.2} |",
                 pct(&mut lat, 0.5),
                 pct(&mut lat, 0.99),
                 cpu_per_10k * 100.0

@@ -64,6 +64,33 @@ pub fn install_tls_provider() {
     });
 }
 
+/// A connector's option list for sources and sinks: `common` then each role's own, built once.
+pub(crate) struct OptionLists {
+    source: std::sync::OnceLock<Vec<&'static str>>,
+    sink: std::sync::OnceLock<Vec<&'static str>>,
+}
+
+impl OptionLists {
+    pub(crate) const fn new() -> Self {
+        OptionLists { source: std::sync::OnceLock::new(), sink: std::sync::OnceLock::new() }
+    }
+
+    pub(crate) fn get(
+        &'static self,
+        what: &str,
+        common: &'static [&'static str],
+        source: &'static [&'static str],
+        sink: &'static [&'static str],
+    ) -> Option<&'static [&'static str]> {
+        let join = |own: &[&'static str]| common.iter().chain(own).copied().collect::<Vec<_>>();
+        match what {
+            "source" => Some(self.source.get_or_init(|| join(source)).as_slice()),
+            "sink" => Some(self.sink.get_or_init(|| join(sink)).as_slice()),
+            _ => None,
+        }
+    }
+}
+
 /// A whole-number option, `default` when absent.
 pub(crate) fn num(ctx: &str, spec: &ConnectorSpec<'_>, key: &str, default: usize) -> Result<usize> {
     Ok(connector::num_option::<usize>(ctx, spec.options, key)?.unwrap_or(default))

@@ -1,6 +1,8 @@
-//! A real Apache Kafka broker for tests: one KRaft node on loopback, started from the jars
-//! `scripts/kafka-libs.sh` fetches, with a fresh log dir; killed when dropped. Plus a producer and
-//! a read_committed reader for the tests' own records.
+//! A real Apache Kafka broker for tests and the Kafka benchmark: one KRaft node on loopback,
+//! started from the jars `scripts/kafka-libs.sh` fetches, with a fresh log dir; killed when
+//! dropped. Plus a producer and a read_committed reader for the records of a test.
+
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +13,21 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, Message};
 
-use crate::support::{free_port, wait_for};
+/// A free loopback port (this file is also compiled into the Kafka benchmark, so it brings its own).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+fn wait_for(mut ok: impl FnMut() -> bool, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
 
 fn libs() -> PathBuf {
     let dir = std::env::var_os("EDDY_KAFKA_LIBS")
@@ -105,28 +121,49 @@ impl KafkaBroker {
         }
     }
 
-    /// Writes `records` (partition, payload) to `topic`, creating it on first use.
-    pub fn produce(&self, topic: &str, records: &[(i32, String)]) {
-        let p: BaseProducer = ClientConfig::new()
+    /// Runs Kafka's own topic tool (`kafka-topics.sh`) against this broker.
+    pub fn topic_command(&self, args: &[&str]) {
+        let cp = format!("{}/*", libs().display());
+        let out = Command::new("java")
+            .args(["-cp", &cp, "org.apache.kafka.tools.TopicCommand", "--bootstrap-server", &self.bootstrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kafka-topics {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        self.topic_command(&["--create", "--topic", topic, "--partitions", &partitions.to_string()]);
+    }
+
+    /// Deletes `topic` and waits until the metadata no longer lists it.
+    pub fn delete_topic(&self, topic: &str) {
+        self.topic_command(&["--delete", "--topic", topic]);
+        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", self.bootstrap()).create().unwrap();
+        let gone = wait_for(
+            || {
+                c.fetch_metadata(None, Duration::from_secs(5))
+                    .map(|m| !m.topics().iter().any(|t| t.name() == topic))
+                    .unwrap_or(false)
+            },
+            Duration::from_secs(30),
+        );
+        assert!(gone, "topic {topic} still listed after its deletion");
+    }
+
+    /// An idempotent producer to this broker.
+    pub fn producer(&self) -> BaseProducer {
+        ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create()
-            .unwrap();
-        for (part, payload) in records {
-            let mut rec = BaseRecord::<(), str>::to(topic).partition(*part).payload(payload.as_str());
-            loop {
-                match p.send(rec) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        rec = back;
-                        p.poll(Duration::from_millis(20));
-                    }
-                }
-            }
-            p.poll(Duration::ZERO);
-        }
-        p.flush(Duration::from_secs(60)).unwrap();
+            .unwrap()
+    }
+
+    /// Writes `records` (partition, payload) to `topic`, creating it on first use.
+    pub fn produce(&self, topic: &str, records: &[(i32, String)]) {
+        send_all(&self.producer(), topic, records);
     }
 
     /// Creates `topic` (by producing nothing but metadata) so that it exists before eddyd reads.
@@ -197,6 +234,24 @@ impl KafkaBroker {
         }
         out
     }
+}
+
+/// Sends `records` (partition, payload) with `p` and waits until every one is acknowledged.
+pub fn send_all(p: &BaseProducer, topic: &str, records: &[(i32, String)]) {
+    for (part, payload) in records {
+        let mut rec = BaseRecord::<(), str>::to(topic).partition(*part).payload(payload.as_str());
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    p.poll(Duration::from_millis(20));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
 }
 
 impl Drop for KafkaBroker {

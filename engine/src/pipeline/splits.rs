@@ -17,10 +17,12 @@ struct Split {
     max_ts: i64,
     /// Last row, or when the split was first seen.
     last_row: Instant,
+    /// Assigned now. A split the reader no longer lists (not yet connected after a restart, a
+    /// topic gone) keeps its event time, in case it comes back, but holds nothing back.
+    assigned: bool,
 }
 
 /// The event-time clock of a split source.
-#[derive(Default)]
 pub struct SplitClock {
     /// Sorted by id.
     splits: Vec<Split>,
@@ -28,23 +30,37 @@ pub struct SplitClock {
     floor: i64,
 }
 
+impl Default for SplitClock {
+    fn default() -> Self {
+        SplitClock { splits: Vec::new(), floor: MIN_TS }
+    }
+}
+
 impl SplitClock {
-    /// Makes the known splits equal `ids` (sorted, deduplicated): new ones start with no event
-    /// time, and ones no longer assigned stop holding the watermark back.
+    /// Marks the splits in `ids` (sorted, deduplicated) assigned and the others not: new ones
+    /// start with no event time; known ones keep theirs (a restart restores them before the
+    /// reader has found its partitions again).
     pub fn assign(&mut self, ids: &[u64]) {
         debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "split ids must be sorted and unique");
-        if self.splits.len() == ids.len() && self.splits.iter().zip(ids).all(|(s, id)| s.id == *id) {
+        let same = self.splits.iter().filter(|s| s.assigned).map(|s| s.id).eq(ids.iter().copied());
+        if same {
             return;
         }
         let now = Instant::now();
-        let mut next = Vec::with_capacity(ids.len());
-        for &id in ids.iter().take(MAX_SPLITS) {
-            match self.splits.binary_search_by_key(&id, |s| s.id) {
-                Ok(i) => next.push(Split { id, max_ts: self.splits[i].max_ts, last_row: self.splits[i].last_row }),
-                Err(_) => next.push(Split { id, max_ts: MIN_TS, last_row: now }),
+        for s in &mut self.splits {
+            s.assigned = ids.binary_search(&s.id).is_ok();
+        }
+        for &id in ids {
+            if let Err(i) = self.splits.binary_search_by_key(&id, |s| s.id) {
+                if self.splits.len() >= MAX_SPLITS {
+                    // Forget splits no longer assigned first; assigned ones are bounded by the
+                    // reader's own partition limit.
+                    self.splits.retain(|s| s.assigned);
+                }
+                let i = self.splits.binary_search_by_key(&id, |s| s.id).unwrap_or_else(|e| e.min(i));
+                self.splits.insert(i, Split { id, max_ts: MIN_TS, last_row: now, assigned: true });
             }
         }
-        self.splits = next;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -53,9 +69,12 @@ impl SplitClock {
 
     fn index(&mut self, id: u64) -> usize {
         match self.splits.binary_search_by_key(&id, |s| s.id) {
-            Ok(i) => i,
+            Ok(i) => {
+                self.splits[i].assigned = true;
+                i
+            }
             Err(i) => {
-                self.splits.insert(i, Split { id, max_ts: MIN_TS, last_row: Instant::now() });
+                self.splits.insert(i, Split { id, max_ts: MIN_TS, last_row: Instant::now(), assigned: true });
                 i
             }
         }
@@ -70,7 +89,7 @@ impl SplitClock {
         self.splits
             .iter()
             .enumerate()
-            .filter(|(i, s)| Some(*i) != except && !Self::is_idle(s, idle_timeout_ms, now))
+            .filter(|(i, s)| Some(*i) != except && s.assigned && !Self::is_idle(s, idle_timeout_ms, now))
             .map(|(_, s)| s.max_ts)
             .min()
             .unwrap_or(i64::MAX)
@@ -87,12 +106,18 @@ impl SplitClock {
     }
 
     /// The watermark from event time: the minimum over active splits, never below what was given
-    /// before. With every split idle, the largest event time of any (the source's idle rule then
-    /// moves it on with the wall clock).
+    /// before. With every assigned split idle, the largest event time of any of them (the
+    /// source's idle rule then moves it on with the wall clock); with none assigned (the reader
+    /// has not found its partitions yet), what was given before.
     pub fn watermark(&self, delay: i64, idle_timeout_ms: Option<i64>) -> i64 {
         let now = Instant::now();
         let min = self.min_others(None, idle_timeout_ms, now);
-        let ts = if min == i64::MAX { self.max_ts() } else { min };
+        let assigned_max = self.splits.iter().filter(|s| s.assigned).map(|s| s.max_ts).max();
+        let ts = match (min, assigned_max) {
+            (_, None) => return self.floor,
+            (i64::MAX, Some(m)) => m,
+            (m, _) => m,
+        };
         let wm = if ts == MIN_TS { MIN_TS } else { ts.saturating_sub(delay) };
         wm.max(self.floor)
     }
@@ -116,6 +141,11 @@ impl SplitClock {
         }
     }
 
+    /// After a restore no split is assigned until the reader says which are.
+    fn restored(id: u64, max_ts: i64, now: Instant) -> Split {
+        Split { id, max_ts, last_row: now, assigned: false }
+    }
+
     pub fn restore(&mut self, r: &mut StateReader) -> Result<()> {
         self.floor = r.i64()?;
         let n = r.u64()? as usize;
@@ -126,7 +156,7 @@ impl SplitClock {
         self.splits.clear();
         for _ in 0..n {
             let (id, max_ts) = (r.u64()?, r.i64()?);
-            self.splits.push(Split { id, max_ts, last_row: now });
+            self.splits.push(Self::restored(id, max_ts, now));
         }
         self.splits.sort_by_key(|s| s.id);
         Ok(())
@@ -198,6 +228,29 @@ mod tests {
         assert_eq!(feed(&mut c, 1, &[900, 1100]), [true, false]);
     }
 
+    /// A restart restores the clocks before the reader has found its partitions again; a
+    /// partition read to its end before the restart gives no more rows, and must not hold the
+    /// watermark at the start (the fault the Kafka end-to-end test found).
+    #[test]
+    fn a_restart_keeps_the_event_time_of_splits_that_give_no_more_rows() {
+        let mut c = SplitClock::default();
+        c.assign(&[0, 1]);
+        feed(&mut c, 0, &[5000]);
+        feed(&mut c, 1, &[100]);
+        c.settle(0, None);
+        let mut w = StateWriter::default();
+        c.snapshot(&mut w);
+        let mut back = SplitClock::default();
+        back.restore(&mut StateReader::new(&w.buf, "splits")).unwrap();
+        // Not connected yet: nothing assigned, the watermark stays where it was.
+        back.assign(&[]);
+        assert_eq!(back.watermark(0, None), 100);
+        back.assign(&[0, 1]);
+        // Split 0 has nothing more; split 1 goes on past it.
+        assert_eq!(feed(&mut back, 1, &[6000]), [false]);
+        assert_eq!(back.watermark(0, None), 5000);
+    }
+
     #[test]
     fn idle_splits_are_left_out_and_state_round_trips() {
         let mut c = SplitClock::default();
@@ -213,6 +266,7 @@ mod tests {
         let mut r = StateReader::new(&w.buf, "splits");
         back.restore(&mut r).unwrap();
         r.finish().unwrap();
+        back.assign(&[0, 1]);
         assert_eq!(back.watermark(10, None), 490);
         assert_eq!(back.max_ts(), 500);
     }

@@ -35,14 +35,8 @@ const SINK_ONLY: &[&str] =
 
 /// The options a Kafka source or sink takes (besides the engine's common ones).
 pub fn options(what: &str) -> Option<&'static [&'static str]> {
-    static SOURCE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    static SINK: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    let join = |own: &[&'static str]| COMMON.iter().chain(own).copied().collect::<Vec<_>>();
-    match what {
-        "source" => Some(SOURCE.get_or_init(|| join(SOURCE_ONLY)).as_slice()),
-        "sink" => Some(SINK.get_or_init(|| join(SINK_ONLY)).as_slice()),
-        _ => None,
-    }
+    static LISTS: super::OptionLists = super::OptionLists::new();
+    LISTS.get(what, COMMON, SOURCE_ONLY, SINK_ONLY)
 }
 
 /// Options `[kafka]` in the config may give defaults for.

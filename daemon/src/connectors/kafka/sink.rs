@@ -336,6 +336,97 @@ impl SinkWriter for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connectors::kafka::{ClientProps, TOPIC_RULES};
+    use crate::connectors::template::Template;
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use rdkafka::Message;
+
+    fn settings(bootstrap: &str) -> SinkSettings {
+        SinkSettings {
+            ctx: "sink 'k'".into(),
+            client: ClientProps { bootstrap: bootstrap.into(), properties: vec![] },
+            topic: Template::parse("out", &[], TOPIC_RULES).unwrap(),
+            delivery: Delivery::ExactlyOnce,
+            key: vec![],
+            headers: vec![],
+            partitioner: None,
+            transactional_id: "eddy.test.p.k".into(),
+            transaction_timeout: Duration::from_secs(10),
+            progress_topic: Some("out".into()),
+        }
+    }
+
+    fn sink(bootstrap: &str) -> KafkaSink {
+        let mut s = KafkaSink::new(settings(bootstrap), Arc::new(AtomicBool::new(false)), Default::default());
+        s.start().unwrap();
+        s
+    }
+
+    /// Every committed record of `out`, in order.
+    fn committed(bootstrap: &str) -> Vec<String> {
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "reader")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("out", 0, Offset::Beginning).unwrap();
+        c.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            }
+        }
+        out
+    }
+
+    /// A delivery while the cluster fails requests: either librdkafka's retries carry the commit
+    /// through, or the delivery fails, nothing of it is visible to `read_committed`, and the
+    /// restart (which the engine follows with the same delivery) writes it once. (The mock
+    /// cluster does not keep transactional offsets, so the progress marker that skips an already
+    /// committed redelivery is proven against the real broker in `daemon/tests/kafka.rs`.)
+    fn survives(fail: impl FnOnce(&MockCluster<'static, rdkafka::producer::DefaultProducerContext>)) {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("out", 1, 1).unwrap();
+        let bootstrap = mock.bootstrap_servers();
+        let mut first = sink(&bootstrap);
+        first.deliver(b"{\"n\":1}\n{\"n\":2}\n", 16).unwrap();
+        fail(&mock);
+        match first.deliver(b"{\"n\":3}\n", 24) {
+            Ok(()) => {}
+            Err(e) => {
+                assert_eq!(committed(&bootstrap), [r#"{"n":1}"#, r#"{"n":2}"#], "a failed delivery left rows: {e}");
+                drop(first);
+                let mut again = sink(&bootstrap);
+                again.deliver(b"{\"n\":3}\n", 24).unwrap();
+            }
+        }
+        assert_eq!(committed(&bootstrap), [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]);
+    }
+
+    #[test]
+    fn coordinator_unavailable_during_a_commit_neither_loses_nor_doubles() {
+        survives(|m| {
+            m.request_errors(RDKafkaApiKey::EndTxn, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE; 3])
+        });
+    }
+
+    #[test]
+    fn a_produce_that_fails_aborts_the_transaction_and_the_restart_writes_it_once() {
+        survives(|m| m.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD; 1]));
+    }
+
+    #[test]
+    fn request_timeouts_on_the_progress_marker_neither_lose_nor_double() {
+        survives(|m| {
+            m.request_errors(RDKafkaApiKey::TxnOffsetCommit, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 2])
+        });
+    }
 
     #[test]
     fn keys_are_one_value_or_an_object() {

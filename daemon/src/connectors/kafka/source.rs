@@ -114,8 +114,10 @@ impl KafkaSource {
                 ("auto.offset.reset", "earliest".into()),
                 ("enable.partition.eof", "false".into()),
                 ("isolation.level", if self.s.read_committed { "read_committed" } else { "read_uncommitted" }.into()),
-                // Prefetch per partition is bounded (librdkafka's default is 64 MiB).
+                // Prefetch per partition is bounded in bytes and records (librdkafka's defaults,
+                // 64 MiB and 100,000 records, would hold far more than a gateway needs).
                 ("queued.max.messages.kbytes", "8192".into()),
+                ("queued.min.messages", "10000".into()),
             ],
         )
     }
@@ -174,11 +176,10 @@ impl KafkaSource {
         }
         for p in &self.parts {
             if !wanted.iter().any(|(k, _)| k.0 == p.topic && k.1 == p.partition) {
-                // Its offset stays in the position: if the partition comes back it goes on from
-                // there (a recreated topic's offsets restart, and librdkafka then resets to the
-                // earliest offset and says so).
-                tracing::warn!(source = %self.s.ctx, topic = %p.topic, partition = p.partition, "partition gone (topic deleted or recreated with fewer partitions); no longer read");
-                self.resumed.insert((p.topic.clone(), p.partition), p.next);
+                // Its offset is dropped: a partition that comes back (the topic recreated)
+                // is new, and is read from its start. (A topic missing from the metadata is gone;
+                // one the metadata lists with an error keeps its partitions, see `round`.)
+                tracing::warn!(source = %self.s.ctx, topic = %p.topic, partition = p.partition, offset = p.next, "partition gone (topic deleted or recreated with fewer partitions); no longer read");
             }
         }
         let mut tpl = TopicPartitionList::with_capacity(wanted.len());

@@ -21,14 +21,8 @@ const SINK_ONLY: &[&str] = &["retain", "outbox_bytes", "outbox_full", "inflight"
 
 /// The options an MQTT source or sink takes (besides the common ones).
 pub fn options(what: &str) -> Option<&'static [&'static str]> {
-    static SOURCE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    static SINK: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    let join = |own: &[&'static str]| CONNECTION_OPTIONS.iter().chain(own).copied().collect::<Vec<_>>();
-    match what {
-        "source" => Some(SOURCE.get_or_init(|| join(SOURCE_ONLY)).as_slice()),
-        "sink" => Some(SINK.get_or_init(|| join(SINK_ONLY)).as_slice()),
-        _ => None,
-    }
+    static LISTS: super::OptionLists = super::OptionLists::new();
+    LISTS.get(what, CONNECTION_OPTIONS, SOURCE_ONLY, SINK_ONLY)
 }
 
 pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<source::SourceSettings> {
