@@ -58,3 +58,25 @@ pub fn proc_usage(pid: u32) -> (f64, f64, u64) {
         io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     (ticks / 100.0, rss_kb / 1024.0, written)
 }
+
+/// The `eddyd` built beside the running benchmark binary (`target/release/eddyd`).
+pub fn eddyd_bin() -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe.parent().map(|d| d.join("eddyd")).unwrap_or_default();
+    if !p.exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} not found: build it with `cargo build --release -p eddyd`", p.display()),
+        ));
+    }
+    Ok(p)
+}
+
+/// The `q` quantile of latencies in µs, in ms (NaN for none).
+pub fn pct(v: &mut [u64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * q) as usize] as f64 / 1000.0
+}

@@ -9,12 +9,11 @@
 #[path = "../../../daemon/tests/support/kafka.rs"]
 mod kafka_broker;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
-use eddy_benches::proc_usage;
+use anyhow::Result;
+use eddy_benches::{eddyd_bin, pct, proc_usage};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, Message};
@@ -91,23 +90,6 @@ fn drain(c: &BaseConsumer, n: u64, t0: Instant, limit: Duration) -> (u64, Durati
         }
     }
     (got, last - t0, lat)
-}
-
-fn pct(v: &mut [u64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_unstable();
-    v[((v.len() - 1) as f64 * q) as usize] as f64 / 1000.0
-}
-
-fn eddyd_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let p = exe.parent().context("exe dir")?.join("eddyd");
-    if !p.exists() {
-        bail!("{} not found: build it with `cargo build --release -p eddyd`", p.display());
-    }
-    Ok(p)
 }
 
 fn produce_paced(broker: &kafka_broker::KafkaBroker, topic: &str, recs: Vec<(i32, String)>, rate: u64) {

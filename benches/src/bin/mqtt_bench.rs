@@ -5,12 +5,12 @@
 //! Needs `mosquitto` installed and `target/release/eddyd` built. Prints a Markdown table; run:
 //! `cargo run --release -p eddy-benches --bin mqtt_bench -- [--messages N] [--rate MSGS_PER_S]`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use eddy_benches::proc_usage;
+use eddy_benches::{eddyd_bin, pct, proc_usage};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 fn now_us() -> u64 {
@@ -134,14 +134,6 @@ fn publish_n(port: u16, topic: &str, qos: QoS, n: usize, rate: u64) -> Result<()
     Ok(())
 }
 
-fn pct(v: &mut [u64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_unstable();
-    v[((v.len() - 1) as f64 * q) as usize] as f64 / 1000.0
-}
-
 /// The payload bytes `publish_n` sends for `n` messages (`sent_us` has 16 digits).
 fn payload_bytes(n: usize) -> u64 {
     (0..n)
@@ -155,15 +147,6 @@ fn payload_bytes(n: usize) -> u64 {
             .len() as u64
         })
         .sum()
-}
-
-fn eddyd_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let p = exe.parent().context("exe dir")?.join("eddyd");
-    if !p.exists() {
-        bail!("{} not found: build it with `cargo build --release -p eddyd`", p.display());
-    }
-    Ok(p)
 }
 
 fn main() -> Result<()> {
