@@ -723,17 +723,7 @@ impl<'a> Planner<'a> {
                 (Some(p), false) => vec![(p, offset)],
                 _ => vec![],
             };
-            return Ok(Stream {
-                node,
-                schema: output,
-                time_cols,
-                window: None,
-                pending_session: None,
-                updating: false,
-                key: None,
-                key_alts: vec![],
-                origins,
-            });
+            return Ok(Stream { origins, ..Stream::append_only(node, output, time_cols) });
         }
         if let Some(w) = input.window {
             if out_pos(GroupCol::WindowStart).is_none() && out_pos(GroupCol::WindowEnd).is_none() {

@@ -8,6 +8,7 @@
 //! partitions start (the startup mode at the first start, the earliest offset for partitions
 //! added later); the pipeline's worker only ever polls librdkafka's queues without blocking.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
@@ -547,7 +548,8 @@ fn set_meta(meta: &[String], headers: &mut String, dec: &mut RowDecoder, m: &Bor
                             .value
                             .map(|v| serde_json::Value::String(String::from_utf8_lossy(v).into_owned()))
                             .unwrap_or(serde_json::Value::Null);
-                        headers.push_str(&format!("{name}:{value}"));
+                        // Written in place: no string per header per record.
+                        let _ = write!(headers, "{name}:{value}");
                     }
                 }
                 headers.push('}');
