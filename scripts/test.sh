@@ -28,6 +28,14 @@ elif [ "${CI:-}" = "true" ]; then
     exit 1
 fi
 
+# A generic gRPC client (Python grpcio-reflection, as grpcurl would) lists eddyd's services
+# through server reflection. Its packages go into a venv under target/ (made once).
+if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c 'import grpc_reflection' 2>/dev/null; then
+    python3 -m venv target/pyenv
+    target/pyenv/bin/pip install -q grpcio grpcio-reflection
+fi
+target/pyenv/bin/python tests/api/reflection_check.py target/release/eddyd
+
 conformance=../shared/conformance
 if [ -f "$conformance/run.py" ]; then
     python3 "$conformance/run.py" --bin target/release/eddyd

@@ -37,7 +37,7 @@ pub fn expand_env(s: &str) -> std::result::Result<String, String> {
 }
 
 /// `[mqtt]`: defaults for every MQTT source and sink (their `WITH` options win).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttDefaults {
     pub url: Option<String>,
@@ -79,7 +79,7 @@ impl MqttDefaults {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Encryption {
     /// `false` stores state unencrypted (must be said explicitly).
@@ -89,7 +89,7 @@ pub struct Encryption {
     pub key_credential: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub max_open_windows: Option<usize>,
@@ -100,13 +100,13 @@ pub struct Limits {
     pub shard_queue: Option<usize>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     pub interval_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WalSection {
     pub commit_delay_us: Option<u64>,
@@ -115,11 +115,57 @@ pub struct WalSection {
     pub max_record_bytes: Option<usize>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
     /// `host:port` for /metrics, /healthz and /readyz (keep it on loopback or a management net).
     pub listen: Option<String>,
+}
+
+/// `[api]`: the management API (docs/management.md).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// `false` turns the API off.
+    pub enabled: Option<bool>,
+    /// The Unix socket (default `$RUNTIME_DIRECTORY/control.sock`, else `/run/eddy/control.sock`);
+    /// created mode 0660, callers known by their uid.
+    pub socket: Option<PathBuf>,
+    /// `host:port` for TCP. Mutual TLS is required: `tls_cert`, `tls_key` and `client_ca`.
+    pub listen: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// CA whose certificates clients must present; their principal is `cert:<SAN or CN>`.
+    pub client_ca: Option<PathBuf>,
+    /// Allow TCP without TLS, only on a loopback address (principal `tcp:<address>`).
+    pub allow_plaintext_loopback: Option<bool>,
+    /// Connections served at once (default 64); more wait in the kernel's backlog.
+    pub max_connections: Option<usize>,
+    /// Requests a pipeline runtime may have queued from the API (default 16); more are refused
+    /// with `UNAVAILABLE`, never queued without bound.
+    pub max_pending_commands: Option<usize>,
+    /// Size at which the audit log starts a new file (default 64 MiB; one previous file kept).
+    pub audit_max_bytes: Option<u64>,
+}
+
+/// `[[access.grant]]`: who may do what over the API.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSection {
+    #[serde(default)]
+    pub grant: Vec<Grant>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// `user:NAME`, `uid:N`, `cert:NAME`, `tcp:ADDRESS`; `*` matches any run of characters.
+    pub principals: Vec<String>,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// Pipeline name patterns the role applies to (default: all).
+    #[serde(default)]
+    pub pipelines: Vec<String>,
 }
 
 /// `[kafka]`: defaults for every Kafka source and sink, by option name as in `WITH`
@@ -144,6 +190,22 @@ impl KafkaDefaults {
     }
 }
 
+/// Shown by `GetConfig` with every credential replaced by `<set>`.
+impl serde::Serialize for KafkaDefaults {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            if crate::secret::is_secret_key(k) {
+                m.serialize_entry(k, crate::secret::MASK)?;
+            } else {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
+}
+
 impl std::fmt::Debug for KafkaDefaults {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_set().entries(self.0.keys().map(|k| format!("{k} = <set>"))).finish()
@@ -151,7 +213,7 @@ impl std::fmt::Debug for KafkaDefaults {
 }
 
 /// The config file, as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub state_dir: Option<PathBuf>,
@@ -180,6 +242,10 @@ pub struct ConfigFile {
     pub kafka: KafkaDefaults,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub api: ApiSection,
+    #[serde(default)]
+    pub access: AccessSection,
 }
 
 fn expand_all(v: &mut toml::Value, path: &str) -> Result<()> {
@@ -221,6 +287,15 @@ impl ConfigFile {
         c.pipelines_dir.as_mut().map(abs);
         c.pipelines.iter_mut().for_each(abs);
         c.encryption.key_file.as_mut().map(abs);
+        for p in [&mut c.api.socket, &mut c.api.tls_cert, &mut c.api.tls_key, &mut c.api.client_ca] {
+            p.as_mut().map(abs);
+        }
+        for g in &c.access.grant {
+            crate::api::access::Role::parse(&g.role)?;
+            if g.principals.is_empty() {
+                bail!("access.grant: a grant of role {} names no principals", g.role);
+            }
+        }
         if let Some(q) = c.mqtt.qos {
             if q > 2 {
                 bail!("mqtt.qos must be 0, 1 or 2");

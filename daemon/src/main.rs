@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
 
+mod api;
 mod config;
 mod connectors;
+mod control;
 mod keys;
 mod metrics;
 mod runtime;
@@ -341,21 +343,11 @@ fn run(cmd: Command) -> Result<()> {
                 &Default::default(),
                 &Default::default(),
             )?;
-            let s = p.summary();
-            println!(
-                "{}: OK — {} source(s), {} table(s), {} view(s), {} sink(s)",
-                pipeline.display(),
-                s.sources.len(),
-                s.tables.len(),
-                s.views.len(),
-                s.sinks.len()
-            );
-            for (name, updating) in &s.sinks {
-                println!("  sink {name}: {}", if *updating { "updating (upsert)" } else { "append-only" });
-            }
-            match &s.unsharded_because {
-                None => println!("  sharding: {}", s.shard_keys.join(", ")),
-                Some(why) => println!("  sharding: none, runs on one core ({why})"),
+            let text = runtime::plan_text(p.summary());
+            let mut lines = text.lines();
+            println!("{}: OK — {}", pipeline.display(), lines.next().unwrap_or_default());
+            for l in lines {
+                println!("  {l}");
             }
             Ok(())
         }

@@ -112,6 +112,22 @@ impl Registry {
         }
     }
 
+    /// A pipeline's state, last observation and error, as its worker last reported them.
+    pub fn pipeline_snapshot(&self, name: &str) -> Option<(&'static str, Option<Observation>, Option<String>)> {
+        let p = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        p.get(name).map(|s| (s.state, s.observation.clone(), s.error.clone()))
+    }
+
+    pub fn pipeline_names(&self) -> Vec<String> {
+        self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    /// The connectors of one pipeline: (kind, name, gauges).
+    pub fn connectors_of(&self, pipeline: &str) -> Vec<(&'static str, String, Arc<ConnectorGauges>)> {
+        let c = self.connectors.lock().unwrap_or_else(|p| p.into_inner());
+        c.iter().filter(|(p, ..)| p == pipeline).map(|(_, k, n, g)| (*k, n.clone(), g.clone())).collect()
+    }
+
     pub fn remove_pipeline(&self, name: &str) {
         self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
     }

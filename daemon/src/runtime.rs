@@ -1,10 +1,12 @@
 //! The live runtime of `eddyd run`: plans and recovers every pipeline, runs each on a worker
 //! thread pinned to one of the configured cores, and supervises them — systemd notifications
 //! (READY after recovery, WATCHDOG while every worker is healthy, STATUS, RELOADING/READY around
-//! SIGHUP, STOPPING and final checkpoints on SIGTERM), metrics, and reload. Owns threads and their
-//! lifecycle; never touches a pipeline's state from outside its worker.
+//! SIGHUP, STOPPING and final checkpoints on SIGTERM), metrics, reload, and the management API's
+//! requests (deploy, pause, resume, delete, checkpoint), which it takes between supervision
+//! rounds. Owns threads and their lifecycle; never touches a pipeline's state from outside its
+//! worker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,10 +17,11 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::ConfigFile;
 use crate::connectors::{gateway_name, Provider};
+use crate::control::{check_name, sql_sha256, Catalog, Command, CommandError, DeployOutcome, FatalSlot, PipelineView};
 use crate::metrics::Registry;
 use crate::systemd::{self, Notifier};
 use eddy_engine::connector::SinkStateDir;
-use eddy_engine::pipeline::{DurableConfig, Mode, Pipeline, PipelineConfig};
+use eddy_engine::pipeline::{DurableConfig, LiveControl, Mode, Pipeline, PipelineConfig, Summary};
 use eddy_engine::storage::crypto::Cipher;
 use eddy_engine::storage::fs::{RealFs, Storage};
 use eddy_engine::storage::header::Owner;
@@ -122,7 +125,7 @@ fn durable_config(cfg: &ConfigFile, name: &str, s: &StateContext) -> DurableConf
 }
 
 /// The cores workers may be pinned to: the configured ones, else every core this process may use.
-fn cores(cfg: &ConfigFile) -> Result<Vec<usize>> {
+pub fn cores(cfg: &ConfigFile) -> Result<Vec<usize>> {
     let allowed = rustix::thread::sched_getaffinity(None).map_err(|e| anyhow!("sched_getaffinity: {e}"))?;
     let online: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU).filter(|c| allowed.is_set(*c)).collect();
     match &cfg.cores {
@@ -152,6 +155,67 @@ struct Worker {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<Result<()>>>,
     core: usize,
+    control: Arc<LiveControl>,
+    view: PipelineView,
+}
+
+/// A pipeline the operator paused: not running, its state kept, its definition remembered.
+struct Paused {
+    file: PathBuf,
+    view: PipelineView,
+}
+
+/// The plan as `eddyd check` prints it: counts, then one line per sink and the sharding.
+pub fn plan_text(s: &Summary) -> String {
+    let mut t = format!(
+        "{} source(s), {} table(s), {} view(s), {} sink(s)",
+        s.sources.len(),
+        s.tables.len(),
+        s.views.len(),
+        s.sinks.len()
+    );
+    for (name, updating) in &s.sinks {
+        t.push_str(&format!("\nsink {name}: {}", if *updating { "updating (upsert)" } else { "append-only" }));
+    }
+    t.push_str(&format!("\nsharding: {}", sharding_text(s)));
+    t
+}
+
+fn sharding_text(s: &Summary) -> String {
+    match &s.unsharded_because {
+        None => s.shard_keys.join(", "),
+        Some(why) => format!("none, runs on one core ({why})"),
+    }
+}
+
+/// Where deployed pipelines' SQL is kept, and the markers of paused pipelines.
+fn deployed_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("control").join("deployed")
+}
+
+fn paused_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("control").join("paused")
+}
+
+/// Writes `bytes` to `path` durably: a temporary file, fsync, rename, fsync of the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn remove_durably(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 pub struct Runtime {
@@ -164,7 +228,11 @@ pub struct Runtime {
     cores: Vec<usize>,
     next_core: usize,
     workers: BTreeMap<String, Worker>,
+    paused: BTreeMap<String, Paused>,
     notifier: Notifier,
+    catalog: Arc<Catalog>,
+    fatal: Arc<FatalSlot>,
+    commands: Option<std::sync::mpsc::Receiver<Command>>,
 }
 
 impl Runtime {
@@ -190,12 +258,65 @@ impl Runtime {
             stopping: Arc::new(AtomicBool::new(false)),
             next_core: 0,
             workers: BTreeMap::new(),
+            paused: BTreeMap::new(),
             notifier: Notifier::from_env(),
+            catalog: Arc::default(),
+            fatal: Arc::default(),
+            commands: None,
         })
     }
 
+    /// Every pipeline to run: the config's files, then the deployed ones (a name defined both
+    /// ways is refused: which one runs would be a guess).
+    fn pipelines(&self, cfg: &ConfigFile) -> Result<BTreeMap<String, (PathBuf, String)>> {
+        let mut out: BTreeMap<String, (PathBuf, String)> =
+            cfg.pipeline_files()?.into_iter().map(|(n, f)| (n, (f.clone(), format!("file {}", f.display())))).collect();
+        if let Some(s) = &self.state {
+            let dir = deployed_dir(&s.dir);
+            let mut found: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(anyhow!("{}: {e}", dir.display())),
+            };
+            found.sort();
+            for f in found {
+                let name = crate::config::pipeline_name(&f);
+                if let Some((other, _)) = out.get(&name) {
+                    bail!(
+                        "pipeline {name} is defined by {} and was also deployed ({}); remove one",
+                        other.display(),
+                        f.display()
+                    );
+                }
+                out.insert(name, (f, "deployed".to_string()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Names of pipelines the operator paused (kept across restarts with a state dir).
+    fn paused_names(&self) -> BTreeSet<String> {
+        let Some(s) = &self.state else { return self.paused.keys().cloned().collect() };
+        std::fs::read_dir(paused_dir(&s.dir))
+            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Publishes the pipelines for the API's readers.
+    fn publish(&self) {
+        let mut views: BTreeMap<String, PipelineView> =
+            self.workers.iter().map(|(n, w)| (n.clone(), w.view.clone())).collect();
+        for (n, p) in &self.paused {
+            views.insert(n.clone(), PipelineView { paused: true, taps: Vec::new(), ..p.view.clone() });
+        }
+        self.catalog.publish(views);
+    }
+
     /// Plans and recovers one pipeline, then starts its worker.
-    fn start(&mut self, name: &str, file: &Path, sql: String) -> Result<()> {
+    fn start(&mut self, name: &str, file: &Path, sql: String, origin: &str) -> Result<()> {
         let dir = file
             .parent()
             .map(PathBuf::from)
@@ -232,6 +353,18 @@ impl Runtime {
         }
         let core = self.cores[self.next_core % self.cores.len()];
         self.next_core += 1;
+        let s = p.summary();
+        let view = PipelineView {
+            origin: origin.to_string(),
+            sql: Arc::from(sql.as_str()),
+            sql_sha256: sql_sha256(&sql),
+            plan: plan_text(s),
+            shards: s.shards,
+            sharding: sharding_text(s),
+            paused: false,
+            taps: p.taps(),
+        };
+        let control = p.control();
         let stop = Arc::new(AtomicBool::new(false));
         let (st, reg, n) = (stop.clone(), self.registry.clone(), name.to_string());
         reg.set_pipeline(&n, "running", Some(p.observe()), None);
@@ -247,8 +380,12 @@ impl Runtime {
             r.map_err(anyhow::Error::from)
         })?;
         tracing::info!(pipeline = name, core, "pipeline started");
-        self.workers
-            .insert(name.to_string(), Worker { file: file.to_path_buf(), sql, stop, handle: Some(handle), core });
+        self.paused.remove(name);
+        self.workers.insert(
+            name.to_string(),
+            Worker { file: file.to_path_buf(), sql, stop, handle: Some(handle), core, control, view },
+        );
+        self.publish();
         Ok(())
     }
 
@@ -262,13 +399,15 @@ impl Runtime {
             None => Ok(()),
         };
         tracing::info!(pipeline = name, core = w.core, "pipeline stopped");
+        self.publish();
         r.with_context(|| format!("pipeline {name}"))
     }
 
-    /// Starts everything, reports READY, then supervises until SIGTERM or a failure.
+    /// Starts the API and everything, reports READY, then supervises until SIGTERM or a failure.
     pub fn run(mut self) -> Result<()> {
-        let files = self.cfg.pipeline_files()?;
-        if files.is_empty() {
+        let files = self.pipelines(&self.cfg)?;
+        let api_on = self.cfg.api.enabled != Some(false);
+        if files.is_empty() && !api_on {
             bail!("no pipelines: give --pipeline FILE, or pipelines_dir / pipelines in the config");
         }
         if let Some(addr) = &self.cfg.metrics.listen {
@@ -276,10 +415,31 @@ impl Runtime {
                 crate::metrics::serve(addr, self.registry.clone()).with_context(|| format!("metrics.listen {addr}"))?;
             tracing::info!(address = %local, "metrics on /metrics, /healthz, /readyz");
         }
-        for (name, file) in &files {
+        let _api = if api_on {
+            let (tx, rx) = std::sync::mpsc::sync_channel(self.cfg.api.max_pending_commands.unwrap_or(16).max(1));
+            self.commands = Some(rx);
+            crate::api::start(
+                &self.cfg,
+                crate::api::Shared {
+                    registry: self.registry.clone(),
+                    catalog: self.catalog.clone(),
+                    fatal: self.fatal.clone(),
+                    commands: tx,
+                    state: self.state.clone(),
+                },
+            )?
+        } else {
+            None
+        };
+        let paused = self.paused_names();
+        for (name, (file, origin)) in &files {
             let sql =
                 std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline {}", file.display()))?;
-            if let Err(e) = self.start(name, file, sql) {
+            if paused.contains(name) {
+                self.keep_paused(name, file, &sql, origin);
+                continue;
+            }
+            if let Err(e) = self.start(name, file, sql, origin) {
                 // The ones already started stop cleanly; the first error is the one to report.
                 let _ = self.shutdown();
                 return Err(e);
@@ -295,6 +455,10 @@ impl Runtime {
         let mut failure: Option<anyhow::Error> = None;
         loop {
             if systemd::stop_requested() {
+                break;
+            }
+            if let Some(why) = self.fatal.take() {
+                failure = Some(anyhow!(why));
                 break;
             }
             if systemd::take_reload() {
@@ -346,15 +510,285 @@ impl Runtime {
                 self.notifier.status(&self.registry.status_line());
                 last_status = Instant::now();
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // Wait for the next API request, or 50 ms: the supervision round's pace.
+            let next = self.commands.as_ref().map(|rx| rx.recv_timeout(Duration::from_millis(50)));
+            match next {
+                None => std::thread::sleep(Duration::from_millis(50)),
+                Some(Ok(cmd)) => {
+                    if let Err(e) = self.command(cmd) {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+                Some(Err(_)) => {}
+            }
         }
         self.notifier.notify("STOPPING=1");
         self.notifier.status("stopping: final checkpoints");
+        // Requests that arrive from now on are refused (the API stops with this runtime).
+        if let Some(rx) = self.commands.take() {
+            while let Ok(cmd) = rx.try_recv() {
+                cmd.refuse("eddyd is stopping");
+            }
+        }
         let stopped = self.shutdown();
         match failure {
             Some(e) => Err(e),
             None => stopped,
         }
+    }
+
+    /// Remembers a pipeline that stays paused (marked so at start).
+    fn keep_paused(&mut self, name: &str, file: &Path, sql: &str, origin: &str) {
+        let view = PipelineView {
+            origin: origin.to_string(),
+            sql: Arc::from(sql),
+            sql_sha256: sql_sha256(sql),
+            paused: true,
+            ..PipelineView::default()
+        };
+        self.paused.insert(name.to_string(), Paused { file: file.to_path_buf(), view });
+        self.registry.set_pipeline(name, "paused", None, None);
+        tracing::info!(pipeline = name, "pipeline paused (by the operator); not started");
+        self.publish();
+    }
+
+    /// Carries out one API request. An error is fail-stop (a worker failed while stopping):
+    /// the request is answered first.
+    fn command(&mut self, cmd: Command) -> Result<()> {
+        let mut fatal = None;
+        let mut check = |r: Result<(), CommandError>| -> Result<(), CommandError> {
+            if let Err(CommandError::Fatal(why)) = &r {
+                fatal = Some(anyhow!("{why}"));
+            }
+            r
+        };
+        match cmd {
+            Command::Validate { name, sql, reply } => {
+                let _ = reply.send(self.validate(&name, &sql));
+            }
+            Command::Deploy { name, sql, reset_state, reply } => {
+                let r = self.deploy(&name, sql, reset_state);
+                let _ = reply.send(check(r.as_ref().map(|_| ()).map_err(|e| e.clone())).and(r));
+            }
+            Command::Pause { name, reply } => {
+                let _ = reply.send(check(self.pause(&name)));
+            }
+            Command::Resume { name, reply } => {
+                let _ = reply.send(check(self.resume(&name)));
+            }
+            Command::Delete { name, drop_state, reply } => {
+                let _ = reply.send(check(self.delete(&name, drop_state)));
+            }
+            Command::Checkpoint { name, reply } => {
+                let r = match self.workers.get(&name) {
+                    Some(_) if self.state.is_none() => Err(CommandError::Precondition(
+                        "eddyd runs without a state dir: there is nothing to checkpoint".into(),
+                    )),
+                    Some(w) => Ok(w.control.clone()),
+                    None if self.paused.contains_key(&name) => Err(CommandError::Precondition(format!(
+                        "pipeline {name} is paused; its last checkpoint stands"
+                    ))),
+                    None => Err(CommandError::NotFound(format!("no pipeline named {name}"))),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Reload { reply } => {
+                let r = self.reload();
+                let _ = reply.send(match &r {
+                    Ok(problems) => Ok(problems.clone()),
+                    Err(e) => Err(CommandError::Fatal(format!("{e:#}"))),
+                });
+                r?;
+            }
+            Command::Config { reply } => {
+                let _ = reply.send(
+                    toml::to_string(&self.cfg)
+                        .map_err(|e| CommandError::Precondition(format!("rendering the config: {e}"))),
+                );
+            }
+        }
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn validate(&self, name: &str, sql: &str) -> Result<crate::control::Validation, CommandError> {
+        check_name(name)?;
+        let dir = self.state.as_ref().map_or_else(|| PathBuf::from("."), |s| deployed_dir(&s.dir));
+        let p = plan(&self.cfg, name, sql, dir, None, &Arc::default(), &Arc::default())
+            .map_err(|e| CommandError::Invalid(format!("{e:#}")))?;
+        if self.state.is_some() {
+            if let Some(op) = p.not_checkpointable() {
+                return Err(CommandError::Invalid(format!(
+                    "cannot run with durable state yet: the {op} operator's state is not checkpointed"
+                )));
+            }
+        }
+        Ok(crate::control::Validation { plan: plan_text(p.summary()) })
+    }
+
+    /// A stop that failed is fail-stop: its final checkpoint may not be durable.
+    fn stop_or_fatal(&mut self, name: &str) -> Result<(), CommandError> {
+        self.stop_worker(name).map_err(|e| CommandError::Fatal(format!("{e:#}")))
+    }
+
+    /// Creates or replaces a deployed pipeline. The new SQL is planned first; a replacement
+    /// stops the old version (final checkpoint), starts the new one on the same state (or on
+    /// none, with `reset_state`), and only then makes the new SQL the one kept. If the new one
+    /// does not start, the old one is started again on its state and the reply says why.
+    fn deploy(&mut self, name: &str, sql: String, reset_state: bool) -> Result<DeployOutcome, CommandError> {
+        check_name(name)?;
+        let Some(state) = self.state.clone() else {
+            return Err(CommandError::Precondition(
+                "deploying needs a state dir (state_dir in the config): deployed pipelines are kept there".into(),
+            ));
+        };
+        let files = self.cfg.pipeline_files().map_err(|e| CommandError::Precondition(format!("{e:#}")))?;
+        if let Some(f) = files.get(name) {
+            return Err(CommandError::Precondition(format!(
+                "pipeline {name} is defined by the file {}; change that file and reload instead",
+                f.display()
+            )));
+        }
+        self.validate(name, &sql)?;
+        let file = deployed_dir(&state.dir).join(format!("{name}.sql"));
+        if self.paused.contains_key(name) {
+            return Err(CommandError::Precondition(format!("pipeline {name} is paused; resume or delete it first")));
+        }
+        let old = self.workers.get(name).map(|w| (w.file.clone(), w.sql.clone()));
+        if let Some((_, old_sql)) = &old {
+            if *old_sql == sql && !reset_state {
+                return Ok(DeployOutcome::Unchanged);
+            }
+            self.stop_or_fatal(name)?;
+        }
+        let state_dir = state.dir.join(name);
+        let aside = state.dir.join(format!(".{name}.replaced"));
+        let fail = |e: std::io::Error, what: &str| CommandError::Fatal(format!("{what}: {e}"));
+        if reset_state && state_dir.exists() {
+            // Kept aside until the new version runs: the old one may have to start again.
+            let _ = std::fs::remove_dir_all(&aside);
+            std::fs::rename(&state_dir, &aside).map_err(|e| fail(e, "moving the old state aside"))?;
+        }
+        match self.start(name, &file, sql.clone(), "deployed") {
+            Ok(()) => {
+                if let Err(e) = write_durably(&file, sql.as_bytes()) {
+                    return Err(fail(e, &format!("saving {}", file.display())));
+                }
+                if reset_state {
+                    let _ = std::fs::remove_dir_all(&aside);
+                }
+                tracing::info!(pipeline = name, replaced = old.is_some(), reset_state, "pipeline deployed");
+                Ok(match old {
+                    None => DeployOutcome::Created,
+                    Some(_) => DeployOutcome::Replaced { state_kept: !reset_state },
+                })
+            }
+            Err(e) => {
+                self.registry.remove_pipeline(name);
+                let mut why = format!("{e:#}");
+                let plan_changed = e.chain().any(|c| {
+                    matches!(
+                        c.downcast_ref::<eddy_engine::EngineError>(),
+                        Some(eddy_engine::EngineError::PlanChanged { .. })
+                    )
+                });
+                if plan_changed {
+                    why.push_str(
+                        " (deploy with reset_state / `eddyctl deploy --reset-state` to drop it and start over)",
+                    );
+                }
+                if reset_state && aside.exists() {
+                    let _ = std::fs::remove_dir_all(&state_dir);
+                    std::fs::rename(&aside, &state_dir).map_err(|e| fail(e, "putting the old state back"))?;
+                }
+                match old {
+                    None => Err(CommandError::Invalid(format!("pipeline {name} did not start: {why}"))),
+                    Some((old_file, old_sql)) => match self.start(name, &old_file, old_sql, "deployed") {
+                        Ok(()) => Err(CommandError::Precondition(format!(
+                            "the new version of {name} did not start: {why}; the previous version runs on"
+                        ))),
+                        Err(e2) => Err(CommandError::Precondition(format!(
+                            "the new version of {name} did not start: {why}; the previous version did not start again either: {e2:#}"
+                        ))),
+                    },
+                }
+            }
+        }
+    }
+
+    fn pause(&mut self, name: &str) -> Result<(), CommandError> {
+        if self.paused.contains_key(name) {
+            return Ok(());
+        }
+        let Some(w) = self.workers.get(name) else {
+            return Err(CommandError::NotFound(format!("no running pipeline named {name}")));
+        };
+        let (file, view) = (w.file.clone(), w.view.clone());
+        if let Some(s) = &self.state {
+            write_durably(&paused_dir(&s.dir).join(name), b"")
+                .map_err(|e| CommandError::Fatal(format!("marking {name} paused: {e}")))?;
+        }
+        self.stop_or_fatal(name)?;
+        self.paused.insert(name.to_string(), Paused { file, view });
+        self.registry.set_pipeline(name, "paused", None, None);
+        self.publish();
+        tracing::info!(pipeline = name, "pipeline paused");
+        Ok(())
+    }
+
+    fn resume(&mut self, name: &str) -> Result<(), CommandError> {
+        if self.workers.contains_key(name) {
+            return Ok(());
+        }
+        let Some(p) = self.paused.get(name) else {
+            return Err(CommandError::NotFound(format!("no paused pipeline named {name}")));
+        };
+        let (file, origin) = (p.file.clone(), p.view.origin.clone());
+        let sql = std::fs::read_to_string(&file)
+            .map_err(|e| CommandError::Precondition(format!("cannot read {}: {e}", file.display())))?;
+        self.start(name, &file, sql, &origin).map_err(|e| {
+            CommandError::Precondition(format!("pipeline {name} did not start: {e:#}; it stays paused"))
+        })?;
+        if let Some(s) = &self.state {
+            remove_durably(&paused_dir(&s.dir).join(name))
+                .map_err(|e| CommandError::Fatal(format!("unmarking {name} paused: {e}")))?;
+        }
+        tracing::info!(pipeline = name, "pipeline resumed");
+        Ok(())
+    }
+
+    fn delete(&mut self, name: &str, drop_state: bool) -> Result<(), CommandError> {
+        check_name(name)?;
+        let Some(state) = self.state.clone() else {
+            return Err(CommandError::Precondition("without a state dir no pipeline is deployed".into()));
+        };
+        let file = deployed_dir(&state.dir).join(format!("{name}.sql"));
+        if !self.workers.contains_key(name) && !self.paused.contains_key(name) {
+            return Err(CommandError::NotFound(format!("no pipeline named {name}")));
+        }
+        if !file.exists() {
+            return Err(CommandError::Precondition(format!(
+                "pipeline {name} is defined by a file in the config, not deployed: remove the file and reload"
+            )));
+        }
+        self.stop_or_fatal(name)?;
+        self.paused.remove(name);
+        self.registry.remove_pipeline(name);
+        let io = |e: std::io::Error, what: String| CommandError::Fatal(format!("{what}: {e}"));
+        remove_durably(&file).map_err(|e| io(e, format!("removing {}", file.display())))?;
+        remove_durably(&paused_dir(&state.dir).join(name)).map_err(|e| io(e, "removing the paused mark".into()))?;
+        if drop_state {
+            let dir = state.dir.join(name);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| io(e, format!("removing {}", dir.display())))?;
+            }
+        }
+        self.publish();
+        tracing::info!(pipeline = name, drop_state, "pipeline deleted");
+        Ok(())
     }
 
     /// Stops every worker (each takes its final checkpoint); the first error is returned.
@@ -380,24 +814,27 @@ impl Runtime {
     /// removed ones stop; new ones start; changed ones stop (final checkpoint) and start again from
     /// it. A changed pipeline whose state does not fit the new plan (or that does not plan) is
     /// reported and its previous version is started again, so a bad edit never stops a gateway.
-    /// A worker that stops with an error (a failed write or fsync in its final checkpoint, or a
-    /// failure of its own) is never started again: the error is returned and eddyd stops
-    /// (fail-stop; systemd restarts it and recovery starts from what is durable).
-    fn reload(&mut self) -> Result<()> {
+    /// Paused pipelines stay paused. A worker that stops with an error (a failed write or fsync
+    /// in its final checkpoint, or a failure of its own) is never started again: the error is
+    /// returned and eddyd stops (fail-stop; systemd restarts it and recovery starts from what is
+    /// durable). Returns the problems met.
+    fn reload(&mut self) -> Result<Vec<String>> {
         self.notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
         tracing::info!("reloading");
         let mut problems = Vec::new();
-        match (self.reload_cfg)().and_then(|c| c.pipeline_files().map(|f| (c, f))) {
+        let loaded = (self.reload_cfg)().and_then(|c| self.pipelines(&c).map(|f| (c, f)));
+        match loaded {
             Err(e) => problems.push(format!("config: {e:#} (nothing changed)")),
             Ok((cfg, files)) => {
                 self.cfg = cfg;
-                let running: Vec<String> = self.workers.keys().cloned().collect();
+                let running: Vec<String> = self.workers.keys().chain(self.paused.keys()).cloned().collect();
                 for name in running.iter().filter(|n| !files.contains_key(*n)) {
                     self.stop_worker(name)?;
+                    self.paused.remove(name);
                     self.registry.remove_pipeline(name);
                     tracing::info!(pipeline = %name, "pipeline removed");
                 }
-                for (name, file) in &files {
+                for (name, (file, origin)) in &files {
                     let sql = match std::fs::read_to_string(file) {
                         Ok(s) => s,
                         Err(e) => {
@@ -405,16 +842,21 @@ impl Runtime {
                             continue;
                         }
                     };
+                    if let Some(p) = self.paused.get_mut(name) {
+                        // Takes effect on resume.
+                        p.file = file.clone();
+                        continue;
+                    }
                     let old = self.workers.get(name).map(|w| (w.file.clone(), w.sql.clone()));
                     match old {
                         Some((f, s)) if s == sql && &f == file => continue,
                         Some((old_file, old_sql)) => {
                             self.stop_worker(name).context("stopping the old version")?;
-                            if let Err(e) = self.start(name, file, sql) {
+                            if let Err(e) = self.start(name, file, sql, origin) {
                                 problems.push(format!(
                                     "{name}: the new version was not started: {e:#}; the previous version runs on"
                                 ));
-                                if let Err(e2) = self.start(name, &old_file, old_sql) {
+                                if let Err(e2) = self.start(name, &old_file, old_sql, origin) {
                                     problems.push(format!(
                                         "{name}: the previous version did not start again either: {e2:#}"
                                     ));
@@ -424,7 +866,7 @@ impl Runtime {
                             }
                         }
                         None => {
-                            if let Err(e) = self.start(name, file, sql) {
+                            if let Err(e) = self.start(name, file, sql, origin) {
                                 problems.push(format!("{name}: {e:#}"));
                             }
                         }
@@ -432,6 +874,7 @@ impl Runtime {
                 }
             }
         }
+        self.publish();
         for p in &problems {
             tracing::error!(problem = %p, "reload");
         }
@@ -442,7 +885,7 @@ impl Runtime {
         } else {
             format!("reload had {} problem(s): {}; {status}", problems.len(), problems.join("; "))
         });
-        Ok(())
+        Ok(problems)
     }
 }
 

@@ -18,6 +18,23 @@ impl Secret {
     }
 }
 
+/// Serialized (for `GetConfig`) as `<set>`: a config dump never holds the value.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(MASK)
+    }
+}
+
+/// What stands for a secret's value wherever config is shown.
+pub const MASK: &str = "<set>";
+
+/// Whether a librdkafka-style option name holds a credential.
+pub fn is_secret_key(key: &str) -> bool {
+    ["password", "secret", "token", "jaas", "oauthbearer.config", "key.pem", "certificate.pem"]
+        .iter()
+        .any(|w| key.contains(w))
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("***")

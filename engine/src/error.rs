@@ -48,6 +48,9 @@ pub enum EngineError {
     /// State written by another plan, or an operator whose state cannot be checkpointed.
     #[error("{0}")]
     State(String),
+    /// The checkpoint was written by a different query (not just other connector options).
+    #[error("{dir}: the state was written by a different version of this pipeline; to start over, move the state directory away")]
+    PlanChanged { dir: String },
     #[error("{dir}: the state was written by {written} shard(s) and this run has {now}; keyed state is not moved between shards, so run with shards = {written}, or move the state directory away to start over")]
     ShardCount { dir: String, written: usize, now: usize },
     #[error("{0}")]

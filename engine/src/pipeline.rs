@@ -19,6 +19,7 @@ use crate::connector::datagen::{Datagen, DatagenConfig};
 use crate::connector::file::{FileSource, DEFAULT_MAX_LINE};
 use crate::connector::sink::{Sink, SinkMode, SinkTarget};
 use crate::connector::table::{TableRuntime, TableSpec};
+use crate::connector::tap::TapPoint;
 use crate::connector::{
     self, ConnectorProvider, ConnectorSpec, FoldPosition, Poll, SinkStateDir, SourceReader, Wakeup,
 };
@@ -34,9 +35,11 @@ use crate::sql::ddl::{self, ObjectKind, Options, PositionedStatement, RelationDe
 use crate::sql::tvf::{errors_name, late_name};
 use crate::time::{MAX_TS, MIN_TS};
 
+mod control;
 mod durable;
 mod shards;
 pub mod splits;
+pub use control::LiveControl;
 pub use durable::{DurableConfig, DurableStats};
 pub use shards::ShardThreadHook;
 use shards::{Capture, Route, ShardGraph, Shards, SourceNodes};
@@ -280,11 +283,14 @@ pub struct Pipeline {
     sources: Vec<SourceRuntime>,
     tables: Vec<TableRuntime>,
     sinks: Vec<(String, NodeId)>,
+    /// Where live viewers subscribe to each sink's output.
+    taps: Vec<(String, Arc<TapPoint>)>,
     summary: Summary,
     mode: Mode,
     idle_sleep: Duration,
     /// Sources with threads of their own wake an idle live loop through this.
     wakeup: Arc<Wakeup>,
+    control: Arc<LiveControl>,
     started: bool,
     prepared: bool,
     /// Durable pipelines: the WAL and checkpoints.
@@ -424,6 +430,7 @@ impl Pipeline {
         let mut names: HashSet<String> = HashSet::new();
         let mut sources = Vec::new();
         let mut sinks = Vec::new();
+        let mut taps = Vec::new();
         let mut tables: Vec<TableRuntime> = Vec::new();
         let mut table_handles: HashMap<String, TableHandle> = HashMap::new();
         let mut summary = Summary::default();
@@ -492,7 +499,7 @@ impl Pipeline {
                     summary.views.push(name.clone());
                 }
                 Statement::CreateSink { name, input, options } => {
-                    let (stream, id) = Self::plan_sink(
+                    let (stream, id, tap) = Self::plan_sink(
                         name,
                         input,
                         options,
@@ -520,6 +527,7 @@ impl Pipeline {
                     }
                     summary.sinks.push((name.clone(), stream.updating));
                     sinks.push((name.clone(), id));
+                    taps.push((name.clone(), tap));
                 }
                 Statement::Drop { .. } => {}
             }
@@ -565,9 +573,11 @@ impl Pipeline {
             sources,
             tables,
             sinks,
+            taps,
             summary,
             mode: cfg.mode,
             idle_sleep: cfg.idle_sleep,
+            control: Arc::new(LiveControl::new(wakeup.clone())),
             wakeup,
             started: false,
             prepared: false,
@@ -839,7 +849,7 @@ impl Pipeline {
         relations: &HashMap<String, Stream>,
         tables: &HashMap<String, TableHandle>,
         needs: &mut Vec<ShardNeed>,
-    ) -> Result<(Stream, NodeId)> {
+    ) -> Result<(Stream, NodeId, Arc<TapPoint>)> {
         let ctx = format!("sink '{name}'");
         let provider = cfg.connectors.as_deref();
         let connector = connector::check_options("sink", name, options, provider).map_err(|e| at(pos, e))?;
@@ -928,14 +938,25 @@ impl Pipeline {
         if cfg.exactly_once {
             sink.set_exactly_once();
         }
+        let tap = sink.tap_point();
         let id = graph.add(Box::new(sink), 1);
         graph.connect(stream.node, id, 0);
-        Ok((stream, id))
+        Ok((stream, id, tap))
     }
 
     /// The first operator whose state is not checkpointed yet (such a pipeline cannot be durable).
     pub fn not_checkpointable(&self) -> Option<String> {
         self.graph.not_checkpointable()
+    }
+
+    /// The handle other threads use to ask this pipeline, while it runs live, for a checkpoint.
+    pub fn control(&self) -> Arc<LiveControl> {
+        self.control.clone()
+    }
+
+    /// Each sink's tap, for live viewers on other threads.
+    pub fn taps(&self) -> Vec<(String, Arc<TapPoint>)> {
+        self.taps.clone()
     }
 
     pub fn summary(&self) -> &Summary {
@@ -1175,6 +1196,11 @@ impl Pipeline {
             }
             let any = self.step()?;
             self.tick()?;
+            if let Some(ticket) = self.control.pending() {
+                self.checkpoint()?;
+                self.notify_durable();
+                self.control.served(ticket);
+            }
             if !any {
                 // Nothing to read: the shards' output goes out now rather than with the next step.
                 self.flow_drain()?;

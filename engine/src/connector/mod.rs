@@ -8,6 +8,7 @@ pub mod datagen;
 pub mod file;
 pub mod sink;
 pub mod table;
+pub mod tap;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -16,10 +16,12 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 
+use super::tap::{TapPoint, TapRows};
 use super::SinkWriter;
 use crate::error::{EngineError, Result};
 use crate::format::encode::{write_value, JsonRowWriter};
@@ -61,6 +63,9 @@ pub struct Sink {
     external: Option<Box<dyn SinkWriter>>,
     /// Bytes ever handed to `external` (not staging): the `end` of each delivery.
     delivered: u64,
+    /// Live viewers of this sink's output.
+    tap: Arc<TapPoint>,
+    tap_buf: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -88,6 +93,8 @@ impl Sink {
             staging: None,
             external: None,
             delivered: 0,
+            tap: Arc::default(),
+            tap_buf: Vec::new(),
         }
     }
 
@@ -102,6 +109,12 @@ impl Sink {
         let mut s = Sink::new(name, SinkTarget::External(connector.to_string()), mode, columns);
         s.external = Some(writer);
         s
+    }
+
+    /// Where live viewers subscribe to this sink's output (as produced: in a durable pipeline
+    /// they see rows before the checkpoint that publishes them).
+    pub fn tap_point(&self) -> Arc<TapPoint> {
+        self.tap.clone()
     }
 
     /// Makes a file or provided sink exactly-once: output is staged and published by checkpoints.
@@ -217,6 +230,15 @@ impl Sink {
     }
 }
 
+/// The `_op` member an upsert sink adds to each row.
+fn op_member(mode: SinkMode, kind: Option<RowKind>) -> &'static [u8] {
+    match (mode, kind) {
+        (SinkMode::Append, _) => b"",
+        (SinkMode::Upsert, Some(RowKind::Delete)) => b",\"_op\":\"delete\"",
+        (SinkMode::Upsert, _) => b",\"_op\":\"upsert\"",
+    }
+}
+
 impl Operator for Sink {
     fn name(&self) -> String {
         format!("sink {}", self.name)
@@ -227,6 +249,15 @@ impl Operator for Sink {
             self.start()?;
         }
         let batch = &chunk.batch;
+        if self.tap.active() {
+            self.tap_buf.clear();
+            for row in 0..batch.num_rows() {
+                let kind = chunk.kinds.as_ref().map(|k| k[row]);
+                self.writer.write_row(batch, row, op_member(self.mode, kind), &mut self.tap_buf);
+                self.tap_buf.push(b'\n');
+            }
+            self.tap.offer(TapRows { json_lines: Arc::from(&self.tap_buf[..]), rows: batch.num_rows() });
+        }
         for row in 0..batch.num_rows() {
             let kind = chunk.kinds.as_ref().map(|k| k[row]);
             if kind == Some(RowKind::Delete) {
@@ -237,12 +268,7 @@ impl Operator for Sink {
             match &self.target {
                 SinkTarget::Console => self.write_text_row(batch, row, kind),
                 SinkTarget::File(_) | SinkTarget::External(_) => {
-                    let extra: &[u8] = match (self.mode, kind) {
-                        (SinkMode::Append, _) => b"",
-                        (SinkMode::Upsert, Some(RowKind::Delete)) => b",\"_op\":\"delete\"",
-                        (SinkMode::Upsert, _) => b",\"_op\":\"upsert\"",
-                    };
-                    self.writer.write_row(batch, row, extra, &mut self.buf);
+                    self.writer.write_row(batch, row, op_member(self.mode, kind), &mut self.buf);
                     self.buf.push(b'\n');
                 }
             }

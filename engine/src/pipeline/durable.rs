@@ -84,6 +84,8 @@ pub struct DurableStats {
     pub checkpoints: u64,
     pub checkpoint_bytes: u64,
     pub checkpoint_time: Duration,
+    /// When the last checkpoint became durable (Unix ms; `None` before the first this run).
+    pub last_checkpoint_ms: Option<i64>,
     pub wal: WalStats,
 }
 
@@ -348,10 +350,7 @@ impl Pipeline {
         let mut from_lsn = 0;
         if let Some(r) = recovered {
             if r.manifest.fingerprint != fp {
-                return Err(EngineError::State(format!(
-                    "{}: the state was written by a different version of this pipeline; to start over, move the state directory away",
-                    cfg.state_dir.display()
-                )));
+                return Err(EngineError::PlanChanged { dir: cfg.state_dir.display().to_string() });
             }
             from_lsn = r.manifest.wal_lsn;
             stats.recovered_checkpoint = Some(r.manifest.seq);
@@ -589,6 +588,7 @@ impl Pipeline {
         d.stats.checkpoints += 1;
         d.stats.checkpoint_bytes += info.bytes_written;
         d.stats.checkpoint_time += t0.elapsed();
+        d.stats.last_checkpoint_ms = Some(crate::time::now_ms());
         tracing::debug!(
             seq = info.seq,
             written = info.blobs_written,

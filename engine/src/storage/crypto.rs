@@ -30,6 +30,11 @@ pub struct Cipher {
 }
 
 impl Cipher {
+    /// Ids of the keys in the ring (empty: not encrypted).
+    pub fn key_ids(&self) -> Vec<u32> {
+        self.keys.iter().map(|k| k.id).collect()
+    }
+
     /// No encryption; only when the configuration turns it off explicitly.
     pub fn plaintext() -> Self {
         Cipher { keys: vec![] }

@@ -1,0 +1,173 @@
+//! What the management API asks of the runtime, and what the runtime publishes for it to read.
+//! Requests travel over a bounded channel to the supervisor thread (which alone starts and
+//! stops workers); replies come back on one-shot channels. Pipeline workers never see either.
+//! Owns the message types and the published view; never acts on a request itself.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use eddy_engine::pipeline::LiveControl;
+use tokio::sync::oneshot;
+
+/// Why a request was not carried out, in terms a gRPC status can say.
+#[derive(Debug, Clone)]
+pub enum CommandError {
+    NotFound(String),
+    Invalid(String),
+    /// Refused as things stand (a file-defined pipeline, no state dir, not paused…).
+    Precondition(String),
+    /// The runtime failed while doing it and is stopping (fail-stop).
+    Fatal(String),
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandError::NotFound(m) | CommandError::Invalid(m) | CommandError::Precondition(m) => f.write_str(m),
+            CommandError::Fatal(m) => write!(f, "eddyd is stopping: {m}"),
+        }
+    }
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployOutcome {
+    Created,
+    /// Replaced; whether the pipeline's state carried over.
+    Replaced {
+        state_kept: bool,
+    },
+    Unchanged,
+}
+
+/// What `Validate` reports: the plan, as `eddyd check` prints it.
+pub struct Validation {
+    pub plan: String,
+}
+
+pub enum Command {
+    Validate {
+        name: String,
+        sql: String,
+        reply: Reply<Validation>,
+    },
+    Deploy {
+        name: String,
+        sql: String,
+        reset_state: bool,
+        reply: Reply<DeployOutcome>,
+    },
+    Pause {
+        name: String,
+        reply: Reply<()>,
+    },
+    Resume {
+        name: String,
+        reply: Reply<()>,
+    },
+    Delete {
+        name: String,
+        drop_state: bool,
+        reply: Reply<()>,
+    },
+    /// Replies with the worker's control handle; the caller waits for the checkpoint itself,
+    /// so the supervisor never blocks on a pipeline.
+    Checkpoint {
+        name: String,
+        reply: Reply<Arc<LiveControl>>,
+    },
+    /// Replies with the problems the reload met.
+    Reload {
+        reply: Reply<Vec<String>>,
+    },
+    /// Replies with the effective config as TOML, secrets masked.
+    Config {
+        reply: Reply<String>,
+    },
+}
+
+impl Command {
+    /// Answers a request the runtime cannot take (it is stopping).
+    pub fn refuse(self, why: &str) {
+        let e = || CommandError::Precondition(why.to_string());
+        match self {
+            Command::Validate { reply, .. } => drop(reply.send(Err(e()))),
+            Command::Deploy { reply, .. } => drop(reply.send(Err(e()))),
+            Command::Pause { reply, .. } | Command::Resume { reply, .. } | Command::Delete { reply, .. } => {
+                drop(reply.send(Err(e())))
+            }
+            Command::Checkpoint { reply, .. } => drop(reply.send(Err(e()))),
+            Command::Reload { reply } => drop(reply.send(Err(e()))),
+            Command::Config { reply } => drop(reply.send(Err(e()))),
+        }
+    }
+}
+
+/// One pipeline as the runtime last published it.
+#[derive(Clone, Default)]
+pub struct PipelineView {
+    /// `file /etc/eddy/pipelines/x.sql` or `deployed`.
+    pub origin: String,
+    pub sql: Arc<str>,
+    pub sql_sha256: String,
+    /// As `eddyd check` prints it (empty for a pipeline paused since start).
+    pub plan: String,
+    pub shards: usize,
+    pub sharding: String,
+    pub paused: bool,
+    /// Each sink's tap (empty while paused).
+    pub taps: Vec<(String, Arc<eddy_engine::connector::tap::TapPoint>)>,
+}
+
+/// The pipelines the runtime has, for readers on other threads.
+#[derive(Default)]
+pub struct Catalog {
+    views: Mutex<BTreeMap<String, PipelineView>>,
+}
+
+impl Catalog {
+    pub fn publish(&self, views: BTreeMap<String, PipelineView>) {
+        *self.views.lock().unwrap_or_else(|p| p.into_inner()) = views;
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, PipelineView> {
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Hex SHA-256 of a pipeline's SQL text.
+pub fn sql_sha256(sql: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, sql.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A failure the API met that must stop eddyd (the audit log's fsync failed): set by the API,
+/// taken by the supervisor.
+#[derive(Default)]
+pub struct FatalSlot(Mutex<Option<String>>);
+
+impl FatalSlot {
+    pub fn set(&self, why: String) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.get_or_insert(why);
+    }
+
+    pub fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Valid pipeline names: they name files and directories.
+pub fn check_name(name: &str) -> Result<(), CommandError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandError::Invalid(format!(
+            "'{name}' is not a pipeline name: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+        )))
+    }
+}

@@ -1,0 +1,393 @@
+//! The management API end to end, as an operator uses it: a real `eddyd run` with durable,
+//! encrypted state, driven by the real `eddyctl` over the Unix socket and by `eddy-client` over
+//! TCP with mutual TLS (certificates made here with rcgen).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use eddy_client::{v1, Client, Code, Target, Timeouts, TlsFiles};
+use support::{wait_for, Daemon, EDDYD};
+
+fn eddyctl_bin() -> PathBuf {
+    let p = Path::new(EDDYD).with_file_name("eddyctl");
+    assert!(p.exists(), "{} is not built (cargo test --workspace builds it)", p.display());
+    p
+}
+
+/// A pipeline whose rows flow at once: datagen into a file sink, 1-second windows.
+fn plant_sql(rate: u32, agg: &str) -> String {
+    format!(
+        "CREATE SOURCE readings (device_id VARCHAR NOT NULL, site VARCHAR, temp DOUBLE, humidity DOUBLE,
+            ts TIMESTAMP(3) NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '0' SECOND)
+         WITH (connector = 'datagen', shape = 'iot', devices = '4', rate = '{rate}', seed = '5');
+         CREATE SINK per_device AS
+         SELECT device_id, window_start, COUNT(*) AS n, {agg}(temp) AS t
+         FROM TUMBLE(readings, ts, INTERVAL '1' SECOND) GROUP BY device_id, window_start
+         WITH (connector = 'file', path = 'out.jsonl', format = 'json');\n"
+    )
+}
+
+struct Gateway {
+    dir: tempfile::TempDir,
+    daemon: Option<Daemon>,
+}
+
+impl Gateway {
+    fn new(extra_config: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Command::new(EDDYD).arg("keygen").output().unwrap();
+        std::fs::write(dir.path().join("state.key"), key.stdout).unwrap();
+        let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+        std::fs::set_permissions(dir.path().join("state.key"), mode).unwrap();
+        std::fs::write(
+            dir.path().join("eddyd.toml"),
+            format!(
+                "state_dir = \"state\"\n[encryption]\nkey_file = \"state.key\"\n[checkpoint]\ninterval_ms = 500\n[api]\nsocket = \"ctl.sock\"\n{extra_config}"
+            ),
+        )
+        .unwrap();
+        let mut g = Gateway { dir, daemon: None };
+        g.start();
+        g
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("eddyd.log")).unwrap();
+        let child = Command::new(EDDYD)
+            .args(["run", "--config", "eddyd.toml", "--log", "info"])
+            .current_dir(self.dir.path())
+            .stderr(log)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.daemon = Some(Daemon(child));
+        let ok = wait_for(|| self.ctl(&["status"]).status.success(), Duration::from_secs(30));
+        assert!(ok, "eddyd did not answer on its socket: {}", self.log());
+    }
+
+    /// SIGTERM and wait: final checkpoints, socket removed.
+    fn stop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            support::signal(d.0.id(), "TERM");
+            let st = d.0.wait().unwrap();
+            assert!(st.success(), "eddyd stopped with {st}: {}", self.log());
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("eddyd.log")).unwrap_or_default()
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(eddyctl_bin())
+            .arg("--socket")
+            .arg(self.path("ctl.sock"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs eddyctl, expecting `code`; returns stdout.
+    fn ctl_ok(&self, args: &[&str], code: i32) -> String {
+        let o = self.ctl(args);
+        let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert_eq!(o.status.code(), Some(code), "eddyctl {args:?}: stdout {out} stderr {err}\nlog: {}", self.log());
+        format!("{out}{err}")
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["-o", "json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ctl_ok(&a, 0)).unwrap()
+    }
+
+    fn pipeline(&self, name: &str) -> serde_json::Value {
+        let s = self.json(&["status"]);
+        s["pipelines"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned().unwrap_or_default()
+    }
+
+    fn out_lines(&self) -> usize {
+        std::fs::read_to_string(self.path("state/control/deployed/out.jsonl")).map_or(0, |s| s.lines().count())
+    }
+}
+
+#[test]
+fn deploy_replace_refuse_pause_delete_over_the_socket() {
+    let mut g = Gateway::new("");
+    std::fs::write(g.path("plant.sql"), plant_sql(400, "AVG")).unwrap();
+    let out = g.ctl_ok(&["check", "plant.sql"], 0);
+    assert!(out.contains("OK") && out.contains("sharding"), "{out}");
+
+    // Deploy: rows flow.
+    let out = g.ctl_ok(&["deploy", "plant.sql"], 0);
+    assert!(out.contains("created"), "{out}");
+    assert!(wait_for(|| g.out_lines() > 8, Duration::from_secs(20)), "no output rows: {}", g.log());
+    let p = g.pipeline("plant");
+    assert_eq!(p["state"], "running");
+    assert_eq!(p["origin"], "deployed");
+    let sha1 = p["sql_sha256"].as_str().unwrap().to_string();
+    // A live tail of the sink: JSON rows as they are produced.
+    let out = g.ctl_ok(&["tail", "plant", "per_device", "--rows", "6", "--seconds", "30"], 0);
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 6, "{out}");
+    assert!(rows.iter().all(|r| r["device_id"].is_string() && r["n"].as_u64() > Some(0)), "{out}");
+    g.ctl_ok(&["tail", "plant", "nope"], 5);
+
+    // Replace with other connector options: the plan allows keeping the state.
+    std::fs::write(g.path("plant.sql"), plant_sql(600, "AVG")).unwrap();
+    let r = g.json(&["deploy", "plant.sql"]);
+    assert_eq!(r["outcome"], "replaced");
+    assert_eq!(r["state_kept"], true);
+    let sha2 = g.pipeline("plant")["sql_sha256"].as_str().unwrap().to_string();
+    assert_ne!(sha1, sha2);
+
+    // A bad deploy (a syntax error) is refused; the running version runs on.
+    std::fs::write(g.path("bad.sql"), "CREATE SINK oops AS SELEC 1").unwrap();
+    let out = g.ctl_ok(&["deploy", "bad.sql", "--name", "plant"], 6);
+    assert!(out.to_lowercase().contains("sql") || out.contains("line"), "{out}");
+    let out = g.ctl_ok(&["check", "bad.sql"], 6);
+    assert!(out.contains("bad.sql"), "{out}");
+    // A changed query cannot continue from the old state: refused unless asked to reset.
+    std::fs::write(g.path("plant.sql"), plant_sql(600, "MAX")).unwrap();
+    let out = g.ctl_ok(&["deploy", "plant.sql"], 6);
+    assert!(out.contains("previous version runs on") && out.contains("--reset-state"), "{out}");
+    let p = g.pipeline("plant");
+    assert_eq!((p["state"].as_str(), p["sql_sha256"].as_str()), (Some("running"), Some(sha2.as_str())));
+    let before = g.out_lines();
+    assert!(wait_for(|| g.out_lines() > before + 4, Duration::from_secs(20)), "the old version stopped");
+
+    // Checkpoint on demand, pause (survives a restart), resume.
+    let out = g.ctl_ok(&["checkpoint", "plant"], 0);
+    assert!(out.contains("durable"), "{out}");
+    g.ctl_ok(&["pause", "plant"], 0);
+    assert_eq!(g.pipeline("plant")["state"], "paused");
+    let paused_at = g.out_lines();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(g.out_lines(), paused_at, "a paused pipeline wrote output");
+    g.stop();
+    g.start();
+    assert_eq!(g.pipeline("plant")["state"], "paused", "paused is kept across restarts");
+    g.ctl_ok(&["resume", "plant"], 0);
+    assert!(wait_for(|| g.out_lines() > paused_at + 4, Duration::from_secs(20)), "no rows after resume");
+
+    // Not found, a file pipeline's delete, a delete that does not say what to do with state.
+    g.ctl_ok(&["pause", "nope"], 5);
+    g.ctl_ok(&["delete", "plant"], 2);
+    // Delete, dropping the state.
+    g.ctl_ok(&["delete", "plant", "--drop-state"], 0);
+    assert!(!g.path("state/plant").exists(), "the state was not dropped");
+    assert!(!g.path("state/control/deployed/plant.sql").exists());
+    assert_eq!(g.json(&["pipelines"])["pipelines"].as_array().map_or(0, |a| a.len()), 0);
+
+    // Every mutating call is in the audit log, and the chain verifies.
+    let a = g.json(&["audit", "--limit", "100"]);
+    assert_eq!(a["chain_ok"], true, "{a}");
+    let methods: Vec<&str> = a["entries"].as_array().unwrap().iter().map(|e| e["method"].as_str().unwrap()).collect();
+    for m in ["Deploy", "Checkpoint", "Pause", "Resume", "Delete"] {
+        assert!(methods.contains(&m), "{m} not audited: {methods:?}");
+    }
+    assert!(a["entries"].as_array().unwrap().iter().any(|e| e["outcome"].as_str().unwrap().starts_with("failed:")));
+    g.stop();
+}
+
+#[test]
+fn a_tampered_audit_log_is_detected_by_eddyctl_audit() {
+    let mut g = Gateway::new("");
+    std::fs::write(g.path("plant.sql"), plant_sql(100, "AVG")).unwrap();
+    g.ctl_ok(&["deploy", "plant.sql"], 0);
+    for _ in 0..3 {
+        g.ctl_ok(&["checkpoint", "plant"], 0);
+    }
+    let out = g.ctl_ok(&["audit"], 0);
+    assert!(out.contains("chain verified over all 4 entries"), "{out}");
+    g.stop();
+    // Cut the second entry out of the file (frames: u32 length, u32 CRC, body).
+    let path = g.path("state/audit/audit.log");
+    let bytes = std::fs::read(&path).unwrap();
+    let frame_end = |at: usize| at + 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let (second, third) = (frame_end(0), frame_end(frame_end(0)));
+    let mut cut = bytes[..second].to_vec();
+    cut.extend_from_slice(&bytes[third..]);
+    std::fs::write(&path, cut).unwrap();
+    g.start();
+    let out = g.ctl_ok(&["audit"], 1);
+    assert!(out.contains("CHAIN BROKEN") && out.contains("missing"), "{out}");
+    g.stop();
+}
+
+/// Test PKI: a CA, the daemon's certificate, and client certificates.
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Pki {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} CA"));
+        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{name}-ca.pem")), cert.pem()).unwrap();
+        Pki { dir: dir.to_path_buf(), ca: rcgen::Issuer::new(p, key) }
+    }
+
+    /// Writes `<name>.pem` and `<name>.key`; `expired` makes it valid only in the past.
+    fn issue(&self, name: &str, sans: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+        let mut p = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.ca).unwrap();
+        let (c, k) = (self.dir.join(format!("{name}.pem")), self.dir.join(format!("{name}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+async fn tls_client(addr: &str, ca: &Path, cert: &Path, key: &Path) -> Result<Client, eddy_client::ClientError> {
+    let files = TlsFiles {
+        ca: ca.to_path_buf(),
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        server_name: Some("localhost".into()),
+    };
+    let t = Timeouts { read_retries: 0, ..Timeouts::default() };
+    Client::connect(&Target::Tls { address: addr.to_string(), files }, t).await
+}
+
+/// The call's status code, whether the failure came at connect time or on the call.
+async fn status_code(addr: &str, ca: &Path, cert: &Path, key: &Path) -> Code {
+    match tls_client(addr, ca, cert, key).await {
+        Err(e) => e.code(),
+        Ok(c) => match c.status(v1::StatusRequest {}).await {
+            Ok(_) => Code::Ok,
+            Err(e) => e.code(),
+        },
+    }
+}
+
+#[test]
+fn mutual_tls_roles_and_denials_are_enforced_and_audited() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = Pki::new(certs.path(), "gw");
+    let rogue = Pki::new(certs.path(), "rogue");
+    let (server_cert, server_key) = pki.issue("gateway", &["localhost", "127.0.0.1"], false);
+    let (viewer_c, viewer_k) = pki.issue("dashboard", &["dashboard.ops.example"], false);
+    let (op_c, op_k) = pki.issue("ops-laptop", &["ops-laptop.ops.example"], false);
+    let (old_c, old_k) = pki.issue("old-laptop", &["ops-laptop.ops.example"], true);
+    let (rogue_c, rogue_k) = rogue.issue("intruder", &["ops-laptop.ops.example"], false);
+    let ca = certs.path().join("gw-ca.pem");
+    let port = support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let g = Gateway::new(&format!(
+        "listen = \"{addr}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n\
+         [[access.grant]]\nprincipals = [\"cert:dashboard.ops.example\"]\nrole = \"viewer\"\n\
+         [[access.grant]]\nprincipals = [\"cert:ops-laptop.ops.example\"]\nrole = \"operator\"\npipelines = [\"line-*\"]\n",
+        server_cert.display(),
+        server_key.display(),
+        ca.display()
+    ));
+    std::fs::write(g.path("line-1.sql"), plant_sql(100, "AVG")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // The viewer reads; it may not deploy.
+        let viewer = tls_client(&addr, &ca, &viewer_c, &viewer_k).await.unwrap();
+        let who = viewer.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
+        assert_eq!((who.principal.as_str(), who.role.as_str()), ("cert:dashboard.ops.example", "viewer"));
+        assert!(viewer.status(v1::StatusRequest {}).await.unwrap().ready);
+        let sql = std::fs::read_to_string(g.path("line-1.sql")).unwrap();
+        let e = viewer
+            .deploy(v1::DeployRequest { name: "line-1".into(), sql: sql.clone(), reset_state: false })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        // The operator deploys within its scope only.
+        let op = tls_client(&addr, &ca, &op_c, &op_k).await.unwrap();
+        let e = op
+            .deploy(v1::DeployRequest { name: "boiler".into(), sql: sql.clone(), reset_state: false })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        let r = op.deploy(v1::DeployRequest { name: "line-1".into(), sql, reset_state: false }).await.unwrap();
+        assert_eq!(r.outcome, "created");
+        // ...and may not delete (admin).
+        let e = op.delete(v1::DeleteRequest { name: "line-1".into(), drop_state: true }).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        // An unknown CA, an expired certificate: the handshake fails, nothing is served.
+        assert_eq!(status_code(&addr, &ca, &rogue_c, &rogue_k).await, Code::Unavailable);
+        assert_eq!(status_code(&addr, &ca, &old_c, &old_k).await, Code::Unavailable);
+        // No client certificate at all.
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(&ca).unwrap()))
+            .domain_name("localhost");
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap();
+        let r = match ch.connect().await {
+            Err(_) => Code::Unavailable,
+            Ok(ch) => match v1::control_client::ControlClient::new(ch).status(v1::StatusRequest {}).await {
+                Ok(_) => Code::Ok,
+                Err(s) => s.code(),
+            },
+        };
+        // A raw tonic client sees the refusal as a transport error (eddy-client says Unavailable).
+        assert!(matches!(r, Code::Unavailable | Code::Unknown), "{r:?}");
+    });
+    // Nothing changed beyond the one allowed deploy; every denial is audited.
+    let p = g.json(&["pipelines"]);
+    let names: Vec<&str> = p["pipelines"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["line-1"]);
+    let a = g.json(&["audit", "--limit", "100"]);
+    assert_eq!(a["chain_ok"], true);
+    let entries = a["entries"].as_array().unwrap();
+    let denied = |method: &str, principal: &str| {
+        entries
+            .iter()
+            .filter(|e| {
+                e["method"] == method
+                    && e["principal"].as_str().unwrap().contains(principal)
+                    && e["outcome"].as_str().unwrap().starts_with("denied")
+            })
+            .count()
+    };
+    assert_eq!(denied("Deploy", "dashboard"), 1, "{entries:?}");
+    assert_eq!(denied("Deploy", "ops-laptop"), 1, "{entries:?}");
+    assert_eq!(denied("Delete", "ops-laptop"), 1, "{entries:?}");
+    assert!(denied("tls-handshake", "unknown") >= 3, "{entries:?}");
+}
+
+#[test]
+fn tcp_without_tls_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.sql"), plant_sql(10, "AVG")).unwrap();
+    std::fs::write(
+        dir.path().join("eddyd.toml"),
+        "pipelines = [\"p.sql\"]\n[api]\nsocket = \"ctl.sock\"\nlisten = \"0.0.0.0:0\"\n",
+    )
+    .unwrap();
+    let out = Command::new(EDDYD).args(["run", "--config", "eddyd.toml"]).current_dir(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mutual TLS"), "{err}");
+    // Plaintext is allowed only on loopback, and only when said so.
+    std::fs::write(
+        dir.path().join("eddyd.toml"),
+        "pipelines = [\"p.sql\"]\n[api]\nsocket = \"ctl.sock\"\nlisten = \"0.0.0.0:0\"\nallow_plaintext_loopback = true\n",
+    )
+    .unwrap();
+    let out = Command::new(EDDYD).args(["run", "--config", "eddyd.toml"]).current_dir(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}

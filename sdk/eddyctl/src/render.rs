@@ -1,0 +1,156 @@
+//! Human output: aligned tables, relative times and byte sizes, colour only on a terminal.
+//! Owns presentation; never talks to the daemon.
+
+use std::io::IsTerminal;
+
+/// Whether stdout takes colours (a terminal, and `NO_COLOR` unset).
+pub fn colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// A pipeline state, coloured by how well it is.
+pub fn state(s: &str, colour: bool) -> String {
+    if !colour {
+        return s.to_string();
+    }
+    let code = match s {
+        "running" => "32",
+        "paused" | "starting" | "ended" => "33",
+        _ => "31",
+    };
+    format!("\x1b[{code}m{s}\x1b[0m")
+}
+
+/// Characters a cell shows (colour escapes take no room).
+fn width(s: &str) -> usize {
+    let mut w = 0;
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, _) => w += 1,
+        }
+    }
+    w
+}
+
+/// Rows under a header, columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(width(c));
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(c);
+                s.push_str(&" ".repeat(widths[i] - width(c) + 2));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push('\n');
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+/// "4 s", "3 min", "2 h", "5 d".
+pub fn duration_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms} ms"),
+        1..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
+/// "3 s ago"; "never" for `None`.
+pub fn ago(ms: Option<u64>) -> String {
+    ms.map_or_else(|| "never".into(), |m| format!("{} ago", duration_ms(m)))
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A count with thousands separated: 1 234 567.
+pub fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push('\u{202f}');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A Unix-ms time as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_ignore_colour_codes() {
+        let t =
+            table(&["NAME", "STATE"], &[vec!["a".into(), state("running", true)], vec!["longer".into(), "x".into()]]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "NAME    STATE");
+        assert!(lines[1].starts_with("a       \x1b[32mrunning"));
+        assert_eq!(lines[2], "longer  x");
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(duration_ms(250), "250 ms");
+        assert_eq!(duration_ms(3_400), "3 s");
+        assert_eq!(duration_ms(600_000), "10 min");
+        assert_eq!(ago(None), "never");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(count(1234567), "1\u{202f}234\u{202f}567");
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_796_083_200_000), "2026-12-01 00:00:00");
+    }
+}
