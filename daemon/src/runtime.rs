@@ -233,6 +233,7 @@ pub struct Runtime {
     catalog: Arc<Catalog>,
     fatal: Arc<FatalSlot>,
     commands: Option<std::sync::mpsc::Receiver<Command>>,
+    access: Arc<std::sync::RwLock<crate::api::access::AccessPolicy>>,
 }
 
 impl Runtime {
@@ -263,6 +264,7 @@ impl Runtime {
             catalog: Arc::default(),
             fatal: Arc::default(),
             commands: None,
+            access: Arc::default(),
         })
     }
 
@@ -421,6 +423,7 @@ impl Runtime {
             crate::api::start(
                 &self.cfg,
                 crate::api::Shared {
+                    policy: self.access.clone(),
                     registry: self.registry.clone(),
                     catalog: self.catalog.clone(),
                     fatal: self.fatal.clone(),
@@ -827,6 +830,11 @@ impl Runtime {
             Err(e) => problems.push(format!("config: {e:#} (nothing changed)")),
             Ok((cfg, files)) => {
                 self.cfg = cfg;
+                // New grants apply to the next call (listeners and TLS files: at restart).
+                match crate::api::access_policy(&self.cfg) {
+                    Ok(p) => *self.access.write().unwrap_or_else(|p| p.into_inner()) = p,
+                    Err(e) => problems.push(format!("access: {e:#} (the previous grants stay)")),
+                }
                 let running: Vec<String> = self.workers.keys().chain(self.paused.keys()).cloned().collect();
                 for name in running.iter().filter(|n| !files.contains_key(*n)) {
                     self.stop_worker(name)?;

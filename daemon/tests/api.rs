@@ -366,6 +366,19 @@ fn mutual_tls_roles_and_denials_are_enforced_and_audited() {
     assert_eq!(denied("Deploy", "ops-laptop"), 1, "{entries:?}");
     assert_eq!(denied("Delete", "ops-laptop"), 1, "{entries:?}");
     assert!(denied("tls-handshake", "unknown") >= 3, "{entries:?}");
+
+    // A reload applies changed grants to the next call.
+    let cfg = std::fs::read_to_string(g.path("eddyd.toml")).unwrap().replace(
+        "principals = [\"cert:dashboard.ops.example\"]\nrole = \"viewer\"",
+        "principals = [\"cert:dashboard.ops.example\"]\nrole = \"admin\"",
+    );
+    std::fs::write(g.path("eddyd.toml"), cfg).unwrap();
+    g.ctl_ok(&["reload"], 0);
+    rt.block_on(async {
+        let dash = tls_client(&addr, &ca, &viewer_c, &viewer_k).await.unwrap();
+        assert_eq!(dash.who_am_i(v1::WhoAmIRequest {}).await.unwrap().role, "admin");
+        dash.delete(v1::DeleteRequest { name: "line-1".into(), drop_state: true }).await.unwrap();
+    });
 }
 
 #[test]

@@ -46,8 +46,9 @@ struct Rule {
 
 /// The roles callers have. Root and the daemon's own user are always admins over the socket;
 /// without any configured grant, every other local user that can open the socket (mode 0660:
-/// its group) is a viewer. TLS and plaintext TCP callers have no role unless granted one.
-#[derive(Debug, Clone)]
+/// its group) is a viewer. TLS and plaintext TCP callers have no role unless granted one. The
+/// default policy gives nobody a role (it stands until the configured one is installed).
+#[derive(Debug, Clone, Default)]
 pub struct AccessPolicy {
     rules: Vec<Rule>,
 }

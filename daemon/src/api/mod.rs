@@ -18,8 +18,17 @@ use crate::control::{Catalog, Command, FatalSlot};
 use crate::metrics::Registry;
 use crate::runtime::StateContext;
 
+/// The roles `[access]` gives (the runtime installs a new one on reload).
+pub fn access_policy(cfg: &ConfigFile) -> Result<access::AccessPolicy> {
+    // The daemon's own uid: /proc/self belongs to it.
+    let own_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").context("/proc/self")?);
+    access::AccessPolicy::new(&cfg.access.grant, own_uid)
+}
+
 /// What the API shares with the runtime.
 pub struct Shared {
+    /// Who may do what; replaced by a reload that changed `[access]`.
+    pub policy: Arc<std::sync::RwLock<access::AccessPolicy>>,
     pub registry: Arc<Registry>,
     pub catalog: Arc<Catalog>,
     pub fatal: Arc<FatalSlot>,
@@ -104,11 +113,9 @@ pub fn start(cfg: &ConfigFile, shared: Shared) -> Result<Option<ApiHandle>> {
             None
         }
     };
-    // The daemon's own uid: /proc/self belongs to it.
-    let own_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").context("/proc/self")?);
-    let policy = access::AccessPolicy::new(&cfg.access.grant, own_uid)?;
+    *shared.policy.write().unwrap_or_else(|p| p.into_inner()) = access_policy(cfg)?;
     let max_connections = api.max_connections.unwrap_or(64);
-    let svc = service::ControlService::new(shared, policy, audit);
+    let svc = service::ControlService::new(shared, audit);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let socket_shown = unix.as_ref().map(|_| socket.display().to_string());
     let tcp_shown = tcp.as_ref().and_then(|(l, t)| {

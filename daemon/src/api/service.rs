@@ -30,7 +30,6 @@ const MAX_WALK_ENTRIES: usize = 100_000;
 
 pub struct ControlService {
     shared: Arc<Shared>,
-    policy: AccessPolicy,
     audit: Option<Arc<Mutex<AuditLog>>>,
     started: Instant,
     host: String,
@@ -44,15 +43,18 @@ struct Caller {
 }
 
 impl ControlService {
-    pub fn new(shared: Shared, policy: AccessPolicy, audit: Option<Arc<Mutex<AuditLog>>>) -> Self {
+    pub fn new(shared: Shared, audit: Option<Arc<Mutex<AuditLog>>>) -> Self {
         ControlService {
             shared: Arc::new(shared),
-            policy,
             audit,
             started: Instant::now(),
             host: crate::connectors::gateway_name(),
             state_bytes: tokio::sync::Mutex::new(None),
         }
+    }
+
+    fn policy(&self) -> std::sync::RwLockReadGuard<'_, AccessPolicy> {
+        self.shared.policy.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Appends to the audit log (and the journal). A failed append stops eddyd (fail-stop) and
@@ -96,7 +98,7 @@ impl ControlService {
             self.record(deny(why.clone())).await?;
             return Err(Status::unauthenticated(why));
         }
-        let standing = self.policy.standing(&peer.names);
+        let standing = self.policy().standing(&peer.names);
         let role = standing.role_for((!pipeline.is_empty()).then_some(pipeline));
         match role {
             Some(r) if r >= need => Ok(Caller { peer }),
@@ -587,7 +589,7 @@ impl Control for ControlService {
             Err(s) => return Err(s),
         };
         let (role, pipelines) =
-            self.policy.standing(&peer.names).best().ok_or_else(|| Status::permission_denied("no role"))?;
+            self.policy().standing(&peer.names).best().ok_or_else(|| Status::permission_denied("no role"))?;
         Ok(Response::new(WhoAmIReply {
             principal: peer.principal().to_string(),
             peer: peer.address.clone(),
