@@ -906,8 +906,8 @@ fn monotonic_usec() -> u64 {
 pub fn check(cfg: &ConfigFile) -> Result<Vec<String>> {
     let mut report = Vec::new();
     let files = cfg.pipeline_files()?;
-    if files.is_empty() {
-        bail!("no pipelines: set pipelines_dir or pipelines");
+    if files.is_empty() && cfg.api.enabled == Some(false) {
+        bail!("no pipelines: set pipelines_dir or pipelines (or leave the management API on to deploy them)");
     }
     cores(cfg)?;
     if cfg.state_dir.is_some() {
@@ -921,6 +921,7 @@ pub fn check(cfg: &ConfigFile) -> Result<Vec<String>> {
     if let Some(addr) = &cfg.metrics.listen {
         addr.parse::<std::net::SocketAddr>().map_err(|e| anyhow!("metrics.listen '{addr}': {e}"))?;
     }
+    report.push(crate::api::check(cfg)?);
     let registry = Arc::new(Registry::default());
     let stopping = Arc::new(AtomicBool::new(false));
     let state = cfg.state_dir.as_ref().map(|d| StateContext {

@@ -64,6 +64,43 @@ fn socket_path(cfg: &ConfigFile) -> (PathBuf, bool) {
     (dir.join("control.sock"), false)
 }
 
+type TlsConfig = Arc<tokio_rustls::rustls::ServerConfig>;
+
+/// The TCP listener's address and TLS (`None`: plaintext, allowed on loopback only), as the
+/// config says; the TLS files are read and checked. `None` without `api.listen`.
+fn tcp_settings(cfg: &ConfigFile) -> Result<Option<(std::net::SocketAddr, Option<TlsConfig>)>> {
+    let api = &cfg.api;
+    let Some(addr) = &api.listen else { return Ok(None) };
+    let sa: std::net::SocketAddr = addr.parse().map_err(|e| anyhow!("api.listen '{addr}': {e}"))?;
+    let tls = match (&api.tls_cert, &api.tls_key, &api.client_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(listen::server_tls(&listen::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: ca.clone(),
+        })?),
+        (None, None, None) if api.allow_plaintext_loopback == Some(true) && sa.ip().is_loopback() => None,
+        (None, None, None) => bail!(
+            "api.listen {addr}: TCP needs mutual TLS (api.tls_cert, api.tls_key, api.client_ca); plaintext is allowed only on a loopback address with api.allow_plaintext_loopback = true"
+        ),
+        _ => bail!("api.listen {addr}: set all three of api.tls_cert, api.tls_key and api.client_ca"),
+    };
+    Ok(Some((sa, tls)))
+}
+
+/// `eddyd check --config`: what `start` would refuse, without binding anything.
+pub fn check(cfg: &ConfigFile) -> Result<String> {
+    if cfg.api.enabled == Some(false) {
+        return Ok("management API: off".into());
+    }
+    access_policy(cfg)?;
+    let (socket, _) = socket_path(cfg);
+    Ok(match tcp_settings(cfg)? {
+        None => format!("management API: {}", socket.display()),
+        Some((sa, Some(_))) => format!("management API: {} and {sa} (mutual TLS)", socket.display()),
+        Some((sa, None)) => format!("management API: {} and {sa} (plaintext, loopback)", socket.display()),
+    })
+}
+
 /// Binds the listeners (errors surface here, before READY) and starts the API thread.
 /// `None` when nothing could be bound and nothing was asked for explicitly.
 pub fn start(cfg: &ConfigFile, shared: Shared) -> Result<Option<ApiHandle>> {
@@ -77,23 +114,10 @@ pub fn start(cfg: &ConfigFile, shared: Shared) -> Result<Option<ApiHandle>> {
         }
         Err(e) => return Err(e.context("api.socket")),
     };
-    let tcp = match &api.listen {
+    let tcp = match tcp_settings(cfg)? {
         None => None,
-        Some(addr) => {
-            let sa: std::net::SocketAddr = addr.parse().map_err(|e| anyhow!("api.listen '{addr}': {e}"))?;
-            let tls = match (&api.tls_cert, &api.tls_key, &api.client_ca) {
-                (Some(cert), Some(key), Some(ca)) => Some(listen::server_tls(&listen::TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    client_ca: ca.clone(),
-                })?),
-                (None, None, None) if api.allow_plaintext_loopback == Some(true) && sa.ip().is_loopback() => None,
-                (None, None, None) => bail!(
-                    "api.listen {addr}: TCP needs mutual TLS (api.tls_cert, api.tls_key, api.client_ca); plaintext is allowed only on a loopback address with api.allow_plaintext_loopback = true"
-                ),
-                _ => bail!("api.listen {addr}: set all three of api.tls_cert, api.tls_key and api.client_ca"),
-            };
-            let l = std::net::TcpListener::bind(sa).with_context(|| format!("api.listen {addr}"))?;
+        Some((sa, tls)) => {
+            let l = std::net::TcpListener::bind(sa).with_context(|| format!("api.listen {sa}"))?;
             l.set_nonblocking(true)?;
             Some((l, tls))
         }
