@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use eddy_engine::connector::tap::{SourceRows, TapPoint};
 use eddy_engine::pipeline::LiveControl;
 use tokio::sync::oneshot;
 
@@ -117,7 +118,9 @@ pub struct PipelineView {
     pub sharding: String,
     pub paused: bool,
     /// Each sink's tap (empty while paused).
-    pub taps: Vec<(String, Arc<eddy_engine::connector::tap::TapPoint>)>,
+    pub taps: Vec<(String, Arc<TapPoint>)>,
+    /// Each source's taps of accepted, late and error rows (empty while paused).
+    pub source_taps: Vec<(String, SourceRows, Arc<TapPoint>)>,
 }
 
 /// The pipelines the runtime has, for readers on other threads.

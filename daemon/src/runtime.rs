@@ -312,7 +312,10 @@ impl Runtime {
         let mut views: BTreeMap<String, PipelineView> =
             self.workers.iter().map(|(n, w)| (n.clone(), w.view.clone())).collect();
         for (n, p) in &self.paused {
-            views.insert(n.clone(), PipelineView { paused: true, taps: Vec::new(), ..p.view.clone() });
+            views.insert(
+                n.clone(),
+                PipelineView { paused: true, taps: Vec::new(), source_taps: Vec::new(), ..p.view.clone() },
+            );
         }
         self.catalog.publish(views);
     }
@@ -365,6 +368,7 @@ impl Runtime {
             sharding: sharding_text(s),
             paused: false,
             taps: p.taps(),
+            source_taps: p.source_taps(),
         };
         let control = p.control();
         let stop = Arc::new(AtomicBool::new(false));

@@ -140,6 +140,11 @@ fn deploy_replace_refuse_pause_delete_over_the_socket() {
     assert_eq!(rows.len(), 6, "{out}");
     assert!(rows.iter().all(|r| r["device_id"].is_string() && r["n"].as_u64() > Some(0)), "{out}");
     g.ctl_ok(&["tail", "plant", "nope"], 5);
+    // A source's accepted rows.
+    let out = g.ctl_ok(&["tail", "plant", "readings", "--source", "--rows", "3"], 0);
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(rows.iter().all(|r| r["temp"].is_number() && r["ts"].is_string()), "{out}");
 
     // Replace with other connector options: the plan allows keeping the state.
     std::fs::write(g.path("plant.sql"), plant_sql(600, "AVG")).unwrap();

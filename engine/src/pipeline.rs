@@ -19,7 +19,7 @@ use crate::connector::datagen::{Datagen, DatagenConfig};
 use crate::connector::file::{FileSource, DEFAULT_MAX_LINE};
 use crate::connector::sink::{Sink, SinkMode, SinkTarget};
 use crate::connector::table::{TableRuntime, TableSpec};
-use crate::connector::tap::TapPoint;
+use crate::connector::tap::{SourceRows, SourceTaps, TapPoint};
 use crate::connector::{
     self, ConnectorProvider, ConnectorSpec, FoldPosition, Poll, SinkStateDir, SourceReader, Wakeup,
 };
@@ -175,6 +175,8 @@ struct SourceRuntime {
     replayable: bool,
     /// Event time per split, for a reader with splits (Kafka partitions).
     splits: splits::SplitClock,
+    /// Live viewers of its accepted, late and error rows.
+    taps: SourceTaps,
 }
 
 impl SourceRuntime {
@@ -834,6 +836,7 @@ impl Pipeline {
             position: Vec::new(),
             replayable: false,
             splits: splits::SplitClock::default(),
+            taps: SourceTaps::default(),
         })
     }
 
@@ -957,6 +960,12 @@ impl Pipeline {
     /// Each sink's tap, for live viewers on other threads.
     pub fn taps(&self) -> Vec<(String, Arc<TapPoint>)> {
         self.taps.clone()
+    }
+
+    /// Each source's taps of its accepted, late and error rows.
+    pub fn source_taps(&self) -> Vec<(String, SourceRows, Arc<TapPoint>)> {
+        let kinds = [SourceRows::Accepted, SourceRows::Late, SourceRows::Errors];
+        self.sources.iter().flat_map(|s| kinds.map(|k| (s.name.clone(), k, s.taps.point(k)))).collect()
     }
 
     pub fn summary(&self) -> &Summary {
@@ -1089,6 +1098,7 @@ impl Pipeline {
                 let message = errors.column(1).as_string::<i32>().value(0).to_string();
                 return Err(EngineError::BadRow { source_name: s.name.clone(), message, raw });
             }
+            s.taps.offer(SourceRows::Errors, &errors);
             let node = s.errors;
             self.flow_push(node, Chunk::append(errors))?;
         }
@@ -1098,11 +1108,15 @@ impl Pipeline {
         let (accepted, late) = s.split_late(batch, split)?;
         let (main, late_node, wm) = (s.main, s.late, s.watermark());
         if let Some(a) = accepted {
-            self.sources[i].stats.accepted += a.num_rows() as u64;
+            let s = &mut self.sources[i];
+            s.stats.accepted += a.num_rows() as u64;
+            s.taps.offer(SourceRows::Accepted, &a);
             self.flow_push(main, Chunk::append(a))?;
         }
         if let Some(l) = late {
-            self.sources[i].stats.late += l.num_rows() as u64;
+            let s = &mut self.sources[i];
+            s.stats.late += l.num_rows() as u64;
+            s.taps.offer(SourceRows::Late, &l);
             self.flow_push(late_node, Chunk::append(l))?;
         }
         if self.sources[i].time_col.is_some() {

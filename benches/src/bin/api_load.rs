@@ -107,6 +107,7 @@ fn main() -> Result<()> {
                         sink: "hot".into(),
                         max_rows: 1_000_000,
                         max_seconds: secs as u32 + 5,
+                        ..Default::default()
                     };
                     let mut s = c.tap(req).await?;
                     while !stop.load(Ordering::Relaxed) {

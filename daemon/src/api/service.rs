@@ -18,6 +18,7 @@ use super::audit::{AuditLog, Event};
 use super::listen::{self, Peer};
 use super::Shared;
 use crate::control::{Command, CommandError, DeployOutcome, PipelineView};
+use eddy_engine::connector::tap::SourceRows;
 
 /// Largest SQL text accepted by Deploy and Validate.
 const MAX_SQL_BYTES: usize = 1 << 20;
@@ -343,20 +344,40 @@ impl Control for ControlService {
     async fn tap(&self, req: Request<TapRequest>) -> Result<Response<Self::TapStream>, Status> {
         let name = req.get_ref().pipeline.clone();
         self.authorize(&req, "Tap", &name, Role::Viewer).await?;
-        let TapRequest { sink, max_rows, max_seconds, .. } = req.into_inner();
+        let TapRequest { sink, max_rows, max_seconds, source, source_rows, .. } = req.into_inner();
         let views = self.shared.catalog.snapshot();
         let Some(v) = views.get(&name) else { return Err(Status::not_found(format!("no pipeline named {name}"))) };
-        let Some((_, point)) = v.taps.iter().find(|(s, _)| *s == sink) else {
-            let known: Vec<&str> = v.taps.iter().map(|(s, _)| s.as_str()).collect();
-            return Err(if v.paused {
-                Status::failed_precondition(format!("pipeline {name} is paused"))
-            } else {
-                Status::not_found(format!("pipeline {name} has no sink {sink} (sinks: {})", known.join(", ")))
-            });
+        if v.paused {
+            return Err(Status::failed_precondition(format!("pipeline {name} is paused")));
+        }
+        let (what, point) = if source.is_empty() {
+            let Some((_, point)) = v.taps.iter().find(|(s, _)| *s == sink) else {
+                let known: Vec<&str> = v.taps.iter().map(|(s, _)| s.as_str()).collect();
+                let msg = format!("pipeline {name} has no sink '{sink}' (sinks: {})", known.join(", "));
+                return Err(Status::not_found(msg));
+            };
+            (format!("sink {sink}"), point.clone())
+        } else {
+            let rows = match source_rows.as_str() {
+                "" | "accepted" => SourceRows::Accepted,
+                "late" => SourceRows::Late,
+                "errors" => SourceRows::Errors,
+                other => {
+                    let msg = format!("source_rows '{other}': accepted, late or errors");
+                    return Err(Status::invalid_argument(msg));
+                }
+            };
+            let Some((_, _, point)) = v.source_taps.iter().find(|(s, k, _)| *s == source && *k == rows) else {
+                let mut known: Vec<&str> = v.source_taps.iter().map(|(s, _, _)| s.as_str()).collect();
+                known.dedup();
+                let msg = format!("pipeline {name} has no source '{source}' (sources: {})", known.join(", "));
+                return Err(Status::not_found(msg));
+            };
+            (format!("source {source}"), point.clone())
         };
         let tap = point.subscribe(TAP_QUEUE_CHUNKS).ok_or_else(|| {
             Status::resource_exhausted(format!(
-                "sink {sink} already has {} viewers",
+                "{what} already has {} viewers",
                 eddy_engine::connector::tap::MAX_SUBSCRIBERS
             ))
         })?;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 
-use super::tap::{TapPoint, TapRows};
+use super::tap::TapPoint;
 use super::SinkWriter;
 use crate::error::{EngineError, Result};
 use crate::format::encode::{write_value, JsonRowWriter};
@@ -250,13 +250,9 @@ impl Operator for Sink {
         }
         let batch = &chunk.batch;
         if self.tap.active() {
-            self.tap_buf.clear();
-            for row in 0..batch.num_rows() {
-                let kind = chunk.kinds.as_ref().map(|k| k[row]);
-                self.writer.write_row(batch, row, op_member(self.mode, kind), &mut self.tap_buf);
-                self.tap_buf.push(b'\n');
-            }
-            self.tap.offer(TapRows { json_lines: Arc::from(&self.tap_buf[..]), rows: batch.num_rows() });
+            let (mode, kinds) = (self.mode, chunk.kinds.as_ref());
+            let extra = |row: usize| op_member(mode, kinds.map(|k| k[row]));
+            self.tap.offer_batch(batch, &self.writer, extra, &mut self.tap_buf);
         }
         for row in 0..batch.num_rows() {
             let kind = chunk.kinds.as_ref().map(|k| k[row]);

@@ -4,6 +4,10 @@
 //! load per chunk while nobody watches.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use arrow::array::RecordBatch;
+
+use crate::format::encode::JsonRowWriter;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -29,6 +33,56 @@ struct Subscriber {
 pub struct TapPoint {
     subscribers: Mutex<Vec<Subscriber>>,
     active: AtomicUsize,
+}
+
+/// The rows a source's taps carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceRows {
+    /// Rows that passed the lateness rule.
+    Accepted,
+    /// Rows behind the watermark (what `LATE(source)` gets).
+    Late,
+    /// Input that could not be decoded (what `ERRORS(source)` gets).
+    Errors,
+}
+
+/// A source's three taps, and the encoders built for them once someone watches.
+#[derive(Default)]
+pub struct SourceTaps {
+    pub accepted: Arc<TapPoint>,
+    pub late: Arc<TapPoint>,
+    pub errors: Arc<TapPoint>,
+    rows_writer: Option<JsonRowWriter>,
+    errors_writer: Option<JsonRowWriter>,
+    buf: Vec<u8>,
+}
+
+impl SourceTaps {
+    pub fn point(&self, rows: SourceRows) -> Arc<TapPoint> {
+        match rows {
+            SourceRows::Accepted => self.accepted.clone(),
+            SourceRows::Late => self.late.clone(),
+            SourceRows::Errors => self.errors.clone(),
+        }
+    }
+
+    /// Offers `batch` to the tap of `rows`, if anyone watches it.
+    pub fn offer(&mut self, rows: SourceRows, batch: &RecordBatch) {
+        let point = match rows {
+            SourceRows::Accepted => &self.accepted,
+            SourceRows::Late => &self.late,
+            SourceRows::Errors => &self.errors,
+        };
+        if !point.active() {
+            return;
+        }
+        let slot = if rows == SourceRows::Errors { &mut self.errors_writer } else { &mut self.rows_writer };
+        let writer = slot.get_or_insert_with(|| {
+            let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+            JsonRowWriter::new(&names)
+        });
+        point.offer_batch(batch, writer, |_| b"", &mut self.buf);
+    }
 }
 
 /// A viewer's end: chunks in order, and the rows it lost by falling behind.
@@ -57,6 +111,23 @@ impl TapPoint {
         self.active.load(Ordering::Acquire) > 0
     }
 
+    /// Encodes `batch` as JSON lines (each row followed by `extra(row)` inside its object) and
+    /// offers it. Call only when [`TapPoint::active`]: this allocates.
+    pub fn offer_batch(
+        &self,
+        batch: &RecordBatch,
+        writer: &JsonRowWriter,
+        extra: impl Fn(usize) -> &'static [u8],
+        buf: &mut Vec<u8>,
+    ) {
+        buf.clear();
+        for row in 0..batch.num_rows() {
+            writer.write_row(batch, row, extra(row), buf);
+            buf.push(b'\n');
+        }
+        self.offer(TapRows { json_lines: Arc::from(&buf[..]), rows: batch.num_rows() });
+    }
+
     /// Hands `rows` to every subscriber that has room; never waits.
     pub fn offer(&self, rows: TapRows) {
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
@@ -78,6 +149,25 @@ mod tests {
 
     fn rows(n: usize) -> TapRows {
         TapRows { json_lines: b"{}\n".repeat(n).into(), rows: n }
+    }
+
+    #[test]
+    fn source_taps_encode_only_what_is_watched() {
+        use arrow::array::Int64Array;
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let b = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+        let mut t = SourceTaps::default();
+        t.offer(SourceRows::Accepted, &b);
+        assert!(t.rows_writer.is_none(), "nobody watches: nothing is encoded");
+        let late = t.late.subscribe(4).unwrap();
+        t.offer(SourceRows::Accepted, &b);
+        t.offer(SourceRows::Late, &b);
+        let got = late.rx.try_recv().unwrap();
+        let text = std::str::from_utf8(&got.json_lines).unwrap();
+        assert_eq!((got.rows, text.lines().count()), (2, 2), "{text}");
+        assert!(text.contains("\"a\":1") && text.contains("\"a\":2"), "{text}");
+        assert!(late.rx.try_recv().is_err(), "accepted rows went to the late tap");
     }
 
     #[test]

@@ -109,10 +109,21 @@ enum Cmd {
     },
     /// Take a checkpoint now and wait until it is durable.
     Checkpoint { pipeline: String },
-    /// Print a sink's output live, one JSON object per line (rows as produced).
+    /// Print a sink's output live, one JSON object per line (rows as produced); with --source, a
+    /// source's accepted rows (or --late, --errors).
     Tail {
         pipeline: String,
-        sink: String,
+        /// The sink (or, with --source, the source).
+        name: String,
+        /// NAME is a source.
+        #[arg(long)]
+        source: bool,
+        /// The source's late rows.
+        #[arg(long, requires = "source", conflicts_with = "errors")]
+        late: bool,
+        /// The source's rows that could not be decoded.
+        #[arg(long, requires = "source")]
+        errors: bool,
         /// Stop after this many rows.
         #[arg(long, default_value_t = 100)]
         rows: u32,
@@ -311,9 +322,16 @@ async fn run_async(cli: Cli) -> Result<()> {
             progress.stop();
             action(json, r?)?
         }
-        Cmd::Tail { pipeline, sink, rows, seconds } => {
+        Cmd::Tail { pipeline, name, source, late, errors, rows, seconds } => {
             use std::io::Write;
-            let mut stream = c.tap(v1::TapRequest { pipeline, sink, max_rows: rows, max_seconds: seconds }).await?;
+            let (sink, source, source_rows) = match (source, late, errors) {
+                (false, ..) => (name, String::new(), String::new()),
+                (true, true, _) => (String::new(), name, "late".to_string()),
+                (true, _, true) => (String::new(), name, "errors".to_string()),
+                (true, ..) => (String::new(), name, "accepted".to_string()),
+            };
+            let req = v1::TapRequest { pipeline, sink, max_rows: rows, max_seconds: seconds, source, source_rows };
+            let mut stream = c.tap(req).await?;
             let mut dropped = 0;
             let mut out = std::io::stdout().lock();
             'events: while let Some(ev) = c.next_tap_event(&mut stream).await? {
