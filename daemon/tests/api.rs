@@ -13,7 +13,11 @@ use support::{wait_for, Daemon, EDDYD};
 
 fn eddyctl_bin() -> PathBuf {
     let p = Path::new(EDDYD).with_file_name("eddyctl");
-    assert!(p.exists(), "{} is not built (cargo test --workspace builds it)", p.display());
+    assert!(
+        p.exists(),
+        "{} is not built: `cargo build --release --workspace --bin eddyctl` (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
