@@ -351,8 +351,9 @@ fn mutual_tls_roles_and_denials_are_enforced_and_audited() {
                 Err(s) => s.code(),
             },
         };
-        // A raw tonic client sees the refusal as a transport error (eddy-client says Unavailable).
-        assert!(matches!(r, Code::Unavailable | Code::Unknown), "{r:?}");
+        // A raw tonic client sees the refusal as a transport error, with a code that depends on
+        // when the connection closed (eddy-client says Unavailable whenever).
+        assert!(matches!(r, Code::Unavailable | Code::Unknown | Code::Cancelled), "{r:?}");
     });
     // Nothing changed beyond the one allowed deploy; every denial is audited.
     let p = g.json(&["pipelines"]);

@@ -99,7 +99,25 @@ macro_rules! write_call {
 
 /// Transport failures before the daemon acted; never an answer of the daemon's own.
 fn retryable(s: &Status) -> bool {
-    s.code() == Code::Unavailable
+    s.code() == Code::Unavailable || connection_failed(s)
+}
+
+/// Whether the connection failed or closed under the call: such a status is made by the local
+/// transport, which puts the error it met in the status's source, while a status the daemon sent
+/// has none. Depending on when the connection died (a certificate refused right after a TLS 1.3
+/// handshake, a daemon that exited) tonic reports it as `Unknown`, `Unavailable` or `Cancelled`.
+/// A request timeout also has a source but is not a connection failure.
+fn connection_failed(s: &Status) -> bool {
+    let Some(mut e) = std::error::Error::source(s) else { return false };
+    loop {
+        if e.is::<tonic::TimeoutExpired>() {
+            return false;
+        }
+        match e.source() {
+            Some(next) => e = next,
+            None => return true,
+        }
+    }
 }
 
 impl Client {
@@ -112,9 +130,7 @@ impl Client {
     /// A call that failed on the connection (the daemon refused this client's certificate
     /// after the handshake, say) is a connection failure, not an answer of the daemon's.
     fn error(&self, s: Status) -> ClientError {
-        let transport =
-            std::error::Error::source(&s).is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some());
-        if transport && s.code() == Code::Unknown {
+        if connection_failed(&s) {
             let why = target::error_chain(std::error::Error::source(&s).unwrap_or(&s));
             return ClientError::Connect { target: self.target.clone(), why };
         }
@@ -157,5 +173,25 @@ impl Client {
         stream: &mut tonic::Streaming<v1::TapEvent>,
     ) -> Result<Option<v1::TapEvent>, ClientError> {
         stream.message().await.map_err(|s| self.error(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_statuses_made_by_a_failed_connection_count_as_connection_failures() {
+        // What the daemon sends carries no source.
+        assert!(!connection_failed(&Status::cancelled("stopped")));
+        assert!(!connection_failed(&Status::unavailable("queue full")));
+        // A connection closed under the call, whatever code tonic gives it.
+        let closed = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let s = Status::from_error(Box::new(closed));
+        assert!(connection_failed(&s) && retryable(&s), "{s:?}");
+        // A request timeout is not a connection failure.
+        let s = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(s.code(), Code::Cancelled);
+        assert!(!connection_failed(&s) && !retryable(&s));
     }
 }
