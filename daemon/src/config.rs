@@ -146,6 +146,28 @@ pub struct ApiSection {
     pub max_pending_commands: Option<usize>,
     /// Size at which the audit log starts a new file (default 64 MiB; one previous file kept).
     pub audit_max_bytes: Option<u64>,
+    /// Bytes of current rows each materialized view keeps for `eddyctl query` (default 4 MiB;
+    /// 0 keeps none). A view over it answers with an error until it fits again.
+    pub query_view_bytes: Option<u64>,
+    /// Rows one query returns at most (default 10000).
+    pub query_max_rows: Option<usize>,
+    /// Bytes one query's answer (and what it holds while evaluating) may take (default 16 MiB).
+    pub query_max_bytes: Option<u64>,
+}
+
+/// Defaults of `[api]`'s query settings.
+pub const QUERY_VIEW_BYTES: u64 = 4 << 20;
+pub const QUERY_MAX_ROWS: usize = 10_000;
+pub const QUERY_MAX_BYTES: u64 = 16 << 20;
+
+impl ApiSection {
+    /// Bytes each view keeps for queries (0 when the API is off: nobody could ask).
+    pub fn view_bytes(&self) -> usize {
+        if self.enabled == Some(false) {
+            return 0;
+        }
+        usize::try_from(self.query_view_bytes.unwrap_or(QUERY_VIEW_BYTES)).unwrap_or(usize::MAX)
+    }
 }
 
 /// `[[access.grant]]`: who may do what over the API.

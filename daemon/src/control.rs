@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use eddy_engine::connector::tap::{SourceRows, TapPoint};
 use eddy_engine::pipeline::LiveControl;
+use eddy_engine::query::LiveView;
 use tokio::sync::oneshot;
 
 /// Why a request was not carried out, in terms a gRPC status can say.
@@ -121,6 +122,10 @@ pub struct PipelineView {
     pub taps: Vec<(String, Arc<TapPoint>)>,
     /// Each source's taps of accepted, late and error rows (empty while paused).
     pub source_taps: Vec<(String, SourceRows, Arc<TapPoint>)>,
+    /// Materialized views' current rows, for queries (empty while paused or when none are kept).
+    pub views: Vec<Arc<LiveView>>,
+    /// Every name the pipeline defines and what it is (`view`, `source`, `table`, `sink`).
+    pub relations: Vec<(String, &'static str)>,
 }
 
 /// The pipelines the runtime has, for readers on other threads.

@@ -1,5 +1,5 @@
 -- The built-in demo: simulated plant telemetry, per-device statistics every 10 seconds,
--- and an alert stream for hot readings. Run it with `eddyd demo`.
+-- an alert stream for hot readings, and a view of each site's figures. Run it with `eddyd demo`.
 CREATE SOURCE readings (
     device_id VARCHAR NOT NULL,
     site      VARCHAR,
@@ -16,6 +16,11 @@ SELECT device_id, window_start, window_end, COUNT(*) AS n, ROUND(AVG(temp), 2) A
 FROM TUMBLE(readings, ts, INTERVAL '10' SECOND)
 GROUP BY device_id, window_start, window_end
 WITH (connector = 'console');
+
+-- Current figures per site, kept for on-demand queries: `eddyctl query "SELECT * FROM per_site"`.
+CREATE MATERIALIZED VIEW per_site AS
+SELECT site, COUNT(*) AS readings, ROUND(AVG(temp), 2) AS avg_temp, MAX(temp) AS max_temp
+FROM readings GROUP BY site;
 
 CREATE SINK hot AS
 SELECT device_id, site, temp, ts FROM readings WHERE temp > 31.5

@@ -91,6 +91,7 @@ pub fn plan(
     pc.shards = cfg.shards.unwrap_or(cores.len()).max(1);
     pc.shard_queue = cfg.limits.shard_queue.unwrap_or(pc.shard_queue).max(1);
     pc.on_shard_thread = Some(Arc::new(move |k| pin_to(cores[k % cores.len()])));
+    pc.view_bytes = cfg.api.view_bytes();
     let p = Pipeline::plan(sql, &pc)?;
     if let (Some(why), true) = (&p.summary().unsharded_because, pc.shards > 1) {
         tracing::info!(pipeline = name, reason = %why, "pipeline runs on one shard");
@@ -179,6 +180,16 @@ pub fn plan_text(s: &Summary) -> String {
     }
     t.push_str(&format!("\nsharding: {}", sharding_text(s)));
     t
+}
+
+/// What each name in a pipeline is, for queries that name the wrong thing.
+fn relations(s: &Summary) -> Vec<(String, &'static str)> {
+    let named = |names: &[String], kind: &'static str| names.iter().map(|n| (n.clone(), kind)).collect::<Vec<_>>();
+    let mut all = named(&s.views, "view");
+    all.extend(named(&s.sources, "source"));
+    all.extend(named(&s.tables, "table"));
+    all.extend(s.sinks.iter().map(|(n, _)| (n.clone(), "sink")));
+    all
 }
 
 fn sharding_text(s: &Summary) -> String {
@@ -314,7 +325,13 @@ impl Runtime {
         for (n, p) in &self.paused {
             views.insert(
                 n.clone(),
-                PipelineView { paused: true, taps: Vec::new(), source_taps: Vec::new(), ..p.view.clone() },
+                PipelineView {
+                    paused: true,
+                    taps: Vec::new(),
+                    source_taps: Vec::new(),
+                    views: Vec::new(),
+                    ..p.view.clone()
+                },
             );
         }
         self.catalog.publish(views);
@@ -369,6 +386,8 @@ impl Runtime {
             paused: false,
             taps: p.taps(),
             source_taps: p.source_taps(),
+            views: p.views(),
+            relations: relations(s),
         };
         let control = p.control();
         let stop = Arc::new(AtomicBool::new(false));

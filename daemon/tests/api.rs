@@ -417,3 +417,98 @@ fn tcp_without_tls_is_refused_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
+
+/// A pipeline with an updating view (counts per device), a windowed view (per second) and an
+/// append-only view (hot readings), fed by datagen.
+fn views_sql(view: &str) -> String {
+    format!(
+        "CREATE SOURCE readings (device_id VARCHAR NOT NULL, site VARCHAR, temp DOUBLE, humidity DOUBLE,
+            ts TIMESTAMP(3) NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '0' SECOND)
+         WITH (connector = 'datagen', shape = 'iot', devices = '4', rate = '200', seed = '5');
+         CREATE MATERIALIZED VIEW {view} AS
+           SELECT device_id, COUNT(*) AS n, MAX(temp) AS hottest FROM readings GROUP BY device_id;
+         CREATE MATERIALIZED VIEW per_second AS
+           SELECT device_id, window_end, AVG(temp) AS t
+           FROM TUMBLE(readings, ts, INTERVAL '1' SECOND) GROUP BY device_id, window_start, window_end;
+         CREATE MATERIALIZED VIEW hot AS SELECT device_id, temp FROM readings WHERE temp > 0;
+         CREATE SINK s AS SELECT * FROM per_second WITH (connector = 'file', path = 'out.jsonl', format = 'json');\n"
+    )
+}
+
+/// Each device's count, as `eddyctl query -o json` answers.
+fn counts(g: &Gateway) -> Vec<(String, i64)> {
+    let r = g.json(&["query", "SELECT device_id, n FROM per_device ORDER BY device_id"]);
+    r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["device_id"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn views_answer_queries_over_the_socket_and_keep_their_rows_across_a_restart() {
+    let mut g = Gateway::new("");
+    std::fs::write(g.path("plant.sql"), views_sql("per_device")).unwrap();
+    g.ctl_ok(&["deploy", "plant.sql"], 0);
+    assert!(wait_for(|| counts(&g).len() == 4, Duration::from_secs(20)), "no view rows: {}", g.log());
+
+    // The table: columns in the query's order, a count line.
+    let out = g.ctl_ok(&["query", "SELECT device_id, n FROM per_device WHERE n > 0 ORDER BY n DESC LIMIT 2"], 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("device_id") && lines[0].contains('n'), "{out}");
+    assert!(lines.len() == 4 && lines[3].starts_with("(2 rows,"), "{out}");
+
+    // The windowed view shows one window: the newest closed one, one row per device at most.
+    let r = g.json(&["query", "SELECT device_id, window_end, t FROM per_second"]);
+    let rows = r["rows"].as_array().unwrap();
+    assert!(!rows.is_empty() && rows.len() <= 4, "{r}");
+    assert!(rows.iter().all(|x| x["window_end"] == rows[0]["window_end"]), "{r}");
+    assert_eq!(r["columns"][1]["name"], "window_end");
+
+    // An aggregate over a view, the pipeline found by the view's name.
+    let r = g.json(&["query", "SELECT COUNT(*) AS devices, SUM(n) AS readings FROM per_device"]);
+    assert_eq!(r["rows"][0]["devices"], 4, "{r}");
+    assert_eq!(r["pipeline"], "plant");
+
+    // Arrow IPC, to a file.
+    let hot = || g.json(&["query", "SELECT COUNT(*) AS c FROM hot"])["rows"][0]["c"].as_i64().unwrap_or(0);
+    assert!(wait_for(|| hot() >= 50, Duration::from_secs(20)), "hot rows: {}", hot());
+    g.ctl_ok(&["query", "SELECT * FROM hot", "--rows", "50", "--arrow", "hot.arrows"], 0);
+    let f = std::fs::File::open(g.path("hot.arrows")).unwrap();
+    let reader = arrow::ipc::reader::StreamReader::try_new(f, None).unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 50);
+
+    // What users get wrong gets a clear refusal and its exit code.
+    let out = g.ctl_ok(&["query", "SELECT * FROM readings", "-p", "plant"], 6);
+    assert!(out.contains("'readings' is a source of pipeline plant; queries read materialized views"), "{out}");
+    let out = g.ctl_ok(&["query", "SELECT * FROM nothing_here"], 5);
+    assert!(out.contains("no pipeline has a materialized view named nothing_here"), "{out}");
+    let out = g.ctl_ok(&["query", "SELECT device_id FROM per_device ORDER BY n"], 6);
+    assert!(out.contains("order by a selected column"), "{out}");
+
+    // Two pipelines with a view of one name: the query must say which.
+    std::fs::write(g.path("line2.sql"), views_sql("per_device").replace("out.jsonl", "out2.jsonl")).unwrap();
+    g.ctl_ok(&["deploy", "line2.sql"], 0);
+    let out = g.ctl_ok(&["query", "SELECT * FROM per_device"], 6);
+    assert!(out.contains("line2, plant") && out.contains("--pipeline"), "{out}");
+    g.ctl_ok(&["query", "SELECT * FROM per_device", "--pipeline", "line2"], 0);
+    g.ctl_ok(&["delete", "line2", "--drop-state"], 0);
+
+    // A restart: the view answers from its checkpoint at once, its counts never going back.
+    let before = counts(&g);
+    g.stop();
+    g.start();
+    let after = counts(&g);
+    assert_eq!(after.len(), 4, "the view lost its rows over the restart: {after:?}");
+    for ((d0, n0), (d1, n1)) in before.iter().zip(&after) {
+        assert!(d0 == d1 && n1 >= n0, "{before:?} then {after:?}");
+    }
+
+    // Paused: refused, with the reason.
+    g.ctl_ok(&["pause", "plant"], 0);
+    let out = g.ctl_ok(&["query", "SELECT * FROM per_device", "-p", "plant"], 6);
+    assert!(out.contains("paused"), "{out}");
+    g.stop();
+}

@@ -11,6 +11,7 @@ pub mod format;
 pub mod ops;
 pub mod pipeline;
 pub mod plan;
+pub mod query;
 pub mod sql;
 pub mod storage;
 pub mod time;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{Field, Schema, SchemaRef, TimestampMillisecondType};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMillisecondType};
 
 use crate::connector::datagen::{Datagen, DatagenConfig};
 use crate::connector::file::{FileSource, DEFAULT_MAX_LINE};
@@ -30,6 +30,7 @@ use crate::ops::graph::{Graph, NodeId, Passthrough};
 use crate::ops::lookup_join::TableHandle;
 use crate::ops::{Chunk, Limits};
 use crate::plan::{Planner, ShardNeed, Stream};
+use crate::query::{LiveView, ResultTable, Shape};
 use crate::sql::catalog::{Catalog, RelationKind};
 use crate::sql::ddl::{self, ObjectKind, Options, PositionedStatement, RelationDef, SinkInput, Statement};
 use crate::sql::tvf::{errors_name, late_name};
@@ -79,6 +80,9 @@ pub struct PipelineConfig {
     pub shard_queue: usize,
     /// Called on each shard thread as it starts (the daemon pins it to a core).
     pub on_shard_thread: Option<ShardThreadHook>,
+    /// Bytes of current rows kept per materialized view for on-demand queries (0: none kept).
+    /// A sharded pipeline splits them evenly over its shards.
+    pub view_bytes: usize,
 }
 
 impl std::fmt::Debug for PipelineConfig {
@@ -107,6 +111,7 @@ impl PipelineConfig {
             shards: 1,
             shard_queue: 4,
             on_shard_thread: None,
+            view_bytes: 0,
         }
     }
 }
@@ -287,6 +292,8 @@ pub struct Pipeline {
     sinks: Vec<(String, NodeId)>,
     /// Where live viewers subscribe to each sink's output.
     taps: Vec<(String, Arc<TapPoint>)>,
+    /// Materialized views whose current rows are kept for on-demand queries.
+    views: Vec<Arc<LiveView>>,
     summary: Summary,
     mode: Mode,
     idle_sleep: Duration,
@@ -309,6 +316,25 @@ enum Sharding {
     /// Planned, threads not started yet.
     Planned(Vec<ShardGraph>, Vec<Route>),
     Running(Shards),
+}
+
+/// How a view's rows are kept for queries: by key if it updates, the newest window's rows if
+/// it is windowed (by a millisecond end column), else the newest rows.
+fn live_view(name: &str, stream: &Stream, max_bytes: usize, parts: usize) -> Result<LiveView> {
+    let end = stream.result_window_end.filter(|&c| {
+        matches!(stream.schema.field(c).data_type(), DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, _))
+    });
+    let shape = match (stream.updating, end) {
+        (true, window_end) => Shape::Keyed { key: stream.key.clone().unwrap_or_default(), window_end },
+        (false, Some(end)) => Shape::LatestWindow { end },
+        (false, None) => Shape::Latest,
+    };
+    // The bound is the view's: each part gets its share.
+    let part_bytes = (max_bytes / parts).max(1);
+    let tables = (0..parts)
+        .map(|_| ResultTable::new(stream.schema.clone(), shape.clone(), part_bytes))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(LiveView::new(name, tables, end.is_some()))
 }
 
 fn sql_err(pos: SqlPos, message: impl Into<String>) -> EngineError {
@@ -433,6 +459,7 @@ impl Pipeline {
         let mut sources = Vec::new();
         let mut sinks = Vec::new();
         let mut taps = Vec::new();
+        let mut views = Vec::new();
         let mut tables: Vec<TableRuntime> = Vec::new();
         let mut table_handles: HashMap<String, TableHandle> = HashMap::new();
         let mut summary = Summary::default();
@@ -497,6 +524,18 @@ impl Pipeline {
                         same_node(stream.node, planner.plan_query(query, *emit).map_err(|e| at(pos, e))?.0.node)?;
                     }
                     catalog.add(name, RelationKind::View, stream.schema.clone());
+                    if cfg.view_bytes > 0 && stream.pending_session.is_none() {
+                        // Sharded, each shard's graph runs the view for its keys (the pipeline's
+                        // own graph keeps only the sinks busy).
+                        let view = Arc::new(live_view(name, &stream, cfg.view_bytes, shard_graphs.len().max(1))?);
+                        if shard_graphs.is_empty() {
+                            graph.attach_view(stream.node, view.clone(), 0);
+                        }
+                        for (k, sg) in shard_graphs.iter_mut().enumerate() {
+                            sg.graph.attach_view(stream.node, view.clone(), k);
+                        }
+                        views.push(view);
+                    }
                     relations.insert(name.clone(), stream);
                     summary.views.push(name.clone());
                 }
@@ -576,6 +615,7 @@ impl Pipeline {
             tables,
             sinks,
             taps,
+            views,
             summary,
             mode: cfg.mode,
             idle_sleep: cfg.idle_sleep,
@@ -960,6 +1000,11 @@ impl Pipeline {
     /// Each sink's tap, for live viewers on other threads.
     pub fn taps(&self) -> Vec<(String, Arc<TapPoint>)> {
         self.taps.clone()
+    }
+
+    /// The materialized views whose current rows are kept for on-demand queries.
+    pub fn views(&self) -> Vec<Arc<LiveView>> {
+        self.views.clone()
     }
 
     /// Each source's taps of its accepted, late and error rows.

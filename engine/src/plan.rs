@@ -68,6 +68,9 @@ pub struct Stream {
     /// Per column, the source columns whose values it carries unchanged (for sharding by key);
     /// missing or empty when it carries none.
     pub origins: Vec<Origins>,
+    /// The window end column of a TUMBLE/HOP/CUMULATE aggregation's results, followed through
+    /// projections (a view's on-demand queries show its newest window).
+    pub result_window_end: Option<usize>,
 }
 
 /// Source columns a column carries unchanged: (source index, column).
@@ -95,6 +98,7 @@ impl Stream {
             key: None,
             key_alts: vec![],
             origins: vec![],
+            result_window_end: None,
         }
     }
 
@@ -358,6 +362,7 @@ impl<'a> Planner<'a> {
                     key: None,
                     key_alts: vec![],
                     origins,
+                    result_window_end: None,
                 })
             }
             LogicalPlan::Aggregate(agg) => {
@@ -753,6 +758,7 @@ impl<'a> Planner<'a> {
                 key: updating.then_some(all_groups.clone()),
                 key_alts: if updating { window_key_alts(&layout, w.spec) } else { vec![] },
                 origins,
+                result_window_end: out_pos(GroupCol::WindowEnd),
             });
         }
         if let Some(e) = emit {
@@ -774,6 +780,7 @@ impl<'a> Planner<'a> {
             key: Some(all_groups),
             key_alts: vec![],
             origins,
+            result_window_end: None,
         })
     }
 }
@@ -794,7 +801,19 @@ fn remap(input: Stream, node: NodeId, schema: SchemaRef, sources: &[Option<usize
     let key = input.key.as_ref().and_then(map).or_else(|| input.key_alts.iter().find_map(map));
     let key_alts = input.key_alts.iter().filter_map(map).collect();
     let origins = sources.iter().map(|s| s.map(|c| input.origins_of(c)).unwrap_or_default()).collect();
-    Stream { node, schema, time_cols, window, pending_session: None, updating: input.updating, key, key_alts, origins }
+    let result_window_end = input.result_window_end.and_then(find);
+    Stream {
+        node,
+        schema,
+        time_cols,
+        window,
+        pending_session: None,
+        updating: input.updating,
+        key,
+        key_alts,
+        origins,
+        result_window_end,
+    }
 }
 
 /// Keys that still name a row of a windowed aggregate without one of the window bounds:

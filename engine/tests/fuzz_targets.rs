@@ -188,3 +188,41 @@ fn pipeline_sql() {
     }
     assert!(planned >= 40, "only {planned} of 6000 token mutations planned");
 }
+
+#[test]
+fn view_queries() {
+    let seeds: Vec<Vec<u8>> = [
+        "SELECT * FROM per_device",
+        "SELECT device, n * 2 AS twice FROM per_device WHERE hottest > 0 ORDER BY twice DESC LIMIT 2",
+        "SELECT COUNT(*) AS c, SUM(n) AS s, MAX(hottest) AS h FROM per_device",
+        "SELECT device, COUNT(*) AS c FROM per_device GROUP BY device ORDER BY 2, 1 LIMIT 1 OFFSET 1",
+        "SELECT MAX(n) AS m FROM (SELECT device, n FROM per_device WHERE device <> 'a');",
+        "SELECT device, COALESCE(hottest, 0) AS h, seen FROM per_device ORDER BY h NULLS FIRST",
+        "SELECT UPPER(device) AS d, CAST(n AS DOUBLE) / 3 AS third FROM per_device WHERE seen > TIMESTAMP '2023-01-01 00:00:00'",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    assert_eq!(seeds.iter().map(|s| targets::view_query(s)).sum::<usize>(), seeds.len(), "every seed is answered");
+    drive(targets::view_query, &seeds, 3000, 7);
+    let tokens: Vec<Vec<String>> =
+        seeds.iter().map(|s| String::from_utf8_lossy(s).split_whitespace().map(str::to_string).collect()).collect();
+    let mut rng = Rng(8);
+    let mut answered = 0;
+    for _ in 0..3000 {
+        let mut t = tokens[rng.below(tokens.len())].clone();
+        let i = rng.below(t.len());
+        match rng.below(3) {
+            0 => {
+                t.remove(i);
+            }
+            1 => t.insert(i, t[i].clone()),
+            _ => {
+                let other = &tokens[rng.below(tokens.len())];
+                t[i] = other[rng.below(other.len())].clone();
+            }
+        }
+        answered += targets::view_query(t.join(" ").as_bytes());
+    }
+    assert!(answered >= 100, "only {answered} of 3000 token mutations were answered");
+}

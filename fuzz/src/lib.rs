@@ -1,6 +1,6 @@
 //! The bodies of Eddy's fuzz targets: what is decoded from bytes that may be damaged or hostile —
-//! WAL segments and checkpoint files read back from flash, MQTT/file payloads (JSON, CSV), and
-//! pipeline SQL. Each must give a value or a clear error, never a panic, and keep its invariants;
+//! WAL segments and checkpoint files read back from flash, MQTT/file payloads (JSON, CSV),
+//! pipeline SQL and on-demand queries. Each must give a value or a clear error, never a panic, and keep its invariants;
 //! each returns how much it decoded, so a driver can tell that inputs reach past the first check.
 //!
 //! `cargo +nightly fuzz run <target>` in `fuzz/` drives them with libFuzzer; on stable,
@@ -126,4 +126,41 @@ pub fn csv_payload(data: &[u8]) -> usize {
 pub fn sql_pipeline(data: &[u8]) -> usize {
     let sql = String::from_utf8_lossy(data);
     Pipeline::plan(&sql, &PipelineConfig::new("/nonexistent", Mode::Replay)).is_ok() as usize
+}
+
+/// A small view's rows: device, count, hottest (with a NULL), last seen.
+fn view_rows() -> eddy_engine::query::ViewRows {
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{Field, Schema, TimeUnit};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("device", DataType::Utf8, false),
+        Field::new("n", DataType::Int64, false),
+        Field::new("hottest", DataType::Float64, true),
+        Field::new("seen", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec!["a", "b", "c", "d"])),
+        Arc::new(Int64Array::from(vec![3, 7, 0, 12])),
+        Arc::new(Float64Array::from(vec![Some(21.5), None, Some(-3.0), Some(40.25)])),
+        Arc::new(TimestampMillisecondArray::from(vec![1_700_000_000_000, 1_700_000_001_000, 0, 1_700_000_002_000])),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), cols).expect("the columns match the schema");
+    eddy_engine::query::ViewRows { schema, batches: vec![batch] }
+}
+
+/// An on-demand query over the view `per_device`: answered within its bounds, or refused with an
+/// error. Returns 1 when answered.
+pub fn view_query(data: &[u8]) -> usize {
+    use eddy_engine::query::{self, QueryLimits, ViewInput};
+    let sql = String::from_utf8_lossy(data);
+    let Ok(q) = eddy_engine::sql::ddl::parse_query(&sql) else { return 0 };
+    let limits = QueryLimits { max_rows: 3, max_bytes: 1 << 20, operators: eddy_engine::ops::Limits::default() };
+    let views = vec![ViewInput { name: "per_device".into(), rows: view_rows() }];
+    match query::run(&q, views, limits) {
+        Ok(a) => {
+            assert!(a.batch.num_rows() <= limits.max_rows, "the row bound holds");
+            1
+        }
+        Err(_) => 0,
+    }
 }

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod audit;
 mod listen;
+mod query;
 mod service;
 
 use std::path::PathBuf;
@@ -139,7 +140,7 @@ pub fn start(cfg: &ConfigFile, shared: Shared) -> Result<Option<ApiHandle>> {
     };
     *shared.policy.write().unwrap_or_else(|p| p.into_inner()) = access_policy(cfg)?;
     let max_connections = api.max_connections.unwrap_or(64);
-    let svc = service::ControlService::new(shared, audit);
+    let svc = service::ControlService::new(shared, audit, query::QuerySettings::of(api));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let socket_shown = unix.as_ref().map(|_| socket.display().to_string());
     let tcp_shown = tcp.as_ref().and_then(|(l, t)| {

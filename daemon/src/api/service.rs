@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use super::access::{AccessPolicy, Role};
 use super::audit::{AuditLog, Event};
 use super::listen::{self, Peer};
+use super::query::{self, QuerySettings};
 use super::Shared;
 use crate::control::{Command, CommandError, DeployOutcome, PipelineView};
 use eddy_engine::connector::tap::SourceRows;
@@ -36,6 +37,7 @@ pub struct ControlService {
     host: String,
     /// The state dir's size and when it was measured: walked at most every 2 s.
     state_bytes: tokio::sync::Mutex<Option<(Instant, u64)>>,
+    query: QuerySettings,
 }
 
 /// Who is calling, once authorised.
@@ -44,13 +46,14 @@ struct Caller {
 }
 
 impl ControlService {
-    pub fn new(shared: Shared, audit: Option<Arc<Mutex<AuditLog>>>) -> Self {
+    pub fn new(shared: Shared, audit: Option<Arc<Mutex<AuditLog>>>, query: QuerySettings) -> Self {
         ControlService {
             shared: Arc::new(shared),
             audit,
             started: Instant::now(),
             host: crate::connectors::gateway_name(),
             state_bytes: tokio::sync::Mutex::new(None),
+            query,
         }
     }
 
@@ -599,6 +602,25 @@ impl Control for ControlService {
             chain_ok: v.problems.is_empty(),
             chain_error: v.problems.join("; "),
         }))
+    }
+
+    async fn query(&self, req: Request<QueryRequest>) -> Result<Response<QueryReply>, Status> {
+        let t0 = Instant::now();
+        let QueryRequest { sql, pipeline, format, max_rows } = req.get_ref().clone();
+        check_sql(&sql)?;
+        let format = query::Format::parse(&format)?;
+        let parsed = eddy_engine::sql::ddl::parse_query(&sql).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let reads = eddy_engine::query::relations(&parsed);
+        if reads.is_empty() {
+            return Err(Status::invalid_argument("the query reads no view: SELECT ... FROM <materialized view>"));
+        }
+        let pipelines = self.shared.catalog.snapshot();
+        let name = query::pipeline_of(&pipeline, &reads, &pipelines)?;
+        self.authorize(&req, "Query", &name, Role::Viewer).await?;
+        let Some(v) = pipelines.get(&name) else { return Err(Status::not_found(format!("no pipeline named {name}"))) };
+        let inputs = query::inputs(&name, v, &reads)?;
+        let answer = query::answer(sql, inputs, self.query.limits(max_rows)).await?;
+        Ok(Response::new(query::reply(name, &answer, format, self.query.max_bytes, t0)?))
     }
 
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIReply>, Status> {

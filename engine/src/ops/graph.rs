@@ -2,8 +2,11 @@
 //! into a node runs it and everything downstream, depth first; a node's input watermark is the
 //! minimum of its inputs' watermarks.
 
+use std::sync::Arc;
+
 use super::{Chunk, Operator};
 use crate::error::Result;
+use crate::query::LiveView;
 use crate::time::MIN_TS;
 
 pub type NodeId = usize;
@@ -17,6 +20,9 @@ struct Node {
     /// Watermark of the node's output.
     out_wm: i64,
     outputs: Vec<(NodeId, usize)>,
+    /// Materialized views whose rows this node's output carries (kept for on-demand queries),
+    /// with the part of each this graph fills.
+    views: Vec<(Arc<LiveView>, usize)>,
 }
 
 #[derive(Default)]
@@ -32,6 +38,7 @@ impl Graph {
             in_wm: MIN_TS,
             out_wm: MIN_TS,
             outputs: vec![],
+            views: vec![],
         });
         self.nodes.len() - 1
     }
@@ -42,6 +49,11 @@ impl Graph {
         if self.nodes[to].input_wms.len() <= port {
             self.nodes[to].input_wms.resize(port + 1, MIN_TS);
         }
+    }
+
+    /// Folds everything node `id` outputs into part `part` of `view` too.
+    pub fn attach_view(&mut self, id: NodeId, view: Arc<LiveView>, part: usize) {
+        self.nodes[id].views.push((view, part));
     }
 
     pub fn len(&self) -> usize {
@@ -149,6 +161,9 @@ impl Graph {
     fn forward(&mut self, id: NodeId, out: Vec<Chunk>) -> Result<()> {
         if out.is_empty() {
             return Ok(());
+        }
+        for (view, part) in &self.nodes[id].views {
+            out.iter().for_each(|c| view.offer(*part, c));
         }
         let targets = self.nodes[id].outputs.clone();
         for chunk in out {

@@ -287,6 +287,10 @@ fn shard_blob_name(shard: usize, id: usize, name: &str) -> String {
 
 /// What checkpointed state belongs to: the pipeline's SQL (whitespace-normalized, connector
 /// options left out) and its plan.
+fn view_blob_name(view: &str, part: usize) -> String {
+    format!("view/{view}/{part}")
+}
+
 fn fingerprint(sql: &str, p: &Pipeline) -> Vec<u8> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for word in without_options(sql).split_whitespace() {
@@ -366,6 +370,16 @@ impl Pipeline {
                     r.blobs.get(&name).ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))?;
                 let mut rd = StateReader::new(b, &name);
                 self.graph.restore_node(id, &mut rd)?;
+            }
+            // A view's kept rows are absent from checkpoints written while views were not kept;
+            // the view then shows what arrives from here on.
+            for v in &self.views {
+                for part in 0..v.parts() {
+                    let name = view_blob_name(v.name(), part);
+                    if let Some(b) = r.blobs.get(&name) {
+                        v.restore(part, &mut StateReader::new(b, &name))?;
+                    }
+                }
             }
             let written = match r.blobs.get(SHARDS_BLOB) {
                 None => 1,
@@ -569,6 +583,15 @@ impl Pipeline {
                 for (id, b) in nodes.into_iter().enumerate() {
                     blobs.push((shard_blob_name(k, id, &self.graph.name(id)), b));
                 }
+            }
+        }
+        // After the shards' snapshot: they have run every step sent and wait for the next, so
+        // the views' parts hold the rows of exactly what this checkpoint covers.
+        for v in &self.views {
+            for part in 0..v.parts() {
+                let mut w = StateWriter::default();
+                v.snapshot(part, &mut w)?;
+                blobs.push((view_blob_name(v.name(), part), w.buf));
             }
         }
         let d = self.durable.as_mut().ok_or_else(|| EngineError::Internal("durable state vanished".into()))?;

@@ -136,6 +136,33 @@ pub fn parse_pipeline(sql: &str) -> Result<Vec<PositionedStatement>> {
     Ok(out)
 }
 
+/// Parses one query on its own (an on-demand query over views' current rows): `SELECT …`, with
+/// an optional trailing `;`. EMIT has no meaning there and is refused.
+pub fn parse_query(sql: &str) -> Result<Box<Query>> {
+    let tokens = Tokenizer::new(dialect(), sql).tokenize_with_location().map_err(|e| EngineError::Sql {
+        pos: SqlPos { statement: 1, line: e.location.line, column: e.location.column },
+        message: e.message,
+    })?;
+    let mut tokens: Vec<TokenWithSpan> = tokens.into_iter().filter(|t| !is_trivia(&t.token)).collect();
+    if tokens.last().is_some_and(|t| t.token == Token::SemiColon) {
+        tokens.pop();
+    }
+    if let Some(t) = tokens.iter().find(|t| t.token == Token::SemiColon) {
+        return Err(EngineError::Sql {
+            pos: pos_of(1, t.span.start),
+            message: "one query at a time: remove what follows the ';'".into(),
+        });
+    }
+    let (query, emit) = parse_query_and_emit(1, tokens)?;
+    if emit.is_some() {
+        return Err(EngineError::Sql {
+            pos: SqlPos { statement: 1, line: 1, column: 1 },
+            message: "EMIT applies to continuous queries; a one-off query answers once".into(),
+        });
+    }
+    Ok(query)
+}
+
 /// Statement number of a tokenizer error: the `;` before it, counted roughly (only for messages).
 fn count_statements_before(sql: &str, loc: Location) -> usize {
     sql.lines().take(loc.line.saturating_sub(1) as usize).map(|l| l.matches(';').count()).sum()

@@ -44,6 +44,9 @@ impl ClientError {
     }
 }
 
+/// Largest reply accepted (a query's answer is bounded by the daemon's api.query_max_bytes).
+const MAX_REPLY_BYTES: usize = 256 << 20;
+
 /// How long to wait: to connect, and for a reply (deploys wait for the pipeline to start).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -124,7 +127,9 @@ impl Client {
     /// Connects (the connection is made now, so a wrong address fails here).
     pub async fn connect(target: &Target, timeouts: Timeouts) -> Result<Client, ClientError> {
         let channel = target.connect(timeouts.connect).await?;
-        Ok(Client { inner: ControlClient::new(channel), timeouts, target: target.to_string() })
+        // Query answers may be larger than tonic's 4 MiB default; the daemon bounds them.
+        let inner = ControlClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES);
+        Ok(Client { inner, timeouts, target: target.to_string() })
     }
 
     /// A call that failed on the connection (the daemon refused this client's certificate
@@ -150,6 +155,10 @@ impl Client {
     read_call!(get_config, v1::GetConfigRequest, v1::ConfigReply);
     read_call!(read_audit, v1::ReadAuditRequest, v1::ReadAuditReply);
     read_call!(who_am_i, v1::WhoAmIRequest, v1::WhoAmIReply);
+    read_call!(
+        /// A one-off SELECT over a materialized view's current rows.
+        query, v1::QueryRequest, v1::QueryReply
+    );
     write_call!(
         /// Not retried: a deploy that reached the daemon may have been applied.
         deploy, v1::DeployRequest, v1::DeployReply

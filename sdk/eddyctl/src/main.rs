@@ -6,7 +6,7 @@ mod profile;
 mod render;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -131,6 +131,21 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
+    /// A one-off SELECT over a materialized view's current rows: one row per key of an updating
+    /// view, the newest window of a windowed aggregation, the newest rows of any other view.
+    Query {
+        /// SELECT ... FROM <view> [WHERE ...] [GROUP BY ...] [ORDER BY column] [LIMIT n].
+        sql: String,
+        /// The pipeline holding the view (needed only when several have a view of that name).
+        #[arg(long, short = 'p')]
+        pipeline: Option<String>,
+        /// Rows to return at most (the daemon caps it at api.query_max_rows).
+        #[arg(long, default_value_t = 1000)]
+        rows: u32,
+        /// Write the answer to FILE as an Arrow IPC stream ("-": standard output) instead.
+        #[arg(long, value_name = "FILE")]
+        arrow: Option<PathBuf>,
+    },
     /// Re-read the config and pipeline files (what SIGHUP does).
     Reload,
     /// The effective config, secrets masked.
@@ -219,6 +234,58 @@ fn connection(cli: &Cli) -> Result<eddy_client::Target> {
         p.server_name.clone_from(&cli.server_name);
     }
     profile::target(&p)
+}
+
+/// A query's rows as JSON values (the daemon sends each row as one JSON object).
+fn query_rows(r: &v1::QueryReply) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+    r.rows.iter().map(|row| serde_json::from_str(row).context("a row that is not a JSON object")).collect()
+}
+
+/// `-o json`: the reply with its rows as objects.
+fn query_json(r: &v1::QueryReply) -> Result<serde_json::Value> {
+    let columns: Vec<serde_json::Value> =
+        r.columns.iter().map(|c| serde_json::json!({ "name": c.name, "type": c.r#type })).collect();
+    Ok(serde_json::json!({
+        "pipeline": r.pipeline,
+        "columns": columns,
+        "rows": query_rows(r)?,
+        "row_count": r.row_count,
+        "truncated": r.truncated,
+    }))
+}
+
+/// Rows as an aligned table, columns in the answer's order, then a count line.
+fn query_table(r: &v1::QueryReply) -> Result<String> {
+    let header: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
+    let rows: Vec<Vec<String>> = query_rows(r)?
+        .iter()
+        .map(|row| {
+            r.columns
+                .iter()
+                .map(|c| match row.get(&c.name) {
+                    None | Some(serde_json::Value::Null) => "NULL".to_string(),
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(v) => v.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    let took = render::duration_us(r.elapsed_us);
+    let count = if r.row_count == 1 { "1 row".to_string() } else { format!("{} rows", r.row_count) };
+    Ok(format!(
+        "{}
+({count}, {took})",
+        render::table(&header, &rows)
+    ))
+}
+
+fn write_arrow(file: &Path, ipc: &[u8]) -> Result<()> {
+    use std::io::Write;
+    if file == Path::new("-") {
+        let mut out = std::io::stdout().lock();
+        return out.write_all(ipc).and_then(|()| out.flush()).context("standard output");
+    }
+    std::fs::write(file, ipc).with_context(|| format!("cannot write {}", file.display()))
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
@@ -348,6 +415,20 @@ async fn run_async(cli: Cli) -> Result<()> {
                 eprintln!(
                     "eddyctl: {dropped} row(s) not shown: this viewer fell behind (the pipeline never waits for it)"
                 );
+            }
+        }
+        Cmd::Query { sql, pipeline, rows, arrow } => {
+            let format = if arrow.is_some() { "arrow" } else { "json" };
+            let req =
+                v1::QueryRequest { sql, pipeline: pipeline.unwrap_or_default(), format: format.into(), max_rows: rows };
+            let r = c.query(req).await?;
+            if r.truncated {
+                eprintln!("eddyctl: more rows than shown (raise --rows, or narrow the query)");
+            }
+            match arrow {
+                Some(file) => write_arrow(&file, &r.arrow_ipc)?,
+                None if json => print_json(&query_json(&r)?)?,
+                None => println!("{}", query_table(&r)?),
             }
         }
         Cmd::Reload => {

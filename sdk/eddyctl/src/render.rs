@@ -66,6 +66,15 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// "850 µs", "12.3 ms", "2.1 s".
+pub fn duration_us(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} µs"),
+        1_000..1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.1} s", us as f64 / 1e6),
+    }
+}
+
 /// "4 s", "3 min", "2 h", "5 d".
 pub fn duration_ms(ms: u64) -> String {
     let s = ms / 1000;
