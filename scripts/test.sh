@@ -53,6 +53,9 @@ else
     echo "scripts/test.sh: $conformance not found beside this checkout; conformance cases skipped" >&2
 fi
 
+# The Yocto layer without bitbake: crates file vs Cargo.lock, oelint-adv, BitBake's parser.
+bash tests/yocto/check.sh
+
 # Packages: the .deb and .rpm built and linted, then the .deb installed and exercised under a real
 # systemd booted in a container (packaging/README.md).
 bash scripts/package.sh

@@ -1,0 +1,1 @@
+# Stand-in for OE-Core systemd.bbclass (tests/yocto/parse_recipe.py).
