@@ -56,6 +56,10 @@ fi
 # The Yocto layer without bitbake: crates file vs Cargo.lock, oelint-adv, BitBake's parser.
 bash tests/yocto/check.sh
 
+# Hardware faults on a loop-mounted ext4: power cuts, EIO, a full disk, wear, a memory limit
+# (hwtests/README.md). Without root each case skips, saying so.
+bash hwtests/run.sh
+
 # Packages: the .deb and .rpm built and linted, then the .deb installed and exercised under a real
 # systemd booted in a container (packaging/README.md).
 bash scripts/package.sh
