@@ -164,6 +164,15 @@ same_as_replay() {
     sort "$expected" > "$work/want.sorted"
     cmp -s "$work/got.sorted" "$work/want.sorted"
 }
+# Waits up to $1 tenths of a second for eddyd to stop by itself; sets $code. False if it runs on.
+stops_within() {
+    local t=0
+    while kill -0 "$pid" 2>/dev/null && [ $t -lt "$1" ]; do sleep 0.1; t=$((t + 1)); done
+    kill -0 "$pid" 2>/dev/null && return 1
+    wait "$pid"
+    code=$?
+    pid=
+}
 sectors_written() {
     awk '{print $7}' "/sys/block/$(basename "$loopdev")/stat"
 }
@@ -207,15 +216,10 @@ fs_new 512M
 start
 sleep 1.5
 fs_cut
-t=0
-while kill -0 "$pid" 2>/dev/null && [ $t -lt 100 ]; do sleep 0.1; t=$((t + 1)); done
-if kill -0 "$pid" 2>/dev/null; then
+if ! stops_within 100; then
     fail "I/O errors: eddyd is still running 10 s after its device failed"
     stop_hard
 else
-    wait "$pid"
-    code=$?
-    pid=
     if [ "$code" != 0 ] && grep -qi "input/output error\|EIO\|I/O error" "$work/eddyd.log"; then
         pass "I/O errors: eddyd stopped (exit $code) and said why"
     else
@@ -229,15 +233,10 @@ fs_new 512M
 fallocate -l $(( $(df --output=avail -B1 "$mnt" | tail -1) - 256 * 1024 )) "$mnt/ballast"
 : > "$work/eddyd.log"
 start
-t=0
-while kill -0 "$pid" 2>/dev/null && [ $t -lt 300 ]; do sleep 0.1; t=$((t + 1)); done
-if kill -0 "$pid" 2>/dev/null; then
+if ! stops_within 300; then
     skip "full disk" "eddyd did not fill 256 KiB in 30 s"
     stop_hard
 else
-    wait "$pid"
-    code=$?
-    pid=
     if [ "$code" != 0 ] && grep -qi "no space left" "$work/eddyd.log"; then
         pass "full disk: eddyd stopped (exit $code) naming the full device"
     else
