@@ -182,6 +182,15 @@ pub fn plan_text(s: &Summary) -> String {
     t
 }
 
+/// Remembers a fatal outcome (a worker failed while stopping) for `command` to stop eddyd with,
+/// after the caller has been answered.
+fn note_fatal<T>(fatal: &mut Option<anyhow::Error>, r: Result<T, CommandError>) -> Result<T, CommandError> {
+    if let Err(CommandError::Fatal(why)) = &r {
+        *fatal = Some(anyhow!("{why}"));
+    }
+    r
+}
+
 /// What each name in a pipeline is, for queries that name the wrong thing.
 fn relations(s: &Summary) -> Vec<(String, &'static str)> {
     let named = |names: &[String], kind: &'static str| names.iter().map(|n| (n.clone(), kind)).collect::<Vec<_>>();
@@ -583,19 +592,13 @@ impl Runtime {
     /// the request is answered first.
     fn command(&mut self, cmd: Command) -> Result<()> {
         let mut fatal = None;
-        let mut check = |r: Result<(), CommandError>| -> Result<(), CommandError> {
-            if let Err(CommandError::Fatal(why)) = &r {
-                fatal = Some(anyhow!("{why}"));
-            }
-            r
-        };
+        let mut check = |r| note_fatal(&mut fatal, r);
         match cmd {
             Command::Validate { name, sql, reply } => {
                 let _ = reply.send(self.validate(&name, &sql));
             }
             Command::Deploy { name, sql, reset_state, reply } => {
-                let r = self.deploy(&name, sql, reset_state);
-                let _ = reply.send(check(r.as_ref().map(|_| ()).map_err(|e| e.clone())).and(r));
+                let _ = reply.send(note_fatal(&mut fatal, self.deploy(&name, sql, reset_state)));
             }
             Command::Pause { name, reply } => {
                 let _ = reply.send(check(self.pause(&name)));

@@ -500,6 +500,9 @@ fn views_answer_queries_over_the_socket_and_keep_their_rows_across_a_restart() {
     let before = counts(&g);
     g.stop();
     g.start();
+    // The API answers while deployed pipelines recover; the view answers once its pipeline runs.
+    let answers = || g.ctl(&["query", "SELECT COUNT(*) FROM per_device"]).status.success();
+    assert!(wait_for(answers, Duration::from_secs(20)), "{}", g.log());
     let after = counts(&g);
     assert_eq!(after.len(), 4, "the view lost its rows over the restart: {after:?}");
     for ((d0, n0), (d1, n1)) in before.iter().zip(&after) {

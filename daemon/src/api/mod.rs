@@ -142,7 +142,8 @@ pub fn start(cfg: &ConfigFile, shared: Shared) -> Result<Option<ApiHandle>> {
     let max_connections = api.max_connections.unwrap_or(64);
     let svc = service::ControlService::new(shared, audit, query::QuerySettings::of(api));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let socket_shown = unix.as_ref().map(|_| socket.display().to_string());
+    let socket_bound = unix.as_ref().map(|_| socket.clone());
+    let socket_shown = socket_bound.as_ref().map(|p| p.display().to_string());
     let tcp_shown = tcp.as_ref().and_then(|(l, t)| {
         Some(format!("{} ({})", l.local_addr().ok()?, if t.is_some() { "mutual TLS" } else { "plaintext, loopback" }))
     });
@@ -163,7 +164,7 @@ pub fn start(cfg: &ConfigFile, shared: Shared) -> Result<Option<ApiHandle>> {
         });
     })?;
     tracing::info!(socket = ?socket_shown, tcp = ?tcp_shown, "management API listening");
-    Ok(Some(ApiHandle { shutdown: Some(tx), socket: unix_socket_file(&socket_shown) }))
+    Ok(Some(ApiHandle { shutdown: Some(tx), socket: socket_bound }))
 }
 
 /// Keeps this thread (and the threads it starts: tokio's blocking pool) off the cores pipelines
@@ -182,8 +183,4 @@ fn keep_off(pipeline_cores: &[usize]) {
             tracing::warn!(error = %e, "management API: cannot keep off the pipelines' cores");
         }
     }
-}
-
-fn unix_socket_file(shown: &Option<String>) -> Option<PathBuf> {
-    shown.as_ref().map(PathBuf::from)
 }
