@@ -615,7 +615,16 @@ impl Control for ControlService {
             return Err(Status::invalid_argument("the query reads no view: SELECT ... FROM <materialized view>"));
         }
         let pipelines = self.shared.catalog.snapshot();
-        let name = query::pipeline_of(&pipeline, &reads, &pipelines)?;
+        let name = query::pipeline_of(&pipeline, &reads, &pipelines).map_err(|s| {
+            // Before READY the pipelines are still recovering: the view may be on its way.
+            let ready = self.shared.registry.ready.load(std::sync::atomic::Ordering::Acquire);
+            match s.code() {
+                tonic::Code::NotFound if !ready => {
+                    Status::unavailable("eddyd is still recovering its pipelines; ask again in a moment")
+                }
+                _ => s,
+            }
+        })?;
         self.authorize(&req, "Query", &name, Role::Viewer).await?;
         let Some(v) = pipelines.get(&name) else { return Err(Status::not_found(format!("no pipeline named {name}"))) };
         let inputs = query::inputs(&name, v, &reads)?;
