@@ -2,10 +2,18 @@
 # Builds the .deb and .rpm of eddyd and eddyctl from packaging/nfpm.yaml into target/packages/,
 # then lints them (lintian, rpmlint, where installed). See packaging/README.md.
 #
-#   scripts/package.sh     packages of this machine's architecture from the release-profile
-#                          binaries (the ones the test suite builds: nothing is compiled twice)
+#   scripts/package.sh             packages of this machine's architecture, release profile
+#   scripts/package.sh --prebuilt  package target/release/{eddyd,eddyctl} as they are: the test
+#                                  suite's binaries (its build unifies dev-dependency features,
+#                                  so a plain build here would compile DataFusion again)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+prebuilt=false
+case "${1:-}" in
+    --prebuilt) prebuilt=true ;;
+    "") ;;
+    *) echo "usage: scripts/package.sh [--prebuilt]" >&2; exit 2 ;;
+esac
 
 case "$(uname -m)" in
     x86_64) arch=amd64 ;;
@@ -18,8 +26,13 @@ out=target/packages
 stage=$out/stage
 rm -rf "$out" && mkdir -p "$stage"
 
-# Same command as the test suite's first build, so the artifacts are shared.
-cargo build --release --locked --workspace --bin eddyd --bin eddyctl
+if $prebuilt; then
+    for b in eddyd eddyctl; do
+        [ -x "target/release/$b" ] || { echo "scripts/package.sh: target/release/$b is not built" >&2; exit 1; }
+    done
+else
+    cargo build --release --locked --workspace --bin eddyd --bin eddyctl
+fi
 for b in eddyd eddyctl; do
     strip --strip-unneeded --remove-section=.comment -o "$stage/$b" "target/release/$b"
 done
