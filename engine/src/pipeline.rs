@@ -64,8 +64,12 @@ pub struct PipelineConfig {
     /// `--output SINK=FILE`: write this JSON-lines file instead of the sink's connector.
     pub outputs: HashMap<String, PathBuf>,
     pub limits: Limits,
-    /// How long the live loop sleeps when no source has anything.
+    /// How long the live loop sleeps when no source has anything; each further idle round waits
+    /// twice as long, up to `idle_sleep_max`. Sources with threads of their own (MQTT, Kafka)
+    /// wake it at once; timers (checkpoints, processing time, idle timeouts, followed files) are
+    /// seen at most `idle_sleep_max` late while nothing flows.
     pub idle_sleep: Duration,
+    pub idle_sleep_max: Duration,
     /// File sinks stage output and publish it with checkpoints (durable pipelines).
     pub exactly_once: bool,
     /// Connectors provided from outside the engine (the daemon's MQTT).
@@ -105,6 +109,7 @@ impl PipelineConfig {
             outputs: HashMap::new(),
             limits: Limits::default(),
             idle_sleep: Duration::from_millis(10),
+            idle_sleep_max: Duration::from_millis(100),
             exactly_once: false,
             connectors: None,
             sink_state: None,
@@ -297,6 +302,7 @@ pub struct Pipeline {
     summary: Summary,
     mode: Mode,
     idle_sleep: Duration,
+    idle_sleep_max: Duration,
     /// Sources with threads of their own wake an idle live loop through this.
     wakeup: Arc<Wakeup>,
     control: Arc<LiveControl>,
@@ -619,6 +625,7 @@ impl Pipeline {
             summary,
             mode: cfg.mode,
             idle_sleep: cfg.idle_sleep,
+            idle_sleep_max: cfg.idle_sleep_max.max(cfg.idle_sleep),
             control: Arc::new(LiveControl::new(wakeup.clone())),
             wakeup,
             started: false,
@@ -1247,6 +1254,7 @@ impl Pipeline {
         observe: &mut dyn FnMut(&Pipeline),
     ) -> Result<()> {
         let mut last = Instant::now();
+        let mut idle_rounds = 0u32;
         observe(self);
         while !stop.load(Ordering::Relaxed) && !self.all_ended() {
             if last.elapsed() >= every {
@@ -1260,10 +1268,16 @@ impl Pipeline {
                 self.notify_durable();
                 self.control.served(ticket);
             }
-            if !any {
+            if any {
+                idle_rounds = 0;
+            } else {
                 // Nothing to read: the shards' output goes out now rather than with the next step.
                 self.flow_drain()?;
-                let wait = self.commit_wait().map_or(self.idle_sleep, |w| w.min(self.idle_sleep));
+                // Idle for longer and longer, so an idle gateway's CPU rests; a pending group
+                // commit still keeps its deadline.
+                let backoff = self.idle_sleep.saturating_mul(1 << idle_rounds.min(6)).min(self.idle_sleep_max);
+                idle_rounds = idle_rounds.saturating_add(1);
+                let wait = self.commit_wait().map_or(backoff, |w| w.min(backoff));
                 self.wakeup.wait(wait);
             }
         }
