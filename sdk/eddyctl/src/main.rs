@@ -272,11 +272,7 @@ fn query_table(r: &v1::QueryReply) -> Result<String> {
         .collect();
     let took = render::duration_us(r.elapsed_us);
     let count = if r.row_count == 1 { "1 row".to_string() } else { format!("{} rows", r.row_count) };
-    Ok(format!(
-        "{}
-({count}, {took})",
-        render::table(&header, &rows)
-    ))
+    Ok(format!("{}\n({count}, {took})", render::table(&header, &rows)))
 }
 
 fn write_arrow(file: &Path, ipc: &[u8]) -> Result<()> {
