@@ -116,8 +116,8 @@ impl ResultTable {
         if chunk.num_rows() == 0 {
             return Ok(());
         }
-        match self.shape.clone() {
-            Shape::Keyed { key, window_end } => self.offer_keyed(chunk, &key, window_end),
+        match self.shape {
+            Shape::Keyed { .. } => self.offer_keyed(chunk),
             Shape::LatestWindow { end } => self.offer_window(&chunk.batch, end),
             Shape::Latest => {
                 self.push_newest(chunk.batch.clone());
@@ -126,10 +126,15 @@ impl ResultTable {
         }
     }
 
-    fn offer_keyed(&mut self, chunk: &Chunk, key: &[usize], window_end: Option<usize>) -> Result<()> {
-        let (Some(key_conv), Some(row_conv)) = (&self.key_conv, &self.row_conv) else {
-            return Err(EngineError::Internal("a keyed table without converters".into()));
+    fn offer_keyed(&mut self, chunk: &Chunk) -> Result<()> {
+        // Borrowed field by field: the shape is read while the rows change, and nothing is cloned
+        // per chunk.
+        let (Shape::Keyed { key, window_end }, Some(key_conv), Some(row_conv)) =
+            (&self.shape, &self.key_conv, &self.row_conv)
+        else {
+            return Err(EngineError::Internal("a keyed table without its key and converters".into()));
         };
+        let window_end = *window_end;
         let batch = &chunk.batch;
         let ends = window_end.map(|c| batch.column(c).as_primitive::<TimestampMillisecondType>());
         if let Some(ends) = ends {
