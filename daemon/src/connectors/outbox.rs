@@ -1,5 +1,5 @@
-//! The MQTT sink's outbox: messages a pipeline has committed and the broker has not acknowledged
-//! yet, in order, bounded in bytes. In a durable pipeline it is kept in an encrypted WAL of its own
+//! A sink's outbox (MQTT, hub): messages a pipeline has committed and the receiver has not
+//! acknowledged yet, in order, bounded in bytes. In a durable pipeline it is kept in an encrypted WAL of its own
 //! (`<state>/sinks/<sink>/`), so messages survive a crash and a broker outage; without durable state
 //! it lives in memory only.
 //!
@@ -16,12 +16,15 @@
 //! messages are deleted, so a broker outage cannot grow the log past the bound (plus a segment).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use eddy_engine::ops::snapshot::{StateReader, StateWriter};
 use eddy_engine::storage::wal::{Wal, WalConfig};
 use eddy_engine::{EngineError, Result};
 
+use crate::metrics::ConnectorGauges;
 use eddy_engine::connector::SinkStateDir;
 
 const REC_DELIVERY: u8 = 1;
@@ -308,6 +311,12 @@ impl Outbox {
         Ok(wal.append(&w.buf)?)
     }
 
+    /// Shows the outbox's size in the sink's gauges.
+    pub fn publish_gauges(&self, g: &ConnectorGauges) {
+        g.outbox_messages.store(self.queue.len() as u64, Ordering::Relaxed);
+        g.outbox_bytes.store(self.bytes as u64, Ordering::Relaxed);
+    }
+
     /// The broker acknowledged every message below `seq`.
     pub fn acked_through(&mut self, seq: u64) {
         self.acked_seq = self.acked_seq.max(seq);
@@ -334,6 +343,80 @@ impl Outbox {
         let keep = self.queue.front().map(|m| m.lsn).unwrap_or(lsn);
         wal.truncate_before(keep)?;
         Ok(())
+    }
+}
+
+/// An outbox shared by a sink (which fills it) and its sender thread (which empties it), with the
+/// signal that it changed. The one place a sink waits for room.
+pub struct SharedOutbox {
+    outbox: Mutex<Outbox>,
+    /// Signalled when the outbox gains or loses messages (and when the sender fails).
+    pub changed: Condvar,
+}
+
+impl SharedOutbox {
+    pub fn new(outbox: Outbox) -> SharedOutbox {
+        SharedOutbox { outbox: Mutex::new(outbox), changed: Condvar::new() }
+    }
+
+    pub fn lock(&self) -> Result<MutexGuard<'_, Outbox>> {
+        self.outbox
+            .lock()
+            .map_err(|_| EngineError::Internal("the outbox lock is poisoned (its sender panicked)".into()))
+    }
+
+    /// Waits up to `timeout` for a change; returns the guard again.
+    pub fn wait<'a>(&self, ob: MutexGuard<'a, Outbox>, timeout: Duration) -> Result<MutexGuard<'a, Outbox>> {
+        Ok(self
+            .changed
+            .wait_timeout(ob, timeout)
+            .map_err(|_| EngineError::Internal("the outbox lock is poisoned".into()))?
+            .0)
+    }
+
+    /// Takes a delivery (unless it is a re-delivery already held): under `Block` it first waits
+    /// for room, checking `sender_alive` while it waits; at shutdown it takes the delivery over
+    /// the bound rather than lose it (the final checkpoint already counts it as delivered).
+    /// Returns the outbox, still locked, for the caller to start sending at once.
+    pub fn admit<'a>(
+        &'a self,
+        ctx: &str,
+        end: u64,
+        msgs: Vec<(String, Vec<u8>)>,
+        stopping: &AtomicBool,
+        gauges: &ConnectorGauges,
+        sender_alive: impl Fn() -> Result<()>,
+    ) -> Result<MutexGuard<'a, Outbox>> {
+        sender_alive()?;
+        let add: usize = msgs.iter().map(|(t, p)| t.len() + p.len() + 32).sum();
+        let mut ob = self.lock()?;
+        if ob.has(end) {
+            return Ok(ob); // re-delivered after a crash: already in the outbox
+        }
+        let mut warned = false;
+        while ob.policy == FullPolicy::Block && !ob.fits(add) {
+            sender_alive()?;
+            if stopping.load(Ordering::Acquire) {
+                tracing::warn!(sink = %ctx, bytes = ob.bytes, limit = ob.limit, "outbox over its bound at shutdown");
+                break;
+            }
+            if !warned {
+                tracing::warn!(sink = %ctx, bytes = ob.bytes, limit = ob.limit, "outbox full: the pipeline waits for the receiver");
+                warned = true;
+            }
+            gauges.backpressure.fetch_add(1, Ordering::Relaxed);
+            gauges.blocked.store(true, Ordering::Relaxed);
+            ob = self.wait(ob, Duration::from_millis(200))?;
+        }
+        gauges.blocked.store(false, Ordering::Relaxed);
+        let dropped = ob.take(end, msgs)?;
+        if dropped > 0 {
+            gauges.dropped.fetch_add(dropped, Ordering::Relaxed);
+            tracing::warn!(sink = %ctx, dropped, "outbox full: oldest messages dropped (outbox_full = 'drop_oldest')");
+        }
+        ob.publish_gauges(gauges);
+        self.changed.notify_all();
+        Ok(ob)
     }
 }
 

@@ -7,7 +7,7 @@
 //! the row's columns see no difference).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rumqttc::QoS;
@@ -15,7 +15,7 @@ use rumqttc::QoS;
 use super::settings::Connection;
 use super::wire::{self, WireClient, WireConnection, WireEvent};
 use crate::connectors::backoff::Backoff;
-use crate::connectors::outbox::{FullPolicy, Outbox};
+use crate::connectors::outbox::{FullPolicy, Outbox, SharedOutbox};
 use crate::connectors::template::{NameRules, RowFields, Template};
 use crate::metrics::ConnectorGauges;
 use eddy_engine::connector::{SinkStateDir, SinkWriter};
@@ -45,7 +45,7 @@ pub struct SinkSettings {
 }
 
 struct Shared {
-    outbox: Mutex<Outbox>,
+    outbox: SharedOutbox,
     /// What has been handed to rumqttc. Lock order: `outbox`, then `sending` — never the other
     /// way round. Messages are handed over with both held, so the order of `unassigned` is the
     /// order of rumqttc's request queue, whichever thread sent them.
@@ -54,8 +54,6 @@ struct Shared {
     /// A durable outbox's messages carry `eddy-sink` = this (the client id and the outbox's
     /// identity) and their sequence number (MQTT 5); `None` for an in-memory outbox.
     sink_id: Option<String>,
-    /// Signalled when the outbox gains or loses messages.
-    changed: Condvar,
     /// Set by `close` (the pipeline stopped) or by the daemon's shutdown.
     closing: AtomicBool,
     stopping: Arc<AtomicBool>,
@@ -124,9 +122,7 @@ impl Sending {
 
 impl Shared {
     fn lock(&self) -> Result<MutexGuard<'_, Outbox>> {
-        self.outbox
-            .lock()
-            .map_err(|_| EngineError::Internal("the outbox lock is poisoned (its publisher panicked)".into()))
+        self.outbox.lock()
     }
 
     fn lock_sending(&self) -> Result<MutexGuard<'_, Sending>> {
@@ -225,12 +221,11 @@ impl SinkWriter for MqttSink {
         let (client, connection) = wire::open(&self.settings.conn, false, false, self.settings.inflight * 2 + 16)?;
         let sink_id = self.state.is_some().then(|| format!("{}#{:016x}", self.settings.conn.client_id, outbox.id));
         let shared = Arc::new(Shared {
-            outbox: Mutex::new(outbox),
+            outbox: SharedOutbox::new(outbox),
             sending: Mutex::default(),
             client,
             // Sequence numbers outlive a crash only in a durable outbox; only then are they sent.
             sink_id,
-            changed: Condvar::new(),
             closing: AtomicBool::new(false),
             stopping: self.stopping.clone(),
             gauges: self.gauges.clone(),
@@ -245,7 +240,7 @@ impl SinkWriter for MqttSink {
                     if let Err(e) = &r {
                         tracing::error!(sink = %s.conn.ctx, error = %e, "MQTT publisher stopped");
                         sh.gauges.fail(e.to_string());
-                        sh.changed.notify_all();
+                        sh.outbox.changed.notify_all();
                     }
                     r
                 })
@@ -257,7 +252,6 @@ impl SinkWriter for MqttSink {
 
     fn deliver(&mut self, lines: &[u8], end: u64) -> Result<()> {
         let msgs = self.split(lines)?;
-        let add: usize = msgs.iter().map(|(t, p)| t.len() + p.len() + 32).sum();
         let shared = self.shared()?.clone();
         let publisher_alive = || match shared.gauges.failure() {
             Some(why) => {
@@ -265,42 +259,11 @@ impl SinkWriter for MqttSink {
             }
             None => Ok(()),
         };
-        publisher_alive()?;
-        let mut ob = shared.lock()?;
-        if ob.has(end) {
-            return Ok(()); // re-delivered after a crash: already in the outbox
-        }
-        let mut warned = false;
-        while ob.policy == FullPolicy::Block && !ob.fits(add) {
-            publisher_alive()?;
-            if shared.stopping.load(Ordering::Acquire) {
-                // Shutting down: take it over the bound rather than lose it (the final checkpoint
-                // already counts it as delivered).
-                tracing::warn!(sink = %self.settings.conn.ctx, bytes = ob.bytes, limit = ob.limit, "outbox over its bound at shutdown");
-                break;
-            }
-            if !warned {
-                tracing::warn!(sink = %self.settings.conn.ctx, bytes = ob.bytes, limit = ob.limit, "outbox full: the pipeline waits for the broker");
-                warned = true;
-            }
-            shared.gauges.backpressure.fetch_add(1, Ordering::Relaxed);
-            shared.gauges.blocked.store(true, Ordering::Relaxed);
-            let r = shared.changed.wait_timeout(ob, Duration::from_millis(200));
-            ob = r.map_err(|_| EngineError::Internal("outbox lock poisoned".into()))?.0;
-        }
-        shared.gauges.blocked.store(false, Ordering::Relaxed);
-        let dropped = ob.take(end, msgs)?;
-        if dropped > 0 {
-            shared.gauges.dropped.fetch_add(dropped, Ordering::Relaxed);
-            tracing::warn!(sink = %self.settings.conn.ctx, dropped, "outbox full: oldest messages dropped (outbox_full = 'drop_oldest')");
-        }
-        shared.gauges.outbox_messages.store(ob.queue.len() as u64, Ordering::Relaxed);
-        shared.gauges.outbox_bytes.store(ob.bytes as u64, Ordering::Relaxed);
+        let ctx = &self.settings.conn.ctx;
+        let ob = shared.outbox.admit(ctx, end, msgs, &shared.stopping, &shared.gauges, publisher_alive)?;
         // Sent from here rather than by the publisher's next turn: it may be waiting on the
         // broker, and new output should not wait with it.
-        shared.send_ready(&ob, &self.settings)?;
-        shared.changed.notify_all();
-        Ok(())
+        shared.send_ready(&ob, &self.settings)
     }
 
     /// Waits (up to `drain_timeout`) for the outbox to empty, then stops the publisher. What is
@@ -311,18 +274,14 @@ impl SinkWriter for MqttSink {
         {
             let mut ob = shared.lock()?;
             while !ob.queue.is_empty() && Instant::now() < deadline && shared.gauges.connected.load(Ordering::Relaxed) {
-                ob = shared
-                    .changed
-                    .wait_timeout(ob, Duration::from_millis(50))
-                    .map_err(|_| EngineError::Internal("outbox lock poisoned".into()))?
-                    .0;
+                ob = shared.outbox.wait(ob, Duration::from_millis(50))?;
             }
             if !ob.queue.is_empty() {
                 tracing::warn!(sink = %self.settings.conn.ctx, messages = ob.queue.len(), durable = self.state.is_some(), "MQTT outbox not empty at stop");
             }
         }
         shared.closing.store(true, Ordering::Release);
-        shared.changed.notify_all();
+        shared.outbox.changed.notify_all();
         match self.thread.take().map(|t| t.join()) {
             Some(Ok(r)) => r,
             Some(Err(_)) => Err(EngineError::Internal("the MQTT publisher thread panicked".into())),
@@ -335,7 +294,7 @@ impl Drop for MqttSink {
     fn drop(&mut self) {
         if let Some(sh) = &self.shared {
             sh.closing.store(true, Ordering::Release);
-            sh.changed.notify_all();
+            sh.outbox.changed.notify_all();
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -422,13 +381,12 @@ fn publish_loop(mut connection: WireConnection, s: &SinkSettings, sh: &Shared) -
             }
             ob.acked_through(through);
             acked.retain(|q| *q >= through);
-            sh.gauges.outbox_messages.store(ob.queue.len() as u64, Ordering::Relaxed);
-            sh.gauges.outbox_bytes.store(ob.bytes as u64, Ordering::Relaxed);
+            ob.publish_gauges(&sh.gauges);
             if last_sync.elapsed() >= Duration::from_millis(200) || ob.queue.is_empty() {
                 ob.sync_acks()?;
                 last_sync = Instant::now();
             }
-            sh.changed.notify_all();
+            sh.outbox.changed.notify_all();
         }
     }
 }
