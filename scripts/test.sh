@@ -10,13 +10,16 @@ cargo fmt --all -- --check
 
 # The Apache Kafka broker's jars for the Kafka tests (fetched once into target/kafka-libs).
 bash scripts/kafka-libs.sh
+# SeaweedFS, the S3 store the hub tests start (installed once into target/pyenv).
+bash scripts/object-store.sh
 
 # The whole workspace in one cargo invocation, so DataFusion's crates are resolved with one feature
 # set and built once. This includes benches/tests/join_check.rs: join results against DataFusion's
 # batch joins over the same accepted rows.
-# The eddyctl binary first: the daemon's API tests drive the real CLI, and cargo builds only a
-# test's own package's binaries for it. Same profile and feature set, so nothing builds twice.
-cargo build --release --locked --workspace --bin eddyctl
+# The eddyctl and eddy-hub binaries first: the daemon's API and hub tests drive them, and cargo
+# builds only a test's own package's binaries for it. Same profile and feature set, so nothing
+# builds twice.
+cargo build --release --locked --workspace --bin eddyctl --bin eddy-hub
 cargo test --release --locked --workspace
 
 # Lints over everything the tests built (same profile, so dependencies are not checked again).

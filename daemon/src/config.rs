@@ -36,6 +36,26 @@ pub fn expand_env(s: &str) -> std::result::Result<String, String> {
     Ok(out)
 }
 
+/// `[hub]`: the fleet's hub, where `hub` sinks send their rows (docs/hub.md). The hub knows this
+/// gateway by its certificate's CN.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSection {
+    /// `host:port` of each hub (or of a load balancer in front of them); tried in turn when one
+    /// fails.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// The CA that signed the hubs' certificates.
+    pub ca_file: Option<PathBuf>,
+    /// This gateway's certificate (CN = its gateway id) and key.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The name to expect in the hub's certificate (default: the endpoint's host).
+    pub server_name: Option<String>,
+    /// How long one push may take before it counts as failed (default 30 s).
+    pub request_timeout_ms: Option<u64>,
+}
+
 /// `[mqtt]`: defaults for every MQTT source and sink (their `WITH` options win).
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -263,6 +283,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub kafka: KafkaDefaults,
     #[serde(default)]
+    pub hub: HubSection,
+    #[serde(default)]
     pub metrics: MetricsSection,
     #[serde(default)]
     pub api: ApiSection,
@@ -310,6 +332,9 @@ impl ConfigFile {
         c.pipelines.iter_mut().for_each(abs);
         c.encryption.key_file.as_mut().map(abs);
         for p in [&mut c.api.socket, &mut c.api.tls_cert, &mut c.api.tls_key, &mut c.api.client_ca] {
+            p.as_mut().map(abs);
+        }
+        for p in [&mut c.hub.ca_file, &mut c.hub.cert_file, &mut c.hub.key_file] {
             p.as_mut().map(abs);
         }
         for g in &c.access.grant {

@@ -36,6 +36,8 @@ pub struct ConnectorGauges {
     pub dropped: AtomicU64,
     pub outbox_messages: AtomicU64,
     pub outbox_bytes: AtomicU64,
+    /// Sink (hub): how long the oldest row in the outbox has waited, in ms.
+    pub outbox_oldest_age_ms: AtomicU64,
     /// Sink: the pipeline is waiting for room in the outbox (backpressure, not a hang).
     pub blocked: AtomicBool,
     /// A connector thread that stopped on an error (the pipeline fails on its next delivery;
@@ -347,6 +349,13 @@ impl Registry {
             &|g| ld(&g.outbox_messages),
         );
         conn(&mut o, "eddy_mqtt_outbox_bytes", "gauge", "Bytes waiting in the outbox.", &|g| ld(&g.outbox_bytes));
+        conn(
+            &mut o,
+            "eddy_sink_outbox_oldest_age_seconds",
+            "gauge",
+            "How long the oldest row in a hub sink's outbox has waited.",
+            &|g| Some(g.outbox_oldest_age_ms.load(Ordering::Relaxed) as f64 / 1000.0),
+        );
         o
     }
 }

@@ -82,6 +82,7 @@ pub fn plan(
         pipeline: name.to_string(),
         mqtt: cfg.mqtt.clone(),
         kafka: cfg.kafka.clone(),
+        hub: cfg.hub.clone(),
         metrics: registry.clone(),
         stopping: stopping.clone(),
         durable: state.is_some(),

@@ -2,6 +2,8 @@
 //! encrypted state, driven by the real `eddyctl` over the Unix socket and by `eddy-client` over
 //! TCP with mutual TLS (certificates made here with rcgen).
 
+#[path = "support/pki.rs"]
+mod pki;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use eddy_client::{v1, Client, Code, Target, Timeouts, TlsFiles};
+use pki::Pki;
 use support::{wait_for, Daemon, EDDYD};
 
 fn eddyctl_bin() -> PathBuf {
@@ -230,41 +233,6 @@ fn a_tampered_audit_log_is_detected_by_eddyctl_audit() {
     let out = g.ctl_ok(&["audit"], 1);
     assert!(out.contains("CHAIN BROKEN") && out.contains("missing"), "{out}");
     g.stop();
-}
-
-/// Test PKI: a CA, the daemon's certificate, and client certificates.
-struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(dir: &Path, name: &str) -> Pki {
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} CA"));
-        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.self_signed(&key).unwrap();
-        std::fs::write(dir.join(format!("{name}-ca.pem")), cert.pem()).unwrap();
-        Pki { dir: dir.to_path_buf(), ca: rcgen::Issuer::new(p, key) }
-    }
-
-    /// Writes `<name>.pem` and `<name>.key`; `expired` makes it valid only in the past.
-    fn issue(&self, name: &str, sans: &[&str], expired: bool) -> (PathBuf, PathBuf) {
-        let mut p = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        if expired {
-            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.ca).unwrap();
-        let (c, k) = (self.dir.join(format!("{name}.pem")), self.dir.join(format!("{name}.key")));
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    }
 }
 
 async fn tls_client(addr: &str, ca: &Path, cert: &Path, key: &Path) -> Result<Client, eddy_client::ClientError> {

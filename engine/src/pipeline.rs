@@ -390,6 +390,18 @@ fn created(s: &Statement) -> Option<(ObjectKind, &str)> {
     }
 }
 
+/// The schema of a sink's JSON lines: the stream's columns, and `_op` for an upsert sink.
+fn sink_row_schema(stream: &SchemaRef, mode: SinkMode) -> SchemaRef {
+    match mode {
+        SinkMode::Append => stream.clone(),
+        SinkMode::Upsert => {
+            let mut fields: Vec<_> = stream.fields().iter().cloned().collect();
+            fields.push(Arc::new(arrow::datatypes::Field::new("_op", arrow::datatypes::DataType::Utf8, false)));
+            Arc::new(arrow::datatypes::Schema::new(fields))
+        }
+    }
+}
+
 fn resolve_path(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
@@ -831,6 +843,7 @@ impl Pipeline {
                         options: o,
                         metadata_keys: decoder.metadata_keys(),
                         columns: cols.iter().map(|c| c.name.clone()).collect(),
+                        schema: None,
                         state: None,
                         wakeup: Some(wakeup.clone()),
                     };
@@ -973,6 +986,7 @@ impl Pipeline {
                     options,
                     metadata_keys: Vec::new(),
                     columns: columns.clone(),
+                    schema: Some(sink_row_schema(&stream.schema, mode)),
                     state: state.map(|s| SinkStateDir {
                         dir: s.dir.join(name),
                         storage: s.storage.clone(),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/eddy/v1/control.proto"];
+    let files = ["proto/eddy/v1/control.proto", "proto/eddy/v1/hub.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -40,6 +40,9 @@ def main() -> int:
             if missing:
                 print(f"reflection: missing {sorted(missing)} in {sorted(services)}", file=sys.stderr)
                 return 1
+            if "eddy.v1.Hub" in services:
+                print("reflection: eddyd advertises eddy.v1.Hub, which only eddy-hub serves", file=sys.stderr)
+                return 1
             control = DescriptorPool(db).FindServiceByName("eddy.v1.Control")
             methods = {m.name for m in control.methods}
             for m in ("Status", "Deploy", "Tap", "ReadAudit"):

@@ -228,6 +228,9 @@ impl ControlService {
                         retractions: *retractions,
                         backlog_messages: load(|g| g.outbox_messages.load(std::sync::atomic::Ordering::Relaxed)),
                         backlog_bytes: load(|g| g.outbox_bytes.load(std::sync::atomic::Ordering::Relaxed)),
+                        backlog_oldest_age_ms: load(|g| {
+                            g.outbox_oldest_age_ms.load(std::sync::atomic::Ordering::Relaxed)
+                        }),
                     }
                 })
                 .collect();
@@ -677,14 +680,21 @@ pub async fn serve(
     });
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ControlServer<ControlService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
+    // Only what eddyd serves: eddy.v1 also holds the hub's service.
+    let reflection_of = || {
+        [
+            "eddy.v1.Control",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
+        .into_iter()
+        .fold(tonic_reflection::server::Builder::configure(), |b, name| b.with_service_name(name))
         .register_encoded_file_descriptor_set(eddy_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(eddy_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    };
+    let reflection = reflection_of().build_v1()?;
+    let reflection_alpha = reflection_of().build_v1alpha()?;
     let control = ControlServer::from_arc(svc).max_decoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(32)

@@ -1,10 +1,11 @@
-//! The daemon's network connectors (MQTT, Kafka), handed to the engine through one
+//! The daemon's network connectors (MQTT, Kafka, the fleet's hub), handed to the engine through one
 //! [`ConnectorProvider`]. What every connector shares lives here: the reconnect [`backoff`], the
 //! durable [`outbox`] and the sink name [`template`]s. Each connector owns its protocol; none
 //! reaches into another's module, and none parses options the engine's kit already parses
 //! (formats, numbers, durations).
 
 pub mod backoff;
+pub mod hub;
 pub mod kafka;
 pub mod mqtt;
 pub mod outbox;
@@ -13,7 +14,7 @@ pub mod template;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::config::{KafkaDefaults, MqttDefaults};
+use crate::config::{HubSection, KafkaDefaults, MqttDefaults};
 use crate::metrics::Registry;
 use eddy_engine::connector::{self, ConnectorProvider, ConnectorSpec, FoldPosition, SinkWriter, SourceReader};
 use eddy_engine::{EngineError, Result};
@@ -23,6 +24,7 @@ pub struct Provider {
     pub pipeline: String,
     pub mqtt: MqttDefaults,
     pub kafka: KafkaDefaults,
+    pub hub: HubSection,
     pub metrics: Arc<Registry>,
     /// Set when eddyd is shutting down (a blocked sink then stops waiting).
     pub stopping: Arc<AtomicBool>,
@@ -39,6 +41,7 @@ impl Provider {
             pipeline: pipeline.to_string(),
             mqtt: Default::default(),
             kafka: Default::default(),
+            hub: Default::default(),
             metrics: Default::default(),
             stopping: Default::default(),
             durable: false,
@@ -96,17 +99,19 @@ pub(crate) fn num(ctx: &str, spec: &ConnectorSpec<'_>, key: &str, default: usize
     Ok(connector::num_option::<usize>(ctx, spec.options, key)?.unwrap_or(default))
 }
 
-const CONNECTORS: &[&str] = &["mqtt", "kafka"];
+const SOURCES: &[&str] = &["mqtt", "kafka"];
+const SINKS: &[&str] = &["mqtt", "kafka", "hub"];
 
 impl ConnectorProvider for Provider {
-    fn connectors(&self, _what: &str) -> Vec<&'static str> {
-        CONNECTORS.to_vec()
+    fn connectors(&self, what: &str) -> Vec<&'static str> {
+        if what == "sink" { SINKS } else { SOURCES }.to_vec()
     }
 
     fn options(&self, what: &str, connector: &str) -> Option<&'static [&'static str]> {
         match connector {
             "mqtt" => mqtt::options(what),
             "kafka" => kafka::options(what),
+            "hub" if what == "sink" => Some(hub::SINK_OPTIONS),
             _ => None,
         }
     }
@@ -117,6 +122,7 @@ impl ConnectorProvider for Provider {
             ("mqtt", "sink") => mqtt::sink_settings(self, spec).map(|_| ()),
             ("kafka", "source") => kafka::source_settings(self, spec).map(|_| ()),
             ("kafka", "sink") => kafka::sink_settings(self, spec).map(|_| ()),
+            ("hub", "sink") => hub::sink_settings(self, spec).map(|_| ()),
             (c, w) => Err(EngineError::Internal(format!("no provided {c} {w}s"))),
         }
     }
@@ -138,6 +144,7 @@ impl ConnectorProvider for Provider {
     fn open_sink(&self, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SinkWriter>> {
         match spec.connector {
             "kafka" => kafka::open_sink(self, spec),
+            "hub" => hub::open_sink(self, spec),
             _ => mqtt::open_sink(self, spec),
         }
     }

@@ -148,6 +148,9 @@ pub struct ConnectorSpec<'a> {
     pub metadata_keys: Vec<String>,
     /// Sink: the output columns.
     pub columns: Vec<String>,
+    /// Sink: the Arrow schema of the rows its JSON lines carry (an upsert sink's ends with
+    /// `_op`, text); `None` for sources.
+    pub schema: Option<arrow::datatypes::SchemaRef>,
     /// Sink: where its outbox goes in a durable pipeline (`None` without durable state).
     pub state: Option<SinkStateDir>,
     /// Source: what to call when input arrives, to wake an idle pipeline at once.

@@ -1,11 +1,14 @@
 //! `eddy-client`: a typed client of eddyd's management API (`eddy.v1.Control`). It connects
 //! over the local Unix socket (the caller is known by its uid) or over TCP with mutual TLS, and
 //! retries only what is safe to retry (reads, on transport errors). Owns connections and
-//! retries; never interprets replies (that is the caller's job).
+//! retries; never interprets replies (that is the caller's job). [`HubClient`] is the same for
+//! the fleet's hub (`eddy.v1.Hub`).
 
+mod hub;
 mod target;
 
 pub use eddy_proto::v1;
+pub use hub::HubClient;
 pub use target::{Target, TlsFiles, DEFAULT_SOCKET};
 pub use tonic::{Code, Status};
 
@@ -16,8 +19,8 @@ use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The daemon could not be reached (socket missing, refused, TLS handshake failed).
-    #[error("cannot reach eddyd at {target}: {why}")]
+    /// The daemon (or hub) could not be reached (socket missing, refused, TLS handshake failed).
+    #[error("cannot reach {target}: {why}")]
     Connect { target: String, why: String },
     /// A certificate or key file could not be read.
     #[error("{0}")]
@@ -123,6 +126,16 @@ fn connection_failed(s: &Status) -> bool {
     }
 }
 
+/// A call's failure: a connection failure (the peer refused this client's certificate after the
+/// handshake, say) is not an answer of the peer's.
+pub(crate) fn status_error(target: &str, s: Status) -> ClientError {
+    if connection_failed(&s) {
+        let why = target::error_chain(std::error::Error::source(&s).unwrap_or(&s));
+        return ClientError::Connect { target: target.to_string(), why };
+    }
+    ClientError::Status(s)
+}
+
 impl Client {
     /// Connects (the connection is made now, so a wrong address fails here).
     pub async fn connect(target: &Target, timeouts: Timeouts) -> Result<Client, ClientError> {
@@ -135,11 +148,7 @@ impl Client {
     /// A call that failed on the connection (the daemon refused this client's certificate
     /// after the handshake, say) is a connection failure, not an answer of the daemon's.
     fn error(&self, s: Status) -> ClientError {
-        if connection_failed(&s) {
-            let why = target::error_chain(std::error::Error::source(&s).unwrap_or(&s));
-            return ClientError::Connect { target: self.target.clone(), why };
-        }
-        ClientError::Status(s)
+        status_error(&self.target, s)
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {

@@ -589,11 +589,12 @@ fn show(d: &v1::PipelineDetail, colour: bool) {
                     render::count(s.retractions),
                     render::count(s.backlog_messages),
                     render::bytes(s.backlog_bytes),
+                    if s.backlog_oldest_age_ms > 0 { render::duration_ms(s.backlog_oldest_age_ms) } else { "-".into() },
                 ]
             })
             .collect();
         println!();
-        println!("{}", render::table(&["SINK", "ROWS", "RETRACTIONS", "BACKLOG", "BACKLOG BYTES"], &rows));
+        println!("{}", render::table(&["SINK", "ROWS", "RETRACTIONS", "BACKLOG", "BACKLOG BYTES", "OLDEST"], &rows));
     }
     println!("\n{}", d.sql.trim_end());
 }

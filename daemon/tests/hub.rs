@@ -1,0 +1,442 @@
+//! The hub end to end with real parts: SeaweedFS as the S3 store, `eddy-hub` processes, and
+//! `eddyd` gateways with `hub` sinks. What the bucket holds, read back as Parquet, must equal each
+//! gateway's `eddyd replay` output exactly: across gateway SIGKILLs, a hub SIGKILLed mid-batch,
+//! hubs down for a while and the store restarted. Plus the push protocol and its security.
+
+#[path = "support/hub.rs"]
+mod hub_side;
+#[path = "support/pki.rs"]
+mod pki;
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, TimestampMillisecondType};
+use eddy_client::{v1, Code, HubClient, Target, Timeouts, TlsFiles};
+use hub_side::{HubProcess, S3Server};
+use pki::Pki;
+use support::EDDYD;
+
+const STREAM: &str = "plant_stats";
+
+const PIPELINE: &str = r#"
+CREATE SOURCE readings (
+    device_id VARCHAR NOT NULL,
+    temp      DOUBLE,
+    ts        TIMESTAMP(3) NOT NULL,
+    WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
+) WITH (connector = 'file', path = 'in.jsonl', format = 'json', batch_rows = '40', follow = 'false');
+
+CREATE SINK plant_stats AS
+SELECT device_id, window_start, window_end, COUNT(*) AS n, AVG(temp) AS avg_temp, MAX(temp) AS max_temp
+FROM TUMBLE(readings, ts, INTERVAL '10' SECOND)
+GROUP BY device_id, window_start, window_end
+WITH (connector = 'hub', stream = 'plant_stats', batch_rows = '50');
+"#;
+
+/// The central side: a PKI, the store and the hubs.
+struct Central {
+    dir: tempfile::TempDir,
+    pki: Pki,
+    s3: S3Server,
+    hubs: Vec<HubProcess>,
+}
+
+impl Central {
+    fn start(hubs: usize) -> Central {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path(), "fleet");
+        pki.issue("hub", &["localhost", "127.0.0.1"], false);
+        let s3 = S3Server::start(&dir.path().join("s3"));
+        let hubs = (0..hubs).map(|i| HubProcess::start(dir.path(), &format!("hub{i}"), &s3, dir.path())).collect();
+        Central { dir, pki, s3, hubs }
+    }
+
+    /// A gateway's directory: its input (from `seed`), pipeline, config and certificate.
+    fn gateway(&self, name: &str, seed: u64, rows: usize) -> PathBuf {
+        let gw = self.dir.path().join(name);
+        std::fs::create_dir_all(&gw).unwrap();
+        write_input(&gw, seed, rows);
+        std::fs::write(gw.join("p.sql"), PIPELINE).unwrap();
+        let (cert, key) = self.pki.issue(name, &[], false);
+        // Each gateway tries the hubs in its own order, so every hub takes pushes.
+        let mut endpoints: Vec<String> = self.hubs.iter().map(|h| format!("'{}'", h.addr)).collect();
+        let turn = seed as usize % endpoints.len().max(1);
+        endpoints.rotate_left(turn);
+        std::fs::write(
+            gw.join("eddyd.toml"),
+            format!(
+                "[api]\nsocket = '{}'\n[hub]\nendpoints = [{}]\nca_file = '{}'\ncert_file = '{}'\nkey_file = '{}'\nserver_name = 'localhost'\nrequest_timeout_ms = 5000\n",
+                gw.join("control.sock").display(),
+                endpoints.join(", "),
+                self.dir.path().join("fleet-ca.pem").display(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let keyline = Command::new(EDDYD).args(["keygen", "--id", "1"]).output().unwrap();
+        std::fs::write(gw.join("state.key"), &keyline.stdout).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(gw.join("state.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        gw
+    }
+
+    /// The rows the bucket holds for `gateway`, each as a canonical line, sorted; and the keys.
+    fn stored(&self, gateway: &str) -> (Vec<String>, Vec<String>) {
+        let mut rows = Vec::new();
+        let mut keys = Vec::new();
+        let prefix = format!("streams/{STREAM}/gateway={gateway}/");
+        for (key, bytes) in self.s3.objects() {
+            if !key.starts_with(&prefix) {
+                continue;
+            }
+            keys.push(key);
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
+            for b in reader {
+                let b = b.unwrap();
+                let mut cols: Vec<usize> = (0..b.num_columns()).collect();
+                cols.sort_by_key(|&c| b.schema().field(c).name().clone());
+                for r in 0..b.num_rows() {
+                    let vals: Vec<String> = cols.iter().map(|&c| parquet_value(b.column(c), r)).collect();
+                    rows.push(vals.join("|"));
+                }
+            }
+        }
+        rows.sort();
+        (rows, keys)
+    }
+}
+
+fn canon_number(f: f64) -> String {
+    format!("{f:.6}")
+}
+
+fn parquet_value(col: &dyn Array, r: usize) -> String {
+    if col.is_null(r) {
+        return "null".into();
+    }
+    match col.data_type() {
+        DataType::Timestamp(..) => col.as_primitive::<TimestampMillisecondType>().value(r).to_string(),
+        DataType::Utf8 => col.as_string::<i32>().value(r).to_string(),
+        _ => {
+            let s = arrow::util::display::array_value_to_string(col, r).unwrap();
+            s.parse::<f64>().map(canon_number).unwrap_or(s)
+        }
+    }
+}
+
+fn json_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "null".into(),
+        serde_json::Value::Number(n) => canon_number(n.as_f64().unwrap()),
+        serde_json::Value::String(s) if s.len() >= 19 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b'T' => {
+            eddy_engine::time::parse_timestamp_ms(s).map_or(s.clone(), |ms| ms.to_string())
+        }
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What `eddyd replay` gives for the gateway's input, as canonical lines, sorted.
+fn expected(gw: &Path) -> Vec<String> {
+    let out = Command::new(EDDYD)
+        .current_dir(gw)
+        .args(["replay", "p.sql", "--output", "plant_stats=expected.jsonl"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "replay: {}", String::from_utf8_lossy(&out.stderr));
+    let mut rows: Vec<String> = std::fs::read_to_string(gw.join("expected.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let m: BTreeMap<String, serde_json::Value> = serde_json::from_str(l).unwrap();
+            m.values().map(json_value).collect::<Vec<_>>().join("|")
+        })
+        .collect();
+    rows.sort();
+    assert!(!rows.is_empty());
+    rows
+}
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn write_input(dir: &Path, seed: u64, rows: usize) {
+    let mut rng = Lcg(seed);
+    let t0: i64 = 1_700_000_000_000;
+    let mut s = String::new();
+    for i in 0..rows {
+        let ts = t0 + i as i64 * 100 - rng.below(3000) as i64;
+        let temp = 10.0 + rng.below(3000) as f64 / 100.0;
+        s.push_str(&format!("{{\"device_id\": \"dev-{}\", \"temp\": {temp}, \"ts\": {ts}}}\n", rng.below(8)));
+    }
+    std::fs::write(dir.join("in.jsonl"), s).unwrap();
+}
+
+fn run_cmd(gw: &Path) -> Command {
+    let mut cmd = Command::new(EDDYD);
+    cmd.current_dir(gw)
+        .args(["run", "--config", "eddyd.toml", "--pipeline", "p.sql", "--state-dir", "state"])
+        .args(["--key-file", "state.key", "--checkpoint-interval-ms", "20"])
+        .env("EDDY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs the gateway to the end of its input (its outbox drained), asserting success.
+fn run_to_end(gw: &Path) {
+    let out = run_cmd(gw).output().unwrap();
+    assert!(out.status.success(), "eddyd run: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn assert_exactly_once(c: &Central, name: &str, gw: &Path) {
+    let want = expected(gw);
+    let (got, keys) = c.stored(name);
+    assert!(!keys.is_empty(), "{name}: nothing stored");
+    for k in &keys {
+        let rest = k.strip_prefix(&format!("streams/{STREAM}/gateway={name}/date=")).unwrap();
+        assert!(rest.len() > 11 && rest.as_bytes()[10] == b'/' && rest.ends_with(".parquet"), "{k}");
+    }
+    assert_eq!(got.len(), want.len(), "{name}: {} rows stored, replay gives {}", got.len(), want.len());
+    assert!(got == want, "{name}: the stored rows differ from replay");
+}
+
+#[test]
+fn three_gateways_through_two_hubs_store_every_row_once() {
+    let c = Central::start(2);
+    let gws: Vec<(String, PathBuf)> =
+        (1..=3).map(|i| (format!("gw-{i}"), c.gateway(&format!("gw-{i}"), i, 2000 + 500 * i as usize))).collect();
+    let runs: Vec<_> = gws.iter().map(|(_, gw)| run_cmd(gw).spawn().unwrap()).collect();
+    for r in runs {
+        let out = r.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "eddyd run: {err}");
+        eprint!("{err}");
+    }
+    for (name, gw) in &gws {
+        assert_exactly_once(&c, name, gw);
+    }
+    // A second run from the same state adds nothing (its input is consumed, its outbox empty).
+    run_to_end(&gws[0].1);
+    assert_exactly_once(&c, &gws[0].0, &gws[0].1);
+    // What an operator sees: `eddy-hub ls` counts the rows from the objects' footers.
+    let ls = Command::new(hub_side::hub_binary())
+        .args(["--config"])
+        .arg(&c.hubs[1].config)
+        .args(["ls", "--stream", STREAM, "--gateway", "gw-2"])
+        .env("AWS_ACCESS_KEY_ID", hub_side::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", hub_side::SECRET_KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.status.success(), "eddy-hub ls: {}", String::from_utf8_lossy(&ls.stderr));
+    let want = format!(" batches, {} rows, ", expected(&gws[1].1).len());
+    assert!(text.lines().last().is_some_and(|l| l.contains(&want)), "{text}");
+    assert!(text.contains("gateway=gw-2/") && !text.contains("gateway=gw-1/"), "{text}");
+}
+
+#[test]
+fn gateway_kills_hub_kills_outages_and_a_store_restart_lose_and_double_nothing() {
+    let mut c = Central::start(2);
+    let gw = c.gateway("gw-faults", 7, 200_000);
+    let mut rng = Lcg(99);
+    let (mut kills, mut starts) = (0, 0);
+    let t0 = Instant::now();
+    // Gateway SIGKILLs at random moments; between them, the central side fails in turn.
+    while kills < 12 {
+        starts += 1;
+        assert!(starts < 400, "no progress after {starts} starts");
+        match kills {
+            3 => c.hubs[0].kill(), // one hub gone: the gateway fails over to the other
+            5 => {
+                // The link cut: no hub at all; rows wait in the outbox.
+                c.hubs[1].kill();
+            }
+            8 => {
+                c.hubs[0].restart();
+                c.hubs[1].restart();
+            }
+            10 => c.s3.restart(),
+            _ => {}
+        }
+        let mut child = run_cmd(&gw).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_millis(10 + rng.below(90));
+        let mut exited = false;
+        while Instant::now() < deadline {
+            if let Some(st) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+                assert!(st.success(), "eddyd run failed after {kills} kills: {err}");
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if exited {
+            break; // the input ran out (the assertion below asks for enough kills first)
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    for h in &mut c.hubs {
+        if !h.running() {
+            h.restart();
+        }
+    }
+    // Hubs up: the last run drains the outbox and finishes the input.
+    run_to_end(&gw);
+    assert_exactly_once(&c, "gw-faults", &gw);
+    eprintln!("{kills} gateway SIGKILLs over {starts} starts in {:?}: every row stored once", t0.elapsed());
+    assert!(kills >= 10, "only {kills} kills before the input ran out: make the input longer");
+}
+
+fn hub_client(
+    rt: &tokio::runtime::Runtime,
+    c: &Central,
+    name: &str,
+    ca_dir: &Path,
+) -> Result<HubClient, eddy_client::ClientError> {
+    let (cert, key) = (c.dir.path().join(format!("{name}.pem")), c.dir.path().join(format!("{name}.key")));
+    let target = Target::Tls {
+        address: c.hubs[0].addr.clone(),
+        files: TlsFiles { ca: ca_dir.join("fleet-ca.pem"), cert, key, server_name: Some("localhost".into()) },
+    };
+    rt.block_on(HubClient::connect(&target, Timeouts::default()))
+}
+
+/// `n` rows as an Arrow IPC stream.
+fn ipc_rows(n: usize) -> Vec<u8> {
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{Field, Schema};
+    let schema = std::sync::Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+    let b = RecordBatch::try_new(schema.clone(), vec![std::sync::Arc::new(Int64Array::from_iter_values(0..n as i64))])
+        .unwrap();
+    let mut out = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).unwrap();
+    w.write(&b).unwrap();
+    w.finish().unwrap();
+    drop(w);
+    out
+}
+
+fn push(first: u64, last: u64) -> v1::PushRowsRequest {
+    v1::PushRowsRequest {
+        stream: "probe".into(),
+        outbox_id: 0xfeed,
+        first_seq: first,
+        last_seq: last,
+        date: "2026-12-01".into(),
+        arrow_ipc: ipc_rows((last - first + 1) as usize),
+    }
+}
+
+/// The store must refuse a second create-only PUT of a key: two hubs racing on one batch rely on it.
+#[test]
+fn the_store_honours_create_only_puts() {
+    use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(dir.path());
+    let store = s3.store();
+    let rt = hub_side::runtime();
+    let path = object_store::path::Path::from("probe/once");
+    let create = || PutOptions { mode: PutMode::Create, ..Default::default() };
+    rt.block_on(store.put_opts(&path, PutPayload::from_static(b"first"), create())).unwrap();
+    let second = rt.block_on(store.put_opts(&path, PutPayload::from_static(b"second"), create()));
+    assert!(matches!(second, Err(object_store::Error::AlreadyExists { .. })), "{second:?}");
+    let body = rt.block_on(async { store.get(&path).await.unwrap().bytes().await.unwrap() });
+    assert_eq!(&body[..], b"first");
+}
+
+#[test]
+fn a_batch_sent_again_however_cut_is_stored_once_and_strangers_are_refused() {
+    let c = Central::start(1);
+    c.pki.issue("gw-a", &[], false);
+    let rt = hub_side::runtime();
+    let client = hub_client(&rt, &c, "gw-a", c.dir.path()).unwrap();
+    let first = rt.block_on(client.push_rows(push(0, 9))).unwrap();
+    assert_eq!((first.stored_through, first.already_stored), (9, false));
+    assert_eq!(
+        first.object,
+        "streams/probe/gateway=gw-a/date=2026-12-01/000000000000feed-00000000000000000000.parquet"
+    );
+    // A gateway that crashed before it saw the reply sends a longer batch from the same row.
+    let again = rt.block_on(client.push_rows(push(0, 14))).unwrap();
+    assert_eq!((again.stored_through, again.already_stored), (9, true));
+    let rest = rt.block_on(client.push_rows(push(10, 14))).unwrap();
+    assert_eq!((rest.stored_through, rest.already_stored), (14, false));
+    let shorter = rt.block_on(client.push_rows(push(10, 12))).unwrap();
+    assert_eq!((shorter.stored_through, shorter.already_stored), (14, true));
+    let (rows, keys) = c.stored_stream("probe", "gw-a");
+    assert_eq!((rows, keys.len()), (15, 2), "{keys:?}");
+
+    // A batch whose rows do not match its sequence numbers, a bad date, a bad stream name.
+    let mut bad = push(20, 29);
+    bad.arrow_ipc = ipc_rows(3);
+    let e = rt.block_on(client.push_rows(bad)).unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let mut bad = push(20, 29);
+    bad.date = "yesterday".into();
+    assert_eq!(rt.block_on(client.push_rows(bad)).unwrap_err().code(), Code::InvalidArgument);
+    let mut bad = push(20, 29);
+    bad.stream = "../gateway=gw-b".into();
+    assert_eq!(rt.block_on(client.push_rows(bad)).unwrap_err().code(), Code::InvalidArgument);
+
+    // A certificate from another CA is refused at the handshake; nothing is stored.
+    let stranger_dir = c.dir.path().join("stranger");
+    std::fs::create_dir_all(&stranger_dir).unwrap();
+    let stranger = Pki::new(&stranger_dir, "fleet");
+    stranger.issue("gw-a", &[], false);
+    let target = Target::Tls {
+        address: c.hubs[0].addr.clone(),
+        files: TlsFiles {
+            ca: c.dir.path().join("fleet-ca.pem"),
+            cert: stranger_dir.join("gw-a.pem"),
+            key: stranger_dir.join("gw-a.key"),
+            server_name: Some("localhost".into()),
+        },
+    };
+    let refused = rt.block_on(async {
+        let cl = HubClient::connect(&target, Timeouts::default()).await?;
+        cl.push_rows(push(100, 109)).await
+    });
+    assert!(refused.is_err(), "a stranger's push was accepted");
+    // A gateway certificate whose CN is not a gateway id is refused.
+    c.pki.issue("not a gateway", &[], false);
+    let odd = hub_client(&rt, &c, "not a gateway", c.dir.path()).unwrap();
+    assert_eq!(rt.block_on(odd.push_rows(push(0, 9))).unwrap_err().code(), Code::PermissionDenied);
+    let (rows, keys) = c.stored_stream("probe", "gw-a");
+    assert_eq!((rows, keys.len()), (15, 2));
+    assert_eq!(c.s3.objects().len(), 2, "only gw-a's two objects are in the bucket");
+}
+
+impl Central {
+    /// Rows and keys of `stream` from `gateway`.
+    fn stored_stream(&self, stream: &str, gateway: &str) -> (usize, Vec<String>) {
+        let prefix = format!("streams/{stream}/gateway={gateway}/");
+        let mut rows = 0;
+        let mut keys = Vec::new();
+        for (k, b) in self.s3.objects() {
+            if k.starts_with(&prefix) {
+                let r =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(b).unwrap().build().unwrap();
+                rows += r.map(|b| b.unwrap().num_rows()).sum::<usize>();
+                keys.push(k);
+            }
+        }
+        (rows, keys)
+    }
+}

@@ -1,0 +1,138 @@
+//! `eddy-hub`'s configuration file (TOML): where it listens, its TLS files, the object store and
+//! its limits. Owns parsing and checking; never opens a socket or the store. Secrets come from the
+//! environment or a file, and never appear in `Debug` or logs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// `host:port` to serve gRPC on (mutual TLS).
+    pub listen: String,
+    pub tls: TlsConfig,
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The hub's certificate chain and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that signs gateway certificates: only its gateways are let in, each known by its
+    /// certificate's CN.
+    pub client_ca: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `s3://bucket` (S3 or an S3-compatible store) or `file:///dir` (one machine only).
+    pub url: String,
+    /// Where every key starts (`fleet-a/`): several fleets can share a bucket.
+    #[serde(default)]
+    pub prefix: String,
+    /// S3: the endpoint of an S3-compatible store (`http://10.0.0.5:8333`); empty for AWS.
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// S3 credentials; when absent, the standard `AWS_*` environment variables.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// A file holding the secret access key (kept out of the config file).
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Allow `http://` endpoints (a store on the same host or a private network).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key_file", &self.secret_access_key_file)
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// The largest push accepted, in bytes (gateways keep their batches below it).
+    pub max_push_bytes: usize,
+    /// Pushes handled at once across all gateways; more wait. With max_push_bytes, this bounds
+    /// the memory pushes hold (about twice their product: the rows and their Parquet).
+    pub max_concurrent_pushes: usize,
+    /// Rows in one push, at most.
+    pub max_push_rows: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_push_bytes: 64 << 20, max_concurrent_pushes: 64, max_push_rows: 1_000_000 }
+    }
+}
+
+impl HubConfig {
+    pub fn load(path: &Path) -> anyhow::Result<HubConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut cfg: HubConfig = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.tls.client_ca] {
+            *p = base.join(&*p);
+        }
+        if let Some(p) = cfg.store.secret_access_key_file.as_mut() {
+            *p = base.join(&*p);
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if !(self.store.url.starts_with("s3://") || self.store.url.starts_with("file://")) {
+            bail!("store.url '{}': use s3://bucket or file:///dir", self.store.url);
+        }
+        if self.store.prefix.split('/').any(|s| s == "..") {
+            bail!("store.prefix '{}': no '..' segments", self.store.prefix);
+        }
+        let l = &self.limits;
+        if l.max_push_bytes < 4096 || l.max_concurrent_pushes == 0 || l.max_push_rows == 0 {
+            bail!("limits: max_push_bytes is at least 4096, and every other limit at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_relative_to_the_file_and_bad_urls_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hub.toml");
+        std::fs::write(
+            &p,
+            "listen = '127.0.0.1:7443'\n[tls]\ncert = 'hub.pem'\nkey = 'hub.key'\nclient_ca = 'ca.pem'\n[store]\nurl = 's3://eddy'\n",
+        )
+        .unwrap();
+        let cfg = HubConfig::load(&p).unwrap();
+        assert_eq!(cfg.tls.cert, dir.path().join("hub.pem"));
+        assert_eq!(cfg.limits.max_concurrent_pushes, 64);
+        std::fs::write(&p, std::fs::read_to_string(&p).unwrap().replace("s3://eddy", "ftp://x")).unwrap();
+        let e = HubConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("store.url"), "{e}");
+    }
+}

@@ -1,0 +1,130 @@
+//! `eddy-hub`: the central service of an Eddy fleet (docs/hub.md). Gateways push their `hub`
+//! sinks' rows to it over gRPC with mutual TLS; it stores each batch once, as a Parquet object in
+//! S3-compatible object storage. Stateless: every hub behind a load balancer serves the same
+//! bucket. Owns the process (config, TLS, serving, shutdown); depends on `eddy-proto`, never on
+//! the engine.
+
+mod config;
+mod identity;
+mod layout;
+mod parquet_batch;
+mod service;
+mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use eddy_proto::v1::hub_server::HubServer;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+#[derive(Parser)]
+#[command(name = "eddy-hub", version, about = "The central service of an Eddy fleet")]
+struct Cli {
+    /// The configuration file (docs/hub.md).
+    #[arg(long, short, global = true, default_value = "/etc/eddy-hub/hub.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Serve gateways (the default).
+    Serve,
+    /// Check the configuration and the TLS files, then exit.
+    Check,
+    /// List the stored batches: key, gateway, rows, bytes (read from each object's footer).
+    Ls {
+        /// Only this stream's batches.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only this gateway's batches.
+        #[arg(long)]
+        gateway: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EDDY_HUB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = config::HubConfig::load(&cli.config)?;
+    let bucket = Arc::new(store::Bucket::open(&cfg.store)?);
+    match cli.cmd.unwrap_or(Cmd::Serve) {
+        Cmd::Serve => {
+            let tls = tls_config(&cfg.tls)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+            rt.block_on(serve(cfg, tls, bucket))
+        }
+        Cmd::Check => {
+            tls_config(&cfg.tls)?;
+            println!("{}: ok", cli.config.display());
+            Ok(())
+        }
+        Cmd::Ls { stream, gateway } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+            let batches = rt.block_on(bucket.list_batches(stream.as_deref(), gateway.as_deref()))?;
+            let w = batches.iter().map(|b| b.key.len()).max().unwrap_or(0).max(3);
+            println!("{:<w$} {:>10} {:>12}", "KEY", "ROWS", "BYTES");
+            let (mut rows, mut bytes) = (0u64, 0u64);
+            for b in &batches {
+                println!("{:<w$} {:>10} {:>12}", b.key, b.rows, b.bytes);
+                rows += b.rows;
+                bytes += b.bytes;
+            }
+            println!("{} batches, {rows} rows, {bytes} bytes", batches.len());
+            Ok(())
+        }
+    }
+}
+
+fn tls_config(t: &config::TlsConfig) -> anyhow::Result<ServerTlsConfig> {
+    let read = |p: &PathBuf, what: &str| std::fs::read(p).with_context(|| format!("tls.{what} {}", p.display()));
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&t.cert, "cert")?, read(&t.key, "key")?))
+        .client_ca_root(Certificate::from_pem(read(&t.client_ca, "client_ca")?)))
+}
+
+async fn serve(cfg: config::HubConfig, tls: ServerTlsConfig, bucket: Arc<store::Bucket>) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listen {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let max_push_bytes = cfg.limits.max_push_bytes;
+    let svc =
+        HubServer::new(service::HubService::new(bucket.clone(), cfg.limits)).max_decoding_message_size(max_push_bytes);
+    // Printed on stdout for whoever started us (tests bind port 0).
+    println!("eddy-hub listening on {addr}");
+    tracing::info!(%addr, store = %bucket.url, prefix = %bucket.prefix, "eddy-hub serving");
+    Server::builder()
+        .tls_config(tls)
+        .map_err(|e| anyhow!("tls: {e}"))?
+        .concurrency_limit_per_connection(64)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown())
+        .await
+        .map_err(|e| anyhow!("serve: {e}"))?;
+    tracing::info!("eddy-hub stopped");
+    Ok(())
+}
+
+/// SIGTERM or SIGINT: stop accepting, finish the calls in progress.
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop eddy-hub with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
