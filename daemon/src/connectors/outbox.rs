@@ -18,7 +18,8 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use eddy_engine::ops::snapshot::{StateReader, StateWriter};
 use eddy_engine::storage::wal::{Wal, WalConfig};
@@ -352,11 +353,39 @@ pub struct SharedOutbox {
     outbox: Mutex<Outbox>,
     /// Signalled when the outbox gains or loses messages (and when the sender fails).
     pub changed: Condvar,
+    /// Set when the sink closes (the pipeline stopped): the sender stops.
+    closing: AtomicBool,
 }
 
 impl SharedOutbox {
     pub fn new(outbox: Outbox) -> SharedOutbox {
-        SharedOutbox { outbox: Mutex::new(outbox), changed: Condvar::new() }
+        SharedOutbox { outbox: Mutex::new(outbox), changed: Condvar::new(), closing: AtomicBool::new(false) }
+    }
+
+    /// Whether the sender should stop.
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Waits until the outbox is empty, `until` passes or `keep_waiting` says no more; returns
+    /// how many messages are left.
+    pub fn drain(&self, until: Instant, keep_waiting: impl Fn() -> bool) -> Result<usize> {
+        let mut ob = self.lock()?;
+        while !ob.queue.is_empty() && Instant::now() < until && keep_waiting() {
+            ob = self.wait(ob, Duration::from_millis(50))?;
+        }
+        Ok(ob.queue.len())
+    }
+
+    /// Tells the sender to stop and waits for its thread; `what` names it in errors.
+    pub fn stop_sender(&self, thread: Option<JoinHandle<Result<()>>>, what: &str) -> Result<()> {
+        self.closing.store(true, Ordering::Release);
+        self.changed.notify_all();
+        match thread.map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(EngineError::Internal(format!("the {what} thread panicked"))),
+            None => Ok(()),
+        }
     }
 
     pub fn lock(&self) -> Result<MutexGuard<'_, Outbox>> {
@@ -418,6 +447,30 @@ impl SharedOutbox {
         self.changed.notify_all();
         Ok(ob)
     }
+}
+
+/// Starts a sink's sender thread. An error it ends with is logged, marked on the sink's gauges
+/// (the pipeline fails on its next delivery; `/healthz` shows it at once) and `wake`s whoever
+/// waits on the outbox.
+pub fn spawn_sender(
+    thread_name: String,
+    ctx: String,
+    gauges: Arc<ConnectorGauges>,
+    wake: impl Fn() + Send + 'static,
+    body: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<JoinHandle<Result<()>>> {
+    std::thread::Builder::new()
+        .name(thread_name.clone())
+        .spawn(move || {
+            let r = body();
+            if let Err(e) = &r {
+                tracing::error!(sink = %ctx, thread = %thread_name, error = %e, "sink sender stopped");
+                gauges.fail(e.to_string());
+                wake();
+            }
+            r
+        })
+        .map_err(|e| EngineError::io("<thread>", e))
 }
 
 /// A random, non-zero outbox identity.

@@ -20,7 +20,7 @@ use eddy_engine::{EngineError, Result};
 
 use super::{rows, HubSinkSettings};
 use crate::connectors::backoff::Backoff;
-use crate::connectors::outbox::{Outbox, SharedOutbox};
+use crate::connectors::outbox::{spawn_sender, Outbox, SharedOutbox};
 use crate::metrics::ConnectorGauges;
 
 /// Length of the commit time each row carries in the outbox: `yyyy-mm-ddThh:mm:ss.mmmZ`.
@@ -28,8 +28,6 @@ const STAMP_LEN: usize = 24;
 
 struct Shared {
     outbox: SharedOutbox,
-    /// Set by `close` (the pipeline stopped) or by the daemon's shutdown.
-    closing: AtomicBool,
     gauges: Arc<ConnectorGauges>,
 }
 
@@ -83,27 +81,17 @@ impl SinkWriter for HubSink {
             return Err(EngineError::Internal("a durable outbox without an identity".into()));
         }
         outbox.publish_gauges(&self.gauges);
-        let shared = Arc::new(Shared {
-            outbox: SharedOutbox::new(outbox),
-            closing: AtomicBool::new(false),
-            gauges: self.gauges.clone(),
-        });
+        let shared = Arc::new(Shared { outbox: SharedOutbox::new(outbox), gauges: self.gauges.clone() });
         let (s, schema, sh, stopping) =
             (self.settings.clone(), self.schema.clone(), shared.clone(), self.stopping.clone());
-        self.thread = Some(
-            std::thread::Builder::new()
-                .name(format!("hub-out {}", s.stream))
-                .spawn(move || {
-                    let r = send_loop(&s, &schema, &sh, &stopping);
-                    if let Err(e) = &r {
-                        tracing::error!(sink = %s.ctx, error = %e, "hub sender stopped");
-                        sh.gauges.fail(e.to_string());
-                        sh.outbox.changed.notify_all();
-                    }
-                    r
-                })
-                .map_err(|e| EngineError::io("<thread>", e))?,
-        );
+        let wake = shared.clone();
+        self.thread = Some(spawn_sender(
+            format!("hub-out {}", s.stream),
+            s.ctx.clone(),
+            self.gauges.clone(),
+            move || wake.outbox.changed.notify_all(),
+            move || send_loop(&s, &schema, &sh, &stopping),
+        )?);
         self.shared = Some(shared);
         Ok(())
     }
@@ -127,34 +115,19 @@ impl SinkWriter for HubSink {
     /// empty, then stops the sender. What is left stays in a durable outbox for the next start.
     fn close(&mut self) -> Result<()> {
         let Some(shared) = self.shared.take() else { return Ok(()) };
-        let deadline = Instant::now() + self.drain_timeout;
-        {
-            let mut ob = shared.outbox.lock()?;
-            while !ob.queue.is_empty() && Instant::now() < deadline && shared.gauges.failure().is_none() {
-                ob = shared.outbox.wait(ob, Duration::from_millis(50))?;
-            }
-            if !ob.queue.is_empty() {
-                tracing::warn!(sink = %self.settings.ctx, rows = ob.queue.len(), durable = self.state.is_some(), "hub outbox not empty at stop");
-            }
+        let until = Instant::now() + self.drain_timeout;
+        let left = shared.outbox.drain(until, || shared.gauges.failure().is_none())?;
+        if left > 0 {
+            tracing::warn!(sink = %self.settings.ctx, rows = left, durable = self.state.is_some(), "hub outbox not empty at stop");
         }
-        shared.closing.store(true, Ordering::Release);
-        shared.outbox.changed.notify_all();
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(EngineError::Internal("the hub sender thread panicked".into())),
-            None => Ok(()),
-        }
+        shared.outbox.stop_sender(self.thread.take(), "hub sender")
     }
 }
 
 impl Drop for HubSink {
     fn drop(&mut self) {
         if let Some(sh) = &self.shared {
-            sh.closing.store(true, Ordering::Release);
-            sh.outbox.changed.notify_all();
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let _ = sh.outbox.stop_sender(self.thread.take(), "hub sender");
         }
     }
 }
@@ -204,7 +177,7 @@ fn send_loop(s: &HubSinkSettings, schema: &SchemaRef, sh: &Shared, stopping: &At
         .enable_all()
         .build()
         .map_err(|e| EngineError::io("<tokio runtime>", e))?;
-    let stop = || sh.closing.load(Ordering::Acquire) || stopping.load(Ordering::Acquire);
+    let stop = || sh.outbox.closing() || stopping.load(Ordering::Acquire);
     let mut backoff = Backoff::new();
     let mut client: Option<HubClient> = None;
     let mut endpoint = 0usize;
@@ -215,7 +188,7 @@ fn send_loop(s: &HubSinkSettings, schema: &SchemaRef, sh: &Shared, stopping: &At
         let batch = {
             let mut ob = sh.outbox.lock()?;
             sh.gauges.outbox_oldest_age_ms.store(oldest_age_ms(&ob), Ordering::Relaxed);
-            if sh.closing.load(Ordering::Acquire) {
+            if sh.outbox.closing() {
                 return ob.sync_acks();
             }
             match next_batch(&ob, s) {
@@ -293,7 +266,7 @@ fn send_loop(s: &HubSinkSettings, schema: &SchemaRef, sh: &Shared, stopping: &At
                 client = None;
                 endpoint = endpoint.wrapping_add(1);
                 backoff.sleep_unless(stop);
-                if stopping.load(Ordering::Acquire) && !sh.closing.load(Ordering::Acquire) {
+                if stopping.load(Ordering::Acquire) && !sh.outbox.closing() {
                     // Shutting down: `close` decides how long to wait.
                     std::thread::sleep(Duration::from_millis(50));
                 }

@@ -15,7 +15,7 @@ use rumqttc::QoS;
 use super::settings::Connection;
 use super::wire::{self, WireClient, WireConnection, WireEvent};
 use crate::connectors::backoff::Backoff;
-use crate::connectors::outbox::{FullPolicy, Outbox, SharedOutbox};
+use crate::connectors::outbox::{spawn_sender, FullPolicy, Outbox, SharedOutbox};
 use crate::connectors::template::{NameRules, RowFields, Template};
 use crate::metrics::ConnectorGauges;
 use eddy_engine::connector::{SinkStateDir, SinkWriter};
@@ -54,8 +54,6 @@ struct Shared {
     /// A durable outbox's messages carry `eddy-sink` = this (the client id and the outbox's
     /// identity) and their sequence number (MQTT 5); `None` for an in-memory outbox.
     sink_id: Option<String>,
-    /// Set by `close` (the pipeline stopped) or by the daemon's shutdown.
-    closing: AtomicBool,
     stopping: Arc<AtomicBool>,
     gauges: Arc<ConnectorGauges>,
 }
@@ -226,26 +224,19 @@ impl SinkWriter for MqttSink {
             client,
             // Sequence numbers outlive a crash only in a durable outbox; only then are they sent.
             sink_id,
-            closing: AtomicBool::new(false),
             stopping: self.stopping.clone(),
             gauges: self.gauges.clone(),
         });
         let s = self.settings.clone();
         let sh = shared.clone();
-        self.thread = Some(
-            std::thread::Builder::new()
-                .name(format!("mqtt-out {}", s.conn.client_id))
-                .spawn(move || {
-                    let r = publish_loop(connection, &s, &sh);
-                    if let Err(e) = &r {
-                        tracing::error!(sink = %s.conn.ctx, error = %e, "MQTT publisher stopped");
-                        sh.gauges.fail(e.to_string());
-                        sh.outbox.changed.notify_all();
-                    }
-                    r
-                })
-                .map_err(|e| EngineError::io("<thread>", e))?,
-        );
+        let wake = shared.clone();
+        self.thread = Some(spawn_sender(
+            format!("mqtt-out {}", s.conn.client_id),
+            s.conn.ctx.clone(),
+            self.gauges.clone(),
+            move || wake.outbox.changed.notify_all(),
+            move || publish_loop(connection, &s, &sh),
+        )?);
         self.shared = Some(shared);
         Ok(())
     }
@@ -270,34 +261,19 @@ impl SinkWriter for MqttSink {
     /// left stays in a durable outbox for the next start.
     fn close(&mut self) -> Result<()> {
         let Some(shared) = self.shared.take() else { return Ok(()) };
-        let deadline = Instant::now() + self.drain_timeout;
-        {
-            let mut ob = shared.lock()?;
-            while !ob.queue.is_empty() && Instant::now() < deadline && shared.gauges.connected.load(Ordering::Relaxed) {
-                ob = shared.outbox.wait(ob, Duration::from_millis(50))?;
-            }
-            if !ob.queue.is_empty() {
-                tracing::warn!(sink = %self.settings.conn.ctx, messages = ob.queue.len(), durable = self.state.is_some(), "MQTT outbox not empty at stop");
-            }
+        let until = Instant::now() + self.drain_timeout;
+        let left = shared.outbox.drain(until, || shared.gauges.connected.load(Ordering::Relaxed))?;
+        if left > 0 {
+            tracing::warn!(sink = %self.settings.conn.ctx, messages = left, durable = self.state.is_some(), "MQTT outbox not empty at stop");
         }
-        shared.closing.store(true, Ordering::Release);
-        shared.outbox.changed.notify_all();
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(EngineError::Internal("the MQTT publisher thread panicked".into())),
-            None => Ok(()),
-        }
+        shared.outbox.stop_sender(self.thread.take(), "MQTT publisher")
     }
 }
 
 impl Drop for MqttSink {
     fn drop(&mut self) {
         if let Some(sh) = &self.shared {
-            sh.closing.store(true, Ordering::Release);
-            sh.outbox.changed.notify_all();
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let _ = sh.outbox.stop_sender(self.thread.take(), "MQTT publisher");
         }
     }
 }
@@ -310,7 +286,7 @@ fn publish_loop(mut connection: WireConnection, s: &SinkSettings, sh: &Shared) -
     let mut acked: std::collections::BTreeSet<u64> = Default::default();
     let mut last_sync = Instant::now();
     loop {
-        if sh.closing.load(Ordering::Acquire) {
+        if sh.outbox.closing() {
             let mut ob = sh.lock()?;
             ob.sync_acks()?;
             sh.client.disconnect();
@@ -369,7 +345,7 @@ fn publish_loop(mut connection: WireConnection, s: &SinkSettings, sh: &Shared) -
                 }
                 sh.gauges.connected.store(false, Ordering::Relaxed);
                 sh.gauges.connect_errors.fetch_add(1, Ordering::Relaxed);
-                backoff.sleep(&sh.closing);
+                backoff.sleep_unless(|| sh.outbox.closing());
             }
         }
         if acked_any {
