@@ -38,8 +38,50 @@ pub struct Origin<'a> {
     pub last_seq: u64,
 }
 
-/// Decodes `ipc` and writes it as Parquet; the row count must match the sequence numbers.
+/// Decodes `ipc` and writes it as Parquet; the row count must match the sequence numbers. The
+/// bytes come from the network: should the Arrow decoder panic on some malformed stream, that is
+/// this batch's error, never the hub's.
 pub fn to_parquet(ipc: &[u8], origin: &Origin<'_>, max_rows: u64) -> Result<Vec<u8>, BatchError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| convert(ipc, origin, max_rows)))
+        .unwrap_or_else(|_| Err(BatchError::Ipc("the Arrow decoder failed on these bytes".into())))
+}
+
+/// Walks the stream's message framing and checks every length against the bytes there are: the
+/// Arrow reader allocates a message's body by its stated length before reading it, so a damaged
+/// or hostile length would otherwise ask for terabytes and abort the process.
+fn check_framing(ipc: &[u8]) -> Result<(), BatchError> {
+    let bad = |why: &str| BatchError::Ipc(why.to_string());
+    let read_i32 = |at: usize| -> Result<i32, BatchError> {
+        let b = ipc.get(at..at + 4).ok_or_else(|| bad("a message is cut short"))?;
+        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut pos = 0usize;
+    while pos < ipc.len() {
+        let mut meta_len = read_i32(pos)?;
+        pos += 4;
+        if meta_len == -1 {
+            // The continuation marker, then the length.
+            meta_len = read_i32(pos)?;
+            pos += 4;
+        }
+        if meta_len == 0 {
+            return Ok(()); // end of stream
+        }
+        let meta_len = usize::try_from(meta_len).map_err(|_| bad("a negative message length"))?;
+        let meta = ipc.get(pos..pos + meta_len).ok_or_else(|| bad("a message header runs past the end"))?;
+        pos += meta_len;
+        let msg = arrow::ipc::root_as_message(meta).map_err(|e| BatchError::Ipc(format!("a message header: {e}")))?;
+        let body = usize::try_from(msg.bodyLength()).map_err(|_| bad("a negative body length"))?;
+        if body > ipc.len() - pos {
+            return Err(bad("a message body runs past the end"));
+        }
+        pos += body;
+    }
+    Ok(())
+}
+
+fn convert(ipc: &[u8], origin: &Origin<'_>, max_rows: u64) -> Result<Vec<u8>, BatchError> {
+    check_framing(ipc)?;
     let (first, last) = (origin.first_seq, origin.last_seq);
     if first > last {
         return Err(BatchError::Range { first, last });
@@ -143,6 +185,28 @@ mod tests {
                 .map(|b| b.unwrap().num_rows())
                 .sum();
         assert_eq!(rows, 3);
+    }
+
+    /// Damaged streams (bytes flipped, cut short) give an error or a batch, never a panic.
+    #[test]
+    fn damaged_ipc_never_takes_the_hub_down() {
+        let good = ipc(20);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let mut bad = good.clone();
+            for _ in 0..1 + next() % 4 {
+                let i = (next() as usize) % bad.len();
+                bad[i] = next() as u8;
+            }
+            bad.truncate(bad.len() - (next() as usize % 8));
+            let _ = to_parquet(&bad, &origin(0, 19), 100);
+        }
     }
 
     #[test]
