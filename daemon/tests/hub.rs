@@ -304,6 +304,34 @@ fn gateway_kills_hub_kills_outages_and_a_store_restart_lose_and_double_nothing()
     assert!(kills >= 10, "only {kills} kills before the input ran out: make the input longer");
 }
 
+/// Without a state dir the outbox is in memory and numbers its rows from 0 at every start: each
+/// run must still be stored whole, not taken for the batches of the run before.
+#[test]
+fn a_gateway_without_state_has_its_rows_stored_at_every_run() {
+    let c = Central::start(1);
+    let gw = c.gateway("gw-mem", 3, 3000);
+    let run = || {
+        let out = Command::new(EDDYD)
+            .current_dir(&gw)
+            .args(["run", "--config", "eddyd.toml", "--pipeline", "p.sql"])
+            .env("EDDY_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "eddyd run: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run();
+    run();
+    let want = expected(&gw);
+    let (got, _) = c.stored("gw-mem");
+    let twice: Vec<String> = {
+        let mut v: Vec<String> = want.iter().chain(want.iter()).cloned().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(got.len(), twice.len(), "two runs without state store their rows twice");
+    assert!(got == twice);
+}
+
 fn hub_client(
     rt: &tokio::runtime::Runtime,
     c: &Central,

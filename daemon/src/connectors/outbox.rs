@@ -474,7 +474,7 @@ pub fn spawn_sender(
 }
 
 /// A random, non-zero outbox identity.
-fn random_id() -> Result<u64> {
+pub fn random_id() -> Result<u64> {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 8];
     ring::rand::SystemRandom::new()

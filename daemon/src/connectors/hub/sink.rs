@@ -20,7 +20,7 @@ use eddy_engine::{EngineError, Result};
 
 use super::{rows, HubSinkSettings};
 use crate::connectors::backoff::Backoff;
-use crate::connectors::outbox::{spawn_sender, Outbox, SharedOutbox};
+use crate::connectors::outbox::{random_id, spawn_sender, Outbox, SharedOutbox};
 use crate::metrics::ConnectorGauges;
 
 /// Length of the commit time each row carries in the outbox: `yyyy-mm-ddThh:mm:ss.mmmZ`.
@@ -73,12 +73,17 @@ impl SinkWriter for HubSink {
         if self.shared.is_some() {
             return Ok(());
         }
-        let outbox = Outbox::open(self.state.as_ref(), self.settings.outbox_bytes, self.settings.policy)?;
+        let mut outbox = Outbox::open(self.state.as_ref(), self.settings.outbox_bytes, self.settings.policy)?;
         if !outbox.queue.is_empty() {
             tracing::info!(sink = %self.settings.ctx, rows = outbox.queue.len(), "hub outbox recovered; sending it first");
         }
-        if outbox.id == 0 && self.state.is_some() {
-            return Err(EngineError::Internal("a durable outbox without an identity".into()));
+        if outbox.id == 0 {
+            if self.state.is_some() {
+                return Err(EngineError::Internal("a durable outbox without an identity".into()));
+            }
+            // In memory, the outbox numbers its rows from 0 at every start: a fresh identity per
+            // start keeps them from being taken for the batches of an earlier run.
+            outbox.id = random_id()?;
         }
         outbox.publish_gauges(&self.gauges);
         let shared = Arc::new(Shared { outbox: SharedOutbox::new(outbox), gauges: self.gauges.clone() });
