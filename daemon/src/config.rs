@@ -54,6 +54,23 @@ pub struct HubSection {
     pub server_name: Option<String>,
     /// How long one push may take before it counts as failed (default 30 s).
     pub request_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub backup: BackupSection,
+}
+
+/// `[hub.backup]`: checkpoint backups to the hub (docs/hub.md).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSection {
+    /// Back up pipelines' checkpoints (needs a state dir). Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Back up every this many checkpoints (default 1; the last before a stop always).
+    pub every_checkpoints: Option<u64>,
+    /// Upload rate bound in bytes per second (default 4 MiB/s).
+    pub max_bytes_per_s: Option<u64>,
+    /// How long a stopping eddyd waits for the last backups (default 5000).
+    pub drain_timeout_ms: Option<u64>,
 }
 
 /// `[mqtt]`: defaults for every MQTT source and sink (their `WITH` options win).

@@ -19,6 +19,7 @@ mod connectors;
 mod control;
 mod keys;
 mod metrics;
+mod restore_cmd;
 mod runtime;
 mod secret;
 mod state_cmd;
@@ -221,6 +222,30 @@ enum Command {
         #[command(subcommand)]
         cmd: StateCmd,
     },
+    /// Rebuild one pipeline's state from a checkpoint backed up at the hub (a replacement
+    /// device, or after `eddyd state reset` of damaged state); then `eddyd run` continues it.
+    Restore {
+        /// Restore from the hub named in the config's [hub] (the only source there is).
+        #[arg(long, required = true)]
+        from_hub: bool,
+        /// The gateway whose backup to restore (its certificate's CN).
+        #[arg(long)]
+        gateway: String,
+        /// The pipeline's name (its file name without .sql).
+        #[arg(long)]
+        pipeline: String,
+        /// A kept checkpoint's sequence number (default: the newest).
+        #[arg(long, default_value_t = 0)]
+        seq: u64,
+        /// The TOML config ([hub] and the state key settings).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where to create the pipeline's state (config: state_dir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
     /// Print a new random state key as a key-file line (`ID:HEX`); append it to rotate keys.
     Keygen {
         /// Key id, 1 or more (0 marks unencrypted files).
@@ -370,6 +395,11 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::State { cmd: StateCmd::Reset { state_dir, pipeline, yes } } => {
             state_cmd::reset(&state_dir, &pipeline, yes)
+        }
+        Command::Restore { from_hub: _, gateway, pipeline, seq, config, state_dir, key } => {
+            let cfg = RunArgs { config, state_dir, key, ..RunArgs::default() }.settings()?;
+            connectors::install_tls_provider();
+            restore_cmd::restore(&cfg, &restore_cmd::RestoreRequest { gateway: &gateway, pipeline: &pipeline, seq })
         }
         Command::Man => {
             let mut out = std::io::stdout().lock();

@@ -38,6 +38,14 @@ pub struct ConnectorGauges {
     pub outbox_bytes: AtomicU64,
     /// Sink (hub): how long the oldest row in the outbox has waited, in ms.
     pub outbox_oldest_age_ms: AtomicU64,
+    /// Sink: the outbox's next sequence number, the first not yet acknowledged, the largest
+    /// delivered `end`, and its identity (what a checkpoint backup records of a hub sink).
+    pub outbox_next_seq: AtomicU64,
+    pub outbox_acked_seq: AtomicU64,
+    pub outbox_end: AtomicU64,
+    pub outbox_id: AtomicU64,
+    /// Sink (hub): the stream it sends to; set once it started.
+    pub hub_stream: Mutex<Option<String>>,
     /// Sink: the pipeline is waiting for room in the outbox (backpressure, not a hang).
     pub blocked: AtomicBool,
     /// A connector thread that stopped on an error (the pipeline fails on its next delivery;
@@ -57,6 +65,30 @@ impl ConnectorGauges {
     }
 }
 
+/// Checkpoint backups of one pipeline to the hub.
+#[derive(Default)]
+pub struct BackupGauges {
+    pub checkpoints: AtomicU64,
+    pub failures: AtomicU64,
+    /// Blob bytes uploaded (blobs the hub already had are not sent).
+    pub bytes: AtomicU64,
+    /// The sequence number of the newest checkpoint backed up.
+    pub last_seq: AtomicU64,
+    /// How long the checkpoint being backed up has waited (0: none waiting).
+    pub lag_ms: AtomicU64,
+    error: Mutex<Option<String>>,
+}
+
+impl BackupGauges {
+    /// Records the last failure (`None`: the last attempt worked); true when it is a new one.
+    pub fn set_error(&self, e: Option<String>) -> bool {
+        let mut cur = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        let new = e.is_some() && *cur != e;
+        *cur = e;
+        new
+    }
+}
+
 /// What a pipeline's worker last reported.
 pub struct PipelineStatus {
     pub observation: Option<Observation>,
@@ -72,6 +104,7 @@ type ConnectorEntry = (String, &'static str, String, Arc<ConnectorGauges>);
 pub struct Registry {
     connectors: Mutex<Vec<ConnectorEntry>>,
     pipelines: Mutex<BTreeMap<String, PipelineStatus>>,
+    backups: Mutex<BTreeMap<String, Arc<BackupGauges>>>,
     pub ready: AtomicBool,
 }
 
@@ -88,6 +121,11 @@ impl Registry {
         let g = Arc::new(ConnectorGauges::default());
         c.push((pipeline.to_string(), kind, name.to_string(), g.clone()));
         g
+    }
+
+    /// The backup gauges of one pipeline.
+    pub fn backup(&self, pipeline: &str) -> Arc<BackupGauges> {
+        self.backups.lock().unwrap_or_else(|p| p.into_inner()).entry(pipeline.to_string()).or_default().clone()
     }
 
     pub fn set_pipeline(
@@ -355,6 +393,30 @@ impl Registry {
             "gauge",
             "How long the oldest row in a hub sink's outbox has waited.",
             &|g| Some(g.outbox_oldest_age_ms.load(Ordering::Relaxed) as f64 / 1000.0),
+        );
+        drop(c);
+        let b = self.backups.lock().unwrap_or_else(|p| p.into_inner());
+        let backup = |o: &mut String, metric: &str, kind: &str, help: &str, f: &dyn Fn(&BackupGauges) -> f64| {
+            let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+            for (pn, g) in b.iter() {
+                let _ = writeln!(o, "{metric}{{pipeline=\"{pn}\"}} {}", f(g));
+            }
+        };
+        let ldb = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        backup(&mut o, "eddy_backup_checkpoints_total", "counter", "Checkpoints backed up to the hub.", &|g| {
+            ldb(&g.checkpoints)
+        });
+        backup(&mut o, "eddy_backup_failures_total", "counter", "Failed backup attempts (retried).", &|g| {
+            ldb(&g.failures)
+        });
+        backup(&mut o, "eddy_backup_bytes_total", "counter", "State bytes uploaded to the hub.", &|g| ldb(&g.bytes));
+        backup(&mut o, "eddy_backup_last_seq", "gauge", "The newest checkpoint backed up.", &|g| ldb(&g.last_seq));
+        backup(
+            &mut o,
+            "eddy_backup_lag_seconds",
+            "gauge",
+            "How long the checkpoint being backed up has waited (0 when none waits).",
+            &|g| ldb(&g.lag_ms) / 1000.0,
         );
         o
     }

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::ConfigFile;
+use crate::connectors::hub::backup::{Backup, BackupSettings};
+use crate::connectors::hub::HubLink;
 use crate::connectors::{gateway_name, Provider};
 use crate::control::{check_name, sql_sha256, Catalog, Command, CommandError, DeployOutcome, FatalSlot, PipelineView};
 use crate::metrics::Registry;
@@ -255,6 +257,54 @@ pub struct Runtime {
     fatal: Arc<FatalSlot>,
     commands: Option<std::sync::mpsc::Receiver<Command>>,
     access: Arc<std::sync::RwLock<crate::api::access::AccessPolicy>>,
+    /// Checkpoint backups to the hub (`[hub.backup]`), when enabled.
+    backup: Option<Arc<Backup>>,
+}
+
+/// The uploader `[hub.backup]` asks for, if any (it needs a state dir and `[hub]`).
+fn start_backup(cfg: &ConfigFile, registry: &Arc<Registry>) -> Result<Option<Arc<Backup>>> {
+    let b = &cfg.hub.backup;
+    if !b.enabled {
+        return Ok(None);
+    }
+    if cfg.state_dir.is_none() {
+        bail!("hub.backup.enabled needs a state dir (there is nothing durable to back up without one)");
+    }
+    let link = HubLink::from_config(&cfg.hub).map_err(|m| anyhow!("hub.backup: {m}"))?;
+    let settings = BackupSettings {
+        every_checkpoints: b.every_checkpoints.unwrap_or(1).max(1),
+        max_bytes_per_s: b.max_bytes_per_s.unwrap_or(4 << 20).max(4096),
+        drain_timeout: Duration::from_millis(b.drain_timeout_ms.unwrap_or(5000)),
+    };
+    let backup = Backup::start(link, settings, registry.clone()).context("starting checkpoint backups")?;
+    tracing::info!(
+        every = settings.every_checkpoints,
+        max_bytes_per_s = settings.max_bytes_per_s,
+        "checkpoint backups to the hub"
+    );
+    Ok(Some(Arc::new(backup)))
+}
+
+/// Offers a worker's new checkpoints for backup: every `every`-th, and the last.
+struct BackupTap {
+    backup: Arc<Backup>,
+    pipeline: String,
+    last_seq: u64,
+    seen: u64,
+}
+
+impl BackupTap {
+    fn after_step(&mut self, p: &Pipeline, last: bool) {
+        let Some(files) = p.last_checkpoint_files() else { return };
+        if files.seq == self.last_seq {
+            return;
+        }
+        self.last_seq = files.seq;
+        self.seen += 1;
+        if last || self.seen.is_multiple_of(self.backup.every_checkpoints()) {
+            self.backup.offer(&self.pipeline, &files);
+        }
+    }
 }
 
 impl Runtime {
@@ -286,6 +336,7 @@ impl Runtime {
             fatal: Arc::default(),
             commands: None,
             access: Arc::default(),
+            backup: None,
         })
     }
 
@@ -403,11 +454,19 @@ impl Runtime {
         let stop = Arc::new(AtomicBool::new(false));
         let (st, reg, n) = (stop.clone(), self.registry.clone(), name.to_string());
         reg.set_pipeline(&n, "running", Some(p.observe()), None);
+        let mut tap =
+            self.backup.clone().map(|backup| BackupTap { backup, pipeline: name.to_string(), last_seq: 0, seen: 0 });
         let handle = std::thread::Builder::new().name(format!("pipeline {name}")).spawn(move || {
             pin_to(core);
             let r = p.run_live_observed(&st, Duration::from_millis(500), &mut |p| {
+                if let Some(t) = tap.as_mut() {
+                    t.after_step(p, false);
+                }
                 reg.set_pipeline(&n, "running", Some(p.observe()), None)
             });
+            if let (Ok(()), Some(t)) = (&r, tap.as_mut()) {
+                t.after_step(&p, true);
+            }
             match &r {
                 Ok(()) => reg.set_pipeline(&n, "ended", Some(p.observe()), None),
                 Err(e) => reg.set_pipeline(&n, "failed", None, Some(e.to_string())),
@@ -450,6 +509,7 @@ impl Runtime {
                 crate::metrics::serve(addr, self.registry.clone()).with_context(|| format!("metrics.listen {addr}"))?;
             tracing::info!(address = %local, "metrics on /metrics, /healthz, /readyz");
         }
+        self.backup = start_backup(&self.cfg, &self.registry)?;
         let _api = if api_on {
             let (tx, rx) = std::sync::mpsc::sync_channel(self.cfg.api.max_pending_commands.unwrap_or(16).max(1));
             self.commands = Some(rx);
@@ -568,6 +628,9 @@ impl Runtime {
             }
         }
         let stopped = self.shutdown();
+        if let Some(b) = self.backup.take() {
+            b.close();
+        }
         match failure {
             Some(e) => Err(e),
             None => stopped,

@@ -468,3 +468,81 @@ impl Central {
         (rows, keys)
     }
 }
+
+/// The keys of the kept checkpoint indexes of `gateway`'s pipeline `p`.
+fn checkpoint_indexes(c: &Central, gateway: &str) -> Vec<String> {
+    let prefix = format!("checkpoints/gateway={gateway}/pipeline=p/index/");
+    c.s3.objects().into_iter().map(|(k, _)| k).filter(|k| k.starts_with(&prefix)).collect()
+}
+
+/// A gateway backs up its checkpoints to the hub and dies (SIGKILL) mid-input with rows pushed
+/// past its last backup; its state dir is lost. `eddyd restore --from-hub` on a fresh state dir
+/// and a new run finish the input: the bucket holds exactly the rows of one uninterrupted run.
+/// Another gateway cannot read those backups.
+#[test]
+fn a_gateway_restored_from_its_hub_backup_continues_exactly_once() {
+    let c = Central::start(1);
+    let gw = c.gateway("gw-r", 11, 200_000);
+    let mut toml = std::fs::read_to_string(gw.join("eddyd.toml")).unwrap();
+    toml.push_str("[hub.backup]\nenabled = true\nmax_bytes_per_s = 100000000\n");
+    std::fs::write(gw.join("eddyd.toml"), toml).unwrap();
+    let mut child = run_cmd(&gw).spawn().unwrap();
+    let t0 = Instant::now();
+    while checkpoint_indexes(&c, "gw-r").len() < 3 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before three backups: make the input longer");
+        assert!(t0.elapsed() < Duration::from_secs(120), "no backups at the hub");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let it run past the last backup, so rows after it reach the hub before the device dies.
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (pushed, _) = c.stored("gw-r");
+    assert!(!pushed.is_empty(), "nothing was pushed before the kill");
+    std::fs::remove_dir_all(gw.join("state")).unwrap();
+
+    // Another gateway of the fleet may not read them.
+    c.pki.issue("gw-x", &[], false);
+    let rt = hub_side::runtime();
+    let other = hub_client(&rt, &c, "gw-x", c.dir.path()).unwrap();
+    let e = rt.block_on(other.get_checkpoint("gw-r", "p", 0)).unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let e = rt.block_on(other.retract_rows("gw-r", STREAM, 1, 0)).unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let mine = rt.block_on(other.list_checkpoints("gw-x", "")).unwrap();
+    assert!(mine.is_empty());
+
+    let restore = Command::new(EDDYD)
+        .current_dir(&gw)
+        .args(["restore", "--from-hub", "--gateway", "gw-r", "--pipeline", "p", "--config", "eddyd.toml"])
+        .args(["--state-dir", "state", "--key-file", "state.key"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&restore.stdout);
+    assert!(restore.status.success(), "restore: {}{said}", String::from_utf8_lossy(&restore.stderr));
+    assert!(said.contains("restored pipeline p from checkpoint"), "{said}");
+    eprint!("{said}");
+    // Not over existing state.
+    let again = Command::new(EDDYD)
+        .current_dir(&gw)
+        .args(["restore", "--from-hub", "--gateway", "gw-r", "--pipeline", "p", "--config", "eddyd.toml"])
+        .args(["--state-dir", "state", "--key-file", "state.key"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("state reset"));
+
+    run_to_end(&gw);
+    assert_exactly_once(&c, "gw-r", &gw);
+    // What an operator sees of the backups.
+    let ls = Command::new(hub_side::hub_binary())
+        .args(["--config"])
+        .arg(&c.hubs[0].config)
+        .args(["checkpoints", "--gateway", "gw-r"])
+        .env("AWS_ACCESS_KEY_ID", hub_side::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", hub_side::SECRET_KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.status.success() && text.contains(" checkpoints"), "{text}");
+    assert!(checkpoint_indexes(&c, "gw-r").len() <= 3, "retention keeps three");
+}

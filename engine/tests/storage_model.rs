@@ -680,3 +680,47 @@ fn a_crafted_manifest_with_an_overflowing_blob_offset_is_an_error() {
         assert!(e.contains("beyond the file"), "offset {offset}: {e}");
     }
 }
+
+/// A checkpoint copied elsewhere (a backup: manifest and the state files it names, no WAL) is
+/// rebased into an empty directory: the same state, the same sequence number, continuing from
+/// LSN 0, so a WAL that starts empty meets it. A damaged copy or a non-empty target is refused.
+#[test]
+fn a_copied_checkpoint_is_rebased_into_an_empty_directory() {
+    use eddy_engine::storage::checkpoint::copy_rebased;
+    let fs = SimFs::new();
+    let c = cipher(true);
+    let owner = Owner::of("line1");
+    let (src, copy, to) = (Path::new("/a/ckpt"), Path::new("/b/download"), Path::new("/b/state/ckpt"));
+    let (mut store, _) = CheckpointStore::open_owned(Arc::new(fs.clone()), c.clone(), src, owner).unwrap();
+    store.write(40, b"fp", vec![], &[("a".into(), vec![1; 50]), ("b".into(), vec![2; 70])]).unwrap();
+    store.write(90, b"fp", vec![], &[("a".into(), vec![3; 50]), ("b".into(), vec![2; 70])]).unwrap();
+    let files = store.latest_files().unwrap();
+    assert_eq!(files.seq, 2);
+    assert_eq!(files.state_files.len(), 2, "blob b is still in the first state file: {files:?}");
+    fs.create_dir_all(copy).unwrap();
+    for p in files.state_files.iter().chain([&files.manifest]) {
+        fs.put(&copy.join(p.file_name().unwrap()), fs.contents(p).unwrap());
+    }
+    let info = copy_rebased(Arc::new(fs.clone()), c.clone(), copy, to, owner).unwrap();
+    assert_eq!((info.seq, info.blobs), (2, 2));
+    let (store, rec) = CheckpointStore::open_owned(Arc::new(fs.clone()), c.clone(), to, owner).unwrap();
+    let rec = rec.unwrap();
+    assert_eq!((rec.manifest.seq, rec.manifest.wal_lsn), (2, 0));
+    assert_eq!((rec.blobs["a"].clone(), rec.blobs["b"].clone()), (vec![3; 50], vec![2; 70]));
+    assert_eq!(store.latest_files().unwrap().state_files.len(), 1);
+    // Not over existing state.
+    let e = copy_rebased(Arc::new(fs.clone()), c.clone(), copy, to, owner).unwrap_err().to_string();
+    assert!(e.contains("holds checkpoints already"), "{e}");
+    // A copy with one byte changed in a state file is refused, and nothing is written.
+    let state = copy.join(files.state_files[0].file_name().unwrap());
+    let mut b = fs.contents(&state).unwrap();
+    let at = b.len() - 3;
+    b[at] ^= 1;
+    fs.put(&state, b);
+    let other = Path::new("/c/state/ckpt");
+    assert!(copy_rebased(Arc::new(fs.clone()), c.clone(), copy, other, owner).is_err());
+    assert!(fs.list(other).map(|n| n.is_empty()).unwrap_or(true));
+    // Another pipeline's checkpoint is not restored under this one.
+    let e = copy_rebased(Arc::new(fs.clone()), c, to, Path::new("/d/ckpt"), Owner::of("line2")).unwrap_err();
+    assert!(e.to_string().contains("another"), "{e}");
+}

@@ -16,6 +16,37 @@ pub struct HubConfig {
     pub store: StoreConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub backup: BackupConfig,
+    #[serde(default)]
+    pub access: AccessConfig,
+}
+
+/// `[backup]`: gateways' checkpoint backups.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Checkpoints kept per gateway and pipeline (older ones are deleted with the blobs only
+    /// they named).
+    pub keep: usize,
+    /// A blob no kept checkpoint names is deleted only once it is this old: a checkpoint being
+    /// uploaded has its blobs stored before its index names them.
+    pub blob_grace_s: u64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig { keep: 3, blob_grace_s: 3600 }
+    }
+}
+
+/// `[access]`: who besides a gateway itself may read its backups and retract its rows.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Certificate CNs of operators (the fleet's CA signs theirs too): they may list and fetch
+    /// any gateway's checkpoints, for restoring onto a replacement with a new certificate.
+    pub operators: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,11 +108,19 @@ pub struct Limits {
     pub max_concurrent_pushes: usize,
     /// Rows in one push, at most.
     pub max_push_rows: u64,
+    /// The largest checkpoint blob (state file) accepted, in bytes. Blobs stream through to the
+    /// store in 8 MiB parts; this bounds the bucket, not the hub's memory.
+    pub max_blob_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_push_bytes: 64 << 20, max_concurrent_pushes: 64, max_push_rows: 1_000_000 }
+        Limits {
+            max_push_bytes: 64 << 20,
+            max_concurrent_pushes: 64,
+            max_push_rows: 1_000_000,
+            max_blob_bytes: 16 << 30,
+        }
     }
 }
 
@@ -110,6 +149,9 @@ impl HubConfig {
         let l = &self.limits;
         if l.max_push_bytes < 4096 || l.max_concurrent_pushes == 0 || l.max_push_rows == 0 {
             bail!("limits: max_push_bytes is at least 4096, and every other limit at least 1");
+        }
+        if self.backup.keep == 0 {
+            bail!("backup.keep: at least 1");
         }
         Ok(())
     }

@@ -5,7 +5,13 @@
 //! `outbox` is 16 hex digits, `first_seq` 20 decimal digits (so keys sort by sequence). A batch is
 //! named by its outbox and first row alone: a batch sent again, however it is cut, maps to the same
 //! key, which is what makes a create-only put store it once. Hive-style `gateway=` and `date=`
-//! segments give readers (DuckDB, Spark, DataFusion) those columns. Owns names; never does I/O.
+//! segments give readers (DuckDB, Spark, DataFusion) those columns.
+//!
+//! Checkpoint backups: `<prefix>checkpoints/gateway=<gateway>/pipeline=<pipeline>/` holds
+//! `blobs/<sha256>` (state files, named by their digest: stored once however many checkpoints
+//! share them) and `index/<stored ms>-<seq>.ckpt` (one per checkpoint, written after all its
+//! blobs, so an index names only blobs that are there; keys sort by when the hub recorded them).
+//! Owns names; never does I/O.
 
 /// What a name in a key may hold: it is a path segment and a Hive partition value.
 pub fn valid_name(s: &str, max_len: usize) -> bool {
@@ -33,6 +39,31 @@ pub fn valid_date(d: &str) -> bool {
 pub fn batch_key(prefix: &str, stream: &str, gateway: &str, date: &str, outbox: u64, first_seq: u64) -> String {
     debug_assert!(valid_name(stream, 128) && valid_name(gateway, 64) && valid_date(date));
     format!("{prefix}streams/{stream}/gateway={gateway}/date={date}/{outbox:016x}-{first_seq:020}.parquet")
+}
+
+/// Where one gateway's backups of one pipeline live (ends in `/`).
+pub fn checkpoint_dir(prefix: &str, gateway: &str, pipeline: &str) -> String {
+    debug_assert!(valid_name(gateway, 64) && valid_name(pipeline, 128));
+    format!("{prefix}checkpoints/gateway={gateway}/pipeline={pipeline}/")
+}
+
+/// Where one gateway's backups live (ends in `/`).
+pub fn checkpoint_gateway_dir(prefix: &str, gateway: &str) -> String {
+    format!("{prefix}checkpoints/gateway={gateway}/")
+}
+
+pub fn checkpoint_index_key(dir: &str, stored_ms: i64, seq: u64) -> String {
+    format!("{dir}index/{:020}-{seq:020}.ckpt", stored_ms.max(0))
+}
+
+pub fn blob_key(dir: &str, sha256: &str) -> String {
+    debug_assert!(valid_sha256(sha256));
+    format!("{dir}blobs/{sha256}")
+}
+
+/// A SHA-256 digest in lowercase hex.
+pub fn valid_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// `store.prefix` as keys start with it: empty, or ending in one `/`.

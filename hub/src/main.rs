@@ -4,6 +4,7 @@
 //! bucket. Owns the process (config, TLS, serving, shutdown); depends on `eddy-proto`, never on
 //! the engine.
 
+mod checkpoints;
 mod config;
 mod identity;
 mod layout;
@@ -45,6 +46,14 @@ enum Cmd {
         #[arg(long)]
         gateway: Option<String>,
     },
+    /// List a gateway's kept checkpoint backups: pipeline, sequence number, times, bytes.
+    Checkpoints {
+        #[arg(long)]
+        gateway: String,
+        /// Only this pipeline's.
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +92,23 @@ fn main() -> anyhow::Result<()> {
             println!("{} batches, {rows} rows, {bytes} bytes", batches.len());
             Ok(())
         }
+        Cmd::Checkpoints { gateway, pipeline } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+            let list = rt.block_on(bucket.list_checkpoints(&gateway, pipeline.as_deref()))?;
+            println!("{:<24} {:>10} {:>24} {:>24} {:>12}", "PIPELINE", "SEQ", "CREATED", "STORED", "BYTES");
+            for c in &list {
+                println!(
+                    "{:<24} {:>10} {:>24} {:>24} {:>12}",
+                    c.pipeline,
+                    c.seq,
+                    rfc3339_ms(c.created_ms),
+                    rfc3339_ms(c.stored_ms),
+                    c.bytes
+                );
+            }
+            println!("{} checkpoints", list.len());
+            Ok(())
+        }
     }
 }
 
@@ -99,7 +125,8 @@ async fn serve(cfg: config::HubConfig, tls: ServerTlsConfig, bucket: Arc<store::
     let addr = listener.local_addr()?;
     let max_push_bytes = cfg.limits.max_push_bytes;
     let svc =
-        HubServer::new(service::HubService::new(bucket.clone(), cfg.limits)).max_decoding_message_size(max_push_bytes);
+        HubServer::new(service::HubService::new(bucket.clone(), cfg.limits, &cfg.backup, cfg.access.operators.clone()))
+            .max_decoding_message_size(max_push_bytes);
     // Printed on stdout for whoever started us (tests bind port 0).
     println!("eddy-hub listening on {addr}");
     tracing::info!(%addr, store = %bucket.url, prefix = %bucket.prefix, "eddy-hub serving");
@@ -127,4 +154,10 @@ async fn shutdown() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
 }

@@ -134,6 +134,50 @@ pub fn stored_last_seq(object: bytes::Bytes) -> Option<u64> {
     kv.iter().find(|e| e.key == LAST_SEQ_KEY)?.value.as_deref()?.parse().ok()
 }
 
+/// A stored batch cut to its first `keep` rows (a retraction): the same footer, its last sequence
+/// number moved back to match.
+pub fn cut(object: bytes::Bytes, keep: u64) -> Result<Vec<u8>, BatchError> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let pq = |e: parquet::errors::ParquetError| BatchError::Parquet(e.to_string());
+    let builder = ParquetRecordBatchReaderBuilder::try_new(object).map_err(pq)?;
+    let footer = builder.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+    let first: u64 = footer
+        .iter()
+        .find(|e| e.key == "eddy.first_seq")
+        .and_then(|e| e.value.as_deref()?.parse().ok())
+        .ok_or_else(|| BatchError::Parquet("not an Eddy batch (no eddy.first_seq)".into()))?;
+    let schema = builder.schema().clone();
+    let mut out = Vec::new();
+    let footer: Vec<KeyValue> = footer
+        .into_iter()
+        .map(|e| if e.key == LAST_SEQ_KEY { KeyValue::new(e.key, (first + keep - 1).to_string()) } else { e })
+        .collect();
+    let props =
+        WriterProperties::builder().set_compression(Compression::SNAPPY).set_key_value_metadata(Some(footer)).build();
+    let mut w = ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(pq)?;
+    let mut left = keep as usize;
+    for b in builder.build().map_err(pq)? {
+        let b = b.map_err(|e| BatchError::Parquet(e.to_string()))?;
+        if left == 0 {
+            break;
+        }
+        let n = left.min(b.num_rows());
+        w.write(&b.slice(0, n)).map_err(pq)?;
+        left -= n;
+    }
+    w.close().map_err(pq)?;
+    Ok(out)
+}
+
+/// The first sequence number a stored batch's footer names.
+#[cfg(test)]
+pub fn stored_first_seq(object: bytes::Bytes) -> Option<u64> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let r = SerializedFileReader::new(object).ok()?;
+    let kv = r.metadata().file_metadata().key_value_metadata()?;
+    kv.iter().find(|e| e.key == "eddy.first_seq")?.value.as_deref()?.parse().ok()
+}
+
 /// The rows a Parquet object holds (from its footer).
 pub fn row_count(object: bytes::Bytes) -> Option<u64> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -185,6 +229,22 @@ mod tests {
                 .map(|b| b.unwrap().num_rows())
                 .sum();
         assert_eq!(rows, 3);
+    }
+
+    #[test]
+    fn a_cut_batch_keeps_its_first_rows_and_says_where_it_ends() {
+        let pq = bytes::Bytes::from(to_parquet(&ipc(5), &origin(10, 14), 100).unwrap());
+        let cut = bytes::Bytes::from(cut(pq, 2).unwrap());
+        assert_eq!((stored_first_seq(cut.clone()), stored_last_seq(cut.clone())), (Some(10), Some(11)));
+        let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(cut)
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let sites = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(sites.iter().flatten().collect::<Vec<_>>(), ["s0", "s1"]);
     }
 
     /// Damaged streams (bytes flipped, cut short) give an error or a batch, never a panic.

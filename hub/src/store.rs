@@ -41,7 +41,7 @@ pub struct BatchInfo {
 }
 
 pub struct Bucket {
-    store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
     pub prefix: String,
     /// For logs: the store's URL (no secrets).
     pub url: String,

@@ -316,6 +316,10 @@ impl Outbox {
     pub fn publish_gauges(&self, g: &ConnectorGauges) {
         g.outbox_messages.store(self.queue.len() as u64, Ordering::Relaxed);
         g.outbox_bytes.store(self.bytes as u64, Ordering::Relaxed);
+        g.outbox_next_seq.store(self.next_seq, Ordering::Relaxed);
+        g.outbox_acked_seq.store(self.acked_seq, Ordering::Relaxed);
+        g.outbox_end.store(self.durable_end, Ordering::Relaxed);
+        g.outbox_id.store(self.id, Ordering::Relaxed);
     }
 
     /// The broker acknowledged every message below `seq`.
@@ -326,6 +330,21 @@ impl Outbox {
                 self.bytes -= msg_bytes(&m);
             }
         }
+    }
+
+    /// Records that the sink's deliveries through `end` were delivered and sent elsewhere: after
+    /// a restore from a backup, by the device the backup came from (docs/hub.md). The recovery's
+    /// roll-forward of the restored commit is then taken for the re-delivery it is.
+    pub fn mark_delivered(&mut self, end: u64) -> Result<()> {
+        let Some(wal) = self.wal.as_mut() else { return Ok(()) };
+        self.durable_end = self.durable_end.max(end);
+        Self::append_acked(
+            wal,
+            &mut self.scratch,
+            [self.acked_seq, self.dropped, self.next_seq, self.durable_end, self.id],
+        )?;
+        wal.commit()?;
+        Ok(())
     }
 
     /// Writes the acknowledged point (when it moved) and deletes segments no longer needed.

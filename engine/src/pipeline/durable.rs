@@ -642,6 +642,11 @@ impl Pipeline {
         self.durable.as_ref().and_then(|d| d.wal.commit_wait())
     }
 
+    /// The files of the newest checkpoint (immutable: a copy of them is a backup of it).
+    pub fn last_checkpoint_files(&self) -> Option<crate::storage::checkpoint::CheckpointFiles> {
+        self.durable.as_ref().and_then(|d| d.ckpts.latest_files())
+    }
+
     /// Records below this LSN are durable in the WAL (what MQTT acknowledgements wait for).
     pub fn durable_lsn(&self) -> Option<u64> {
         self.durable.as_ref().map(|d| d.wal.durable_lsn())

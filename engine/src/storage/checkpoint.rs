@@ -73,6 +73,25 @@ pub struct WriteInfo {
     pub bytes_written: u64,
 }
 
+/// The files of one checkpoint on disk: its manifest and the state files its blobs live in. All
+/// of them are immutable once the checkpoint exists (a copy taken of them is the checkpoint).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointFiles {
+    pub seq: u64,
+    pub created_ms: i64,
+    pub manifest: PathBuf,
+    pub state_files: Vec<PathBuf>,
+}
+
+/// What [`copy_rebased`] wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct RebasedCopy {
+    pub seq: u64,
+    pub created_ms: i64,
+    pub blobs: usize,
+    pub bytes_written: u64,
+}
+
 pub struct CheckpointStore {
     storage: Arc<dyn Storage>,
     cipher: Arc<Cipher>,
@@ -360,6 +379,20 @@ impl CheckpointStore {
         self.retained.last()
     }
 
+    /// The files of the newest checkpoint.
+    pub fn latest_files(&self) -> Option<CheckpointFiles> {
+        let m = self.retained.last()?;
+        let mut seqs: Vec<u64> = m.blobs.iter().map(|b| b.file_seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        Some(CheckpointFiles {
+            seq: m.seq,
+            created_ms: m.created_ms,
+            manifest: self.dir.join(manifest_name(m.seq)),
+            state_files: seqs.into_iter().map(|s| self.dir.join(state_name(s))).collect(),
+        })
+    }
+
     /// The WAL must keep records from this LSN on (recovery may fall back to the oldest retained).
     pub fn wal_keep_from(&self) -> u64 {
         self.retained.first().map(|m| m.wal_lsn).unwrap_or(0)
@@ -448,6 +481,11 @@ impl CheckpointStore {
         Ok(info)
     }
 
+    /// Makes the next checkpoint written carry `seq` (only forward: numbers are never reused).
+    fn continue_at(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq);
+    }
+
     /// Key ids the retained checkpoints' files were written with (the newest's exactly; an older
     /// fallback's files that the newest does not share are not opened, so not counted).
     pub fn key_ids_in_use(&self) -> Vec<u32> {
@@ -481,4 +519,46 @@ impl CheckpointStore {
         }
         Ok(())
     }
+}
+
+/// Copies the newest valid checkpoint in `from` (a checkpoint restored from elsewhere, without
+/// its WAL) into the empty checkpoint directory `to` as a checkpoint that continues from LSN 0,
+/// under the same sequence number, re-encrypted under the current key. Every blob is
+/// authenticated and checked against its digest on the way, so a damaged or foreign copy is
+/// refused before anything is written. Recovery from `to` then restores exactly that state and
+/// replays nothing; replayable sources continue from the positions it holds.
+pub fn copy_rebased(
+    storage: Arc<dyn Storage>,
+    cipher: Arc<Cipher>,
+    from: &Path,
+    to: &Path,
+    owner: Owner,
+) -> Result<RebasedCopy> {
+    let (_, recovered) = CheckpointStore::open_owned(storage.clone(), cipher.clone(), from, owner)?;
+    let r = recovered.ok_or_else(|| StorageError::Corrupt(format!("{}: no checkpoint to restore", from.display())))?;
+    let (mut target, existing) = CheckpointStore::open_owned(storage, cipher, to, owner)?;
+    if existing.is_some() || target.next_seq > 1 {
+        return Err(StorageError::Corrupt(format!(
+            "{}: holds checkpoints already; a restore only writes into an empty state directory",
+            to.display()
+        )));
+    }
+    target.continue_at(r.manifest.seq);
+    let blobs: Vec<(String, Vec<u8>)> = r
+        .manifest
+        .blobs
+        .iter()
+        .map(|b| {
+            let plain = r.blobs.get(&b.name).cloned();
+            plain.map(|p| (b.name.clone(), p)).ok_or_else(|| StorageError::Corrupt(format!("blob {} missing", b.name)))
+        })
+        .collect::<Result<_>>()?;
+    let info = target.write(0, &r.manifest.fingerprint, r.manifest.sources.clone(), &blobs)?;
+    debug_assert_eq!(info.seq, r.manifest.seq);
+    Ok(RebasedCopy {
+        seq: info.seq,
+        created_ms: r.manifest.created_ms,
+        blobs: blobs.len(),
+        bytes_written: info.bytes_written,
+    })
 }

@@ -5,13 +5,20 @@
 use std::time::Duration;
 
 use eddy_proto::v1::hub_client::HubClient as RawHubClient;
-use eddy_proto::v1::{PushRowsReply, PushRowsRequest};
+use eddy_proto::v1::{
+    BlobChunk, CheckpointIndex, CheckpointSummary, GetBlobRequest, GetCheckpointRequest, ListCheckpointsRequest,
+    MissingBlobsRequest, PushRowsReply, PushRowsRequest, RetractRowsReply, RetractRowsRequest,
+};
 use tonic::transport::Channel;
 
 use crate::{status_error, ClientError, Target, Timeouts};
 
 /// Largest request the hub is sent (a batch is bounded by the sink's batch_bytes).
 const MAX_REQUEST_BYTES: usize = 256 << 20;
+/// Largest reply taken (a checkpoint index holds its manifest).
+const MAX_REPLY_BYTES: usize = 64 << 20;
+/// Bytes of a blob per message.
+pub const BLOB_CHUNK_BYTES: usize = 1 << 20;
 
 /// A connection to one hub.
 #[derive(Clone)]
@@ -25,7 +32,9 @@ impl HubClient {
     /// Connects now, so an unreachable hub or a refused certificate fails here.
     pub async fn connect(target: &Target, timeouts: Timeouts) -> Result<HubClient, ClientError> {
         let channel = target.connect(timeouts.connect).await?;
-        let inner = RawHubClient::new(channel).max_encoding_message_size(MAX_REQUEST_BYTES);
+        let inner = RawHubClient::new(channel)
+            .max_encoding_message_size(MAX_REQUEST_BYTES)
+            .max_decoding_message_size(MAX_REPLY_BYTES);
         Ok(HubClient { inner, request_timeout: timeouts.request, target: target.to_string() })
     }
 
@@ -35,5 +44,99 @@ impl HubClient {
         r.set_timeout(self.request_timeout);
         let mut c = self.inner.clone();
         c.push_rows(r).await.map(|r| r.into_inner()).map_err(|s| status_error(&self.target, s))
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(self.request_timeout);
+        r
+    }
+
+    /// Which of these blobs (SHA-256, hex) the hub lacks for `pipeline`.
+    pub async fn missing_blobs(&self, pipeline: &str, sha256: Vec<String>) -> Result<Vec<String>, ClientError> {
+        let r = self.request(MissingBlobsRequest { pipeline: pipeline.to_string(), sha256 });
+        let mut c = self.inner.clone();
+        c.missing_blobs(r).await.map(|r| r.into_inner().sha256).map_err(|s| status_error(&self.target, s))
+    }
+
+    /// Uploads one blob from `chunks` (the first carries its name, digest and length). No
+    /// overall timeout: a large blob on a slow link takes what it takes; the connection's
+    /// keepalive notices a dead peer.
+    pub async fn put_blob(
+        &self,
+        chunks: impl tokio_stream::Stream<Item = BlobChunk> + Send + 'static,
+    ) -> Result<bool, ClientError> {
+        let mut c = self.inner.clone();
+        c.put_blob(tonic::Request::new(chunks))
+            .await
+            .map(|r| r.into_inner().stored)
+            .map_err(|s| status_error(&self.target, s))
+    }
+
+    /// Records a checkpoint whose blobs are stored; returns how many the hub keeps.
+    pub async fn put_checkpoint(&self, index: CheckpointIndex) -> Result<u32, ClientError> {
+        let mut c = self.inner.clone();
+        c.put_checkpoint(self.request(index))
+            .await
+            .map(|r| r.into_inner().kept)
+            .map_err(|s| status_error(&self.target, s))
+    }
+
+    pub async fn list_checkpoints(&self, gateway: &str, pipeline: &str) -> Result<Vec<CheckpointSummary>, ClientError> {
+        let r = self.request(ListCheckpointsRequest { gateway: gateway.to_string(), pipeline: pipeline.to_string() });
+        let mut c = self.inner.clone();
+        c.list_checkpoints(r).await.map(|r| r.into_inner().checkpoints).map_err(|s| status_error(&self.target, s))
+    }
+
+    /// A kept checkpoint (the newest when `seq` is 0).
+    pub async fn get_checkpoint(
+        &self,
+        gateway: &str,
+        pipeline: &str,
+        seq: u64,
+    ) -> Result<CheckpointIndex, ClientError> {
+        let r =
+            self.request(GetCheckpointRequest { gateway: gateway.to_string(), pipeline: pipeline.to_string(), seq });
+        let mut c = self.inner.clone();
+        c.get_checkpoint(r).await.map(|r| r.into_inner()).map_err(|s| status_error(&self.target, s))
+    }
+
+    /// Streams a blob into `out` chunk by chunk; returns its length.
+    pub async fn get_blob(
+        &self,
+        gateway: &str,
+        pipeline: &str,
+        sha256: &str,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, ClientError> {
+        let req =
+            GetBlobRequest { gateway: gateway.to_string(), pipeline: pipeline.to_string(), sha256: sha256.to_string() };
+        let mut c = self.inner.clone();
+        let err = |s| status_error(&self.target, s);
+        let mut stream = c.get_blob(tonic::Request::new(req)).await.map_err(err)?.into_inner();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.message().await.map_err(err)? {
+            out(&chunk.data).map_err(|e| ClientError::Io(format!("writing blob {sha256}: {e}")))?;
+            n += chunk.data.len() as u64;
+        }
+        Ok(n)
+    }
+
+    /// Removes `gateway`'s rows of `stream` from outbox `outbox_id` numbered `from_seq` on.
+    pub async fn retract_rows(
+        &self,
+        gateway: &str,
+        stream: &str,
+        outbox_id: u64,
+        from_seq: u64,
+    ) -> Result<RetractRowsReply, ClientError> {
+        let r = self.request(RetractRowsRequest {
+            gateway: gateway.to_string(),
+            stream: stream.to_string(),
+            outbox_id,
+            from_seq,
+        });
+        let mut c = self.inner.clone();
+        c.retract_rows(r).await.map(|r| r.into_inner()).map_err(|s| status_error(&self.target, s))
     }
 }

@@ -8,7 +8,7 @@ mod hub;
 mod target;
 
 pub use eddy_proto::v1;
-pub use hub::HubClient;
+pub use hub::{HubClient, BLOB_CHUNK_BYTES};
 pub use target::{Target, TlsFiles, DEFAULT_SOCKET};
 pub use tonic::{Code, Status};
 
@@ -28,6 +28,9 @@ pub enum ClientError {
     /// The daemon answered with an error (shown as its message: the code is in `code()`).
     #[error("{}", .0.message())]
     Status(tonic::Status),
+    /// A local file could not be written (what a download was being saved to).
+    #[error("{0}")]
+    Io(String),
 }
 
 impl From<tonic::Status> for ClientError {
@@ -42,6 +45,7 @@ impl ClientError {
         match self {
             ClientError::Connect { .. } => Code::Unavailable,
             ClientError::Files(_) => Code::InvalidArgument,
+            ClientError::Io(_) => Code::Internal,
             ClientError::Status(s) => s.code(),
         }
     }

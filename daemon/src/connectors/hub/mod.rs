@@ -2,11 +2,13 @@
 //! them as Parquet in object storage. Owns the sink's options and its settings from `[hub]`; the
 //! sending is [`sink`]'s, the row encoding [`rows`]'.
 
+pub mod backup;
 pub mod rows;
 pub mod sink;
 
-use std::path::PathBuf;
 use std::time::Duration;
+
+use eddy_client::{ClientError, HubClient, Target, Timeouts, TlsFiles};
 
 use super::outbox::FullPolicy;
 use super::{num, Provider};
@@ -21,17 +23,56 @@ pub struct HubSinkSettings {
     pub ctx: String,
     /// The stream the rows are stored under at the hub.
     pub stream: String,
-    pub endpoints: Vec<String>,
-    pub ca_file: PathBuf,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub server_name: Option<String>,
-    pub request_timeout: Duration,
+    pub link: HubLink,
     /// One push holds at most this many rows, and about this many bytes of rows.
     pub batch_rows: usize,
     pub batch_bytes: usize,
     pub outbox_bytes: usize,
     pub policy: FullPolicy,
+}
+
+/// How this gateway reaches the hubs: `[hub]` checked.
+#[derive(Debug, Clone)]
+pub struct HubLink {
+    pub endpoints: Vec<String>,
+    pub tls: TlsFiles,
+    pub request_timeout: Duration,
+}
+
+impl HubLink {
+    /// The link `[hub]` describes, or what is missing from it.
+    pub fn from_config(h: &crate::config::HubSection) -> std::result::Result<HubLink, String> {
+        let need = |v: &Option<std::path::PathBuf>, key: &str| {
+            v.clone().ok_or_else(|| format!("hub.{key} is needed in eddyd's config (docs/hub.md)"))
+        };
+        if h.endpoints.is_empty() {
+            return Err("hub.endpoints is needed in eddyd's config (docs/hub.md)".into());
+        }
+        if let Some(e) = h.endpoints.iter().find(|e| e.contains("://") || !e.contains(':')) {
+            return Err(format!("hub.endpoints: '{e}' is not host:port"));
+        }
+        Ok(HubLink {
+            endpoints: h.endpoints.clone(),
+            tls: TlsFiles {
+                ca: need(&h.ca_file, "ca_file")?,
+                cert: need(&h.cert_file, "cert_file")?,
+                key: need(&h.key_file, "key_file")?,
+                server_name: h.server_name.clone(),
+            },
+            request_timeout: Duration::from_millis(h.request_timeout_ms.unwrap_or(30_000).max(100)),
+        })
+    }
+
+    /// The endpoint for attempt `turn` (attempts go round the list).
+    pub fn endpoint(&self, turn: usize) -> &str {
+        &self.endpoints[turn % self.endpoints.len()]
+    }
+
+    pub async fn connect(&self, turn: usize) -> std::result::Result<HubClient, ClientError> {
+        let target = Target::Tls { address: self.endpoint(turn).to_string(), files: self.tls.clone() };
+        let timeouts = Timeouts { connect: Duration::from_secs(5), request: self.request_timeout, read_retries: 0 };
+        HubClient::connect(&target, timeouts).await
+    }
 }
 
 fn opt_err(ctx: &str, m: impl Into<String>) -> EngineError {
@@ -56,19 +97,7 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Hu
             return Err(opt_err(&ctx, "the hub stores rows as Parquet (format = 'parquet', the default)"));
         }
     }
-    let h = &p.hub;
-    let need = |v: &Option<PathBuf>, key: &str| {
-        v.clone()
-            .ok_or_else(|| opt_err(&ctx, format!("connector 'hub' needs hub.{key} in eddyd's config (docs/hub.md)")))
-    };
-    if h.endpoints.is_empty() {
-        return Err(opt_err(&ctx, "connector 'hub' needs hub.endpoints in eddyd's config (docs/hub.md)"));
-    }
-    for e in &h.endpoints {
-        if e.contains("://") || !e.contains(':') {
-            return Err(opt_err(&ctx, format!("hub.endpoints: '{e}' is not host:port")));
-        }
-    }
+    let link = HubLink::from_config(&p.hub).map_err(|m| opt_err(&ctx, format!("connector 'hub': {m}")))?;
     let policy = match spec.options.get("outbox_full").map(|s| s.to_ascii_lowercase()).as_deref() {
         None | Some("block") => FullPolicy::Block,
         Some("drop_oldest") => FullPolicy::DropOldest,
@@ -76,12 +105,7 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Hu
     };
     Ok(HubSinkSettings {
         stream: stream.to_string(),
-        endpoints: h.endpoints.clone(),
-        ca_file: need(&h.ca_file, "ca_file")?,
-        cert_file: need(&h.cert_file, "cert_file")?,
-        key_file: need(&h.key_file, "key_file")?,
-        server_name: h.server_name.clone(),
-        request_timeout: Duration::from_millis(h.request_timeout_ms.unwrap_or(30_000).max(100)),
+        link,
         batch_rows: num(&ctx, spec, "batch_rows", 10_000)?.clamp(1, 1_000_000),
         batch_bytes: num(&ctx, spec, "batch_bytes", 4 << 20)?.clamp(4096, 48 << 20),
         outbox_bytes: num(&ctx, spec, "outbox_bytes", 256 << 20)?.max(4096),

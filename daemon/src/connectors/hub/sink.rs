@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
-use eddy_client::{v1, ClientError, HubClient, Target, Timeouts, TlsFiles};
+use eddy_client::{v1, HubClient};
 use eddy_engine::connector::{SinkStateDir, SinkWriter};
 use eddy_engine::{EngineError, Result};
 
@@ -86,6 +86,7 @@ impl SinkWriter for HubSink {
             outbox.id = random_id()?;
         }
         outbox.publish_gauges(&self.gauges);
+        *self.gauges.hub_stream.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.settings.stream.clone());
         let shared = Arc::new(Shared { outbox: SharedOutbox::new(outbox), gauges: self.gauges.clone() });
         let (s, schema, sh, stopping) =
             (self.settings.clone(), self.schema.clone(), shared.clone(), self.stopping.clone());
@@ -225,7 +226,7 @@ fn send_loop(s: &HubSinkSettings, schema: &SchemaRef, sh: &Shared, stopping: &At
         let result = rt.block_on(async {
             let c = match client.take() {
                 Some(c) => c,
-                None => connect(s, &s.endpoints[endpoint % s.endpoints.len()]).await?,
+                None => s.link.connect(endpoint).await?,
             };
             let r = c.push_rows(req).await;
             client = Some(c);
@@ -248,7 +249,7 @@ fn send_loop(s: &HubSinkSettings, schema: &SchemaRef, sh: &Shared, stopping: &At
                 sh.outbox.changed.notify_all();
                 if !sh.gauges.connected.swap(true, Ordering::Relaxed) {
                     sh.gauges.connects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(sink = %s.ctx, hub = %s.endpoints[endpoint % s.endpoints.len()], "pushing to the hub");
+                    tracing::info!(sink = %s.ctx, hub = %s.link.endpoint(endpoint), "pushing to the hub");
                 }
                 failing_since = None;
                 backoff.reset();
@@ -278,18 +279,4 @@ fn send_loop(s: &HubSinkSettings, schema: &SchemaRef, sh: &Shared, stopping: &At
             }
         }
     }
-}
-
-async fn connect(s: &HubSinkSettings, address: &str) -> std::result::Result<HubClient, ClientError> {
-    let target = Target::Tls {
-        address: address.to_string(),
-        files: TlsFiles {
-            ca: s.ca_file.clone(),
-            cert: s.cert_file.clone(),
-            key: s.key_file.clone(),
-            server_name: s.server_name.clone(),
-        },
-    };
-    let timeouts = Timeouts { connect: Duration::from_secs(5), request: s.request_timeout, read_retries: 0 };
-    HubClient::connect(&target, timeouts).await
 }

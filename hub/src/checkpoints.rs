@@ -1,0 +1,452 @@
+//! Checkpoint backups in the bucket (layout: [`crate::layout`]). Blobs are a gateway's state
+//! files, named by their SHA-256 and checked against it before they are kept; an index records a
+//! checkpoint once every blob it names is stored. Retention keeps the newest `keep` indexes per
+//! pipeline and deletes blobs none of them names — only blobs older than `blob_grace`, so the
+//! blobs of a checkpoint still being uploaded (not yet named by any index) survive.
+//!
+//! Owns those keys; never decides who may read them (the service does) and never sees the
+//! gateways' state key: blobs and manifests are stored as they arrive, encrypted.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use eddy_proto::v1::{CheckpointIndex, CheckpointSummary};
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use prost::Message;
+
+use crate::layout;
+use crate::store::Bucket;
+
+/// Why a backup request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The request itself is wrong (retrying will not help).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The store failed or could not be reached.
+    #[error("object store: {0}")]
+    Unavailable(String),
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BackupError {
+    BackupError::Unavailable(e.to_string())
+}
+
+/// Blobs up to this size are stored with one PUT; larger ones as a multipart upload.
+const SINGLE_PUT_BYTES: u64 = 8 << 20;
+/// Parts of a multipart upload (S3 wants at least 5 MiB but the last).
+const PART_BYTES: usize = 8 << 20;
+
+/// Retention of backups, per gateway and pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub keep: usize,
+    pub blob_grace: Duration,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Bucket {
+    /// Which of `sha256s` are not stored for this pipeline.
+    pub async fn missing_blobs(&self, dir: &str, sha256s: &[String]) -> Result<Vec<String>, BackupError> {
+        let mut missing = Vec::new();
+        for sha in sha256s {
+            if !layout::valid_sha256(sha) {
+                return Err(BackupError::Invalid(format!("'{sha}' is not a SHA-256 in lowercase hex")));
+            }
+            match self.store.head(&ObjectPath::from(layout::blob_key(dir, sha))).await {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => missing.push(sha.clone()),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Stores a blob from its chunks once its length and digest check out; a blob that does not
+    /// is never visible under its key. Returns false when it was there already.
+    pub async fn put_blob<S>(
+        &self,
+        dir: &str,
+        sha256: &str,
+        total_bytes: u64,
+        max_bytes: u64,
+        mut chunks: S,
+    ) -> Result<bool, BackupError>
+    where
+        S: Stream<Item = Result<Bytes, BackupError>> + Unpin,
+    {
+        if !layout::valid_sha256(sha256) {
+            return Err(BackupError::Invalid(format!("'{sha256}' is not a SHA-256 in lowercase hex")));
+        }
+        if total_bytes > max_bytes {
+            return Err(BackupError::Invalid(format!(
+                "a blob of {total_bytes} bytes is over limits.max_blob_bytes ({max_bytes})"
+            )));
+        }
+        let path = ObjectPath::from(layout::blob_key(dir, sha256));
+        match self.store.head(&path).await {
+            Ok(m) if m.size == total_bytes => return Ok(false),
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut seen = 0u64;
+        let check = |seen: u64, digest: ring::digest::Context| -> Result<(), BackupError> {
+            let got = hex(digest.finish().as_ref());
+            if seen != total_bytes || got != sha256 {
+                return Err(BackupError::Invalid(format!(
+                    "the blob's bytes do not match: {seen} bytes with SHA-256 {got}, announced {total_bytes} bytes with {sha256}"
+                )));
+            }
+            Ok(())
+        };
+        let grew = |c: &Bytes, seen: &mut u64| -> Result<(), BackupError> {
+            *seen += c.len() as u64;
+            if *seen > total_bytes {
+                return Err(BackupError::Invalid(format!("the blob runs past its announced {total_bytes} bytes")));
+            }
+            Ok(())
+        };
+        if total_bytes <= SINGLE_PUT_BYTES {
+            let mut buf = Vec::with_capacity(total_bytes as usize);
+            while let Some(c) = chunks.try_next().await? {
+                grew(&c, &mut seen)?;
+                digest.update(&c);
+                buf.extend_from_slice(&c);
+            }
+            check(seen, digest)?;
+            self.store.put(&path, PutPayload::from(buf)).await.map_err(unavailable)?;
+            return Ok(true);
+        }
+        let upload = self.store.put_multipart(&path).await.map_err(unavailable)?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let r: Result<(), BackupError> = async {
+            while let Some(c) = chunks.try_next().await? {
+                grew(&c, &mut seen)?;
+                digest.update(&c);
+                w.wait_for_capacity(2).await.map_err(unavailable)?;
+                w.write(&c);
+            }
+            Ok(())
+        }
+        .await;
+        match r.and_then(|()| check(seen, digest)) {
+            Ok(()) => {
+                w.finish().await.map_err(unavailable)?;
+                Ok(true)
+            }
+            Err(e) => {
+                let _ = w.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a checkpoint whose blobs are all stored, then applies retention. Returns how many
+    /// checkpoints the pipeline keeps.
+    pub async fn put_checkpoint(
+        &self,
+        dir: &str,
+        mut index: CheckpointIndex,
+        retention: Retention,
+    ) -> Result<u32, BackupError> {
+        for f in &index.files {
+            if !layout::valid_sha256(&f.sha256) || !layout::valid_name(&f.name, 64) {
+                return Err(BackupError::Invalid(format!("state file '{}' ({}) is misnamed", f.name, f.sha256)));
+            }
+            match self.store.head(&ObjectPath::from(layout::blob_key(dir, &f.sha256))).await {
+                Ok(m) if m.size == f.bytes => {}
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {
+                    return Err(BackupError::Invalid(format!(
+                        "state file {} ({}) is not stored: upload its blob first",
+                        f.name, f.sha256
+                    )))
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        let existing = self.index_keys(dir).await?;
+        // The same checkpoint sent again (a lost reply): recorded once.
+        let newest = match existing.last() {
+            Some(k) => Some(self.read_index(k).await?),
+            None => None,
+        };
+        if newest.is_some_and(|n| n.seq == index.seq && n.created_ms == index.created_ms) {
+            return self.apply_retention(dir, retention).await;
+        }
+        index.stored_ms = now_ms();
+        let key = layout::checkpoint_index_key(dir, index.stored_ms, index.seq);
+        self.store.put(&ObjectPath::from(key), PutPayload::from(index.encode_to_vec())).await.map_err(unavailable)?;
+        self.apply_retention(dir, retention).await
+    }
+
+    async fn index_keys(&self, dir: &str) -> Result<Vec<String>, BackupError> {
+        let prefix = ObjectPath::from(format!("{dir}index"));
+        let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(unavailable)?;
+        let mut keys: Vec<String> =
+            metas.into_iter().map(|m| m.location.to_string()).filter(|k| k.ends_with(".ckpt")).collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn read_index(&self, key: &str) -> Result<CheckpointIndex, BackupError> {
+        let body =
+            self.store.get(&ObjectPath::from(key)).await.map_err(unavailable)?.bytes().await.map_err(unavailable)?;
+        CheckpointIndex::decode(body).map_err(|e| BackupError::Unavailable(format!("{key} is damaged: {e}")))
+    }
+
+    /// Deletes indexes beyond the newest `keep`, then blobs no kept index names (older than the
+    /// grace period). Indexes go first, so no kept index ever names a deleted blob.
+    async fn apply_retention(&self, dir: &str, retention: Retention) -> Result<u32, BackupError> {
+        let keys = self.index_keys(dir).await?;
+        let cut = keys.len().saturating_sub(retention.keep.max(1));
+        for k in &keys[..cut] {
+            self.store.delete(&ObjectPath::from(k.as_str())).await.map_err(unavailable)?;
+        }
+        let mut named = HashSet::new();
+        for k in &keys[cut..] {
+            named.extend(self.read_index(k).await?.files.into_iter().map(|f| f.sha256));
+        }
+        let grace = cutoff_ms(retention.blob_grace);
+        let blobs: Vec<_> =
+            self.store.list(Some(&ObjectPath::from(format!("{dir}blobs")))).try_collect().await.map_err(unavailable)?;
+        for m in blobs {
+            let key = m.location.to_string();
+            let sha = key.rsplit('/').next().unwrap_or_default();
+            let old = m.last_modified.timestamp_millis() < grace;
+            if old && !named.contains(sha) {
+                self.store.delete(&m.location).await.map_err(unavailable)?;
+            }
+        }
+        Ok((keys.len() - cut) as u32)
+    }
+
+    /// The kept checkpoints of a gateway (one pipeline, or all), oldest first.
+    pub async fn list_checkpoints(
+        &self,
+        gateway: &str,
+        pipeline: Option<&str>,
+    ) -> Result<Vec<CheckpointSummary>, BackupError> {
+        let prefix = match pipeline {
+            Some(p) => layout::checkpoint_dir(&self.prefix, gateway, p),
+            None => layout::checkpoint_gateway_dir(&self.prefix, gateway),
+        };
+        let metas: Vec<_> =
+            self.store.list(Some(&ObjectPath::from(prefix))).try_collect().await.map_err(unavailable)?;
+        let mut out = Vec::new();
+        for m in metas.iter().filter(|m| m.location.as_ref().ends_with(".ckpt")) {
+            let i = self.read_index(m.location.as_ref()).await?;
+            let bytes = i.manifest.len() as u64 + i.files.iter().map(|f| f.bytes).sum::<u64>();
+            out.push(CheckpointSummary {
+                gateway: gateway.to_string(),
+                pipeline: i.pipeline,
+                seq: i.seq,
+                created_ms: i.created_ms,
+                stored_ms: i.stored_ms,
+                bytes,
+            });
+        }
+        out.sort_by(|a, b| (&a.pipeline, a.stored_ms, a.seq).cmp(&(&b.pipeline, b.stored_ms, b.seq)));
+        Ok(out)
+    }
+
+    /// One kept checkpoint: `seq`, or the newest when `seq` is 0.
+    pub async fn get_checkpoint(&self, dir: &str, seq: u64) -> Result<CheckpointIndex, BackupError> {
+        let keys = self.index_keys(dir).await?;
+        let key = keys.iter().rev().find(|k| seq == 0 || k.ends_with(&format!("-{seq:020}.ckpt")));
+        match key {
+            Some(k) => self.read_index(k).await,
+            None if seq == 0 => Err(BackupError::NotFound(format!("no checkpoint is kept under {dir}"))),
+            None => Err(BackupError::NotFound(format!("checkpoint {seq} is not kept under {dir}"))),
+        }
+    }
+
+    /// A blob's bytes, as a stream of chunks.
+    pub async fn get_blob(
+        &self,
+        dir: &str,
+        sha256: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, BackupError>> + use<>, BackupError> {
+        if !layout::valid_sha256(sha256) {
+            return Err(BackupError::Invalid(format!("'{sha256}' is not a SHA-256 in lowercase hex")));
+        }
+        let r = match self.store.get(&ObjectPath::from(layout::blob_key(dir, sha256))).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(BackupError::NotFound(format!("blob {sha256} is not stored under {dir}")))
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        Ok(r.into_stream().map(|c| c.map_err(unavailable)))
+    }
+
+    /// Removes the rows of `stream` from `gateway`'s outbox `outbox` numbered `from_seq` on:
+    /// batches that start there or later are deleted, one that straddles it is cut. Returns
+    /// (deleted, cut).
+    pub async fn retract_rows(
+        &self,
+        stream: &str,
+        gateway: &str,
+        outbox: u64,
+        from_seq: u64,
+    ) -> Result<(u32, u32), BackupError> {
+        let prefix = format!("{}streams/{stream}/gateway={gateway}/", self.prefix);
+        let metas: Vec<_> =
+            self.store.list(Some(&ObjectPath::from(prefix))).try_collect().await.map_err(unavailable)?;
+        let tag = format!("/{outbox:016x}-");
+        let (mut deleted, mut cut) = (0, 0);
+        for m in metas {
+            let key = m.location.to_string();
+            let Some(first) = key
+                .rsplit_once(tag.as_str())
+                .and_then(|(_, rest)| rest.strip_suffix(".parquet"))
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if first >= from_seq {
+                self.store.delete(&m.location).await.map_err(unavailable)?;
+                deleted += 1;
+                continue;
+            }
+            let body = self.store.get(&m.location).await.map_err(unavailable)?.bytes().await.map_err(unavailable)?;
+            let last = crate::parquet_batch::stored_last_seq(body.clone())
+                .ok_or_else(|| BackupError::Invalid(format!("{key} is not an Eddy batch")))?;
+            if last >= from_seq {
+                let kept = crate::parquet_batch::cut(body, from_seq - first)
+                    .map_err(|e| BackupError::Invalid(format!("{key}: {e}")))?;
+                self.store.put(&m.location, PutPayload::from(kept)).await.map_err(unavailable)?;
+                cut += 1;
+            }
+        }
+        Ok((deleted, cut))
+    }
+}
+
+/// `now - grace` in ms since the epoch.
+fn cutoff_ms(grace: Duration) -> i64 {
+    now_ms() - grace.as_millis() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+    use eddy_proto::v1::StateFile;
+
+    fn bucket(dir: &std::path::Path) -> Bucket {
+        let cfg: StoreConfig = toml::from_str(&format!("url = 'file://{}'", dir.display())).unwrap();
+        Bucket::open(&cfg).unwrap()
+    }
+
+    fn sha(b: &[u8]) -> String {
+        hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
+    }
+
+    fn chunks(b: &[u8], size: usize) -> impl Stream<Item = Result<Bytes, BackupError>> + Unpin {
+        let parts: Vec<Result<Bytes, BackupError>> = b.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        futures::stream::iter(parts)
+    }
+
+    fn index(seq: u64, files: &[(&str, &[u8])]) -> CheckpointIndex {
+        CheckpointIndex {
+            pipeline: "p".into(),
+            seq,
+            created_ms: seq as i64,
+            manifest_name: format!("manifest-{seq:010}"),
+            manifest: vec![seq as u8; 10],
+            files: files
+                .iter()
+                .map(|(n, b)| StateFile { name: n.to_string(), sha256: sha(b), bytes: b.len() as u64 })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn blobs_are_kept_only_when_their_bytes_match_and_large_ones_stream_in_parts() {
+        let d = tempfile::tempdir().unwrap();
+        let b = bucket(d.path());
+        let dir = layout::checkpoint_dir("", "gw", "p");
+        let rt = rt();
+        let small = vec![7u8; 1000];
+        assert!(rt.block_on(b.put_blob(&dir, &sha(&small), 1000, 1 << 30, chunks(&small, 300))).unwrap());
+        assert!(!rt.block_on(b.put_blob(&dir, &sha(&small), 1000, 1 << 30, chunks(&small, 300))).unwrap());
+        // Bytes that do not match their digest or length are refused and never visible.
+        let other = vec![8u8; 1000];
+        for (s, len) in [(sha(&other), 1000), (sha(&small), 999)] {
+            let e = rt.block_on(b.put_blob(&dir, &s, len, 1 << 30, chunks(&small, 300))).unwrap_err();
+            assert!(matches!(e, BackupError::Invalid(_)), "{e}");
+        }
+        let big: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let e = rt.block_on(b.put_blob(&dir, &sha(&other), big.len() as u64, 1 << 30, chunks(&big, 1 << 20)));
+        assert!(matches!(e, Err(BackupError::Invalid(_))));
+        assert_eq!(rt.block_on(b.missing_blobs(&dir, &[sha(&small), sha(&big), sha(&other)])).unwrap().len(), 2);
+        assert!(rt.block_on(b.put_blob(&dir, &sha(&big), big.len() as u64, 1 << 30, chunks(&big, 1 << 20))).unwrap());
+        let mut got = Vec::new();
+        let mut s = rt.block_on(b.get_blob(&dir, &sha(&big))).unwrap();
+        while let Some(c) = rt.block_on(s.try_next()).unwrap() {
+            got.extend_from_slice(&c);
+        }
+        assert!(got == big);
+        let e = rt.block_on(b.put_blob(&dir, &sha(&big), big.len() as u64, 1 << 20, chunks(&big, 1 << 20)));
+        assert!(matches!(e, Err(BackupError::Invalid(m)) if m.contains("max_blob_bytes")));
+    }
+
+    #[test]
+    fn checkpoints_need_their_blobs_and_retention_keeps_the_newest_with_what_they_name() {
+        let d = tempfile::tempdir().unwrap();
+        let b = bucket(d.path());
+        let dir = layout::checkpoint_dir("", "gw", "p");
+        let rt = rt();
+        let keep = Retention { keep: 2, blob_grace: Duration::ZERO };
+        let (s1, s2, s3): (&[u8], &[u8], &[u8]) = (b"one", b"two", b"three");
+        let e = rt.block_on(b.put_checkpoint(&dir, index(1, &[("state-0000000001.dat", s1)]), keep)).unwrap_err();
+        assert!(e.to_string().contains("upload its blob first"), "{e}");
+        // With no grace period, a blob counts only once a checkpoint names it: upload each
+        // checkpoint's blob just before it.
+        let upload = |s: &[u8]| rt.block_on(b.put_blob(&dir, &sha(s), s.len() as u64, 1 << 20, chunks(s, 2))).unwrap();
+        upload(s1);
+        rt.block_on(b.put_checkpoint(&dir, index(1, &[("state-0000000001.dat", s1)]), keep)).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        upload(s2);
+        let two = index(2, &[("state-0000000001.dat", s1), ("state-0000000002.dat", s2)]);
+        rt.block_on(b.put_checkpoint(&dir, two.clone(), keep)).unwrap();
+        // Sent again after a lost reply: recorded once.
+        assert_eq!(rt.block_on(b.put_checkpoint(&dir, two, keep)).unwrap(), 2);
+        std::thread::sleep(Duration::from_millis(2));
+        upload(s3);
+        let kept = rt.block_on(b.put_checkpoint(&dir, index(3, &[("state-0000000003.dat", s3)]), keep)).unwrap();
+        assert_eq!(kept, 2);
+        let list = rt.block_on(b.list_checkpoints("gw", Some("p"))).unwrap();
+        assert_eq!(list.iter().map(|c| c.seq).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(rt.block_on(b.get_checkpoint(&dir, 0)).unwrap().seq, 3);
+        assert_eq!(rt.block_on(b.get_checkpoint(&dir, 2)).unwrap().files.len(), 2);
+        assert!(matches!(rt.block_on(b.get_checkpoint(&dir, 1)), Err(BackupError::NotFound(_))));
+        // Every blob a kept checkpoint names is still there; none other is.
+        assert!(rt.block_on(b.missing_blobs(&dir, &[sha(s1), sha(s2), sha(s3)])).unwrap().is_empty());
+        rt.block_on(b.put_checkpoint(&dir, index(4, &[("state-0000000003.dat", s3)]), keep)).unwrap();
+        assert_eq!(rt.block_on(b.missing_blobs(&dir, &[sha(s1), sha(s2), sha(s3)])).unwrap(), [sha(s1), sha(s2)]);
+        // Within the grace period an unnamed blob stays (its checkpoint may still be uploading).
+        let graceful = Retention { keep: 1, blob_grace: Duration::from_secs(3600) };
+        rt.block_on(b.put_blob(&dir, &sha(s1), 3, 1 << 20, chunks(s1, 3))).unwrap();
+        rt.block_on(b.put_checkpoint(&dir, index(5, &[("state-0000000003.dat", s3)]), graceful)).unwrap();
+        assert!(rt.block_on(b.missing_blobs(&dir, &[sha(s1)])).unwrap().is_empty());
+    }
+}
