@@ -56,6 +56,17 @@ pub struct HubSection {
     pub request_timeout_ms: Option<u64>,
     #[serde(default)]
     pub backup: BackupSection,
+    #[serde(default)]
+    pub fleet: FleetSection,
+}
+
+/// `[hub.fleet]`: follow a group's desired state at the hub (docs/hub.md).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    /// The group this gateway belongs to; its pipelines are deployed here as the hub's desired
+    /// state for the group changes. Needs a state dir.
+    pub group: Option<String>,
 }
 
 /// `[hub.backup]`: checkpoint backups to the hub (docs/hub.md).

@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::ConfigFile;
 use crate::connectors::hub::backup::{Backup, BackupSettings};
+use crate::connectors::hub::fleet::FleetAgent;
 use crate::connectors::hub::HubLink;
 use crate::connectors::{gateway_name, Provider};
 use crate::control::{check_name, sql_sha256, Catalog, Command, CommandError, DeployOutcome, FatalSlot, PipelineView};
@@ -221,7 +222,8 @@ fn paused_dir(state_dir: &Path) -> PathBuf {
 }
 
 /// Writes `bytes` to `path` durably: a temporary file, fsync, rename, fsync of the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `path` atomically and durably (temporary file, fsync, rename, fsync dir).
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -259,6 +261,8 @@ pub struct Runtime {
     access: Arc<std::sync::RwLock<crate::api::access::AccessPolicy>>,
     /// Checkpoint backups to the hub (`[hub.backup]`), when enabled.
     backup: Option<Arc<Backup>>,
+    /// Follows the group's desired state at the hub (`[hub.fleet]`), when configured.
+    fleet: Option<FleetAgent>,
 }
 
 /// The uploader `[hub.backup]` asks for, if any (it needs a state dir and `[hub]`).
@@ -337,6 +341,7 @@ impl Runtime {
             commands: None,
             access: Arc::default(),
             backup: None,
+            fleet: None,
         })
     }
 
@@ -510,9 +515,13 @@ impl Runtime {
             tracing::info!(address = %local, "metrics on /metrics, /healthz, /readyz");
         }
         self.backup = start_backup(&self.cfg, &self.registry)?;
-        let _api = if api_on {
-            let (tx, rx) = std::sync::mpsc::sync_channel(self.cfg.api.max_pending_commands.unwrap_or(16).max(1));
+        let fleet_group = self.cfg.hub.fleet.group.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(self.cfg.api.max_pending_commands.unwrap_or(16).max(1));
+        if api_on || fleet_group.is_some() {
             self.commands = Some(rx);
+        }
+        let _api = if api_on {
+            let tx = tx.clone();
             crate::api::start(
                 &self.cfg,
                 crate::api::Shared {
@@ -541,6 +550,17 @@ impl Runtime {
                 return Err(e);
             }
         }
+        if let Some(group) = fleet_group {
+            let state = self
+                .state
+                .as_ref()
+                .ok_or_else(|| anyhow!("hub.fleet needs a state dir: deployed pipelines are kept there"))?;
+            let link = HubLink::from_config(&self.cfg.hub).map_err(|m| anyhow!("hub.fleet: {m}"))?;
+            let agent = FleetAgent::start(link, group, &state.dir, tx.clone(), self.registry.clone())
+                .context("starting the fleet agent")?;
+            self.fleet = Some(agent);
+        }
+        drop(tx);
         self.registry.ready.store(true, Ordering::Release);
         self.notifier.notify("READY=1");
         self.notifier.status(&self.registry.status_line());
@@ -621,6 +641,9 @@ impl Runtime {
         }
         self.notifier.notify("STOPPING=1");
         self.notifier.status("stopping: final checkpoints");
+        if let Some(f) = &self.fleet {
+            f.signal_stop();
+        }
         // Requests that arrive from now on are refused (the API stops with this runtime).
         if let Some(rx) = self.commands.take() {
             while let Ok(cmd) = rx.try_recv() {
@@ -628,6 +651,9 @@ impl Runtime {
             }
         }
         let stopped = self.shutdown();
+        if let Some(mut f) = self.fleet.take() {
+            f.stop();
+        }
         if let Some(b) = self.backup.take() {
             b.close();
         }

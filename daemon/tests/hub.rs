@@ -546,3 +546,156 @@ fn a_gateway_restored_from_its_hub_backup_continues_exactly_once() {
     assert!(ls.status.success() && text.contains(" checkpoints"), "{text}");
     assert!(checkpoint_indexes(&c, "gw-r").len() <= 3, "retention keeps three");
 }
+
+/// A pipeline of the fleet tests: generated readings, per-device counts to a file. `tag` makes
+/// versions differ; `bad` breaks the SQL.
+fn fleet_pipeline(tag: &str, bad: bool) -> v1::PipelineFile {
+    let select =
+        if bad { "SELECT device_id, COUNT(*) AS n FROM no_such_table" } else { "SELECT device_id, COUNT(*) AS n" };
+    let from = if bad { "" } else { " FROM TUMBLE(r, ts, INTERVAL '1' SECOND)" };
+    v1::PipelineFile {
+        name: "stats".into(),
+        sql: format!(
+            "-- {tag}\nCREATE SOURCE r (device_id VARCHAR NOT NULL, temp DOUBLE, ts TIMESTAMP(3) NOT NULL, \
+             WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'datagen', shape = 'iot', devices = '3', rate = '50');\n\
+             CREATE SINK counts AS {select}{from}{} WITH (connector = 'file', path = 'counts.jsonl');\n",
+            if bad { "" } else { " GROUP BY device_id, window_start, window_end" }
+        ),
+    }
+}
+
+/// A gateway of `group`: no pipeline of its own, a state dir, the fleet agent on.
+fn fleet_gateway(c: &Central, name: &str, group: &str) -> (PathBuf, Command) {
+    let gw = c.gateway(name, 1, 10);
+    let mut toml = std::fs::read_to_string(gw.join("eddyd.toml")).unwrap();
+    toml.push_str(&format!("[hub.fleet]\ngroup = '{group}'\n"));
+    std::fs::write(gw.join("eddyd.toml"), toml).unwrap();
+    let mut cmd = Command::new(EDDYD);
+    cmd.current_dir(&gw)
+        .args(["run", "--config", "eddyd.toml", "--state-dir", "state", "--key-file", "state.key"])
+        .env("EDDY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    (gw, cmd)
+}
+
+/// Waits until `gateway`'s report satisfies `ok`; returns it.
+fn await_report(
+    rt: &tokio::runtime::Runtime,
+    ops: &HubClient,
+    gateway: &str,
+    what: &str,
+    ok: impl Fn(&v1::ActualState) -> bool,
+) -> v1::ActualState {
+    let t0 = Instant::now();
+    loop {
+        let r = rt.block_on(ops.fleet_status("")).unwrap();
+        if let Some(a) = r.gateways.iter().find(|a| a.gateway == gateway && ok(a)) {
+            return a.clone();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{gateway}: not {what} after 60 s: {:?}", r.gateways);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn runs(a: &v1::ActualState, names: &[&str]) -> bool {
+    let mut got: Vec<&str> = a.pipelines.iter().filter(|p| p.state == "running").map(|p| p.name.as_str()).collect();
+    got.sort_unstable();
+    got == names
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A rollout to a group reaches every member and only them; a version with a bad pipeline is
+/// refused on the gateways (reported, the old version keeps running); a gateway that was off
+/// during the rollout catches up when it starts; a rollback is a new version everyone applies;
+/// a restart keeps what was applied. Only operators may deploy or read the fleet.
+#[test]
+fn a_fleet_rollout_reaches_its_group_refuses_bad_sql_and_catches_up_a_gateway_that_was_off() {
+    let c = Central::start(1);
+    c.pki.issue("ops", &[], false);
+    let rt = hub_side::runtime();
+    let ops = hub_client(&rt, &c, "ops", c.dir.path()).unwrap();
+    let (_gw1, mut cmd1) = fleet_gateway(&c, "gw-1", "plant-a");
+    let (_gw2, mut cmd2) = fleet_gateway(&c, "gw-2", "plant-a");
+    let (_gw3, mut cmd3) = fleet_gateway(&c, "gw-3", "plant-b");
+    let mut g1 = Killed(cmd1.spawn().unwrap());
+    let _g3 = Killed(cmd3.spawn().unwrap());
+
+    // A gateway may not deploy.
+    let gw = hub_client(&rt, &c, "gw-3", c.dir.path()).unwrap();
+    let e = rt.block_on(gw.put_desired("plant-a", vec![fleet_pipeline("x", false)], "", false)).unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert_eq!(rt.block_on(gw.fleet_status("")).unwrap_err().code(), Code::PermissionDenied);
+
+    let v1 = rt.block_on(ops.put_desired("plant-a", vec![fleet_pipeline("v1", false)], "first", false)).unwrap();
+    assert_eq!(v1.version, 1);
+    await_report(&rt, &ops, "gw-1", "running v1", |a| a.applied_version == 1 && runs(a, &["stats"]));
+    let other = await_report(&rt, &ops, "gw-3", "reporting", |_| true);
+    assert_eq!((other.applied_version, other.pipelines.len()), (0, 0), "another group's gateway got it");
+
+    // A bad pipeline: refused, reported, the old version keeps running.
+    let v2 = rt.block_on(ops.put_desired("plant-a", vec![fleet_pipeline("v2", true)], "broken", false)).unwrap();
+    let a = await_report(&rt, &ops, "gw-1", "refusing v2", |a| a.rejected_version == v2.version);
+    assert_eq!(a.applied_version, 1);
+    assert!(a.rejected_reason.contains("no_such_table"), "{}", a.rejected_reason);
+    assert!(runs(&a, &["stats"]), "{a:?}");
+
+    // A changed query cannot continue from the running state: refused unless the version says
+    // to start afresh; then applied, with a second pipeline.
+    let mut alerts = fleet_pipeline("v3", false);
+    alerts.name = "alerts".into();
+    let both = vec![fleet_pipeline("v3", false), alerts];
+    let v3 = rt.block_on(ops.put_desired("plant-a", both.clone(), "", false)).unwrap();
+    let a = await_report(&rt, &ops, "gw-1", "refusing v3", |a| a.rejected_version == v3.version);
+    assert!(a.rejected_reason.contains("different version") && runs(&a, &["stats"]), "{a:?}");
+    let v3 = rt.block_on(ops.put_desired("plant-a", both, "", true)).unwrap();
+    await_report(&rt, &ops, "gw-1", "running v3", |a| a.applied_version == v3.version && runs(a, &["alerts", "stats"]));
+
+    // gw-2 was off during all this: it starts, and goes straight to the newest version.
+    let _g2 = Killed(cmd2.spawn().unwrap());
+    let a = await_report(&rt, &ops, "gw-2", "caught up", |a| a.applied_version == v3.version);
+    assert!(runs(&a, &["alerts", "stats"]) && a.rejected_version == 0, "{a:?}");
+
+    // Back to version 1: a new version; `alerts` goes away on both.
+    let v5 = rt.block_on(ops.rollback_desired("plant-a", 1, true)).unwrap();
+    assert_eq!((v5.version, v5.rolled_back_to), (5, 1));
+    for g in ["gw-1", "gw-2"] {
+        await_report(&rt, &ops, g, "back on v1's pipelines", |a| a.applied_version == 5 && runs(a, &["stats"]));
+    }
+
+    // A restart keeps the applied version and its pipelines (deployed under the state dir).
+    let _ = g1.0.kill();
+    let _ = g1.0.wait();
+    let before = rt.block_on(ops.fleet_status("plant-a")).unwrap();
+    let seen = before.gateways.iter().find(|a| a.gateway == "gw-1").unwrap().reported_ms;
+    g1 = Killed(cmd1.spawn().unwrap());
+    await_report(&rt, &ops, "gw-1", "back after a restart", |a| {
+        a.reported_ms > seen && a.applied_version == 5 && runs(a, &["stats"])
+    });
+
+    // What an operator sees.
+    let out = Command::new(hub_side::eddyctl_binary())
+        .args(["--hub", &c.hubs[0].addr, "--server-name", "localhost"])
+        .arg("--ca")
+        .arg(c.dir.path().join("fleet-ca.pem"))
+        .arg("--cert")
+        .arg(c.dir.path().join("ops.pem"))
+        .arg("--key")
+        .arg(c.dir.path().join("ops.key"))
+        .args(["fleet", "status", "--group", "plant-a"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "eddyctl fleet status: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("gw-1") && text.contains("gw-2") && !text.contains("gw-3"), "{text}");
+    assert!(text.contains("newest version 5"), "{text}");
+    drop(g1);
+}

@@ -20,9 +20,9 @@ use prost::Message;
 use crate::layout;
 use crate::store::Bucket;
 
-/// Why a backup request failed.
+/// Why a request on the bucket (backups, fleet state) failed.
 #[derive(Debug, thiserror::Error)]
-pub enum BackupError {
+pub enum BucketError {
     /// The request itself is wrong (retrying will not help).
     #[error("{0}")]
     Invalid(String),
@@ -33,8 +33,8 @@ pub enum BackupError {
     Unavailable(String),
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BackupError {
-    BackupError::Unavailable(e.to_string())
+fn unavailable(e: impl std::fmt::Display) -> BucketError {
+    BucketError::Unavailable(e.to_string())
 }
 
 /// Blobs up to this size are stored with one PUT; larger ones as a multipart upload.
@@ -59,11 +59,11 @@ fn hex(d: &[u8]) -> String {
 
 impl Bucket {
     /// Which of `sha256s` are not stored for this pipeline.
-    pub async fn missing_blobs(&self, dir: &str, sha256s: &[String]) -> Result<Vec<String>, BackupError> {
+    pub async fn missing_blobs(&self, dir: &str, sha256s: &[String]) -> Result<Vec<String>, BucketError> {
         let mut missing = Vec::new();
         for sha in sha256s {
             if !layout::valid_sha256(sha) {
-                return Err(BackupError::Invalid(format!("'{sha}' is not a SHA-256 in lowercase hex")));
+                return Err(BucketError::Invalid(format!("'{sha}' is not a SHA-256 in lowercase hex")));
             }
             match self.store.head(&ObjectPath::from(layout::blob_key(dir, sha))).await {
                 Ok(_) => {}
@@ -83,15 +83,15 @@ impl Bucket {
         total_bytes: u64,
         max_bytes: u64,
         mut chunks: S,
-    ) -> Result<bool, BackupError>
+    ) -> Result<bool, BucketError>
     where
-        S: Stream<Item = Result<Bytes, BackupError>> + Unpin,
+        S: Stream<Item = Result<Bytes, BucketError>> + Unpin,
     {
         if !layout::valid_sha256(sha256) {
-            return Err(BackupError::Invalid(format!("'{sha256}' is not a SHA-256 in lowercase hex")));
+            return Err(BucketError::Invalid(format!("'{sha256}' is not a SHA-256 in lowercase hex")));
         }
         if total_bytes > max_bytes {
-            return Err(BackupError::Invalid(format!(
+            return Err(BucketError::Invalid(format!(
                 "a blob of {total_bytes} bytes is over limits.max_blob_bytes ({max_bytes})"
             )));
         }
@@ -103,19 +103,19 @@ impl Bucket {
         }
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
         let mut seen = 0u64;
-        let check = |seen: u64, digest: ring::digest::Context| -> Result<(), BackupError> {
+        let check = |seen: u64, digest: ring::digest::Context| -> Result<(), BucketError> {
             let got = hex(digest.finish().as_ref());
             if seen != total_bytes || got != sha256 {
-                return Err(BackupError::Invalid(format!(
+                return Err(BucketError::Invalid(format!(
                     "the blob's bytes do not match: {seen} bytes with SHA-256 {got}, announced {total_bytes} bytes with {sha256}"
                 )));
             }
             Ok(())
         };
-        let grew = |c: &Bytes, seen: &mut u64| -> Result<(), BackupError> {
+        let grew = |c: &Bytes, seen: &mut u64| -> Result<(), BucketError> {
             *seen += c.len() as u64;
             if *seen > total_bytes {
-                return Err(BackupError::Invalid(format!("the blob runs past its announced {total_bytes} bytes")));
+                return Err(BucketError::Invalid(format!("the blob runs past its announced {total_bytes} bytes")));
             }
             Ok(())
         };
@@ -132,7 +132,7 @@ impl Bucket {
         }
         let upload = self.store.put_multipart(&path).await.map_err(unavailable)?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
-        let r: Result<(), BackupError> = async {
+        let r: Result<(), BucketError> = async {
             while let Some(c) = chunks.try_next().await? {
                 grew(&c, &mut seen)?;
                 digest.update(&c);
@@ -161,15 +161,15 @@ impl Bucket {
         dir: &str,
         mut index: CheckpointIndex,
         retention: Retention,
-    ) -> Result<u32, BackupError> {
+    ) -> Result<u32, BucketError> {
         for f in &index.files {
             if !layout::valid_sha256(&f.sha256) || !layout::valid_name(&f.name, 64) {
-                return Err(BackupError::Invalid(format!("state file '{}' ({}) is misnamed", f.name, f.sha256)));
+                return Err(BucketError::Invalid(format!("state file '{}' ({}) is misnamed", f.name, f.sha256)));
             }
             match self.store.head(&ObjectPath::from(layout::blob_key(dir, &f.sha256))).await {
                 Ok(m) if m.size == f.bytes => {}
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {
-                    return Err(BackupError::Invalid(format!(
+                    return Err(BucketError::Invalid(format!(
                         "state file {} ({}) is not stored: upload its blob first",
                         f.name, f.sha256
                     )))
@@ -192,7 +192,7 @@ impl Bucket {
         self.apply_retention(dir, retention).await
     }
 
-    async fn index_keys(&self, dir: &str) -> Result<Vec<String>, BackupError> {
+    async fn index_keys(&self, dir: &str) -> Result<Vec<String>, BucketError> {
         let prefix = ObjectPath::from(format!("{dir}index"));
         let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(unavailable)?;
         let mut keys: Vec<String> =
@@ -201,15 +201,15 @@ impl Bucket {
         Ok(keys)
     }
 
-    async fn read_index(&self, key: &str) -> Result<CheckpointIndex, BackupError> {
+    async fn read_index(&self, key: &str) -> Result<CheckpointIndex, BucketError> {
         let body =
             self.store.get(&ObjectPath::from(key)).await.map_err(unavailable)?.bytes().await.map_err(unavailable)?;
-        CheckpointIndex::decode(body).map_err(|e| BackupError::Unavailable(format!("{key} is damaged: {e}")))
+        CheckpointIndex::decode(body).map_err(|e| BucketError::Unavailable(format!("{key} is damaged: {e}")))
     }
 
     /// Deletes indexes beyond the newest `keep`, then blobs no kept index names (older than the
     /// grace period). Indexes go first, so no kept index ever names a deleted blob.
-    async fn apply_retention(&self, dir: &str, retention: Retention) -> Result<u32, BackupError> {
+    async fn apply_retention(&self, dir: &str, retention: Retention) -> Result<u32, BucketError> {
         let keys = self.index_keys(dir).await?;
         let cut = keys.len().saturating_sub(retention.keep.max(1));
         for k in &keys[..cut] {
@@ -238,7 +238,7 @@ impl Bucket {
         &self,
         gateway: &str,
         pipeline: Option<&str>,
-    ) -> Result<Vec<CheckpointSummary>, BackupError> {
+    ) -> Result<Vec<CheckpointSummary>, BucketError> {
         let prefix = match pipeline {
             Some(p) => layout::checkpoint_dir(&self.prefix, gateway, p),
             None => layout::checkpoint_gateway_dir(&self.prefix, gateway),
@@ -263,13 +263,13 @@ impl Bucket {
     }
 
     /// One kept checkpoint: `seq`, or the newest when `seq` is 0.
-    pub async fn get_checkpoint(&self, dir: &str, seq: u64) -> Result<CheckpointIndex, BackupError> {
+    pub async fn get_checkpoint(&self, dir: &str, seq: u64) -> Result<CheckpointIndex, BucketError> {
         let keys = self.index_keys(dir).await?;
         let key = keys.iter().rev().find(|k| seq == 0 || k.ends_with(&format!("-{seq:020}.ckpt")));
         match key {
             Some(k) => self.read_index(k).await,
-            None if seq == 0 => Err(BackupError::NotFound(format!("no checkpoint is kept under {dir}"))),
-            None => Err(BackupError::NotFound(format!("checkpoint {seq} is not kept under {dir}"))),
+            None if seq == 0 => Err(BucketError::NotFound(format!("no checkpoint is kept under {dir}"))),
+            None => Err(BucketError::NotFound(format!("checkpoint {seq} is not kept under {dir}"))),
         }
     }
 
@@ -278,14 +278,14 @@ impl Bucket {
         &self,
         dir: &str,
         sha256: &str,
-    ) -> Result<impl Stream<Item = Result<Bytes, BackupError>> + use<>, BackupError> {
+    ) -> Result<impl Stream<Item = Result<Bytes, BucketError>> + use<>, BucketError> {
         if !layout::valid_sha256(sha256) {
-            return Err(BackupError::Invalid(format!("'{sha256}' is not a SHA-256 in lowercase hex")));
+            return Err(BucketError::Invalid(format!("'{sha256}' is not a SHA-256 in lowercase hex")));
         }
         let r = match self.store.get(&ObjectPath::from(layout::blob_key(dir, sha256))).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => {
-                return Err(BackupError::NotFound(format!("blob {sha256} is not stored under {dir}")))
+                return Err(BucketError::NotFound(format!("blob {sha256} is not stored under {dir}")))
             }
             Err(e) => return Err(unavailable(e)),
         };
@@ -301,7 +301,7 @@ impl Bucket {
         gateway: &str,
         outbox: u64,
         from_seq: u64,
-    ) -> Result<(u32, u32), BackupError> {
+    ) -> Result<(u32, u32), BucketError> {
         let prefix = format!("{}streams/{stream}/gateway={gateway}/", self.prefix);
         let metas: Vec<_> =
             self.store.list(Some(&ObjectPath::from(prefix))).try_collect().await.map_err(unavailable)?;
@@ -323,10 +323,10 @@ impl Bucket {
             }
             let body = self.store.get(&m.location).await.map_err(unavailable)?.bytes().await.map_err(unavailable)?;
             let last = crate::parquet_batch::stored_last_seq(body.clone())
-                .ok_or_else(|| BackupError::Invalid(format!("{key} is not an Eddy batch")))?;
+                .ok_or_else(|| BucketError::Invalid(format!("{key} is not an Eddy batch")))?;
             if last >= from_seq {
                 let kept = crate::parquet_batch::cut(body, from_seq - first)
-                    .map_err(|e| BackupError::Invalid(format!("{key}: {e}")))?;
+                    .map_err(|e| BucketError::Invalid(format!("{key}: {e}")))?;
                 self.store.put(&m.location, PutPayload::from(kept)).await.map_err(unavailable)?;
                 cut += 1;
             }
@@ -355,8 +355,8 @@ mod tests {
         hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
     }
 
-    fn chunks(b: &[u8], size: usize) -> impl Stream<Item = Result<Bytes, BackupError>> + Unpin {
-        let parts: Vec<Result<Bytes, BackupError>> = b.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    fn chunks(b: &[u8], size: usize) -> impl Stream<Item = Result<Bytes, BucketError>> + Unpin {
+        let parts: Vec<Result<Bytes, BucketError>> = b.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         futures::stream::iter(parts)
     }
 
@@ -392,11 +392,11 @@ mod tests {
         let other = vec![8u8; 1000];
         for (s, len) in [(sha(&other), 1000), (sha(&small), 999)] {
             let e = rt.block_on(b.put_blob(&dir, &s, len, 1 << 30, chunks(&small, 300))).unwrap_err();
-            assert!(matches!(e, BackupError::Invalid(_)), "{e}");
+            assert!(matches!(e, BucketError::Invalid(_)), "{e}");
         }
         let big: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 251) as u8).collect();
         let e = rt.block_on(b.put_blob(&dir, &sha(&other), big.len() as u64, 1 << 30, chunks(&big, 1 << 20)));
-        assert!(matches!(e, Err(BackupError::Invalid(_))));
+        assert!(matches!(e, Err(BucketError::Invalid(_))));
         assert_eq!(rt.block_on(b.missing_blobs(&dir, &[sha(&small), sha(&big), sha(&other)])).unwrap().len(), 2);
         assert!(rt.block_on(b.put_blob(&dir, &sha(&big), big.len() as u64, 1 << 30, chunks(&big, 1 << 20))).unwrap());
         let mut got = Vec::new();
@@ -406,7 +406,7 @@ mod tests {
         }
         assert!(got == big);
         let e = rt.block_on(b.put_blob(&dir, &sha(&big), big.len() as u64, 1 << 20, chunks(&big, 1 << 20)));
-        assert!(matches!(e, Err(BackupError::Invalid(m)) if m.contains("max_blob_bytes")));
+        assert!(matches!(e, Err(BucketError::Invalid(m)) if m.contains("max_blob_bytes")));
     }
 
     #[test]
@@ -438,7 +438,7 @@ mod tests {
         assert_eq!(list.iter().map(|c| c.seq).collect::<Vec<_>>(), [2, 3]);
         assert_eq!(rt.block_on(b.get_checkpoint(&dir, 0)).unwrap().seq, 3);
         assert_eq!(rt.block_on(b.get_checkpoint(&dir, 2)).unwrap().files.len(), 2);
-        assert!(matches!(rt.block_on(b.get_checkpoint(&dir, 1)), Err(BackupError::NotFound(_))));
+        assert!(matches!(rt.block_on(b.get_checkpoint(&dir, 1)), Err(BucketError::NotFound(_))));
         // Every blob a kept checkpoint names is still there; none other is.
         assert!(rt.block_on(b.missing_blobs(&dir, &[sha(s1), sha(s2), sha(s3)])).unwrap().is_empty());
         rt.block_on(b.put_checkpoint(&dir, index(4, &[("state-0000000003.dat", s3)]), keep)).unwrap();

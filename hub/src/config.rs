@@ -20,6 +20,23 @@ pub struct HubConfig {
     pub backup: BackupConfig,
     #[serde(default)]
     pub access: AccessConfig,
+    #[serde(default)]
+    pub fleet: FleetConfig,
+}
+
+/// `[fleet]`: desired state for groups of gateways.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// How often a gateway's watch looks for a new version of its group, in ms. Each watching
+    /// gateway costs one LIST of its group's versions per period.
+    pub poll_ms: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig { poll_ms: 2000 }
+    }
 }
 
 /// `[backup]`: gateways' checkpoint backups.
@@ -44,8 +61,9 @@ impl Default for BackupConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessConfig {
-    /// Certificate CNs of operators (the fleet's CA signs theirs too): they may list and fetch
-    /// any gateway's checkpoints, for restoring onto a replacement with a new certificate.
+    /// Certificate CNs of operators (the fleet's CA signs theirs too): they may deploy to
+    /// groups, read the fleet's status, and list and fetch any gateway's checkpoints (for
+    /// restoring onto a replacement with a new certificate).
     pub operators: Vec<String>,
 }
 

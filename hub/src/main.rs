@@ -6,6 +6,7 @@
 
 mod checkpoints;
 mod config;
+mod fleet;
 mod identity;
 mod layout;
 mod parquet_batch;
@@ -124,9 +125,14 @@ async fn serve(cfg: config::HubConfig, tls: ServerTlsConfig, bucket: Arc<store::
         tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listen {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let max_push_bytes = cfg.limits.max_push_bytes;
-    let svc =
-        HubServer::new(service::HubService::new(bucket.clone(), cfg.limits, &cfg.backup, cfg.access.operators.clone()))
-            .max_decoding_message_size(max_push_bytes);
+    let svc = HubServer::new(service::HubService::new(
+        bucket.clone(),
+        cfg.limits,
+        &cfg.backup,
+        cfg.access.operators.clone(),
+        std::time::Duration::from_millis(cfg.fleet.poll_ms.max(100)),
+    ))
+    .max_decoding_message_size(max_push_bytes);
     // Printed on stdout for whoever started us (tests bind port 0).
     println!("eddy-hub listening on {addr}");
     tracing::info!(%addr, store = %bucket.url, prefix = %bucket.prefix, "eddy-hub serving");

@@ -10,15 +10,16 @@ use std::time::Duration;
 
 use eddy_proto::v1::hub_server::Hub;
 use eddy_proto::v1::{
-    BlobChunk, CheckpointIndex, GetBlobRequest, GetCheckpointRequest, ListCheckpointsReply, ListCheckpointsRequest,
-    MissingBlobsReply, MissingBlobsRequest, PushRowsReply, PushRowsRequest, PutBlobReply, PutCheckpointReply,
-    RetractRowsReply, RetractRowsRequest,
+    ActualState, BlobChunk, CheckpointIndex, DesiredState, FleetStatusReply, FleetStatusRequest, GetBlobRequest,
+    GetCheckpointRequest, ListCheckpointsReply, ListCheckpointsRequest, MissingBlobsReply, MissingBlobsRequest,
+    PushRowsReply, PushRowsRequest, PutBlobReply, PutCheckpointReply, PutDesiredRequest, ReportActualReply,
+    RetractRowsReply, RetractRowsRequest, RollbackDesiredRequest, WatchDesiredRequest,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::checkpoints::{BackupError, Retention};
+use crate::checkpoints::{BucketError, Retention};
 use crate::config::{BackupConfig, Limits};
 use crate::parquet_batch::{self, Origin};
 use crate::store::{Bucket, StoreError};
@@ -34,13 +35,33 @@ pub struct HubService {
     pub pushes: Arc<Semaphore>,
     retention: Retention,
     operators: Vec<String>,
+    /// How often a watch looks for a new version of its group.
+    poll: Duration,
 }
 
+/// Pipelines in one version, and bytes of SQL in one pipeline, at most.
+const MAX_PIPELINES: usize = 64;
+const MAX_SQL_BYTES: usize = 1 << 20;
+
 impl HubService {
-    pub fn new(bucket: Arc<Bucket>, limits: Limits, backup: &BackupConfig, operators: Vec<String>) -> HubService {
+    pub fn new(
+        bucket: Arc<Bucket>,
+        limits: Limits,
+        backup: &BackupConfig,
+        operators: Vec<String>,
+        poll: Duration,
+    ) -> HubService {
         let pushes = Arc::new(Semaphore::new(limits.max_concurrent_pushes));
         let retention = Retention { keep: backup.keep, blob_grace: Duration::from_secs(backup.blob_grace_s) };
-        HubService { bucket, limits, pushes, retention, operators }
+        HubService { bucket, limits, pushes, retention, operators, poll }
+    }
+
+    /// The caller is an operator (`[access] operators`).
+    fn operator(&self, caller: &str, what: &str) -> Result<(), Status> {
+        if self.operators.iter().any(|o| o == caller) {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!("'{caller}' is not an operator ([access] operators): it may not {what}")))
     }
 
     /// The caller may read (or retract) `gateway`'s things: it is that gateway, or an operator.
@@ -52,12 +73,12 @@ impl HubService {
     }
 }
 
-fn backup_status(e: BackupError) -> Status {
+fn bucket_status(e: BucketError) -> Status {
     match e {
-        BackupError::Invalid(m) => Status::invalid_argument(m),
-        BackupError::NotFound(m) => Status::not_found(m),
-        BackupError::Unavailable(m) => {
-            tracing::warn!(error = %m, "backup request failed at the store");
+        BucketError::Invalid(m) => Status::invalid_argument(m),
+        BucketError::NotFound(m) => Status::not_found(m),
+        BucketError::Unavailable(m) => {
+            tracing::warn!(error = %m, "a request failed at the store");
             Status::unavailable(format!("object store: {m}"))
         }
     }
@@ -77,7 +98,19 @@ fn check_gateway(g: &str) -> Result<(), Status> {
     Err(Status::invalid_argument(format!("'{g}' is not a gateway id (1-64 of A-Z a-z 0-9 _ - .)")))
 }
 
+fn check_group(g: &str) -> Result<(), Status> {
+    if layout::valid_name(g, 64) {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!("'{g}' is not a group name (1-64 of A-Z a-z 0-9 _ - .)")))
+}
+
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<BlobChunk, Status>> + Send>>;
+type DesiredStream = Pin<Box<dyn Stream<Item = Result<DesiredState, Status>> + Send>>;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
 
 /// The caller's gateway id, from the certificate TLS verified.
 fn caller<T>(req: &Request<T>) -> Result<String, Status> {
@@ -89,6 +122,120 @@ fn caller<T>(req: &Request<T>) -> Result<String, Status> {
 #[tonic::async_trait]
 impl Hub for HubService {
     type GetBlobStream = ChunkStream;
+    type WatchDesiredStream = DesiredStream;
+
+    async fn put_desired(&self, req: Request<PutDesiredRequest>) -> Result<Response<DesiredState>, Status> {
+        let who = caller(&req)?;
+        self.operator(&who, "deploy to a group")?;
+        let r = req.into_inner();
+        check_group(&r.group)?;
+        if r.pipelines.len() > MAX_PIPELINES {
+            return Err(Status::invalid_argument(format!("at most {MAX_PIPELINES} pipelines per version")));
+        }
+        let mut names = std::collections::HashSet::new();
+        for p in &r.pipelines {
+            check_pipeline(&p.name)?;
+            if p.sql.len() > MAX_SQL_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "pipeline {}: over {MAX_SQL_BYTES} bytes of SQL",
+                    p.name
+                )));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(Status::invalid_argument(format!("pipeline {} is given twice", p.name)));
+            }
+        }
+        let d = DesiredState {
+            group: r.group,
+            version: 0,
+            pipelines: r.pipelines,
+            created_ms: now_ms(),
+            created_by: who.clone(),
+            note: r.note,
+            rolled_back_to: 0,
+            reset_state: r.reset_state,
+        };
+        let d = self.bucket.put_desired(d).await.map_err(bucket_status)?;
+        tracing::info!(operator = %who, group = %d.group, version = d.version, pipelines = d.pipelines.len(), "desired state");
+        Ok(Response::new(d))
+    }
+
+    async fn rollback_desired(&self, req: Request<RollbackDesiredRequest>) -> Result<Response<DesiredState>, Status> {
+        let who = caller(&req)?;
+        self.operator(&who, "roll a group back")?;
+        let r = req.into_inner();
+        check_group(&r.group)?;
+        let prev = self.bucket.rollback_source(&r.group, r.to_version).await.map_err(bucket_status)?;
+        let d = DesiredState {
+            group: r.group,
+            version: 0,
+            pipelines: prev.pipelines,
+            created_ms: now_ms(),
+            created_by: who.clone(),
+            note: format!("rollback to version {}", prev.version),
+            rolled_back_to: prev.version,
+            reset_state: r.reset_state,
+        };
+        let d = self.bucket.put_desired(d).await.map_err(bucket_status)?;
+        tracing::info!(operator = %who, group = %d.group, version = d.version, to = prev.version, "rollback");
+        Ok(Response::new(d))
+    }
+
+    async fn watch_desired(&self, req: Request<WatchDesiredRequest>) -> Result<Response<DesiredStream>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        check_group(&r.group)?;
+        tracing::debug!(gateway = %who, group = %r.group, after = r.after_version, "watching");
+        let (bucket, poll) = (self.bucket.clone(), self.poll);
+        // The newest version above the last one sent, as soon as there is one; a store error
+        // ends the stream (the gateway reconnects with the version it has).
+        let s = futures::stream::unfold((r.group, r.after_version, false), move |(group, after, failed)| {
+            let bucket = bucket.clone();
+            async move {
+                if failed {
+                    return None;
+                }
+                loop {
+                    match bucket.newest_desired(&group).await {
+                        Ok(Some(d)) if d.version > after => {
+                            let v = d.version;
+                            return Some((Ok(d), (group, v, false)));
+                        }
+                        Ok(_) => tokio::time::sleep(poll).await,
+                        Err(e) => return Some((Err(bucket_status(e)), (group, after, true))),
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(s)))
+    }
+
+    async fn report_actual(&self, req: Request<ActualState>) -> Result<Response<ReportActualReply>, Status> {
+        let who = caller(&req)?;
+        let mut a = req.into_inner();
+        if !a.group.is_empty() {
+            check_group(&a.group)?;
+        }
+        if a.pipelines.len() > 4 * MAX_PIPELINES || a.rejected_reason.len() > 64 << 10 {
+            return Err(Status::invalid_argument("a report over its bounds"));
+        }
+        a.gateway = who;
+        a.reported_ms = now_ms();
+        self.bucket.put_actual(&a).await.map_err(bucket_status)?;
+        Ok(Response::new(ReportActualReply {}))
+    }
+
+    async fn fleet_status(&self, req: Request<FleetStatusRequest>) -> Result<Response<FleetStatusReply>, Status> {
+        let who = caller(&req)?;
+        self.operator(&who, "read the fleet's status")?;
+        let r = req.into_inner();
+        let group = (!r.group.is_empty()).then_some(r.group.as_str());
+        if let Some(g) = group {
+            check_group(g)?;
+        }
+        let (gateways, groups) = self.bucket.fleet_status(group).await.map_err(bucket_status)?;
+        Ok(Response::new(FleetStatusReply { gateways, groups }))
+    }
 
     async fn missing_blobs(&self, req: Request<MissingBlobsRequest>) -> Result<Response<MissingBlobsReply>, Status> {
         let gateway = caller(&req)?;
@@ -98,7 +245,7 @@ impl Hub for HubService {
             return Err(Status::invalid_argument(format!("at most {MAX_DIGESTS} digests per request")));
         }
         let dir = layout::checkpoint_dir(&self.bucket.prefix, &gateway, &r.pipeline);
-        let sha256 = self.bucket.missing_blobs(&dir, &r.sha256).await.map_err(backup_status)?;
+        let sha256 = self.bucket.missing_blobs(&dir, &r.sha256).await.map_err(bucket_status)?;
         Ok(Response::new(MissingBlobsReply { sha256 }))
     }
 
@@ -111,12 +258,12 @@ impl Hub for HubService {
         let dir = layout::checkpoint_dir(&self.bucket.prefix, &gateway, &first.pipeline);
         let head = futures::stream::once(async move { Ok(bytes::Bytes::from(first.data)) });
         let rest =
-            chunks.map(|c| c.map(|c| bytes::Bytes::from(c.data)).map_err(|s| BackupError::Invalid(s.to_string())));
+            chunks.map(|c| c.map(|c| bytes::Bytes::from(c.data)).map_err(|s| BucketError::Invalid(s.to_string())));
         let stored = self
             .bucket
             .put_blob(&dir, &first.sha256, first.total_bytes, self.limits.max_blob_bytes, Box::pin(head.chain(rest)))
             .await
-            .map_err(backup_status)?;
+            .map_err(bucket_status)?;
         tracing::debug!(gateway = %gateway, dir = %dir, sha256 = %first.sha256, stored, "blob");
         Ok(Response::new(PutBlobReply { stored }))
     }
@@ -128,7 +275,7 @@ impl Hub for HubService {
         index.gateway = gateway.clone();
         let dir = layout::checkpoint_dir(&self.bucket.prefix, &gateway, &index.pipeline);
         let seq = index.seq;
-        let kept = self.bucket.put_checkpoint(&dir, index, self.retention).await.map_err(backup_status)?;
+        let kept = self.bucket.put_checkpoint(&dir, index, self.retention).await.map_err(bucket_status)?;
         tracing::info!(gateway = %gateway, dir = %dir, seq, kept, "checkpoint backed up");
         Ok(Response::new(PutCheckpointReply { kept }))
     }
@@ -145,7 +292,7 @@ impl Hub for HubService {
         if let Some(p) = pipeline {
             check_pipeline(p)?;
         }
-        let checkpoints = self.bucket.list_checkpoints(&r.gateway, pipeline).await.map_err(backup_status)?;
+        let checkpoints = self.bucket.list_checkpoints(&r.gateway, pipeline).await.map_err(bucket_status)?;
         Ok(Response::new(ListCheckpointsReply { checkpoints }))
     }
 
@@ -156,7 +303,7 @@ impl Hub for HubService {
         check_pipeline(&r.pipeline)?;
         self.may_act_for(&who, &r.gateway)?;
         let dir = layout::checkpoint_dir(&self.bucket.prefix, &r.gateway, &r.pipeline);
-        Ok(Response::new(self.bucket.get_checkpoint(&dir, r.seq).await.map_err(backup_status)?))
+        Ok(Response::new(self.bucket.get_checkpoint(&dir, r.seq).await.map_err(bucket_status)?))
     }
 
     async fn get_blob(&self, req: Request<GetBlobRequest>) -> Result<Response<ChunkStream>, Status> {
@@ -166,9 +313,9 @@ impl Hub for HubService {
         check_pipeline(&r.pipeline)?;
         self.may_act_for(&who, &r.gateway)?;
         let dir = layout::checkpoint_dir(&self.bucket.prefix, &r.gateway, &r.pipeline);
-        let s = self.bucket.get_blob(&dir, &r.sha256).await.map_err(backup_status)?;
+        let s = self.bucket.get_blob(&dir, &r.sha256).await.map_err(bucket_status)?;
         let chunks =
-            s.map(|c| c.map(|data| BlobChunk { data: data.to_vec(), ..Default::default() }).map_err(backup_status));
+            s.map(|c| c.map(|data| BlobChunk { data: data.to_vec(), ..Default::default() }).map_err(bucket_status));
         Ok(Response::new(Box::pin(chunks)))
     }
 
@@ -181,7 +328,7 @@ impl Hub for HubService {
             return Err(Status::invalid_argument(format!("'{}' is not a stream name", r.stream)));
         }
         let (deleted, cut) =
-            self.bucket.retract_rows(&r.stream, &r.gateway, r.outbox_id, r.from_seq).await.map_err(backup_status)?;
+            self.bucket.retract_rows(&r.stream, &r.gateway, r.outbox_id, r.from_seq).await.map_err(bucket_status)?;
         tracing::info!(
             caller = %who, gateway = %r.gateway, stream = %r.stream, outbox = r.outbox_id, from_seq = r.from_seq,
             deleted, cut, "rows retracted for a restore"

@@ -36,6 +36,12 @@ pub fn hub_binary() -> PathBuf {
     p
 }
 
+pub fn eddyctl_binary() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_eddyd")).with_file_name("eddyctl");
+    assert!(p.exists(), "{} not built (cargo build --release --bin eddyctl)", p.display());
+    p
+}
+
 /// One SeaweedFS server (master, volume, filer and S3 gateway) on loopback ports.
 pub struct S3Server {
     child: Option<Child>,
@@ -188,7 +194,8 @@ impl HubProcess {
             &config,
             format!(
                 "listen = '{addr}'\n[tls]\ncert = '{tls}/hub.pem'\nkey = '{tls}/hub.key'\nclient_ca = '{tls}/fleet-ca.pem'\n\
-                 [store]\nurl = 's3://{BUCKET}'\nendpoint = '{}'\nregion = 'us-east-1'\nallow_http = true\n",
+                 [store]\nurl = 's3://{BUCKET}'\nendpoint = '{}'\nregion = 'us-east-1'\nallow_http = true\n\
+                 [access]\noperators = ['ops']\n[fleet]\npoll_ms = 200\n",
                 s3.endpoint(),
                 tls = tls_dir.display()
             ),

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use eddy_proto::v1::hub_client::HubClient as RawHubClient;
 use eddy_proto::v1::{
-    BlobChunk, CheckpointIndex, CheckpointSummary, GetBlobRequest, GetCheckpointRequest, ListCheckpointsRequest,
-    MissingBlobsRequest, PushRowsReply, PushRowsRequest, RetractRowsReply, RetractRowsRequest,
+    ActualState, BlobChunk, CheckpointIndex, CheckpointSummary, DesiredState, FleetStatusReply, FleetStatusRequest,
+    GetBlobRequest, GetCheckpointRequest, ListCheckpointsRequest, MissingBlobsRequest, PipelineFile, PushRowsReply,
+    PushRowsRequest, PutDesiredRequest, RetractRowsReply, RetractRowsRequest, RollbackDesiredRequest,
+    WatchDesiredRequest,
 };
 use tonic::transport::Channel;
 
@@ -138,5 +140,54 @@ impl HubClient {
         });
         let mut c = self.inner.clone();
         c.retract_rows(r).await.map(|r| r.into_inner()).map_err(|s| status_error(&self.target, s))
+    }
+
+    /// A new version of `group`'s pipelines (operators only).
+    pub async fn put_desired(
+        &self,
+        group: &str,
+        pipelines: Vec<PipelineFile>,
+        note: &str,
+        reset_state: bool,
+    ) -> Result<DesiredState, ClientError> {
+        let r = self.request(PutDesiredRequest {
+            group: group.to_string(),
+            pipelines,
+            note: note.to_string(),
+            reset_state,
+        });
+        let mut c = self.inner.clone();
+        c.put_desired(r).await.map(|r| r.into_inner()).map_err(|s| status_error(&self.target, s))
+    }
+
+    /// A new version of `group` repeating version `to` (0: the one before the newest;
+    /// operators only).
+    pub async fn rollback_desired(&self, group: &str, to: u64, reset_state: bool) -> Result<DesiredState, ClientError> {
+        let r = self.request(RollbackDesiredRequest { group: group.to_string(), to_version: to, reset_state });
+        let mut c = self.inner.clone();
+        c.rollback_desired(r).await.map(|r| r.into_inner()).map_err(|s| status_error(&self.target, s))
+    }
+
+    /// Follows `group` from `after_version`: the stream yields each newer version.
+    pub async fn watch_desired(
+        &self,
+        group: &str,
+        after_version: u64,
+    ) -> Result<tonic::Streaming<DesiredState>, ClientError> {
+        let r = tonic::Request::new(WatchDesiredRequest { group: group.to_string(), after_version });
+        let mut c = self.inner.clone();
+        c.watch_desired(r).await.map(|r| r.into_inner()).map_err(|s| status_error(&self.target, s))
+    }
+
+    pub async fn report_actual(&self, actual: ActualState) -> Result<(), ClientError> {
+        let mut c = self.inner.clone();
+        c.report_actual(self.request(actual)).await.map(|_| ()).map_err(|s| status_error(&self.target, s))
+    }
+
+    /// Every gateway's last report (of `group`, or all when empty) and the groups' versions.
+    pub async fn fleet_status(&self, group: &str) -> Result<FleetStatusReply, ClientError> {
+        let r = self.request(FleetStatusRequest { group: group.to_string() });
+        let mut c = self.inner.clone();
+        c.fleet_status(r).await.map(|r| r.into_inner()).map_err(|s| status_error(&self.target, s))
     }
 }

@@ -48,6 +48,10 @@ struct Cli {
     /// The name the daemon's certificate must carry (default: the host).
     #[arg(long, global = true)]
     server_name: Option<String>,
+    /// The fleet's hub (host:port) for `fleet` commands, with mutual TLS (--ca signs the hub's
+    /// certificate; --cert must be an operator's).
+    #[arg(long, global = true, env = "EDDY_HUB")]
+    hub: Option<String>,
     /// A profile from ~/.config/eddy/eddyctl.toml.
     #[arg(long, global = true, env = "EDDY_PROFILE")]
     profile: Option<String>,
@@ -59,6 +63,42 @@ struct Cli {
     timeout_s: u64,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// Every gateway's last report: group, version, last seen, backlog, failing pipelines.
+    Status {
+        /// Only this group's gateways.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Make these pipeline files the group's next version; its gateways apply it.
+    Deploy {
+        /// Pipeline files (each runs under its file name without .sql).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        group: String,
+        /// A note kept with the version.
+        #[arg(long, default_value = "")]
+        note: String,
+        /// A pipeline whose new query cannot continue from its running state starts afresh
+        /// (without this, gateways refuse such a version and keep the running one).
+        #[arg(long)]
+        reset_state: bool,
+    },
+    /// Make an older version's pipelines the group's next version.
+    Rollback {
+        #[arg(long)]
+        group: String,
+        /// The version to go back to (default: the one before the newest).
+        #[arg(long, default_value_t = 0)]
+        to: u64,
+        /// As for deploy: state the older query cannot continue from is dropped.
+        #[arg(long)]
+        reset_state: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -158,6 +198,11 @@ enum Cmd {
     },
     /// Who the daemon takes you for, and your role.
     Whoami,
+    /// The fleet, through the hub (--hub): groups' desired pipelines and what gateways run.
+    Fleet {
+        #[command(subcommand)]
+        cmd: FleetCmd,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -297,7 +342,94 @@ fn read_sql(file: &PathBuf, name: &Option<String>) -> Result<(String, String)> {
     Ok((sql, name))
 }
 
+/// `eddyctl fleet …`: talks to the hub, not to a daemon.
+async fn run_fleet(cli: &Cli, cmd: &FleetCmd) -> Result<()> {
+    let mut p = profile::load(cli.profile.as_deref())?;
+    p.host = Some(cli.hub.clone().ok_or_else(|| anyhow::anyhow!("fleet commands need --hub HOST:PORT (or EDDY_HUB)"))?);
+    p.plaintext = false;
+    for (dst, src) in [(&mut p.ca, &cli.ca), (&mut p.cert, &cli.cert), (&mut p.key, &cli.key)] {
+        if src.is_some() {
+            dst.clone_from(src);
+        }
+    }
+    if cli.server_name.is_some() {
+        p.server_name.clone_from(&cli.server_name);
+    }
+    let target = profile::target(&p)?;
+    let timeouts = Timeouts { request: Duration::from_secs(cli.timeout_s.max(1)), ..Timeouts::default() };
+    let hub = eddy_client::HubClient::connect(&target, timeouts).await?;
+    let json = cli.output == Output::Json;
+    let show = |d: &v1::DesiredState| -> Result<()> {
+        if json {
+            return print_json(d);
+        }
+        let names: Vec<&str> = d.pipelines.iter().map(|p| p.name.as_str()).collect();
+        println!("group {}: version {} ({})", d.group, d.version, names.join(", "));
+        Ok(())
+    };
+    match cmd {
+        FleetCmd::Status { group } => {
+            let r = hub.fleet_status(group.as_deref().unwrap_or("")).await?;
+            if json {
+                return print_json(&r);
+            }
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let rows: Vec<Vec<String>> = r
+                .gateways
+                .iter()
+                .map(|g| {
+                    let want = r.groups.iter().find(|v| v.group == g.group).map_or(0, |v| v.version);
+                    let version = if g.rejected_version > 0 {
+                        format!("{} (refused {})", g.applied_version, g.rejected_version)
+                    } else if g.applied_version < want {
+                        format!("{} (→ {want})", g.applied_version)
+                    } else {
+                        g.applied_version.to_string()
+                    };
+                    let failing: Vec<String> = g
+                        .pipelines
+                        .iter()
+                        .filter(|p| p.state == "failed")
+                        .map(|p| format!("{}: {}", p.name, p.error))
+                        .chain((g.rejected_version > 0).then(|| g.rejected_reason.clone()))
+                        .collect();
+                    vec![
+                        g.gateway.clone(),
+                        g.group.clone(),
+                        version,
+                        render::ago(Some(now.saturating_sub(g.reported_ms).max(0) as u64)),
+                        g.pipelines.len().to_string(),
+                        render::bytes(g.backlog_bytes),
+                        if failing.is_empty() { "-".into() } else { failing.join("; ") },
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                render::table(&["GATEWAY", "GROUP", "VERSION", "SEEN", "PIPELINES", "BACKLOG", "FAILING"], &rows)
+            );
+            for v in &r.groups {
+                println!("group {}: newest version {}", v.group, v.version);
+            }
+            Ok(())
+        }
+        FleetCmd::Deploy { files, group, note, reset_state } => {
+            let mut pipelines = Vec::new();
+            for f in files {
+                let (sql, name) = read_sql(f, &None)?;
+                pipelines.push(v1::PipelineFile { name, sql });
+            }
+            show(&hub.put_desired(group, pipelines, note, *reset_state).await?)
+        }
+        FleetCmd::Rollback { group, to, reset_state } => show(&hub.rollback_desired(group, *to, *reset_state).await?),
+    }
+}
+
 async fn run_async(cli: Cli) -> Result<()> {
+    if let Cmd::Fleet { cmd } = &cli.command {
+        return run_fleet(&cli, cmd).await;
+    }
     let target = connection(&cli)?;
     let timeouts = Timeouts { request: Duration::from_secs(cli.timeout_s.max(1)), ..Timeouts::default() };
     let c = Client::connect(&target, timeouts).await?;
@@ -492,7 +624,7 @@ async fn run_async(cli: Cli) -> Result<()> {
             let scope = if r.pipelines.is_empty() { "all pipelines".into() } else { r.pipelines.join(", ") };
             println!("{} ({}) is {} on {scope}", r.principal, r.peer, r.role);
         }
-        Cmd::Completions { .. } | Cmd::Man => {}
+        Cmd::Completions { .. } | Cmd::Man | Cmd::Fleet { .. } => {}
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! sending is [`sink`]'s, the row encoding [`rows`]'.
 
 pub mod backup;
+pub mod fleet;
 pub mod rows;
 pub mod sink;
 

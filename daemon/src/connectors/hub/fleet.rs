@@ -1,0 +1,285 @@
+//! The fleet agent (docs/hub.md, "Fleet"): follows the desired state of this gateway's group at
+//! the hub, applies each new version through the runtime's own deploy (the same validation and
+//! rollback as `eddyctl deploy`), and reports what runs.
+//!
+//! A version is applied whole or not at all: every pipeline is validated first, and should a
+//! deploy still fail, the pipelines already changed go back to the previous version's SQL (and
+//! new ones are removed), so the gateway keeps running the version it had. Pipelines a version
+//! drops are deleted with their state kept; only pipelines the fleet deployed are touched.
+//! The applied version is kept durably in `<state dir>/fleet/`, so a restart (or a gateway that
+//! was offline during a rollout) resumes the watch from it and catches up.
+//!
+//! Owns its thread and those files; never starts or stops a pipeline itself (it asks the
+//! supervisor over the management channel).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eddy_client::{v1, HubClient};
+use prost::Message;
+use tokio::sync::oneshot;
+
+use super::HubLink;
+use crate::connectors::backoff::Backoff;
+use crate::control::{Command, CommandError, Reply};
+use crate::metrics::Registry;
+use crate::runtime::write_durably;
+
+/// How often the agent reports while nothing changes.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// What the agent has applied and refused, as kept on disk.
+#[derive(Default)]
+struct Applied {
+    desired: v1::DesiredState,
+    rejected_version: u64,
+    rejected_reason: String,
+}
+
+pub struct FleetAgent {
+    closing: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FleetAgent {
+    pub fn start(
+        link: HubLink,
+        group: String,
+        state_dir: &Path,
+        commands: SyncSender<Command>,
+        registry: Arc<Registry>,
+    ) -> std::io::Result<FleetAgent> {
+        let closing = Arc::new(AtomicBool::new(false));
+        let dir = state_dir.join("fleet");
+        let applied = load(&dir)?;
+        let c = closing.clone();
+        let thread = std::thread::Builder::new().name("fleet".into()).spawn(move || {
+            let mut agent = Agent { link, group, dir, commands, registry, applied, closing: c };
+            agent.run();
+        })?;
+        Ok(FleetAgent { closing, thread: Some(thread) })
+    }
+
+    /// Tells the agent to stop; it finishes the request it is in (the supervisor answers or
+    /// refuses it) and ends.
+    pub fn signal_stop(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    pub fn stop(&mut self) {
+        self.signal_stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FleetAgent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn load(dir: &Path) -> std::io::Result<Applied> {
+    let mut a = Applied::default();
+    match std::fs::read(dir.join("applied")) {
+        Ok(b) => {
+            a.desired = v1::DesiredState::decode(b.as_slice())
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.join("applied").display())))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match std::fs::read_to_string(dir.join("rejected")) {
+        Ok(t) => {
+            let (v, why) = t.split_once('\n').unwrap_or((t.as_str(), ""));
+            a.rejected_version = v.trim().parse().unwrap_or(0);
+            a.rejected_reason = why.to_string();
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(a)
+}
+
+struct Agent {
+    link: HubLink,
+    group: String,
+    dir: PathBuf,
+    commands: SyncSender<Command>,
+    registry: Arc<Registry>,
+    applied: Applied,
+    closing: Arc<AtomicBool>,
+}
+
+impl Agent {
+    fn run(&mut self) {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "the fleet agent cannot start (tokio runtime)");
+                return;
+            }
+        };
+        let mut backoff = Backoff::new();
+        let mut turn = 0usize;
+        let mut failing = false;
+        while !self.closing.load(Ordering::Acquire) {
+            match rt.block_on(self.follow(turn)) {
+                Ok(()) => return,
+                Err(why) => {
+                    if !failing {
+                        tracing::warn!(group = %self.group, error = %why, "fleet: hub unreachable; retrying");
+                        failing = true;
+                    }
+                    turn = turn.wrapping_add(1);
+                }
+            }
+            backoff.sleep(&self.closing);
+        }
+    }
+
+    /// Watches the group until closing (`Ok`) or the link fails (`Err`).
+    async fn follow(&mut self, turn: usize) -> Result<(), String> {
+        let c = self.link.connect(turn).await.map_err(|e| e.to_string())?;
+        self.report(&c).await?;
+        let after = self.applied.desired.version.max(self.applied.rejected_version);
+        let mut stream = c.watch_desired(&self.group, after).await.map_err(|e| e.to_string())?;
+        tracing::info!(group = %self.group, version = self.applied.desired.version, "fleet: following the group's desired state");
+        let mut last_report = Instant::now();
+        loop {
+            if self.closing.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
+                Ok(Ok(Some(d))) => {
+                    self.apply(d).await;
+                    self.report(&c).await?;
+                    last_report = Instant::now();
+                }
+                Ok(Ok(None)) => return Err("the hub ended the watch".into()),
+                Ok(Err(s)) => return Err(s.message().to_string()),
+                Err(_) if last_report.elapsed() >= REPORT_EVERY => {
+                    self.report(&c).await?;
+                    last_report = Instant::now();
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        // The supervisor drains this channel every 50 ms; a full channel waits, never drops.
+        let cmd = make(tx);
+        let sender = self.commands.clone();
+        tokio::task::spawn_blocking(move || sender.send(cmd))
+            .await
+            .map_err(|_| CommandError::Fatal("eddyd is stopping".into()))?
+            .map_err(|_| CommandError::Fatal("eddyd is stopping".into()))?;
+        rx.await.map_err(|_| CommandError::Fatal("eddyd is stopping".into()))?
+    }
+
+    /// Applies version `d` whole, or refuses it and keeps the current one.
+    async fn apply(&mut self, d: v1::DesiredState) {
+        tracing::info!(group = %self.group, version = d.version, pipelines = d.pipelines.len(), "fleet: applying a new version");
+        for p in &d.pipelines {
+            let (name, sql) = (p.name.clone(), p.sql.clone());
+            if let Err(e) = self.ask(|reply| Command::Validate { name, sql, reply }).await {
+                return self.reject(d.version, format!("pipeline {}: {e}", p.name));
+            }
+        }
+        let old = self.applied.desired.pipelines.clone();
+        let reset_state = d.reset_state;
+        let mut changed: Vec<String> = Vec::new();
+        for p in &d.pipelines {
+            let (name, sql) = (p.name.clone(), p.sql.clone());
+            match self.ask(|reply| Command::Deploy { name, sql, reset_state, reply }).await {
+                Ok(_) => changed.push(p.name.clone()),
+                Err(e) => {
+                    self.undo(&changed, &old, reset_state).await;
+                    return self.reject(d.version, format!("pipeline {}: {e}", p.name));
+                }
+            }
+        }
+        for p in old.iter().filter(|o| !d.pipelines.iter().any(|n| n.name == o.name)) {
+            let name = p.name.clone();
+            if let Err(e) = self.ask(|reply| Command::Delete { name, drop_state: false, reply }).await {
+                tracing::warn!(pipeline = %p.name, error = %e, "fleet: a pipeline the new version drops could not be removed");
+            }
+        }
+        if let Err(e) = write_durably(&self.dir.join("applied"), &d.encode_to_vec()) {
+            tracing::error!(error = %e, "fleet: cannot record the applied version; it is applied again after a restart");
+        }
+        tracing::info!(group = %self.group, version = d.version, "fleet: version applied");
+        self.applied.desired = d;
+    }
+
+    /// Puts the pipelines of a half-applied version back as they were (with `reset_state` when
+    /// the version had it: state the new SQL wrote cannot carry the old SQL).
+    async fn undo(&self, changed: &[String], old: &[v1::PipelineFile], reset_state: bool) {
+        for name in changed {
+            let r = match old.iter().find(|o| &o.name == name) {
+                Some(o) => {
+                    let (name, sql) = (o.name.clone(), o.sql.clone());
+                    self.ask(|reply| Command::Deploy { name, sql, reset_state, reply }).await.map(|_| ())
+                }
+                None => {
+                    let name = name.clone();
+                    self.ask(|reply| Command::Delete { name, drop_state: false, reply }).await
+                }
+            };
+            if let Err(e) = r {
+                tracing::error!(pipeline = %name, error = %e, "fleet: could not put a pipeline back after a failed version");
+            }
+        }
+    }
+
+    fn reject(&mut self, version: u64, why: String) {
+        tracing::warn!(group = %self.group, version, reason = %why, "fleet: version refused; the current one keeps running");
+        self.applied.rejected_version = version;
+        self.applied.rejected_reason = why;
+        let text = format!("{version}\n{}", self.applied.rejected_reason);
+        if let Err(e) = write_durably(&self.dir.join("rejected"), text.as_bytes()) {
+            tracing::error!(error = %e, "fleet: cannot record the refused version");
+        }
+    }
+
+    /// What runs here, as the hub keeps it for `eddyctl fleet status`.
+    fn actual(&self) -> v1::ActualState {
+        let mut pipelines = Vec::new();
+        for name in self.registry.pipeline_names() {
+            if let Some((state, _, error)) = self.registry.pipeline_snapshot(&name) {
+                pipelines.push(v1::PipelineActual { name, state: state.to_string(), error: error.unwrap_or_default() });
+            }
+        }
+        let (mut backlog_bytes, mut oldest) = (0u64, 0u64);
+        for name in self.registry.pipeline_names() {
+            for (kind, _, g) in self.registry.connectors_of(&name) {
+                if kind == "sink" {
+                    backlog_bytes += g.outbox_bytes.load(Ordering::Relaxed);
+                    oldest = oldest.max(g.outbox_oldest_age_ms.load(Ordering::Relaxed));
+                }
+            }
+        }
+        let rejected = self.applied.rejected_version > self.applied.desired.version;
+        v1::ActualState {
+            gateway: String::new(),
+            group: self.group.clone(),
+            applied_version: self.applied.desired.version,
+            rejected_version: if rejected { self.applied.rejected_version } else { 0 },
+            rejected_reason: if rejected { self.applied.rejected_reason.clone() } else { String::new() },
+            pipelines,
+            reported_ms: 0,
+            backlog_bytes,
+            backlog_oldest_age_ms: oldest,
+        }
+    }
+
+    async fn report(&self, c: &HubClient) -> Result<(), String> {
+        c.report_actual(self.actual()).await.map_err(|e| e.to_string())
+    }
+}
