@@ -125,6 +125,9 @@ pub fn restore(cfg: &ConfigFile, req: &RestoreRequest<'_>) -> Result<()> {
     let copy = copy_rebased(storage.clone(), cipher.clone(), &download_dir, &built.join("checkpoints"), owner)
         .with_context(|| format!("checkpoint {} of {}/{p} cannot be opened with this key", index.seq, req.gateway))?;
     for m in &index.sinks {
+        if m.sink.is_empty() || !m.sink.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            bail!("the backup names a sink '{}', which is not a sink name", m.sink);
+        }
         let r = rt.block_on(c.retract_rows(req.gateway, &m.stream, m.outbox_id, m.next_seq))?;
         tracing::info!(sink = %m.sink, stream = %m.stream, deleted = r.deleted, cut = r.cut, "rows after the checkpoint retracted at the hub");
         let sink_state = SinkStateDir {

@@ -512,23 +512,21 @@ fn a_gateway_restored_from_its_hub_backup_continues_exactly_once() {
     let mine = rt.block_on(other.list_checkpoints("gw-x", "")).unwrap();
     assert!(mine.is_empty());
 
-    let restore = Command::new(EDDYD)
-        .current_dir(&gw)
-        .args(["restore", "--from-hub", "--gateway", "gw-r", "--pipeline", "p", "--config", "eddyd.toml"])
-        .args(["--state-dir", "state", "--key-file", "state.key"])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&restore.stdout);
-    assert!(restore.status.success(), "restore: {}{said}", String::from_utf8_lossy(&restore.stderr));
+    let restore = || {
+        Command::new(EDDYD)
+            .current_dir(&gw)
+            .args(["restore", "--from-hub", "--gateway", "gw-r", "--pipeline", "p", "--config", "eddyd.toml"])
+            .args(["--state-dir", "state", "--key-file", "state.key"])
+            .output()
+            .unwrap()
+    };
+    let first = restore();
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "restore: {}{said}", String::from_utf8_lossy(&first.stderr));
     assert!(said.contains("restored pipeline p from checkpoint"), "{said}");
     eprint!("{said}");
     // Not over existing state.
-    let again = Command::new(EDDYD)
-        .current_dir(&gw)
-        .args(["restore", "--from-hub", "--gateway", "gw-r", "--pipeline", "p", "--config", "eddyd.toml"])
-        .args(["--state-dir", "state", "--key-file", "state.key"])
-        .output()
-        .unwrap();
+    let again = restore();
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("state reset"));
 
     run_to_end(&gw);

@@ -56,6 +56,15 @@ impl HubService {
         HubService { bucket, limits, pushes, retention, operators, poll }
     }
 
+    /// The bucket folder of `gateway`'s backups of `pipeline`, once the names are checked and the
+    /// caller may act for that gateway.
+    fn backups_of(&self, who: &str, gateway: &str, pipeline: &str) -> Result<String, Status> {
+        check_gateway(gateway)?;
+        check_pipeline(pipeline)?;
+        self.may_act_for(who, gateway)?;
+        Ok(layout::checkpoint_dir(&self.bucket.prefix, gateway, pipeline))
+    }
+
     /// The caller is an operator (`[access] operators`).
     fn operator(&self, caller: &str, what: &str) -> Result<(), Status> {
         if self.operators.iter().any(|o| o == caller) {
@@ -299,20 +308,14 @@ impl Hub for HubService {
     async fn get_checkpoint(&self, req: Request<GetCheckpointRequest>) -> Result<Response<CheckpointIndex>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
-        check_gateway(&r.gateway)?;
-        check_pipeline(&r.pipeline)?;
-        self.may_act_for(&who, &r.gateway)?;
-        let dir = layout::checkpoint_dir(&self.bucket.prefix, &r.gateway, &r.pipeline);
+        let dir = self.backups_of(&who, &r.gateway, &r.pipeline)?;
         Ok(Response::new(self.bucket.get_checkpoint(&dir, r.seq).await.map_err(bucket_status)?))
     }
 
     async fn get_blob(&self, req: Request<GetBlobRequest>) -> Result<Response<ChunkStream>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
-        check_gateway(&r.gateway)?;
-        check_pipeline(&r.pipeline)?;
-        self.may_act_for(&who, &r.gateway)?;
-        let dir = layout::checkpoint_dir(&self.bucket.prefix, &r.gateway, &r.pipeline);
+        let dir = self.backups_of(&who, &r.gateway, &r.pipeline)?;
         let s = self.bucket.get_blob(&dir, &r.sha256).await.map_err(bucket_status)?;
         let chunks =
             s.map(|c| c.map(|data| BlobChunk { data: data.to_vec(), ..Default::default() }).map_err(bucket_status));

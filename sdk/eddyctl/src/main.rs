@@ -270,6 +270,12 @@ fn connection(cli: &Cli) -> Result<eddy_client::Target> {
         p.socket = cli.socket.clone();
         p.host = None;
     }
+    tls_flags(&mut p, cli);
+    profile::target(&p)
+}
+
+/// The TLS flags over the profile's.
+fn tls_flags(p: &mut profile::Profile, cli: &Cli) {
     for (dst, src) in [(&mut p.ca, &cli.ca), (&mut p.cert, &cli.cert), (&mut p.key, &cli.key)] {
         if src.is_some() {
             dst.clone_from(src);
@@ -278,7 +284,6 @@ fn connection(cli: &Cli) -> Result<eddy_client::Target> {
     if cli.server_name.is_some() {
         p.server_name.clone_from(&cli.server_name);
     }
-    profile::target(&p)
 }
 
 /// A query's rows as JSON values (the daemon sends each row as one JSON object).
@@ -347,14 +352,7 @@ async fn run_fleet(cli: &Cli, cmd: &FleetCmd) -> Result<()> {
     let mut p = profile::load(cli.profile.as_deref())?;
     p.host = Some(cli.hub.clone().ok_or_else(|| anyhow::anyhow!("fleet commands need --hub HOST:PORT (or EDDY_HUB)"))?);
     p.plaintext = false;
-    for (dst, src) in [(&mut p.ca, &cli.ca), (&mut p.cert, &cli.cert), (&mut p.key, &cli.key)] {
-        if src.is_some() {
-            dst.clone_from(src);
-        }
-    }
-    if cli.server_name.is_some() {
-        p.server_name.clone_from(&cli.server_name);
-    }
+    tls_flags(&mut p, cli);
     let target = profile::target(&p)?;
     let timeouts = Timeouts { request: Duration::from_secs(cli.timeout_s.max(1)), ..Timeouts::default() };
     let hub = eddy_client::HubClient::connect(&target, timeouts).await?;
