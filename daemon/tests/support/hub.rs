@@ -29,6 +29,13 @@ pub fn weed() -> PathBuf {
     p
 }
 
+/// The venv's Python, with DuckDB (`scripts/object-store.sh`).
+pub fn python() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
+    assert!(p.exists(), "no venv Python at {} (run scripts/object-store.sh)", p.display());
+    p
+}
+
 /// The eddy-hub binary, built beside eddyd (scripts/test.sh builds it first).
 pub fn hub_binary() -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_eddyd")).with_file_name("eddy-hub");
