@@ -156,6 +156,19 @@ impl S3Server {
         )
     }
 
+    /// The keys under `prefix` (one LIST, no GETs).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let store = self.store();
+        runtime().block_on(async {
+            use futures::TryStreamExt;
+            let p = object_store::path::Path::from(prefix);
+            let metas: Vec<_> = store.list(Some(&p)).try_collect().await.unwrap();
+            let mut keys: Vec<String> = metas.into_iter().map(|m| m.location.to_string()).collect();
+            keys.sort();
+            keys
+        })
+    }
+
     /// Every object's key and bytes.
     pub fn objects(&self) -> Vec<(String, bytes::Bytes)> {
         let store = self.store();
