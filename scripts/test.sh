@@ -68,7 +68,7 @@ bash hwtests/run.sh
 bash scripts/package.sh --prebuilt
 if [ "$(id -u)" = 0 ] && command -v systemd-nspawn >/dev/null 2>&1; then
     # 77: this machine cannot boot a container; boot.sh has said why.
-    bash tests/packaging/boot.sh target/packages/eddy_*.deb || [ $? = 77 ]
+    bash tests/packaging/boot.sh target/packages/eddy_*.deb target/packages/eddy-hub_*.deb || [ $? = 77 ]
 elif [ "${CI:-}" = "true" ]; then
     echo "scripts/test.sh: the package boot test needs root and systemd-nspawn; CI must run it" >&2
     exit 1

@@ -148,10 +148,10 @@ impl HubConfig {
         let mut cfg: HubConfig = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.tls.client_ca] {
-            *p = base.join(&*p);
+            *p = base.join(expand_env(&*p)?);
         }
         if let Some(p) = cfg.store.secret_access_key_file.as_mut() {
-            *p = base.join(&*p);
+            *p = base.join(expand_env(&*p)?);
         }
         cfg.check()?;
         Ok(cfg)
@@ -175,6 +175,24 @@ impl HubConfig {
     }
 }
 
+/// A file path with `${NAME}` replaced by that environment variable (systemd hands the key over
+/// as a credential: `${CREDENTIALS_DIRECTORY}/hub.key`); an unset variable is an error.
+fn expand_env(p: &Path) -> anyhow::Result<PathBuf> {
+    let text = p.to_string_lossy();
+    let mut out = String::new();
+    let mut rest = text.as_ref();
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let end = rest[at..].find('}').ok_or_else(|| anyhow::anyhow!("{}: an unclosed ${{", p.display()))?;
+        let name = &rest[at + 2..at + end];
+        let v = std::env::var(name).map_err(|_| anyhow::anyhow!("{}: ${{{name}}} is not set", p.display()))?;
+        out.push_str(&v);
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(PathBuf::from(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +209,11 @@ mod tests {
         let cfg = HubConfig::load(&p).unwrap();
         assert_eq!(cfg.tls.cert, dir.path().join("hub.pem"));
         assert_eq!(cfg.limits.max_concurrent_pushes, 64);
+        assert_eq!(
+            expand_env(Path::new("${HOME}/k")).unwrap(),
+            PathBuf::from(format!("{}/k", std::env::var("HOME").unwrap()))
+        );
+        assert!(expand_env(Path::new("${EDDY_SURELY_UNSET_VAR}/k")).unwrap_err().to_string().contains("is not set"));
         std::fs::write(&p, std::fs::read_to_string(&p).unwrap().replace("s3://eddy", "ftp://x")).unwrap();
         let e = HubConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("store.url"), "{e}");

@@ -47,6 +47,8 @@ enum Cmd {
         #[arg(long)]
         gateway: Option<String>,
     },
+    /// Print the man page (roff).
+    Man,
     /// List a gateway's kept checkpoint backups: pipeline, sequence number, times, bytes.
     Checkpoints {
         #[arg(long)]
@@ -66,6 +68,10 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(Cmd::Man) = cli.cmd {
+        clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
+        return Ok(());
+    }
     let cfg = config::HubConfig::load(&cli.config)?;
     let bucket = Arc::new(store::Bucket::open(&cfg.store)?);
     match cli.cmd.unwrap_or(Cmd::Serve) {
@@ -93,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             println!("{} batches, {rows} rows, {bytes} bytes", batches.len());
             Ok(())
         }
+        Cmd::Man => Ok(()),
         Cmd::Checkpoints { gateway, pipeline } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
             let list = rt.block_on(bucket.list_checkpoints(&gateway, pipeline.as_deref()))?;

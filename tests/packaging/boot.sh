@@ -5,12 +5,16 @@
 # eddyd, purge — and powers the container off. Needs root and systemd-nspawn; the host's systemd
 # need not be running (PID 1 here is not systemd).
 #
-#   tests/packaging/boot.sh target/packages/eddy_*.deb
+#   tests/packaging/boot.sh target/packages/eddy_*.deb [target/packages/eddy-hub_*.deb]
+#
+# With the eddy-hub package too, it is installed after eddy's checks and started under its unit
+# with a one-machine store and its TLS key as a credential.
 #
 # Exit 0: every check passed; 1: a check failed or hung; 77: this machine cannot boot such a
 # container (no overlayfs, no namespaces, systemd not reaching its units), with the reason.
 set -euo pipefail
 deb=$(realpath "$1")
+hub_deb=${2:+$(realpath "$2")}
 here=$(cd "$(dirname "$0")" && pwd)
 
 work=$(mktemp -d /tmp/eddy-boot.XXXXXX)
@@ -38,7 +42,7 @@ rm -rf "$root/etc/eddy" "$root/var/lib/eddy" "$root/var/lib/private/eddy"
 # A build image's policy-rc.d (exit 101) forbids starting services from maintainer scripts; a
 # gateway has none.
 rm -f "$root/usr/sbin/policy-rc.d"
-cp "$deb" "$work/pkg/"
+cp "$deb" ${hub_deb:+"$hub_deb"} "$work/pkg/"
 cp "$here/in_container.sh" "$work/results/"
 cat > "$root/etc/systemd/system/eddy-package-check.service" <<UNIT
 [Unit]
@@ -47,7 +51,7 @@ After=basic.target
 
 [Service]
 Type=simple
-ExecStart=/bin/bash /results/in_container.sh /pkg/$(basename "$deb")
+ExecStart=/bin/bash /results/in_container.sh /pkg/$(basename "$deb") ${hub_deb:+/pkg/$(basename "$hub_deb")}
 UNIT
 mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
 ln -sf ../eddy-package-check.service "$root/etc/systemd/system/multi-user.target.wants/"

@@ -4,6 +4,7 @@
 set -u
 exec >>/results/log 2>&1
 deb=$1
+hub_deb=${2:-}
 passed=0
 failed=0
 
@@ -37,7 +38,7 @@ readyz() {
 # The exposure score systemd gives the unit (its full table only when over the threshold).
 security_ok() {
     local report
-    report=$(systemd-analyze security --threshold=20 eddyd.service 2>&1) || {
+    report=$(systemd-analyze security --threshold=20 "${1:-eddyd.service}" 2>&1) || {
         echo "$report"
         return 1
     }
@@ -138,6 +139,38 @@ check "dpkg --purge" dpkg --purge eddy
 check "purge removed the state, the key and the config" \
     bash -c '[ ! -e /var/lib/private/eddy ] && [ ! -e /var/lib/eddy ] && [ ! -e /etc/eddy/state-key.cred ] && [ ! -e /etc/eddy/eddyd.toml ]'
 check "purge left the operator's own pipeline files" test -f /etc/eddy/pipelines/line.sql
+
+# A one-machine hub: a CA and the hub's certificate, the key root-only (the unit hands it over
+# as a credential), a file store in the unit's state directory.
+configure_hub() {
+    local d=/etc/eddy-hub t
+    t=$(mktemp -d)
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=fleet-ca \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+        -keyout "$t/ca.key" -out "$d/fleet-ca.pem" 2>/dev/null &&
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+            -keyout "$d/hub.key" -out "$t/hub.csr" 2>/dev/null &&
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$t/ext" &&
+        openssl x509 -req -in "$t/hub.csr" -CA "$d/fleet-ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
+            -days 2 -extfile "$t/ext" -out "$d/hub.pem" 2>/dev/null &&
+        chmod 600 "$d/hub.key" && chmod 644 "$d/hub.pem" "$d/fleet-ca.pem" &&
+        sed -i -e 's|^listen = .*|listen = "127.0.0.1:7443"|' \
+            -e 's|^url = .*|url = "file:///var/lib/eddy-hub/bucket"|' "$d/hub.toml"
+}
+
+if [ -n "$hub_deb" ]; then
+    echo "== eddy-hub"
+    check "dpkg -i installs eddy-hub" dpkg -i "$hub_deb"
+    check "not started before it is configured" bash -c '! systemctl is-active --quiet eddy-hub.service'
+    check "systemd-analyze verify (eddy-hub)" systemd-analyze verify /usr/lib/systemd/system/eddy-hub.service
+    check "systemd-analyze security (eddy-hub): exposure at most 2.0" security_ok eddy-hub.service
+    check "configured: certificates, a one-machine store" configure_hub
+    check "eddy-hub starts, its TLS key handed over as a credential" systemctl start eddy-hub.service
+    check "it listens" within 30 bash -c 'exec 3<>/dev/tcp/127.0.0.1/7443'
+    check "and says so in the journal" within 10 bash -c 'journalctl -u eddy-hub.service | grep -q "eddy-hub listening on 127.0.0.1:7443"'
+    check "dpkg --purge eddy-hub stops it" dpkg --purge eddy-hub
+    check "stopped" bash -c '! systemctl is-active --quiet eddy-hub.service'
+fi
 
 echo "$passed passed, $failed failed"
 systemctl poweroff --no-block
