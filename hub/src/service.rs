@@ -37,6 +37,38 @@ pub struct HubService {
     operators: Vec<String>,
     /// How often a watch looks for a new version of its group.
     poll: Duration,
+    /// Each group's newest version as last listed, shared by every watch of the group on this
+    /// hub: one LIST per group per poll period, however many gateways watch it.
+    newest: Arc<NewestCache>,
+}
+
+/// Groups' newest desired versions, each as listed at most one poll period ago. A cache only:
+/// the bucket stays the truth (a stale entry delays a rollout by at most one period).
+#[derive(Default)]
+pub struct NewestCache {
+    groups: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Option<DesiredState>)>>,
+}
+
+/// Groups remembered at most; beyond it the cache starts again (bounded memory).
+const MAX_CACHED_GROUPS: usize = 10_000;
+
+impl NewestCache {
+    async fn newest(&self, bucket: &Bucket, group: &str, max_age: Duration) -> Result<Option<DesiredState>, Status> {
+        let fresh = |g: &std::collections::HashMap<_, (std::time::Instant, Option<DesiredState>)>| {
+            g.get(group).filter(|(at, _)| at.elapsed() < max_age).map(|(_, d)| d.clone())
+        };
+        // Not held across the LIST: watches of other groups never wait for it.
+        if let Some(d) = fresh(&self.groups.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(d);
+        }
+        let d = bucket.newest_desired(group).await.map_err(bucket_status)?;
+        let mut g = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= MAX_CACHED_GROUPS {
+            g.clear();
+        }
+        g.insert(group.to_string(), (std::time::Instant::now(), d.clone()));
+        Ok(d)
+    }
 }
 
 /// Pipelines in one version, and bytes of SQL in one pipeline, at most.
@@ -53,7 +85,7 @@ impl HubService {
     ) -> HubService {
         let pushes = Arc::new(Semaphore::new(limits.max_concurrent_pushes));
         let retention = Retention { keep: backup.keep, blob_grace: Duration::from_secs(backup.blob_grace_s) };
-        HubService { bucket, limits, pushes, retention, operators, poll }
+        HubService { bucket, limits, pushes, retention, operators, poll, newest: Arc::default() }
     }
 
     /// The bucket folder of `gateway`'s backups of `pipeline`, once the names are checked and the
@@ -195,23 +227,23 @@ impl Hub for HubService {
         let r = req.into_inner();
         check_group(&r.group)?;
         tracing::debug!(gateway = %who, group = %r.group, after = r.after_version, "watching");
-        let (bucket, poll) = (self.bucket.clone(), self.poll);
+        let (bucket, poll, cache) = (self.bucket.clone(), self.poll, self.newest.clone());
         // The newest version above the last one sent, as soon as there is one; a store error
         // ends the stream (the gateway reconnects with the version it has).
         let s = futures::stream::unfold((r.group, r.after_version, false), move |(group, after, failed)| {
-            let bucket = bucket.clone();
+            let (bucket, cache) = (bucket.clone(), cache.clone());
             async move {
                 if failed {
                     return None;
                 }
                 loop {
-                    match bucket.newest_desired(&group).await {
+                    match cache.newest(&bucket, &group, poll).await {
                         Ok(Some(d)) if d.version > after => {
                             let v = d.version;
                             return Some((Ok(d), (group, v, false)));
                         }
                         Ok(_) => tokio::time::sleep(poll).await,
-                        Err(e) => return Some((Err(bucket_status(e)), (group, after, true))),
+                        Err(e) => return Some((Err(e), (group, after, true))),
                     }
                 }
             }

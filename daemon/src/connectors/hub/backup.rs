@@ -260,6 +260,8 @@ async fn upload(
         };
         files.push(v1::StateFile { name: name.clone(), sha256, bytes });
     }
+    // Only this checkpoint's files stay cached: older ones are gone from the state dir.
+    digests.retain(|(p, n), _| p != pipeline || offer.state_files.iter().any(|(name, _)| name == n));
     let missing =
         c.missing_blobs(pipeline, files.iter().map(|f| f.sha256.clone()).collect()).await.map_err(|e| e.to_string())?;
     let mut sent = 0u64;
@@ -319,10 +321,10 @@ fn blob_chunks(
     max_bytes_per_s: u64,
 ) -> impl tokio_stream::Stream<Item = v1::BlobChunk> + Send + 'static {
     let t0 = Instant::now();
+    let f = Arc::new(f);
     futures::stream::unfold((0u64, true), move |(off, first)| {
-        let (f, sf, pipeline) = (f.try_clone(), sf.clone(), pipeline.clone());
+        let (f, sf, pipeline) = (f.clone(), sf.clone(), pipeline.clone());
         async move {
-            let f = f.ok()?;
             if off >= sf.bytes && !first {
                 return None;
             }
@@ -335,15 +337,15 @@ fn blob_chunks(
             let mut data = vec![0u8; n];
             // A short read ends the stream early: the hub then refuses the blob (length check).
             let got = f.read_at(&mut data, off).ok()?;
-            data.truncate(got);
-            let chunk = if first {
-                v1::BlobChunk { pipeline, sha256: sf.sha256.clone(), total_bytes: sf.bytes, data }
-            } else {
-                v1::BlobChunk { data, ..Default::default() }
-            };
             if got == 0 && !first {
                 return None;
             }
+            data.truncate(got);
+            let chunk = if first {
+                v1::BlobChunk { pipeline, sha256: sf.sha256, total_bytes: sf.bytes, data }
+            } else {
+                v1::BlobChunk { data, ..Default::default() }
+            };
             Some((chunk, (off + got as u64, false)))
         }
     })
