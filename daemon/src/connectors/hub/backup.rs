@@ -25,6 +25,9 @@ use super::HubLink;
 use crate::connectors::backoff::Backoff;
 use crate::metrics::Registry;
 
+/// How long an upload waits for the hub sinks to have sent what its checkpoint committed.
+const GATE_WAIT: Duration = Duration::from_secs(60);
+
 /// `[hub.backup]` checked.
 #[derive(Debug, Clone, Copy)]
 pub struct BackupSettings {
@@ -185,6 +188,9 @@ fn upload_loop(link: &HubLink, settings: BackupSettings, sh: &Shared, registry: 
     // State files are immutable: each is hashed once.
     let mut digests: HashMap<(String, String), (String, u64)> = HashMap::new();
     let stop = || sh.closing.load(Ordering::Acquire);
+    // Pipelines take turns (the one after the last served, in name order): one that keeps
+    // failing never holds up the others' backups.
+    let mut last = String::new();
     loop {
         let next = {
             let mut p = sh.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -192,8 +198,12 @@ fn upload_loop(link: &HubLink, settings: BackupSettings, sh: &Shared, registry: 
                 if stop() {
                     return;
                 }
-                if let Some((name, offer)) = p.pop_first() {
+                use std::ops::Bound::{Excluded, Unbounded};
+                let turn = p.range::<str, _>((Excluded(last.as_str()), Unbounded)).next().map(|(k, _)| k.clone());
+                if let Some(name) = turn.or_else(|| p.keys().next().cloned()) {
+                    let Some(offer) = p.remove(&name) else { continue };
                     *sh.busy.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    last.clone_from(&name);
                     break (name, offer);
                 }
                 p = sh.changed.wait_timeout(p, Duration::from_millis(200)).unwrap_or_else(|p| p.into_inner()).0;
@@ -283,7 +293,9 @@ async fn upload(
         b
     };
     // The rows this checkpoint committed must be stored at the hub before it may be restored
-    // from (docs/hub.md): wait for each hub sink to get that far.
+    // from (docs/hub.md): wait for each hub sink to get that far — for a while; a sink that does
+    // not (its pipeline stopped, its hub refuses it) fails this attempt, which is retried.
+    let gate_until = Instant::now() + GATE_WAIT;
     for m in &offer.sinks {
         let g = registry.connectors_of(pipeline).into_iter().find(|(k, n, _)| *k == "sink" && *n == m.sink);
         while let Some((_, _, g)) = &g {
@@ -294,6 +306,9 @@ async fn upload(
             }
             if stop() {
                 return Err(format!("stopping before sink {} had sent the checkpoint's rows", m.sink));
+            }
+            if Instant::now() >= gate_until {
+                return Err(format!("sink {} has not sent the checkpoint's rows within {GATE_WAIT:?}", m.sink));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
