@@ -144,9 +144,14 @@ impl Catalog {
     }
 }
 
+/// Bytes as lowercase hex (digests in names and messages).
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Hex SHA-256 of a pipeline's SQL text.
 pub fn sql_sha256(sql: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, sql.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex(ring::digest::digest(&ring::digest::SHA256, sql.as_bytes()).as_ref())
 }
 
 /// A failure the API met that must stop eddyd (the audit log's fsync failed): set by the API,

@@ -64,7 +64,7 @@ async fn download(c: &HubClient, req: &RestoreRequest<'_>, f: &v1::StateFile, pa
             out.write_all(chunk)
         })
         .await?;
-    let got: String = ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let got = crate::control::hex(ctx.finish().as_ref());
     if n != f.bytes || got != f.sha256 {
         bail!(
             "{}: downloaded {n} bytes with SHA-256 {got}; the backup says {} bytes with {}",

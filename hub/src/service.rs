@@ -19,7 +19,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::checkpoints::{BucketError, Retention};
+use crate::checkpoints::{now_ms, BucketError, Retention};
 use crate::config::{BackupConfig, Limits};
 use crate::parquet_batch::{self, Origin};
 use crate::store::{Bucket, StoreError};
@@ -148,10 +148,6 @@ fn check_group(g: &str) -> Result<(), Status> {
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<BlobChunk, Status>> + Send>>;
 type DesiredStream = Pin<Box<dyn Stream<Item = Result<DesiredState, Status>> + Send>>;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 /// The caller's gateway id, from the certificate TLS verified.
 fn caller<T>(req: &Request<T>) -> Result<String, Status> {

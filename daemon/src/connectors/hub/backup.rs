@@ -171,7 +171,7 @@ fn digest_of(f: &File) -> std::io::Result<(String, u64)> {
         ctx.update(&buf[..n]);
         off += n as u64;
     }
-    Ok((ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect(), off))
+    Ok((crate::control::hex(ctx.finish().as_ref()), off))
 }
 
 fn upload_loop(link: &HubLink, settings: BackupSettings, sh: &Shared, registry: &Registry) {

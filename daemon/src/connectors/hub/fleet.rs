@@ -251,11 +251,6 @@ impl Agent {
     /// What runs here, as the hub keeps it for `eddyctl fleet status`.
     fn actual(&self) -> v1::ActualState {
         let mut pipelines = Vec::new();
-        for name in self.registry.pipeline_names() {
-            if let Some((state, _, error)) = self.registry.pipeline_snapshot(&name) {
-                pipelines.push(v1::PipelineActual { name, state: state.to_string(), error: error.unwrap_or_default() });
-            }
-        }
         let (mut backlog_bytes, mut oldest) = (0u64, 0u64);
         for name in self.registry.pipeline_names() {
             for (kind, _, g) in self.registry.connectors_of(&name) {
@@ -263,6 +258,9 @@ impl Agent {
                     backlog_bytes += g.outbox_bytes.load(Ordering::Relaxed);
                     oldest = oldest.max(g.outbox_oldest_age_ms.load(Ordering::Relaxed));
                 }
+            }
+            if let Some((state, _, error)) = self.registry.pipeline_snapshot(&name) {
+                pipelines.push(v1::PipelineActual { name, state: state.to_string(), error: error.unwrap_or_default() });
             }
         }
         let rejected = self.applied.rejected_version > self.applied.desired.version;

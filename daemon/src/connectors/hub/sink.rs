@@ -64,10 +64,6 @@ impl HubSink {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 impl SinkWriter for HubSink {
     fn start(&mut self) -> Result<()> {
         if self.shared.is_some() {
@@ -104,7 +100,7 @@ impl SinkWriter for HubSink {
 
     fn deliver(&mut self, lines: &[u8], end: u64) -> Result<()> {
         let shared = self.shared.as_ref().ok_or_else(|| EngineError::Internal("hub sink not started".into()))?.clone();
-        let stamp = eddy_engine::time::rfc3339_ms(now_ms());
+        let stamp = eddy_engine::time::rfc3339_ms(eddy_engine::time::now_ms());
         debug_assert_eq!(stamp.len(), STAMP_LEN);
         let msgs: Vec<(String, Vec<u8>)> =
             lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| (stamp.clone(), l.to_vec())).collect();
@@ -173,7 +169,7 @@ fn oldest_age_ms(ob: &Outbox) -> u64 {
     ob.queue
         .front()
         .and_then(|m| eddy_engine::time::parse_timestamp_ms(&m.topic))
-        .map_or(0, |t| now_ms().saturating_sub(t).max(0) as u64)
+        .map_or(0, |t| eddy_engine::time::now_ms().saturating_sub(t).max(0) as u64)
 }
 
 /// Pushes the outbox in order until closing; fails only on what retrying cannot fix (the outbox's
