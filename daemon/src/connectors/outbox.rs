@@ -53,6 +53,17 @@ pub enum FullPolicy {
     DropOldest,
 }
 
+impl FullPolicy {
+    /// The `outbox_full` option's value (absent: `block`), or what is wrong with it.
+    pub fn parse(v: Option<&str>) -> std::result::Result<FullPolicy, String> {
+        match v.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("block") => Ok(FullPolicy::Block),
+            Some("drop_oldest") => Ok(FullPolicy::DropOldest),
+            Some(o) => Err(format!("outbox_full '{o}': valid values are block, drop_oldest")),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct OutMsg {
     pub seq: u64,
@@ -505,6 +516,14 @@ pub fn random_id() -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_full_policy_option_reads_either_case_and_names_the_valid_values() {
+        assert_eq!(FullPolicy::parse(None), Ok(FullPolicy::Block));
+        assert_eq!(FullPolicy::parse(Some("DROP_OLDEST")), Ok(FullPolicy::DropOldest));
+        let e = FullPolicy::parse(Some("drop_newest")).unwrap_err();
+        assert!(e.contains("block, drop_oldest"), "{e}");
+    }
     use eddy_engine::storage::crypto::Cipher;
     use eddy_engine::storage::fs::RealFs;
 

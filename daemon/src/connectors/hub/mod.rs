@@ -99,11 +99,7 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Hu
         }
     }
     let link = HubLink::from_config(&p.hub).map_err(|m| opt_err(&ctx, format!("connector 'hub': {m}")))?;
-    let policy = match spec.options.get("outbox_full").map(|s| s.to_ascii_lowercase()).as_deref() {
-        None | Some("block") => FullPolicy::Block,
-        Some("drop_oldest") => FullPolicy::DropOldest,
-        Some(o) => return Err(opt_err(&ctx, format!("outbox_full '{o}': valid values are block, drop_oldest"))),
-    };
+    let policy = FullPolicy::parse(spec.options.get("outbox_full")).map_err(|m| opt_err(&ctx, m))?;
     Ok(HubSinkSettings {
         stream: stream.to_string(),
         link,

@@ -83,15 +83,8 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<si
             return Err(opt_err(&ctx, "MQTT sinks publish format 'json' (one object per row)"));
         }
     }
-    let policy = match settings::get(&ctx, spec.options, &p.mqtt, "outbox_full")?
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("block") => FullPolicy::Block,
-        Some("drop_oldest") => FullPolicy::DropOldest,
-        Some(o) => return Err(opt_err(&ctx, format!("outbox_full '{o}': valid values are block, drop_oldest"))),
-    };
+    let policy = FullPolicy::parse(settings::get(&ctx, spec.options, &p.mqtt, "outbox_full")?.as_deref())
+        .map_err(|m| opt_err(&ctx, m))?;
     Ok(sink::SinkSettings {
         conn,
         topic,
