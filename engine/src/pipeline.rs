@@ -17,6 +17,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMillisecondT
 
 use crate::connector::datagen::{Datagen, DatagenConfig};
 use crate::connector::file::{FileSource, DEFAULT_MAX_LINE};
+use crate::connector::nexmark::{Nexmark, NexmarkConfig, Stream as NexmarkStream};
 use crate::connector::sink::{Sink, SinkMode, SinkTarget};
 use crate::connector::table::{TableRuntime, TableSpec};
 use crate::connector::tap::{SourceRows, SourceTaps, TapPoint};
@@ -135,6 +136,7 @@ enum ReaderSpec {
         max_line: usize,
     },
     Datagen(DatagenConfig),
+    Nexmark(NexmarkConfig, NexmarkStream),
     /// A provided connector: its reader is made at plan time (it connects on its first poll).
     External {
         fold: FoldPosition,
@@ -782,7 +784,7 @@ impl Pipeline {
         let connector =
             connector::check_options("source", &def.name, &def.options, provider).map_err(|e| at(pos, e))?;
         let (cols, time_col) = relation_columns(def, pos)?;
-        let builtin = matches!(connector.as_str(), "file" | "datagen");
+        let builtin = matches!(connector.as_str(), "file" | "datagen" | "nexmark");
         if let Some(c) =
             cols.iter().find(|c| c.metadata_key.is_some()).filter(|_| builtin || cfg.inputs.contains_key(&def.name))
         {
@@ -827,6 +829,16 @@ impl Pipeline {
                         ));
                     }
                     ReaderSpec::Datagen(dg)
+                }
+                "nexmark" => {
+                    let (nx, stream) = NexmarkConfig::from_options(&ctx, o)?;
+                    if cfg.mode == Mode::Replay && nx.events.is_none() {
+                        return Err(EngineError::options(
+                            ctx,
+                            "replay reads bounded input: set option 'events' on a nexmark source",
+                        ));
+                    }
+                    ReaderSpec::Nexmark(nx, stream)
                 }
                 _ => {
                     let p = provider
@@ -1063,6 +1075,7 @@ impl Pipeline {
                     s.reader = Some(Box::new(FileSource::open(path, *format, *follow, *max_line)?))
                 }
                 ReaderSpec::Datagen(cfg) => s.reader = Some(Box::new(Datagen::new(cfg.clone()))),
+                ReaderSpec::Nexmark(cfg, stream) => s.reader = Some(Box::new(Nexmark::new(cfg.clone(), *stream))),
                 ReaderSpec::External { .. } => {}
             }
             s.replayable = s.reader.as_ref().is_some_and(|r| r.replayable());

@@ -121,13 +121,23 @@ fn days_in_month(y: i64, m: u32) -> u32 {
 
 /// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` to `out`.
 pub fn write_rfc3339_ms(ms: i64, out: &mut Vec<u8>) {
+    write_ms(ms, out, 'T');
+    out.push(b'Z');
+}
+
+/// Writes `YYYY-MM-DD HH:MM:SS.fff` (UTC, SQL's timestamp literal) for epoch milliseconds.
+pub fn write_sql_ms(ms: i64, out: &mut Vec<u8>) {
+    write_ms(ms, out, ' ');
+}
+
+fn write_ms(ms: i64, out: &mut Vec<u8>, between: char) {
     use std::io::Write;
     let days = ms.div_euclid(86_400_000);
     let rem = ms.rem_euclid(86_400_000);
     let (y, m, d) = civil_from_days(days);
     let (h, mi, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
     // Writing to a Vec cannot fail.
-    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z");
+    let _ = write!(out, "{y:04}-{m:02}-{d:02}{between}{h:02}:{mi:02}:{s:02}.{milli:03}");
 }
 
 /// RFC 3339 text of a timestamp, for messages and the console.

@@ -6,6 +6,7 @@
 
 pub mod datagen;
 pub mod file;
+pub mod nexmark;
 pub mod sink;
 pub mod table;
 pub mod tap;
@@ -221,6 +222,7 @@ pub fn valid_options(
     let (common, own): (&[&str], &[&str]) = match (what, connector) {
         ("source", "file") => (SOURCE_COMMON, file::SOURCE_OPTIONS),
         ("source", "datagen") => (SOURCE_COMMON, datagen::OPTIONS),
+        ("source", "nexmark") => (SOURCE_COMMON, nexmark::OPTIONS),
         ("table", "file") => (&["connector", "format"], &["path", "reload_interval", "max_line_bytes"]),
         ("sink", "file") => (SINK_COMMON, &["path"]),
         ("sink", "console") => (SINK_COMMON, &[]),
@@ -237,7 +239,7 @@ pub fn valid_options(
 /// Connectors known for each kind, for messages.
 pub fn known_connectors(what: &str, provider: Option<&dyn ConnectorProvider>) -> Vec<&'static str> {
     let mut v: Vec<&'static str> = match what {
-        "source" => vec!["file", "datagen"],
+        "source" => vec!["file", "datagen", "nexmark"],
         "table" => vec!["file"],
         _ => vec!["file", "console"],
     };

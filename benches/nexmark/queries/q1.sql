@@ -1,0 +1,11 @@
+-- Nexmark Q1: Currency conversion: bid prices in euros.
+-- The sources generate 1,000,000 events by themselves; the harness replays files instead (--input).
+CREATE SOURCE bid (
+    auction BIGINT NOT NULL, bidder BIGINT NOT NULL, price BIGINT NOT NULL, channel VARCHAR, url VARCHAR,
+    date_time TIMESTAMP(3) NOT NULL, extra VARCHAR,
+    WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
+) WITH (connector = 'nexmark', stream = 'bid', events = '1000000');
+
+CREATE SINK q1 AS
+SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid
+WITH (connector = 'file', path = 'out/q1.jsonl', format = 'json');
