@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -59,11 +58,27 @@ def run_eddy(q, data, out, shards):
         cmd += ["--input", f"{s}={os.path.join(data, s + '.jsonl')}"]
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, ru = os.wait4(p.pid, 0)
+    # Peak RSS from the process's own VmHWM, read until it exits: a child's ru_maxrss keeps the
+    # forking parent's (this harness's) peak across exec, so it would not be eddyd's.
+    peak = 0
+    while True:
+        peak = max(peak, vm_hwm_bytes(p.pid))
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
+        time.sleep(0.01)
     seconds = time.monotonic() - t0
     if status != 0:
         sys.exit(f"eddyd replay {q} failed: {p.stderr.read()}")
-    return {"seconds": seconds, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_bytes": ru.ru_maxrss * 1024}
+    return {"seconds": seconds, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_bytes": peak}
+
+
+def vm_hwm_bytes(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
 
 
 def run_flink(python, q, data, shards, mode, out=None):
