@@ -7,12 +7,14 @@
 //! check them against their own references).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use datafusion::prelude::{JsonReadOptions, SessionContext};
 use serde_json::Value;
+
+mod common;
 
 struct Check {
     case: &'static str,
@@ -82,21 +84,6 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A JSON row with NULL members dropped and timestamps as epoch ms.
-fn normalise(v: Value) -> BTreeMap<String, Value> {
-    let Value::Object(m) = v else { return BTreeMap::new() };
-    m.into_iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| {
-            let v = match v.as_str().filter(|s| s.len() >= 19 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b'T') {
-                Some(s) => eddy_engine::time::parse_timestamp_ms(s).map(Value::from).unwrap_or(v),
-                None => v,
-            };
-            (k, v)
-        })
-        .collect()
-}
-
 fn same(a: &Value, b: &Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
         (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
@@ -106,7 +93,7 @@ fn same(a: &Value, b: &Value) -> bool {
 
 fn read_rows(path: &Path) -> Result<Vec<BTreeMap<String, Value>>> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(normalise(serde_json::from_str(l)?))).collect()
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(common::normalise(serde_json::from_str(l)?))).collect()
 }
 
 fn compare(what: &str, eddy: &[BTreeMap<String, Value>], batch: &[BTreeMap<String, Value>]) -> Result<()> {
@@ -165,20 +152,7 @@ async fn check(eddyd: &Path, golden: &Path, c: &Check) -> Result<()> {
         ctx.sql(stmt).await?.collect().await?;
     }
     for (sink, query) in c.sinks {
-        let batches = ctx.sql(query).await?.collect().await?;
-        let mut buf = Vec::new();
-        {
-            let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
-            for b in &batches {
-                w.write(b)?;
-            }
-            w.finish()?;
-        }
-        let batch_rows: Vec<BTreeMap<String, Value>> = String::from_utf8(buf)?
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| Ok(normalise(serde_json::from_str(l)?)))
-            .collect::<Result<_>>()?;
+        let batch_rows = common::batch_rows(&ctx.sql(query).await?.collect().await?)?;
         let eddy_rows = read_rows(&work.join("out").join(format!("{sink}.jsonl")))?;
         compare(&format!("{}/{sink}", c.case), &eddy_rows, &batch_rows)?;
         println!("PASS {}/{sink}: {} rows equal DataFusion's batch join", c.case, eddy_rows.len());
@@ -187,16 +161,9 @@ async fn check(eddyd: &Path, golden: &Path, c: &Check) -> Result<()> {
     Ok(())
 }
 
-/// `target/<profile>/eddyd`, beside this test's own `deps/` folder.
-fn eddyd() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    dir.join(format!("eddyd{}", std::env::consts::EXE_SUFFIX))
-}
-
 #[tokio::test]
 async fn joins_equal_datafusion_batch_joins_over_the_accepted_rows() {
-    let eddyd = eddyd();
+    let eddyd = common::eddyd();
     assert!(eddyd.exists(), "{} not built (run the whole workspace's tests: cargo test --workspace)", eddyd.display());
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
     let mut failed = vec![];

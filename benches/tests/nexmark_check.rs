@@ -17,6 +17,8 @@ use datafusion::prelude::{JsonReadOptions, SessionContext};
 use eddy_engine::connector::nexmark::{write_event, NexmarkConfig, Stream};
 use serde_json::Value;
 
+mod common;
+
 /// 150,000 events: 15 s of event time, a few 10-second windows.
 const EVENTS: u64 = 150_000;
 
@@ -141,21 +143,6 @@ fn checks() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Timestamps as epoch ms, so that both sides' spellings compare.
-fn normalise(v: Value) -> BTreeMap<String, Value> {
-    let Value::Object(m) = v else { return BTreeMap::new() };
-    m.into_iter()
-        .filter(|(k, _)| k != "_op")
-        .map(|(k, v)| {
-            let v = match v.as_str().filter(|s| s.len() >= 19 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b'T') {
-                Some(s) => eddy_engine::time::parse_timestamp_ms(s).map(Value::from).unwrap_or(v),
-                None => v,
-            };
-            (k, v)
-        })
-        .collect()
-}
-
 /// Rows as sorted text: whole numbers exact, others to 9 significant digits (a DOUBLE sum
 /// depends on the order it adds in; one side may spell 908 as 908.0).
 fn canonical(rows: Vec<BTreeMap<String, Value>>) -> Vec<String> {
@@ -184,7 +171,7 @@ fn eddy_rows(path: &Path, key: Option<&[String]>) -> Result<Vec<BTreeMap<String,
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line)?;
         let delete = v["_op"] == "delete";
-        let row = normalise(v);
+        let row = common::normalise(v);
         match key {
             None => rows.push(row),
             Some(k) => {
@@ -221,22 +208,7 @@ async fn check(eddyd: &Path, work: &Path, ctx: &SessionContext, query: &str, bat
         .and_then(|s| s.split('\'').next())
         .map(|k| k.split(',').map(|c| c.trim().to_string()).collect());
     let eddy = canonical(eddy_rows(&out_path, key.as_deref())?);
-    let batches = ctx.sql(batch).await?.collect().await?;
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
-        for b in &batches {
-            w.write(b)?;
-        }
-        w.finish()?;
-    }
-    let reference = canonical(
-        String::from_utf8(buf)?
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| Ok(normalise(serde_json::from_str(l)?)))
-            .collect::<Result<_>>()?,
-    );
+    let reference = canonical(common::batch_rows(&ctx.sql(batch).await?.collect().await?)?);
     if eddy != reference {
         let only_eddy: Vec<_> = eddy.iter().filter(|r| !reference.contains(r)).take(2).collect();
         let only_batch: Vec<_> = reference.iter().filter(|r| !eddy.contains(r)).take(2).collect();
@@ -249,16 +221,9 @@ async fn check(eddyd: &Path, work: &Path, ctx: &SessionContext, query: &str, bat
     Ok(eddy.len())
 }
 
-/// `target/<profile>/eddyd`, beside this test's own `deps/` folder.
-fn eddyd() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    dir.join(format!("eddyd{}", std::env::consts::EXE_SUFFIX))
-}
-
 #[tokio::test]
 async fn nexmark_queries_equal_datafusion_batch_queries_over_the_same_events() {
-    let eddyd = eddyd();
+    let eddyd = common::eddyd();
     assert!(eddyd.exists(), "{} not built (run the whole workspace's tests: cargo test --workspace)", eddyd.display());
     let work = tempfile_dir();
     let cfg = NexmarkConfig { events: Some(EVENTS), ..NexmarkConfig::default() };
