@@ -31,6 +31,8 @@ SCHEMAS = {
     "date_time TIMESTAMP(3), expires TIMESTAMP(3), seller BIGINT, category BIGINT, extra STRING",
     "bid": "auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING, date_time TIMESTAMP(3), "
     "extra STRING",
+    # q13's bounded table (no event time).
+    "side_input": "key BIGINT, `value` STRING",
 }
 
 
@@ -84,8 +86,10 @@ def main():
     for name, cols in SCHEMAS.items():
         if f" {name}" not in query.replace("\n", " ").replace("TABLE ", " "):
             continue
+        if name != "side_input":
+            cols += ", WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND"
         env.execute_sql(
-            f"CREATE TABLE {name} ({cols}, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) "
+            f"CREATE TABLE {name} ({cols}) "
             f"WITH ('connector' = 'filesystem', 'path' = '{os.path.join(data, name + '.jsonl')}', "
             "'format' = 'json', 'json.fail-on-missing-field' = 'false')"
         )

@@ -29,6 +29,11 @@ GEN = os.path.join(ROOT, "target", "release", "nexmark_gen")
 STREAMS = ("person", "auction", "bid")
 # Flink's AVG of a BIGINT is a BIGINT (truncated); Eddy's is a DOUBLE. Compared truncated.
 TRUNCATED = {"q17": {"avg_price"}}
+# Queries Flink cannot run here, and why.
+FLINK_CANNOT = {
+    "q13": "Flink's filesystem connector is not a lookup source, so Flink plans the join as a versioned-table "
+    "join and refuses it (no primary key); checked against DataFusion in the test suite instead",
+}
 
 
 def queries():
@@ -53,6 +58,11 @@ def generate(work, events):
 def run_eddy(q, data, out, shards):
     sql_path = os.path.join(HERE, "queries", f"{q}.sql")
     sql = open(sql_path).read()
+    if "side_input.jsonl" in sql:
+        # q13's table path is relative to the SQL file: run a copy beside the data.
+        sql_path = os.path.join(data, f"{q}.sql")
+        with open(sql_path, "w") as f:
+            f.write(sql)
     cmd = [EDDYD, "replay", sql_path, "--output", f"{q}={out}", "--shards", str(shards)]
     for s in streams_of(sql):
         cmd += ["--input", f"{s}={os.path.join(data, s + '.jsonl')}"]
@@ -155,7 +165,9 @@ def main():
         sql = open(os.path.join(HERE, "queries", f"{q}.sql")).read()
         events = sum(counts[s] for s in streams_of(sql))
         r = {"query": q, "events": events}
-        if not a.skip_flink:
+        if q in FLINK_CANNOT:
+            r["check"] = f"Flink: {FLINK_CANNOT[q]}"
+        elif not a.skip_flink:
             r["check"] = check(q, a.work, small, a.shards, a.flink_python)
             r["flink"] = run_flink(a.flink_python, q, big, a.shards, "time")
         r["eddy"] = run_eddy(q, big, "/dev/null", a.shards)

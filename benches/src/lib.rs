@@ -80,3 +80,13 @@ pub fn pct(v: &mut [u64], q: f64) -> f64 {
     v.sort_unstable();
     v[((v.len() - 1) as f64 * q) as usize] as f64 / 1000.0
 }
+
+/// Nexmark q13's side input: `keys` rows of `{"key": k, "value": "value-k"}`, the bounded table
+/// the bids are joined with (`auction % keys`).
+pub fn write_nexmark_side_input(path: &std::path::Path, keys: u64) -> std::io::Result<()> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for k in 0..keys {
+        writeln!(w, "{{\"key\": {k}, \"value\": \"value-{k}\"}}")?;
+    }
+    w.flush()
+}

@@ -4,8 +4,7 @@
 //! order, so no row is late and a batch query is an exact reference for each streaming one. An
 //! updating result is compared by its last row per key.
 //!
-//! q11's sessions are numbered with window functions; q12 (processing time) and q13 (side input)
-//! have no Eddy query.
+//! q11's sessions are numbered with window functions; q12 (processing time) has no Eddy query.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -94,6 +93,12 @@ fn checks() -> Vec<(&'static str, String)> {
             "q11",
             "SELECT bidder, COUNT(*) AS bid_count, MIN(date_time) AS starttime,
              MAX(date_time) + INTERVAL '10 seconds' AS endtime FROM bid_session GROUP BY bidder, session"
+                .into(),
+        ),
+        (
+            "q13",
+            "SELECT b.auction, b.bidder, b.price, b.date_time, s.value FROM bid b
+             JOIN side_input_raw s ON b.auction % 10000 = s.key"
                 .into(),
         ),
         (
@@ -241,7 +246,8 @@ async fn nexmark_queries_equal_datafusion_batch_queries_over_the_same_events() {
     files.iter_mut().for_each(|f| f.flush().unwrap());
     drop(files);
     let ctx = SessionContext::new();
-    for s in ["person", "auction", "bid"] {
+    eddy_benches::write_nexmark_side_input(&work.join("side_input.jsonl"), 10_000).unwrap();
+    for s in ["person", "auction", "bid", "side_input"] {
         let path = work.join(format!("{s}.jsonl"));
         ctx.register_json(
             format!("{s}_raw"),

@@ -1,6 +1,6 @@
 //! Writes the Nexmark events of the engine's `nexmark` source to JSON-lines files, one per stream
 //! (`person.jsonl`, `auction.jsonl`, `bid.jsonl`), so that Eddy (`eddyd replay --input`) and other
-//! engines read the very same events.
+//! engines read the very same events; and q13's side input (`side_input.jsonl`, 10,000 keys).
 //!
 //!   nexmark_gen DIR EVENTS [SEED]
 
@@ -38,6 +38,7 @@ fn main() -> Result<()> {
     for o in &mut out {
         o.flush()?;
     }
+    eddy_benches::write_nexmark_side_input(&dir.join("side_input.jsonl"), 10_000)?;
     println!("{{\"person\": {}, \"auction\": {}, \"bid\": {}}}", counts[0], counts[1], counts[2]);
     Ok(())
 }
