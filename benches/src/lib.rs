@@ -81,6 +81,36 @@ pub fn pct(v: &mut [u64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q) as usize] as f64 / 1000.0
 }
 
+/// Writes Nexmark events `0..cfg.events` into `dir` as `person.jsonl`, `auction.jsonl` and
+/// `bid.jsonl` (the very events of the engine's `nexmark` source), plus q13's `side_input.jsonl`
+/// with 10,000 keys. Returns how many events each stream got.
+pub fn write_nexmark_files(
+    dir: &std::path::Path,
+    cfg: &eddy_engine::connector::nexmark::NexmarkConfig,
+) -> std::io::Result<[u64; 3]> {
+    use eddy_engine::connector::nexmark::{write_event, Stream};
+    std::fs::create_dir_all(dir)?;
+    let open = |s: Stream| -> std::io::Result<std::io::BufWriter<std::fs::File>> {
+        let f = std::fs::File::create(dir.join(format!("{}.jsonl", s.name())))?;
+        Ok(std::io::BufWriter::with_capacity(1 << 20, f))
+    };
+    let mut out = [open(Stream::Person)?, open(Stream::Auction)?, open(Stream::Bid)?];
+    let mut counts = [0u64; 3];
+    let mut line = Vec::with_capacity(1024);
+    for n in 0..cfg.events.unwrap_or(0) {
+        line.clear();
+        let s = write_event(cfg, cfg.start_ms, n, &mut line);
+        line.push(b'\n');
+        out[s as usize].write_all(&line)?;
+        counts[s as usize] += 1;
+    }
+    for o in &mut out {
+        o.flush()?;
+    }
+    write_nexmark_side_input(&dir.join("side_input.jsonl"), 10_000)?;
+    Ok(counts)
+}
+
 /// Nexmark q13's side input: `keys` rows of `{"key": k, "value": "value-k"}`, the bounded table
 /// the bids are joined with (`auction % keys`).
 pub fn write_nexmark_side_input(path: &std::path::Path, keys: u64) -> std::io::Result<()> {

@@ -7,13 +7,12 @@
 //! q11's sessions are numbered with window functions; q12 (processing time) has no Eddy query.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use datafusion::prelude::{JsonReadOptions, SessionContext};
-use eddy_engine::connector::nexmark::{write_event, NexmarkConfig, Stream};
+use eddy_engine::connector::nexmark::NexmarkConfig;
 use serde_json::Value;
 
 mod common;
@@ -232,21 +231,8 @@ async fn nexmark_queries_equal_datafusion_batch_queries_over_the_same_events() {
     assert!(eddyd.exists(), "{} not built (run the whole workspace's tests: cargo test --workspace)", eddyd.display());
     let work = tempfile_dir();
     let cfg = NexmarkConfig { events: Some(EVENTS), ..NexmarkConfig::default() };
-    let mut files: Vec<std::io::BufWriter<std::fs::File>> = [Stream::Person, Stream::Auction, Stream::Bid]
-        .iter()
-        .map(|s| std::io::BufWriter::new(std::fs::File::create(work.join(format!("{}.jsonl", s.name()))).unwrap()))
-        .collect();
-    let mut line = Vec::new();
-    for n in 0..EVENTS {
-        line.clear();
-        let s = write_event(&cfg, cfg.start_ms, n, &mut line);
-        line.push(b'\n');
-        files[s as usize].write_all(&line).unwrap();
-    }
-    files.iter_mut().for_each(|f| f.flush().unwrap());
-    drop(files);
+    eddy_benches::write_nexmark_files(&work, &cfg).unwrap();
     let ctx = SessionContext::new();
-    eddy_benches::write_nexmark_side_input(&work.join("side_input.jsonl"), 10_000).unwrap();
     for s in ["person", "auction", "bid", "side_input"] {
         let path = work.join(format!("{s}.jsonl"));
         ctx.register_json(
