@@ -297,6 +297,8 @@ pub struct ConfigFile {
     /// Shard threads per pipeline, each holding the keyed state of the keys that hash to it
     /// (default: one per core; a pipeline with durable state keeps the count it was written with).
     pub shards: Option<usize>,
+    /// Threads that decode each file source's lines (default 1: the pipeline's own thread).
+    pub decode_threads: Option<usize>,
     pub log_level: Option<String>,
     #[serde(default)]
     pub encryption: Encryption,
@@ -388,6 +390,10 @@ impl ConfigFile {
             if cores.is_empty() {
                 bail!("cores: an empty list leaves no core for the pipelines");
             }
+        }
+        let most = eddy_engine::connector::decode_pool::MAX_DECODE_THREADS;
+        if c.decode_threads.is_some_and(|n| !(1..=most).contains(&n)) {
+            bail!("decode_threads must be between 1 and {most}");
         }
         Ok(c)
     }

@@ -203,6 +203,10 @@ enum Command {
         /// order within a step may differ).
         #[arg(long, default_value_t = 1)]
         shards: usize,
+        /// Decode each file source's lines on this many threads (the same rows in the same order
+        /// reach the pipeline whatever the count).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=eddy_engine::connector::decode_pool::MAX_DECODE_THREADS as i64))]
+        decode_threads: u16,
     },
     /// Validate a pipeline file, or a whole config (`--config`: the file, the key, every
     /// pipeline and its connectors' options), without connecting, reading or writing anything.
@@ -329,12 +333,13 @@ fn main() {
 
 fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Replay { pipeline, inputs, outputs, limits, shards } => {
+        Command::Replay { pipeline, inputs, outputs, limits, shards, decode_threads } => {
             let (sql, dir) = read_pipeline(&pipeline)?;
             let cwd = std::env::current_dir()?;
             let mut cfg = PipelineConfig::new(dir, Mode::Replay);
             limits.apply(&mut cfg);
             cfg.shards = shards.max(1);
+            cfg.decode_threads = decode_threads.into();
             cfg.inputs = parse_pairs("--input", &inputs, &cwd)?;
             cfg.outputs = parse_pairs("--output", &outputs, &cwd)?;
             // MQTT sources and sinks validate their options; replay reads them from --input files.

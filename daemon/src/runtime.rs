@@ -96,6 +96,7 @@ pub fn plan(
     pc.shard_queue = cfg.limits.shard_queue.unwrap_or(pc.shard_queue).max(1);
     pc.on_shard_thread = Some(Arc::new(move |k| pin_to(cores[k % cores.len()])));
     pc.view_bytes = cfg.api.view_bytes();
+    pc.decode_threads = cfg.decode_threads.unwrap_or(1);
     let p = Pipeline::plan(sql, &pc)?;
     if let (Some(why), true) = (&p.summary().unsharded_because, pc.shards > 1) {
         tracing::info!(pipeline = name, reason = %why, "pipeline runs on one shard");

@@ -78,15 +78,32 @@ fn compare(expected: &[BTreeMap<String, Value>], actual: &[BTreeMap<String, Valu
     Ok(())
 }
 
-fn run_case(dir: &Path, shards: usize) -> Result<(), String> {
+/// How a case is replayed besides its own `args.txt`.
+#[derive(Clone, Copy)]
+enum Run {
+    Plain,
+    /// Keyed state over this many shards, with small batches so that rows of one source really
+    /// spread over them.
+    Sharded(usize),
+    /// File sources decoded on this many threads, in pieces of two lines, so that every case's
+    /// input is spread over them.
+    DecodeThreads(usize),
+}
+
+fn run_case(dir: &Path, run: Run) -> Result<(), String> {
     let work = tempfile::tempdir().unwrap();
     copy_dir(dir, work.path());
     let args_file = dir.join("args.txt");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_eddyd"));
     cmd.arg("replay").arg(work.path().join("pipeline.sql")).current_dir(work.path());
-    if shards > 1 {
-        // Small batches, so that rows of one source really spread over the shards.
-        cmd.arg(format!("--shards={shards}")).arg("--batch-rows=3");
+    match run {
+        Run::Plain => {}
+        Run::Sharded(shards) => {
+            cmd.arg(format!("--shards={shards}")).arg("--batch-rows=3");
+        }
+        Run::DecodeThreads(threads) => {
+            cmd.arg(format!("--decode-threads={threads}")).arg("--batch-rows=2");
+        }
     }
     if args_file.exists() {
         for a in std::fs::read_to_string(&args_file).unwrap().split_whitespace() {
@@ -138,12 +155,12 @@ fn case_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// Runs every case on `shards`; returns the names of those that failed (each is printed).
-fn run_all(dirs: &[PathBuf], shards: usize) -> Vec<String> {
+/// Runs every case; returns the names of those that failed (each is printed).
+fn run_all(dirs: &[PathBuf], run: Run) -> Vec<String> {
     let mut failed = vec![];
     for d in dirs {
         let name = d.file_name().unwrap().to_string_lossy().to_string();
-        match run_case(d, shards) {
+        match run_case(d, run) {
             Ok(()) => println!("PASS {name}"),
             Err(e) => {
                 println!("FAIL {name}: {e}");
@@ -157,8 +174,24 @@ fn run_all(dirs: &[PathBuf], shards: usize) -> Vec<String> {
 #[test]
 fn golden_cases() {
     let dirs = case_dirs();
-    let failed = run_all(&dirs, 1);
+    let failed = run_all(&dirs, Run::Plain);
     assert!(failed.is_empty(), "{} of {} golden cases failed: {failed:?}", failed.len(), dirs.len());
+}
+
+/// Every case again with its file sources decoded on 2 and on 3 threads: the same rows, the same
+/// late rows (lateness is judged in file order) and the same errors.
+#[test]
+fn golden_cases_decoded_on_threads() {
+    let dirs = case_dirs();
+    for threads in [2, 3] {
+        let failed = run_all(&dirs, Run::DecodeThreads(threads));
+        assert!(
+            failed.is_empty(),
+            "{} of {} golden cases failed on {threads} decode threads: {failed:?}",
+            failed.len(),
+            dirs.len()
+        );
+    }
 }
 
 /// Whether `eddyd check` finds the case's pipeline keyed by source columns throughout.
@@ -180,7 +213,7 @@ fn golden_cases_sharded() {
     let dirs = case_dirs();
     let sharded: Vec<String> =
         dirs.iter().filter(|d| shardable(d)).map(|d| d.file_name().unwrap().to_string_lossy().to_string()).collect();
-    let failed = run_all(&dirs, 3);
+    let failed = run_all(&dirs, Run::Sharded(3));
     println!("sharded: {sharded:?}");
     assert!(failed.is_empty(), "{} of {} golden cases failed on 3 shards: {failed:?}", failed.len(), dirs.len());
     // Keyed windows, OVER, MATCH_RECOGNIZE and joins shard; a regression that stops sharding

@@ -88,6 +88,9 @@ pub struct PipelineConfig {
     /// Bytes of current rows kept per materialized view for on-demand queries (0: none kept).
     /// A sharded pipeline splits them evenly over its shards.
     pub view_bytes: usize,
+    /// Threads that decode each file source's lines (1: the pipeline's own thread). Rows reach
+    /// the lateness rule in file order whatever the count, so results do not change with it.
+    pub decode_threads: usize,
 }
 
 impl std::fmt::Debug for PipelineConfig {
@@ -118,6 +121,7 @@ impl PipelineConfig {
             shard_queue: 4,
             on_shard_thread: None,
             view_bytes: 0,
+            decode_threads: 1,
         }
     }
 }
@@ -315,6 +319,7 @@ pub struct Pipeline {
     sharding: Sharding,
     shard_queue: usize,
     shard_hook: Option<ShardThreadHook>,
+    decode_threads: usize,
 }
 
 /// Where the graph runs: on the pipeline's thread, or over shard threads (then `Pipeline::graph`
@@ -648,6 +653,7 @@ impl Pipeline {
             sharding,
             shard_queue: cfg.shard_queue,
             shard_hook: cfg.on_shard_thread.clone(),
+            decode_threads: cfg.decode_threads.clamp(1, connector::decode_pool::MAX_DECODE_THREADS),
         })
     }
 
@@ -1072,7 +1078,7 @@ impl Pipeline {
         for s in &mut self.sources {
             match &s.spec {
                 ReaderSpec::File { path, format, follow, max_line } => {
-                    s.reader = Some(Box::new(FileSource::open(path, *format, *follow, *max_line)?))
+                    s.reader = Some(Box::new(FileSource::open(path, *format, *follow, *max_line, self.decode_threads)?))
                 }
                 ReaderSpec::Datagen(cfg) => s.reader = Some(Box::new(Datagen::new(cfg.clone()))),
                 ReaderSpec::Nexmark(cfg, stream) => s.reader = Some(Box::new(Nexmark::new(cfg.clone(), *stream))),

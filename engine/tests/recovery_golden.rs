@@ -57,9 +57,19 @@ fn outputs(dir: &Path) -> BTreeMap<String, Vec<String>> {
     m
 }
 
-fn open(sql: &str, dir: &Path, shards: usize) -> Result<Pipeline, String> {
+/// Shard threads, and decode threads for file sources.
+#[derive(Clone, Copy)]
+struct Threads {
+    shards: usize,
+    decode: usize,
+}
+
+const ONE: Threads = Threads { shards: 1, decode: 1 };
+
+fn open(sql: &str, dir: &Path, threads: Threads) -> Result<Pipeline, String> {
     let mut cfg = PipelineConfig::new(dir, Mode::Live);
-    cfg.shards = shards;
+    cfg.shards = threads.shards;
+    cfg.decode_threads = threads.decode;
     cfg.exactly_once = true;
     cfg.limits.batch_rows = 3;
     cfg.idle_sleep = Duration::from_millis(1);
@@ -79,13 +89,13 @@ fn run(
     case: &Path,
     dir: &Path,
     crash_after: Option<usize>,
-    shards: usize,
+    threads: Threads,
 ) -> Result<BTreeMap<String, Vec<String>>, String> {
     let _ = std::fs::remove_dir_all(dir);
     copy_inputs(case, dir);
     let sql = std::fs::read_to_string(dir.join("pipeline.sql")).unwrap();
     if let Some(steps) = crash_after {
-        let mut p = open(&sql, dir, shards)?;
+        let mut p = open(&sql, dir, threads)?;
         for i in 1..=steps {
             if p.all_ended() {
                 break;
@@ -98,7 +108,7 @@ fn run(
         }
         drop(p);
     }
-    let mut p = open(&sql, dir, shards)?;
+    let mut p = open(&sql, dir, threads)?;
     p.run_live(&AtomicBool::new(false)).map_err(|e| e.to_string())?;
     drop(p);
     Ok(outputs(dir))
@@ -106,24 +116,31 @@ fn run(
 
 #[test]
 fn a_crash_at_any_step_changes_no_output() {
-    crash_at_any_step(1);
+    crash_at_any_step(ONE);
 }
 
 /// The same with keyed state over 3 shard threads, against the uninterrupted unsharded run: the
 /// shards' checkpoints and the WAL replay routed to them give the same rows.
 #[test]
 fn a_crash_at_any_step_changes_no_output_on_three_shards() {
-    crash_at_any_step(3);
+    crash_at_any_step(Threads { shards: 3, decode: 1 });
 }
 
-fn crash_at_any_step(shards: usize) {
+/// The same with file sources decoded on 3 threads: the read position saved with each batch is
+/// where that batch's lines end, however many lines the pool has read ahead.
+#[test]
+fn a_crash_at_any_step_changes_no_output_decoded_on_three_threads() {
+    crash_at_any_step(Threads { shards: 1, decode: 3 });
+}
+
+fn crash_at_any_step(threads: Threads) {
     let tmp = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     let mut checked = 0;
     for case in cases() {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let dir = tmp.path().join(&name);
-        let reference = match run(&case, &dir, None, 1) {
+        let reference = match run(&case, &dir, None, ONE) {
             Ok(r) => r,
             Err(e) if e.contains("cannot run with durable state yet") => {
                 println!("SKIP {name}: {e}");
@@ -136,7 +153,7 @@ fn crash_at_any_step(shards: usize) {
         };
         assert!(reference.values().any(|v| !v.is_empty()), "{name}: no output at all");
         for crash_after in [1, 2, 3, 4, 5, 7, 9, 12, 16, 24, 40] {
-            match run(&case, &dir, Some(crash_after), shards) {
+            match run(&case, &dir, Some(crash_after), threads) {
                 Ok(got) if got == reference => {}
                 Ok(got) => {
                     let diff: Vec<String> = reference
@@ -202,11 +219,13 @@ fn sketches_and_ordered_aggregates_recover_exactly() {
     )
     .unwrap();
     let dir = tmp.path().join("run");
-    let reference = run(&case, &dir, None, 1).unwrap();
+    let reference = run(&case, &dir, None, ONE).unwrap();
     assert!(reference["stats.jsonl"].len() >= 12, "{reference:?}");
-    for crash_after in [5, 60, 150, 300, 500, 700] {
-        let got = run(&case, &dir, Some(crash_after), 1).unwrap();
-        assert_eq!(got, reference, "crash after {crash_after} steps");
+    for (k, crash_after) in [5, 60, 150, 300, 500, 700].into_iter().enumerate() {
+        // Every other run decodes on two threads.
+        let threads = Threads { shards: 1, decode: 1 + k % 2 };
+        let got = run(&case, &dir, Some(crash_after), threads).unwrap();
+        assert_eq!(got, reference, "crash after {crash_after} steps on {} decode thread(s)", threads.decode);
     }
 }
 
@@ -219,7 +238,7 @@ fn state_is_reopened_only_with_the_shard_count_that_wrote_it() {
     let dir = tmp.path().join("run");
     copy_inputs(&case, &dir);
     let sql = std::fs::read_to_string(dir.join("pipeline.sql")).unwrap();
-    let mut p = open(&sql, &dir, 3).unwrap();
+    let mut p = open(&sql, &dir, Threads { shards: 3, decode: 1 }).unwrap();
     assert_eq!(p.summary().shards, 3);
     for _ in 0..6 {
         p.step().unwrap();
@@ -235,9 +254,9 @@ fn state_is_reopened_only_with_the_shard_count_that_wrote_it() {
         other => panic!("expected a shard count error, got {:?}", other.err()),
     }
     drop(p);
-    let mut p = open(&sql, &dir, 3).unwrap();
+    let mut p = open(&sql, &dir, Threads { shards: 3, decode: 1 }).unwrap();
     p.run_live(&AtomicBool::new(false)).unwrap();
     drop(p);
     let got = outputs(&dir);
-    assert_eq!(got, run(&case, &tmp.path().join("reference"), None, 1).unwrap());
+    assert_eq!(got, run(&case, &tmp.path().join("reference"), None, ONE).unwrap());
 }

@@ -96,7 +96,8 @@ fn dev(v: &serde_json::Value) -> u8 {
     v.as_str().unwrap()[4..].parse().unwrap()
 }
 
-fn run(rows: &[Row], delay_s: i64, batch: usize) -> tempfile::TempDir {
+/// Replays `rows` in pieces of `batch` lines, decoded on `decode_threads` threads.
+fn run(rows: &[Row], delay_s: i64, batch: usize, decode_threads: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let mut input = String::new();
     for r in rows {
@@ -123,7 +124,9 @@ fn run(rows: &[Row], delay_s: i64, batch: usize) -> tempfile::TempDir {
              WITH (connector = 'file', path = 'out/s.jsonl');
          CREATE SINK l AS SELECT device_id, v, ts FROM LATE(r) WITH (connector = 'file', path = 'out/l.jsonl');"
     );
-    let mut p = Pipeline::plan(&sql, &PipelineConfig::new(dir.path(), Mode::Replay)).unwrap();
+    let mut cfg = PipelineConfig::new(dir.path(), Mode::Replay);
+    cfg.decode_threads = decode_threads;
+    let mut p = Pipeline::plan(&sql, &cfg).unwrap();
     p.run_to_end().unwrap();
     dir
 }
@@ -154,8 +157,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn windows_match_a_row_by_row_reference(rows in rows_strategy(), delay_s in 0i64..6, batch in 1usize..64) {
-        let dir = run(&rows, delay_s, batch);
+    fn windows_match_a_row_by_row_reference(rows in rows_strategy(), delay_s in 0i64..6, batch in 1usize..64, threads in 1usize..4) {
+        let dir = run(&rows, delay_s, batch, threads);
         let (ok, late) = accept(&rows, delay_s * 1000);
         prop_assert_eq!(windowed(&dir.path().join("out/t.jsonl")), windows(&ok, 10_000, 10_000));
         prop_assert_eq!(windowed(&dir.path().join("out/h.jsonl")), windows(&ok, 15_000, 5_000));

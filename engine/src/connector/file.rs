@@ -1,11 +1,19 @@
 //! The `file` source: a file of JSON lines, CSV (header line first) or raw lines, read to its end or,
 //! with `follow = 'true'`, tailed as it grows. Lines longer than the limit become error rows; a
 //! partial last line waits for its newline while following, and counts as a line at the end otherwise.
+//!
+//! With more than one decode thread, whole lines are cut into pieces of up to a batch's rows and
+//! decoded by a [`DecodePool`], whose batches come back in file order; everything else (the CSV
+//! header, a line still growing or too long, the last line without a newline) is read on the
+//! source's own thread once the pool has handed back all it holds. Either way the rows, their order
+//! and the read position after each batch are the same.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::decode_pool::{DecodePool, PieceDecoder};
 use super::{Poll, SourceReader};
 use crate::error::{EngineError, Result};
 use crate::format::decode::RowDecoder;
@@ -16,6 +24,9 @@ pub const SOURCE_OPTIONS: &[&str] = &["path", "follow", "max_line_bytes"];
 /// Default longest line: 16 MiB.
 pub const DEFAULT_MAX_LINE: usize = 16 << 20;
 const READ_CHUNK: usize = 1 << 20;
+/// Bytes of lines in one piece for a decode thread, at most (a single longer line is a piece of its
+/// own). With [`super::decode_pool::PIECES_PER_WORKER`] this bounds the bytes a pool holds.
+pub const PIECE_BYTES: usize = 1 << 20;
 
 pub struct FileSource {
     path: PathBuf,
@@ -31,12 +42,89 @@ pub struct FileSource {
     skipping: bool,
     max_line: usize,
     /// CSV: columns named by the header, once read.
-    csv_mapping: Option<Vec<Option<usize>>>,
+    csv_mapping: Option<Arc<Vec<Option<usize>>>>,
     csv: csvfmt::CsvLineParser,
+    /// Decode threads (1: decode on the source's own thread).
+    decode_threads: usize,
+    pool: Option<LinePool>,
+}
+
+/// The pool of a source decoded on several threads, and what it holds.
+struct LinePool {
+    pool: DecodePool<LinePiece>,
+    /// File offset just after the last piece handed on.
+    handed_end: u64,
+    /// Buffers of pieces handed back, to cut the next pieces into.
+    spare: Vec<Vec<u8>>,
+}
+
+/// Whole lines of the file, for one decode thread.
+struct LinePiece {
+    lines: Vec<u8>,
+    /// File offset just after the piece's last newline.
+    end: u64,
+    now: i64,
+    csv_mapping: Option<Arc<Vec<Option<usize>>>>,
+}
+
+/// A decode thread's half of the file source.
+struct LineDecoder {
+    format: Format,
+    csv: csvfmt::CsvLineParser,
+    max_line: usize,
+}
+
+impl PieceDecoder for LineDecoder {
+    type Piece = LinePiece;
+    fn decode(&mut self, piece: &LinePiece, dec: &mut RowDecoder) {
+        let mapping = piece.csv_mapping.as_deref().map(Vec::as_slice);
+        for line in piece.lines.split(|b| *b == b'\n') {
+            decode_line(self.format, &mut self.csv, mapping, self.max_line, dec, line, piece.now);
+        }
+    }
+}
+
+/// Decodes one line (CR stripped, blank lines skipped, one longer than `max_line` an error row);
+/// CSV lines need the header's mapping.
+fn decode_line(
+    format: Format,
+    csv: &mut csvfmt::CsvLineParser,
+    csv_mapping: Option<&[Option<usize>]>,
+    max_line: usize,
+    dec: &mut RowDecoder,
+    mut line: &[u8],
+    now: i64,
+) {
+    if line.len() > max_line {
+        reject_long_line(dec, line, max_line, now);
+        return;
+    }
+    if line.last() == Some(&b'\r') {
+        line = &line[..line.len() - 1];
+    }
+    if line.iter().all(|b| b.is_ascii_whitespace()) {
+        return;
+    }
+    match format {
+        Format::Json => {
+            json::decode_json(dec, line, now);
+        }
+        Format::Raw => {
+            csvfmt::decode_raw(dec, line, now);
+        }
+        Format::Csv => match (csv.parse(line), csv_mapping) {
+            (Ok(record), Some(m)) => {
+                csvfmt::decode_record(dec, m, record, line, now);
+            }
+            (Ok(_), None) => debug_assert!(false, "CSV lines are decoded after the header"),
+            (Err(e), _) => dec.reject(line, &format!("not valid CSV: {e}"), now),
+        },
+    }
 }
 
 impl FileSource {
-    pub fn open(path: &Path, format: Format, follow: bool, max_line: usize) -> Result<Self> {
+    /// Opens `path`; `decode_threads` above 1 decodes on that many threads of a pool.
+    pub fn open(path: &Path, format: Format, follow: bool, max_line: usize, decode_threads: usize) -> Result<Self> {
         let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
         Ok(FileSource {
             path: path.to_path_buf(),
@@ -51,6 +139,8 @@ impl FileSource {
             max_line,
             csv_mapping: None,
             csv: csvfmt::CsvLineParser::default(),
+            decode_threads: decode_threads.clamp(1, super::decode_pool::MAX_DECODE_THREADS),
+            pool: None,
         })
     }
 
@@ -78,31 +168,88 @@ impl FileSource {
     }
 
     fn decode_line(&mut self, dec: &mut RowDecoder, line_start: usize, line_end: usize, now: i64) {
-        let mut line = &self.buf[line_start..line_end];
-        if line.last() == Some(&b'\r') {
-            line = &line[..line.len() - 1];
-        }
-        if line.iter().all(|b| b.is_ascii_whitespace()) {
+        let line = &self.buf[line_start..line_end];
+        if self.format == Format::Csv && self.csv_mapping.is_none() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                return;
+            }
+            match self.csv.parse(line) {
+                Ok(header) => self.csv_mapping = Some(Arc::new(csvfmt::header_mapping(dec, &strip_bom(header)))),
+                Err(e) => dec.reject(line, &format!("not valid CSV: {e}"), now),
+            }
             return;
         }
-        match self.format {
-            Format::Json => {
-                json::decode_json(dec, line, now);
-            }
-            Format::Raw => {
-                csvfmt::decode_raw(dec, line, now);
-            }
-            Format::Csv => match self.csv.parse(line) {
-                Ok(record) => match &self.csv_mapping {
-                    None => self.csv_mapping = Some(csvfmt::header_mapping(dec, &strip_bom(record))),
-                    Some(m) => {
-                        csvfmt::decode_record(dec, m, record, line, now);
-                    }
-                },
-                Err(e) => dec.reject(line, &format!("not valid CSV: {e}"), now),
-            },
-        }
+        let mapping = self.csv_mapping.as_deref().map(Vec::as_slice);
+        decode_line(self.format, &mut self.csv, mapping, self.max_line, dec, line, now);
     }
+
+    /// Whether whole lines may go to decode threads now: CSV only once its header is read, and
+    /// not while the rest of a too-long line is being skipped.
+    fn pooled(&self) -> bool {
+        self.decode_threads > 1 && !self.skipping && (self.format != Format::Csv || self.csv_mapping.is_some())
+    }
+
+    /// Decodes on the pool: cuts pieces while it has room, then hands on the oldest piece's rows.
+    /// `false`: nothing is in the pool and no whole line is buffered, so the serial path goes on.
+    fn poll_pooled(&mut self, dec: &mut RowDecoder, max_rows: usize) -> Result<bool> {
+        if self.pool.is_none() {
+            let (format, max_line) = (self.format, self.max_line);
+            let pool = DecodePool::start(&self.path.display().to_string(), self.decode_threads, dec, || LineDecoder {
+                format,
+                csv: csvfmt::CsvLineParser::default(),
+                max_line,
+            })?;
+            let handed_end = self.buf_offset + self.start as u64;
+            self.pool = Some(LinePool { pool, handed_end, spare: Vec::new() });
+        }
+        while self.pool.as_ref().is_some_and(|p| p.pool.has_room()) && self.cut_piece(max_rows)? {}
+        let Some(p) = self.pool.as_mut() else { return Ok(false) };
+        let Some(mut done) = p.pool.take()? else { return Ok(false) };
+        done.hand_over(dec);
+        p.handed_end = done.piece.end;
+        p.spare.push(done.piece.lines);
+        Ok(true)
+    }
+
+    /// Submits whole lines after `start` to the pool: `max_rows` of them, or [`PIECE_BYTES`] of
+    /// them, or what is there at the end of the input (reading more until one of these holds, so
+    /// pieces are even and the threads equally busy). `false`: no whole line to submit.
+    fn cut_piece(&mut self, max_rows: usize) -> Result<bool> {
+        let (lines_end, next) = loop {
+            let rest = &self.buf[self.start..];
+            let window = &rest[..rest.len().min(PIECE_BYTES)];
+            let (mut last, mut lines) = (None, 0);
+            for nl in memchr::memchr_iter(b'\n', window) {
+                last = Some(nl);
+                lines += 1;
+                if lines >= max_rows {
+                    break;
+                }
+            }
+            let full = lines >= max_rows || rest.len() >= PIECE_BYTES;
+            if full || rest.len() > self.max_line || self.fill()? == 0 {
+                match last.or_else(|| memchr(b'\n', &self.buf[self.start..])) {
+                    Some(nl) => break (self.start + nl, self.start + nl + 1),
+                    None => return Ok(false),
+                }
+            }
+        };
+        let now = crate::time::now_ms();
+        let Some(p) = self.pool.as_mut() else { return Ok(false) };
+        let mut lines = p.spare.pop().unwrap_or_default();
+        lines.clear();
+        lines.extend_from_slice(&self.buf[self.start..lines_end]);
+        let end = self.buf_offset + next as u64;
+        p.pool.submit(LinePiece { lines, end, now, csv_mapping: self.csv_mapping.clone() })?;
+        self.start = next;
+        Ok(true)
+    }
+}
+
+fn reject_long_line(dec: &mut RowDecoder, line: &[u8], max_line: usize, now: i64) {
+    let head = &line[..line.len().min(256)];
+    dec.reject(head, &format!("line longer than {max_line} bytes (max_line_bytes)"), now);
 }
 
 fn strip_bom(r: &csv::ByteRecord) -> csv::ByteRecord {
@@ -115,6 +262,9 @@ fn strip_bom(r: &csv::ByteRecord) -> csv::ByteRecord {
 
 impl SourceReader for FileSource {
     fn poll(&mut self, dec: &mut RowDecoder, max_rows: usize) -> Result<Poll> {
+        if self.pooled() && self.poll_pooled(dec, max_rows)? {
+            return Ok(Poll::Rows);
+        }
         let now = crate::time::now_ms();
         let rows_before = dec.rows() + dec.errors.len();
         loop {
@@ -135,12 +285,7 @@ impl SourceReader for FileSource {
                     if self.buf.len() - self.start > self.max_line {
                         // Too long: record it once and drop bytes up to the next newline.
                         if !self.skipping {
-                            let head = &self.buf[self.start..self.start + 256.min(self.buf.len() - self.start)];
-                            dec.reject(
-                                head,
-                                &format!("line longer than {} bytes (max_line_bytes)", self.max_line),
-                                now,
-                            );
+                            reject_long_line(dec, &self.buf[self.start..], self.max_line, now);
                         }
                         self.skipping = true;
                         self.start = self.buf.len();
@@ -174,8 +319,14 @@ impl SourceReader for FileSource {
 
     /// Offset of the first byte not yet consumed, and whether a too-long line is being skipped.
     fn position(&self) -> Vec<u8> {
-        let mut p = (self.buf_offset + self.start as u64).to_le_bytes().to_vec();
-        p.push(self.skipping as u8);
+        // While pieces are in the pool, rows are handed on up to the last piece taken (which ends
+        // a line, so nothing is being skipped there).
+        let (offset, skipping) = match &self.pool {
+            Some(p) if p.pool.in_flight() > 0 => (p.handed_end, false),
+            _ => (self.buf_offset + self.start as u64, self.skipping),
+        };
+        let mut p = offset.to_le_bytes().to_vec();
+        p.push(skipping as u8);
         p
     }
 
@@ -233,7 +384,7 @@ use memchr::memchr;
 
 /// Reads a whole CSV or JSON-lines file into batches (reference tables).
 pub fn read_all(path: &Path, format: Format, dec: &mut RowDecoder) -> Result<Vec<arrow::array::RecordBatch>> {
-    let mut src = FileSource::open(path, format, false, DEFAULT_MAX_LINE)?;
+    let mut src = FileSource::open(path, format, false, DEFAULT_MAX_LINE, 1)?;
     let mut out = vec![];
     loop {
         let p = src.poll(dec, 8192)?;
@@ -242,6 +393,100 @@ pub fn read_all(path: &Path, format: Format, dec: &mut RowDecoder) -> Result<Vec
         }
         if p == Poll::End {
             return Ok(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::decode::DecodeColumn;
+    use arrow::array::{AsArray, RecordBatch};
+    use arrow::datatypes::{DataType, Int64Type};
+
+    fn decoder() -> RowDecoder {
+        let col =
+            |n: &str, t: DataType| DecodeColumn { name: n.into(), data_type: t, nullable: false, metadata_key: None };
+        RowDecoder::new(vec![col("n", DataType::Int64), col("s", DataType::Utf8)], None).unwrap()
+    }
+
+    /// Lines of every kind the source treats specially.
+    fn input(format: Format) -> Vec<u8> {
+        let mut t = String::new();
+        if format == Format::Csv {
+            t.push_str("\u{feff}s,n\r\n");
+        }
+        for i in 0..500 {
+            match (format, i % 37) {
+                (_, 5) => t.push('\n'),
+                (Format::Json, 11) => t.push_str("{not json\n"),
+                (Format::Csv, 11) => t.push_str("x,\"unclosed\n"),
+                (_, 13) => t.push_str(&format!("{}\n", "y".repeat(300))),
+                (Format::Json, _) => t.push_str(&format!("{{\"n\":{i},\"s\":\"r{i}\"}}\r\n")),
+                (_, _) => t.push_str(&format!("r{i},{i}\n")),
+            }
+        }
+        t.push_str(if format == Format::Csv { "last,999" } else { "{\"n\":999,\"s\":\"last\"}" });
+        t.into_bytes()
+    }
+
+    /// Reads the whole file from `position`; returns the `n` values, the error texts and the
+    /// position after every poll that gave rows.
+    fn read(
+        path: &Path,
+        format: Format,
+        threads: usize,
+        batch: usize,
+        position: &[u8],
+    ) -> (Vec<i64>, Vec<String>, Vec<Vec<u8>>) {
+        let mut src = FileSource::open(path, format, false, 200, threads).unwrap();
+        let mut dec = decoder();
+        src.resume(position, &mut dec).unwrap();
+        let (mut ns, mut errors, mut positions) = (vec![], vec![], vec![]);
+        loop {
+            let p = src.poll(&mut dec, batch).unwrap();
+            let rows: Option<RecordBatch> = dec.finish().unwrap();
+            if let Some(b) = rows {
+                ns.extend(b.column(0).as_primitive::<Int64Type>().values().iter().copied());
+            }
+            if let Some(e) = dec.errors.finish().unwrap() {
+                errors.extend(e.column(1).as_string::<i32>().iter().map(|s| s.unwrap().to_string()));
+            }
+            if p == Poll::End {
+                return (ns, errors, positions);
+            }
+            positions.push(src.position());
+        }
+    }
+
+    #[test]
+    fn a_pool_reads_the_same_rows_errors_and_positions_as_one_thread() {
+        for format in [Format::Json, Format::Csv] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("in");
+            std::fs::write(&path, input(format)).unwrap();
+            let (want, want_errors, _) = read(&path, format, 1, 7, &[]);
+            assert_eq!(want.len(), 500 - 3 * 14 + 1, "{format:?}");
+            assert!(want_errors.iter().any(|e| e.contains("max_line_bytes")), "{want_errors:?}");
+            for threads in [2, 3] {
+                for batch in [1, 7, 64] {
+                    let (got, errors, positions) = read(&path, format, threads, batch, &[]);
+                    assert_eq!(got, want, "{format:?} threads {threads} batch {batch}");
+                    assert_eq!(errors, want_errors, "{format:?} threads {threads} batch {batch}");
+                    // From any saved position, the rest of the file and nothing else.
+                    for (k, pos) in positions.iter().enumerate().step_by(5) {
+                        let (before, _, _) = read(&path, format, 1, 1 << 20, &[]);
+                        let (rest, _, _) = read(&path, format, threads, batch, pos);
+                        let seen = got.len() - rest.len();
+                        assert_eq!(
+                            &before[seen..],
+                            &rest[..],
+                            "{format:?} threads {threads} batch {batch} position {k}"
+                        );
+                        assert!(before[..seen].iter().all(|n| !rest.contains(n)));
+                    }
+                }
+            }
         }
     }
 }

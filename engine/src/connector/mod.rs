@@ -5,6 +5,7 @@
 //! options and names the valid ones.
 
 pub mod datagen;
+pub mod decode_pool;
 pub mod file;
 pub mod nexmark;
 pub mod sink;

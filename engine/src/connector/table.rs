@@ -90,7 +90,7 @@ fn table_err(spec: &TableSpec, message: String) -> EngineError {
 }
 
 fn read_table(spec: &TableSpec) -> Result<RecordBatch> {
-    let mut reader = FileSource::open(&spec.path, spec.format, false, spec.max_line)?;
+    let mut reader = FileSource::open(&spec.path, spec.format, false, spec.max_line, 1)?;
     let mut decoder = RowDecoder::new(spec.columns.clone(), None).map_err(EngineError::Internal)?;
     let mut batches = Vec::new();
     loop {

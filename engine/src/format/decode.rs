@@ -38,6 +38,8 @@ pub struct ErrorRows {
     raw: ColumnBuf,
     error: ColumnBuf,
     received_at: ColumnBuf,
+    /// Error rows decoded elsewhere (a decode pool's worker), handed over whole.
+    ready: Option<RecordBatch>,
 }
 
 impl ErrorRows {
@@ -46,15 +48,22 @@ impl ErrorRows {
             raw: ColumnBuf::new(&DataType::Utf8).expect("Utf8 is a buffer type"),
             error: ColumnBuf::new(&DataType::Utf8).expect("Utf8 is a buffer type"),
             received_at: ColumnBuf::new(&TS_TYPE).expect("timestamps are a buffer type"),
+            ready: None,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.raw.len()
+        self.raw.len() + self.ready.as_ref().map_or(0, RecordBatch::num_rows)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.raw.is_empty()
+        self.len() == 0
+    }
+
+    /// Takes error rows decoded elsewhere; the next [`ErrorRows::finish`] returns them.
+    pub fn put_ready(&mut self, batch: RecordBatch) {
+        assert!(self.raw.is_empty() && self.ready.is_none(), "error rows handed over on top of others");
+        self.ready = Some(batch);
     }
 
     /// Records one bad input. `raw` is kept as text (invalid UTF-8 replaced) and cut at `max_raw` bytes.
@@ -69,6 +78,9 @@ impl ErrorRows {
     }
 
     pub fn finish(&mut self) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+        if let Some(b) = self.ready.take() {
+            return Ok(Some(b));
+        }
         if self.is_empty() {
             return Ok(None);
         }
@@ -100,6 +112,8 @@ pub struct RowDecoder {
     /// `METADATA FROM 'key'` columns: the value each takes for every row of the current message,
     /// set by the connector before it decodes the payload (buffers are reused, not reallocated).
     meta: Vec<MetaSlot>,
+    /// Rows decoded elsewhere (a decode pool's worker), handed over whole.
+    ready: Option<RecordBatch>,
 }
 
 /// A metadata value a connector provides for the rows of one message.
@@ -151,7 +165,23 @@ impl RowDecoder {
             errors: ErrorRows::new(),
             max_error_raw_bytes: 64 * 1024,
             meta,
+            ready: None,
         })
+    }
+
+    /// An empty decoder for the same columns and rules (a decode pool's worker gets one).
+    pub fn fresh_like(&self) -> RowDecoder {
+        let mut d = RowDecoder::new(self.columns.clone(), self.time_col)
+            .unwrap_or_else(|_| unreachable!("these columns already made a decoder"));
+        d.max_error_raw_bytes = self.max_error_raw_bytes;
+        d
+    }
+
+    /// Takes rows decoded elsewhere by a [`RowDecoder::fresh_like`] decoder; the next
+    /// [`RowDecoder::finish`] returns them.
+    pub fn put_ready(&mut self, batch: RecordBatch) {
+        assert!(self.rows == 0 && self.ready.is_none(), "rows handed over on top of others");
+        self.ready = Some(batch);
     }
 
     /// The metadata keys this decoder's columns ask for, in column order (lower case).
@@ -185,7 +215,7 @@ impl RowDecoder {
 
     /// Rows decoded into the current batch.
     pub fn rows(&self) -> usize {
-        self.rows
+        self.rows + self.ready.as_ref().map_or(0, RecordBatch::num_rows)
     }
 
     /// Column of the next key of the current object (see `key_order`).
@@ -221,6 +251,7 @@ impl RowDecoder {
     }
 
     pub fn begin_row(&mut self) {
+        debug_assert!(self.ready.is_none(), "a row decoded behind rows handed over whole");
         self.seen.iter_mut().for_each(|s| *s = false);
         self.row_error = None;
         self.key_pos = 0;
@@ -348,6 +379,9 @@ impl RowDecoder {
 
     /// Hands the decoded rows over as a batch (None when there are none).
     pub fn finish(&mut self) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+        if let Some(b) = self.ready.take() {
+            return Ok(Some(b));
+        }
         if self.rows == 0 {
             return Ok(None);
         }
