@@ -4,9 +4,11 @@ device over a JSON-lines file of readings, read whole, in one run on this machin
     python3 benches/decode/run.py [--rows 1000000] [--runs 3]
 
 Needs `cargo build --release --workspace` and a Python with `duckdb` (`scripts/object-store.sh`
-puts one in target/pyenv). Eddy runs with 1 and 2 shards, DuckDB with 1 and 2 threads; both give
-the same number of result rows (checked). Times are wall-clock for the whole process (Eddy) and
-for the query (DuckDB, after `import`).
+puts one in target/pyenv). Eddy runs on its pipeline's thread alone and with 2 and 3 decode
+threads (`--decode-threads`; the pipeline's thread then reads, judges lateness and aggregates),
+DuckDB with 1 and 2 threads. All runs must give the same result rows (checked: Eddy's output
+files are identical at every thread count, and DuckDB's group count matches). Times are wall-clock
+for the whole process (Eddy) and for the query (DuckDB, after `import`).
 """
 
 import argparse
@@ -65,15 +67,18 @@ def main():
     sql = os.path.join(a.work, "tumble.sql")
     with open(sql, "w") as f:
         f.write(PIPELINE.format(path=data, out=out))
-    rows = []
+    rows, outputs = [], set()
     for run in range(a.runs):
-        for shards in (1, 2):
+        for threads in (1, 2, 3):
             t0 = time.monotonic()
-            subprocess.run([EDDYD, "replay", sql, "--shards", str(shards)], check=True, stderr=subprocess.DEVNULL)
+            subprocess.run([EDDYD, "replay", sql, "--decode-threads", str(threads)], check=True,
+                           stderr=subprocess.DEVNULL)
             secs = time.monotonic() - t0
-            with open(out) as f:
-                groups = sum(1 for _ in f)
-            rows.append(("eddyd replay", f"{shards} shard(s)", secs, groups))
+            with open(out, "rb") as f:
+                text = f.read()
+            outputs.add(text)
+            label = "1 (one thread does all)" if threads == 1 else f"{threads} decode + the pipeline's"
+            rows.append(("eddyd replay", label, secs, text.count(b"\n")))
         for threads in (1, 2):
             p = subprocess.run([a.python, "-c", DUCKDB.format(threads=threads, path=data)], check=True,
                                capture_output=True, text=True)
@@ -87,6 +92,8 @@ def main():
         times = " / ".join(f"{r[2]:.3f} s" for r in mine)
         best = min(r[2] for r in mine)
         print(f"| {engine} | {threads} | {times} | {a.rows / best / 1e6:.2f} M | {mine[0][3]:,} |")
+    if len(outputs) != 1:
+        sys.exit("eddyd's output differs between thread counts")
     if len({r[3] for r in rows}) != 1:
         sys.exit(f"result row counts differ: {sorted({r[3] for r in rows})}")
 

@@ -8,8 +8,13 @@ use super::columns::Value;
 use super::decode::RowDecoder;
 
 /// Decodes one JSON payload into rows of `dec`. Returns the number of rows accepted; every bad row (or
-/// the whole payload, when it is not JSON) becomes an error row.
+/// the whole payload, when it is not JSON) becomes an error row. A flat object takes the fast path
+/// (`json_flat`), everything else the general one; both give the same rows and errors.
 pub fn decode_json(dec: &mut RowDecoder, payload: &[u8], received_at: i64) -> usize {
+    decode_with(dec, payload, received_at, true)
+}
+
+fn decode_with(dec: &mut RowDecoder, payload: &[u8], received_at: i64, fast: bool) -> usize {
     let before = dec.rows();
     // One UTF-8 check per payload; the parser then reads strings without checking each again.
     let text = match std::str::from_utf8(payload) {
@@ -19,6 +24,11 @@ pub fn decode_json(dec: &mut RowDecoder, payload: &[u8], received_at: i64) -> us
             return 0;
         }
     };
+    if fast {
+        if let Some(n) = super::json_flat::decode_flat(dec, text, payload, received_at) {
+            return n;
+        }
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let result = Payload { dec: &mut *dec, raw: payload, received_at }.deserialize(&mut de).and_then(|()| de.end());
     if let Err(e) = result {
@@ -274,6 +284,120 @@ mod tests {
             proptest::prop_assert_eq!(batch.unwrap().map(|b| b.num_rows()).unwrap_or(0), accepted);
             proptest::prop_assert!(d.errors.finish().is_ok());
         }
+    }
+
+    /// Payloads near the fast path's edge: flat objects of every scalar kind, with escapes,
+    /// nesting, odd numbers, whitespace, duplicates and trailing text mixed in.
+    fn near_flat_payload() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just("device_id"),
+            Just("temp"),
+            Just("n"),
+            Just("ok"),
+            Just("ts"),
+            Just("st"),
+            Just("other"),
+            Just("TEMP"),
+            Just("dev\\u0069ce_id"),
+            Just("n\\n"),
+        ];
+        let value = prop_oneof![
+            "[a-z0-9 ]{0,6}".prop_map(|s| format!("\"{s}\"")),
+            Just("\"a\\\"b\"".to_string()),
+            Just("\"tab\there\"".to_string()),
+            Just("\"2026-03-01T08:00:00Z\"".to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            (-99i64..99).prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:?}")),
+            (-9999i64..9999, 0u32..6, -400i32..400).prop_map(|(m, d, e)| format!("{m}.{:0>w$}e{e}", 7, w = d as usize)),
+            (-9999i64..9999, 1u32..4).prop_map(|(m, d)| format!("{}", m as f64 / 10f64.powi(d as i32))),
+            Just("-0".to_string()),
+            Just("-0.0".to_string()),
+            Just("01".to_string()),
+            Just("1.".to_string()),
+            Just("1e5".to_string()),
+            Just("1E+2".to_string()),
+            Just("2e-1000".to_string()),
+            Just("1e400".to_string()),
+            Just("0.0".to_string()),
+            Just("12345678901234567890".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            Just("null".to_string()),
+            Just("nul".to_string()),
+            Just("{\"a\":1}".to_string()),
+            Just("[1,2]".to_string()),
+            Just("{}".to_string()),
+        ];
+        let ws = prop_oneof![Just(""), Just(" "), Just("\t"), Just(" \r\n ")];
+        let members = proptest::collection::vec((key, value, ws.clone()), 0..7);
+        let tail = prop_oneof![Just(""), Just(""), Just(" "), Just(","), Just(" x"), Just("}"), Just("{}")];
+        (ws, members, tail, any::<bool>()).prop_map(|(w, m, tail, trailing_comma)| {
+            let body: Vec<String> = m.iter().map(|(k, v, w)| format!("{w}\"{k}\"{w}:{w}{v}{w}")).collect();
+            let comma = if trailing_comma && !body.is_empty() { "," } else { "" };
+            format!("{w}{{{}{comma}}}{tail}", body.join(",")).into_bytes()
+        })
+    }
+
+    fn every_kind_decoder() -> RowDecoder {
+        let col = |n: &str, t: DataType, nullable: bool| DecodeColumn {
+            name: n.into(),
+            data_type: t,
+            nullable,
+            metadata_key: None,
+        };
+        let st = DataType::Struct(vec![arrow::datatypes::Field::new("a", DataType::Int64, true)].into());
+        RowDecoder::new(
+            vec![
+                col("device_id", DataType::Utf8, false),
+                col("temp", DataType::Float64, true),
+                col("n", DataType::Int64, true),
+                col("ok", DataType::Boolean, true),
+                col("ts", crate::types::TS_TYPE, false),
+                col("st", st, true),
+            ],
+            Some(4),
+        )
+        .unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+        /// The fast path changes nothing: the same rows, bit for bit, and the same error rows as
+        /// the general path alone.
+        #[test]
+        fn fast_and_general_paths_agree(payloads in proptest::collection::vec(near_flat_payload(), 1..8)) {
+            let (mut fast, mut general) = (every_kind_decoder(), every_kind_decoder());
+            for p in &payloads {
+                let a = decode_with(&mut fast, p, 7, true);
+                let b = decode_with(&mut general, p, 7, false);
+                proptest::prop_assert_eq!(a, b, "{}", String::from_utf8_lossy(p));
+            }
+            proptest::prop_assert_eq!(fast.finish().unwrap(), general.finish().unwrap());
+            proptest::prop_assert_eq!(fast.errors.finish().unwrap(), general.errors.finish().unwrap());
+        }
+    }
+
+    #[test]
+    fn the_fast_path_takes_plain_lines_and_leaves_the_rest() {
+        let mut d = every_kind_decoder();
+        let plain =
+            r#"{"device_id":"a","temp":-1.25e1,"n":-42,"ok":true,"ts":"2026-03-01T08:00:00Z","st":null,"x":"y"}"#;
+        assert_eq!(super::super::json_flat::decode_flat(&mut d, plain, plain.as_bytes(), 0), Some(1));
+        for other in [
+            r#"{"device_id":"a\nb","ts":1}"#,
+            r#"{"st":{"a":1},"ts":1}"#,
+            r#"{"ts":1} x"#,
+            r#"[{"ts":1}]"#,
+            r#"{"ts":-0}"#,
+        ] {
+            assert_eq!(super::super::json_flat::decode_flat(&mut d, other, other.as_bytes(), 0), None, "{other}");
+            assert_eq!(d.rows(), 1, "{other}: a row left behind");
+        }
+        let b = d.finish().unwrap().unwrap();
+        assert_eq!(b.column(1).as_primitive::<Float64Type>().value(0), -12.5);
     }
 
     #[test]

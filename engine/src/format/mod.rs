@@ -6,6 +6,7 @@ pub mod csv;
 pub mod decode;
 pub mod encode;
 pub mod json;
+mod json_flat;
 pub mod nested;
 
 /// A payload format named by `format = '...'`.
