@@ -60,6 +60,12 @@ pub struct SourceSettings {
 /// WAL record logging it, to a size that does not depend on how much the broker had queued.
 const POLL_BYTES: usize = 8 << 20;
 
+/// Requests the client queues for its connection: acknowledgements, plus a few subscriptions and
+/// the disconnect. Each acknowledgement answers a message the broker holds in flight on this
+/// connection under its own packet id, and there are at most 65535 of those, so with this room an
+/// acknowledgement always fits. The queue allocates as it fills, so the room costs nothing unused.
+const REQUEST_QUEUE: usize = u16::MAX as usize + 64;
+
 struct Delivered {
     publish: Publish,
     generation: u64,
@@ -94,6 +100,11 @@ pub struct MqttSource {
     this_poll: Vec<Delivered>,
     /// (durable mark, message) in arrival order.
     awaiting: VecDeque<(u64, Delivered)>,
+    /// Durable messages whose acknowledgement the client's request queue refused, in order, tried
+    /// again at the next poll. [`REQUEST_QUEUE`] leaves room for every acknowledgement a broker
+    /// can be owed; were one dropped, it would hold one of the broker's in-flight slots until the
+    /// next session, and once all are held the subscription stalls.
+    unsent_acks: VecDeque<Delivered>,
     /// Dedupe entries of logged messages (pkid, hash), oldest first.
     window: VecDeque<(u16, u64)>,
     /// Entries added by the last poll: the position logged with its rows.
@@ -154,6 +165,7 @@ impl MqttSource {
             thread: None,
             this_poll: Vec::new(),
             awaiting: VecDeque::new(),
+            unsent_acks: VecDeque::new(),
             window: VecDeque::new(),
             delta: Vec::new(),
             meta,
@@ -164,7 +176,7 @@ impl MqttSource {
         let s = &self.settings;
         // QoS 1/2 messages are acknowledged by `ack`, once their rows are durable — never by
         // rumqttc on receipt (that would lose them in a crash; the crash test catches it).
-        let (client, mut connection) = wire::open(&s.conn, !s.clean_session, true, s.queue_messages.max(16) * 2 + 64)?;
+        let (client, mut connection) = wire::open(&s.conn, !s.clean_session, true, REQUEST_QUEUE)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(s.queue_messages.max(1));
         let shared = self.shared.clone();
         let topics = s.topics.clone();
@@ -233,17 +245,30 @@ impl MqttSource {
         self.delta.push((RESET_PKID, 0));
     }
 
-    fn ack(&self, d: &Delivered) {
-        if d.publish.qos == QoS::AtMostOnce || d.generation != self.shared.generation.load(Ordering::Acquire) {
-            return;
-        }
-        if let Some(c) = &self.client {
-            // The request queue is sized for every message in flight, so it is never full; if it
-            // were, the broker would deliver the message again and it would be skipped as a
-            // duplicate — never lost.
-            if let Err(e) = c.ack(&d.publish) {
-                tracing::warn!(source = %self.settings.conn.ctx, error = %e, "acknowledgement not queued; the broker will redeliver");
+    /// Acknowledges a durable message, after any acknowledgements still waiting (the broker
+    /// expects them in order). One that does not fit the client's request queue waits for the
+    /// next try ([`MqttSource::retry_acks`]).
+    fn ack(&mut self, d: Delivered) {
+        self.unsent_acks.push_back(d);
+        self.retry_acks();
+    }
+
+    /// Queues waiting acknowledgements until the client's request queue is full. Those of an
+    /// earlier connection are dropped: that session's broker delivers them again, and they are
+    /// skipped as duplicates.
+    fn retry_acks(&mut self) {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        while let Some(d) = self.unsent_acks.front() {
+            if d.publish.qos == QoS::AtMostOnce || d.generation != generation {
+                self.unsent_acks.pop_front();
+                continue;
             }
+            let Some(c) = &self.client else { return };
+            if let Err(e) = c.ack(&d.publish) {
+                tracing::debug!(source = %self.settings.conn.ctx, error = %e, waiting = self.unsent_acks.len(), "acknowledgements wait for the client's request queue");
+                return;
+            }
+            self.unsent_acks.pop_front();
         }
     }
 }
@@ -253,6 +278,7 @@ impl SourceReader for MqttSource {
         if self.rx.is_none() {
             self.connect()?;
         }
+        self.retry_acks();
         let now = eddy_engine::time::now_ms();
         let mut got = 0;
         let mut bytes = 0;
@@ -315,7 +341,7 @@ impl SourceReader for MqttSource {
         match mark {
             None => {
                 for d in std::mem::take(&mut self.this_poll) {
-                    self.ack(&d);
+                    self.ack(d);
                 }
             }
             Some(m) => self.awaiting.extend(self.this_poll.drain(..).map(|d| (m, d))),
@@ -325,7 +351,7 @@ impl SourceReader for MqttSource {
     fn durable(&mut self, lsn: u64) {
         while self.awaiting.front().is_some_and(|(m, _)| *m <= lsn) {
             if let Some((_, d)) = self.awaiting.pop_front() {
-                self.ack(&d);
+                self.ack(d);
             }
         }
     }
