@@ -3,6 +3,8 @@
 
 use std::io::Write;
 
+pub mod mqtt;
+
 use eddy_engine::connector::datagen::Rng;
 
 /// Writes `rows` JSON lines of plant telemetry (`devices` devices, one reading per device per

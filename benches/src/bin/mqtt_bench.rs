@@ -5,53 +5,13 @@
 //! Needs `mosquitto` installed and `target/release/eddyd` built. Prints a Markdown table; run:
 //! `cargo run --release -p eddy-benches --bin mqtt_bench -- [--messages N] [--rate MSGS_PER_S]`.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use eddy_benches::mqtt::{broker, now_us, payload_bytes, publish_n, Kill};
 use eddy_benches::{eddyd_bin, pct, proc_usage};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-
-fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn broker(dir: &Path) -> Result<(Kill, u16)> {
-    let port = free_port()?;
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n"))?;
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("mosquitto");
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stderr(Stdio::null())
-        .spawn()
-        .context("mosquitto (apt-get install mosquitto)")?;
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if t0.elapsed() > Duration::from_secs(10) {
-            bail!("mosquitto did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((Kill(child), port))
-}
 
 /// Subscribes to `filter`, then runs `publish`; collects (receive time, payload) until `n` messages
 /// arrived or 60 s passed. Returns the latencies in µs and the time from first publish to last receive.
@@ -96,59 +56,6 @@ fn measure(
     Ok((lat, last.duration_since(t0)))
 }
 
-/// Publishes `n` messages, as fast as possible (`rate` 0) or paced at `rate` messages/s.
-fn publish_n(port: u16, topic: &str, qos: QoS, n: usize, rate: u64) -> Result<()> {
-    let mut o = MqttOptions::new(format!("bench-pub-{}", now_us()), "127.0.0.1", port);
-    o.set_inflight(200);
-    let (client, mut conn) = Client::new(o, 4096);
-    let pump = std::thread::spawn(move || {
-        let mut acked = 0usize;
-        for ev in conn.iter() {
-            match ev {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                _ => {}
-            }
-        }
-        acked
-    });
-    let t0 = Instant::now();
-    for i in 0..n {
-        if rate > 0 && i % 50 == 0 {
-            let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-        let payload = format!(
-            "{{\"device_id\":\"dev-{}\",\"seq\":{i},\"value\":{}.5,\"sent_us\":{}}}",
-            i % 16,
-            i % 100,
-            now_us()
-        );
-        client.publish(topic, qos, false, payload)?;
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    client.disconnect()?;
-    let _ = pump.join();
-    Ok(())
-}
-
-/// The payload bytes `publish_n` sends for `n` messages (`sent_us` has 16 digits).
-fn payload_bytes(n: usize) -> u64 {
-    (0..n)
-        .map(|i| {
-            format!(
-                "{{\"device_id\":\"dev-{}\",\"seq\":{i},\"value\":{}.5,\"sent_us\":{}}}",
-                i % 16,
-                i % 100,
-                1u64 << 50
-            )
-            .len() as u64
-        })
-        .sum()
-}
-
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args
@@ -172,7 +79,7 @@ fn main() -> Result<()> {
     println!("| path | QoS | msgs/s | latency p50 | latency p99 | eddyd CPU per 10k msgs/s | eddyd peak RSS | bytes written per input byte |");
     println!("|---|---|---|---|---|---|---|---|");
     for (qos, q) in [(QoS::AtMostOnce, 0), (QoS::AtLeastOnce, 1)] {
-        let (mut lat, took) = measure(port, "base/#", qos, n, move || publish_n(port, "base/x", qos, n, rate))?;
+        let (mut lat, took) = measure(port, "base/#", qos, n, move || publish_n(port, "base/x", qos, 0..n, rate))?;
         let got = lat.len() as f64 / took.as_secs_f64();
         println!(
             "| Mosquitto alone (pub → sub) | {q} | {got:.0} | {:.2} ms | {:.2} ms | — | — | — |",
@@ -204,7 +111,7 @@ fn main() -> Result<()> {
             let (cpu0, _, written0) = proc_usage(pid);
             let topic = format!("{topic_in}/gw");
             let (mut lat, took) =
-                measure(port, &format!("out{q}{durable}/#"), qos, n, move || publish_n(port, &topic, qos, n, rate))?;
+                measure(port, &format!("out{q}{durable}/#"), qos, n, move || publish_n(port, &topic, qos, 0..n, rate))?;
             let (cpu1, rss, written1) = proc_usage(pid);
             let written = (written1 - written0) as f64 / payload_bytes(n) as f64;
             let got = lat.len() as f64 / took.as_secs_f64();
