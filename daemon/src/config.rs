@@ -38,7 +38,7 @@ pub fn expand_env(s: &str) -> std::result::Result<String, String> {
 
 /// `[hub]`: the fleet's hub, where `hub` sinks send their rows (docs/hub.md). The hub knows this
 /// gateway by its certificate's CN.
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HubSection {
     /// `host:port` of each hub (or of a load balancer in front of them); tried in turn when one
@@ -61,7 +61,7 @@ pub struct HubSection {
 }
 
 /// `[hub.fleet]`: follow a group's desired state at the hub (docs/hub.md).
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FleetSection {
     /// The group this gateway belongs to; its pipelines are deployed here as the hub's desired
@@ -70,7 +70,7 @@ pub struct FleetSection {
 }
 
 /// `[hub.backup]`: checkpoint backups to the hub (docs/hub.md).
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BackupSection {
     /// Back up pipelines' checkpoints (needs a state dir). Default false.
@@ -85,7 +85,7 @@ pub struct BackupSection {
 }
 
 /// `[mqtt]`: defaults for every MQTT source and sink (their `WITH` options win).
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MqttDefaults {
     pub url: Option<String>,
@@ -137,7 +137,7 @@ pub struct Encryption {
     pub key_credential: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub max_open_windows: Option<usize>,
@@ -148,13 +148,13 @@ pub struct Limits {
     pub shard_queue: Option<usize>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     pub interval_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WalSection {
     pub commit_delay_us: Option<u64>,
@@ -241,7 +241,7 @@ pub struct Grant {
 /// `[kafka]`: defaults for every Kafka source and sink, by option name as in `WITH`
 /// (`"bootstrap.servers" = "…"`, `"properties.sasl.password" = "${KAFKA_PASSWORD}"`); their
 /// `WITH` options win. Values never show in `Debug` (they may hold credentials).
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(transparent)]
 pub struct KafkaDefaults(pub BTreeMap<String, toml::Value>);
 
@@ -280,6 +280,104 @@ impl std::fmt::Debug for KafkaDefaults {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_set().entries(self.0.keys().map(|k| format!("{k} = <set>"))).finish()
     }
+}
+
+/// The sections a fleet's config fragment may set (docs/hub.md, "Config fragments"): what
+/// pipelines are planned and run with. The rest (state dir, key, API, access, hub, metrics,
+/// cores) stays the gateway's own: a fragment must never cut a gateway off from its state or
+/// from its fleet.
+pub const FLEET_SECTIONS: [&str; 5] = ["mqtt", "kafka", "limits", "checkpoint", "wal"];
+
+/// Largest fragment taken (the hub refuses larger ones too).
+pub const MAX_FRAGMENT_BYTES: usize = 64 << 10;
+
+/// A config fragment from the fleet's desired state, kept in `<state dir>/fleet/config.toml`
+/// and laid over the config file. `Debug` shows its sections only: values may hold credentials.
+#[derive(Clone, Default, PartialEq)]
+pub struct FleetFragment {
+    text: String,
+    sections: toml::Table,
+}
+
+impl std::fmt::Debug for FleetFragment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.sections.keys()).finish()
+    }
+}
+
+impl FleetFragment {
+    /// Checks `text`: TOML of tables named in [`FLEET_SECTIONS`] (their keys are checked when
+    /// laid over a config). Empty text is no fragment.
+    pub fn parse(text: &str) -> Result<FleetFragment> {
+        if text.len() > MAX_FRAGMENT_BYTES {
+            bail!("a config fragment is at most {MAX_FRAGMENT_BYTES} bytes ({} given)", text.len());
+        }
+        let sections: toml::Table = toml::from_str(text).map_err(|e| anyhow!("config fragment: {e}"))?;
+        for (k, v) in &sections {
+            if !FLEET_SECTIONS.contains(&k.as_str()) {
+                bail!(
+                    "config fragment: [{k}] cannot be set by the fleet (only {}); it stays in the gateway's own config",
+                    FLEET_SECTIONS.map(|s| format!("[{s}]")).join(", ")
+                );
+            }
+            if !v.is_table() {
+                bail!("config fragment: {k} must be a table ([{k}])");
+            }
+        }
+        Ok(FleetFragment { text: text.to_string(), sections })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sections.is_empty()
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Where the fleet agent keeps the fragment it applied.
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("fleet").join("config.toml")
+    }
+
+    /// The fragment kept in `state_dir`, or none.
+    pub fn load(state_dir: &Path) -> Result<FleetFragment> {
+        let path = Self::path(state_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Self::parse(&t).with_context(|| format!("{}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FleetFragment::default()),
+            Err(e) => Err(anyhow!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// Sets each of the fragment's keys in `file`'s section of the same name.
+    fn lay_over(&self, file: &mut toml::Table) {
+        for (name, keys) in &self.sections {
+            let Some(keys) = keys.as_table() else { continue };
+            let section = file.entry(name.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match section.as_table_mut() {
+                Some(t) => t.extend(keys.iter().map(|(k, v)| (k.clone(), v.clone()))),
+                // The file's own `name` is not a table: the fragment's replaces it, and the
+                // result is checked like any config.
+                None => *section = toml::Value::Table(keys.clone()),
+            }
+        }
+    }
+}
+
+/// What a pipeline is planned and run with besides its SQL: a reload restarts a running
+/// pipeline whose settings changed (an edited config file or a new fleet fragment).
+#[derive(Clone, PartialEq)]
+pub struct PipelineSettings {
+    limits: Limits,
+    checkpoint: Checkpoint,
+    wal: WalSection,
+    mqtt: MqttDefaults,
+    kafka: KafkaDefaults,
+    hub: HubSection,
+    shards: Option<usize>,
+    decode_threads: Option<usize>,
+    cores: Option<Vec<usize>>,
 }
 
 /// The config file, as written.
@@ -343,13 +441,33 @@ fn expand_all(v: &mut toml::Value, path: &str) -> Result<()> {
 impl ConfigFile {
     /// Reads and checks the file; relative paths in it resolve against its directory.
     pub fn load(path: &Path) -> Result<ConfigFile> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
-            .with_context(|| format!("config {}", path.display()))
+        Self::load_with(Some(path), &FleetFragment::default())
     }
 
-    pub fn parse(text: &str, base: &Path) -> Result<ConfigFile> {
+    #[cfg(test)]
+    fn parse(text: &str, base: &Path) -> Result<ConfigFile> {
+        Self::parse_with(text, base, &FleetFragment::default())
+    }
+
+    /// Reads the file (when there is one) with a fleet config fragment laid over it.
+    pub fn load_with(path: Option<&Path>, fragment: &FleetFragment) -> Result<ConfigFile> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+                Self::parse_with(&text, p.parent().unwrap_or(Path::new(".")), fragment)
+                    .with_context(|| format!("config {}", p.display()))
+            }
+            None => Self::parse_with("", Path::new("."), fragment),
+        }
+    }
+
+    /// Parses `text` with `fragment`'s keys replacing the file's, section by section; the result
+    /// is checked as a whole, as a file would be.
+    pub fn parse_with(text: &str, base: &Path, fragment: &FleetFragment) -> Result<ConfigFile> {
         let mut v: toml::Value = toml::from_str(text).map_err(|e| anyhow!("{e}"))?;
+        if let toml::Value::Table(file) = &mut v {
+            fragment.lay_over(file);
+        }
         expand_all(&mut v, "")?;
         let mut c = ConfigFile::deserialize(v).map_err(|e| anyhow!("{e}"))?;
         let abs = |p: &mut PathBuf| {
@@ -396,6 +514,20 @@ impl ConfigFile {
             bail!("decode_threads must be between 1 and {most}");
         }
         Ok(c)
+    }
+
+    pub fn pipeline_settings(&self) -> PipelineSettings {
+        PipelineSettings {
+            limits: self.limits.clone(),
+            checkpoint: self.checkpoint.clone(),
+            wal: self.wal.clone(),
+            mqtt: self.mqtt.clone(),
+            kafka: self.kafka.clone(),
+            hub: self.hub.clone(),
+            shards: self.shards,
+            decode_threads: self.decode_threads,
+            cores: self.cores.clone(),
+        }
     }
 
     /// The pipeline files: the explicit ones, then `*.sql` in `pipelines_dir` (sorted), by name.
@@ -473,5 +605,64 @@ listen = "127.0.0.1:9187"
         assert_eq!(c.state_dir.unwrap(), PathBuf::from("/var/lib/eddy"));
         assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9187"));
         assert_eq!(c.mqtt.outbox_full.as_deref(), Some("block"));
+    }
+
+    #[test]
+    fn a_fleet_fragment_sets_its_keys_over_the_files_and_nothing_else() {
+        let file =
+            "state_dir = '/var/lib/eddy'\n[mqtt]\nurl = 'mqtt://a:1883'\nqos = 1\n[checkpoint]\ninterval_ms = 1000\n";
+        let base = ConfigFile::parse(file, Path::new("/etc/eddy")).unwrap();
+        std::env::set_var("EDDY_TEST_FLEET_PW", "pw2");
+        let f = FleetFragment::parse(
+            "[mqtt]\nurl = 'mqtt://b:1883'\npassword = '${EDDY_TEST_FLEET_PW}'\n[limits]\nbatch_rows = 64\n",
+        )
+        .unwrap();
+        let c = ConfigFile::parse_with(file, Path::new("/etc/eddy"), &f).unwrap();
+        assert_eq!(c.mqtt.url.as_deref(), Some("mqtt://b:1883"));
+        assert_eq!(c.mqtt.qos, Some(1), "a key the fragment does not set stays the file's");
+        assert_eq!(c.mqtt.password.as_ref().map(|p| p.expose()), Some("pw2"));
+        assert_eq!((c.limits.batch_rows, c.checkpoint.interval_ms), (Some(64), Some(1000)));
+        assert_eq!(c.state_dir, base.state_dir);
+        assert!(c.pipeline_settings() != base.pipeline_settings());
+        assert!(
+            ConfigFile::parse_with(file, Path::new("/etc/eddy"), &FleetFragment::default())
+                .unwrap()
+                .pipeline_settings()
+                == base.pipeline_settings()
+        );
+        // Values never reach logs through Debug.
+        assert!(!format!("{f:?}").contains("pw") && format!("{f:?}").contains("mqtt"));
+
+        // What stays the gateway's own, non-tables, bad TOML, too much.
+        for (text, want) in [
+            ("state_dir = '/tmp'\n", "[state_dir] cannot be set by the fleet"),
+            ("[api]\nsocket = 'x'\n", "[api] cannot be set by the fleet"),
+            ("[hub]\nendpoints = []\n", "[hub] cannot be set by the fleet"),
+            ("mqtt = 3\n", "mqtt must be a table"),
+            ("[mqtt\n", "config fragment"),
+        ] {
+            let e = format!("{:#}", FleetFragment::parse(text).unwrap_err());
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        let big = format!("[mqtt]\nurl = '{}'\n", "x".repeat(MAX_FRAGMENT_BYTES));
+        assert!(FleetFragment::parse(&big).is_err());
+        // Keys are checked as a file's are, once laid over one.
+        let typo = FleetFragment::parse("[checkpoint]\ninterval_msec = 5\n").unwrap();
+        let e = ConfigFile::parse_with(file, Path::new("."), &typo).unwrap_err().to_string();
+        assert!(e.contains("interval_msec"), "{e}");
+        assert!(FleetFragment::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_kept_fragment_is_read_back_from_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(FleetFragment::load(dir.path()).unwrap().is_empty());
+        std::fs::create_dir_all(dir.path().join("fleet")).unwrap();
+        std::fs::write(FleetFragment::path(dir.path()), "[wal]\ncommit_bytes = 4096\n").unwrap();
+        let f = FleetFragment::load(dir.path()).unwrap();
+        assert_eq!(ConfigFile::load_with(None, &f).unwrap().wal.commit_bytes, Some(4096));
+        std::fs::write(FleetFragment::path(dir.path()), "[access]\n").unwrap();
+        let e = format!("{:#}", FleetFragment::load(dir.path()).unwrap_err());
+        assert!(e.contains("config.toml") && e.contains("[access]"), "{e}");
     }
 }

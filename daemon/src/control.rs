@@ -3,6 +3,7 @@
 //! stops workers); replies come back on one-shot channels. Pipeline workers never see either.
 //! Owns the message types and the published view; never acts on a request itself.
 
+use crate::config::FleetFragment;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -87,6 +88,19 @@ pub enum Command {
     Config {
         reply: Reply<String>,
     },
+    /// Checks a fleet version before anything changes: the config fragment laid over the
+    /// config, and each pipeline planned with the result.
+    ValidateFleet {
+        config: FleetFragment,
+        pipelines: Vec<(String, String)>,
+        reply: Reply<()>,
+    },
+    /// Keeps the fleet's config fragment and reloads (pipelines whose settings change restart
+    /// from their checkpoints). Replies with the reload's problems as an error, if any.
+    SetFleetConfig {
+        config: FleetFragment,
+        reply: Reply<()>,
+    },
 }
 
 impl Command {
@@ -102,6 +116,7 @@ impl Command {
             Command::Checkpoint { reply, .. } => drop(reply.send(Err(e()))),
             Command::Reload { reply } => drop(reply.send(Err(e()))),
             Command::Config { reply } => drop(reply.send(Err(e()))),
+            Command::ValidateFleet { reply, .. } | Command::SetFleetConfig { reply, .. } => drop(reply.send(Err(e()))),
         }
     }
 }

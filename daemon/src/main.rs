@@ -25,7 +25,7 @@ mod secret;
 mod state_cmd;
 mod systemd;
 
-use config::ConfigFile;
+use config::{ConfigFile, FleetFragment};
 
 const DEMO_SQL: &str = include_str!("demo.sql");
 
@@ -130,12 +130,23 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    /// The config file (or an empty one) with these flags over it.
+    /// The config file (or an empty one), the fleet's config fragment kept in the state dir
+    /// over it, and these flags over both.
     fn settings(&self) -> Result<ConfigFile> {
-        let mut c = match &self.config {
-            Some(p) => ConfigFile::load(p)?,
-            None => ConfigFile::default(),
+        let c = self.settings_with(&FleetFragment::default())?;
+        let fragment = match &c.state_dir {
+            Some(dir) => FleetFragment::load(dir)?,
+            None => return Ok(c),
         };
+        if fragment.is_empty() {
+            return Ok(c);
+        }
+        self.settings_with(&fragment)
+    }
+
+    /// The config file with `fragment` laid over it, and these flags over both.
+    fn settings_with(&self, fragment: &FleetFragment) -> Result<ConfigFile> {
+        let mut c = ConfigFile::load_with(self.config.as_deref(), fragment)?;
         c.pipelines.extend(self.pipeline.iter().cloned());
         fn over<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
             if src.is_some() {
@@ -353,7 +364,14 @@ fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Check { pipeline: None, config: Some(config) } => {
-            let cfg = ConfigFile::load(&config)?;
+            let mut cfg = ConfigFile::load(&config)?;
+            if let Some(dir) = cfg.state_dir.clone() {
+                let fragment = FleetFragment::load(&dir)?;
+                if !fragment.is_empty() {
+                    println!("  with the fleet's config fragment {}", FleetFragment::path(&dir).display());
+                    cfg = ConfigFile::load_with(Some(&config), &fragment)?;
+                }
+            }
             for line in runtime::check(&cfg)? {
                 println!("  {line}");
             }
@@ -387,7 +405,14 @@ fn run(cmd: Command) -> Result<()> {
             let cfg = args.settings()?;
             systemd::install_signal_handlers(true)?;
             let reload_args = args.clone();
-            runtime::Runtime::new(cfg, Box::new(move || reload_args.settings()))?.run()
+            runtime::Runtime::new(
+                cfg,
+                Box::new(move |fragment| match fragment {
+                    Some(f) => reload_args.settings_with(f),
+                    None => reload_args.settings(),
+                }),
+            )?
+            .run()
         }
         Command::State { cmd: StateCmd::Check { dir, key } } => {
             let args = RunArgs { key, ..RunArgs::default() };

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::config::ConfigFile;
+use crate::config::{ConfigFile, FleetFragment, PipelineSettings};
 use crate::connectors::hub::backup::{Backup, BackupSettings};
 use crate::connectors::hub::fleet::FleetAgent;
 use crate::connectors::hub::HubLink;
@@ -158,6 +158,8 @@ fn pin_to(core: usize) {
 struct Worker {
     file: PathBuf,
     sql: String,
+    /// The settings it was started with.
+    settings: PipelineSettings,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<Result<()>>>,
     core: usize,
@@ -244,10 +246,14 @@ fn remove_durably(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Reads the config again (file, fleet fragment, flags): with the fragment kept in the state dir
+/// (`None`), or with the one given.
+pub type ReloadConfig = Box<dyn Fn(Option<&FleetFragment>) -> Result<ConfigFile>>;
+
 pub struct Runtime {
     cfg: ConfigFile,
     /// Re-reads the config (file + flags) on SIGHUP.
-    reload_cfg: Box<dyn Fn() -> Result<ConfigFile>>,
+    reload_cfg: ReloadConfig,
     state: Option<StateContext>,
     registry: Arc<Registry>,
     stopping: Arc<AtomicBool>,
@@ -313,7 +319,7 @@ impl BackupTap {
 }
 
 impl Runtime {
-    pub fn new(cfg: ConfigFile, reload_cfg: Box<dyn Fn() -> Result<ConfigFile>>) -> Result<Runtime> {
+    pub fn new(cfg: ConfigFile, reload_cfg: ReloadConfig) -> Result<Runtime> {
         let state = match &cfg.state_dir {
             Some(dir) => {
                 let storage: Arc<dyn Storage> = Arc::new(RealFs::new());
@@ -483,7 +489,16 @@ impl Runtime {
         self.paused.remove(name);
         self.workers.insert(
             name.to_string(),
-            Worker { file: file.to_path_buf(), sql, stop, handle: Some(handle), core, control, view },
+            Worker {
+                file: file.to_path_buf(),
+                sql,
+                settings: self.cfg.pipeline_settings(),
+                stop,
+                handle: Some(handle),
+                core,
+                control,
+                view,
+            },
         );
         self.publish();
         Ok(())
@@ -727,6 +742,23 @@ impl Runtime {
                         .map_err(|e| CommandError::Precondition(format!("rendering the config: {e}"))),
                 );
             }
+            Command::ValidateFleet { config, pipelines, reply } => {
+                let _ = reply.send(self.validate_fleet(&config, &pipelines));
+            }
+            Command::SetFleetConfig { config, reply } => match self.keep_fleet_config(&config) {
+                Err(e) => {
+                    let _ = reply.send(note_fatal(&mut fatal, Err(e)));
+                }
+                Ok(()) => {
+                    let r = self.reload();
+                    let _ = reply.send(match &r {
+                        Ok(problems) if problems.is_empty() => Ok(()),
+                        Ok(problems) => Err(CommandError::Precondition(problems.join("; "))),
+                        Err(e) => Err(CommandError::Fatal(format!("{e:#}"))),
+                    });
+                    r?;
+                }
+            },
         }
         match fatal {
             Some(e) => Err(e),
@@ -735,9 +767,44 @@ impl Runtime {
     }
 
     fn validate(&self, name: &str, sql: &str) -> Result<crate::control::Validation, CommandError> {
+        self.validate_with(&self.cfg, name, sql)
+    }
+
+    /// Lays `fragment` over the config and plans each pipeline with the result; changes nothing.
+    fn validate_fleet(&self, fragment: &FleetFragment, pipelines: &[(String, String)]) -> Result<(), CommandError> {
+        let cfg = (self.reload_cfg)(Some(fragment)).map_err(|e| {
+            CommandError::Invalid(format!("the config fragment does not fit this gateway's config: {e:#}"))
+        })?;
+        for (name, sql) in pipelines {
+            self.validate_with(&cfg, name, sql).map_err(|e| CommandError::Invalid(format!("pipeline {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the fleet's fragment where the config is read from (removes it when empty), after
+    /// checking that it fits the config.
+    fn keep_fleet_config(&self, fragment: &FleetFragment) -> Result<(), CommandError> {
+        let Some(state) = &self.state else {
+            return Err(CommandError::Precondition("a fleet config fragment needs a state dir".into()));
+        };
+        (self.reload_cfg)(Some(fragment)).map_err(|e| {
+            CommandError::Invalid(format!("the config fragment does not fit this gateway's config: {e:#}"))
+        })?;
+        let path = FleetFragment::path(&state.dir);
+        let r =
+            if fragment.is_empty() { remove_durably(&path) } else { write_durably(&path, fragment.text().as_bytes()) };
+        r.map_err(|e| CommandError::Fatal(format!("keeping {}: {e}", path.display())))
+    }
+
+    fn validate_with(
+        &self,
+        cfg: &ConfigFile,
+        name: &str,
+        sql: &str,
+    ) -> Result<crate::control::Validation, CommandError> {
         check_name(name)?;
         let dir = self.state.as_ref().map_or_else(|| PathBuf::from("."), |s| deployed_dir(&s.dir));
-        let p = plan(&self.cfg, name, sql, dir, None, &Arc::default(), &Arc::default())
+        let p = plan(cfg, name, sql, dir, None, &Arc::default(), &Arc::default())
             .map_err(|e| CommandError::Invalid(format!("{e:#}")))?;
         if self.state.is_some() {
             if let Some(op) = p.not_checkpointable() {
@@ -942,7 +1009,7 @@ impl Runtime {
         self.notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
         tracing::info!("reloading");
         let mut problems = Vec::new();
-        let loaded = (self.reload_cfg)().and_then(|c| self.pipelines(&c).map(|f| (c, f)));
+        let loaded = (self.reload_cfg)(None).and_then(|c| self.pipelines(&c).map(|f| (c, f)));
         match loaded {
             Err(e) => problems.push(format!("config: {e:#} (nothing changed)")),
             Ok((cfg, files)) => {
@@ -972,10 +1039,11 @@ impl Runtime {
                         p.file = file.clone();
                         continue;
                     }
-                    let old = self.workers.get(name).map(|w| (w.file.clone(), w.sql.clone()));
+                    let settings = self.cfg.pipeline_settings();
+                    let old = self.workers.get(name).map(|w| (w.file.clone(), w.sql.clone(), w.settings == settings));
                     match old {
-                        Some((f, s)) if s == sql && &f == file => continue,
-                        Some((old_file, old_sql)) => {
+                        Some((f, s, true)) if s == sql && &f == file => continue,
+                        Some((old_file, old_sql, _)) => {
                             self.stop_worker(name).context("stopping the old version")?;
                             if let Err(e) = self.start(name, file, sql, origin) {
                                 problems.push(format!(

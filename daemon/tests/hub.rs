@@ -638,6 +638,85 @@ fn fleet_pipeline(tag: &str, bad: bool) -> v1::PipelineFile {
     }
 }
 
+/// A version's config fragment is laid over the gateway's config file: one that sets what only
+/// the gateway may set, or that does not fit its config, is refused while the old version runs
+/// on; a good one reaches the config the pipelines run with and survives a restart; a version
+/// without one takes it away.
+#[test]
+fn a_fleet_config_fragment_reaches_the_gateway_and_a_bad_one_is_refused() {
+    let c = Central::start(1);
+    c.pki.issue("ops", &[], false);
+    let rt = hub_side::runtime();
+    let ops = hub_client(&rt, &c, "ops", c.dir.path()).unwrap();
+    let (gw, mut cmd) = fleet_gateway(&c, "gw-1", "plant-a");
+    let log = gw.join("eddyd.log");
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+    cmd.env("EDDY_LOG", "info").stderr(log_file);
+    let restarts = || std::fs::read_to_string(&log).unwrap().matches("pipeline changed: restarted").count();
+    let mut g = Killed(cmd.spawn().unwrap());
+    let config_of = || {
+        let out = Command::new(hub_side::eddyctl_binary())
+            .arg("--socket")
+            .arg(gw.join("control.sock"))
+            .arg("config")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "eddyctl config: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let put = |config: &str| {
+        rt.block_on(ops.put_desired("plant-a", vec![fleet_pipeline("v1", false)], config, "", false)).unwrap()
+    };
+    let kept = gw.join("state/fleet/config.toml");
+
+    let good = "[checkpoint]\ninterval_ms = 321\n[mqtt]\nclient_id_prefix = 'fleet-'\n";
+    let v1 = put(good);
+    await_report(&rt, &ops, "gw-1", "running v1", |a| a.applied_version == v1.version && runs(a, &["stats"]));
+    let text = config_of();
+    assert!(text.contains("interval_ms = 321") && text.contains("client_id_prefix = \"fleet-\""), "{text}");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), good);
+
+    // What stays the gateway's own, and what does not fit its config, is refused.
+    let v2 = put("[api]\nsocket = '/tmp/elsewhere.sock'\n");
+    let a = await_report(&rt, &ops, "gw-1", "refusing v2", |a| a.rejected_version == v2.version);
+    assert!(a.rejected_reason.contains("[api] cannot be set by the fleet"), "{}", a.rejected_reason);
+    assert!(a.applied_version == v1.version && runs(&a, &["stats"]), "{a:?}");
+    let v3 = put("[checkpoint]\ninterval_msec = 5\n");
+    let a = await_report(&rt, &ops, "gw-1", "refusing v3", |a| a.rejected_version == v3.version);
+    assert!(a.rejected_reason.contains("interval_msec"), "{}", a.rejected_reason);
+    assert!(a.applied_version == v1.version && runs(&a, &["stats"]), "{a:?}");
+    assert!(config_of().contains("interval_ms = 321"));
+
+    // A restart reads the kept fragment with the config file.
+    let _ = g.0.kill();
+    let _ = g.0.wait();
+    g = Killed(cmd.spawn().unwrap());
+    let t0 = Instant::now();
+    while !gw.join("control.sock").exists()
+        || Command::new(hub_side::eddyctl_binary())
+            .arg("--socket")
+            .arg(gw.join("control.sock"))
+            .arg("status")
+            .output()
+            .map_or(true, |o| !o.status.success())
+    {
+        assert!(t0.elapsed() < Duration::from_secs(30), "gw-1 did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(config_of().contains("interval_ms = 321"));
+
+    // A version without a fragment takes it away: the pipeline, whose SQL is the same, restarts
+    // with the file's settings.
+    assert_eq!(restarts(), 0, "nothing restarted a pipeline so far");
+    let v4 = put("");
+    await_report(&rt, &ops, "gw-1", "running v4", |a| a.applied_version == v4.version && runs(a, &["stats"]));
+    let text = config_of();
+    assert!(!text.contains("interval_ms = 321") && !text.contains("client_id_prefix"), "{text}");
+    assert!(!kept.exists());
+    assert_eq!(restarts(), 1, "the pipeline restarts once with its new settings");
+    drop(g);
+}
+
 /// A gateway of `group`: no pipeline of its own, a state dir, the fleet agent on.
 fn fleet_gateway(c: &Central, name: &str, group: &str) -> (PathBuf, Command) {
     let gw = c.gateway(name, 1, 10);
@@ -705,18 +784,18 @@ fn a_fleet_rollout_reaches_its_group_refuses_bad_sql_and_catches_up_a_gateway_th
 
     // A gateway may not deploy.
     let gw = hub_client(&rt, &c, "gw-3", c.dir.path()).unwrap();
-    let e = rt.block_on(gw.put_desired("plant-a", vec![fleet_pipeline("x", false)], "", false)).unwrap_err();
+    let e = rt.block_on(gw.put_desired("plant-a", vec![fleet_pipeline("x", false)], "", "", false)).unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     assert_eq!(rt.block_on(gw.fleet_status("")).unwrap_err().code(), Code::PermissionDenied);
 
-    let v1 = rt.block_on(ops.put_desired("plant-a", vec![fleet_pipeline("v1", false)], "first", false)).unwrap();
+    let v1 = rt.block_on(ops.put_desired("plant-a", vec![fleet_pipeline("v1", false)], "", "first", false)).unwrap();
     assert_eq!(v1.version, 1);
     await_report(&rt, &ops, "gw-1", "running v1", |a| a.applied_version == 1 && runs(a, &["stats"]));
     let other = await_report(&rt, &ops, "gw-3", "reporting", |_| true);
     assert_eq!((other.applied_version, other.pipelines.len()), (0, 0), "another group's gateway got it");
 
     // A bad pipeline: refused, reported, the old version keeps running.
-    let v2 = rt.block_on(ops.put_desired("plant-a", vec![fleet_pipeline("v2", true)], "broken", false)).unwrap();
+    let v2 = rt.block_on(ops.put_desired("plant-a", vec![fleet_pipeline("v2", true)], "", "broken", false)).unwrap();
     let a = await_report(&rt, &ops, "gw-1", "refusing v2", |a| a.rejected_version == v2.version);
     assert_eq!(a.applied_version, 1);
     assert!(a.rejected_reason.contains("no_such_table"), "{}", a.rejected_reason);
@@ -727,10 +806,10 @@ fn a_fleet_rollout_reaches_its_group_refuses_bad_sql_and_catches_up_a_gateway_th
     let mut alerts = fleet_pipeline("v3", false);
     alerts.name = "alerts".into();
     let both = vec![fleet_pipeline("v3", false), alerts];
-    let v3 = rt.block_on(ops.put_desired("plant-a", both.clone(), "", false)).unwrap();
+    let v3 = rt.block_on(ops.put_desired("plant-a", both.clone(), "", "", false)).unwrap();
     let a = await_report(&rt, &ops, "gw-1", "refusing v3", |a| a.rejected_version == v3.version);
     assert!(a.rejected_reason.contains("different version") && runs(&a, &["stats"]), "{a:?}");
-    let v3 = rt.block_on(ops.put_desired("plant-a", both, "", true)).unwrap();
+    let v3 = rt.block_on(ops.put_desired("plant-a", both, "", "", true)).unwrap();
     await_report(&rt, &ops, "gw-1", "running v3", |a| a.applied_version == v3.version && runs(a, &["alerts", "stats"]));
 
     // gw-2 was off during all this: it starts, and goes straight to the newest version.

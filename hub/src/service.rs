@@ -74,6 +74,8 @@ impl NewestCache {
 /// Pipelines in one version, and bytes of SQL in one pipeline, at most.
 const MAX_PIPELINES: usize = 64;
 const MAX_SQL_BYTES: usize = 1 << 20;
+/// Largest config fragment of a version (gateways check what is in it).
+const MAX_CONFIG_BYTES: usize = 64 << 10;
 
 impl HubService {
     pub fn new(
@@ -182,6 +184,9 @@ impl Hub for HubService {
                 return Err(Status::invalid_argument(format!("pipeline {} is given twice", p.name)));
             }
         }
+        if r.config.len() > MAX_CONFIG_BYTES {
+            return Err(Status::invalid_argument(format!("the config fragment is over {MAX_CONFIG_BYTES} bytes")));
+        }
         let d = DesiredState {
             group: r.group,
             version: 0,
@@ -191,6 +196,7 @@ impl Hub for HubService {
             note: r.note,
             rolled_back_to: 0,
             reset_state: r.reset_state,
+            config: r.config,
         };
         let d = self.bucket.put_desired(d).await.map_err(bucket_status)?;
         tracing::info!(operator = %who, group = %d.group, version = d.version, pipelines = d.pipelines.len(), "desired state");
@@ -212,6 +218,7 @@ impl Hub for HubService {
             note: format!("rollback to version {}", prev.version),
             rolled_back_to: prev.version,
             reset_state: r.reset_state,
+            config: prev.config,
         };
         let d = self.bucket.put_desired(d).await.map_err(bucket_status)?;
         tracing::info!(operator = %who, group = %d.group, version = d.version, to = prev.version, "rollback");

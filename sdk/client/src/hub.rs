@@ -147,6 +147,7 @@ impl HubClient {
         &self,
         group: &str,
         pipelines: Vec<PipelineFile>,
+        config: &str,
         note: &str,
         reset_state: bool,
     ) -> Result<DesiredState, ClientError> {
@@ -155,6 +156,7 @@ impl HubClient {
             pipelines,
             note: note.to_string(),
             reset_state,
+            config: config.to_string(),
         });
         let mut c = self.inner.clone();
         c.put_desired(r).await.map(|r| r.into_inner()).map_err(|s| status_error(&self.target, s))

@@ -80,6 +80,10 @@ enum FleetCmd {
         files: Vec<PathBuf>,
         #[arg(long)]
         group: String,
+        /// A config fragment (TOML: [mqtt], [kafka], [limits], [checkpoint], [wal]) laid over
+        /// each gateway's config for these pipelines; a version without one removes the last.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// A note kept with the version.
         #[arg(long, default_value = "")]
         note: String,
@@ -362,7 +366,8 @@ async fn run_fleet(cli: &Cli, cmd: &FleetCmd) -> Result<()> {
             return print_json(d);
         }
         let names: Vec<&str> = d.pipelines.iter().map(|p| p.name.as_str()).collect();
-        println!("group {}: version {} ({})", d.group, d.version, names.join(", "));
+        let config = if d.config.is_empty() { "" } else { "; with a config fragment" };
+        println!("group {}: version {} ({}){config}", d.group, d.version, names.join(", "));
         Ok(())
     };
     match cmd {
@@ -412,13 +417,17 @@ async fn run_fleet(cli: &Cli, cmd: &FleetCmd) -> Result<()> {
             }
             Ok(())
         }
-        FleetCmd::Deploy { files, group, note, reset_state } => {
+        FleetCmd::Deploy { files, group, config, note, reset_state } => {
             let mut pipelines = Vec::new();
             for f in files {
                 let (sql, name) = read_sql(f, &None)?;
                 pipelines.push(v1::PipelineFile { name, sql });
             }
-            show(&hub.put_desired(group, pipelines, note, *reset_state).await?)
+            let config = match config {
+                Some(f) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+                None => String::new(),
+            };
+            show(&hub.put_desired(group, pipelines, &config, note, *reset_state).await?)
         }
         FleetCmd::Rollback { group, to, reset_state } => show(&hub.rollback_desired(group, *to, *reset_state).await?),
     }

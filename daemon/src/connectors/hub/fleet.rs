@@ -2,9 +2,11 @@
 //! the hub, applies each new version through the runtime's own deploy (the same validation and
 //! rollback as `eddyctl deploy`), and reports what runs.
 //!
-//! A version is applied whole or not at all: every pipeline is validated first, and should a
-//! deploy still fail, the pipelines already changed go back to the previous version's SQL (and
-//! new ones are removed), so the gateway keeps running the version it had. Pipelines a version
+//! A version is applied whole or not at all: its config fragment and every pipeline are validated
+//! first (the pipelines planned with the fragment laid over the config); then the fragment is
+//! kept and the config reloaded, then each pipeline deployed. Should any step fail, the pipelines
+//! already changed go back to the previous version's SQL (new ones are removed) and the previous
+//! fragment comes back, so the gateway keeps running the version it had. Pipelines a version
 //! drops are deleted with their state kept; only pipelines the fleet deployed are touched.
 //! The applied version is kept durably in `<state dir>/fleet/`, so a restart (or a gateway that
 //! was offline during a rollout) resumes the watch from it and catches up.
@@ -23,6 +25,7 @@ use prost::Message;
 use tokio::sync::oneshot;
 
 use super::HubLink;
+use crate::config::FleetFragment;
 use crate::connectors::backoff::Backoff;
 use crate::control::{Command, CommandError, Reply};
 use crate::metrics::Registry;
@@ -186,13 +189,24 @@ impl Agent {
     /// Applies version `d` whole, or refuses it and keeps the current one.
     async fn apply(&mut self, d: v1::DesiredState) {
         tracing::info!(group = %self.group, version = d.version, pipelines = d.pipelines.len(), "fleet: applying a new version");
-        for p in &d.pipelines {
-            let (name, sql) = (p.name.clone(), p.sql.clone());
-            if let Err(e) = self.ask(|reply| Command::Validate { name, sql, reply }).await {
-                return self.reject(d.version, format!("pipeline {}: {e}", p.name));
-            }
+        let config = match FleetFragment::parse(&d.config) {
+            Ok(c) => c,
+            Err(e) => return self.reject(d.version, format!("{e:#}")),
+        };
+        let pipelines = d.pipelines.iter().map(|p| (p.name.clone(), p.sql.clone())).collect();
+        let c = config.clone();
+        if let Err(e) = self.ask(|reply| Command::ValidateFleet { config: c, pipelines, reply }).await {
+            return self.reject(d.version, e.to_string());
         }
         let old = self.applied.desired.pipelines.clone();
+        let old_config = self.applied.desired.config.clone();
+        let config_changed = d.config != old_config;
+        if config_changed {
+            if let Err(e) = self.ask(|reply| Command::SetFleetConfig { config, reply }).await {
+                self.restore_config(&old_config).await;
+                return self.reject(d.version, format!("config fragment: {e}"));
+            }
+        }
         let reset_state = d.reset_state;
         let mut changed: Vec<String> = Vec::new();
         for p in &d.pipelines {
@@ -201,6 +215,9 @@ impl Agent {
                 Ok(_) => changed.push(p.name.clone()),
                 Err(e) => {
                     self.undo(&changed, &old, reset_state).await;
+                    if config_changed {
+                        self.restore_config(&old_config).await;
+                    }
                     return self.reject(d.version, format!("pipeline {}: {e}", p.name));
                 }
             }
@@ -235,6 +252,17 @@ impl Agent {
             if let Err(e) = r {
                 tracing::error!(pipeline = %name, error = %e, "fleet: could not put a pipeline back after a failed version");
             }
+        }
+    }
+
+    /// Puts the previous version's config fragment back (it was applied before, so it parses).
+    async fn restore_config(&self, text: &str) {
+        let r = match FleetFragment::parse(text) {
+            Ok(config) => self.ask(|reply| Command::SetFleetConfig { config, reply }).await,
+            Err(e) => Err(CommandError::Invalid(format!("{e:#}"))),
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "fleet: could not put the previous config fragment back");
         }
     }
 
