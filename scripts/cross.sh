@@ -82,7 +82,7 @@ case "$cmd" in
         # durable state across kills, the management API over its Unix socket).
         cargo test --release --locked --target "$triple" -p eddy-engine --no-fail-fast
         cargo test --release --locked --target "$triple" -p eddyd --no-fail-fast \
-            --lib --bins --test golden --test durable --test api
+            --bins --test golden --test durable --test api
         # The shared replay cases, against the ARM eddyd those tests built.
         if [ -f ../shared/conformance/run.py ]; then
             python3 ../shared/conformance/run.py --bin "target/$triple/release/eddyd"
