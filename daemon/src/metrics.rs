@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use eddy_engine::pipeline::Observation;
 
-/// Counters of one MQTT source or sink (connection state, messages, queue and outbox).
+/// Counters of one connector's source or sink (connection state, messages, queue and outbox).
 #[derive(Default)]
 pub struct ConnectorGauges {
     pub connected: AtomicBool,
@@ -97,8 +97,73 @@ pub struct PipelineStatus {
     pub error: Option<String>,
 }
 
-/// A connector's gauges with its pipeline, kind ("source" / "sink") and name.
-type ConnectorEntry = (String, &'static str, String, Arc<ConnectorGauges>);
+/// The connectors whose gauges are rendered, in this order; each has its own metric names
+/// (`eddy_mqtt_connected`, `eddy_kafka_connected`, …).
+pub const CONNECTORS: [&str; 3] = ["mqtt", "kafka", "hub"];
+
+/// One connector's gauges and what it is: its pipeline, role ("source" / "sink"), connector
+/// (one of [`CONNECTORS`]) and name.
+struct ConnectorEntry {
+    pipeline: String,
+    role: &'static str,
+    connector: &'static str,
+    name: String,
+    gauges: Arc<ConnectorGauges>,
+}
+
+/// A connector metric: name after `eddy_<connector>_`, type, help, the one connector it applies
+/// to (all when `None`), and its value.
+type ConnectorMetric = (&'static str, &'static str, &'static str, Option<&'static str>, fn(&ConnectorGauges) -> f64);
+
+fn ld(a: &AtomicU64) -> f64 {
+    a.load(Ordering::Relaxed) as f64
+}
+
+const CONNECTOR_METRICS: &[ConnectorMetric] = &[
+    ("connected", "gauge", "1 while the connection to the broker (or hub) is up.", None, |g| {
+        g.connected.load(Ordering::Relaxed) as u8 as f64
+    }),
+    ("connects_total", "counter", "Successful connects.", None, |g| ld(&g.connects)),
+    ("connect_errors_total", "counter", "Failed connects and lost connections.", None, |g| ld(&g.connect_errors)),
+    ("messages_total", "counter", "Messages (records, batches) decoded by a source or sent by a sink.", None, |g| {
+        ld(&g.messages)
+    }),
+    (
+        "duplicates_total",
+        "counter",
+        "Redelivered messages already in the WAL, acknowledged and skipped.",
+        Some("mqtt"),
+        |g| ld(&g.duplicates),
+    ),
+    ("queue_depth", "gauge", "Messages received and waiting for the pipeline.", None, |g| {
+        g.queue_depth.load(Ordering::Relaxed).max(0) as f64
+    }),
+    ("queue_bytes", "gauge", "Payload bytes received and waiting for the pipeline.", None, |g| ld(&g.queue_bytes)),
+    (
+        "sessions_lost_total",
+        "counter",
+        "Reconnects on which the broker no longer had the persistent session (what it held is lost).",
+        Some("mqtt"),
+        |g| ld(&g.sessions_lost),
+    ),
+    ("backpressure_total", "counter", "Times a full queue or outbox made the producer wait (overload).", None, |g| {
+        ld(&g.backpressure)
+    }),
+    (
+        "dropped_total",
+        "counter",
+        "Messages dropped by a configured policy (outbox_full = 'drop_oldest'); 0 otherwise.",
+        None,
+        |g| ld(&g.dropped),
+    ),
+    ("outbox_messages", "gauge", "Messages (rows, for the hub) waiting to be acknowledged.", None, |g| {
+        ld(&g.outbox_messages)
+    }),
+    ("outbox_bytes", "gauge", "Bytes waiting in the outbox.", None, |g| ld(&g.outbox_bytes)),
+    ("outbox_oldest_age_seconds", "gauge", "How long the oldest row in the outbox has waited.", Some("hub"), |g| {
+        g.outbox_oldest_age_ms.load(Ordering::Relaxed) as f64 / 1000.0
+    }),
+];
 
 #[derive(Default)]
 pub struct Registry {
@@ -112,15 +177,32 @@ pub struct Registry {
 pub const STALL: Duration = Duration::from_secs(10);
 
 impl Registry {
-    /// The gauges of one connector (kept across reloads: counters only grow).
-    pub fn connector(&self, pipeline: &str, kind: &'static str, name: &str) -> Arc<ConnectorGauges> {
+    /// The gauges of `pipeline`'s source or sink (`role`) `name`, through `connector` (one of
+    /// [`CONNECTORS`]); kept across reloads: counters only grow.
+    pub fn connector(
+        &self,
+        pipeline: &str,
+        role: &'static str,
+        connector: &'static str,
+        name: &str,
+    ) -> Arc<ConnectorGauges> {
+        debug_assert!(CONNECTORS.contains(&connector) && matches!(role, "source" | "sink"));
         let mut c = self.connectors.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, _, _, g)) = c.iter().find(|(p, k, n, _)| p == pipeline && *k == kind && n == name) {
-            return g.clone();
+        let same = |e: &&ConnectorEntry| e.pipeline == pipeline && e.role == role && e.name == name;
+        if let Some(e) = c.iter().find(same).filter(|e| e.connector == connector) {
+            return e.gauges.clone();
         }
-        let g = Arc::new(ConnectorGauges::default());
-        c.push((pipeline.to_string(), kind, name.to_string(), g.clone()));
-        g
+        // A reload that moved the source or sink to another connector starts its counters anew.
+        c.retain(|e| !(e.pipeline == pipeline && e.role == role && e.name == name));
+        let gauges = Arc::new(ConnectorGauges::default());
+        c.push(ConnectorEntry {
+            pipeline: pipeline.to_string(),
+            role,
+            connector,
+            name: name.to_string(),
+            gauges: gauges.clone(),
+        });
+        gauges
     }
 
     /// The backup gauges of one pipeline.
@@ -162,10 +244,10 @@ impl Registry {
         self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
-    /// The connectors of one pipeline: (kind, name, gauges).
+    /// The connectors of one pipeline: (role, name, gauges).
     pub fn connectors_of(&self, pipeline: &str) -> Vec<(&'static str, String, Arc<ConnectorGauges>)> {
         let c = self.connectors.lock().unwrap_or_else(|p| p.into_inner());
-        c.iter().filter(|(p, ..)| p == pipeline).map(|(_, k, n, g)| (*k, n.clone(), g.clone())).collect()
+        c.iter().filter(|e| e.pipeline == pipeline).map(|e| (e.role, e.name.clone(), e.gauges.clone())).collect()
     }
 
     pub fn remove_pipeline(&self, name: &str) {
@@ -183,9 +265,10 @@ impl Registry {
                 return Err(format!("pipeline {name} has not stepped for {} s", s.heartbeat.elapsed().as_secs()));
             }
         }
-        for (pipeline, kind, name, g) in self.connectors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            if let Some(why) = g.failure() {
-                return Err(format!("pipeline {pipeline}: the {kind} {name}'s connection thread stopped: {why}"));
+        for e in self.connectors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Some(why) = e.gauges.failure() {
+                let (pipeline, role, name) = (&e.pipeline, e.role, &e.name);
+                return Err(format!("pipeline {pipeline}: the {role} {name}'s connection thread stopped: {why}"));
             }
         }
         Ok(())
@@ -197,7 +280,7 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .any(|(p, _, _, g)| p == pipeline && g.blocked.load(Ordering::Relaxed))
+            .any(|e| e.pipeline == pipeline && e.gauges.blocked.load(Ordering::Relaxed))
     }
 
     /// One line of STATUS= text for systemd.
@@ -214,9 +297,9 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|c| !c.3.connected.load(Ordering::Relaxed))
+            .filter(|e| !e.gauges.connected.load(Ordering::Relaxed))
             .count();
-        format!("{running}/{} pipelines running, {rows} rows in, {disconnected} MQTT connections down", p.len())
+        format!("{running}/{} pipelines running, {rows} rows in, {disconnected} connections down", p.len())
     }
 
     /// The Prometheus text exposition.
@@ -325,75 +408,22 @@ impl Registry {
         }
         drop(p);
         let c = self.connectors.lock().unwrap_or_else(|p| p.into_inner());
-        let conn =
-            |o: &mut String, metric: &str, kind: &str, help: &str, f: &dyn Fn(&ConnectorGauges) -> Option<f64>| {
-                let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
-                for (pn, k, n, g) in c.iter() {
-                    if let Some(v) = f(g) {
-                        let _ = writeln!(o, "{metric}{{pipeline=\"{pn}\",{k}=\"{n}\"}} {v}");
-                    }
+        for connector in CONNECTORS {
+            if !c.iter().any(|e| e.connector == connector) {
+                continue;
+            }
+            for (suffix, kind, help, only, value) in CONNECTOR_METRICS {
+                if only.is_some_and(|k| k != connector) {
+                    continue;
                 }
-            };
-        let ld = |a: &AtomicU64| Some(a.load(Ordering::Relaxed) as f64);
-        conn(&mut o, "eddy_mqtt_connected", "gauge", "1 while the MQTT connection is up.", &|g| {
-            Some(g.connected.load(Ordering::Relaxed) as u8 as f64)
-        });
-        conn(&mut o, "eddy_mqtt_connects_total", "counter", "Successful MQTT connects.", &|g| ld(&g.connects));
-        conn(&mut o, "eddy_mqtt_connect_errors_total", "counter", "Failed connects and lost connections.", &|g| {
-            ld(&g.connect_errors)
-        });
-        conn(&mut o, "eddy_mqtt_messages_total", "counter", "Messages decoded (source) or sent (sink).", &|g| {
-            ld(&g.messages)
-        });
-        conn(
-            &mut o,
-            "eddy_mqtt_duplicates_total",
-            "counter",
-            "Redelivered messages already in the WAL, acknowledged and skipped.",
-            &|g| ld(&g.duplicates),
-        );
-        conn(&mut o, "eddy_mqtt_queue_depth", "gauge", "Messages received and waiting for the pipeline.", &|g| {
-            Some(g.queue_depth.load(Ordering::Relaxed).max(0) as f64)
-        });
-        conn(&mut o, "eddy_mqtt_queue_bytes", "gauge", "Payload bytes received and waiting for the pipeline.", &|g| {
-            ld(&g.queue_bytes)
-        });
-        conn(
-            &mut o,
-            "eddy_mqtt_sessions_lost_total",
-            "counter",
-            "Reconnects on which the broker no longer had the persistent session (what it held is lost).",
-            &|g| ld(&g.sessions_lost),
-        );
-        conn(
-            &mut o,
-            "eddy_mqtt_backpressure_total",
-            "counter",
-            "Times a full queue or outbox made the producer wait (overload).",
-            &|g| ld(&g.backpressure),
-        );
-        conn(
-            &mut o,
-            "eddy_mqtt_dropped_total",
-            "counter",
-            "Messages dropped by a configured policy (outbox_full = 'drop_oldest'); 0 otherwise.",
-            &|g| ld(&g.dropped),
-        );
-        conn(
-            &mut o,
-            "eddy_mqtt_outbox_messages",
-            "gauge",
-            "Messages waiting for the broker's acknowledgement.",
-            &|g| ld(&g.outbox_messages),
-        );
-        conn(&mut o, "eddy_mqtt_outbox_bytes", "gauge", "Bytes waiting in the outbox.", &|g| ld(&g.outbox_bytes));
-        conn(
-            &mut o,
-            "eddy_sink_outbox_oldest_age_seconds",
-            "gauge",
-            "How long the oldest row in a hub sink's outbox has waited.",
-            &|g| Some(g.outbox_oldest_age_ms.load(Ordering::Relaxed) as f64 / 1000.0),
-        );
+                let metric = format!("eddy_{connector}_{suffix}");
+                family(&mut o, &metric, kind, help);
+                for e in c.iter().filter(|e| e.connector == connector) {
+                    let (pn, role, n) = (&e.pipeline, e.role, &e.name);
+                    let _ = writeln!(o, "{metric}{{pipeline=\"{pn}\",{role}=\"{n}\"}} {}", value(&e.gauges));
+                }
+            }
+        }
         drop(c);
         let b = self.backups.lock().unwrap_or_else(|p| p.into_inner());
         let backup = |o: &mut String, metric: &str, kind: &str, help: &str, f: &dyn Fn(&BackupGauges) -> f64| {
@@ -402,21 +432,20 @@ impl Registry {
                 let _ = writeln!(o, "{metric}{{pipeline=\"{pn}\"}} {}", f(g));
             }
         };
-        let ldb = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         backup(&mut o, "eddy_backup_checkpoints_total", "counter", "Checkpoints backed up to the hub.", &|g| {
-            ldb(&g.checkpoints)
+            ld(&g.checkpoints)
         });
         backup(&mut o, "eddy_backup_failures_total", "counter", "Failed backup attempts (retried).", &|g| {
-            ldb(&g.failures)
+            ld(&g.failures)
         });
-        backup(&mut o, "eddy_backup_bytes_total", "counter", "State bytes uploaded to the hub.", &|g| ldb(&g.bytes));
-        backup(&mut o, "eddy_backup_last_seq", "gauge", "The newest checkpoint backed up.", &|g| ldb(&g.last_seq));
+        backup(&mut o, "eddy_backup_bytes_total", "counter", "State bytes uploaded to the hub.", &|g| ld(&g.bytes));
+        backup(&mut o, "eddy_backup_last_seq", "gauge", "The newest checkpoint backed up.", &|g| ld(&g.last_seq));
         backup(
             &mut o,
             "eddy_backup_lag_seconds",
             "gauge",
             "How long the checkpoint being backed up has waited (0 when none waits).",
-            &|g| ldb(&g.lag_ms) / 1000.0,
+            &|g| ld(&g.lag_ms) / 1000.0,
         );
         o
     }
@@ -482,10 +511,45 @@ mod tests {
     #[test]
     fn a_failed_connector_thread_makes_health_fail_at_once() {
         let r = Registry::default();
-        let g = r.connector("p", "sink", "alerts");
+        let g = r.connector("p", "sink", "mqtt", "alerts");
         assert!(r.healthy().is_ok());
         g.fail("outbox: fsync failed".into());
         let e = r.healthy().unwrap_err();
         assert!(e.contains("pipeline p") && e.contains("sink alerts") && e.contains("fsync failed"), "{e}");
+    }
+
+    /// Every connector's gauges used to be rendered as `eddy_mqtt_*`, Kafka's and the hub's too.
+    #[test]
+    fn each_connector_has_its_own_metric_names_and_families_appear_once() {
+        let r = Registry::default();
+        r.connector("p", "source", "mqtt", "m").messages.store(3, Ordering::Relaxed);
+        r.connector("p", "source", "kafka", "k").messages.store(5, Ordering::Relaxed);
+        r.connector("p", "sink", "kafka", "out").connected.store(true, Ordering::Relaxed);
+        r.connector("p", "sink", "hub", "h").outbox_oldest_age_ms.store(1500, Ordering::Relaxed);
+        let text = r.render();
+        for line in [
+            "eddy_mqtt_messages_total{pipeline=\"p\",source=\"m\"} 3",
+            "eddy_kafka_messages_total{pipeline=\"p\",source=\"k\"} 5",
+            "eddy_kafka_connected{pipeline=\"p\",sink=\"out\"} 1",
+            "eddy_hub_outbox_oldest_age_seconds{pipeline=\"p\",sink=\"h\"} 1.5",
+            "eddy_mqtt_duplicates_total{pipeline=\"p\",source=\"m\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
+        for absent in ["source=\"k\"", "sink=\"h\"", "sink=\"out\""] {
+            assert!(!text.lines().any(|l| l.starts_with("eddy_mqtt_") && l.contains(absent)), "{text}");
+        }
+        assert!(!text.contains("eddy_kafka_duplicates_total") && !text.contains("eddy_mqtt_outbox_oldest"));
+        let mut types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+        let n = types.len();
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(types.len(), n, "a metric family declared twice");
+        // A reload that moves a source to another connector starts it anew under the new names.
+        r.connector("p", "source", "kafka", "m");
+        let text = r.render();
+        assert!(
+            !text.contains("eddy_mqtt_") && text.contains("eddy_kafka_messages_total{pipeline=\"p\",source=\"m\"} 0")
+        );
     }
 }

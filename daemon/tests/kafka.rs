@@ -178,6 +178,11 @@ fn windows_exactly_once(dir: &Path) {
     let done = wait_for(|| got_rows(&broker).len() >= want.len(), Duration::from_secs(120));
     // A little longer: a double would show up now.
     std::thread::sleep(Duration::from_secs(2));
+    // Kafka's gauges under Kafka's names (they once came out as `eddy_mqtt_*`).
+    let body = http_get(metrics_port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+    assert!(body.contains("eddy_kafka_connected{pipeline=\"p\",source=\"readings\"} 1"), "{body}");
+    assert!(body.contains("eddy_kafka_outbox_bytes{pipeline=\"p\",sink=\"per_min\"}"), "{body}");
+    assert!(!body.contains("eddy_mqtt_") && !body.contains("eddy_kafka_sessions_lost"), "{body}");
     signal(child.id(), "TERM");
     let st = child.wait().unwrap();
     let got = got_rows(&broker);

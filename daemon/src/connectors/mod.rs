@@ -99,8 +99,8 @@ pub(crate) fn num(ctx: &str, spec: &ConnectorSpec<'_>, key: &str, default: usize
     Ok(connector::num_option::<usize>(ctx, spec.options, key)?.unwrap_or(default))
 }
 
-const SOURCES: &[&str] = &["mqtt", "kafka"];
-const SINKS: &[&str] = &["mqtt", "kafka", "hub"];
+const SOURCES: &[&str] = &[mqtt::CONNECTOR, kafka::CONNECTOR];
+const SINKS: &[&str] = &[mqtt::CONNECTOR, kafka::CONNECTOR, hub::CONNECTOR];
 
 impl ConnectorProvider for Provider {
     fn connectors(&self, what: &str) -> Vec<&'static str> {

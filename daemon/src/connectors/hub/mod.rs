@@ -16,6 +16,9 @@ use super::{num, Provider};
 use eddy_engine::connector::{ConnectorSpec, SinkWriter};
 use eddy_engine::{EngineError, Result};
 
+/// The `connector` option's value, and the prefix of this connector's metrics (`eddy_hub_*`).
+pub const CONNECTOR: &str = "hub";
+
 /// The options a `hub` sink takes (besides the common ones).
 pub const SINK_OPTIONS: &[&str] = &["stream", "batch_rows", "batch_bytes", "outbox_bytes", "outbox_full"];
 
@@ -114,6 +117,6 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Hu
 pub(super) fn open_sink(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SinkWriter>> {
     let s = sink_settings(p, spec)?;
     let schema = rows::wire_schema(spec.schema.as_ref().ok_or_else(|| EngineError::Internal("no row schema".into()))?);
-    let gauges = p.metrics.connector(&p.pipeline, "sink", spec.name);
+    let gauges = p.metrics.connector(&p.pipeline, "sink", CONNECTOR, spec.name);
     Ok(Box::new(sink::HubSink::new(s, schema, spec.state.clone(), p.stopping.clone(), gauges)))
 }

@@ -19,6 +19,9 @@ use eddy_engine::connector::{self, ConnectorSpec, SinkWriter, SourceReader};
 use eddy_engine::format::Format;
 use eddy_engine::{EngineError, Result};
 
+/// The `connector` option's value, and the prefix of this connector's metrics (`eddy_kafka_*`).
+pub const CONNECTOR: &str = "kafka";
+
 /// Options every Kafka source and sink takes.
 const COMMON: &[&str] = &["bootstrap.servers", "topic", "properties.*"];
 const SOURCE_ONLY: &[&str] = &[
@@ -376,7 +379,7 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Si
 
 pub(super) fn open_source(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SourceReader>> {
     let s = source_settings(p, spec)?;
-    let gauges = p.metrics.connector(&p.pipeline, "source", spec.name);
+    let gauges = p.metrics.connector(&p.pipeline, "source", CONNECTOR, spec.name);
     Ok(Box::new(source::KafkaSource::new(s, spec.metadata_keys.clone(), gauges, spec.wakeup.clone(), p.durable)))
 }
 
@@ -389,6 +392,6 @@ pub(super) fn open_sink(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dy
              cannot tell what was written; use delivery = 'at-least-once'",
         ));
     }
-    let gauges = p.metrics.connector(&p.pipeline, "sink", spec.name);
+    let gauges = p.metrics.connector(&p.pipeline, "sink", CONNECTOR, spec.name);
     Ok(Box::new(sink::KafkaSink::new(s, p.stopping.clone(), gauges)))
 }

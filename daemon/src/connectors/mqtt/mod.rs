@@ -16,6 +16,9 @@ use eddy_engine::format::Format;
 use eddy_engine::Result;
 use settings::{opt_err, Connection, CONNECTION_OPTIONS};
 
+/// The `connector` option's value, and the prefix of this connector's metrics (`eddy_mqtt_*`).
+pub const CONNECTOR: &str = "mqtt";
+
 const SOURCE_ONLY: &[&str] = &["clean_session", "queue_messages", "queue_bytes"];
 const SINK_ONLY: &[&str] = &["retain", "outbox_bytes", "outbox_full", "inflight"];
 
@@ -98,12 +101,12 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<si
 /// Opens an MQTT source's reader (it connects on its first poll).
 pub(super) fn open_source(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SourceReader>> {
     let s = source_settings(p, spec)?;
-    let gauges = p.metrics.connector(&p.pipeline, "source", spec.name);
+    let gauges = p.metrics.connector(&p.pipeline, "source", CONNECTOR, spec.name);
     Ok(Box::new(source::MqttSource::new(s, spec.metadata_keys.clone(), gauges, spec.wakeup.clone())))
 }
 
 pub(super) fn open_sink(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SinkWriter>> {
     let s = sink_settings(p, spec)?;
-    let gauges = p.metrics.connector(&p.pipeline, "sink", spec.name);
+    let gauges = p.metrics.connector(&p.pipeline, "sink", CONNECTOR, spec.name);
     Ok(Box::new(sink::MqttSink::new(s, spec.state.clone(), p.stopping.clone(), gauges)))
 }
