@@ -278,14 +278,7 @@ fn three_gateways_through_two_hubs_store_every_row_once() {
     run_to_end(&gws[0].1);
     assert_exactly_once(&c, &gws[0].0, &gws[0].1);
     // What an operator sees: `eddy-hub ls` counts the rows from the objects' footers.
-    let ls = Command::new(hub_side::hub_binary())
-        .args(["--config"])
-        .arg(&c.hubs[1].config)
-        .args(["ls", "--stream", STREAM, "--gateway", "gw-2"])
-        .env("AWS_ACCESS_KEY_ID", hub_side::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", hub_side::SECRET_KEY)
-        .output()
-        .unwrap();
+    let ls = c.hub_cli(1, &["ls", "--stream", STREAM, "--gateway", "gw-2"]);
     let text = String::from_utf8_lossy(&ls.stdout);
     assert!(ls.status.success(), "eddy-hub ls: {}", String::from_utf8_lossy(&ls.stderr));
     let want = format!(" batches, {} rows, ", expected(&gws[1].1).len());
@@ -510,7 +503,66 @@ fn a_batch_sent_again_however_cut_is_stored_once_and_strangers_are_refused() {
     assert_eq!(c.s3.objects().len(), 2, "only gw-a's two objects are in the bucket");
 }
 
+/// Rows past `[rows] keep_days` go by their `date=` partition: `eddy-hub expire --dry-run` lists
+/// them, `eddy-hub expire` deletes them, a serving hub sweeps them at start; today's rows stay, and
+/// a late batch of an expired date is still acknowledged.
+#[test]
+fn row_partitions_past_retention_are_deleted_and_todays_stay() {
+    let mut c = Central::start(1);
+    c.pki.issue("gw-a", &[], false);
+    let rt = hub_side::runtime();
+    let client = hub_client(&rt, &c, "gw-a", c.dir.path()).unwrap();
+    let today = String::from_utf8(Command::new("date").args(["-u", "+%F"]).output().unwrap().stdout).unwrap();
+    let dated =
+        |first: u64, last: u64, date: &str| v1::PushRowsRequest { date: date.trim().into(), ..push(first, last) };
+    rt.block_on(client.push_rows(dated(0, 9, "2020-01-01"))).unwrap();
+    rt.block_on(client.push_rows(dated(10, 19, "2020-01-02"))).unwrap();
+    rt.block_on(client.push_rows(dated(20, 29, &today))).unwrap();
+    assert_eq!(c.stored_stream("probe", "gw-a").1.len(), 3);
+
+    let off = c.hub_cli(0, &["expire"]);
+    assert!(!off.status.success() && String::from_utf8_lossy(&off.stderr).contains("kept forever"));
+    let dry = c.hub_cli(0, &["expire", "--keep-days", "30", "--dry-run"]);
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    assert!(text.contains("gateway=gw-a/date=2020-01-01/") && text.contains("would delete 2 batches"), "{text}");
+    assert_eq!(c.stored_stream("probe", "gw-a").1.len(), 3, "a dry run deletes nothing");
+    let done = c.hub_cli(0, &["expire", "--keep-days", "30"]);
+    assert!(String::from_utf8_lossy(&done.stdout).contains("deleted 2 batches"), "{done:?}");
+    let (rows, keys) = c.stored_stream("probe", "gw-a");
+    assert_eq!(rows, 10);
+    assert!(keys.len() == 1 && keys[0].contains(today.trim()), "{keys:?}");
+
+    // A gateway that was offline for long sends an old batch: stored and acknowledged; the hub,
+    // configured to keep 30 days, sweeps it at its next start.
+    let late = rt.block_on(client.push_rows(dated(30, 39, "2020-01-03"))).unwrap();
+    assert_eq!((late.stored_through, late.already_stored), (39, false));
+    assert_eq!(c.stored_stream("probe", "gw-a").1.len(), 2);
+    let mut cfg = std::fs::read_to_string(&c.hubs[0].config).unwrap();
+    cfg.push_str("[rows]\nkeep_days = 30\n");
+    std::fs::write(&c.hubs[0].config, cfg).unwrap();
+    c.hubs[0].restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.stored_stream("probe", "gw-a").1.len() != 1 {
+        assert!(Instant::now() < deadline, "the serving hub did not sweep the expired partition");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(c.stored_stream("probe", "gw-a").0, 10);
+}
+
 impl Central {
+    /// Runs `eddy-hub` with hub `i`'s config and `args` (a one-off command, not the server).
+    fn hub_cli(&self, i: usize, args: &[&str]) -> std::process::Output {
+        Command::new(hub_side::hub_binary())
+            .arg("--config")
+            .arg(&self.hubs[i].config)
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", hub_side::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", hub_side::SECRET_KEY)
+            .output()
+            .unwrap()
+    }
+
     /// Rows and keys of `stream` from `gateway`.
     fn stored_stream(&self, stream: &str, gateway: &str) -> (usize, Vec<String>) {
         let prefix = format!("streams/{stream}/gateway={gateway}/");
@@ -654,13 +706,11 @@ fn a_fleet_config_fragment_reaches_the_gateway_and_a_bad_one_is_refused() {
     cmd.env("EDDY_LOG", "info").stderr(log_file);
     let restarts = || std::fs::read_to_string(&log).unwrap().matches("pipeline changed: restarted").count();
     let mut g = Killed(cmd.spawn().unwrap());
+    let eddyctl = |what: &str| {
+        Command::new(hub_side::eddyctl_binary()).arg("--socket").arg(gw.join("control.sock")).arg(what).output()
+    };
     let config_of = || {
-        let out = Command::new(hub_side::eddyctl_binary())
-            .arg("--socket")
-            .arg(gw.join("control.sock"))
-            .arg("config")
-            .output()
-            .unwrap();
+        let out = eddyctl("config").unwrap();
         assert!(out.status.success(), "eddyctl config: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
@@ -692,14 +742,7 @@ fn a_fleet_config_fragment_reaches_the_gateway_and_a_bad_one_is_refused() {
     let _ = g.0.wait();
     g = Killed(cmd.spawn().unwrap());
     let t0 = Instant::now();
-    while !gw.join("control.sock").exists()
-        || Command::new(hub_side::eddyctl_binary())
-            .arg("--socket")
-            .arg(gw.join("control.sock"))
-            .arg("status")
-            .output()
-            .map_or(true, |o| !o.status.success())
-    {
+    while !gw.join("control.sock").exists() || eddyctl("status").map_or(true, |o| !o.status.success()) {
         assert!(t0.elapsed() < Duration::from_secs(30), "gw-1 did not come back");
         std::thread::sleep(Duration::from_millis(100));
     }

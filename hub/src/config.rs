@@ -22,6 +22,26 @@ pub struct HubConfig {
     pub access: AccessConfig,
     #[serde(default)]
     pub fleet: FleetConfig,
+    #[serde(default)]
+    pub rows: RowsConfig,
+}
+
+/// `[rows]`: how long the gateways' rows stay in the bucket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RowsConfig {
+    /// Days of rows kept before today (UTC), by the `date=` partition; older partitions' batches
+    /// are deleted. 0 keeps rows forever.
+    pub keep_days: u32,
+    /// How often a serving hub sweeps for expired partitions, in seconds (the first sweep is at
+    /// start). Each sweep LISTs the bucket's streams and gateways, not their kept batches.
+    pub sweep_every_s: u64,
+}
+
+impl Default for RowsConfig {
+    fn default() -> Self {
+        RowsConfig { keep_days: 0, sweep_every_s: 3600 }
+    }
 }
 
 /// `[fleet]`: desired state for groups of gateways.
@@ -170,6 +190,9 @@ impl HubConfig {
         }
         if self.backup.keep == 0 {
             bail!("backup.keep: at least 1");
+        }
+        if self.rows.sweep_every_s < 60 {
+            bail!("rows.sweep_every_s: at least 60");
         }
         Ok(())
     }

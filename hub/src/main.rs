@@ -10,13 +10,14 @@ mod fleet;
 mod identity;
 mod layout;
 mod parquet_batch;
+mod row_retention;
 mod service;
 mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use eddy_proto::v1::hub_server::HubServer;
 use tonic::transport::server::TcpIncoming;
@@ -46,6 +47,16 @@ enum Cmd {
         /// Only this gateway's batches.
         #[arg(long)]
         gateway: Option<String>,
+    },
+    /// Delete the batches of row partitions past `[rows] keep_days` now (a serving hub does it
+    /// every `[rows] sweep_every_s`), listing each partition.
+    Expire {
+        /// Days kept before today, instead of `[rows] keep_days`.
+        #[arg(long)]
+        keep_days: Option<u32>,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print the man page (roff).
     Man,
@@ -100,6 +111,26 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Man => Ok(()),
+        Cmd::Expire { keep_days, dry_run } => {
+            let keep_days = keep_days.unwrap_or(cfg.rows.keep_days);
+            if keep_days == 0 {
+                bail!("rows are kept forever ([rows] keep_days = 0); set it or pass --keep-days");
+            }
+            let first_kept = row_retention::first_kept_date(chrono::Utc::now().date_naive(), keep_days);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+            let e = rt.block_on(bucket.expire_rows(&first_kept, dry_run))?;
+            for p in &e.partitions {
+                println!("{p}");
+            }
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            println!(
+                "{verb} {} batches ({} bytes) in {} partitions dated before {first_kept}",
+                e.batches,
+                e.bytes,
+                e.partitions.len()
+            );
+            Ok(())
+        }
         Cmd::Checkpoints { gateway, pipeline } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
             let list = rt.block_on(bucket.list_checkpoints(&gateway, pipeline.as_deref()))?;
@@ -143,6 +174,10 @@ async fn serve(cfg: config::HubConfig, tls: ServerTlsConfig, bucket: Arc<store::
     // Printed on stdout for whoever started us (tests bind port 0).
     println!("eddy-hub listening on {addr}");
     tracing::info!(%addr, store = %bucket.url, prefix = %bucket.prefix, "eddy-hub serving");
+    if cfg.rows.keep_days > 0 {
+        let every = std::time::Duration::from_secs(cfg.rows.sweep_every_s);
+        tokio::spawn(row_retention::sweep_forever(bucket.clone(), cfg.rows.keep_days, every));
+    }
     Server::builder()
         .tls_config(tls)
         .map_err(|e| anyhow!("tls: {e}"))?
