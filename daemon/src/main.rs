@@ -18,6 +18,7 @@ mod config;
 mod connectors;
 mod control;
 mod keys;
+mod memory;
 mod metrics;
 mod restore_cmd;
 mod runtime;

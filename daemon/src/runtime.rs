@@ -250,9 +250,13 @@ fn remove_durably(path: &Path) -> std::io::Result<()> {
 /// (`None`), or with the one given.
 pub type ReloadConfig = Box<dyn Fn(Option<&FleetFragment>) -> Result<ConfigFile>>;
 
+/// How long after start, a reload or a command the memory only planning used is released
+/// (`crate::memory`): by then pipelines have recovered and connected.
+const RELEASE_STARTUP_AFTER: Duration = Duration::from_secs(10);
+
 pub struct Runtime {
     cfg: ConfigFile,
-    /// Re-reads the config (file + flags) on SIGHUP.
+    /// Re-reads the config (file + fleet fragment + flags) on SIGHUP and fleet versions.
     reload_cfg: ReloadConfig,
     state: Option<StateContext>,
     registry: Arc<Registry>,
@@ -581,6 +585,9 @@ impl Runtime {
         self.notifier.notify("READY=1");
         self.notifier.status(&self.registry.status_line());
         tracing::info!(pipelines = files.len(), "eddyd ready");
+        // Start-up's memory goes back once pipelines have had time to recover; again after
+        // anything that plans pipelines (a reload, a command).
+        let mut release_at = Some(Instant::now() + RELEASE_STARTUP_AFTER);
         let watchdog = systemd::watchdog_interval();
         let mut last_watchdog = Instant::now() - Duration::from_secs(3600);
         let mut last_status = Instant::now();
@@ -593,7 +600,17 @@ impl Runtime {
                 failure = Some(anyhow!(why));
                 break;
             }
+            if release_at.is_some_and(|t| Instant::now() >= t) {
+                release_at = None;
+                let r = crate::memory::release_startup_memory();
+                tracing::debug!(
+                    binary_bytes = r.binary_bytes,
+                    heap_trimmed = r.heap_trimmed,
+                    "start-up memory released"
+                );
+            }
             if systemd::take_reload() {
+                release_at = Some(Instant::now() + RELEASE_STARTUP_AFTER);
                 if let Err(e) = self.reload() {
                     // A worker that stopped with an error (its final checkpoint's fsync, say) is
                     // not restarted: fail-stop, as for a worker failing on its own.
@@ -647,6 +664,7 @@ impl Runtime {
             match next {
                 None => std::thread::sleep(Duration::from_millis(50)),
                 Some(Ok(cmd)) => {
+                    release_at = Some(Instant::now() + RELEASE_STARTUP_AFTER);
                     if let Err(e) = self.command(cmd) {
                         failure = Some(e);
                         break;
@@ -772,13 +790,18 @@ impl Runtime {
 
     /// Lays `fragment` over the config and plans each pipeline with the result; changes nothing.
     fn validate_fleet(&self, fragment: &FleetFragment, pipelines: &[(String, String)]) -> Result<(), CommandError> {
-        let cfg = (self.reload_cfg)(Some(fragment)).map_err(|e| {
-            CommandError::Invalid(format!("the config fragment does not fit this gateway's config: {e:#}"))
-        })?;
+        let cfg = self.config_with(fragment)?;
         for (name, sql) in pipelines {
             self.validate_with(&cfg, name, sql).map_err(|e| CommandError::Invalid(format!("pipeline {name}: {e}")))?;
         }
         Ok(())
+    }
+
+    /// The config as a reload with `fragment` kept would read it.
+    fn config_with(&self, fragment: &FleetFragment) -> Result<ConfigFile, CommandError> {
+        (self.reload_cfg)(Some(fragment)).map_err(|e| {
+            CommandError::Invalid(format!("the config fragment does not fit this gateway's config: {e:#}"))
+        })
     }
 
     /// Writes the fleet's fragment where the config is read from (removes it when empty), after
@@ -787,9 +810,7 @@ impl Runtime {
         let Some(state) = &self.state else {
             return Err(CommandError::Precondition("a fleet config fragment needs a state dir".into()));
         };
-        (self.reload_cfg)(Some(fragment)).map_err(|e| {
-            CommandError::Invalid(format!("the config fragment does not fit this gateway's config: {e:#}"))
-        })?;
+        self.config_with(fragment)?;
         let path = FleetFragment::path(&state.dir);
         let r =
             if fragment.is_empty() { remove_durably(&path) } else { write_durably(&path, fragment.text().as_bytes()) };
