@@ -78,6 +78,8 @@ case "$cmd" in
     test)
         eval "$(cross_env)"
         register_binfmt
+        # Tests that read this process's own memory map skip when qemu-user shows its host's.
+        export EDDY_TEST_EMULATED=1
         # The engine's whole suite, and the daemon's tests that need no broker (golden replay,
         # durable state across kills, the management API over its Unix socket).
         cargo test --release --locked --target "$triple" -p eddy-engine --no-fail-fast

@@ -104,6 +104,22 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether carrying it out plans or starts pipelines (code and memory that a running
+    /// gateway does not otherwise use: see `crate::memory`).
+    pub fn plans_pipelines(&self) -> bool {
+        match self {
+            Command::Validate { .. }
+            | Command::Deploy { .. }
+            | Command::Resume { .. }
+            | Command::Reload { .. }
+            | Command::ValidateFleet { .. }
+            | Command::SetFleetConfig { .. } => true,
+            Command::Pause { .. } | Command::Delete { .. } | Command::Checkpoint { .. } | Command::Config { .. } => {
+                false
+            }
+        }
+    }
+
     /// Answers a request the runtime cannot take (it is stopping).
     pub fn refuse(self, why: &str) {
         let e = || CommandError::Precondition(why.to_string());

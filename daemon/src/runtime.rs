@@ -250,8 +250,8 @@ fn remove_durably(path: &Path) -> std::io::Result<()> {
 /// (`None`), or with the one given.
 pub type ReloadConfig = Box<dyn Fn(Option<&FleetFragment>) -> Result<ConfigFile>>;
 
-/// How long after start, a reload or a command the memory only planning used is released
-/// (`crate::memory`): by then pipelines have recovered and connected.
+/// How long after start, a reload or a command that plans pipelines the memory only planning
+/// used is released (`crate::memory`): by then pipelines have recovered and connected.
 const RELEASE_STARTUP_AFTER: Duration = Duration::from_secs(10);
 
 pub struct Runtime {
@@ -586,7 +586,7 @@ impl Runtime {
         self.notifier.status(&self.registry.status_line());
         tracing::info!(pipelines = files.len(), "eddyd ready");
         // Start-up's memory goes back once pipelines have had time to recover; again after
-        // anything that plans pipelines (a reload, a command).
+        // anything that plans pipelines (a reload, a deploy).
         let mut release_at = Some(Instant::now() + RELEASE_STARTUP_AFTER);
         let watchdog = systemd::watchdog_interval();
         let mut last_watchdog = Instant::now() - Duration::from_secs(3600);
@@ -664,7 +664,9 @@ impl Runtime {
             match next {
                 None => std::thread::sleep(Duration::from_millis(50)),
                 Some(Ok(cmd)) => {
-                    release_at = Some(Instant::now() + RELEASE_STARTUP_AFTER);
+                    if cmd.plans_pipelines() {
+                        release_at = Some(Instant::now() + RELEASE_STARTUP_AFTER);
+                    }
                     if let Err(e) = self.command(cmd) {
                         failure = Some(e);
                         break;
