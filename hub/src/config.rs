@@ -237,6 +237,14 @@ mod tests {
             PathBuf::from(format!("{}/k", std::env::var("HOME").unwrap()))
         );
         assert!(expand_env(Path::new("${EDDY_SURELY_UNSET_VAR}/k")).unwrap_err().to_string().contains("is not set"));
+        assert_eq!((cfg.rows.keep_days, cfg.rows.sweep_every_s), (0, 3600), "rows are kept forever by default");
+        let base = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, format!("{base}[rows]\nkeep_days = 90\n")).unwrap();
+        assert_eq!(HubConfig::load(&p).unwrap().rows.keep_days, 90);
+        std::fs::write(&p, format!("{base}[rows]\nkeep_days = 90\nsweep_every_s = 5\n")).unwrap();
+        let e = HubConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("rows.sweep_every_s"), "{e}");
+        std::fs::write(&p, &base).unwrap();
         std::fs::write(&p, std::fs::read_to_string(&p).unwrap().replace("s3://eddy", "ftp://x")).unwrap();
         let e = HubConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("store.url"), "{e}");
