@@ -7,7 +7,7 @@ sink) against a local Mosquitto, the management API and metrics on.
 
 Needs `cargo build --release --workspace` and `mosquitto`. RSS is read from /proc/PID/status
 (VmRSS, with its anonymous and file-backed parts) at the end of the idle period, CPU from
-/proc/PID/stat over it. Prints one JSON object.
+/proc/PID/stat and bytes written to storage from /proc/PID/io over it. Prints one JSON object.
 """
 
 import argparse
@@ -81,6 +81,15 @@ def top_mappings(pid, n=6):
     return [f"{kb} kB {perms} {os.path.basename(what)}" for kb, perms, what in out[:n]]
 
 
+def written_bytes(pid):
+    """Bytes this process caused to be written to storage (/proc/PID/io)."""
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
 def cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -146,9 +155,10 @@ def main():
             log.seek(0)
             sys.exit(f"eddyd did not get ready:\n{log.read()[-3000:]}")
         time.sleep(a.settle)
-        ticks0, per0 = cpu_ticks(eddyd.pid), thread_ticks(eddyd.pid)
+        ticks0, per0, written0 = cpu_ticks(eddyd.pid), thread_ticks(eddyd.pid), written_bytes(eddyd.pid)
         time.sleep(a.seconds)
         ticks = cpu_ticks(eddyd.pid) - ticks0
+        written = written_bytes(eddyd.pid) - written0
         per = {n: t - per0.get(n, 0) for n, t in thread_ticks(eddyd.pid).items() if t - per0.get(n, 0)}
         mem = status_kb(eddyd.pid)
         maps = top_mappings(eddyd.pid)
@@ -170,6 +180,7 @@ def main():
         "idle_cpu_ticks": ticks,
         "idle_cpu_percent": round(100 * ticks / hz / a.seconds, 2),
         "idle_cpu_ticks_by_thread": per,
+        "idle_written_bytes": written,
         "seconds": a.seconds,
         "env": a.env,
     }))
