@@ -186,7 +186,8 @@ impl Registry {
         connector: &'static str,
         name: &str,
     ) -> Arc<ConnectorGauges> {
-        debug_assert!(CONNECTORS.contains(&connector) && matches!(role, "source" | "sink"));
+        // Ours to keep in step: a connector missing from CONNECTORS would never be rendered.
+        assert!(CONNECTORS.contains(&connector) && matches!(role, "source" | "sink"), "{role} via {connector}");
         let mut c = self.connectors.lock().unwrap_or_else(|p| p.into_inner());
         let same = |e: &&ConnectorEntry| e.pipeline == pipeline && e.role == role && e.name == name;
         if let Some(e) = c.iter().find(same).filter(|e| e.connector == connector) {
