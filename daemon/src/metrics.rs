@@ -387,6 +387,17 @@ impl Registry {
                 let _ = writeln!(o, "eddy_checkpoints_total{{pipeline=\"{pn}\"}} {}", d.checkpoints);
             }
         }
+        family(
+            &mut o,
+            "eddy_checkpoints_skipped_total",
+            "counter",
+            "Periodic checkpoints not written: nothing had changed since the newest.",
+        );
+        for (pn, ob) in &obs {
+            if let Some(d) = &ob.durable {
+                let _ = writeln!(o, "eddy_checkpoints_skipped_total{{pipeline=\"{pn}\"}} {}", d.checkpoints_skipped);
+            }
+        }
         family(&mut o, "eddy_wal_bytes_total", "counter", "Payload bytes appended to the WAL.");
         for (pn, ob) in &obs {
             if let Some(d) = &ob.durable {

@@ -82,6 +82,8 @@ pub struct DurableStats {
     pub replayed_records: u64,
     pub recovery: Duration,
     pub checkpoints: u64,
+    /// Periodic checkpoints not written because nothing had changed since the newest one.
+    pub checkpoints_skipped: u64,
     pub checkpoint_bytes: u64,
     pub checkpoint_time: Duration,
     /// When the last checkpoint became durable (Unix ms; `None` before the first this run).
@@ -96,6 +98,8 @@ pub(super) struct Durable {
     fingerprint: Vec<u8>,
     last: Instant,
     wal_bytes_at_last: u64,
+    /// Sources that had ended at the newest checkpoint.
+    ended_at_last: usize,
     scratch: StateWriter,
     stats: DurableStats,
     _lock: File,
@@ -325,6 +329,12 @@ fn check_continuity(state_dir: &std::path::Path, checkpoint: Option<(u64, u64)>,
 }
 
 impl Pipeline {
+    /// What a checkpoint of this pipeline, planned from `sql`, is marked with: state marked
+    /// otherwise does not fit it (`open_durable` refuses it with `PlanChanged`).
+    pub fn state_fingerprint(&self, sql: &str) -> Vec<u8> {
+        fingerprint(sql, self)
+    }
+
     /// Makes this (live, not yet started) pipeline durable under `cfg.state_dir`: restores the
     /// newest checkpoint, replays the WAL after it, and from then on logs every batch and
     /// checkpoints. `sql` is the pipeline's text (state from another text is refused).
@@ -449,6 +459,7 @@ impl Pipeline {
             fingerprint: fp,
             last: Instant::now(),
             wal_bytes_at_last: wal_bytes,
+            ended_at_last: usize::MAX,
             scratch: StateWriter::default(),
             stats,
             _lock: lock,
@@ -608,6 +619,7 @@ impl Pipeline {
         d.wal.truncate_before(d.ckpts.wal_keep_from())?;
         d.last = Instant::now();
         d.wal_bytes_at_last = d.wal.stats.payload_bytes;
+        d.ended_at_last = self.sources.iter().filter(|s| s.ended).count();
         d.stats.checkpoints += 1;
         d.stats.checkpoint_bytes += info.bytes_written;
         d.stats.checkpoint_time += t0.elapsed();
@@ -628,13 +640,52 @@ impl Pipeline {
         let staged: usize = self.sinks.iter().map(|(_, id)| self.graph.node_state_bytes(*id)).sum();
         let Some(d) = self.durable.as_mut() else { return Ok(()) };
         d.wal.maybe_commit()?;
-        let due = d.last.elapsed() >= d.cfg.checkpoint_interval
-            || staged >= d.cfg.max_staged_bytes
-            || d.wal.stats.payload_bytes - d.wal_bytes_at_last >= d.cfg.max_wal_bytes;
-        if due {
-            self.checkpoint()?;
+        let by_size =
+            staged >= d.cfg.max_staged_bytes || d.wal.stats.payload_bytes - d.wal_bytes_at_last >= d.cfg.max_wal_bytes;
+        if by_size {
+            return self.checkpoint();
         }
-        Ok(())
+        if d.last.elapsed() < d.cfg.checkpoint_interval {
+            return Ok(());
+        }
+        if self.unchanged_since_checkpoint()? {
+            // An idle gateway does not rewrite its flash every interval.
+            let d = self.durable.as_mut().ok_or_else(|| EngineError::Internal("durable state vanished".into()))?;
+            d.last = Instant::now();
+            d.stats.checkpoints_skipped += 1;
+            d.stats.last_checkpoint_ms = Some(crate::time::now_ms());
+            return Ok(());
+        }
+        self.checkpoint()
+    }
+
+    /// Whether a checkpoint now would differ from the newest one only in what recovery
+    /// recomputes: watermarks of processing time (`LATE()`, `ERRORS()`, sources without a time
+    /// column) and state that a watermark dropped without output. Nothing was logged since it,
+    /// no replayable source moved, no source's watermark moved or ended, and no sink holds
+    /// output for the next commit (so recovering from the newest checkpoint gives the same
+    /// results as from a new one).
+    fn unchanged_since_checkpoint(&mut self) -> Result<bool> {
+        let Some(d) = self.durable.as_ref() else { return Ok(false) };
+        let Some(m) = d.ckpts.latest() else { return Ok(false) };
+        if d.wal.next_lsn() != m.wal_lsn
+            || m.sources.len() != self.sources.len()
+            || self.sources.iter().filter(|s| s.ended).count() != d.ended_at_last
+        {
+            return Ok(false);
+        }
+        for (s, mark) in self.sources.iter().zip(&m.sources) {
+            let position = match (s.replayable, s.reader.as_ref()) {
+                (true, Some(r)) => r.position(),
+                _ => s.position.clone(),
+            };
+            if s.watermark() != mark.watermark || position != mark.position {
+                return Ok(false);
+            }
+        }
+        // The shards hand over what their last steps produced before the sinks are asked.
+        self.flow_drain()?;
+        Ok(self.sinks.iter().all(|(_, id)| self.graph.node_state_bytes(*id) == 0))
     }
 
     /// How long an idle live loop may wait before the next group commit falls due.
