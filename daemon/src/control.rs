@@ -101,6 +101,21 @@ pub enum Command {
         config: FleetFragment,
         reply: Reply<()>,
     },
+    /// Begins a restore from the hub (`crate::restore_cmd`): the pipeline stops after a final
+    /// checkpoint and is marked paused, and nothing but `EndRestore` starts it until the restore
+    /// ends. Replies with the fingerprint its SQL gives state (the backup's must be the same).
+    HoldForRestore {
+        name: String,
+        reply: Reply<Vec<u8>>,
+    },
+    /// Ends a restore. With `staging`, the pipeline's state is replaced by the one built there
+    /// and the pipeline starts from it; without, it stays paused on its own state. Replies with
+    /// what became of it.
+    EndRestore {
+        name: String,
+        staging: Option<std::path::PathBuf>,
+        reply: Reply<String>,
+    },
 }
 
 impl Command {
@@ -113,7 +128,9 @@ impl Command {
             | Command::Resume { .. }
             | Command::Reload { .. }
             | Command::ValidateFleet { .. }
-            | Command::SetFleetConfig { .. } => true,
+            | Command::SetFleetConfig { .. }
+            | Command::HoldForRestore { .. }
+            | Command::EndRestore { .. } => true,
             Command::Pause { .. } | Command::Delete { .. } | Command::Checkpoint { .. } | Command::Config { .. } => {
                 false
             }
@@ -133,6 +150,8 @@ impl Command {
             Command::Reload { reply } => drop(reply.send(Err(e()))),
             Command::Config { reply } => drop(reply.send(Err(e()))),
             Command::ValidateFleet { reply, .. } | Command::SetFleetConfig { reply, .. } => drop(reply.send(Err(e()))),
+            Command::HoldForRestore { reply, .. } => drop(reply.send(Err(e()))),
+            Command::EndRestore { reply, .. } => drop(reply.send(Err(e()))),
         }
     }
 }

@@ -274,6 +274,9 @@ pub struct Runtime {
     backup: Option<Arc<Backup>>,
     /// Follows the group's desired state at the hub (`[hub.fleet]`), when configured.
     fleet: Option<FleetAgent>,
+    /// Pipelines a restore holds paused (`Command::HoldForRestore`): no other command starts,
+    /// replaces or removes them until it ends.
+    restoring: BTreeSet<String>,
 }
 
 /// The uploader `[hub.backup]` asks for, if any (it needs a state dir and `[hub]`).
@@ -353,6 +356,7 @@ impl Runtime {
             access: Arc::default(),
             backup: None,
             fleet: None,
+            restoring: BTreeSet::new(),
         })
     }
 
@@ -551,6 +555,7 @@ impl Runtime {
                     fatal: self.fatal.clone(),
                     commands: tx,
                     state: self.state.clone(),
+                    hub: HubLink::from_config(&self.cfg.hub),
                 },
             )?
         } else {
@@ -765,6 +770,12 @@ impl Runtime {
             Command::ValidateFleet { config, pipelines, reply } => {
                 let _ = reply.send(self.validate_fleet(&config, &pipelines));
             }
+            Command::HoldForRestore { name, reply } => {
+                let _ = reply.send(note_fatal(&mut fatal, self.hold_for_restore(&name)));
+            }
+            Command::EndRestore { name, staging, reply } => {
+                let _ = reply.send(note_fatal(&mut fatal, self.end_restore(&name, staging)));
+            }
             Command::SetFleetConfig { config, reply } => match self.keep_fleet_config(&config) {
                 Err(e) => {
                     let _ = reply.send(note_fatal(&mut fatal, Err(e)));
@@ -850,6 +861,7 @@ impl Runtime {
     /// does not start, the old one is started again on its state and the reply says why.
     fn deploy(&mut self, name: &str, sql: String, reset_state: bool) -> Result<DeployOutcome, CommandError> {
         check_name(name)?;
+        self.not_restoring(name)?;
         let Some(state) = self.state.clone() else {
             return Err(CommandError::Precondition(
                 "deploying needs a state dir (state_dir in the config): deployed pipelines are kept there".into(),
@@ -930,6 +942,7 @@ impl Runtime {
     }
 
     fn pause(&mut self, name: &str) -> Result<(), CommandError> {
+        self.not_restoring(name)?;
         if self.paused.contains_key(name) {
             return Ok(());
         }
@@ -950,6 +963,7 @@ impl Runtime {
     }
 
     fn resume(&mut self, name: &str) -> Result<(), CommandError> {
+        self.not_restoring(name)?;
         if self.workers.contains_key(name) {
             return Ok(());
         }
@@ -972,6 +986,7 @@ impl Runtime {
 
     fn delete(&mut self, name: &str, drop_state: bool) -> Result<(), CommandError> {
         check_name(name)?;
+        self.not_restoring(name)?;
         let Some(state) = self.state.clone() else {
             return Err(CommandError::Precondition("without a state dir no pipeline is deployed".into()));
         };
@@ -999,6 +1014,86 @@ impl Runtime {
         self.publish();
         tracing::info!(pipeline = name, drop_state, "pipeline deleted");
         Ok(())
+    }
+
+    fn not_restoring(&self, name: &str) -> Result<(), CommandError> {
+        if self.restoring.contains(name) {
+            return Err(CommandError::Precondition(format!(
+                "pipeline {name} is being restored from the hub; try again when that is done"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Begins a restore (`Command::HoldForRestore`): pauses `name` (a pipeline that failed to
+    /// start is marked paused too) and plans its SQL for the fingerprint the backup must carry.
+    fn hold_for_restore(&mut self, name: &str) -> Result<Vec<u8>, CommandError> {
+        check_name(name)?;
+        let Some(state) = self.state.clone() else {
+            return Err(CommandError::Precondition(
+                "eddyd runs without a state dir: there is no state to restore".into(),
+            ));
+        };
+        self.not_restoring(name)?;
+        if self.workers.contains_key(name) {
+            self.pause(name)?;
+        } else if !self.paused.contains_key(name) {
+            let files = self.pipelines(&self.cfg).map_err(|e| CommandError::Precondition(format!("{e:#}")))?;
+            let Some((file, origin)) = files.get(name) else {
+                return Err(CommandError::NotFound(format!(
+                    "no pipeline named {name}: deploy its SQL first (a backup holds state, not SQL)"
+                )));
+            };
+            let sql = std::fs::read_to_string(file)
+                .map_err(|e| CommandError::Precondition(format!("cannot read {}: {e}", file.display())))?;
+            write_durably(&paused_dir(&state.dir).join(name), b"")
+                .map_err(|e| CommandError::Fatal(format!("marking {name} paused: {e}")))?;
+            self.keep_paused(name, file, &sql, origin);
+        }
+        let Some(p) = self.paused.get(name) else {
+            return Err(CommandError::Precondition(format!("pipeline {name} did not pause")));
+        };
+        // The file as it is now (a reload while paused changes it; resume reads it so too).
+        let sql = std::fs::read_to_string(&p.file)
+            .map_err(|e| CommandError::Precondition(format!("cannot read {}: {e}", p.file.display())))?;
+        let dir =
+            p.file.parent().map(PathBuf::from).filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| ".".into());
+        let planned = plan(&self.cfg, name, &sql, dir, None, &Arc::default(), &Arc::default())
+            .map_err(|e| CommandError::Invalid(format!("pipeline {name} no longer plans: {e:#}")))?;
+        self.restoring.insert(name.to_string());
+        tracing::info!(pipeline = name, "restore from the hub begun: pipeline paused");
+        Ok(planned.state_fingerprint(&sql))
+    }
+
+    /// Ends a restore (`Command::EndRestore`). The replaced state is deleted, not kept: the
+    /// rows it pushed after the backup are gone from the hub, so it must never run again.
+    fn end_restore(&mut self, name: &str, staging: Option<PathBuf>) -> Result<String, CommandError> {
+        if !self.restoring.remove(name) {
+            return Err(CommandError::Precondition(format!("no restore of {name} is under way")));
+        }
+        let (Some(staging), Some(state)) = (staging, self.state.clone()) else {
+            tracing::info!(pipeline = name, "restore from the hub abandoned: pipeline stays paused");
+            return Ok(format!("pipeline {name} stays paused on its own state"));
+        };
+        let target = state.dir.join(name);
+        let failed = |e: String| {
+            CommandError::Precondition(format!(
+                "{e}; pipeline {name} stays paused: run the restore again (do not resume it on its old state)"
+            ))
+        };
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(|e| failed(format!("removing {}: {e}", target.display())))?;
+        }
+        crate::restore_cmd::install(&staging, &target).map_err(|e| failed(format!("{e:#}")))?;
+        if !self.paused.contains_key(name) {
+            return Ok(format!(
+                "the restored state is in {}, but pipeline {name} is no longer defined: nothing runs it",
+                target.display()
+            ));
+        }
+        self.resume(name)?;
+        tracing::info!(pipeline = name, "restore from the hub done: pipeline runs from the restored checkpoint");
+        Ok(format!("pipeline {name} runs from the restored checkpoint"))
     }
 
     /// Stops every worker (each takes its final checkpoint); the first error is returned.

@@ -585,24 +585,18 @@ fn checkpoint_indexes(c: &Central, gateway: &str) -> Vec<String> {
     c.s3.keys(&format!("checkpoints/gateway={gateway}/pipeline=p/index/"))
 }
 
-/// A gateway backs up its checkpoints to the hub and dies (SIGKILL) mid-input with rows pushed
-/// past its last backup; its state dir is lost. `eddyd restore --from-hub` on a fresh state dir
-/// and a new run finish the input: the bucket holds exactly the rows of one uninterrupted run.
-/// Another gateway cannot read those backups.
-#[test]
-fn a_gateway_restored_from_its_hub_backup_continues_exactly_once() {
-    let c = Central::start(1);
-    let gw = c.gateway("gw-r", 11, 400_000);
+/// Runs gateway `name` with a backup every third checkpoint and SIGKILLs it once a backup is
+/// kept, mid-input, with rows pushed past that backup. On a machine fast enough to finish the
+/// input first, the run's last backup stands instead: results must be exact either way.
+fn run_until_backed_up(c: &Central, name: &str, gw: &Path) {
     let mut toml = std::fs::read_to_string(gw.join("eddyd.toml")).unwrap();
     // Every third checkpoint: the hub sink pushes rows of the checkpoints between backups.
     toml.push_str("[hub.backup]\nenabled = true\nevery_checkpoints = 3\nmax_bytes_per_s = 100000000\n");
     std::fs::write(gw.join("eddyd.toml"), toml).unwrap();
-    let mut child = run_cmd(&gw).spawn().unwrap();
+    let mut child = run_cmd(gw).spawn().unwrap();
     let t0 = Instant::now();
-    // The device dies once a backup is kept, mid-input. On a machine fast enough to finish the
-    // input first, the run's last backup is restored instead: the result must be exact either way.
     let mut ended = false;
-    while checkpoint_indexes(&c, "gw-r").is_empty() || t0.elapsed() < Duration::from_millis(300) {
+    while checkpoint_indexes(c, name).is_empty() || t0.elapsed() < Duration::from_millis(300) {
         if child.try_wait().unwrap().is_some() {
             ended = true;
             break;
@@ -620,11 +614,22 @@ fn a_gateway_restored_from_its_hub_backup_continues_exactly_once() {
     );
     if ended {
         // Its final backup may still be on its way when it exits: wait for one.
-        while checkpoint_indexes(&c, "gw-r").is_empty() {
+        while checkpoint_indexes(c, name).is_empty() {
             assert!(t0.elapsed() < Duration::from_secs(120), "no backups at the hub");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A gateway backs up its checkpoints to the hub and dies (SIGKILL) mid-input with rows pushed
+/// past its last backup; its state dir is lost. `eddyd restore --from-hub` on a fresh state dir
+/// and a new run finish the input: the bucket holds exactly the rows of one uninterrupted run.
+/// Another gateway cannot read those backups.
+#[test]
+fn a_gateway_restored_from_its_hub_backup_continues_exactly_once() {
+    let c = Central::start(1);
+    let gw = c.gateway("gw-r", 11, 400_000);
+    run_until_backed_up(&c, "gw-r", &gw);
     let (pushed, _) = c.stored("gw-r");
     assert!(!pushed.is_empty(), "nothing was pushed before the kill");
     std::fs::remove_dir_all(gw.join("state")).unwrap();
@@ -671,6 +676,102 @@ fn a_gateway_restored_from_its_hub_backup_continues_exactly_once() {
     let text = String::from_utf8_lossy(&ls.stdout);
     assert!(ls.status.success() && text.contains(" checkpoints"), "{text}");
     assert!(checkpoint_indexes(&c, "gw-r").len() <= 3, "retention keeps three");
+}
+
+/// Waits (up to 120 s) until `gateway` has `rows` rows in the bucket.
+fn await_stored_rows(c: &Central, gateway: &str, rows: usize, what: &str) {
+    let t0 = Instant::now();
+    loop {
+        let n = c.stored(gateway).0.len();
+        if n == rows {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{what}: {n} rows stored after 120 s, not {rows}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A replacement device for gw-e (same identity and key, no state) runs the pipeline from the
+/// start, on top of the rows the old device pushed. `eddyctl restore` on the running eddyd first
+/// refuses a backup taken with other SQL (the pipeline keeps its state, paused), then, with the
+/// SQL fixed, retracts the rows the replacement pushed and those the old device pushed after its
+/// backup, installs the backup and runs on from it: the bucket holds exactly one run's rows.
+#[test]
+fn eddyctl_restores_a_running_gateways_pipeline_from_its_hub_backup_exactly_once() {
+    let c = Central::start(1);
+    let gw = c.gateway("gw-e", 12, 200_000);
+    run_until_backed_up(&c, "gw-e", &gw);
+    let want = expected(&gw);
+    let before = c.stored("gw-e").0.len();
+    assert!(before > 0, "nothing was pushed before the kill");
+
+    std::fs::remove_dir_all(gw.join("state")).unwrap();
+    let pipes = gw.join("pipes");
+    std::fs::create_dir_all(&pipes).unwrap();
+    let input = format!("path = '{}'", gw.join("in.jsonl").display());
+    let right = PIPELINE.replace("path = 'in.jsonl'", &input);
+    // Other SQL, the same columns: its state is not the backup's.
+    let wrong = right.replace("MAX(temp) AS max_temp", "MIN(temp) AS max_temp");
+    std::fs::write(pipes.join("p.sql"), &wrong).unwrap();
+    // A pipeline that never ends keeps eddyd running after p's input ends.
+    std::fs::write(gw.join("idle.jsonl"), "").unwrap();
+    std::fs::write(
+        pipes.join("idle.sql"),
+        format!(
+            "CREATE SOURCE idle (x BIGINT) WITH (connector = 'file', path = '{}', format = 'json', follow = 'true');\n\
+             CREATE SINK idle_out AS SELECT x FROM idle WITH (connector = 'file', path = '{}', format = 'json');\n",
+            gw.join("idle.jsonl").display(),
+            gw.join("idle.out").display()
+        ),
+    )
+    .unwrap();
+    // Without [hub.backup]: the replacement's own backups would be the hub's newest.
+    let toml = std::fs::read_to_string(gw.join("eddyd.toml")).unwrap();
+    let toml = toml.split("[hub.backup]").next().unwrap();
+    std::fs::write(gw.join("eddyd.toml"), format!("pipelines_dir = '{}'\n{toml}", pipes.display())).unwrap();
+    let mut cmd = Command::new(EDDYD);
+    cmd.current_dir(&gw)
+        .args(["run", "--config", "eddyd.toml", "--state-dir", "state", "--key-file", "state.key"])
+        .args(["--checkpoint-interval-ms", "20"])
+        .env("EDDY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let _eddyd = Killed(cmd.spawn().unwrap());
+    await_stored_rows(&c, "gw-e", before + want.len(), "the replacement's first run");
+
+    let eddyctl = |args: &[&str]| {
+        Command::new(hub_side::eddyctl_binary())
+            .arg("--socket")
+            .arg(gw.join("control.sock"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let refused = eddyctl(&["restore", "p", "--gateway", "gw-e"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("other SQL"), "{said}");
+    assert!(said.contains("stays paused on its own state"), "{said}");
+    let shown = eddyctl(&["--output", "json", "show", "p"]);
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("\"state\": \"paused\""),
+        "{}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
+    assert_eq!(c.stored("gw-e").0.len(), before + want.len(), "a refused restore changed the hub");
+
+    std::fs::write(pipes.join("p.sql"), &right).unwrap();
+    let done = eddyctl(&["restore", "p", "--gateway", "gw-e"]);
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "eddyctl restore: {}{said}", String::from_utf8_lossy(&done.stderr));
+    eprint!("{said}");
+    assert!(said.contains("restored pipeline p from checkpoint"), "{said}");
+    assert!(said.contains("rows the replaced state pushed"), "{said}");
+    assert!(said.contains("runs from the restored checkpoint"), "{said}");
+    await_stored_rows(&c, "gw-e", want.len(), "after the restore");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_exactly_once(&c, "gw-e", &gw);
+    let audit = eddyctl(&["audit"]);
+    assert!(String::from_utf8_lossy(&audit.stdout).contains("Restore"), "the restores are audited");
 }
 
 /// A pipeline of the fleet tests: generated readings, per-device counts to a file. `tag` makes

@@ -7,6 +7,7 @@ pub mod access;
 pub mod audit;
 mod listen;
 mod query;
+mod restore;
 mod service;
 
 use std::path::PathBuf;
@@ -35,6 +36,8 @@ pub struct Shared {
     pub fatal: Arc<FatalSlot>,
     pub commands: std::sync::mpsc::SyncSender<Command>,
     pub state: Option<StateContext>,
+    /// How to reach the hub (`[hub]`), or what the config lacks for it: restores come from there.
+    pub hub: std::result::Result<crate::connectors::hub::HubLink, String>,
 }
 
 /// The running API; dropping it stops the server and removes the socket file.

@@ -38,6 +38,8 @@ pub struct ControlService {
     /// The state dir's size and when it was measured: walked at most every 2 s.
     state_bytes: tokio::sync::Mutex<Option<(Instant, u64)>>,
     query: QuerySettings,
+    /// Held by the restore under way: one at a time (they share the staging convention).
+    restores: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Who is calling, once authorised.
@@ -54,6 +56,7 @@ impl ControlService {
             host: crate::connectors::gateway_name(),
             state_bytes: tokio::sync::Mutex::new(None),
             query,
+            restores: Arc::default(),
         }
     }
 
@@ -152,20 +155,7 @@ impl ControlService {
 
     /// Sends a request to the runtime and waits for its answer.
     async fn ask<T>(&self, make: impl FnOnce(crate::control::Reply<T>) -> Command) -> Result<T, Status> {
-        let (tx, rx) = oneshot::channel();
-        match self.shared.commands.try_send(make(tx)) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(_)) => {
-                return Err(Status::unavailable("eddyd is busy with other management requests; try again"))
-            }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                return Err(Status::unavailable("eddyd is stopping"))
-            }
-        }
-        match rx.await {
-            Ok(r) => r.map_err(to_status),
-            Err(_) => Err(Status::unavailable("eddyd is stopping")),
-        }
+        ask(&self.shared, make).await
     }
 
     fn statuses(&self) -> Vec<PipelineStatus> {
@@ -240,6 +230,25 @@ impl ControlService {
             }
         }
         st
+    }
+}
+
+/// Sends a request to the runtime and waits for its answer.
+pub(super) async fn ask<T>(
+    shared: &Shared,
+    make: impl FnOnce(crate::control::Reply<T>) -> Command,
+) -> Result<T, Status> {
+    let (tx, rx) = oneshot::channel();
+    match shared.commands.try_send(make(tx)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::TrySendError::Full(_)) => {
+            return Err(Status::unavailable("eddyd is busy with other management requests; try again"))
+        }
+        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(Status::unavailable("eddyd is stopping")),
+    }
+    match rx.await {
+        Ok(r) => r.map_err(to_status),
+        Err(_) => Err(Status::unavailable("eddyd is stopping")),
     }
 }
 
@@ -633,6 +642,26 @@ impl Control for ControlService {
         let inputs = query::inputs(&name, v, &reads)?;
         let answer = query::answer(sql, inputs, self.query.limits(max_rows)).await?;
         Ok(Response::new(query::reply(name, &answer, format, self.query.max_bytes, t0)?))
+    }
+
+    async fn restore(&self, req: Request<RestoreRequest>) -> Result<Response<RestoreReply>, Status> {
+        let r = req.get_ref().clone();
+        let c = self.authorize(&req, "Restore", &r.pipeline, Role::Admin).await?;
+        let out = match self.restores.clone().try_lock_owned() {
+            // Its own task: a caller that gives up waiting does not cut a restore short (a
+            // pipeline held for it would stay held).
+            Ok(one) => {
+                let (shared, r) = (self.shared.clone(), r.clone());
+                let task = tokio::spawn(async move {
+                    let out = super::restore::from_hub(&shared, &r).await;
+                    drop(one);
+                    out
+                });
+                task.await.unwrap_or_else(|e| Err(Status::internal(format!("the restore did not finish: {e}"))))
+            }
+            Err(_) => Err(Status::failed_precondition("another restore is under way; try again when it is done")),
+        };
+        self.outcome(&c, "Restore", &r.pipeline, out).await.map(Response::new)
     }
 
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIReply>, Status> {

@@ -84,12 +84,14 @@ pub struct CheckpointFiles {
 }
 
 /// What [`copy_rebased`] wrote.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RebasedCopy {
     pub seq: u64,
     pub created_ms: i64,
     pub blobs: usize,
     pub bytes_written: u64,
+    /// What the state belongs to (see `Pipeline::state_fingerprint`).
+    pub fingerprint: Vec<u8>,
 }
 
 pub struct CheckpointStore {
@@ -560,5 +562,6 @@ pub fn copy_rebased(
         created_ms: r.manifest.created_ms,
         blobs: blobs.len(),
         bytes_written: info.bytes_written,
+        fingerprint: r.manifest.fingerprint,
     })
 }

@@ -109,7 +109,7 @@ impl HubClient {
         gateway: &str,
         pipeline: &str,
         sha256: &str,
-        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        out: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
     ) -> Result<u64, ClientError> {
         let req =
             GetBlobRequest { gateway: gateway.to_string(), pipeline: pipeline.to_string(), sha256: sha256.to_string() };

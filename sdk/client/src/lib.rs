@@ -179,6 +179,7 @@ impl Client {
     write_call!(pause, v1::PipelineRef, v1::ActionReply);
     write_call!(resume, v1::PipelineRef, v1::ActionReply);
     write_call!(delete, v1::DeleteRequest, v1::ActionReply);
+    write_call!(restore, v1::RestoreRequest, v1::RestoreReply);
     write_call!(checkpoint, v1::PipelineRef, v1::ActionReply);
     write_call!(reload, v1::ReloadRequest, v1::ReloadReply);
 

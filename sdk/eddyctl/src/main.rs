@@ -190,6 +190,18 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         arrow: Option<PathBuf>,
     },
+    /// Replace a pipeline's state with a checkpoint backed up at the hub, and run it from there
+    /// (the pipeline is paused meanwhile; rows pushed to the hub after the backup are retracted
+    /// and computed again). Its SQL must be the one the backup was taken with.
+    Restore {
+        pipeline: String,
+        /// The gateway whose backup to restore (the hub lets a gateway read only its own).
+        #[arg(long)]
+        gateway: String,
+        /// The backup's checkpoint number (default: the newest the hub keeps).
+        #[arg(long, default_value_t = 0)]
+        checkpoint: u64,
+    },
     /// Re-read the config and pipeline files (what SIGHUP does).
     Reload,
     /// The effective config, secrets masked.
@@ -564,6 +576,18 @@ async fn run_async(cli: Cli) -> Result<()> {
                 Some(file) => write_arrow(&file, &r.arrow_ipc)?,
                 None if json => print_json(&query_json(&r)?)?,
                 None => println!("{}", query_table(&r)?),
+            }
+        }
+        Cmd::Restore { pipeline, gateway, checkpoint } => {
+            let progress = Progress::start(format!("restoring {pipeline} from the hub"));
+            let r = c.restore(v1::RestoreRequest { pipeline, gateway, checkpoint_seq: checkpoint }).await;
+            progress.stop();
+            let r = r?;
+            if json {
+                return print_json(&r);
+            }
+            for step in &r.steps {
+                println!("{step}");
             }
         }
         Cmd::Reload => {
