@@ -63,12 +63,12 @@ bash tests/yocto/check.sh
 # (hwtests/README.md). Without root each case skips, saying so.
 bash hwtests/run.sh
 
-# Packages: the .deb and .rpm built and linted, then the .deb installed and exercised under a real
+# Packages: the .deb and .rpm built and linted, then both installed and exercised under a real
 # systemd booted in a container (packaging/README.md).
 bash scripts/package.sh --prebuilt
 if [ "$(id -u)" = 0 ] && command -v systemd-nspawn >/dev/null 2>&1; then
     # 77: this machine cannot boot a container; boot.sh has said why.
-    bash tests/packaging/boot.sh target/packages/eddy_*.deb target/packages/eddy-hub_*.deb || [ $? = 77 ]
+    bash tests/packaging/boot.sh target/packages/eddy_*.deb target/packages/eddy-hub_*.deb target/packages/eddy-[0-9]*.rpm || [ $? = 77 ]
 elif [ "${CI:-}" = "true" ]; then
     echo "scripts/test.sh: the package boot test needs root and systemd-nspawn; CI must run it" >&2
     exit 1

@@ -5,16 +5,24 @@
 # eddyd, purge — and powers the container off. Needs root and systemd-nspawn; the host's systemd
 # need not be running (PID 1 here is not systemd).
 #
-#   tests/packaging/boot.sh target/packages/eddy_*.deb [target/packages/eddy-hub_*.deb]
+#   tests/packaging/boot.sh target/packages/eddy_*.deb [target/packages/eddy-hub_*.deb] [target/packages/eddy-*.rpm]
 #
 # With the eddy-hub package too, it is installed after eddy's checks and started under its unit
-# with a one-machine store and its TLS key as a credential.
+# with a one-machine store and its TLS key as a credential. With the .rpm, it is installed with
+# rpm once the .deb is purged, and its scriptlets are checked under the same systemd.
 #
 # Exit 0: every check passed; 1: a check failed or hung; 77: this machine cannot boot such a
 # container (no overlayfs, no namespaces, systemd not reaching its units), with the reason.
 set -euo pipefail
-deb=$(realpath "$1")
-hub_deb=${2:+$(realpath "$2")}
+deb="" hub_deb="" rpm_pkg=""
+for f in "$@"; do
+    case "$f" in
+        *.rpm) rpm_pkg=$(realpath "$f") ;;
+        *.deb) if [ -z "$deb" ]; then deb=$(realpath "$f"); else hub_deb=$(realpath "$f"); fi ;;
+        *) echo "tests/packaging/boot.sh: $f is neither a .deb nor an .rpm" >&2; exit 2 ;;
+    esac
+done
+[ -n "$deb" ] || { echo "tests/packaging/boot.sh: give eddy's .deb" >&2; exit 2; }
 here=$(cd "$(dirname "$0")" && pwd)
 
 work=$(mktemp -d /tmp/eddy-boot.XXXXXX)
@@ -42,7 +50,7 @@ rm -rf "$root/etc/eddy" "$root/var/lib/eddy" "$root/var/lib/private/eddy"
 # A build image's policy-rc.d (exit 101) forbids starting services from maintainer scripts; a
 # gateway has none.
 rm -f "$root/usr/sbin/policy-rc.d"
-cp "$deb" ${hub_deb:+"$hub_deb"} "$work/pkg/"
+cp "$deb" ${hub_deb:+"$hub_deb"} ${rpm_pkg:+"$rpm_pkg"} "$work/pkg/"
 cp "$here/in_container.sh" "$work/results/"
 cat > "$root/etc/systemd/system/eddy-package-check.service" <<UNIT
 [Unit]
@@ -51,7 +59,7 @@ After=basic.target
 
 [Service]
 Type=simple
-ExecStart=/bin/bash /results/in_container.sh /pkg/$(basename "$deb") ${hub_deb:+/pkg/$(basename "$hub_deb")}
+ExecStart=/bin/bash /results/in_container.sh /pkg/$(basename "$deb") ${hub_deb:+/pkg/$(basename "$hub_deb")} ${rpm_pkg:+/pkg/$(basename "$rpm_pkg")}
 UNIT
 mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
 ln -sf ../eddy-package-check.service "$root/etc/systemd/system/multi-user.target.wants/"
