@@ -250,11 +250,6 @@ impl Staged {
             self.copy.blobs
         )
     }
-
-    /// Removes the staging directory (best effort: the next restore empties it anyway).
-    pub fn discard(self) {
-        self.fetched.discard();
-    }
 }
 
 fn built_dir(staging: &Path) -> PathBuf {
@@ -268,14 +263,6 @@ pub fn install(staging: &Path, target: &Path) -> Result<()> {
         .with_context(|| format!("moving the restored state to {}", target.display()))?;
     eddy_engine::storage::fs::sync_parent(target).with_context(|| format!("{}", target.display()))?;
     std::fs::remove_dir_all(staging).with_context(|| format!("removing {}", staging.display()))
-}
-
-impl Fetched {
-    fn discard(&self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.staging) {
-            tracing::warn!(dir = %self.staging.display(), error = %e, "restore: staging directory not removed");
-        }
-    }
 }
 
 /// `eddyd restore --from-hub`: eddyd is stopped and the pipeline has no state yet.

@@ -26,7 +26,8 @@ fn failed(e: anyhow::Error) -> Status {
     Status::new(code, format!("{e:#}"))
 }
 
-/// Steps 1–3; `Err` says whether the hub was changed already (the retraction had begun).
+/// Steps 1–3; `Err` says whether the hub was changed already (the retraction had begun). The
+/// caller removes the staging directory after any failure.
 async fn stage_and_retract(
     shared: &Shared,
     req: &RestoreRequest,
@@ -46,7 +47,6 @@ async fn stage_and_retract(
         .map_err(|e| (failed(e), false))?;
     if staged.copy.fingerprint != fingerprint {
         let seq = staged.copy.seq;
-        staged.discard();
         return Err((
             Status::failed_precondition(format!(
                 "checkpoint {seq} of {}/{} was taken with other SQL than pipeline {} runs now: deploy the SQL the backup was taken with, then restore",
@@ -59,10 +59,7 @@ async fn stage_and_retract(
     let replaced = replaced.exists().then_some(replaced);
     match staged.retract(&state.cipher, replaced.as_deref()).await {
         Ok(steps) => Ok((staged, steps)),
-        Err(e) => {
-            staged.discard();
-            Err((failed(e), true))
-        }
+        Err(e) => Err((failed(e), true)),
     }
 }
 
@@ -88,7 +85,7 @@ pub async fn from_hub(shared: &Shared, req: &RestoreRequest) -> Result<RestoreRe
         }
         Err((status, hub_changed)) => {
             if let Some(state) = &shared.state {
-                // What a failed download or rebuild left (best effort: the next restore empties it).
+                // What a failed step left (best effort: the next restore empties it anyway).
                 let _ = std::fs::remove_dir_all(restore_cmd::staging_dir(&state.dir, &req.pipeline));
             }
             let ended = ask(shared, |reply| Command::EndRestore { name, staging: None, reply }).await;
