@@ -2,8 +2,10 @@
 //! with Arrow's row format, and two accumulator stores:
 //! - [`GroupsAccs`]: DataFusion `GroupsAccumulator`s, one call per batch for all groups, emitted once
 //!   (final results, `EMIT ON WINDOW CLOSE`);
-//! - [`RowAccs`]: one `Accumulator` per group, which can be read again and again (updating results)
-//!   and merged (sessions).
+//! - [`RowAccs`]: one `Accumulator` per group, which can be read again and again (updating results).
+//!
+//! Both add a group's rows one by one in arrival order, so that results (floating-point sums
+//! above all) do not depend on batch boundaries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -272,6 +274,24 @@ impl GroupsAccs {
     pub fn bytes(&self) -> usize {
         self.accs.iter().map(|a| a.size()).sum()
     }
+
+    /// Every group's partial state, per aggregate; the accumulators are left empty.
+    pub fn take_state(&mut self) -> Result<Vec<Vec<ArrayRef>>> {
+        self.accs.iter_mut().map(|a| Ok(a.state(EmitTo::All)?)).collect()
+    }
+
+    /// Folds rows `rows` of `state` (from [`GroupsAccs::take_state`]) into groups, in row order:
+    /// the i-th taken row into `groups[i]`.
+    pub fn merge(&mut self, state: &[Vec<ArrayRef>], rows: &UInt32Array, groups: &[usize], total: usize) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for (acc, state) in self.accs.iter_mut().zip(state) {
+            let taken = take_all(state, Some(rows))?;
+            acc.merge_batch(&taken, groups, total)?;
+        }
+        Ok(())
+    }
 }
 
 /// One `Accumulator` per group and aggregate; values can be read any number of times.
@@ -340,24 +360,31 @@ impl RowAccs {
     }
 }
 
-/// Adds rows `idx` of `input` to one group's accumulators.
+/// Adds rows `idx` of `input` to one group's accumulators, in `idx` order.
 pub fn update_group(accs: &mut [Box<dyn Accumulator>], input: &Evaluated, idx: &UInt32Array) -> Result<()> {
     for (a, acc) in accs.iter_mut().enumerate() {
         let mut args = take_all(&input.args[a], Some(idx))?;
         if let Some(f) = take_filter(&input.filters[a], Some(idx))? {
             args = args.iter().map(|c| Ok(arrow::compute::filter(c, &f)?)).collect::<Result<_>>()?;
         }
-        acc.update_batch(&args)?;
+        update_in_order(acc.as_mut(), &args)?;
     }
     Ok(())
 }
 
-/// Folds `from`'s state into `into` (sessions that merge).
-pub fn merge_group(into: &mut [Box<dyn Accumulator>], from: &mut [Box<dyn Accumulator>]) -> Result<()> {
-    for (a, b) in into.iter_mut().zip(from.iter_mut()) {
-        let state: Vec<ArrayRef> =
-            b.state()?.into_iter().map(|s| s.to_array()).collect::<datafusion_common::Result<_>>()?;
-        a.merge_batch(&state)?;
+/// `update_batch`, but adding floating-point values one at a time. DataFusion's `Accumulator`s
+/// sum a batch as a block (in lanes) and then add the block, so with floats the result would
+/// move with batch boundaries; `GroupsAccumulator`s add row by row, and this keeps both equal.
+fn update_in_order(acc: &mut dyn Accumulator, args: &[ArrayRef]) -> Result<()> {
+    let rows = args.first().map_or(0, |a| a.len());
+    if rows <= 1 || !args.iter().any(|a| a.data_type().is_floating()) {
+        return Ok(acc.update_batch(args)?);
+    }
+    let mut one = Vec::with_capacity(args.len());
+    for i in 0..rows {
+        one.clear();
+        one.extend(args.iter().map(|a| a.slice(i, 1)));
+        acc.update_batch(&one)?;
     }
     Ok(())
 }
@@ -390,6 +417,28 @@ impl GroupsAccs {
             }
         }
         Ok(())
+    }
+
+    /// Rebuilds `n` groups from states written by [`snapshot_groups`] (one `Accumulator` per
+    /// group: its state has the same fields as the `GroupsAccumulator`'s).
+    pub fn restore_row_states(exprs: &AggregateExprs, n: usize, r: &mut StateReader) -> Result<Self> {
+        let mut accs = GroupsAccs::new(exprs)?;
+        let aggs = r.count(8)?;
+        if n == 0 {
+            return Ok(accs);
+        }
+        if aggs != exprs.aggs.len() {
+            return Err(r.err("an aggregate count mismatch"));
+        }
+        let all: Vec<usize> = (0..n).collect();
+        for acc in &mut accs.accs {
+            let (state, rows) = r.arrays()?;
+            if rows != n {
+                return Err(r.err("a group count mismatch"));
+            }
+            acc.merge_batch(&state, &all, n)?;
+        }
+        Ok(accs)
     }
 
     pub fn restore(exprs: &AggregateExprs, groups: usize, r: &mut StateReader) -> Result<Self> {
