@@ -3,6 +3,7 @@
 //! (every pipeline recovered and running). Owns the HTTP endpoint; never touches pipeline state
 //! directly (pipelines publish snapshots of their counters).
 
+use eddy_engine::connector::Role;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -101,11 +102,11 @@ pub struct PipelineStatus {
 /// (`eddy_mqtt_connected`, `eddy_kafka_connected`, …).
 pub const CONNECTORS: [&str; 3] = ["mqtt", "kafka", "hub"];
 
-/// One connector's gauges and what it is: its pipeline, role ("source" / "sink"), connector
+/// One connector's gauges and what it is: its pipeline, role (source or sink), connector
 /// (one of [`CONNECTORS`]) and name.
 struct ConnectorEntry {
     pipeline: String,
-    role: &'static str,
+    role: Role,
     connector: &'static str,
     name: String,
     gauges: Arc<ConnectorGauges>,
@@ -179,15 +180,9 @@ pub const STALL: Duration = Duration::from_secs(10);
 impl Registry {
     /// The gauges of `pipeline`'s source or sink (`role`) `name`, through `connector` (one of
     /// [`CONNECTORS`]); kept across reloads: counters only grow.
-    pub fn connector(
-        &self,
-        pipeline: &str,
-        role: &'static str,
-        connector: &'static str,
-        name: &str,
-    ) -> Arc<ConnectorGauges> {
+    pub fn connector(&self, pipeline: &str, role: Role, connector: &'static str, name: &str) -> Arc<ConnectorGauges> {
         // Ours to keep in step: a connector missing from CONNECTORS would never be rendered.
-        assert!(CONNECTORS.contains(&connector) && matches!(role, "source" | "sink"), "{role} via {connector}");
+        assert!(CONNECTORS.contains(&connector) && role != Role::Table, "{role} via {connector}");
         let mut c = self.connectors.lock().unwrap_or_else(|p| p.into_inner());
         let same = |e: &&ConnectorEntry| e.pipeline == pipeline && e.role == role && e.name == name;
         if let Some(e) = c.iter().find(same).filter(|e| e.connector == connector) {
@@ -246,7 +241,7 @@ impl Registry {
     }
 
     /// The connectors of one pipeline: (role, name, gauges).
-    pub fn connectors_of(&self, pipeline: &str) -> Vec<(&'static str, String, Arc<ConnectorGauges>)> {
+    pub fn connectors_of(&self, pipeline: &str) -> Vec<(Role, String, Arc<ConnectorGauges>)> {
         let c = self.connectors.lock().unwrap_or_else(|p| p.into_inner());
         c.iter().filter(|e| e.pipeline == pipeline).map(|e| (e.role, e.name.clone(), e.gauges.clone())).collect()
     }
@@ -523,7 +518,7 @@ mod tests {
     #[test]
     fn a_failed_connector_thread_makes_health_fail_at_once() {
         let r = Registry::default();
-        let g = r.connector("p", "sink", "mqtt", "alerts");
+        let g = r.connector("p", Role::Sink, "mqtt", "alerts");
         assert!(r.healthy().is_ok());
         g.fail("outbox: fsync failed".into());
         let e = r.healthy().unwrap_err();
@@ -534,10 +529,10 @@ mod tests {
     #[test]
     fn each_connector_has_its_own_metric_names_and_families_appear_once() {
         let r = Registry::default();
-        r.connector("p", "source", "mqtt", "m").messages.store(3, Ordering::Relaxed);
-        r.connector("p", "source", "kafka", "k").messages.store(5, Ordering::Relaxed);
-        r.connector("p", "sink", "kafka", "out").connected.store(true, Ordering::Relaxed);
-        r.connector("p", "sink", "hub", "h").outbox_oldest_age_ms.store(1500, Ordering::Relaxed);
+        r.connector("p", Role::Source, "mqtt", "m").messages.store(3, Ordering::Relaxed);
+        r.connector("p", Role::Source, "kafka", "k").messages.store(5, Ordering::Relaxed);
+        r.connector("p", Role::Sink, "kafka", "out").connected.store(true, Ordering::Relaxed);
+        r.connector("p", Role::Sink, "hub", "h").outbox_oldest_age_ms.store(1500, Ordering::Relaxed);
         let text = r.render();
         for line in [
             "eddy_mqtt_messages_total{pipeline=\"p\",source=\"m\"} 3",
@@ -558,7 +553,7 @@ mod tests {
         types.dedup();
         assert_eq!(types.len(), n, "a metric family declared twice");
         // A reload that moves a source to another connector starts it anew under the new names.
-        r.connector("p", "source", "kafka", "m");
+        r.connector("p", Role::Source, "kafka", "m");
         let text = r.render();
         assert!(
             !text.contains("eddy_mqtt_") && text.contains("eddy_kafka_messages_total{pipeline=\"p\",source=\"m\"} 0")

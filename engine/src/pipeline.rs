@@ -729,7 +729,7 @@ impl Pipeline {
 
     fn plan_table(def: &RelationDef, pos: SqlPos, cfg: &PipelineConfig) -> Result<TableRuntime> {
         let ctx = format!("table '{}'", def.name);
-        connector::check_options("table", &def.name, &def.options, None).map_err(|e| at(pos, e))?;
+        connector::check_options(connector::Role::Table, &def.name, &def.options, None).map_err(|e| at(pos, e))?;
         let (cols, _) = relation_columns(def, pos)?;
         if def.watermark.is_some() {
             return Err(sql_err(
@@ -787,8 +787,8 @@ impl Pipeline {
     ) -> Result<SourceRuntime> {
         let ctx = format!("source '{}'", def.name);
         let provider = cfg.connectors.as_deref();
-        let connector =
-            connector::check_options("source", &def.name, &def.options, provider).map_err(|e| at(pos, e))?;
+        let connector = connector::check_options(connector::Role::Source, &def.name, &def.options, provider)
+            .map_err(|e| at(pos, e))?;
         let (cols, time_col) = relation_columns(def, pos)?;
         let builtin = matches!(connector.as_str(), "file" | "datagen" | "nexmark");
         if let Some(c) =
@@ -865,7 +865,7 @@ impl Pipeline {
                         state: None,
                         wakeup: Some(wakeup.clone()),
                     };
-                    p.validate("source", &spec).map_err(|e| at(pos, e))?;
+                    p.validate(connector::Role::Source, &spec).map_err(|e| at(pos, e))?;
                     reader = Some(p.open_source(&spec)?);
                     ReaderSpec::External { fold: p.fold_position(&connector) }
                 }
@@ -933,7 +933,8 @@ impl Pipeline {
     ) -> Result<(Stream, NodeId, Arc<TapPoint>)> {
         let ctx = format!("sink '{name}'");
         let provider = cfg.connectors.as_deref();
-        let connector = connector::check_options("sink", name, options, provider).map_err(|e| at(pos, e))?;
+        let connector =
+            connector::check_options(connector::Role::Sink, name, options, provider).map_err(|e| at(pos, e))?;
         let stream = match input {
             SinkInput::Relation(r) => match catalog.relation(r).map(|s| &s.kind) {
                 Some(RelationKind::Source | RelationKind::View) => {
@@ -1013,7 +1014,7 @@ impl Pipeline {
                     }),
                     wakeup: None,
                 };
-                p.validate("sink", &spec).map_err(|e| at(pos, e))?;
+                p.validate(connector::Role::Sink, &spec).map_err(|e| at(pos, e))?;
                 Sink::external(name, other, p.open_sink(&spec)?, mode, columns)
             }
         };

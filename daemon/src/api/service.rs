@@ -20,6 +20,7 @@ use super::query::{self, QuerySettings};
 use super::Shared;
 use crate::control::{Command, CommandError, DeployOutcome, PipelineView};
 use eddy_engine::connector::tap::SourceRows;
+use eddy_engine::connector::Role as ConnectorRole;
 
 /// Largest SQL text accepted by Deploy and Validate.
 const MAX_SQL_BYTES: usize = 1 << 20;
@@ -179,8 +180,9 @@ impl ControlService {
             st.sharding = v.sharding.clone();
         }
         let gauges = self.shared.registry.connectors_of(name);
-        let gauge =
-            |kind: &str, n: &str| gauges.iter().find(|(k, gn, _)| *k == kind && gn == n).map(|(_, _, g)| g.clone());
+        let gauge = |role: ConnectorRole, n: &str| {
+            gauges.iter().find(|(r, gn, _)| *r == role && gn == n).map(|(_, _, g)| g.clone())
+        };
         let Some((state, obs, error)) = self.shared.registry.pipeline_snapshot(name) else {
             st.state = if view.is_some_and(|v| v.paused) { "paused" } else { "starting" }.into();
             return st;
@@ -202,7 +204,7 @@ impl ControlService {
                     watermark_ms: s.watermark,
                     lag_ms: s.watermark.map(|w| now.saturating_sub(w).max(0)),
                     connected: s.connected,
-                    queued: gauge("source", &s.name)
+                    queued: gauge(ConnectorRole::Source, &s.name)
                         .map_or(0, |g| g.queue_depth.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64),
                 })
                 .collect();
@@ -210,7 +212,7 @@ impl ControlService {
                 .sinks
                 .iter()
                 .map(|(n, rows, retractions)| {
-                    let g = gauge("sink", n);
+                    let g = gauge(ConnectorRole::Sink, n);
                     let load = |f: fn(&crate::metrics::ConnectorGauges) -> u64| g.as_deref().map_or(0, f);
                     SinkStatus {
                         name: n.clone(),

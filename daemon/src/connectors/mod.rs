@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::config::{HubSection, KafkaDefaults, MqttDefaults};
 use crate::metrics::Registry;
-use eddy_engine::connector::{self, ConnectorProvider, ConnectorSpec, FoldPosition, SinkWriter, SourceReader};
+use eddy_engine::connector::{self, ConnectorProvider, ConnectorSpec, FoldPosition, Role, SinkWriter, SourceReader};
 use eddy_engine::{EngineError, Result};
 
 /// The daemon's provided connectors, for one pipeline.
@@ -80,16 +80,16 @@ impl OptionLists {
 
     pub(crate) fn get(
         &'static self,
-        what: &str,
+        role: Role,
         common: &'static [&'static str],
         source: &'static [&'static str],
         sink: &'static [&'static str],
     ) -> Option<&'static [&'static str]> {
         let join = |own: &[&'static str]| common.iter().chain(own).copied().collect::<Vec<_>>();
-        match what {
-            "source" => Some(self.source.get_or_init(|| join(source)).as_slice()),
-            "sink" => Some(self.sink.get_or_init(|| join(sink)).as_slice()),
-            _ => None,
+        match role {
+            Role::Source => Some(self.source.get_or_init(|| join(source)).as_slice()),
+            Role::Sink => Some(self.sink.get_or_init(|| join(sink)).as_slice()),
+            Role::Table => None,
         }
     }
 }
@@ -103,27 +103,31 @@ const SOURCES: &[&str] = &[mqtt::CONNECTOR, kafka::CONNECTOR];
 const SINKS: &[&str] = &[mqtt::CONNECTOR, kafka::CONNECTOR, hub::CONNECTOR];
 
 impl ConnectorProvider for Provider {
-    fn connectors(&self, what: &str) -> Vec<&'static str> {
-        if what == "sink" { SINKS } else { SOURCES }.to_vec()
+    fn connectors(&self, role: Role) -> Vec<&'static str> {
+        match role {
+            Role::Source => SOURCES.to_vec(),
+            Role::Sink => SINKS.to_vec(),
+            Role::Table => Vec::new(),
+        }
     }
 
-    fn options(&self, what: &str, connector: &str) -> Option<&'static [&'static str]> {
+    fn options(&self, role: Role, connector: &str) -> Option<&'static [&'static str]> {
         match connector {
-            "mqtt" => mqtt::options(what),
-            "kafka" => kafka::options(what),
-            "hub" if what == "sink" => Some(hub::SINK_OPTIONS),
+            "mqtt" => mqtt::options(role),
+            "kafka" => kafka::options(role),
+            "hub" if role == Role::Sink => Some(hub::SINK_OPTIONS),
             _ => None,
         }
     }
 
-    fn validate(&self, what: &str, spec: &ConnectorSpec<'_>) -> Result<()> {
-        match (spec.connector, what) {
-            ("mqtt", "source") => mqtt::source_settings(self, spec).map(|_| ()),
-            ("mqtt", "sink") => mqtt::sink_settings(self, spec).map(|_| ()),
-            ("kafka", "source") => kafka::source_settings(self, spec).map(|_| ()),
-            ("kafka", "sink") => kafka::sink_settings(self, spec).map(|_| ()),
-            ("hub", "sink") => hub::sink_settings(self, spec).map(|_| ()),
-            (c, w) => Err(EngineError::Internal(format!("no provided {c} {w}s"))),
+    fn validate(&self, role: Role, spec: &ConnectorSpec<'_>) -> Result<()> {
+        match (spec.connector, role) {
+            ("mqtt", Role::Source) => mqtt::source_settings(self, spec).map(|_| ()),
+            ("mqtt", Role::Sink) => mqtt::sink_settings(self, spec).map(|_| ()),
+            ("kafka", Role::Source) => kafka::source_settings(self, spec).map(|_| ()),
+            ("kafka", Role::Sink) => kafka::sink_settings(self, spec).map(|_| ()),
+            ("hub", Role::Sink) => hub::sink_settings(self, spec).map(|_| ()),
+            (c, role) => Err(EngineError::Internal(format!("no provided {c} {role}s"))),
         }
     }
 

@@ -140,6 +140,32 @@ pub struct SinkStateDir {
     pub owner: crate::storage::header::Owner,
 }
 
+/// What a connector is opened as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Source,
+    /// A lookup table (`CREATE TABLE`), read whole.
+    Table,
+    Sink,
+}
+
+impl Role {
+    /// The DDL word (`source`, `table`, `sink`), as used in messages and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Table => "table",
+            Role::Sink => "sink",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the engine hands a provided connector to open a source or sink.
 pub struct ConnectorSpec<'a> {
     /// The source's or sink's name.
@@ -180,13 +206,13 @@ pub trait SinkWriter: Send {
 
 /// Connectors provided from outside the engine (the daemon's MQTT, Kafka).
 pub trait ConnectorProvider: Send + Sync {
-    /// The connectors provided for `what` ("source" or "sink").
-    fn connectors(&self, what: &str) -> Vec<&'static str>;
+    /// The connectors provided as `role` (sources and sinks; tables are the engine's own).
+    fn connectors(&self, role: Role) -> Vec<&'static str>;
     /// The options a provided connector takes (besides the common ones), or `None` if unknown.
-    fn options(&self, what: &str, connector: &str) -> Option<&'static [&'static str]>;
+    fn options(&self, role: Role, connector: &str) -> Option<&'static [&'static str]>;
     /// Checks a source's or sink's options and metadata keys at plan time (`eddyd check`), without
     /// connecting anywhere.
-    fn validate(&self, what: &str, spec: &ConnectorSpec<'_>) -> Result<()>;
+    fn validate(&self, role: Role, spec: &ConnectorSpec<'_>) -> Result<()>;
     /// Makes a source's reader (it connects on its first poll, not here).
     fn open_source(&self, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SourceReader>>;
     /// How this connector's logged positions combine.
@@ -212,24 +238,24 @@ pub const SOURCE_COMMON: &[&str] = &["connector", "format", "on_error", "waterma
 /// Options every sink accepts.
 pub const SINK_COMMON: &[&str] = &["connector", "format", "type", "primary_key"];
 
-/// The options connector `connector` takes as a `what` (source, table or sink).
+/// The options connector `connector` takes as a `role`.
 pub fn valid_options(
-    what: &str,
+    role: Role,
     connector: &str,
     provider: Option<&dyn ConnectorProvider>,
 ) -> Option<Vec<&'static str>> {
     let provided =
-        |common: &'static [&'static str]| provider.and_then(|p| p.options(what, connector)).map(|own| (common, own));
-    let (common, own): (&[&str], &[&str]) = match (what, connector) {
-        ("source", "file") => (SOURCE_COMMON, file::SOURCE_OPTIONS),
-        ("source", "datagen") => (SOURCE_COMMON, datagen::OPTIONS),
-        ("source", "nexmark") => (SOURCE_COMMON, nexmark::OPTIONS),
-        ("table", "file") => (&["connector", "format"], &["path", "reload_interval", "max_line_bytes"]),
-        ("sink", "file") => (SINK_COMMON, &["path"]),
-        ("sink", "console") => (SINK_COMMON, &[]),
-        ("source", _) => provided(SOURCE_COMMON)?,
-        ("sink", _) => provided(SINK_COMMON)?,
-        _ => return None,
+        |common: &'static [&'static str]| provider.and_then(|p| p.options(role, connector)).map(|own| (common, own));
+    let (common, own): (&[&str], &[&str]) = match (role, connector) {
+        (Role::Source, "file") => (SOURCE_COMMON, file::SOURCE_OPTIONS),
+        (Role::Source, "datagen") => (SOURCE_COMMON, datagen::OPTIONS),
+        (Role::Source, "nexmark") => (SOURCE_COMMON, nexmark::OPTIONS),
+        (Role::Table, "file") => (&["connector", "format"], &["path", "reload_interval", "max_line_bytes"]),
+        (Role::Table, _) => return None,
+        (Role::Sink, "file") => (SINK_COMMON, &["path"]),
+        (Role::Sink, "console") => (SINK_COMMON, &[]),
+        (Role::Source, _) => provided(SOURCE_COMMON)?,
+        (Role::Sink, _) => provided(SINK_COMMON)?,
     };
     let mut v: Vec<&str> = common.iter().chain(own).copied().collect();
     v.sort();
@@ -237,36 +263,36 @@ pub fn valid_options(
     Some(v)
 }
 
-/// Connectors known for each kind, for messages.
-pub fn known_connectors(what: &str, provider: Option<&dyn ConnectorProvider>) -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = match what {
-        "source" => vec!["file", "datagen", "nexmark"],
-        "table" => vec!["file"],
-        _ => vec!["file", "console"],
+/// Connectors known for each role, for messages.
+pub fn known_connectors(role: Role, provider: Option<&dyn ConnectorProvider>) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = match role {
+        Role::Source => vec!["file", "datagen", "nexmark"],
+        Role::Table => return vec!["file"],
+        Role::Sink => vec!["file", "console"],
     };
     if let Some(p) = provider {
-        v.extend(p.connectors(what));
+        v.extend(p.connectors(role));
     }
     v
 }
 
 /// Checks `options` against the connector's list; returns the connector name.
 pub fn check_options(
-    what: &str,
+    role: Role,
     name: &str,
     options: &Options,
     provider: Option<&dyn ConnectorProvider>,
 ) -> Result<String> {
-    let ctx = format!("{what} '{name}'");
-    let known = || known_connectors(what, provider).join(", ");
+    let ctx = format!("{role} '{name}'");
+    let known = || known_connectors(role, provider).join(", ");
     let Some(connector) = options.get("connector") else {
         return Err(EngineError::options(ctx, format!("missing option 'connector' (one of: {})", known())));
     };
     let connector = connector.to_ascii_lowercase();
-    let Some(valid) = valid_options(what, &connector, provider) else {
+    let Some(valid) = valid_options(role, &connector, provider) else {
         return Err(EngineError::options(
             ctx,
-            format!("unknown connector '{connector}' (known {what} connectors: {})", known()),
+            format!("unknown connector '{connector}' (known {role} connectors: {})", known()),
         ));
     };
     for (k, _, pos) in &options.entries {

@@ -10,6 +10,7 @@
 //! Owns the uploader thread and the offers; never blocks a worker (an offer opens files and
 //! takes a lock), never changes the state directory.
 
+use eddy_engine::connector::Role;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -106,7 +107,7 @@ impl Backup {
             .registry
             .connectors_of(pipeline)
             .into_iter()
-            .filter(|(kind, ..)| *kind == "sink")
+            .filter(|(role, ..)| *role == Role::Sink)
             .filter_map(|(_, name, g)| {
                 let stream = g.hub_stream.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
                 Some(v1::SinkMark {
@@ -297,7 +298,7 @@ async fn upload(
     // not (its pipeline stopped, its hub refuses it) fails this attempt, which is retried.
     let gate_until = Instant::now() + GATE_WAIT;
     for m in &offer.sinks {
-        let g = registry.connectors_of(pipeline).into_iter().find(|(k, n, _)| *k == "sink" && *n == m.sink);
+        let g = registry.connectors_of(pipeline).into_iter().find(|(role, n, _)| *role == Role::Sink && *n == m.sink);
         while let Some((_, _, g)) = &g {
             if g.outbox_acked_seq.load(Ordering::Relaxed) >= m.next_seq
                 || g.outbox_id.load(Ordering::Relaxed) != m.outbox_id

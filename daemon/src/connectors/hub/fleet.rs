@@ -14,6 +14,7 @@
 //! Owns its thread and those files; never starts or stops a pipeline itself (it asks the
 //! supervisor over the management channel).
 
+use eddy_engine::connector::Role;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -281,8 +282,8 @@ impl Agent {
         let mut pipelines = Vec::new();
         let (mut backlog_bytes, mut oldest) = (0u64, 0u64);
         for name in self.registry.pipeline_names() {
-            for (kind, _, g) in self.registry.connectors_of(&name) {
-                if kind == "sink" {
+            for (role, _, g) in self.registry.connectors_of(&name) {
+                if role == Role::Sink {
                     backlog_bytes += g.outbox_bytes.load(Ordering::Relaxed);
                     oldest = oldest.max(g.outbox_oldest_age_ms.load(Ordering::Relaxed));
                 }

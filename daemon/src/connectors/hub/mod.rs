@@ -13,7 +13,7 @@ use eddy_client::{ClientError, HubClient, Target, Timeouts, TlsFiles};
 
 use super::outbox::FullPolicy;
 use super::{num, Provider};
-use eddy_engine::connector::{ConnectorSpec, SinkWriter};
+use eddy_engine::connector::{ConnectorSpec, Role, SinkWriter};
 use eddy_engine::{EngineError, Result};
 
 /// The `connector` option's value, and the prefix of this connector's metrics (`eddy_hub_*`).
@@ -117,6 +117,6 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Hu
 pub(super) fn open_sink(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SinkWriter>> {
     let s = sink_settings(p, spec)?;
     let schema = rows::wire_schema(spec.schema.as_ref().ok_or_else(|| EngineError::Internal("no row schema".into()))?);
-    let gauges = p.metrics.connector(&p.pipeline, "sink", CONNECTOR, spec.name);
+    let gauges = p.metrics.connector(&p.pipeline, Role::Sink, CONNECTOR, spec.name);
     Ok(Box::new(sink::HubSink::new(s, schema, spec.state.clone(), p.stopping.clone(), gauges)))
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::template::{NameRules, Template};
 use super::{num, Provider};
 use crate::secret::Secret;
-use eddy_engine::connector::{self, ConnectorSpec, SinkWriter, SourceReader};
+use eddy_engine::connector::{self, ConnectorSpec, Role, SinkWriter, SourceReader};
 use eddy_engine::format::Format;
 use eddy_engine::{EngineError, Result};
 
@@ -37,9 +37,9 @@ const SINK_ONLY: &[&str] =
     &["delivery", "key", "headers", "partitioner", "transactional.id", "transaction.timeout", "progress.topic"];
 
 /// The options a Kafka source or sink takes (besides the engine's common ones).
-pub fn options(what: &str) -> Option<&'static [&'static str]> {
+pub fn options(role: Role) -> Option<&'static [&'static str]> {
     static LISTS: super::OptionLists = super::OptionLists::new();
-    LISTS.get(what, COMMON, SOURCE_ONLY, SINK_ONLY)
+    LISTS.get(role, COMMON, SOURCE_ONLY, SINK_ONLY)
 }
 
 /// Options `[kafka]` in the config may give defaults for.
@@ -379,7 +379,7 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Si
 
 pub(super) fn open_source(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SourceReader>> {
     let s = source_settings(p, spec)?;
-    let gauges = p.metrics.connector(&p.pipeline, "source", CONNECTOR, spec.name);
+    let gauges = p.metrics.connector(&p.pipeline, Role::Source, CONNECTOR, spec.name);
     Ok(Box::new(source::KafkaSource::new(s, spec.metadata_keys.clone(), gauges, spec.wakeup.clone(), p.durable)))
 }
 
@@ -392,6 +392,6 @@ pub(super) fn open_sink(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dy
              cannot tell what was written; use delivery = 'at-least-once'",
         ));
     }
-    let gauges = p.metrics.connector(&p.pipeline, "sink", CONNECTOR, spec.name);
+    let gauges = p.metrics.connector(&p.pipeline, Role::Sink, CONNECTOR, spec.name);
     Ok(Box::new(sink::KafkaSink::new(s, p.stopping.clone(), gauges)))
 }

@@ -11,7 +11,7 @@ use super::outbox::FullPolicy;
 use super::template::Template;
 use super::{num, Provider};
 use crate::config::MqttDefaults;
-use eddy_engine::connector::{self, ConnectorSpec, SinkWriter, SourceReader};
+use eddy_engine::connector::{self, ConnectorSpec, Role, SinkWriter, SourceReader};
 use eddy_engine::format::Format;
 use eddy_engine::Result;
 use settings::{opt_err, Connection, CONNECTION_OPTIONS};
@@ -23,14 +23,14 @@ const SOURCE_ONLY: &[&str] = &["clean_session", "queue_messages", "queue_bytes"]
 const SINK_ONLY: &[&str] = &["retain", "outbox_bytes", "outbox_full", "inflight"];
 
 /// The options an MQTT source or sink takes (besides the common ones).
-pub fn options(what: &str) -> Option<&'static [&'static str]> {
+pub fn options(role: Role) -> Option<&'static [&'static str]> {
     static LISTS: super::OptionLists = super::OptionLists::new();
-    LISTS.get(what, CONNECTION_OPTIONS, SOURCE_ONLY, SINK_ONLY)
+    LISTS.get(role, CONNECTION_OPTIONS, SOURCE_ONLY, SINK_ONLY)
 }
 
 pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<source::SourceSettings> {
     let ctx = format!("source '{}'", spec.name);
-    let conn = Connection::resolve("source", &p.pipeline, spec.name, spec.options, &p.mqtt)?;
+    let conn = Connection::resolve(Role::Source, &p.pipeline, spec.name, spec.options, &p.mqtt)?;
     let topics: Vec<String> = settings::get(&ctx, spec.options, &MqttDefaults::default(), "topic")?
         .ok_or_else(|| {
             opt_err(&ctx, "connector 'mqtt' needs option 'topic' (filters, comma-separated; + and # allowed)")
@@ -76,7 +76,7 @@ pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<
 
 pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<sink::SinkSettings> {
     let ctx = format!("sink '{}'", spec.name);
-    let conn = Connection::resolve("sink", &p.pipeline, spec.name, spec.options, &p.mqtt)?;
+    let conn = Connection::resolve(Role::Sink, &p.pipeline, spec.name, spec.options, &p.mqtt)?;
     let topic = spec.options.get("topic").ok_or_else(|| {
         opt_err(&ctx, "connector 'mqtt' needs option 'topic' (a template such as 'alerts/{device_id}')")
     })?;
@@ -101,12 +101,12 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<si
 /// Opens an MQTT source's reader (it connects on its first poll).
 pub(super) fn open_source(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SourceReader>> {
     let s = source_settings(p, spec)?;
-    let gauges = p.metrics.connector(&p.pipeline, "source", CONNECTOR, spec.name);
+    let gauges = p.metrics.connector(&p.pipeline, Role::Source, CONNECTOR, spec.name);
     Ok(Box::new(source::MqttSource::new(s, spec.metadata_keys.clone(), gauges, spec.wakeup.clone())))
 }
 
 pub(super) fn open_sink(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SinkWriter>> {
     let s = sink_settings(p, spec)?;
-    let gauges = p.metrics.connector(&p.pipeline, "sink", CONNECTOR, spec.name);
+    let gauges = p.metrics.connector(&p.pipeline, Role::Sink, CONNECTOR, spec.name);
     Ok(Box::new(sink::MqttSink::new(s, spec.state.clone(), p.stopping.clone(), gauges)))
 }

@@ -9,6 +9,7 @@ use rumqttc::{QoS, TlsConfiguration, Transport};
 
 use crate::config::{expand_env, MqttDefaults};
 use crate::secret::{redact_url, Secret};
+use eddy_engine::connector::Role;
 use eddy_engine::sql::ddl::Options;
 use eddy_engine::EngineError;
 
@@ -100,13 +101,13 @@ pub(crate) fn parse_url(ctx: &str, url: &str) -> Result<(String, u16, bool), Eng
 impl Connection {
     /// Resolves the connection options of `name` (a source or sink of `pipeline`).
     pub fn resolve(
-        what: &str,
+        role: Role,
         pipeline: &str,
         name: &str,
         o: &Options,
         defaults: &MqttDefaults,
     ) -> Result<Connection, EngineError> {
-        let ctx = format!("{what} '{name}'");
+        let ctx = format!("{role} '{name}'");
         let url = get(&ctx, o, defaults, "url")?.ok_or_else(|| {
             opt_err(&ctx, "connector 'mqtt' needs option 'url' (or `url` under [mqtt] in the config)")
         })?;
@@ -232,7 +233,7 @@ mod tests {
                 ("password".into(), "s3cret".into(), Default::default()),
             ],
         };
-        let c = Connection::resolve("source", "p", "s", &o, &Default::default()).unwrap();
+        let c = Connection::resolve(Role::Source, "p", "s", &o, &Default::default()).unwrap();
         assert!(!format!("{c:?}").contains("s3cret"));
         assert_eq!(c.password.as_ref().map(|p| p.expose()), Some("s3cret"));
     }

@@ -506,7 +506,8 @@ mod tests {
     /// A source fed by hand: its queue is the test's, it never connects (no client, so no acks).
     fn source() -> (MqttSource, SyncSender<Handoff>, RowDecoder) {
         let o = Options { entries: vec![("url".into(), "mqtt://127.0.0.1:1".into(), Default::default())] };
-        let conn = Connection::resolve("source", "p", "s", &o, &Default::default()).unwrap();
+        let conn =
+            Connection::resolve(eddy_engine::connector::Role::Source, "p", "s", &o, &Default::default()).unwrap();
         let settings = SourceSettings {
             conn,
             topics: vec!["t/#".into()],
