@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
 use proptest::prelude::*;
 
+mod common;
+
 #[derive(Debug, Clone)]
 struct Row {
     dev: u8,
@@ -34,16 +36,7 @@ fn rows_strategy() -> impl Strategy<Value = Vec<Row>> {
 /// Replays `rows` in pieces of `batch` lines on `threads` decode threads; the output files' lines.
 fn run(rows: &[Row], batch: usize, threads: usize) -> BTreeMap<&'static str, Vec<String>> {
     let dir = tempfile::tempdir().unwrap();
-    let mut input = String::new();
-    for r in rows {
-        input.push_str(&format!(
-            "{{\"device_id\":\"dev-{}\",\"v\":{:?},\"ts\":\"{}\"}}\n",
-            r.dev,
-            r.v,
-            eddy_engine::time::rfc3339_ms(1_772_352_000_000 + r.ts)
-        ));
-    }
-    std::fs::write(dir.path().join("in.jsonl"), input).unwrap();
+    common::write_readings(dir.path(), rows.iter().map(|r| (r.dev, format!("{:?}", r.v), r.ts)));
     let sql = format!(
         "CREATE SOURCE r (device_id VARCHAR NOT NULL, v DOUBLE, ts TIMESTAMP(3) NOT NULL,
              WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
@@ -113,7 +106,7 @@ proptest! {
                 let o: serde_json::Value = serde_json::from_str(l).unwrap();
                 let dev = o["device_id"].as_str().unwrap()[4..].parse().unwrap();
                 let start = eddy_engine::time::parse_timestamp_ms(o["window_start"].as_str().unwrap()).unwrap();
-                (dev, start - 1_772_352_000_000)
+                (dev, start - common::T0_MS)
             })
             .zip(one_by_one["t"].iter().map(|l| l.split("\"s\":").nth(1).unwrap().split(',').next().unwrap().parse::<f64>().unwrap()))
             .collect();

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
 use proptest::prelude::*;
 
+mod common;
+
 #[derive(Debug, Clone)]
 struct Row {
     dev: u8,
@@ -99,16 +101,7 @@ fn dev(v: &serde_json::Value) -> u8 {
 /// Replays `rows` in pieces of `batch` lines, decoded on `decode_threads` threads.
 fn run(rows: &[Row], delay_s: i64, batch: usize, decode_threads: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let mut input = String::new();
-    for r in rows {
-        input.push_str(&format!(
-            "{{\"device_id\":\"dev-{}\",\"v\":{},\"ts\":\"{}\"}}\n",
-            r.dev,
-            r.v,
-            eddy_engine::time::rfc3339_ms(1_772_352_000_000 + r.ts)
-        ));
-    }
-    std::fs::write(dir.path().join("in.jsonl"), input).unwrap();
+    common::write_readings(dir.path(), rows.iter().map(|r| (r.dev, r.v.to_string(), r.ts)));
     let sql = format!(
         "CREATE SOURCE r (device_id VARCHAR NOT NULL, v BIGINT, ts TIMESTAMP(3) NOT NULL,
              WATERMARK FOR ts AS ts - INTERVAL '{delay_s}' SECOND)
@@ -135,11 +128,8 @@ fn windowed(path: &std::path::Path) -> BTreeMap<Key, (i64, i64, i64, i64)> {
     read(path)
         .iter()
         .map(|o| {
-            let k = (
-                dev(&o["device_id"]),
-                ms(&o["window_start"]) - 1_772_352_000_000,
-                ms(&o["window_end"]) - 1_772_352_000_000,
-            );
+            let k =
+                (dev(&o["device_id"]), ms(&o["window_start"]) - common::T0_MS, ms(&o["window_end"]) - common::T0_MS);
             (
                 k,
                 (
@@ -163,11 +153,11 @@ proptest! {
         prop_assert_eq!(windowed(&dir.path().join("out/t.jsonl")), windows(&ok, 10_000, 10_000));
         prop_assert_eq!(windowed(&dir.path().join("out/h.jsonl")), windows(&ok, 15_000, 5_000));
         let got_s: BTreeMap<Key, i64> = read(&dir.path().join("out/s.jsonl")).iter().map(|o| {
-            ((dev(&o["device_id"]), ms(&o["window_start"]) - 1_772_352_000_000, ms(&o["window_end"]) - 1_772_352_000_000), o["n"].as_i64().unwrap())
+            ((dev(&o["device_id"]), ms(&o["window_start"]) - common::T0_MS, ms(&o["window_end"]) - common::T0_MS), o["n"].as_i64().unwrap())
         }).collect();
         prop_assert_eq!(got_s, sessions(&ok, 3_000));
         let mut got_l: Vec<(u8, i64, i64)> = read(&dir.path().join("out/l.jsonl")).iter()
-            .map(|o| (dev(&o["device_id"]), o["v"].as_i64().unwrap(), ms(&o["ts"]) - 1_772_352_000_000)).collect();
+            .map(|o| (dev(&o["device_id"]), o["v"].as_i64().unwrap(), ms(&o["ts"]) - common::T0_MS)).collect();
         let mut want_l: Vec<(u8, i64, i64)> = late.iter().map(|r| (r.dev, r.v, r.ts)).collect();
         got_l.sort();
         want_l.sort();
