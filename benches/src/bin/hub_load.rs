@@ -24,9 +24,10 @@ fn arg(name: &str, default: u64) -> u64 {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
+/// Loopback ports outside the ephemeral range (SeaweedFS opens many connections before it binds).
+#[path = "../../../daemon/tests/support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 /// A child process killed when dropped.
 struct Proc(Child);

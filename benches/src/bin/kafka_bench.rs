@@ -8,6 +8,9 @@
 
 #[path = "../../../daemon/tests/support/kafka.rs"]
 mod kafka_broker;
+/// Loopback ports outside the ephemeral range, as the tests take them (`kafka_broker` uses it).
+#[path = "../../../daemon/tests/support/ports.rs"]
+mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -16,9 +16,7 @@ pub const BUCKET: &str = "eddy";
 pub const ACCESS_KEY: &str = "eddy-test";
 pub const SECRET_KEY: &str = "eddy-test-secret";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
+use crate::support::free_port;
 
 /// The `weed` binary: `EDDY_WEED`, else the venv `scripts/object-store.sh` fills.
 pub fn weed() -> PathBuf {
@@ -117,9 +115,12 @@ impl S3Server {
             std::thread::sleep(Duration::from_millis(200));
         }
         let log = std::fs::read_to_string(self.dir.join("weed.log")).unwrap_or_default();
+        // glog's fatal lines ("F1202 …") say why; the tail is mostly the stack that follows.
+        let fatal: Vec<&str> =
+            log.lines().filter(|l| l.starts_with('F') && l[1..].starts_with(|c: char| c.is_ascii_digit())).collect();
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
         panic!(
-            "SeaweedFS did not come up ({last}); its log ends:\n{}",
+            "SeaweedFS did not come up ({last}); fatal: {fatal:?}; its log ends:\n{}",
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }

@@ -13,10 +13,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, Message};
 
-/// A free loopback port (this file is also compiled into the Kafka benchmark, so it brings its own).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
+// The Kafka benchmark, which also compiles this file, names `ports.rs` its `support`.
+use crate::support::free_port;
 
 fn wait_for(mut ok: impl FnMut() -> bool, limit: Duration) -> bool {
     let t0 = Instant::now();

@@ -22,9 +22,9 @@ pub fn wait_for(mut ok: impl FnMut() -> bool, limit: Duration) -> bool {
     ok()
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+#[path = "ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 pub fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
