@@ -2,14 +2,14 @@
 //! 1-minute tumbling aggregation over decoded batches.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use eddy_engine::format::decode::{DecodeColumn, RowDecoder};
-use eddy_engine::format::json::decode_json;
-use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
+use eddy_engine::connector::decode_json;
+use eddy_engine::connector::{DecodeColumn, RowDecoder};
+use eddy_engine::{Mode, Pipeline, PipelineConfig};
 
 fn decoder() -> RowDecoder {
     let col = |n: &str, t, nullable| DecodeColumn { name: n.into(), data_type: t, nullable, metadata_key: None };
     use datafusion::arrow::datatypes::DataType;
-    use eddy_engine::types::TS_TYPE;
+    use eddy_engine::TS_TYPE;
     RowDecoder::new(
         vec![
             col("device_id", DataType::Utf8, false),

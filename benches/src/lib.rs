@@ -5,7 +5,7 @@ use std::io::Write;
 
 pub mod mqtt;
 
-use eddy_engine::connector::datagen::Rng;
+use eddy_engine::connector::Rng;
 
 /// Writes `rows` JSON lines of plant telemetry (`devices` devices, one reading per device per
 /// second, up to 2 s of disorder) to `path`.
@@ -88,9 +88,9 @@ pub fn pct(v: &mut [u64], q: f64) -> f64 {
 /// with 10,000 keys. Returns how many events each stream got.
 pub fn write_nexmark_files(
     dir: &std::path::Path,
-    cfg: &eddy_engine::connector::nexmark::NexmarkConfig,
+    cfg: &eddy_engine::connector::NexmarkConfig,
 ) -> std::io::Result<[u64; 3]> {
-    use eddy_engine::connector::nexmark::{write_event, Stream};
+    use eddy_engine::connector::{write_nexmark_event as write_event, NexmarkStream as Stream};
     std::fs::create_dir_all(dir)?;
     let open = |s: Stream| -> std::io::Result<std::io::BufWriter<std::fs::File>> {
         let f = std::fs::File::create(dir.join(format!("{}.jsonl", s.name())))?;

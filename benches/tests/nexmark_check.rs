@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use datafusion::prelude::{JsonReadOptions, SessionContext};
-use eddy_engine::connector::nexmark::NexmarkConfig;
+use eddy_engine::connector::NexmarkConfig;
 use serde_json::Value;
 
 mod common;

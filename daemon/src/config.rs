@@ -509,7 +509,7 @@ impl ConfigFile {
                 bail!("cores: an empty list leaves no core for the pipelines");
             }
         }
-        let most = eddy_engine::connector::decode_pool::MAX_DECODE_THREADS;
+        let most = eddy_engine::connector::MAX_DECODE_THREADS;
         if c.decode_threads.is_some_and(|n| !(1..=most).contains(&n)) {
             bail!("decode_threads must be between 1 and {most}");
         }

@@ -7,9 +7,9 @@ use crate::config::FleetFragment;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use eddy_engine::connector::tap::{SourceRows, TapPoint};
-use eddy_engine::pipeline::LiveControl;
+use eddy_engine::connector::{SourceRows, TapPoint};
 use eddy_engine::query::LiveView;
+use eddy_engine::LiveControl;
 use tokio::sync::oneshot;
 
 /// Why a request was not carried out, in terms a gRPC status can say.

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use eddy_engine::storage::crypto::{Cipher, KEY_LEN};
+use eddy_engine::storage::{Cipher, KEY_LEN};
 
 /// Reads a key file; refuses one that group or others may read.
 pub fn from_key_file(path: &Path) -> Result<Cipher> {

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
-use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
+use eddy_engine::{Mode, Pipeline, PipelineConfig};
 
 mod api;
 mod config;
@@ -45,13 +45,13 @@ struct Cli {
 #[derive(clap::Args, Clone, Copy)]
 struct LimitArgs {
     /// Open windows per windowed aggregation.
-    #[arg(long, default_value_t = eddy_engine::ops::Limits::default().max_open_windows)]
+    #[arg(long, default_value_t = eddy_engine::Limits::default().max_open_windows)]
     max_open_windows: usize,
     /// Groups (keys) per aggregation, summed over open windows; also OVER partitions and sessions.
-    #[arg(long, default_value_t = eddy_engine::ops::Limits::default().max_groups)]
+    #[arg(long, default_value_t = eddy_engine::Limits::default().max_groups)]
     max_groups: usize,
     /// Rows per batch a source hands on (a source's `batch_rows` option overrides it).
-    #[arg(long, default_value_t = eddy_engine::ops::Limits::default().batch_rows)]
+    #[arg(long, default_value_t = eddy_engine::Limits::default().batch_rows)]
     batch_rows: usize,
 }
 
@@ -217,7 +217,7 @@ enum Command {
         shards: usize,
         /// Decode each file source's lines on this many threads (the same rows in the same order
         /// reach the pipeline whatever the count).
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=eddy_engine::connector::decode_pool::MAX_DECODE_THREADS as i64))]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=eddy_engine::connector::MAX_DECODE_THREADS as i64))]
         decode_threads: u16,
     },
     /// Validate a pipeline file, or a whole config (`--config`: the file, the key, every

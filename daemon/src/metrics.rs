@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eddy_engine::pipeline::Observation;
+use eddy_engine::Observation;
 
 /// Counters of one connector's source or sink (connection state, messages, queue and outbox).
 #[derive(Default)]
@@ -321,7 +321,7 @@ impl Registry {
                    metric: &str,
                    kind: &str,
                    help: &str,
-                   f: &dyn Fn(&eddy_engine::pipeline::SourceObservation) -> Option<f64>| {
+                   f: &dyn Fn(&eddy_engine::SourceObservation) -> Option<f64>| {
             let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
             for (pn, ob) in &obs {
                 for s in &ob.sources {

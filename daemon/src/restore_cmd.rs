@@ -27,10 +27,10 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use eddy_client::{v1, HubClient};
 use eddy_engine::connector::SinkStateDir;
-use eddy_engine::storage::checkpoint::{copy_rebased, RebasedCopy};
-use eddy_engine::storage::crypto::Cipher;
-use eddy_engine::storage::fs::{create_private_dir_all, RealFs, Storage};
-use eddy_engine::storage::header::Owner;
+use eddy_engine::storage::Cipher;
+use eddy_engine::storage::Owner;
+use eddy_engine::storage::{copy_rebased, RebasedCopy};
+use eddy_engine::storage::{create_private_dir_all, RealFs, Storage};
 
 use crate::config::ConfigFile;
 use crate::connectors::hub::HubLink;
@@ -261,7 +261,7 @@ fn built_dir(staging: &Path) -> PathBuf {
 pub fn install(staging: &Path, target: &Path) -> Result<()> {
     std::fs::rename(built_dir(staging), target)
         .with_context(|| format!("moving the restored state to {}", target.display()))?;
-    eddy_engine::storage::fs::sync_parent(target).with_context(|| format!("{}", target.display()))?;
+    eddy_engine::storage::sync_parent(target).with_context(|| format!("{}", target.display()))?;
     std::fs::remove_dir_all(staging).with_context(|| format!("removing {}", staging.display()))
 }
 

@@ -24,10 +24,10 @@ use crate::control::{check_name, sql_sha256, Catalog, Command, CommandError, Dep
 use crate::metrics::Registry;
 use crate::systemd::{self, Notifier};
 use eddy_engine::connector::SinkStateDir;
-use eddy_engine::pipeline::{DurableConfig, LiveControl, Mode, Pipeline, PipelineConfig, Summary};
-use eddy_engine::storage::crypto::Cipher;
-use eddy_engine::storage::fs::{RealFs, Storage};
-use eddy_engine::storage::header::Owner;
+use eddy_engine::storage::Cipher;
+use eddy_engine::storage::Owner;
+use eddy_engine::storage::{RealFs, Storage};
+use eddy_engine::{DurableConfig, LiveControl, Mode, Pipeline, PipelineConfig, Summary};
 
 /// Durable state shared by all pipelines: the state dir, its storage and key.
 #[derive(Clone)]
@@ -70,7 +70,7 @@ pub fn plan(
 ) -> Result<Pipeline> {
     let mut pc = PipelineConfig::new(file_dir, Mode::Live);
     let l = &cfg.limits;
-    let d = eddy_engine::ops::Limits::default();
+    let d = eddy_engine::Limits::default();
     pc.limits.max_open_windows = l.max_open_windows.unwrap_or(d.max_open_windows).max(1);
     pc.limits.max_groups = l.max_groups.unwrap_or(d.max_groups).max(1);
     pc.limits.batch_rows = l.batch_rows.unwrap_or(d.batch_rows).clamp(1, 1 << 20);

@@ -8,11 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use eddy_engine::storage::checkpoint::CheckpointStore;
-use eddy_engine::storage::crypto::Cipher;
-use eddy_engine::storage::fs::{RealFs, Storage};
-use eddy_engine::storage::header::Owner;
-use eddy_engine::storage::wal;
+use eddy_engine::storage::CheckpointStore;
+use eddy_engine::storage::Cipher;
+use eddy_engine::storage::Owner;
+use eddy_engine::storage::{RealFs, Storage};
 
 /// How `check` ended: whether every file is intact.
 pub struct CheckOutcome {
@@ -46,7 +45,7 @@ fn mib(bytes: u64) -> String {
 }
 
 fn report_wal(storage: &dyn Storage, cipher: &Cipher, what: &str, dir: &Path, owner: Owner, damaged: &mut usize) {
-    match wal::inspect(storage, cipher, dir, owner) {
+    match eddy_engine::storage::inspect_wal(storage, cipher, dir, owner) {
         Ok(segs) if segs.is_empty() => println!("  {what}: empty"),
         Ok(segs) => {
             let bytes: u64 = segs.iter().map(|s| s.bytes).sum();
@@ -188,7 +187,7 @@ pub fn reset(state_dir: &Path, name: &str, yes: bool) -> Result<()> {
         bail!("nothing discarded: run again with --yes to discard it (the pipeline then starts afresh)");
     }
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    eddy_engine::storage::fs::sync_parent(&dir).with_context(|| format!("syncing {}", state_dir.display()))?;
+    eddy_engine::storage::sync_parent(&dir).with_context(|| format!("syncing {}", state_dir.display()))?;
     drop(lock);
     println!("discarded; pipeline '{name}' starts with empty state at its next start");
     Ok(())

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
+use eddy_engine::{Mode, Pipeline, PipelineConfig};
 use proptest::prelude::*;
 
 mod common;

@@ -8,9 +8,9 @@ mod targets;
 use std::path::Path;
 use std::sync::Arc;
 
-use eddy_engine::storage::checkpoint::{CheckpointStore, SourceMark};
-use eddy_engine::storage::simfs::SimFs;
-use eddy_engine::storage::wal::Wal;
+use eddy_engine::storage::SimFs;
+use eddy_engine::storage::Wal;
+use eddy_engine::storage::{CheckpointStore, SourceMark};
 
 struct Rng(u64);
 impl Rng {

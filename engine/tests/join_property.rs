@@ -1,7 +1,7 @@
 //! Property: whatever the disorder of two inputs and the batch boundaries, interval joins, ASOF joins
 //! and a MATCH_RECOGNIZE query give what a nested-loop reference over the accepted rows gives.
 
-use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
+use eddy_engine::{Mode, Pipeline, PipelineConfig};
 use proptest::prelude::*;
 
 const T0: i64 = 1_772_352_000_000;

@@ -12,9 +12,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_engine::pipeline::{DurableConfig, Mode, Pipeline, PipelineConfig};
-use eddy_engine::storage::crypto::Cipher;
-use eddy_engine::storage::fs::RealFs;
+use eddy_engine::storage::Cipher;
+use eddy_engine::storage::RealFs;
+use eddy_engine::{DurableConfig, Mode, Pipeline, PipelineConfig};
 
 fn cases() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use eddy_engine::storage::checkpoint::CheckpointStore;
-use eddy_engine::storage::crypto::Cipher;
-use eddy_engine::storage::fs::Storage;
-use eddy_engine::storage::header::Owner;
-use eddy_engine::storage::simfs::{Crash, SimFs};
-use eddy_engine::storage::wal::{Wal, WalConfig, FRAME_HEADER};
+use eddy_engine::storage::CheckpointStore;
+use eddy_engine::storage::Cipher;
+use eddy_engine::storage::Owner;
+use eddy_engine::storage::Storage;
 use eddy_engine::storage::StorageError;
+use eddy_engine::storage::{Crash, SimFs};
+use eddy_engine::storage::{Wal, WalConfig, FRAME_HEADER};
 
 fn cipher(encrypted: bool) -> Arc<Cipher> {
     Arc::new(if encrypted { Cipher::from_keys(&[(7, [0x42; 32])]).unwrap() } else { Cipher::plaintext() })
@@ -634,8 +634,8 @@ fn a_rotated_key_is_retired_by_the_next_checkpoint_and_restarts_leak_no_manifest
 /// passes the check and then slices out of bounds (or wraps on a 32-bit target).
 #[test]
 fn a_crafted_manifest_with_an_overflowing_blob_offset_is_an_error() {
-    use eddy_engine::storage::checkpoint::{BlobRef, Manifest, MANIFEST_MAGIC};
-    use eddy_engine::storage::header::FileHeader;
+    use eddy_engine::storage::FileHeader;
+    use eddy_engine::storage::{BlobRef, Manifest, MANIFEST_MAGIC};
     let fs = SimFs::new();
     let dir = Path::new("/s/checkpoints");
     let c = cipher(false);
@@ -686,7 +686,7 @@ fn a_crafted_manifest_with_an_overflowing_blob_offset_is_an_error() {
 /// LSN 0, so a WAL that starts empty meets it. A damaged copy or a non-empty target is refused.
 #[test]
 fn a_copied_checkpoint_is_rebased_into_an_empty_directory() {
-    use eddy_engine::storage::checkpoint::copy_rebased;
+    use eddy_engine::storage::copy_rebased;
     let fs = SimFs::new();
     let c = cipher(true);
     let owner = Owner::of("line1");

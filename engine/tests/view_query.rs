@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_engine::format::encode::JsonRowWriter;
-use eddy_engine::ops::Limits;
-use eddy_engine::pipeline::{DurableConfig, Mode, Pipeline, PipelineConfig};
+use eddy_engine::connector::JsonRowWriter;
+use eddy_engine::query::parse_query;
 use eddy_engine::query::{self, Answer, QueryLimits, ViewInput};
-use eddy_engine::sql::ddl::parse_query;
-use eddy_engine::storage::crypto::Cipher;
-use eddy_engine::storage::fs::RealFs;
+use eddy_engine::storage::Cipher;
+use eddy_engine::storage::RealFs;
+use eddy_engine::Limits;
+use eddy_engine::{DurableConfig, Mode, Pipeline, PipelineConfig};
 
 const SQL: &str = "
 CREATE SOURCE readings (device STRING NOT NULL, temp DOUBLE, ts TIMESTAMP(3) NOT NULL,

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use arrow::datatypes::DataType;
-use eddy_engine::format::decode::{DecodeColumn, RowDecoder};
-use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
-use eddy_engine::storage::checkpoint::CheckpointStore;
-use eddy_engine::storage::crypto::Cipher;
-use eddy_engine::storage::simfs::SimFs;
-use eddy_engine::storage::wal::{Wal, WalConfig};
+use eddy_engine::connector::{DecodeColumn, RowDecoder};
+use eddy_engine::storage::CheckpointStore;
+use eddy_engine::storage::Cipher;
+use eddy_engine::storage::SimFs;
+use eddy_engine::storage::{Wal, WalConfig};
+use eddy_engine::{Mode, Pipeline, PipelineConfig};
 
 /// The plaintext cipher, or one with a fixed test key: the first input byte chooses.
 pub fn cipher(encrypted: bool) -> Arc<Cipher> {
@@ -92,7 +92,7 @@ fn telemetry_decoder() -> RowDecoder {
     let cols = vec![
         col("device_id", DataType::Utf8, false),
         col("temp", DataType::Float64, true),
-        col("ts", eddy_engine::types::TS_TYPE, false),
+        col("ts", eddy_engine::TS_TYPE, false),
         col("n", DataType::Int64, true),
         col("ok", DataType::Boolean, true),
     ];
@@ -111,14 +111,14 @@ fn check_batches(mut dec: RowDecoder, accepted: usize) -> usize {
 /// A JSON payload (object, array of objects, or anything else) as an MQTT message or a line.
 pub fn json_payload(data: &[u8]) -> usize {
     let mut dec = telemetry_decoder();
-    let accepted = eddy_engine::format::json::decode_json(&mut dec, data, 0);
+    let accepted = eddy_engine::connector::decode_json(&mut dec, data, 0);
     check_batches(dec, accepted)
 }
 
 /// A CSV payload: records by position.
 pub fn csv_payload(data: &[u8]) -> usize {
     let mut dec = telemetry_decoder();
-    let accepted = eddy_engine::format::csv::decode_csv_payload(&mut dec, data, 0);
+    let accepted = eddy_engine::connector::decode_csv_payload(&mut dec, data, 0);
     check_batches(dec, accepted)
 }
 
@@ -153,8 +153,8 @@ fn view_rows() -> eddy_engine::query::ViewRows {
 pub fn view_query(data: &[u8]) -> usize {
     use eddy_engine::query::{self, QueryLimits, ViewInput};
     let sql = String::from_utf8_lossy(data);
-    let Ok(q) = eddy_engine::sql::ddl::parse_query(&sql) else { return 0 };
-    let limits = QueryLimits { max_rows: 3, max_bytes: 1 << 20, operators: eddy_engine::ops::Limits::default() };
+    let Ok(q) = eddy_engine::query::parse_query(&sql) else { return 0 };
+    let limits = QueryLimits { max_rows: 3, max_bytes: 1 << 20, operators: eddy_engine::Limits::default() };
     let views = vec![ViewInput { name: "per_device".into(), rows: view_rows() }];
     match query::run(&q, views, limits) {
         Ok(a) => {

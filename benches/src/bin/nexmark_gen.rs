@@ -5,7 +5,7 @@
 //!   nexmark_gen DIR EVENTS [SEED]
 
 use anyhow::{Context, Result};
-use eddy_engine::connector::nexmark::NexmarkConfig;
+use eddy_engine::connector::NexmarkConfig;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

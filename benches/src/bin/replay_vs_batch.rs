@@ -51,7 +51,7 @@ fn report(mode: &str, rows: u64, groups: u64, secs: f64) {
 }
 
 fn run_eddy(file: &str, shards: usize) -> Result<()> {
-    use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
+    use eddy_engine::{Mode, Pipeline, PipelineConfig};
     let rows = count_lines(file)?;
     let out = std::env::temp_dir().join(format!("eddy-bench-{}.jsonl", std::process::id()));
     let sql = EDDY_SQL.replace("{FILE}", file).replace("{OUT}", &out.to_string_lossy());

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use eddy_engine::pipeline::{DurableConfig, Mode, Pipeline, PipelineConfig};
-use eddy_engine::storage::checkpoint::CheckpointStore;
-use eddy_engine::storage::crypto::Cipher;
-use eddy_engine::storage::fs::{RealFs, Storage};
-use eddy_engine::storage::wal::{Wal, WalConfig};
+use eddy_engine::storage::CheckpointStore;
+use eddy_engine::storage::Cipher;
+use eddy_engine::storage::{RealFs, Storage};
+use eddy_engine::storage::{Wal, WalConfig};
+use eddy_engine::{DurableConfig, Mode, Pipeline, PipelineConfig};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -8,10 +8,10 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use eddy_engine::ops::Limits;
-use eddy_engine::pipeline::{Mode, Pipeline, PipelineConfig};
+use eddy_engine::query::parse_query;
 use eddy_engine::query::{self, QueryLimits, ViewInput};
-use eddy_engine::sql::ddl::parse_query;
+use eddy_engine::Limits;
+use eddy_engine::{Mode, Pipeline, PipelineConfig};
 
 const SQL: &str = "
 CREATE SOURCE readings (device_id VARCHAR NOT NULL, temp DOUBLE, ts TIMESTAMP(3) NOT NULL,

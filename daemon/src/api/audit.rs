@@ -15,8 +15,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
-use eddy_engine::storage::crypto::Cipher;
-use eddy_engine::storage::fs::{Storage, StorageFile};
+use eddy_engine::storage::Cipher;
+use eddy_engine::storage::{Storage, StorageFile};
 
 const FILE: &str = "audit.log";
 const PREVIOUS: &str = "audit.log.1";
@@ -262,7 +262,7 @@ impl AuditLog {
         }
         let (key_id, _) = self.cipher.current();
         let mut nonce = [0u8; 12];
-        nonce[..8].copy_from_slice(&eddy_engine::storage::crypto::nonce_prefix()?);
+        nonce[..8].copy_from_slice(&eddy_engine::storage::nonce_prefix()?);
         nonce[8..].copy_from_slice(&(entry.seq as u32).to_le_bytes());
         let f = &mut self.scratch;
         f.clear();
@@ -318,7 +318,7 @@ pub fn read(storage: &dyn Storage, cipher: &Cipher, dir: &Path) -> Result<Verifi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eddy_engine::storage::fs::RealFs;
+    use eddy_engine::storage::RealFs;
 
     fn cipher() -> Arc<Cipher> {
         Arc::new(Cipher::from_keys(&[(1, [7u8; 32])]).unwrap())
@@ -446,7 +446,7 @@ mod tests {
 
     #[test]
     fn a_failed_fsync_is_an_error() {
-        use eddy_engine::storage::simfs::SimFs;
+        use eddy_engine::storage::SimFs;
         let sim = SimFs::new();
         let fs: Arc<dyn Storage> = Arc::new(sim.clone());
         let mut log = AuditLog::open(fs, cipher(), Path::new("/audit"), 1 << 20).unwrap();
@@ -459,7 +459,7 @@ mod tests {
     /// every acknowledged entry survives, the log verifies, and appends continue.
     #[test]
     fn acknowledged_entries_survive_power_cuts() {
-        use eddy_engine::storage::simfs::{Crash, SimFs};
+        use eddy_engine::storage::{Crash, SimFs};
         use std::sync::Mutex;
         let sim = SimFs::new();
         let fs: Arc<dyn Storage> = Arc::new(sim.clone());

@@ -37,7 +37,7 @@ impl QuerySettings {
         QueryLimits {
             max_rows: wanted.min(self.max_rows),
             max_bytes: self.max_bytes,
-            operators: eddy_engine::ops::Limits::default(),
+            operators: eddy_engine::Limits::default(),
         }
     }
 }
@@ -122,7 +122,7 @@ pub fn inputs(pipeline: &str, v: &PipelineView, reads: &[String]) -> Result<Vec<
 /// Evaluates the query (a blocking task: it may take a while over large views).
 pub async fn answer(sql: String, inputs: Vec<ViewInput>, limits: QueryLimits) -> Result<Answer, Status> {
     let r = tokio::task::spawn_blocking(move || {
-        let q = eddy_engine::sql::ddl::parse_query(&sql)?;
+        let q = eddy_engine::query::parse_query(&sql)?;
         query::run(&q, inputs, limits)
     })
     .await
@@ -148,7 +148,7 @@ pub fn reply(
     match format {
         Format::Json => {
             let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-            let w = eddy_engine::format::encode::JsonRowWriter::new(&names);
+            let w = eddy_engine::connector::JsonRowWriter::new(&names);
             let mut bytes = 0usize;
             let mut line = Vec::new();
             for i in 0..a.batch.num_rows() {

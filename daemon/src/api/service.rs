@@ -19,8 +19,8 @@ use super::listen::{self, Peer};
 use super::query::{self, QuerySettings};
 use super::Shared;
 use crate::control::{Command, CommandError, DeployOutcome, PipelineView};
-use eddy_engine::connector::tap::SourceRows;
 use eddy_engine::connector::Role as ConnectorRole;
+use eddy_engine::connector::SourceRows;
 
 /// Largest SQL text accepted by Deploy and Validate.
 const MAX_SQL_BYTES: usize = 1 << 20;
@@ -302,7 +302,7 @@ const TAP_QUEUE_CHUNKS: usize = 64;
 
 /// Streams a sink's tap to one viewer until its row or time budget is spent or it goes away.
 async fn pump_tap(
-    tap: eddy_engine::connector::tap::TapReceiver,
+    tap: eddy_engine::connector::TapReceiver,
     tx: tokio::sync::mpsc::Sender<Result<TapEvent, Status>>,
     max_rows: usize,
     max_time: Duration,
@@ -395,7 +395,7 @@ impl Control for ControlService {
         let tap = point.subscribe(TAP_QUEUE_CHUNKS).ok_or_else(|| {
             Status::resource_exhausted(format!(
                 "{what} already has {} viewers",
-                eddy_engine::connector::tap::MAX_SUBSCRIBERS
+                eddy_engine::connector::MAX_TAP_SUBSCRIBERS
             ))
         })?;
         let max_rows = match max_rows {
@@ -623,7 +623,7 @@ impl Control for ControlService {
         let QueryRequest { sql, pipeline, format, max_rows } = req.get_ref().clone();
         check_sql(&sql)?;
         let format = query::Format::parse(&format)?;
-        let parsed = eddy_engine::sql::ddl::parse_query(&sql).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let parsed = eddy_engine::query::parse_query(&sql).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let reads = eddy_engine::query::relations(&parsed);
         if reads.is_empty() {
             return Err(Status::invalid_argument("the query reads no view: SELECT ... FROM <materialized view>"));

@@ -21,8 +21,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use eddy_engine::ops::snapshot::{StateReader, StateWriter};
-use eddy_engine::storage::wal::{Wal, WalConfig};
+use eddy_engine::storage::{StateReader, StateWriter};
+use eddy_engine::storage::{Wal, WalConfig};
 use eddy_engine::{EngineError, Result};
 
 use crate::metrics::ConnectorGauges;
@@ -524,8 +524,8 @@ mod tests {
         let e = FullPolicy::parse(Some("drop_newest")).unwrap_err();
         assert!(e.contains("block, drop_oldest"), "{e}");
     }
-    use eddy_engine::storage::crypto::Cipher;
-    use eddy_engine::storage::fs::RealFs;
+    use eddy_engine::storage::Cipher;
+    use eddy_engine::storage::RealFs;
 
     fn dir(p: &std::path::Path) -> SinkStateDir {
         SinkStateDir {
@@ -628,10 +628,10 @@ mod tests {
     /// or not at all from every crash image.
     #[test]
     fn a_large_delivery_is_split_and_recovered_whole_or_not_at_all() {
-        use eddy_engine::storage::simfs::{Crash, SimFs};
+        use eddy_engine::storage::{Crash, SimFs};
         use std::sync::Mutex;
         let fs = SimFs::new();
-        let cipher = Arc::new(eddy_engine::storage::crypto::Cipher::from_keys(&[(1, [7u8; 32])]).unwrap());
+        let cipher = Arc::new(eddy_engine::storage::Cipher::from_keys(&[(1, [7u8; 32])]).unwrap());
         let st = SinkStateDir {
             dir: "/outbox".into(),
             storage: Arc::new(fs.clone()),
@@ -714,7 +714,7 @@ mod tests {
     /// their bytes — plus at most the delivery that was being written — and nothing else.
     #[test]
     fn crash_images_recover_a_suffix_of_the_delivered_messages() {
-        use eddy_engine::storage::simfs::{Crash, SimFs};
+        use eddy_engine::storage::{Crash, SimFs};
         use std::sync::Mutex;
 
         #[derive(Clone, Default)]
@@ -729,7 +729,7 @@ mod tests {
         }
         for seed in 0..24u64 {
             let fs = SimFs::new();
-            let cipher = Arc::new(eddy_engine::storage::crypto::Cipher::from_keys(&[(1, [9u8; 32])]).unwrap());
+            let cipher = Arc::new(eddy_engine::storage::Cipher::from_keys(&[(1, [9u8; 32])]).unwrap());
             let st = SinkStateDir {
                 dir: "/outbox".into(),
                 storage: Arc::new(fs.clone()),

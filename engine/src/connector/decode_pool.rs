@@ -85,10 +85,6 @@ impl<P: Send + 'static> DecodePool<P> {
         Ok(DecodePool { workers, next_submit: 0, next_take: 0, in_flight: 0 })
     }
 
-    pub fn threads(&self) -> usize {
-        self.workers.len()
-    }
-
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }

@@ -382,21 +382,6 @@ impl FileSource {
 
 use memchr::memchr;
 
-/// Reads a whole CSV or JSON-lines file into batches (reference tables).
-pub fn read_all(path: &Path, format: Format, dec: &mut RowDecoder) -> Result<Vec<arrow::array::RecordBatch>> {
-    let mut src = FileSource::open(path, format, false, DEFAULT_MAX_LINE, 1)?;
-    let mut out = vec![];
-    loop {
-        let p = src.poll(dec, 8192)?;
-        if let Some(b) = dec.finish()? {
-            out.push(b);
-        }
-        if p == Poll::End {
-            return Ok(out);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,13 +4,27 @@
 //! [`SinkWriter`]s; the engine itself never touches the network. Every connector validates its
 //! options and names the valid ones.
 
-pub mod datagen;
-pub mod decode_pool;
-pub mod file;
-pub mod nexmark;
-pub mod sink;
-pub mod table;
-pub mod tap;
+pub(crate) mod datagen;
+pub(crate) mod decode_pool;
+pub(crate) mod file;
+pub(crate) mod nexmark;
+pub(crate) mod sink;
+pub(crate) mod table;
+pub(crate) mod tap;
+
+// The connector kit: what a network connector in the daemon needs (options, formats, the row
+// decoder, positions, live taps), and the generators the benchmarks share; nothing of the planner.
+pub use crate::format::csv::decode_csv_payload;
+pub use crate::format::decode::{DecodeColumn, MetaValue, RowDecoder};
+pub use crate::format::encode::JsonRowWriter;
+pub use crate::format::json::decode_json;
+pub use crate::format::Format;
+pub use crate::pipeline::splits::MAX_SPLITS;
+pub use crate::sql::ddl::{parse_duration_ms, Options};
+pub use datagen::Rng;
+pub use decode_pool::MAX_DECODE_THREADS;
+pub use nexmark::{write_event as write_nexmark_event, NexmarkConfig, Stream as NexmarkStream};
+pub use tap::{SourceRows, TapPoint, TapReceiver, MAX_SUBSCRIBERS as MAX_TAP_SUBSCRIBERS};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,9 +32,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::error::{EngineError, Result};
-use crate::format::decode::RowDecoder;
-use crate::format::Format;
-use crate::sql::ddl::Options;
 use crate::storage::crypto::Cipher;
 use crate::storage::fs::Storage;
 

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryArray, BooleanArray, Decimal128Array, NullArray, PrimitiveArray, StringArray};
+use arrow::array::{ArrayRef, BinaryArray, BooleanArray, Decimal128Array, PrimitiveArray, StringArray};
 use arrow::buffer::{BooleanBuffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
@@ -300,14 +300,6 @@ impl ColumnBuf {
             }
         })
     }
-}
-
-/// An all-null column of `len` rows (a column no input fills).
-pub fn null_column(t: &DataType, len: usize) -> ArrayRef {
-    if *t == DataType::Null {
-        return Arc::new(NullArray::new(len));
-    }
-    arrow::array::new_null_array(t, len)
 }
 
 fn take_var(

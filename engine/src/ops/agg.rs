@@ -182,10 +182,6 @@ impl GroupIndex {
         self.keys.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     #[inline]
     pub fn intern(&mut self, key: &[u8]) -> usize {
         if let Some(&g) = self.map.get(key) {
@@ -306,10 +302,6 @@ impl RowAccs {
         self.accs.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.accs.is_empty()
-    }
-
     pub fn new_group(exprs: &AggregateExprs) -> Result<Vec<Box<dyn Accumulator>>> {
         exprs.aggs.iter().map(|a| Ok(a.create_accumulator()?)).collect()
     }
@@ -422,23 +414,15 @@ impl GroupsAccs {
     /// Rebuilds `n` groups from states written by [`snapshot_groups`] (one `Accumulator` per
     /// group: its state has the same fields as the `GroupsAccumulator`'s).
     pub fn restore_row_states(exprs: &AggregateExprs, n: usize, r: &mut StateReader) -> Result<Self> {
-        let mut accs = GroupsAccs::new(exprs)?;
         let aggs = r.count(8)?;
         if n == 0 {
-            return Ok(accs);
+            // `snapshot_groups` writes no states for no groups.
+            return GroupsAccs::new(exprs);
         }
         if aggs != exprs.aggs.len() {
             return Err(r.err("an aggregate count mismatch"));
         }
-        let all: Vec<usize> = (0..n).collect();
-        for acc in &mut accs.accs {
-            let (state, rows) = r.arrays()?;
-            if rows != n {
-                return Err(r.err("a group count mismatch"));
-            }
-            acc.merge_batch(&state, &all, n)?;
-        }
-        Ok(accs)
+        GroupsAccs::restore(exprs, n, r)
     }
 
     pub fn restore(exprs: &AggregateExprs, groups: usize, r: &mut StateReader) -> Result<Self> {

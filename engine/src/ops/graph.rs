@@ -60,16 +60,8 @@ impl Graph {
         self.nodes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
     pub fn name(&self, id: NodeId) -> String {
         self.nodes[id].op.name()
-    }
-
-    pub fn watermark(&self, id: NodeId) -> i64 {
-        self.nodes[id].out_wm
     }
 
     /// Which nodes `from` reaches (itself included), by node id.

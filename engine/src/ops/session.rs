@@ -141,7 +141,7 @@ impl Operator for SessionAggregate {
         let result = if rows.len() == batch.num_rows() {
             self.accs.update(&input, None, &groups, self.pieces)
         } else {
-            self.accs.update(&input, Some(&UInt32Array::from(rows.clone())), &groups, self.pieces)
+            self.accs.update(&input, Some(&UInt32Array::from_iter_values(rows.iter().copied())), &groups, self.pieces)
         };
         (self.rows, self.groups) = (rows, groups);
         result

@@ -123,6 +123,7 @@ impl SplitClock {
     }
 
     /// Largest event time of any split.
+    #[cfg(test)]
     pub fn max_ts(&self) -> i64 {
         self.splits.iter().map(|s| s.max_ts).max().unwrap_or(MIN_TS)
     }

@@ -7,6 +7,8 @@
 mod table;
 mod view;
 
+/// Parses the one `SELECT` a query runs (the same parser as pipeline files).
+pub use crate::sql::ddl::parse_query;
 pub use table::{Incomplete, ResultTable, Shape};
 pub use view::{LiveView, ViewRows, ViewUnavailable};
 

@@ -125,10 +125,6 @@ impl Catalog {
         self.relations.insert(name.to_string(), source);
     }
 
-    pub fn remove(&mut self, name: &str) {
-        self.relations.remove(name);
-    }
-
     pub fn relation(&self, name: &str) -> Option<&Arc<RelationSource>> {
         self.relations.get(name)
     }

@@ -1,18 +1,29 @@
-//! Durable storage on local flash: the write-ahead log ([`wal`]), checkpoints of operator state
-//! ([`checkpoint`]), encryption at rest ([`crypto`]) and the file operations they go through
-//! ([`fs`], with a crash-modelling [`simfs`] for tests). Byte layouts: docs/wal.md,
-//! docs/state-store.md, docs/checkpoint.md.
+//! Durable storage on local flash: the write-ahead log ([`Wal`]), checkpoints of operator state
+//! ([`CheckpointStore`]), encryption at rest ([`Cipher`]) and the file operations they go through
+//! ([`Storage`]: [`RealFs`], and the crash-modelling [`SimFs`] for fault tests). Byte layouts:
+//! docs/wal.md, docs/state-store.md, docs/checkpoint.md. Public for the daemon's state tools
+//! (inspect, back up, restore), its outbox and the fault tests; the submodules are private.
 //!
 //! Invariants: nothing is reported durable before its fsync returned Ok; an fsync or write error is
 //! fatal for the file (the WAL is poisoned, never retried); damage is either a torn tail (cut) or a
 //! named error, never wrong data.
 
-pub mod checkpoint;
-pub mod crypto;
-pub mod fs;
-pub mod header;
-pub mod simfs;
-pub mod wal;
+pub(crate) mod checkpoint;
+pub(crate) mod crypto;
+pub(crate) mod fs;
+pub(crate) mod header;
+pub(crate) mod simfs;
+pub(crate) mod wal;
+
+pub use crate::ops::snapshot::{StateReader, StateWriter};
+pub use checkpoint::{
+    copy_rebased, BlobRef, CheckpointFiles, CheckpointStore, Manifest, RebasedCopy, SourceMark, MANIFEST_MAGIC,
+};
+pub use crypto::{nonce_prefix, Cipher, KEY_LEN};
+pub use fs::{create_private_dir_all, sync_parent, RealFs, Storage, StorageFile};
+pub use header::{FileHeader, Owner};
+pub use simfs::{Crash, SimFs};
+pub use wal::{inspect as inspect_wal, SegmentReport, Wal, WalConfig, FRAME_HEADER};
 
 use std::path::{Path, PathBuf};
 

@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use eddy_client::{v1, HubClient, BLOB_CHUNK_BYTES};
-use eddy_engine::storage::checkpoint::CheckpointFiles;
+use eddy_engine::storage::CheckpointFiles;
 
 use super::HubLink;
 use crate::connectors::backoff::Backoff;

@@ -15,8 +15,8 @@ use std::time::Duration;
 use super::template::{NameRules, Template};
 use super::{num, Provider};
 use crate::secret::Secret;
+use eddy_engine::connector::Format;
 use eddy_engine::connector::{self, ConnectorSpec, Role, SinkWriter, SourceReader};
-use eddy_engine::format::Format;
 use eddy_engine::{EngineError, Result};
 
 /// The `connector` option's value, and the prefix of this connector's metrics (`eddy_kafka_*`).
@@ -67,7 +67,7 @@ fn get(p: &Provider, ctx: &str, spec: &ConnectorSpec<'_>, key: &str) -> Result<O
 fn duration(p: &Provider, ctx: &str, spec: &ConnectorSpec<'_>, key: &str, default: Duration) -> Result<Duration> {
     match get(p, ctx, spec, key)? {
         None => Ok(default),
-        Some(v) => eddy_engine::sql::ddl::parse_duration_ms(&v)
+        Some(v) => eddy_engine::connector::parse_duration_ms(&v)
             .map(|ms| Duration::from_millis(ms.max(0) as u64))
             .map_err(|e| opt_err(ctx, format!("option '{key}': {e}"))),
     }
@@ -262,7 +262,7 @@ pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<
         format,
         discovery_interval: duration(p, &ctx, spec, "partition.discovery.interval", Duration::from_secs(30))?
             .max(Duration::from_millis(100)),
-        max_partitions: num(&ctx, spec, "max_partitions", 4096)?.clamp(1, eddy_engine::pipeline::splits::MAX_SPLITS),
+        max_partitions: num(&ctx, spec, "max_partitions", 4096)?.clamp(1, eddy_engine::connector::MAX_SPLITS),
         ctx,
     })
 }

@@ -24,7 +24,7 @@ use super::{SourceSettings, Startup, Topics};
 use crate::connectors::backoff::Backoff;
 use crate::metrics::ConnectorGauges;
 use eddy_engine::connector::{self, Poll, SourceReader, Wakeup};
-use eddy_engine::format::decode::{MetaValue, RowDecoder};
+use eddy_engine::connector::{MetaValue, RowDecoder};
 use eddy_engine::{EngineError, Result};
 
 /// Payload bytes one poll decodes at most.
@@ -520,7 +520,7 @@ impl DiscoveryJob {
 struct Decoding {
     meta: Vec<String>,
     headers: String,
-    format: eddy_engine::format::Format,
+    format: eddy_engine::connector::Format,
 }
 
 fn set_meta(meta: &[String], headers: &mut String, dec: &mut RowDecoder, m: &BorrowedMessage<'_>) {

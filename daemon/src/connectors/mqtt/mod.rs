@@ -11,8 +11,8 @@ use super::outbox::FullPolicy;
 use super::template::Template;
 use super::{num, Provider};
 use crate::config::MqttDefaults;
+use eddy_engine::connector::Format;
 use eddy_engine::connector::{self, ConnectorSpec, Role, SinkWriter, SourceReader};
-use eddy_engine::format::Format;
 use eddy_engine::Result;
 use settings::{opt_err, Connection, CONNECTION_OPTIONS};
 

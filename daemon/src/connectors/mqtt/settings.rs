@@ -9,8 +9,8 @@ use rumqttc::{QoS, TlsConfiguration, Transport};
 
 use crate::config::{expand_env, MqttDefaults};
 use crate::secret::{redact_url, Secret};
+use eddy_engine::connector::Options;
 use eddy_engine::connector::Role;
-use eddy_engine::sql::ddl::Options;
 use eddy_engine::EngineError;
 
 /// Options shared by MQTT sources and sinks.
@@ -130,7 +130,7 @@ impl Connection {
         let keep_alive = match get(&ctx, o, defaults, "keep_alive")? {
             None => Duration::from_secs(30),
             Some(v) => Duration::from_millis(
-                eddy_engine::sql::ddl::parse_duration_ms(&v)
+                eddy_engine::connector::parse_duration_ms(&v)
                     .map_err(|e| opt_err(&ctx, format!("option 'keep_alive': {e}")))?
                     .max(1000) as u64,
             ),

@@ -28,9 +28,9 @@ use super::settings::Connection;
 use super::wire::{self, Message as Publish, WireClient as Client, WireConnection, WireEvent};
 use crate::connectors::backoff::Backoff;
 use crate::metrics::ConnectorGauges;
+use eddy_engine::connector::Format;
 use eddy_engine::connector::{self, Poll, SourceReader, Wakeup};
-use eddy_engine::format::decode::{MetaValue, RowDecoder};
-use eddy_engine::format::Format;
+use eddy_engine::connector::{MetaValue, RowDecoder};
 use eddy_engine::Result;
 
 /// Logged messages remembered for duplicate detection (packet id + hash each). The broker can have
@@ -500,8 +500,8 @@ fn hand_off(tx: &SyncSender<Handoff>, mut h: Handoff, len: usize, queue_bytes: u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eddy_engine::format::decode::DecodeColumn;
-    use eddy_engine::sql::ddl::Options;
+    use eddy_engine::connector::DecodeColumn;
+    use eddy_engine::connector::Options;
 
     /// A source fed by hand: its queue is the test's, it never connects (no client, so no acks).
     fn source() -> (MqttSource, SyncSender<Handoff>, RowDecoder) {
