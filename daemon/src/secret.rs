@@ -18,6 +18,13 @@ impl Secret {
     }
 }
 
+/// A secret connector option (`password`): its text is never part of an error.
+impl eddy_engine::connector::OptionValue for Secret {
+    fn parse_option(text: &str) -> Result<Self, String> {
+        Ok(Secret::new(text))
+    }
+}
+
 /// Serialized (for `GetConfig`) as `<set>`: a config dump never holds the value.
 impl serde::Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

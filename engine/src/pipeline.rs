@@ -743,9 +743,9 @@ impl Pipeline {
         if let Some(c) = cols.iter().find(|c| c.metadata_key.is_some()) {
             return Err(sql_err(pos, format!("column '{}': a table file provides no metadata", c.name)));
         }
-        let o = &def.options;
-        let path = o.get("path").ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
-        let format = connector::format_option(&ctx, o, Format::Csv)?;
+        let o = connector::table::FileTableOptions::read(&ctx, connector::sql_only(&def.options))?;
+        let path = o.path.ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
+        let format = o.format.unwrap_or(Format::Csv);
         if format == Format::Raw {
             return Err(EngineError::options(ctx, "a table is read as 'csv' or 'json'"));
         }
@@ -758,7 +758,7 @@ impl Pipeline {
         ));
         let spec = TableSpec {
             name: def.name.clone(),
-            path: resolve_path(&cfg.base_dir, path),
+            path: resolve_path(&cfg.base_dir, &path),
             format,
             columns: cols
                 .into_iter()
@@ -768,8 +768,8 @@ impl Pipeline {
                 })
                 .collect(),
             primary_key,
-            max_line: connector::num_option(&ctx, o, "max_line_bytes")?.unwrap_or(DEFAULT_MAX_LINE),
-            reload_interval: connector::duration_option(&ctx, o, "reload_interval")?.unwrap_or(5_000),
+            max_line: o.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE),
+            reload_interval: o.reload_interval.map_or(5_000, |d| d.as_millis().min(i64::MAX as u128) as i64),
         };
         Ok(TableRuntime::new(spec, schema))
     }
@@ -799,15 +799,15 @@ impl Pipeline {
         }
         let delay = watermark_delay(def)?;
         let o = &def.options;
-        let on_error = match o.get("on_error").map(|v| v.to_ascii_lowercase()) {
+        let common = connector::SourceCommonOptions::read(&ctx, connector::sql_only(o))?;
+        let on_error = match common.on_error.map(|v| v.to_ascii_lowercase()) {
             None => OnError::Skip,
             Some(v) if v == "skip" => OnError::Skip,
             Some(v) if v == "fail" => OnError::Fail,
             Some(v) => return Err(EngineError::options(ctx, format!("on_error '{v}': valid values are skip, fail"))),
         };
-        let idle_timeout = connector::duration_option(&ctx, o, "watermark.idle_timeout")?;
-        let batch_rows =
-            connector::num_option::<usize>(&ctx, o, "batch_rows")?.unwrap_or(cfg.limits.batch_rows).clamp(1, 1 << 20);
+        let idle_timeout = common.idle_timeout.map(|d| d.as_millis().min(i64::MAX as u128) as i64);
+        let batch_rows = common.batch_rows.unwrap_or(cfg.limits.batch_rows).clamp(1, 1 << 20);
         let decoder = RowDecoder::new(cols.clone(), time_col).map_err(|m| sql_err(pos, m))?;
         let mut reader: Option<Box<dyn SourceReader>> = None;
         let spec = match cfg.inputs.get(&def.name) {
@@ -816,14 +816,14 @@ impl Pipeline {
             }
             None => match connector.as_str() {
                 "file" => {
-                    let path = o
-                        .get("path")
-                        .ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
+                    let f = connector::file::FileSourceOptions::read(&ctx, connector::sql_only(o))?;
+                    let path =
+                        f.path.ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
                     ReaderSpec::File {
-                        path: resolve_path(&cfg.base_dir, path),
-                        format: connector::format_option(&ctx, o, Format::Json)?,
-                        follow: connector::bool_option(&ctx, o, "follow", false)? && cfg.mode == Mode::Live,
-                        max_line: connector::num_option(&ctx, o, "max_line_bytes")?.unwrap_or(DEFAULT_MAX_LINE),
+                        path: resolve_path(&cfg.base_dir, &path),
+                        format: common.format.unwrap_or(Format::Json),
+                        follow: f.follow.unwrap_or(false) && cfg.mode == Mode::Live,
+                        max_line: f.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE),
                     }
                 }
                 "datagen" => {
@@ -952,14 +952,15 @@ impl Pipeline {
                 stream
             }
         };
-        let mode = match options.get("type").map(|t| t.to_ascii_lowercase()) {
+        let common = connector::SinkCommonOptions::read(&ctx, connector::sql_only(options))?;
+        let mode = match common.kind.map(|t| t.to_ascii_lowercase()) {
             None => SinkMode::Append,
             Some(t) if t == "append" || t == "append-only" => SinkMode::Append,
             Some(t) if t == "upsert" => SinkMode::Upsert,
             Some(t) => return Err(EngineError::options(ctx, format!("type '{t}': valid types are append, upsert"))),
         };
         let columns: Vec<String> = stream.schema.fields().iter().map(|f| f.name().clone()).collect();
-        if let Some(pk) = options.get("primary_key") {
+        if let Some(pk) = &common.primary_key {
             for k in pk.split(',').map(str::trim) {
                 if !columns.iter().any(|c| c == k) {
                     return Err(EngineError::options(
@@ -977,7 +978,7 @@ impl Pipeline {
                 ),
             ));
         }
-        if mode == SinkMode::Upsert && options.get("primary_key").is_none() && stream.key.is_none() {
+        if mode == SinkMode::Upsert && common.primary_key.is_none() && stream.key.is_none() {
             return Err(EngineError::options(
                 ctx,
                 "an upsert sink needs a key: set primary_key = 'col,...' or project every GROUP BY column",
@@ -986,13 +987,12 @@ impl Pipeline {
         let mut sink = match (cfg.outputs.get(name), connector.as_str()) {
             (Some(p), _) => Sink::new(name, SinkTarget::File(p.clone()), mode, columns),
             (None, "file") => {
-                let path = options
-                    .get("path")
-                    .ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
-                if connector::format_option(&ctx, options, Format::Json)? != Format::Json {
+                let f = connector::sink::FileSinkOptions::read(&ctx, connector::sql_only(options))?;
+                let path = f.path.ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
+                if common.format.is_some_and(|f| !f.eq_ignore_ascii_case("json")) {
                     return Err(EngineError::options(ctx, "file sinks write format 'json'"));
                 }
-                Sink::new(name, SinkTarget::File(resolve_path(&cfg.base_dir, path)), mode, columns)
+                Sink::new(name, SinkTarget::File(resolve_path(&cfg.base_dir, &path)), mode, columns)
             }
             (None, "console") => Sink::new(name, SinkTarget::Console, mode, columns),
             (None, other) => {

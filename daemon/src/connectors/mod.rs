@@ -67,7 +67,8 @@ pub fn install_tls_provider() {
     });
 }
 
-/// A connector's option list for sources and sinks: `common` then each role's own, built once.
+/// A connector's option lists for sources and sinks, each joined once from its options structs'
+/// `KEYS`.
 pub(crate) struct OptionLists {
     source: std::sync::OnceLock<Vec<&'static str>>,
     sink: std::sync::OnceLock<Vec<&'static str>>,
@@ -81,22 +82,15 @@ impl OptionLists {
     pub(crate) fn get(
         &'static self,
         role: Role,
-        common: &'static [&'static str],
-        source: &'static [&'static str],
-        sink: &'static [&'static str],
+        source: &[&'static [&'static str]],
+        sink: &[&'static [&'static str]],
     ) -> Option<&'static [&'static str]> {
-        let join = |own: &[&'static str]| common.iter().chain(own).copied().collect::<Vec<_>>();
         match role {
-            Role::Source => Some(self.source.get_or_init(|| join(source)).as_slice()),
-            Role::Sink => Some(self.sink.get_or_init(|| join(sink)).as_slice()),
+            Role::Source => Some(self.source.get_or_init(|| source.concat()).as_slice()),
+            Role::Sink => Some(self.sink.get_or_init(|| sink.concat()).as_slice()),
             Role::Table => None,
         }
     }
-}
-
-/// A whole-number option, `default` when absent.
-pub(crate) fn num(ctx: &str, spec: &ConnectorSpec<'_>, key: &str, default: usize) -> Result<usize> {
-    Ok(connector::num_option::<usize>(ctx, spec.options, key)?.unwrap_or(default))
 }
 
 const SOURCES: &[&str] = &[mqtt::CONNECTOR, kafka::CONNECTOR];
@@ -115,7 +109,7 @@ impl ConnectorProvider for Provider {
         match connector {
             "mqtt" => mqtt::options(role),
             "kafka" => kafka::options(role),
-            "hub" if role == Role::Sink => Some(hub::SINK_OPTIONS),
+            "hub" if role == Role::Sink => Some(hub::HubSinkOptions::KEYS),
             _ => None,
         }
     }

@@ -7,7 +7,7 @@
 //! the source; without it the source never ends.
 
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Poll, SourceReader};
 use crate::error::{EngineError, Result};
@@ -15,8 +15,21 @@ use crate::format::decode::RowDecoder;
 use crate::format::json;
 use crate::sql::ddl::Options;
 
-pub const OPTIONS: &[&str] =
-    &["shape", "seed", "rows", "rate", "devices", "start", "interval", "disorder", "late_ratio", "error_ratio"];
+crate::connector_options! {
+    /// What a `datagen` source takes (docs/connectors.md).
+    pub(crate) struct DatagenOptions {
+        shape: String = "shape",
+        seed: u64 = "seed",
+        rows: u64 = "rows",
+        rate: f64 = "rate",
+        devices: u32 = "devices",
+        start: String = "start",
+        interval: Duration = "interval",
+        disorder: Duration = "disorder",
+        late_ratio: f64 = "late_ratio",
+        error_ratio: f64 = "error_ratio",
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -69,36 +82,36 @@ pub struct DatagenConfig {
 
 impl DatagenConfig {
     pub fn from_options(ctx: &str, o: &Options) -> Result<Self> {
-        let shape = match o.get("shape").unwrap_or("iot").to_ascii_lowercase().as_str() {
+        let o = DatagenOptions::read(ctx, super::sql_only(o))?;
+        let shape = match o.shape.as_deref().unwrap_or("iot").to_ascii_lowercase().as_str() {
             "iot" => Shape::Iot,
             "trades" => Shape::Trades,
             other => return Err(EngineError::options(ctx, format!("shape '{other}': valid shapes are iot, trades"))),
         };
-        let ratio = |k: &str| -> Result<f64> {
-            let v = super::num_option::<f64>(ctx, o, k)?.unwrap_or(0.0);
+        let ratio = |k: &str, v: Option<f64>| -> Result<f64> {
+            let v = v.unwrap_or(0.0);
             if !(0.0..=1.0).contains(&v) {
                 return Err(EngineError::options(ctx, format!("option '{k}' must be between 0 and 1")));
             }
             Ok(v)
         };
-        let start = match o.get("start") {
+        let start = match &o.start {
             None => 1_772_352_000_000, // 2026-03-01T08:00:00Z
             Some(s) => crate::time::parse_timestamp_ms(s)
                 .ok_or_else(|| EngineError::options(ctx, format!("option 'start': '{s}' is not a timestamp")))?,
         };
-        let rate = super::num_option::<f64>(ctx, o, "rate")?.filter(|r| *r > 0.0);
-        let devices = super::num_option::<u32>(ctx, o, "devices")?.unwrap_or(8).max(1);
+        let ms = |d: Option<Duration>, default: i64| d.map_or(default, |d| d.as_millis().min(i64::MAX as u128) as i64);
         Ok(DatagenConfig {
             shape,
-            seed: super::num_option(ctx, o, "seed")?.unwrap_or(42),
-            rows: super::num_option(ctx, o, "rows")?,
-            rate,
-            devices,
+            seed: o.seed.unwrap_or(42),
+            rows: o.rows,
+            rate: o.rate.filter(|r| *r > 0.0),
+            devices: o.devices.unwrap_or(8).max(1),
             start,
-            interval: super::duration_option(ctx, o, "interval")?.unwrap_or(100),
-            disorder: super::duration_option(ctx, o, "disorder")?.unwrap_or(2_000),
-            late_ratio: ratio("late_ratio")?,
-            error_ratio: ratio("error_ratio")?,
+            interval: ms(o.interval, 100),
+            disorder: ms(o.disorder, 2_000),
+            late_ratio: ratio("late_ratio", o.late_ratio)?,
+            error_ratio: ratio("error_ratio", o.error_ratio)?,
         })
     }
 }

@@ -19,7 +19,14 @@ use crate::error::{EngineError, Result};
 use crate::format::decode::RowDecoder;
 use crate::format::{csv as csvfmt, json, Format};
 
-pub const SOURCE_OPTIONS: &[&str] = &["path", "follow", "max_line_bytes"];
+crate::connector_options! {
+    /// What a `file` source takes (besides the common options).
+    pub(crate) struct FileSourceOptions {
+        path: String = "path",
+        follow: bool = "follow",
+        max_line_bytes: usize = "max_line_bytes",
+    }
+}
 
 /// Default longest line: 16 MiB.
 pub const DEFAULT_MAX_LINE: usize = 16 << 20;

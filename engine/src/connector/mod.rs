@@ -8,12 +8,14 @@ pub(crate) mod datagen;
 pub(crate) mod decode_pool;
 pub(crate) mod file;
 pub(crate) mod nexmark;
+pub(crate) mod settings;
 pub(crate) mod sink;
 pub(crate) mod table;
 pub(crate) mod tap;
 
 // The connector kit: what a network connector in the daemon needs (options, formats, the row
 // decoder, positions, live taps), and the generators the benchmarks share; nothing of the planner.
+pub use crate::connector_options;
 pub use crate::format::csv::decode_csv_payload;
 pub use crate::format::decode::{DecodeColumn, MetaValue, RowDecoder};
 pub use crate::format::encode::JsonRowWriter;
@@ -24,6 +26,7 @@ pub use crate::sql::ddl::{parse_duration_ms, Options};
 pub use datagen::Rng;
 pub use decode_pool::MAX_DECODE_THREADS;
 pub use nexmark::{write_event as write_nexmark_event, NexmarkConfig, Stream as NexmarkStream};
+pub use settings::{parse_option_value, sql_only, OptionValue};
 pub use tap::{SourceRows, TapPoint, TapReceiver, MAX_SUBSCRIBERS as MAX_TAP_SUBSCRIBERS};
 
 use std::path::PathBuf;
@@ -244,12 +247,28 @@ pub(crate) fn position_u64(pos: &[u8], at: usize) -> Result<u64> {
         .ok_or_else(|| EngineError::State("a saved source position is cut short".into()))
 }
 
-/// Options every source accepts, whatever its connector.
-pub const SOURCE_COMMON: &[&str] = &["connector", "format", "on_error", "watermark.idle_timeout", "batch_rows"];
-/// Options every sink accepts.
-pub const SINK_COMMON: &[&str] = &["connector", "format", "type", "primary_key"];
+crate::connector_options! {
+    /// Options every source takes, whatever its connector (besides `connector` itself).
+    pub(crate) struct SourceCommonOptions {
+        format: Format = "format",
+        on_error: String = "on_error",
+        idle_timeout: std::time::Duration = "watermark.idle_timeout",
+        batch_rows: usize = "batch_rows",
+    }
+}
 
-/// The options connector `connector` takes as a `role`.
+crate::connector_options! {
+    /// Options every sink takes (besides `connector`). `format` is text: each sink says which
+    /// formats it writes (the hub's is Parquet).
+    pub(crate) struct SinkCommonOptions {
+        format: String = "format",
+        kind: String = "type",
+        primary_key: String = "primary_key",
+    }
+}
+
+/// The options connector `connector` takes as a `role`: `connector`, the role's common options
+/// and the connector's own, each list derived from the options struct that reads them.
 pub fn valid_options(
     role: Role,
     connector: &str,
@@ -258,17 +277,18 @@ pub fn valid_options(
     let provided =
         |common: &'static [&'static str]| provider.and_then(|p| p.options(role, connector)).map(|own| (common, own));
     let (common, own): (&[&str], &[&str]) = match (role, connector) {
-        (Role::Source, "file") => (SOURCE_COMMON, file::SOURCE_OPTIONS),
-        (Role::Source, "datagen") => (SOURCE_COMMON, datagen::OPTIONS),
-        (Role::Source, "nexmark") => (SOURCE_COMMON, nexmark::OPTIONS),
-        (Role::Table, "file") => (&["connector", "format"], &["path", "reload_interval", "max_line_bytes"]),
+        (Role::Source, "file") => (SourceCommonOptions::KEYS, file::FileSourceOptions::KEYS),
+        (Role::Source, "datagen") => (SourceCommonOptions::KEYS, datagen::DatagenOptions::KEYS),
+        (Role::Source, "nexmark") => (SourceCommonOptions::KEYS, nexmark::NexmarkOptions::KEYS),
+        (Role::Table, "file") => (&[], table::FileTableOptions::KEYS),
         (Role::Table, _) => return None,
-        (Role::Sink, "file") => (SINK_COMMON, &["path"]),
-        (Role::Sink, "console") => (SINK_COMMON, &[]),
-        (Role::Source, _) => provided(SOURCE_COMMON)?,
-        (Role::Sink, _) => provided(SINK_COMMON)?,
+        (Role::Sink, "file") => (SinkCommonOptions::KEYS, sink::FileSinkOptions::KEYS),
+        (Role::Sink, "console") => (SinkCommonOptions::KEYS, &[]),
+        (Role::Source, _) => provided(SourceCommonOptions::KEYS)?,
+        (Role::Sink, _) => provided(SinkCommonOptions::KEYS)?,
     };
-    let mut v: Vec<&str> = common.iter().chain(own).copied().collect();
+    let mut v: Vec<&str> =
+        std::iter::once("connector").chain(common.iter().copied()).chain(own.iter().copied()).collect();
     v.sort();
     v.dedup();
     Some(v)
@@ -321,11 +341,12 @@ pub fn check_options(
 
 /// The `format` option (`default` when absent).
 pub fn format_option(ctx: &str, options: &Options, default: Format) -> Result<Format> {
-    match options.get("format") {
-        None => Ok(default),
-        Some(f) => Format::parse(f).ok_or_else(|| {
-            EngineError::options(ctx, format!("unknown format '{f}' (valid formats: {})", Format::NAMES.join(", ")))
-        }),
+    Ok(parse_option_value(ctx, "format", options.get("format").map(str::to_string))?.unwrap_or(default))
+}
+
+impl OptionValue for Format {
+    fn parse_option(text: &str) -> std::result::Result<Self, String> {
+        Format::parse(text).ok_or_else(|| format!("must be one of {}, not '{text}'", Format::NAMES.join(", ")))
     }
 }
 
@@ -348,38 +369,6 @@ pub fn decode_payload(dec: &mut RowDecoder, format: Format, payload: &[u8], rece
         Format::Json => crate::format::json::decode_json(dec, payload, received_at),
         Format::Csv => crate::format::csv::decode_csv_payload(dec, payload, received_at),
         Format::Raw => crate::format::csv::decode_raw(dec, payload, received_at) as usize,
-    }
-}
-
-/// A boolean option: 'true' / 'false'.
-pub fn bool_option(ctx: &str, options: &Options, key: &str, default: bool) -> Result<bool> {
-    match options.get(key).map(|v| v.to_ascii_lowercase()) {
-        None => Ok(default),
-        Some(v) if v == "true" => Ok(true),
-        Some(v) if v == "false" => Ok(false),
-        Some(v) => Err(EngineError::options(ctx, format!("option '{key}' must be 'true' or 'false', not '{v}'"))),
-    }
-}
-
-/// A number option.
-pub fn num_option<T: std::str::FromStr>(ctx: &str, options: &Options, key: &str) -> Result<Option<T>> {
-    match options.get(key) {
-        None => Ok(None),
-        Some(v) => v
-            .trim()
-            .parse::<T>()
-            .map(Some)
-            .map_err(|_| EngineError::options(ctx, format!("option '{key}' must be a number, not '{v}'"))),
-    }
-}
-
-/// A duration option: '10s', '500 ms', '1 minute'.
-pub fn duration_option(ctx: &str, options: &Options, key: &str) -> Result<Option<i64>> {
-    match options.get(key) {
-        None => Ok(None),
-        Some(v) => crate::sql::ddl::parse_duration_ms(v)
-            .map(Some)
-            .map_err(|e| EngineError::options(ctx, format!("option '{key}': {e}"))),
     }
 }
 

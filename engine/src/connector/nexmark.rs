@@ -22,23 +22,26 @@ use crate::format::decode::RowDecoder;
 use crate::format::json;
 use crate::sql::ddl::Options;
 
-pub const OPTIONS: &[&str] = &[
-    "stream",
-    "seed",
-    "events",
-    "event_rate",
-    "pace",
-    "start",
-    "hot_auction_ratio",
-    "hot_seller_ratio",
-    "hot_bidder_ratio",
-    "hot_channel_ratio",
-    "active_people",
-    "in_flight_auctions",
-    "person_bytes",
-    "auction_bytes",
-    "bid_bytes",
-];
+crate::connector_options! {
+    /// What a `nexmark` source takes (docs/connectors.md).
+    pub(crate) struct NexmarkOptions {
+        stream: String = "stream",
+        seed: u64 = "seed",
+        events: u64 = "events",
+        event_rate: u64 = "event_rate",
+        pace: bool = "pace",
+        start: String = "start",
+        hot_auction_ratio: u64 = "hot_auction_ratio",
+        hot_seller_ratio: u64 = "hot_seller_ratio",
+        hot_bidder_ratio: u64 = "hot_bidder_ratio",
+        hot_channel_ratio: u64 = "hot_channel_ratio",
+        active_people: u64 = "active_people",
+        in_flight_auctions: u64 = "in_flight_auctions",
+        person_bytes: u64 = "person_bytes",
+        auction_bytes: u64 = "auction_bytes",
+        bid_bytes: u64 = "bid_bytes",
+    }
+}
 
 /// Events per run: 1 person, 3 auctions, 46 bids.
 const RUN: u64 = 50;
@@ -146,7 +149,8 @@ impl Default for NexmarkConfig {
 
 impl NexmarkConfig {
     pub fn from_options(ctx: &str, o: &Options) -> Result<(Self, Stream)> {
-        let stream = match o.get("stream") {
+        let o = NexmarkOptions::read(ctx, super::sql_only(o))?;
+        let stream = match &o.stream {
             None => {
                 return Err(EngineError::options(
                     ctx,
@@ -158,33 +162,36 @@ impl NexmarkConfig {
             })?,
         };
         let d = NexmarkConfig::default();
-        let positive = |k: &str, default: u64| -> Result<u64> {
-            match super::num_option::<u64>(ctx, o, k)? {
+        let positive = |k: &str, v: Option<u64>, default: u64| -> Result<u64> {
+            match v {
                 None => Ok(default),
                 Some(0) => Err(EngineError::options(ctx, format!("option '{k}' must be at least 1"))),
                 Some(v) => Ok(v),
             }
         };
-        let start_ms = match o.get("start") {
+        let bytes = |k: &str, v: Option<u64>, default: usize| -> Result<usize> {
+            Ok(usize::try_from(positive(k, v, default as u64)?).unwrap_or(usize::MAX))
+        };
+        let start_ms = match &o.start {
             None => d.start_ms,
             Some(s) => crate::time::parse_timestamp_ms(s)
                 .ok_or_else(|| EngineError::options(ctx, format!("option 'start': '{s}' is not a timestamp")))?,
         };
         let cfg = NexmarkConfig {
-            seed: super::num_option(ctx, o, "seed")?.unwrap_or(d.seed),
-            events: super::num_option(ctx, o, "events")?,
-            event_rate: positive("event_rate", d.event_rate)?,
-            pace: super::bool_option(ctx, o, "pace", false)?,
+            seed: o.seed.unwrap_or(d.seed),
+            events: o.events,
+            event_rate: positive("event_rate", o.event_rate, d.event_rate)?,
+            pace: o.pace.unwrap_or(false),
             start_ms,
-            hot_auction_ratio: positive("hot_auction_ratio", d.hot_auction_ratio)?,
-            hot_seller_ratio: positive("hot_seller_ratio", d.hot_seller_ratio)?,
-            hot_bidder_ratio: positive("hot_bidder_ratio", d.hot_bidder_ratio)?,
-            hot_channel_ratio: positive("hot_channel_ratio", d.hot_channel_ratio)?,
-            active_people: positive("active_people", d.active_people)?,
-            in_flight_auctions: positive("in_flight_auctions", d.in_flight_auctions)?,
-            person_bytes: positive("person_bytes", d.person_bytes as u64)? as usize,
-            auction_bytes: positive("auction_bytes", d.auction_bytes as u64)? as usize,
-            bid_bytes: positive("bid_bytes", d.bid_bytes as u64)? as usize,
+            hot_auction_ratio: positive("hot_auction_ratio", o.hot_auction_ratio, d.hot_auction_ratio)?,
+            hot_seller_ratio: positive("hot_seller_ratio", o.hot_seller_ratio, d.hot_seller_ratio)?,
+            hot_bidder_ratio: positive("hot_bidder_ratio", o.hot_bidder_ratio, d.hot_bidder_ratio)?,
+            hot_channel_ratio: positive("hot_channel_ratio", o.hot_channel_ratio, d.hot_channel_ratio)?,
+            active_people: positive("active_people", o.active_people, d.active_people)?,
+            in_flight_auctions: positive("in_flight_auctions", o.in_flight_auctions, d.in_flight_auctions)?,
+            person_bytes: bytes("person_bytes", o.person_bytes, d.person_bytes)?,
+            auction_bytes: bytes("auction_bytes", o.auction_bytes, d.auction_bytes)?,
+            bid_bytes: bytes("bid_bytes", o.bid_bytes, d.bid_bytes)?,
         };
         Ok((cfg, stream))
     }

@@ -25,6 +25,13 @@ use super::tap::TapPoint;
 use super::SinkWriter;
 use crate::error::{EngineError, Result};
 use crate::format::encode::{write_value, JsonRowWriter};
+
+crate::connector_options! {
+    /// What a `file` sink takes (besides the common options).
+    pub(crate) struct FileSinkOptions {
+        path: String = "path",
+    }
+}
 use crate::ops::{Chunk, Operator, RowKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,16 @@ use crate::format::Format;
 use crate::ops::lookup_join::{TableData, TableHandle};
 use crate::ops::rows::KeyEncoder;
 
+crate::connector_options! {
+    /// What a `file` table takes (besides `connector`).
+    pub(crate) struct FileTableOptions {
+        format: Format = "format",
+        path: String = "path",
+        reload_interval: std::time::Duration = "reload_interval",
+        max_line_bytes: usize = "max_line_bytes",
+    }
+}
+
 pub struct TableSpec {
     pub name: String,
     pub path: PathBuf,

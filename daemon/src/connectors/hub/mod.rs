@@ -12,15 +12,23 @@ use std::time::Duration;
 use eddy_client::{ClientError, HubClient, Target, Timeouts, TlsFiles};
 
 use super::outbox::FullPolicy;
-use super::{num, Provider};
-use eddy_engine::connector::{ConnectorSpec, Role, SinkWriter};
+use super::Provider;
+use eddy_engine::connector::{connector_options, sql_only, ConnectorSpec, Role, SinkWriter};
 use eddy_engine::{EngineError, Result};
 
 /// The `connector` option's value, and the prefix of this connector's metrics (`eddy_hub_*`).
 pub const CONNECTOR: &str = "hub";
 
-/// The options a `hub` sink takes (besides the common ones).
-pub const SINK_OPTIONS: &[&str] = &["stream", "batch_rows", "batch_bytes", "outbox_bytes", "outbox_full"];
+connector_options! {
+    /// What a `hub` sink takes (besides the common options).
+    pub struct HubSinkOptions {
+        stream: String = "stream",
+        batch_rows: usize = "batch_rows",
+        batch_bytes: usize = "batch_bytes",
+        outbox_bytes: usize = "outbox_bytes",
+        outbox_full: String = "outbox_full",
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct HubSinkSettings {
@@ -85,7 +93,8 @@ fn opt_err(ctx: &str, m: impl Into<String>) -> EngineError {
 
 pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<HubSinkSettings> {
     let ctx = format!("sink '{}'", spec.name);
-    let stream = spec.options.get("stream").ok_or_else(|| {
+    let o = HubSinkOptions::read(&ctx, sql_only(spec.options))?;
+    let stream = o.stream.ok_or_else(|| {
         opt_err(&ctx, "connector 'hub' needs option 'stream' (the name its rows are stored under at the hub)")
     })?;
     if stream.is_empty()
@@ -102,13 +111,13 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Hu
         }
     }
     let link = HubLink::from_config(&p.hub).map_err(|m| opt_err(&ctx, format!("connector 'hub': {m}")))?;
-    let policy = FullPolicy::parse(spec.options.get("outbox_full")).map_err(|m| opt_err(&ctx, m))?;
+    let policy = FullPolicy::parse(o.outbox_full.as_deref()).map_err(|m| opt_err(&ctx, m))?;
     Ok(HubSinkSettings {
-        stream: stream.to_string(),
+        stream,
         link,
-        batch_rows: num(&ctx, spec, "batch_rows", 10_000)?.clamp(1, 1_000_000),
-        batch_bytes: num(&ctx, spec, "batch_bytes", 4 << 20)?.clamp(4096, 48 << 20),
-        outbox_bytes: num(&ctx, spec, "outbox_bytes", 256 << 20)?.max(4096),
+        batch_rows: o.batch_rows.unwrap_or(10_000).clamp(1, 1_000_000),
+        batch_bytes: o.batch_bytes.unwrap_or(4 << 20).clamp(4096, 48 << 20),
+        outbox_bytes: o.outbox_bytes.unwrap_or(256 << 20).max(4096),
         policy,
         ctx,
     })

@@ -13,38 +13,78 @@ pub mod source;
 use std::time::Duration;
 
 use super::template::{NameRules, Template};
-use super::{num, Provider};
+use super::Provider;
 use crate::secret::Secret;
-use eddy_engine::connector::Format;
-use eddy_engine::connector::{self, ConnectorSpec, Role, SinkWriter, SourceReader};
+use eddy_engine::connector::{self, connector_options, ConnectorSpec, Format, Role, SinkWriter, SourceReader};
 use eddy_engine::{EngineError, Result};
 
 /// The `connector` option's value, and the prefix of this connector's metrics (`eddy_kafka_*`).
 pub const CONNECTOR: &str = "kafka";
 
-/// Options every Kafka source and sink takes.
-const COMMON: &[&str] = &["bootstrap.servers", "topic", "properties.*"];
-const SOURCE_ONLY: &[&str] = &[
-    "topic-pattern",
-    "group.id",
-    "startup.mode",
-    "startup.timestamp",
-    "isolation.level",
-    "partition.discovery.interval",
-    "max_partitions",
-];
-const SINK_ONLY: &[&str] =
-    &["delivery", "key", "headers", "partitioner", "transactional.id", "transaction.timeout", "progress.topic"];
+connector_options! {
+    /// The brokers, for every Kafka source and sink.
+    struct ClientOptions {
+        bootstrap_servers: String = "bootstrap.servers",
+    }
+}
+
+/// Every Kafka source and sink also takes librdkafka properties, passed through.
+const PROPERTIES: &[&str] = &["properties.*"];
+
+connector_options! {
+    /// Which topics a source reads: from the SQL only, never a `[kafka]` default.
+    struct SourceTopicOptions {
+        topic: String = "topic",
+        topic_pattern: String = "topic-pattern",
+    }
+}
+
+connector_options! {
+    /// What a Kafka source takes besides its brokers and topics.
+    struct SourceOptions {
+        group_id: String = "group.id",
+        startup_mode: String = "startup.mode",
+        startup_timestamp: i64 = "startup.timestamp",
+        isolation_level: String = "isolation.level",
+        discovery_interval: Duration = "partition.discovery.interval",
+        max_partitions: usize = "max_partitions",
+    }
+}
+
+connector_options! {
+    /// Where a sink writes: from the SQL only, never a `[kafka]` default.
+    struct SinkTopicOptions {
+        topic: String = "topic",
+    }
+}
+
+connector_options! {
+    /// What a Kafka sink takes besides its brokers and topic.
+    struct SinkOptions {
+        delivery: String = "delivery",
+        key: String = "key",
+        headers: String = "headers",
+        partitioner: String = "partitioner",
+        transactional_id: String = "transactional.id",
+        transaction_timeout: Duration = "transaction.timeout",
+        progress_topic: String = "progress.topic",
+    }
+}
 
 /// The options a Kafka source or sink takes (besides the engine's common ones).
 pub fn options(role: Role) -> Option<&'static [&'static str]> {
     static LISTS: super::OptionLists = super::OptionLists::new();
-    LISTS.get(role, COMMON, SOURCE_ONLY, SINK_ONLY)
+    LISTS.get(
+        role,
+        &[ClientOptions::KEYS, PROPERTIES, SourceTopicOptions::KEYS, SourceOptions::KEYS],
+        &[ClientOptions::KEYS, PROPERTIES, SinkTopicOptions::KEYS, SinkOptions::KEYS],
+    )
 }
 
-/// Options `[kafka]` in the config may give defaults for.
+/// Options `[kafka]` in the config may give defaults for: all but the topics.
 pub fn default_options() -> Vec<&'static str> {
-    let mut v: Vec<_> = COMMON.iter().chain(SOURCE_ONLY).chain(SINK_ONLY).copied().filter(|o| *o != "topic").collect();
+    let lists = [ClientOptions::KEYS, PROPERTIES, SourceOptions::KEYS, SinkOptions::KEYS];
+    let mut v: Vec<_> = lists.concat();
     v.sort();
     v
 }
@@ -61,16 +101,6 @@ fn opt_err(ctx: &str, msg: impl Into<String>) -> EngineError {
 fn get(p: &Provider, ctx: &str, spec: &ConnectorSpec<'_>, key: &str) -> Result<Option<String>> {
     let v = spec.options.get(key).map(str::to_string).or_else(|| p.kafka.get(key));
     v.map(|v| crate::config::expand_env(&v).map_err(|e| opt_err(ctx, format!("option '{key}': {e}")))).transpose()
-}
-
-/// A duration option from the SQL or `[kafka]`.
-fn duration(p: &Provider, ctx: &str, spec: &ConnectorSpec<'_>, key: &str, default: Duration) -> Result<Duration> {
-    match get(p, ctx, spec, key)? {
-        None => Ok(default),
-        Some(v) => eddy_engine::connector::parse_duration_ms(&v)
-            .map(|ms| Duration::from_millis(ms.max(0) as u64))
-            .map_err(|e| opt_err(ctx, format!("option '{key}': {e}"))),
-    }
 }
 
 /// What a Kafka client is given: the brokers and librdkafka properties (values kept secret).
@@ -100,7 +130,8 @@ const OWN_PROPERTIES: &[&str] = &[
 ];
 
 fn client_props(p: &Provider, ctx: &str, spec: &ConnectorSpec<'_>) -> Result<ClientProps> {
-    let bootstrap = get(p, ctx, spec, "bootstrap.servers")?.ok_or_else(|| {
+    let o = ClientOptions::read(ctx, |k| get(p, ctx, spec, k))?;
+    let bootstrap = o.bootstrap_servers.ok_or_else(|| {
         opt_err(ctx, "connector 'kafka' needs option 'bootstrap.servers' (host:port[,host:port], or under [kafka])")
     })?;
     let mut properties: Vec<(String, Secret)> = Vec::new();
@@ -193,7 +224,9 @@ pub const TOPIC_RULES: NameRules = NameRules {
 pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<SourceSettings> {
     let ctx = format!("source '{}'", spec.name);
     let client = client_props(p, &ctx, spec)?;
-    let topics = match (spec.options.get("topic"), spec.options.get("topic-pattern")) {
+    let t = SourceTopicOptions::read(&ctx, connector::sql_only(spec.options))?;
+    let o = SourceOptions::read(&ctx, |k| get(p, &ctx, spec, k))?;
+    let topics = match (t.topic, t.topic_pattern) {
         (Some(_), Some(_)) => return Err(opt_err(&ctx, "give either 'topic' or 'topic-pattern', not both")),
         (None, None) => {
             return Err(opt_err(&ctx, "connector 'kafka' needs option 'topic' (comma-separated) or 'topic-pattern'"))
@@ -210,19 +243,14 @@ pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<
                 .map_err(|e| opt_err(&ctx, format!("option 'topic-pattern': {e}")))?,
         ),
     };
-    let group_id = get(p, &ctx, spec, "group.id")?.unwrap_or_else(|| format!("eddy-{}-{}", p.pipeline, spec.name));
-    let startup = match get(p, &ctx, spec, "startup.mode")?.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let group_id = o.group_id.unwrap_or_else(|| format!("eddy-{}-{}", p.pipeline, spec.name));
+    let startup = match o.startup_mode.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("group-offsets") => Startup::GroupOffsets,
         Some("earliest") | Some("earliest-offset") => Startup::Earliest,
         Some("latest") | Some("latest-offset") => Startup::Latest,
-        Some("timestamp") => {
-            let ts = get(p, &ctx, spec, "startup.timestamp")?.ok_or_else(|| {
-                opt_err(&ctx, "startup.mode = 'timestamp' needs 'startup.timestamp' (milliseconds since the epoch)")
-            })?;
-            Startup::Timestamp(ts.trim().parse::<i64>().map_err(|_| {
-                opt_err(&ctx, format!("option 'startup.timestamp' must be milliseconds since the epoch, not '{ts}'"))
-            })?)
-        }
+        Some("timestamp") => Startup::Timestamp(o.startup_timestamp.ok_or_else(|| {
+            opt_err(&ctx, "startup.mode = 'timestamp' needs 'startup.timestamp' (milliseconds since the epoch)")
+        })?),
         Some(m) => {
             return Err(opt_err(
                 &ctx,
@@ -233,7 +261,7 @@ pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<
     if !matches!(startup, Startup::Timestamp(_)) && spec.options.get("startup.timestamp").is_some() {
         return Err(opt_err(&ctx, "option 'startup.timestamp' needs startup.mode = 'timestamp'"));
     }
-    let read_committed = match get(p, &ctx, spec, "isolation.level")?.as_deref() {
+    let read_committed = match o.isolation_level.as_deref() {
         None | Some("read_committed") => true,
         Some("read_uncommitted") => false,
         Some(o) => {
@@ -260,9 +288,8 @@ pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<
         startup,
         read_committed,
         format,
-        discovery_interval: duration(p, &ctx, spec, "partition.discovery.interval", Duration::from_secs(30))?
-            .max(Duration::from_millis(100)),
-        max_partitions: num(&ctx, spec, "max_partitions", 4096)?.clamp(1, eddy_engine::connector::MAX_SPLITS),
+        discovery_interval: o.discovery_interval.unwrap_or(Duration::from_secs(30)).max(Duration::from_millis(100)),
+        max_partitions: o.max_partitions.unwrap_or(4096).clamp(1, connector::MAX_SPLITS),
         ctx,
     })
 }
@@ -312,16 +339,17 @@ fn columns_option(ctx: &str, v: &str, columns: &[String], key: &str) -> Result<V
 pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<SinkSettings> {
     let ctx = format!("sink '{}'", spec.name);
     let client = client_props(p, &ctx, spec)?;
-    let topic = spec.options.get("topic").ok_or_else(|| {
+    let o = SinkOptions::read(&ctx, |k| get(p, &ctx, spec, k))?;
+    let topic = SinkTopicOptions::read(&ctx, connector::sql_only(spec.options))?.topic.ok_or_else(|| {
         opt_err(&ctx, "connector 'kafka' needs option 'topic' (a name or a template such as 'alerts.{site}')")
     })?;
-    let topic = Template::parse(topic, &spec.columns, TOPIC_RULES).map_err(|m| opt_err(&ctx, m))?;
+    let topic = Template::parse(&topic, &spec.columns, TOPIC_RULES).map_err(|m| opt_err(&ctx, m))?;
     if let Some(f) = spec.options.get("format") {
         if !f.eq_ignore_ascii_case("json") {
             return Err(opt_err(&ctx, "Kafka sinks write format 'json' (one object per row)"));
         }
     }
-    let delivery = match get(p, &ctx, spec, "delivery")?.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let delivery = match o.delivery.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None if p.durable => Delivery::ExactlyOnce,
         None => Delivery::AtLeastOnce,
         Some("exactly-once") | Some("exactly_once") => Delivery::ExactlyOnce,
@@ -330,15 +358,15 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Si
             return Err(opt_err(&ctx, format!("option 'delivery' '{o}': valid values are exactly-once, at-least-once")))
         }
     };
-    let key = match spec.options.get("key") {
+    let key = match &o.key {
         None => vec![],
         Some(v) => columns_option(&ctx, v, &spec.columns, "key")?.into_iter().map(|(_, c)| c).collect(),
     };
-    let headers = match spec.options.get("headers") {
+    let headers = match &o.headers {
         None => vec![],
         Some(v) => columns_option(&ctx, v, &spec.columns, "headers")?,
     };
-    let partitioner = get(p, &ctx, spec, "partitioner")?;
+    let partitioner = o.partitioner;
     if let Some(part) = &partitioner {
         const KNOWN: &[&str] =
             &["murmur2_random", "murmur2", "consistent_random", "consistent", "random", "fnv1a", "fnv1a_random"];
@@ -346,10 +374,10 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Si
             return Err(opt_err(&ctx, format!("option 'partitioner' '{part}': valid values are {}", KNOWN.join(", "))));
         }
     }
-    let transactional_id = get(p, &ctx, spec, "transactional.id")?
-        .unwrap_or_else(|| format!("eddy.{}.{}.{}", p.gateway, p.pipeline, spec.name));
-    let transaction_timeout = duration(p, &ctx, spec, "transaction.timeout", Duration::from_secs(60))?;
-    let progress_topic = match (get(p, &ctx, spec, "progress.topic")?, topic.constant()) {
+    let transactional_id =
+        o.transactional_id.unwrap_or_else(|| format!("eddy.{}.{}.{}", p.gateway, p.pipeline, spec.name));
+    let transaction_timeout = o.transaction_timeout.unwrap_or(Duration::from_secs(60));
+    let progress_topic = match (o.progress_topic, topic.constant()) {
         (Some(t), _) => {
             check_topic(&t).map_err(|m| opt_err(&ctx, m))?;
             Some(t)

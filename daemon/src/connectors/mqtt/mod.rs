@@ -9,29 +9,47 @@ pub mod wire;
 
 use super::outbox::FullPolicy;
 use super::template::Template;
-use super::{num, Provider};
-use crate::config::MqttDefaults;
-use eddy_engine::connector::Format;
-use eddy_engine::connector::{self, ConnectorSpec, Role, SinkWriter, SourceReader};
+use super::Provider;
+use eddy_engine::connector::{self, connector_options, ConnectorSpec, Format, Role, SinkWriter, SourceReader};
 use eddy_engine::Result;
-use settings::{opt_err, Connection, CONNECTION_OPTIONS};
+use settings::{opt_err, Connection, ConnectionOptions};
 
 /// The `connector` option's value, and the prefix of this connector's metrics (`eddy_mqtt_*`).
 pub const CONNECTOR: &str = "mqtt";
 
-const SOURCE_ONLY: &[&str] = &["clean_session", "queue_messages", "queue_bytes"];
-const SINK_ONLY: &[&str] = &["retain", "outbox_bytes", "outbox_full", "inflight"];
+connector_options! {
+    /// What an MQTT source takes besides its connection.
+    struct SourceOptions {
+        topic: String = "topic",
+        clean_session: bool = "clean_session",
+        queue_messages: usize = "queue_messages",
+        queue_bytes: usize = "queue_bytes",
+    }
+}
+
+connector_options! {
+    /// What an MQTT sink takes besides its connection.
+    struct SinkOptions {
+        topic: String = "topic",
+        retain: bool = "retain",
+        outbox_bytes: usize = "outbox_bytes",
+        outbox_full: String = "outbox_full",
+        inflight: usize = "inflight",
+    }
+}
 
 /// The options an MQTT source or sink takes (besides the common ones).
 pub fn options(role: Role) -> Option<&'static [&'static str]> {
     static LISTS: super::OptionLists = super::OptionLists::new();
-    LISTS.get(role, CONNECTION_OPTIONS, SOURCE_ONLY, SINK_ONLY)
+    LISTS.get(role, &[ConnectionOptions::KEYS, SourceOptions::KEYS], &[ConnectionOptions::KEYS, SinkOptions::KEYS])
 }
 
 pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<source::SourceSettings> {
     let ctx = format!("source '{}'", spec.name);
     let conn = Connection::resolve(Role::Source, &p.pipeline, spec.name, spec.options, &p.mqtt)?;
-    let topics: Vec<String> = settings::get(&ctx, spec.options, &MqttDefaults::default(), "topic")?
+    let o = SourceOptions::read(&ctx, |k| settings::get(&ctx, spec.options, &p.mqtt, k))?;
+    let topics: Vec<String> = o
+        .topic
         .ok_or_else(|| {
             opt_err(&ctx, "connector 'mqtt' needs option 'topic' (filters, comma-separated; + and # allowed)")
         })?
@@ -58,9 +76,9 @@ pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<
         }
     }
     connector::check_raw_payload(&ctx, format, spec.columns.len() - spec.metadata_keys.len())?;
-    let queue_messages = num(&ctx, spec, "queue_messages", p.mqtt.queue_messages.unwrap_or(1024))?.clamp(1, 1 << 20);
-    let queue_bytes = num(&ctx, spec, "queue_bytes", p.mqtt.queue_bytes.unwrap_or(64 << 20))?.max(1 << 16);
-    let clean_session = connector::bool_option(&ctx, spec.options, "clean_session", false)?;
+    let queue_messages = o.queue_messages.or(p.mqtt.queue_messages).unwrap_or(1024).clamp(1, 1 << 20);
+    let queue_bytes = o.queue_bytes.or(p.mqtt.queue_bytes).unwrap_or(64 << 20).max(1 << 16);
+    let clean_session = o.clean_session.unwrap_or(false);
     if clean_session && p.durable && conn.qos != rumqttc::QoS::AtMostOnce {
         // A clean session makes the broker forget what it holds for us at every reconnect:
         // what was published while eddyd was away is lost, so exactly-once input cannot hold.
@@ -77,24 +95,24 @@ pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<
 pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<sink::SinkSettings> {
     let ctx = format!("sink '{}'", spec.name);
     let conn = Connection::resolve(Role::Sink, &p.pipeline, spec.name, spec.options, &p.mqtt)?;
-    let topic = spec.options.get("topic").ok_or_else(|| {
+    let o = SinkOptions::read(&ctx, |k| settings::get(&ctx, spec.options, &p.mqtt, k))?;
+    let topic = o.topic.ok_or_else(|| {
         opt_err(&ctx, "connector 'mqtt' needs option 'topic' (a template such as 'alerts/{device_id}')")
     })?;
-    let topic = Template::parse(topic, &spec.columns, sink::TOPIC_RULES).map_err(|m| opt_err(&ctx, m))?;
+    let topic = Template::parse(&topic, &spec.columns, sink::TOPIC_RULES).map_err(|m| opt_err(&ctx, m))?;
     if let Some(f) = spec.options.get("format") {
         if !f.eq_ignore_ascii_case("json") {
             return Err(opt_err(&ctx, "MQTT sinks publish format 'json' (one object per row)"));
         }
     }
-    let policy = FullPolicy::parse(settings::get(&ctx, spec.options, &p.mqtt, "outbox_full")?.as_deref())
-        .map_err(|m| opt_err(&ctx, m))?;
+    let policy = FullPolicy::parse(o.outbox_full.as_deref()).map_err(|m| opt_err(&ctx, m))?;
     Ok(sink::SinkSettings {
         conn,
         topic,
-        retain: connector::bool_option(&ctx, spec.options, "retain", false)?,
-        outbox_bytes: num(&ctx, spec, "outbox_bytes", p.mqtt.outbox_bytes.unwrap_or(64 << 20))?.max(4096),
+        retain: o.retain.unwrap_or(false),
+        outbox_bytes: o.outbox_bytes.or(p.mqtt.outbox_bytes).unwrap_or(64 << 20).max(4096),
         policy,
-        inflight: num(&ctx, spec, "inflight", 64)?.clamp(1, 65535),
+        inflight: o.inflight.unwrap_or(64).clamp(1, 65535),
     })
 }
 

@@ -13,21 +13,23 @@ use eddy_engine::connector::Options;
 use eddy_engine::connector::Role;
 use eddy_engine::EngineError;
 
-/// Options shared by MQTT sources and sinks.
-pub const CONNECTION_OPTIONS: &[&str] = &[
-    "url",
-    "topic",
-    "qos",
-    "client_id",
-    "username",
-    "password",
-    "protocol",
-    "keep_alive",
-    "ca_file",
-    "cert_file",
-    "key_file",
-    "max_message_bytes",
-];
+eddy_engine::connector::connector_options! {
+    /// Options every MQTT source and sink takes: the broker connection (each also under
+    /// `[mqtt]` in the config).
+    pub struct ConnectionOptions {
+        url: String = "url",
+        qos: String = "qos",
+        client_id: String = "client_id",
+        username: String = "username",
+        password: Secret = "password",
+        protocol: String = "protocol",
+        keep_alive: Duration = "keep_alive",
+        ca_file: PathBuf = "ca_file",
+        cert_file: PathBuf = "cert_file",
+        key_file: PathBuf = "key_file",
+        max_message_bytes: usize = "max_message_bytes",
+    }
+}
 
 /// A broker connection, resolved.
 #[derive(Debug, Clone)]
@@ -108,16 +110,17 @@ impl Connection {
         defaults: &MqttDefaults,
     ) -> Result<Connection, EngineError> {
         let ctx = format!("{role} '{name}'");
-        let url = get(&ctx, o, defaults, "url")?.ok_or_else(|| {
+        let o = ConnectionOptions::read(&ctx, |k| get(&ctx, o, defaults, k))?;
+        let url = o.url.ok_or_else(|| {
             opt_err(&ctx, "connector 'mqtt' needs option 'url' (or `url` under [mqtt] in the config)")
         })?;
         let (host, port, tls) = parse_url(&ctx, &url)?;
-        let mqtt5 = match get(&ctx, o, defaults, "protocol")?.as_deref() {
+        let mqtt5 = match o.protocol.as_deref() {
             None | Some("3.1.1") | Some("4") => false,
             Some("5") | Some("5.0") => true,
             Some(p) => return Err(opt_err(&ctx, format!("option 'protocol' '{p}': valid values are '3.1.1' and '5'"))),
         };
-        let client_id = match get(&ctx, o, defaults, "client_id")? {
+        let client_id = match o.client_id {
             Some(c) => c,
             None => {
                 let prefix = defaults.client_id_prefix.clone().unwrap_or_else(|| "eddy".into());
@@ -127,43 +130,27 @@ impl Connection {
         if client_id.is_empty() || client_id.len() > 23 * 8 {
             return Err(opt_err(&ctx, "option 'client_id' must be 1 to 184 characters"));
         }
-        let keep_alive = match get(&ctx, o, defaults, "keep_alive")? {
-            None => Duration::from_secs(30),
-            Some(v) => Duration::from_millis(
-                eddy_engine::connector::parse_duration_ms(&v)
-                    .map_err(|e| opt_err(&ctx, format!("option 'keep_alive': {e}")))?
-                    .max(1000) as u64,
-            ),
-        };
-        let path =
-            |k: &str| -> Result<Option<PathBuf>, EngineError> { Ok(get(&ctx, o, defaults, k)?.map(PathBuf::from)) };
-        let (ca_file, cert_file, key_file) = (path("ca_file")?, path("cert_file")?, path("key_file")?);
+        let keep_alive = o.keep_alive.unwrap_or(Duration::from_secs(30)).max(Duration::from_secs(1));
+        let (ca_file, cert_file, key_file) = (o.ca_file, o.cert_file, o.key_file);
         if cert_file.is_some() != key_file.is_some() {
             return Err(opt_err(&ctx, "options 'cert_file' and 'key_file' go together (TLS client authentication)"));
         }
         if !tls && (ca_file.is_some() || cert_file.is_some()) {
             return Err(opt_err(&ctx, "TLS files are given but the url is not mqtts://"));
         }
-        let max_message_bytes = match get(&ctx, o, defaults, "max_message_bytes")? {
-            None => 8 << 20,
-            Some(v) => v
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| opt_err(&ctx, format!("option 'max_message_bytes' must be a number, not '{v}'")))?,
-        };
         Ok(Connection {
             host,
             port,
             tls,
             client_id,
-            username: get(&ctx, o, defaults, "username")?,
-            password: get(&ctx, o, defaults, "password")?.map(Secret::new),
+            username: o.username,
+            password: o.password,
             keep_alive,
             ca_file,
             cert_file,
             key_file,
-            qos: parse_qos(&ctx, get(&ctx, o, defaults, "qos")?.as_deref())?,
-            max_message_bytes: max_message_bytes.clamp(1024, 256 << 20),
+            qos: parse_qos(&ctx, o.qos.as_deref())?,
+            max_message_bytes: o.max_message_bytes.unwrap_or(8 << 20).clamp(1024, 256 << 20),
             mqtt5,
             ctx,
         })
