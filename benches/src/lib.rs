@@ -90,18 +90,18 @@ pub fn write_nexmark_files(
     dir: &std::path::Path,
     cfg: &eddy_engine::connector::NexmarkConfig,
 ) -> std::io::Result<[u64; 3]> {
-    use eddy_engine::connector::{write_nexmark_event as write_event, NexmarkStream as Stream};
+    use eddy_engine::connector::{write_nexmark_event, NexmarkStream};
     std::fs::create_dir_all(dir)?;
-    let open = |s: Stream| -> std::io::Result<std::io::BufWriter<std::fs::File>> {
+    let open = |s: NexmarkStream| -> std::io::Result<std::io::BufWriter<std::fs::File>> {
         let f = std::fs::File::create(dir.join(format!("{}.jsonl", s.name())))?;
         Ok(std::io::BufWriter::with_capacity(1 << 20, f))
     };
-    let mut out = [open(Stream::Person)?, open(Stream::Auction)?, open(Stream::Bid)?];
+    let mut out = [open(NexmarkStream::Person)?, open(NexmarkStream::Auction)?, open(NexmarkStream::Bid)?];
     let mut counts = [0u64; 3];
     let mut line = Vec::with_capacity(1024);
     for n in 0..cfg.events.unwrap_or(0) {
         line.clear();
-        let s = write_event(cfg, cfg.start_ms, n, &mut line);
+        let s = write_nexmark_event(cfg, cfg.start_ms, n, &mut line);
         line.push(b'\n');
         out[s as usize].write_all(&line)?;
         counts[s as usize] += 1;

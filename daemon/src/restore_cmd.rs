@@ -27,10 +27,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use eddy_client::{v1, HubClient};
 use eddy_engine::connector::SinkStateDir;
-use eddy_engine::storage::Cipher;
-use eddy_engine::storage::Owner;
-use eddy_engine::storage::{copy_rebased, RebasedCopy};
-use eddy_engine::storage::{create_private_dir_all, RealFs, Storage};
+use eddy_engine::storage::{copy_rebased, create_private_dir_all, Cipher, Owner, RealFs, RebasedCopy, Storage};
 
 use crate::config::ConfigFile;
 use crate::connectors::hub::HubLink;

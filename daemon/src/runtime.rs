@@ -24,9 +24,7 @@ use crate::control::{check_name, sql_sha256, Catalog, Command, CommandError, Dep
 use crate::metrics::Registry;
 use crate::systemd::{self, Notifier};
 use eddy_engine::connector::SinkStateDir;
-use eddy_engine::storage::Cipher;
-use eddy_engine::storage::Owner;
-use eddy_engine::storage::{RealFs, Storage};
+use eddy_engine::storage::{Cipher, Owner, RealFs, Storage};
 use eddy_engine::{DurableConfig, LiveControl, Mode, Pipeline, PipelineConfig, Summary};
 
 /// Durable state shared by all pipelines: the state dir, its storage and key.

@@ -8,10 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use eddy_engine::storage::CheckpointStore;
-use eddy_engine::storage::Cipher;
-use eddy_engine::storage::Owner;
-use eddy_engine::storage::{RealFs, Storage};
+use eddy_engine::storage::{CheckpointStore, Cipher, Owner, RealFs, Storage};
 
 /// How `check` ended: whether every file is intact.
 pub struct CheckOutcome {

@@ -362,7 +362,7 @@ fn mqtt5_qos2_redeliveries_count_once_and_a_resumed_handshake_does_not_hang() {
 
 #[test]
 fn bad_payloads_land_in_errors_and_the_pipeline_runs_on() {
-    let Some((tmp, broker)) = broker_in_tempdir() else { return };
+    let Some((tmp, mut broker)) = broker_in_tempdir() else { return };
     let dir = tmp.path();
     let metrics_port = free_port();
     let sql = format!(
@@ -544,7 +544,7 @@ fn tls_with_a_private_ca_and_client_certificates() {
 
 #[test]
 fn a_changed_topic_takes_effect_on_a_resumed_session() {
-    let Some((tmp, broker)) = broker_in_tempdir() else { return };
+    let Some((tmp, mut broker)) = broker_in_tempdir() else { return };
     let dir = tmp.path();
     let metrics_port = free_port();
     let sql = |topic: &str| {
@@ -621,7 +621,7 @@ fn retained_messages_count_once_and_a_lost_session_is_reported() {
 /// (`benches/src/bin/mqtt_ingest.rs`, 100k messages, 20 in flight) that stalled the session.
 #[test]
 fn a_backlog_larger_than_the_queues_drains_whole_and_once() {
-    let Some((tmp, broker)) = broker_in_tempdir() else { return };
+    let Some((tmp, mut broker)) = broker_in_tempdir() else { return };
     let dir = tmp.path();
     let metrics_port = free_port();
     let pipeline = format!(

@@ -214,7 +214,7 @@ fn check_config_validates_everything_without_starting() {
     for (sql, want) in [
         ("CREATE SOURCE s (a INT) WITH (connector = 'mqtt', topic = 'x/#');", "needs option 'url'"),
         ("CREATE SOURCE s (a INT) WITH (connector = 'mqtt', url = 'mqtt://h', topic = 'x/#/y');", "topic filter 'x/#/y'"),
-        ("CREATE SOURCE s (a INT) WITH (connector = 'mqtt', url = 'mqtt://h', topic = 't', qos = '3');", "'qos' must be 0, 1 or 2"),
+        ("CREATE SOURCE s (a INT) WITH (connector = 'mqtt', url = 'mqtt://h', topic = 't', qos = '3');", "'qos' must be one of 0, 1, 2, not '3'"),
         ("CREATE SOURCE s (a INT, t VARCHAR METADATA FROM 'nope') WITH (connector = 'mqtt', url = 'mqtt://h', topic = 't');", "METADATA FROM 'nope'"),
         ("CREATE SOURCE s (a INT) WITH (connector = 'mqtt', url = 'mqtt://h', topic = 't', password = '${EDDY_TEST_UNSET_PW}');", "EDDY_TEST_UNSET_PW"),
         ("CREATE SOURCE s (a INT) WITH (connector = 'mqtt', url = 'mqtt://h', topic = 't');\nCREATE SINK k AS SELECT a FROM s WITH (connector = 'mqtt', url = 'mqtt://h', topic = 'y/{b}');", "'{b}' is not an output column"),

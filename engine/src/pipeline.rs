@@ -126,10 +126,13 @@ impl PipelineConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OnError {
-    Skip,
-    Fail,
+crate::option_enum! {
+    /// A source's `on_error`: whether a row that fails to decode goes to `ERRORS()` (skip) or
+    /// stops the pipeline with its message (fail).
+    pub(crate) enum OnError {
+        Skip = "skip",
+        Fail = "fail",
+    }
 }
 
 enum ReaderSpec {
@@ -800,12 +803,7 @@ impl Pipeline {
         let delay = watermark_delay(def)?;
         let o = &def.options;
         let common = connector::SourceCommonOptions::read(&ctx, connector::sql_only(o))?;
-        let on_error = match common.on_error.map(|v| v.to_ascii_lowercase()) {
-            None => OnError::Skip,
-            Some(v) if v == "skip" => OnError::Skip,
-            Some(v) if v == "fail" => OnError::Fail,
-            Some(v) => return Err(EngineError::options(ctx, format!("on_error '{v}': valid values are skip, fail"))),
-        };
+        let on_error = common.on_error.unwrap_or(OnError::Skip);
         let idle_timeout = common.idle_timeout.map(|d| d.as_millis().min(i64::MAX as u128) as i64);
         let batch_rows = common.batch_rows.unwrap_or(cfg.limits.batch_rows).clamp(1, 1 << 20);
         let decoder = RowDecoder::new(cols.clone(), time_col).map_err(|m| sql_err(pos, m))?;
@@ -953,12 +951,7 @@ impl Pipeline {
             }
         };
         let common = connector::SinkCommonOptions::read(&ctx, connector::sql_only(options))?;
-        let mode = match common.kind.map(|t| t.to_ascii_lowercase()) {
-            None => SinkMode::Append,
-            Some(t) if t == "append" || t == "append-only" => SinkMode::Append,
-            Some(t) if t == "upsert" => SinkMode::Upsert,
-            Some(t) => return Err(EngineError::options(ctx, format!("type '{t}': valid types are append, upsert"))),
-        };
+        let mode = common.kind.unwrap_or(SinkMode::Append);
         let columns: Vec<String> = stream.schema.fields().iter().map(|f| f.name().clone()).collect();
         if let Some(pk) = &common.primary_key {
             for k in pk.split(',').map(str::trim) {
@@ -989,9 +982,12 @@ impl Pipeline {
             (None, "file") => {
                 let f = connector::sink::FileSinkOptions::read(&ctx, connector::sql_only(options))?;
                 let path = f.path.ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
-                if common.format.is_some_and(|f| !f.eq_ignore_ascii_case("json")) {
-                    return Err(EngineError::options(ctx, "file sinks write format 'json'"));
-                }
+                connector::check_sink_format(
+                    &ctx,
+                    common.format.as_deref(),
+                    connector::SinkFormat::Json,
+                    "file sinks",
+                )?;
                 Sink::new(name, SinkTarget::File(resolve_path(&cfg.base_dir, &path)), mode, columns)
             }
             (None, "console") => Sink::new(name, SinkTarget::Console, mode, columns),

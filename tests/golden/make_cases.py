@@ -270,6 +270,15 @@ WITH (connector = 'file', path = 'out/totals.jsonl', format = 'json');""",
     'err_unknown_option': (SRC.format(delay=2, extra='') + """
 CREATE SINK s AS SELECT * FROM readings WITH (connector = 'file', pth = 'x.jsonl');""",
         "unknown option 'pth' for connector 'file'; valid options: connector, format, path, primary_key, type"),
+    'err_bad_option_value': (SRC.format(delay=2, extra=", on_error = 'panic'") + """
+CREATE SINK s AS SELECT * FROM readings WITH (connector = 'console');""",
+        "source 'readings'\noption 'on_error' must be one of skip, fail, not 'panic'"),
+    'err_sink_type': (SRC.format(delay=2, extra='') + """
+CREATE SINK s AS SELECT * FROM readings WITH (connector = 'file', path = 'out/s.jsonl', type = 'Merge');""",
+        "sink 's'\noption 'type' must be one of append, upsert, not 'Merge'"),
+    'err_sink_format': (SRC.format(delay=2, extra='') + """
+CREATE SINK s AS SELECT * FROM readings WITH (connector = 'file', path = 'out/s.csv', format = 'csv');""",
+        "sink 's'\noption 'format' 'csv': file sinks write format 'json' (the default)"),
     'err_unknown_connector': ("""CREATE SOURCE r (a INT) WITH (connector = 'kafak');""", "unknown connector 'kafak'"),
     'err_syntax': (SRC.format(delay=2, extra='') + """
 CREATE SINK s AS SELECT device_id FROM readings WHERE WITH (connector = 'console');""",

@@ -10,10 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use eddy_engine::storage::CheckpointStore;
-use eddy_engine::storage::Cipher;
-use eddy_engine::storage::{RealFs, Storage};
-use eddy_engine::storage::{Wal, WalConfig};
+use eddy_engine::storage::{CheckpointStore, Cipher, RealFs, Storage, Wal, WalConfig};
 use eddy_engine::{DurableConfig, Mode, Pipeline, PipelineConfig};
 
 fn main() -> Result<()> {

@@ -15,8 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
-use eddy_engine::storage::Cipher;
-use eddy_engine::storage::{Storage, StorageFile};
+use eddy_engine::storage::{Cipher, Storage, StorageFile};
 
 const FILE: &str = "audit.log";
 const PREVIOUS: &str = "audit.log.1";

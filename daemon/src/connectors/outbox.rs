@@ -21,8 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use eddy_engine::storage::{StateReader, StateWriter};
-use eddy_engine::storage::{Wal, WalConfig};
+use eddy_engine::storage::{StateReader, StateWriter, Wal, WalConfig};
 use eddy_engine::{EngineError, Result};
 
 use crate::metrics::ConnectorGauges;
@@ -44,23 +43,13 @@ const REC_ACKED_ID: u8 = 6;
 /// bounded size (the WAL's record limit is set above it).
 pub const PART_BYTES: usize = 4 << 20;
 
-/// What to do with a delivery when the outbox is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FullPolicy {
-    /// The pipeline waits (and, through it, its sources: backpressure up to the broker).
-    Block,
-    /// The oldest messages make room; each one is counted in `dropped`.
-    DropOldest,
-}
-
-impl FullPolicy {
-    /// The `outbox_full` option's value (absent: `block`), or what is wrong with it.
-    pub fn parse(v: Option<&str>) -> std::result::Result<FullPolicy, String> {
-        match v.map(str::to_ascii_lowercase).as_deref() {
-            None | Some("block") => Ok(FullPolicy::Block),
-            Some("drop_oldest") => Ok(FullPolicy::DropOldest),
-            Some(o) => Err(format!("outbox_full '{o}': valid values are block, drop_oldest")),
-        }
+eddy_engine::connector::option_enum! {
+    /// What to do with a delivery when the outbox is full (`outbox_full`; unset: `block`).
+    pub enum FullPolicy {
+        /// The pipeline waits (and, through it, its sources: backpressure up to the broker).
+        Block = "block",
+        /// The oldest messages make room; each one is counted in `dropped`.
+        DropOldest = "drop_oldest" | "drop-oldest",
     }
 }
 
@@ -519,13 +508,12 @@ mod tests {
 
     #[test]
     fn the_full_policy_option_reads_either_case_and_names_the_valid_values() {
-        assert_eq!(FullPolicy::parse(None), Ok(FullPolicy::Block));
-        assert_eq!(FullPolicy::parse(Some("DROP_OLDEST")), Ok(FullPolicy::DropOldest));
-        let e = FullPolicy::parse(Some("drop_newest")).unwrap_err();
+        use eddy_engine::connector::OptionValue;
+        assert_eq!(FullPolicy::parse_option("DROP_OLDEST"), Ok(FullPolicy::DropOldest));
+        let e = FullPolicy::parse_option("drop_newest").unwrap_err();
         assert!(e.contains("block, drop_oldest"), "{e}");
     }
-    use eddy_engine::storage::Cipher;
-    use eddy_engine::storage::RealFs;
+    use eddy_engine::storage::{Cipher, RealFs};
 
     fn dir(p: &std::path::Path) -> SinkStateDir {
         SinkStateDir {

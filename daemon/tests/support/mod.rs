@@ -143,17 +143,31 @@ impl Broker {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    /// Publishes one message (any bytes) at QoS 1.
-    pub fn publish(&self, topic: &str, payload: &[u8]) {
+    /// Publishes one message (any bytes) at QoS 1. A refused connection while the broker runs is
+    /// retried a few times (the sandbox's loopback has refused one under load); a broker that
+    /// exited fails at once, with its log.
+    pub fn publish(&mut self, topic: &str, payload: &[u8]) {
         let f = self.dir.join("payload.bin");
         std::fs::write(&f, payload).unwrap();
-        let ok = Command::new("mosquitto_pub")
-            .args(["-p", &self.port.to_string(), "-q", "1", "-t", topic, "-f"])
-            .arg(&f)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mosquitto_pub failed");
+        for attempt in 0..5 {
+            let ok = Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1", "-t", topic, "-f"])
+                .arg(&f)
+                .status()
+                .unwrap()
+                .success();
+            if ok {
+                return;
+            }
+            let exited = self.child.as_mut().map(|c| c.try_wait().unwrap());
+            if attempt == 4 || !matches!(exited, Some(None)) {
+                panic!(
+                    "mosquitto_pub failed (broker exit status: {exited:?}); broker log:\n{}",
+                    std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

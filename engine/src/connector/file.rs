@@ -13,6 +13,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use memchr::memchr;
+
 use super::decode_pool::{DecodePool, PieceDecoder};
 use super::{Poll, SourceReader};
 use crate::error::{EngineError, Result};
@@ -386,8 +388,6 @@ impl FileSource {
         Ok(())
     }
 }
-
-use memchr::memchr;
 
 #[cfg(test)]
 mod tests {

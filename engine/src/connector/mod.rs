@@ -15,7 +15,6 @@ pub(crate) mod tap;
 
 // The connector kit: what a network connector in the daemon needs (options, formats, the row
 // decoder, positions, live taps), and the generators the benchmarks share; nothing of the planner.
-pub use crate::connector_options;
 pub use crate::format::csv::decode_csv_payload;
 pub use crate::format::decode::{DecodeColumn, MetaValue, RowDecoder};
 pub use crate::format::encode::JsonRowWriter;
@@ -23,6 +22,7 @@ pub use crate::format::json::decode_json;
 pub use crate::format::Format;
 pub use crate::pipeline::splits::MAX_SPLITS;
 pub use crate::sql::ddl::{parse_duration_ms, Options};
+pub use crate::{connector_options, option_enum};
 pub use datagen::Rng;
 pub use decode_pool::MAX_DECODE_THREADS;
 pub use nexmark::{write_event as write_nexmark_event, NexmarkConfig, Stream as NexmarkStream};
@@ -251,7 +251,7 @@ crate::connector_options! {
     /// Options every source takes, whatever its connector (besides `connector` itself).
     pub(crate) struct SourceCommonOptions {
         format: Format = "format",
-        on_error: String = "on_error",
+        on_error: crate::pipeline::OnError = "on_error",
         idle_timeout: std::time::Duration = "watermark.idle_timeout",
         batch_rows: usize = "batch_rows",
     }
@@ -262,7 +262,7 @@ crate::connector_options! {
     /// formats it writes (the hub's is Parquet).
     pub(crate) struct SinkCommonOptions {
         format: String = "format",
-        kind: String = "type",
+        kind: sink::SinkMode = "type",
         primary_key: String = "primary_key",
     }
 }
@@ -342,6 +342,28 @@ pub fn check_options(
 /// The `format` option (`default` when absent).
 pub fn format_option(ctx: &str, options: &Options, default: Format) -> Result<Format> {
     Ok(parse_option_value(ctx, "format", options.get("format").map(str::to_string))?.unwrap_or(default))
+}
+
+crate::option_enum! {
+    /// What a sink writes; each sink writes one of these.
+    pub enum SinkFormat {
+        /// One JSON object per row.
+        Json = "json",
+        /// Parquet files (the hub).
+        Parquet = "parquet",
+    }
+}
+
+/// Checks a sink's `format` option (`given`, absent = the default) against the one format it
+/// writes; `what` names the sinks in the error ("MQTT sinks").
+pub fn check_sink_format(ctx: &str, given: Option<&str>, writes: SinkFormat, what: &str) -> Result<()> {
+    match given {
+        Some(f) if !f.trim().eq_ignore_ascii_case(writes.name()) => Err(EngineError::options(
+            ctx,
+            format!("option 'format' '{f}': {what} write format '{}' (the default)", writes.name()),
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl OptionValue for Format {

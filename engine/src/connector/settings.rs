@@ -63,6 +63,52 @@ impl OptionValue for Duration {
     }
 }
 
+/// Declares an option whose value is one of a fixed set of words: a `Copy` enum, its
+/// [`OptionValue`] (case-insensitive, leading and trailing blanks ignored), `NAMES` (each
+/// variant's first spelling, for messages and docs) and `name()`. Further spellings after `|` are
+/// accepted aliases, so an error can list exactly the values that parse.
+#[macro_export]
+macro_rules! option_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal $(| $alias:literal)* ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        // Not every enum's code needs its names (the parse error lists them in any case).
+        #[allow(dead_code)]
+        impl $name {
+            /// The values, one spelling each, in declaration order.
+            $vis const NAMES: &'static [&'static str] = &[$($text),+];
+
+            /// The value's canonical spelling.
+            $vis fn name(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+        }
+
+        impl $crate::connector::OptionValue for $name {
+            fn parse_option(text: &str) -> ::std::result::Result<Self, ::std::string::String> {
+                let t = text.trim();
+                $(
+                    if t.eq_ignore_ascii_case($text) $(|| t.eq_ignore_ascii_case($alias))* {
+                        return ::std::result::Result::Ok($name::$variant);
+                    }
+                )+
+                ::std::result::Result::Err(::std::format!("must be one of {}, not '{text}'", Self::NAMES.join(", ")))
+            }
+        }
+    };
+}
+
 /// The lookup for a `read` that takes options from the SQL only (no configured defaults).
 pub fn sql_only(options: &Options) -> impl FnMut(&'static str) -> Result<Option<String>> + '_ {
     |key| Ok(options.get(key).map(str::to_string))
@@ -115,8 +161,16 @@ macro_rules! connector_options {
 mod tests {
     use super::*;
 
+    crate::option_enum! {
+        enum Mode {
+            Fast = "fast" | "quick",
+            Safe = "safe",
+        }
+    }
+
     crate::connector_options! {
         struct Probe {
+            mode: Mode = "mode",
             count: usize = "count",
             every: Duration = "every",
             on: bool = "on",
@@ -130,12 +184,22 @@ mod tests {
 
     #[test]
     fn keys_come_from_the_fields_and_values_parse_to_their_types() {
-        assert_eq!(Probe::KEYS, &["count", "every", "on", "name"]);
+        assert_eq!(Probe::KEYS, &["mode", "count", "every", "on", "name"]);
         let p = read(&[("count", " 12 "), ("every", "1.5s"), ("on", "TRUE")]).unwrap();
         assert_eq!(p.count, Some(12));
         assert_eq!(p.every, Some(Duration::from_millis(1500)));
         assert_eq!(p.on, Some(true));
         assert_eq!(p.name, None);
+        assert_eq!(p.mode, None);
+    }
+
+    #[test]
+    fn an_enum_option_takes_its_names_and_aliases_in_any_case() {
+        for (text, want) in [("fast", Mode::Fast), (" QUICK ", Mode::Fast), ("Safe", Mode::Safe)] {
+            assert_eq!(read(&[("mode", text)]).unwrap().mode, Some(want), "{text}");
+        }
+        assert_eq!(Mode::NAMES, &["fast", "safe"]);
+        assert_eq!(Mode::Safe.name(), "safe");
     }
 
     #[test]
@@ -145,6 +209,7 @@ mod tests {
             (&[("every", "-2s")][..], "option 'every' must not be negative"),
             (&[("every", "5")][..], "option 'every' must be a duration"),
             (&[("on", "yes")][..], "option 'on' must be 'true' or 'false', not 'yes'"),
+            (&[("mode", "slow")][..], "option 'mode' must be one of fast, safe, not 'slow'"),
         ] {
             let e = read(pairs).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains(want) && e.contains("source 's'"), "{e}");

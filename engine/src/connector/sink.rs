@@ -34,10 +34,12 @@ crate::connector_options! {
 }
 use crate::ops::{Chunk, Operator, RowKind};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SinkMode {
-    Append,
-    Upsert,
+crate::option_enum! {
+    /// A sink's `type`: whether it holds an append-only stream or an updating one.
+    pub enum SinkMode {
+        Append = "append" | "append-only",
+        Upsert = "upsert",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use eddy_client::{ClientError, HubClient, Target, Timeouts, TlsFiles};
 
 use super::outbox::FullPolicy;
 use super::Provider;
-use eddy_engine::connector::{connector_options, sql_only, ConnectorSpec, Role, SinkWriter};
+use eddy_engine::connector::{self, connector_options, sql_only, ConnectorSpec, Role, SinkFormat, SinkWriter};
 use eddy_engine::{EngineError, Result};
 
 /// The `connector` option's value, and the prefix of this connector's metrics (`eddy_hub_*`).
@@ -26,7 +26,7 @@ connector_options! {
         batch_rows: usize = "batch_rows",
         batch_bytes: usize = "batch_bytes",
         outbox_bytes: usize = "outbox_bytes",
-        outbox_full: String = "outbox_full",
+        outbox_full: FullPolicy = "outbox_full",
     }
 }
 
@@ -105,13 +105,9 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Hu
     {
         return Err(opt_err(&ctx, format!("stream '{stream}': 1-128 of A-Z a-z 0-9 _ - .")));
     }
-    if let Some(f) = spec.options.get("format") {
-        if !f.eq_ignore_ascii_case("parquet") {
-            return Err(opt_err(&ctx, "the hub stores rows as Parquet (format = 'parquet', the default)"));
-        }
-    }
+    connector::check_sink_format(&ctx, spec.options.get("format"), SinkFormat::Parquet, "hub sinks")?;
     let link = HubLink::from_config(&p.hub).map_err(|m| opt_err(&ctx, format!("connector 'hub': {m}")))?;
-    let policy = FullPolicy::parse(o.outbox_full.as_deref()).map_err(|m| opt_err(&ctx, m))?;
+    let policy = o.outbox_full.unwrap_or(FullPolicy::Block);
     Ok(HubSinkSettings {
         stream,
         link,

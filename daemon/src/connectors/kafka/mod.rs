@@ -15,7 +15,9 @@ use std::time::Duration;
 use super::template::{NameRules, Template};
 use super::Provider;
 use crate::secret::Secret;
-use eddy_engine::connector::{self, connector_options, ConnectorSpec, Format, Role, SinkWriter, SourceReader};
+use eddy_engine::connector::{
+    self, connector_options, option_enum, ConnectorSpec, Format, Role, SinkFormat, SinkWriter, SourceReader,
+};
 use eddy_engine::{EngineError, Result};
 
 /// The `connector` option's value, and the prefix of this connector's metrics (`eddy_kafka_*`).
@@ -43,9 +45,9 @@ connector_options! {
     /// What a Kafka source takes besides its brokers and topics.
     struct SourceOptions {
         group_id: String = "group.id",
-        startup_mode: String = "startup.mode",
+        startup_mode: StartupMode = "startup.mode",
         startup_timestamp: i64 = "startup.timestamp",
-        isolation_level: String = "isolation.level",
+        isolation_level: IsolationLevel = "isolation.level",
         discovery_interval: Duration = "partition.discovery.interval",
         max_partitions: usize = "max_partitions",
     }
@@ -61,10 +63,10 @@ connector_options! {
 connector_options! {
     /// What a Kafka sink takes besides its brokers and topic.
     struct SinkOptions {
-        delivery: String = "delivery",
+        delivery: Delivery = "delivery",
         key: String = "key",
         headers: String = "headers",
-        partitioner: String = "partitioner",
+        partitioner: Partitioner = "partitioner",
         transactional_id: String = "transactional.id",
         transaction_timeout: Duration = "transaction.timeout",
         progress_topic: String = "progress.topic",
@@ -170,6 +172,24 @@ impl Topics {
     }
 }
 
+option_enum! {
+    /// The `startup.mode` option (Flink's names, with their `-offset` spellings).
+    pub enum StartupMode {
+        GroupOffsets = "group-offsets",
+        Earliest = "earliest" | "earliest-offset",
+        Latest = "latest" | "latest-offset",
+        Timestamp = "timestamp",
+    }
+}
+
+option_enum! {
+    /// The `isolation.level` option: whether a source sees records of aborted transactions.
+    pub enum IsolationLevel {
+        ReadCommitted = "read_committed",
+        ReadUncommitted = "read_uncommitted",
+    }
+}
+
 /// Where a source starts when its checkpoint has no position for a partition it finds at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Startup {
@@ -244,33 +264,18 @@ pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<
         ),
     };
     let group_id = o.group_id.unwrap_or_else(|| format!("eddy-{}-{}", p.pipeline, spec.name));
-    let startup = match o.startup_mode.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("group-offsets") => Startup::GroupOffsets,
-        Some("earliest") | Some("earliest-offset") => Startup::Earliest,
-        Some("latest") | Some("latest-offset") => Startup::Latest,
-        Some("timestamp") => Startup::Timestamp(o.startup_timestamp.ok_or_else(|| {
+    let startup = match o.startup_mode.unwrap_or(StartupMode::GroupOffsets) {
+        StartupMode::GroupOffsets => Startup::GroupOffsets,
+        StartupMode::Earliest => Startup::Earliest,
+        StartupMode::Latest => Startup::Latest,
+        StartupMode::Timestamp => Startup::Timestamp(o.startup_timestamp.ok_or_else(|| {
             opt_err(&ctx, "startup.mode = 'timestamp' needs 'startup.timestamp' (milliseconds since the epoch)")
         })?),
-        Some(m) => {
-            return Err(opt_err(
-                &ctx,
-                format!("option 'startup.mode' '{m}': valid values are earliest, latest, group-offsets, timestamp"),
-            ))
-        }
     };
     if !matches!(startup, Startup::Timestamp(_)) && spec.options.get("startup.timestamp").is_some() {
         return Err(opt_err(&ctx, "option 'startup.timestamp' needs startup.mode = 'timestamp'"));
     }
-    let read_committed = match o.isolation_level.as_deref() {
-        None | Some("read_committed") => true,
-        Some("read_uncommitted") => false,
-        Some(o) => {
-            return Err(opt_err(
-                &ctx,
-                format!("option 'isolation.level' '{o}': valid values are read_committed, read_uncommitted"),
-            ))
-        }
-    };
+    let read_committed = o.isolation_level.unwrap_or(IsolationLevel::ReadCommitted) == IsolationLevel::ReadCommitted;
     let format = connector::format_option(&ctx, spec.options, Format::Json)?;
     for k in &spec.metadata_keys {
         if !METADATA_KEYS.contains(&k.as_str()) {
@@ -294,14 +299,28 @@ pub(super) fn source_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<
     })
 }
 
-/// How a sink hands its output to Kafka.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// One transaction per checkpoint; a re-delivered checkpoint is recognised and skipped.
-    ExactlyOnce,
-    /// Idempotent produce, flushed per delivery; after a crash the last checkpoint's output may
-    /// be written again.
-    AtLeastOnce,
+option_enum! {
+    /// How a sink hands its output to Kafka (`delivery`).
+    pub enum Delivery {
+        /// One transaction per checkpoint; a re-delivered checkpoint is recognised and skipped.
+        ExactlyOnce = "exactly-once" | "exactly_once",
+        /// Idempotent produce, flushed per delivery; after a crash the last checkpoint's output
+        /// may be written again.
+        AtLeastOnce = "at-least-once" | "at_least_once",
+    }
+}
+
+option_enum! {
+    /// The `partitioner` option: librdkafka's partitioners, by librdkafka's names.
+    pub enum Partitioner {
+        Murmur2Random = "murmur2_random",
+        Murmur2 = "murmur2",
+        ConsistentRandom = "consistent_random",
+        Consistent = "consistent",
+        Random = "random",
+        Fnv1a = "fnv1a",
+        Fnv1aRandom = "fnv1a_random",
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -313,7 +332,7 @@ pub struct SinkSettings {
     pub key: Vec<String>,
     /// (header name, column)
     pub headers: Vec<(String, String)>,
-    pub partitioner: Option<String>,
+    pub partitioner: Option<Partitioner>,
     pub transactional_id: String,
     pub transaction_timeout: Duration,
     /// The topic whose partition 0 holds the exactly-once progress marker.
@@ -344,19 +363,11 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Si
         opt_err(&ctx, "connector 'kafka' needs option 'topic' (a name or a template such as 'alerts.{site}')")
     })?;
     let topic = Template::parse(&topic, &spec.columns, TOPIC_RULES).map_err(|m| opt_err(&ctx, m))?;
-    if let Some(f) = spec.options.get("format") {
-        if !f.eq_ignore_ascii_case("json") {
-            return Err(opt_err(&ctx, "Kafka sinks write format 'json' (one object per row)"));
-        }
-    }
-    let delivery = match o.delivery.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    connector::check_sink_format(&ctx, spec.options.get("format"), SinkFormat::Json, "Kafka sinks")?;
+    let delivery = match o.delivery {
+        Some(d) => d,
         None if p.durable => Delivery::ExactlyOnce,
         None => Delivery::AtLeastOnce,
-        Some("exactly-once") | Some("exactly_once") => Delivery::ExactlyOnce,
-        Some("at-least-once") | Some("at_least_once") => Delivery::AtLeastOnce,
-        Some(o) => {
-            return Err(opt_err(&ctx, format!("option 'delivery' '{o}': valid values are exactly-once, at-least-once")))
-        }
     };
     let key = match &o.key {
         None => vec![],
@@ -367,13 +378,6 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Si
         Some(v) => columns_option(&ctx, v, &spec.columns, "headers")?,
     };
     let partitioner = o.partitioner;
-    if let Some(part) = &partitioner {
-        const KNOWN: &[&str] =
-            &["murmur2_random", "murmur2", "consistent_random", "consistent", "random", "fnv1a", "fnv1a_random"];
-        if !KNOWN.contains(&part.as_str()) {
-            return Err(opt_err(&ctx, format!("option 'partitioner' '{part}': valid values are {}", KNOWN.join(", "))));
-        }
-    }
     let transactional_id =
         o.transactional_id.unwrap_or_else(|| format!("eddy.{}.{}.{}", p.gateway, p.pipeline, spec.name));
     let transaction_timeout = o.transaction_timeout.unwrap_or(Duration::from_secs(60));

@@ -22,7 +22,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::client::{self, Context};
-use super::{Delivery, SinkSettings};
+use super::{Delivery, Partitioner, SinkSettings};
 use crate::connectors::backoff::Backoff;
 use crate::connectors::template::RowFields;
 use crate::metrics::ConnectorGauges;
@@ -78,12 +78,9 @@ impl KafkaSink {
             own.push(("transactional.id", self.s.transactional_id.clone()));
             own.push(("transaction.timeout.ms", self.s.transaction_timeout.as_millis().to_string()));
         }
-        if let Some(p) = &self.s.partitioner {
-            own.push(("partitioner", p.clone()));
-        } else {
-            // The partitioner Java clients use, so keys land where other producers put them.
-            own.push(("partitioner", "murmur2_random".into()));
-        }
+        // Unset: the partitioner Java clients use, so keys land where other producers put them.
+        let partitioner = self.s.partitioner.unwrap_or(Partitioner::Murmur2Random);
+        own.push(("partitioner", partitioner.name().into()));
         client::config(&self.s.client, &own)
     }
 

@@ -10,7 +10,9 @@ pub mod wire;
 use super::outbox::FullPolicy;
 use super::template::Template;
 use super::Provider;
-use eddy_engine::connector::{self, connector_options, ConnectorSpec, Format, Role, SinkWriter, SourceReader};
+use eddy_engine::connector::{
+    self, connector_options, ConnectorSpec, Format, Role, SinkFormat, SinkWriter, SourceReader,
+};
 use eddy_engine::Result;
 use settings::{opt_err, Connection, ConnectionOptions};
 
@@ -33,7 +35,7 @@ connector_options! {
         topic: String = "topic",
         retain: bool = "retain",
         outbox_bytes: usize = "outbox_bytes",
-        outbox_full: String = "outbox_full",
+        outbox_full: FullPolicy = "outbox_full",
         inflight: usize = "inflight",
     }
 }
@@ -100,12 +102,8 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<si
         opt_err(&ctx, "connector 'mqtt' needs option 'topic' (a template such as 'alerts/{device_id}')")
     })?;
     let topic = Template::parse(&topic, &spec.columns, sink::TOPIC_RULES).map_err(|m| opt_err(&ctx, m))?;
-    if let Some(f) = spec.options.get("format") {
-        if !f.eq_ignore_ascii_case("json") {
-            return Err(opt_err(&ctx, "MQTT sinks publish format 'json' (one object per row)"));
-        }
-    }
-    let policy = FullPolicy::parse(o.outbox_full.as_deref()).map_err(|m| opt_err(&ctx, m))?;
+    connector::check_sink_format(&ctx, spec.options.get("format"), SinkFormat::Json, "MQTT sinks")?;
+    let policy = o.outbox_full.unwrap_or(FullPolicy::Block);
     Ok(sink::SinkSettings {
         conn,
         topic,

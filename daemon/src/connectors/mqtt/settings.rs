@@ -18,11 +18,11 @@ eddy_engine::connector::connector_options! {
     /// `[mqtt]` in the config).
     pub struct ConnectionOptions {
         url: String = "url",
-        qos: String = "qos",
+        qos: QosLevel = "qos",
         client_id: String = "client_id",
         username: String = "username",
         password: Secret = "password",
-        protocol: String = "protocol",
+        protocol: Protocol = "protocol",
         keep_alive: Duration = "keep_alive",
         ca_file: PathBuf = "ca_file",
         cert_file: PathBuf = "cert_file",
@@ -62,12 +62,33 @@ pub(crate) fn get(ctx: &str, o: &Options, defaults: &MqttDefaults, key: &str) ->
     v.map(|v| expand_env(&v).map_err(|e| opt_err(ctx, format!("option '{key}': {e}")))).transpose()
 }
 
-pub(crate) fn parse_qos(ctx: &str, v: Option<&str>) -> Result<QoS, EngineError> {
-    match v.map(str::trim) {
-        None | Some("1") => Ok(QoS::AtLeastOnce),
-        Some("0") => Ok(QoS::AtMostOnce),
-        Some("2") => Ok(QoS::ExactlyOnce),
-        Some(o) => Err(opt_err(ctx, format!("option 'qos' must be 0, 1 or 2, not '{o}'"))),
+eddy_engine::connector::option_enum! {
+    /// The `qos` option (unset: 1).
+    pub enum QosLevel {
+        /// At most once.
+        Zero = "0",
+        /// At least once.
+        One = "1",
+        /// Exactly once (subscribed at 1; see the source).
+        Two = "2",
+    }
+}
+
+impl QosLevel {
+    pub fn qos(self) -> QoS {
+        match self {
+            QosLevel::Zero => QoS::AtMostOnce,
+            QosLevel::One => QoS::AtLeastOnce,
+            QosLevel::Two => QoS::ExactlyOnce,
+        }
+    }
+}
+
+eddy_engine::connector::option_enum! {
+    /// The `protocol` option: the MQTT version spoken (unset: 3.1.1).
+    pub enum Protocol {
+        V3_1_1 = "3.1.1" | "4",
+        V5 = "5" | "5.0",
     }
 }
 
@@ -115,11 +136,7 @@ impl Connection {
             opt_err(&ctx, "connector 'mqtt' needs option 'url' (or `url` under [mqtt] in the config)")
         })?;
         let (host, port, tls) = parse_url(&ctx, &url)?;
-        let mqtt5 = match o.protocol.as_deref() {
-            None | Some("3.1.1") | Some("4") => false,
-            Some("5") | Some("5.0") => true,
-            Some(p) => return Err(opt_err(&ctx, format!("option 'protocol' '{p}': valid values are '3.1.1' and '5'"))),
-        };
+        let mqtt5 = o.protocol == Some(Protocol::V5);
         let client_id = match o.client_id {
             Some(c) => c,
             None => {
@@ -149,7 +166,7 @@ impl Connection {
             ca_file,
             cert_file,
             key_file,
-            qos: parse_qos(&ctx, o.qos.as_deref())?,
+            qos: o.qos.unwrap_or(QosLevel::One).qos(),
             max_message_bytes: o.max_message_bytes.unwrap_or(8 << 20).clamp(1024, 256 << 20),
             mqtt5,
             ctx,
