@@ -491,19 +491,8 @@ impl ConfigFile {
                 bail!("access.grant: a grant of role {} names no principals", g.role);
             }
         }
-        if let Some(q) = c.mqtt.qos {
-            if q > 2 {
-                bail!("mqtt.qos must be 0, 1 or 2");
-            }
-        }
-        for k in c.kafka.0.keys() {
-            if !crate::connectors::kafka::is_default_option(k) {
-                bail!(
-                    "kafka: unknown option '{k}' (valid: {}, and properties.* for librdkafka)",
-                    crate::connectors::kafka::default_options().join(", ")
-                );
-            }
-        }
+        crate::connectors::mqtt::check_defaults(&c.mqtt)?;
+        crate::connectors::kafka::check_defaults(&c.kafka)?;
         if let Some(cores) = &c.cores {
             if cores.is_empty() {
                 bail!("cores: an empty list leaves no core for the pipelines");
@@ -597,6 +586,33 @@ listen = "127.0.0.1:9187"
         assert!(e.contains("urll"), "{e}");
         let e = ConfigFile::parse("[mqtt]\npassword = '${EDDY_TEST_NOPE}'\n", Path::new(".")).unwrap_err().to_string();
         assert!(e.contains("mqtt.password") && e.contains("EDDY_TEST_NOPE"), "{e}");
+    }
+
+    #[test]
+    fn connector_defaults_are_checked_at_load_as_their_sql_options_are() {
+        let err = |text: &str| format!("{:#}", ConfigFile::parse(text, Path::new(".")).unwrap_err());
+        let e = err("[mqtt]\nqos = 3\n");
+        assert!(e.contains("[mqtt]") && e.contains("option 'qos' must be one of 0, 1, 2, not '3'"), "{e}");
+        let e = err("[mqtt]\nprotocol = '6'\n");
+        assert!(e.contains("option 'protocol' must be one of 3.1.1, 5, not '6'"), "{e}");
+        let e = err("[mqtt]\noutbox_full = 'drop'\n");
+        assert!(e.contains("option 'outbox_full'") && e.contains("not 'drop'"), "{e}");
+        let e = err("[mqtt]\nkeep_alive = 'soon'\n");
+        assert!(e.contains("option 'keep_alive'"), "{e}");
+        let e = err("[kafka]\n'startup.mode' = 'first'\n");
+        assert!(e.contains("[kafka]") && e.contains("option 'startup.mode'") && e.contains("not 'first'"), "{e}");
+        let e = err("[kafka]\ndelivery = 'twice'\n");
+        assert!(e.contains("option 'delivery'") && e.contains("not 'twice'"), "{e}");
+        let e = err("[kafka]\n'group.idd' = 'g'\n");
+        assert!(e.contains("unknown option 'group.idd'"), "{e}");
+        // Values are checked after `${ENV}` expansion.
+        std::env::set_var("EDDY_TEST_LEVEL", "read_uncommitted");
+        let ok = "[mqtt]\nqos = 2\nprotocol = '5'\noutbox_full = 'drop-oldest'\n\
+                  [kafka]\n'isolation.level' = '${EDDY_TEST_LEVEL}'\npartitioner = 'murmur2'\n";
+        ConfigFile::parse(ok, Path::new(".")).unwrap();
+        std::env::set_var("EDDY_TEST_LEVEL", "dirty");
+        let e = err(ok);
+        assert!(e.contains("option 'isolation.level'") && e.contains("not 'dirty'"), "{e}");
     }
 
     #[test]

@@ -368,6 +368,12 @@ fn a_gateway_without_state_has_its_rows_stored_at_every_run() {
     };
     assert_eq!(got.len(), twice.len(), "two runs without state store their rows twice");
     assert!(got == twice);
+    // A hub sink writes Parquet and says so when asked for another format.
+    std::fs::write(gw.join("bad.sql"), PIPELINE.replace("batch_rows = '50'", "batch_rows = '50', format = 'json'"))
+        .unwrap();
+    let out = Command::new(EDDYD).current_dir(&gw).args(["check", "bad.sql"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("option 'format' 'json': hub sinks write format 'parquet'"), "{err}");
 }
 
 fn hub_client(

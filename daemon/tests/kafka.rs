@@ -257,6 +257,15 @@ fn bad_options_and_an_unreachable_broker_are_clear() {
     let out = Command::new(EDDYD).current_dir(dir).args(["check", "p.sql"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("eddyd sets 'group.id' itself"), "{err}");
+    // A sink writes one format, checked by the engine for every connector.
+    std::fs::write(
+        dir.join("p.sql"),
+        pipeline(&bootstrap, "per_min").replace("key = 'device_id'", "key = 'device_id', format = 'avro'"),
+    )
+    .unwrap();
+    let out = Command::new(EDDYD).current_dir(dir).args(["check", "p.sql"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("option 'format' 'avro': kafka sinks write format 'json'"), "{err}");
     // No broker: eddyd keeps trying and says it is not ready.
     std::fs::write(dir.join("p.sql"), pipeline(&bootstrap, "per_min")).unwrap();
     let key = keygen(dir);

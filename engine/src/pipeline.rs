@@ -977,17 +977,16 @@ impl Pipeline {
                 "an upsert sink needs a key: set primary_key = 'col,...' or project every GROUP BY column",
             ));
         }
+        let writes = match connector.as_str() {
+            "file" | "console" => connector::SinkFormat::Json,
+            other => provider.map_or(connector::SinkFormat::Json, |p| p.sink_format(other)),
+        };
+        connector::check_sink_format(&ctx, common.format.as_deref(), &connector, writes)?;
         let mut sink = match (cfg.outputs.get(name), connector.as_str()) {
             (Some(p), _) => Sink::new(name, SinkTarget::File(p.clone()), mode, columns),
             (None, "file") => {
                 let f = connector::sink::FileSinkOptions::read(&ctx, connector::sql_only(options))?;
                 let path = f.path.ok_or_else(|| EngineError::options(&ctx, "connector 'file' needs option 'path'"))?;
-                connector::check_sink_format(
-                    &ctx,
-                    common.format.as_deref(),
-                    connector::SinkFormat::Json,
-                    "file sinks",
-                )?;
                 Sink::new(name, SinkTarget::File(resolve_path(&cfg.base_dir, &path)), mode, columns)
             }
             (None, "console") => Sink::new(name, SinkTarget::Console, mode, columns),

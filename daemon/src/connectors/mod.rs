@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use crate::config::{HubSection, KafkaDefaults, MqttDefaults};
 use crate::metrics::Registry;
-use eddy_engine::connector::{self, ConnectorProvider, ConnectorSpec, FoldPosition, Role, SinkWriter, SourceReader};
+use eddy_engine::connector::{
+    self, ConnectorProvider, ConnectorSpec, FoldPosition, Role, SinkFormat, SinkWriter, SourceReader,
+};
 use eddy_engine::{EngineError, Result};
 
 /// The daemon's provided connectors, for one pipeline.
@@ -136,6 +138,13 @@ impl ConnectorProvider for Provider {
         match connector {
             "mqtt" => mqtt::source::fold_position,
             _ => connector::replace_position,
+        }
+    }
+
+    fn sink_format(&self, connector: &str) -> SinkFormat {
+        match connector {
+            "hub" => SinkFormat::Parquet,
+            _ => SinkFormat::Json,
         }
     }
 

@@ -233,6 +233,10 @@ pub trait ConnectorProvider: Send + Sync {
     fn fold_position(&self, _connector: &str) -> FoldPosition {
         replace_position
     }
+    /// The one format a provided sink writes (its `format` option, checked by the engine).
+    fn sink_format(&self, _connector: &str) -> SinkFormat {
+        SinkFormat::Json
+    }
     fn open_sink(&self, spec: &ConnectorSpec<'_>) -> Result<Box<dyn SinkWriter>>;
 }
 
@@ -258,8 +262,8 @@ crate::connector_options! {
 }
 
 crate::connector_options! {
-    /// Options every sink takes (besides `connector`). `format` is text: each sink says which
-    /// formats it writes (the hub's is Parquet).
+    /// Options every sink takes (besides `connector`). `format` is text: each sink writes one
+    /// format (see [`SinkFormat`]), checked against it by `check_sink_format`.
     pub(crate) struct SinkCommonOptions {
         format: String = "format",
         kind: sink::SinkMode = "type",
@@ -344,23 +348,32 @@ pub fn format_option(ctx: &str, options: &Options, default: Format) -> Result<Fo
     Ok(parse_option_value(ctx, "format", options.get("format").map(str::to_string))?.unwrap_or(default))
 }
 
-crate::option_enum! {
-    /// What a sink writes; each sink writes one of these.
-    pub enum SinkFormat {
-        /// One JSON object per row.
-        Json = "json",
-        /// Parquet files (the hub).
-        Parquet = "parquet",
+/// What a sink writes; each sink writes one of these, and its `format` option may only name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkFormat {
+    /// One JSON object per row.
+    Json,
+    /// Parquet files (the hub).
+    Parquet,
+}
+
+impl SinkFormat {
+    /// The `format` option's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkFormat::Json => "json",
+            SinkFormat::Parquet => "parquet",
+        }
     }
 }
 
-/// Checks a sink's `format` option (`given`, absent = the default) against the one format it
-/// writes; `what` names the sinks in the error ("MQTT sinks").
-pub fn check_sink_format(ctx: &str, given: Option<&str>, writes: SinkFormat, what: &str) -> Result<()> {
+/// Checks sink `format` option (`given`, absent = the default) against the one format connector
+/// `connector` writes. The engine calls it once for every sink; connectors never read `format`.
+pub(crate) fn check_sink_format(ctx: &str, given: Option<&str>, connector: &str, writes: SinkFormat) -> Result<()> {
     match given {
         Some(f) if !f.trim().eq_ignore_ascii_case(writes.name()) => Err(EngineError::options(
             ctx,
-            format!("option 'format' '{f}': {what} write format '{}' (the default)", writes.name()),
+            format!("option 'format' '{f}': {connector} sinks write format '{}' (the default)", writes.name()),
         )),
         _ => Ok(()),
     }

@@ -13,7 +13,7 @@ use eddy_client::{ClientError, HubClient, Target, Timeouts, TlsFiles};
 
 use super::outbox::FullPolicy;
 use super::Provider;
-use eddy_engine::connector::{self, connector_options, sql_only, ConnectorSpec, Role, SinkFormat, SinkWriter};
+use eddy_engine::connector::{connector_options, sql_only, ConnectorSpec, Role, SinkWriter};
 use eddy_engine::{EngineError, Result};
 
 /// The `connector` option's value, and the prefix of this connector's metrics (`eddy_hub_*`).
@@ -105,7 +105,6 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Hu
     {
         return Err(opt_err(&ctx, format!("stream '{stream}': 1-128 of A-Z a-z 0-9 _ - .")));
     }
-    connector::check_sink_format(&ctx, spec.options.get("format"), SinkFormat::Parquet, "hub sinks")?;
     let link = HubLink::from_config(&p.hub).map_err(|m| opt_err(&ctx, format!("connector 'hub': {m}")))?;
     let policy = o.outbox_full.unwrap_or(FullPolicy::Block);
     Ok(HubSinkSettings {

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use super::template::{NameRules, Template};
 use super::Provider;
+use crate::config::KafkaDefaults;
 use crate::secret::Secret;
 use eddy_engine::connector::{
-    self, connector_options, option_enum, ConnectorSpec, Format, Role, SinkFormat, SinkWriter, SourceReader,
+    self, connector_options, option_enum, ConnectorSpec, Format, Role, SinkWriter, SourceReader,
 };
 use eddy_engine::{EngineError, Result};
 
@@ -89,6 +90,23 @@ pub fn default_options() -> Vec<&'static str> {
     let mut v: Vec<_> = lists.concat();
     v.sort();
     v
+}
+
+/// Checks the `[kafka]` defaults at config load (after `${ENV}` expansion): every key is an
+/// option a default may be given for, and every value parses as that option does in SQL.
+pub fn check_defaults(d: &KafkaDefaults) -> Result<()> {
+    const CTX: &str = "[kafka]";
+    if let Some(k) = d.0.keys().find(|k| !is_default_option(k)) {
+        return Err(opt_err(
+            CTX,
+            format!("unknown option '{k}' (valid: {}, and properties.* for librdkafka)", default_options().join(", ")),
+        ));
+    }
+    let value = |k: &str| Ok(d.get(k));
+    ClientOptions::read(CTX, value)?;
+    SourceOptions::read(CTX, value)?;
+    SinkOptions::read(CTX, value)?;
+    Ok(())
 }
 
 pub fn is_default_option(key: &str) -> bool {
@@ -363,7 +381,6 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Si
         opt_err(&ctx, "connector 'kafka' needs option 'topic' (a name or a template such as 'alerts.{site}')")
     })?;
     let topic = Template::parse(&topic, &spec.columns, TOPIC_RULES).map_err(|m| opt_err(&ctx, m))?;
-    connector::check_sink_format(&ctx, spec.options.get("format"), SinkFormat::Json, "Kafka sinks")?;
     let delivery = match o.delivery {
         Some(d) => d,
         None if p.durable => Delivery::ExactlyOnce,

@@ -10,9 +10,8 @@ pub mod wire;
 use super::outbox::FullPolicy;
 use super::template::Template;
 use super::Provider;
-use eddy_engine::connector::{
-    self, connector_options, ConnectorSpec, Format, Role, SinkFormat, SinkWriter, SourceReader,
-};
+use crate::config::MqttDefaults;
+use eddy_engine::connector::{self, connector_options, ConnectorSpec, Format, Role, SinkWriter, SourceReader};
 use eddy_engine::Result;
 use settings::{opt_err, Connection, ConnectionOptions};
 
@@ -38,6 +37,17 @@ connector_options! {
         outbox_full: FullPolicy = "outbox_full",
         inflight: usize = "inflight",
     }
+}
+
+/// Checks the `[mqtt]` defaults at config load (after `${ENV}` expansion): every value parses
+/// as the same option does in SQL, with the same message.
+pub fn check_defaults(d: &MqttDefaults) -> Result<()> {
+    const CTX: &str = "[mqtt]";
+    let value = |k: &str| Ok(d.get(k));
+    ConnectionOptions::read(CTX, value)?;
+    SourceOptions::read(CTX, value)?;
+    SinkOptions::read(CTX, value)?;
+    Ok(())
 }
 
 /// The options an MQTT source or sink takes (besides the common ones).
@@ -102,7 +112,6 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<si
         opt_err(&ctx, "connector 'mqtt' needs option 'topic' (a template such as 'alerts/{device_id}')")
     })?;
     let topic = Template::parse(&topic, &spec.columns, sink::TOPIC_RULES).map_err(|m| opt_err(&ctx, m))?;
-    connector::check_sink_format(&ctx, spec.options.get("format"), SinkFormat::Json, "MQTT sinks")?;
     let policy = o.outbox_full.unwrap_or(FullPolicy::Block);
     Ok(sink::SinkSettings {
         conn,
