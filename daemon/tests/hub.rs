@@ -698,18 +698,26 @@ fn await_stored_rows(c: &Central, gateway: &str, rows: usize, what: &str) {
 }
 
 /// A replacement device for gw-e (same identity and key, no state) runs the pipeline from the
-/// start, on top of the rows the old device pushed. `eddyctl restore` on the running eddyd first
-/// refuses a backup taken with other SQL (the pipeline keeps its state, paused), then, with the
-/// SQL fixed, retracts the rows the replacement pushed and those the old device pushed after its
-/// backup, installs the backup and runs on from it: the bucket holds exactly one run's rows.
+/// start, on top of the rows the old device pushed, and backs up its own fresh state: retention
+/// still keeps the old device's last backup. `eddyctl restore` of it by its number on the running
+/// eddyd first refuses a backup taken with other SQL (the pipeline keeps its state, paused), then,
+/// with the SQL fixed, retracts the rows the replacement pushed and those the old device pushed after its backup,
+/// installs the backup and runs on from it: the bucket holds exactly one run's rows.
 #[test]
 fn eddyctl_restores_a_running_gateways_pipeline_from_its_hub_backup_exactly_once() {
-    let c = Central::start(1);
+    let mut c = Central::start(1);
     let gw = c.gateway("gw-e", 12, 200_000);
     run_until_backed_up(&c, "gw-e", &gw);
     let want = expected(&gw);
     let before = c.stored("gw-e").0.len();
     assert!(before > 0, "nothing was pushed before the kill");
+    let old_key = checkpoint_indexes(&c, "gw-e").pop().unwrap();
+    let old_last: u64 = old_key.trim_end_matches(".ckpt").rsplit('-').next().unwrap().parse().unwrap();
+    // The hub keeps one backup per pipeline from now on: any backup of the replacement's
+    // would push the old device's out, but for the rule that keeps the last of a run.
+    let hub_toml = std::fs::read_to_string(&c.hubs[0].config).unwrap();
+    std::fs::write(&c.hubs[0].config, format!("{hub_toml}[backup]\nkeep = 1\n")).unwrap();
+    c.hubs[0].restart();
 
     std::fs::remove_dir_all(gw.join("state")).unwrap();
     let pipes = gw.join("pipes");
@@ -731,9 +739,9 @@ fn eddyctl_restores_a_running_gateways_pipeline_from_its_hub_backup_exactly_once
         ),
     )
     .unwrap();
-    // Without [hub.backup]: the replacement's own backups would be the hub's newest.
+    // With [hub.backup] (every third checkpoint, as the old device): the replacement's own
+    // backups become the hub's newest.
     let toml = std::fs::read_to_string(gw.join("eddyd.toml")).unwrap();
-    let toml = toml.split("[hub.backup]").next().unwrap();
     std::fs::write(gw.join("eddyd.toml"), format!("pipelines_dir = '{}'\n{toml}", pipes.display())).unwrap();
     let mut cmd = Command::new(EDDYD);
     cmd.current_dir(&gw)
@@ -744,6 +752,15 @@ fn eddyctl_restores_a_running_gateways_pipeline_from_its_hub_backup_exactly_once
         .stderr(Stdio::inherit());
     let _eddyd = Killed(cmd.spawn().unwrap());
     await_stored_rows(&c, "gw-e", before + want.len(), "the replacement's first run");
+    // The fresh state (numbered from 1 again) has backed up, and the old device's last backup
+    // is still kept.
+    let t0 = Instant::now();
+    while checkpoint_indexes(&c, "gw-e").iter().all(|k| *k == old_key) {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the replacement made no backup");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kept = checkpoint_indexes(&c, "gw-e");
+    assert!(kept.contains(&old_key), "the old device's last backup went: {kept:?}");
 
     let eddyctl = |args: &[&str]| {
         Command::new(hub_side::eddyctl_binary())
@@ -753,7 +770,9 @@ fn eddyctl_restores_a_running_gateways_pipeline_from_its_hub_backup_exactly_once
             .output()
             .unwrap()
     };
-    let refused = eddyctl(&["restore", "p", "--gateway", "gw-e"]);
+    let old_seq = old_last.to_string();
+    let restore_old = ["restore", "p", "--gateway", "gw-e", "--checkpoint", &old_seq];
+    let refused = eddyctl(&restore_old);
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && said.contains("other SQL"), "{said}");
     assert!(said.contains("stays paused on its own state"), "{said}");
@@ -766,7 +785,7 @@ fn eddyctl_restores_a_running_gateways_pipeline_from_its_hub_backup_exactly_once
     assert_eq!(c.stored("gw-e").0.len(), before + want.len(), "a refused restore changed the hub");
 
     std::fs::write(pipes.join("p.sql"), &right).unwrap();
-    let done = eddyctl(&["restore", "p", "--gateway", "gw-e"]);
+    let done = eddyctl(&restore_old);
     let said = String::from_utf8_lossy(&done.stdout);
     assert!(done.status.success(), "eddyctl restore: {}{said}", String::from_utf8_lossy(&done.stderr));
     eprint!("{said}");

@@ -1,8 +1,9 @@
 //! Checkpoint backups in the bucket (layout: [`crate::layout`]). Blobs are a gateway's state
 //! files, named by their SHA-256 and checked against it before they are kept; an index records a
 //! checkpoint once every blob it names is stored. Retention keeps the newest `keep` indexes per
-//! pipeline and deletes blobs none of them names — only blobs older than `blob_grace`, so the
-//! blobs of a checkpoint still being uploaded (not yet named by any index) survive.
+//! pipeline (and the last one before another state's: [`retained`]) and deletes blobs none
+//! of them names — only blobs older than `blob_grace`, so the blobs of a checkpoint still being
+//! uploaded (not yet named by any index) survive.
 //!
 //! Owns those keys; never decides who may read them (the service does) and never sees the
 //! gateways' state key: blobs and manifests are stored as they arrive, encrypted.
@@ -47,6 +48,29 @@ const PART_BYTES: usize = 8 << 20;
 pub struct Retention {
     pub keep: usize,
     pub blob_grace: Duration,
+}
+
+/// Whether checkpoint `next`, arriving after `newest`, is of another state: one started afresh (a
+/// replacement device) or restored to an earlier checkpoint. Its number is no higher, or its hub
+/// sinks' outboxes (each a random identity made with the state) are others.
+fn starts_a_run(newest: &CheckpointIndex, next: &CheckpointIndex) -> bool {
+    let outboxes = |i: &CheckpointIndex| {
+        let mut v: Vec<u64> = i.sinks.iter().map(|s| s.outbox_id).collect();
+        v.sort_unstable();
+        v
+    };
+    next.seq <= newest.seq || outboxes(next) != outboxes(newest)
+}
+
+/// Which of a pipeline's index keys (sorted, oldest first) retention keeps: the newest `keep`
+/// (at least one) and the `pinned` one: the newest before a checkpoint of another state arrived
+/// ([`starts_a_run`]). So a replacement that backs up its fresh state before it restores
+/// never pushes the old device's last backup out, and a restore to an earlier point can be
+/// undone. One index is pinned at a time: at most `keep + 1` are kept.
+pub(crate) fn retained(keys: &[String], keep: usize, pinned: Option<&str>) -> Vec<usize> {
+    let cut = keys.len().saturating_sub(keep.max(1));
+    let pin = pinned.and_then(|p| keys[..cut].iter().position(|k| k == p));
+    pin.into_iter().chain(cut..keys.len()).collect()
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -183,13 +207,32 @@ impl Bucket {
             Some(k) => Some(self.read_index(k).await?),
             None => None,
         };
-        if newest.is_some_and(|n| n.seq == index.seq && n.created_ms == index.created_ms) {
+        if newest.as_ref().is_some_and(|n| n.seq == index.seq && n.created_ms == index.created_ms) {
             return self.apply_retention(dir, retention).await;
+        }
+        if let (Some(n), Some(k)) = (&newest, existing.last()) {
+            if starts_a_run(n, &index) {
+                // Pinned before the new index is written, so no retention runs without the pin.
+                let pin = ObjectPath::from(layout::checkpoint_pin_key(dir));
+                self.store.put(&pin, PutPayload::from(k.clone().into_bytes())).await.map_err(unavailable)?;
+            }
         }
         index.stored_ms = now_ms();
         let key = layout::checkpoint_index_key(dir, index.stored_ms, index.seq);
         self.store.put(&ObjectPath::from(key), PutPayload::from(index.encode_to_vec())).await.map_err(unavailable)?;
         self.apply_retention(dir, retention).await
+    }
+
+    /// The pinned index key, if any.
+    async fn pinned(&self, dir: &str) -> Result<Option<String>, BucketError> {
+        match self.store.get(&ObjectPath::from(layout::checkpoint_pin_key(dir))).await {
+            Ok(r) => {
+                let body = r.bytes().await.map_err(unavailable)?;
+                Ok(Some(String::from_utf8_lossy(&body).into_owned()))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     async fn index_keys(&self, dir: &str) -> Result<Vec<String>, BucketError> {
@@ -207,17 +250,19 @@ impl Bucket {
         CheckpointIndex::decode(body).map_err(|e| BucketError::Unavailable(format!("{key} is damaged: {e}")))
     }
 
-    /// Deletes indexes beyond the newest `keep`, then blobs no kept index names (older than the
-    /// grace period). Indexes go first, so no kept index ever names a deleted blob.
+    /// Deletes the indexes [`retained`] does not keep, then blobs no kept index names (older than
+    /// the grace period). Indexes go first, so no kept index ever names a deleted blob.
     async fn apply_retention(&self, dir: &str, retention: Retention) -> Result<u32, BucketError> {
         let keys = self.index_keys(dir).await?;
-        let cut = keys.len().saturating_sub(retention.keep.max(1));
-        for k in &keys[..cut] {
-            self.store.delete(&ObjectPath::from(k.as_str())).await.map_err(unavailable)?;
-        }
+        let kept = retained(&keys, retention.keep, self.pinned(dir).await?.as_deref());
         let mut named = HashSet::new();
-        for k in &keys[cut..] {
-            named.extend(self.read_index(k).await?.files.into_iter().map(|f| f.sha256));
+        for (i, k) in keys.iter().enumerate() {
+            if !kept.contains(&i) {
+                self.store.delete(&ObjectPath::from(k.as_str())).await.map_err(unavailable)?;
+            }
+        }
+        for &i in &kept {
+            named.extend(self.read_index(&keys[i]).await?.files.into_iter().map(|f| f.sha256));
         }
         let grace = cutoff_ms(retention.blob_grace);
         let blobs: Vec<_> =
@@ -230,7 +275,7 @@ impl Bucket {
                 self.store.delete(&m.location).await.map_err(unavailable)?;
             }
         }
-        Ok((keys.len() - cut) as u32)
+        Ok(kept.len() as u32)
     }
 
     /// The kept checkpoints of a gateway (one pipeline, or all), oldest first.
@@ -410,6 +455,35 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_or_restored_state_starts_a_run() {
+        use eddy_proto::v1::SinkMark;
+        let with = |seq: u64, outbox_ids: &[u64]| CheckpointIndex {
+            seq,
+            sinks: outbox_ids.iter().map(|&outbox_id| SinkMark { outbox_id, ..Default::default() }).collect(),
+            ..Default::default()
+        };
+        assert!(!starts_a_run(&with(5, &[]), &with(6, &[])));
+        assert!(starts_a_run(&with(5, &[]), &with(5, &[])), "the same number again");
+        assert!(starts_a_run(&with(50, &[]), &with(3, &[])), "numbered from 1 again");
+        assert!(!starts_a_run(&with(5, &[7, 9]), &with(6, &[9, 7])));
+        // A fresh state whose first backup waited until its numbers passed the old ones'.
+        assert!(starts_a_run(&with(52, &[7, 9]), &with(60, &[8, 9])));
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_the_pinned_one() {
+        let keys: Vec<String> = (1..=5).map(|i| format!("index/{i}.ckpt")).collect();
+        let kept = |keep: usize, pin: Option<&str>| -> Vec<usize> { retained(&keys, keep, pin) };
+        assert_eq!(retained(&[], 3, None), Vec::<usize>::new());
+        assert_eq!(kept(3, None), [2, 3, 4]);
+        assert_eq!(kept(0, None), [4], "at least one is kept");
+        assert_eq!(kept(2, Some("index/1.ckpt")), [0, 3, 4]);
+        // Pinned and among the newest anyway, or gone already: nothing more is kept.
+        assert_eq!(kept(2, Some("index/4.ckpt")), [3, 4]);
+        assert_eq!(kept(2, Some("index/0.ckpt")), [3, 4]);
+    }
+
+    #[test]
     fn checkpoints_need_their_blobs_and_retention_keeps_the_newest_with_what_they_name() {
         let d = tempfile::tempdir().unwrap();
         let b = bucket(d.path());
@@ -448,5 +522,28 @@ mod tests {
         rt.block_on(b.put_blob(&dir, &sha(s1), 3, 1 << 20, chunks(s1, 3))).unwrap();
         rt.block_on(b.put_checkpoint(&dir, index(5, &[("state-0000000003.dat", s3)]), graceful)).unwrap();
         assert!(rt.block_on(b.missing_blobs(&dir, &[sha(s1)])).unwrap().is_empty());
+        // A replacement device's fresh state (checkpoints 1, 2, 3, then past the old numbers)
+        // does not push out the old device's last backup, nor the blobs it names.
+        let fresh: Vec<Vec<u8>> = (0..4).map(|i| format!("fresh-{i}").into_bytes()).collect();
+        let seqs = |b: &Bucket| -> Vec<u64> {
+            rt.block_on(b.list_checkpoints("gw", Some("p"))).unwrap().iter().map(|c| c.seq).collect()
+        };
+        for (seq, f) in [1, 2, 3, 6].into_iter().zip(&fresh) {
+            std::thread::sleep(Duration::from_millis(2));
+            upload(f);
+            rt.block_on(b.put_checkpoint(&dir, index(seq, &[("state.dat", f)]), keep)).unwrap();
+        }
+        assert_eq!(seqs(&b), [5, 3, 6]);
+        let blobs: Vec<String> = fresh.iter().map(|f| sha(f)).collect();
+        assert!(rt.block_on(b.missing_blobs(&dir, &[sha(s3), blobs[2].clone(), blobs[3].clone()])).unwrap().is_empty());
+        assert_eq!(rt.block_on(b.missing_blobs(&dir, &blobs[..2])).unwrap(), &blobs[..2]);
+        assert_eq!(rt.block_on(b.get_checkpoint(&dir, 5)).unwrap().files[0].sha256, sha(s3));
+        // Restored from 5, the state goes back: 6 is pinned instead and 5 may go.
+        std::thread::sleep(Duration::from_millis(2));
+        let restored = CheckpointIndex { created_ms: 60, ..index(6, &[("state.dat", &fresh[3])]) };
+        rt.block_on(b.put_checkpoint(&dir, restored, keep)).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        rt.block_on(b.put_checkpoint(&dir, index(7, &[("state.dat", &fresh[3])]), keep)).unwrap();
+        assert_eq!(seqs(&b), [6, 6, 7]);
     }
 }

@@ -64,7 +64,8 @@ impl Default for FleetConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BackupConfig {
     /// Checkpoints kept per gateway and pipeline (older ones are deleted with the blobs only
-    /// they named).
+    /// they named), besides the one pinned when another state's checkpoint arrived
+    /// (`checkpoints::retained`).
     pub keep: usize,
     /// A blob no kept checkpoint names is deleted only once it is this old: a checkpoint being
     /// uploaded has its blobs stored before its index names them.

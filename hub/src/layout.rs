@@ -10,7 +10,8 @@
 //! Checkpoint backups: `<prefix>checkpoints/gateway=<gateway>/pipeline=<pipeline>/` holds
 //! `blobs/<sha256>` (state files, named by their digest: stored once however many checkpoints
 //! share them) and `index/<stored ms>-<seq>.ckpt` (one per checkpoint, written after all its
-//! blobs, so an index names only blobs that are there; keys sort by when the hub recorded them).
+//! blobs, so an index names only blobs that are there; keys sort by when the hub recorded them),
+//! and `pinned` (the key of the one index retention keeps besides the newest).
 //! Owns names; never does I/O.
 
 /// What a name in a key may hold: it is a path segment and a Hive partition value.
@@ -54,6 +55,12 @@ pub fn checkpoint_gateway_dir(prefix: &str, gateway: &str) -> String {
 
 pub fn checkpoint_index_key(dir: &str, stored_ms: i64, seq: u64) -> String {
     format!("{dir}index/{:020}-{seq:020}.ckpt", stored_ms.max(0))
+}
+
+/// Holds the key of the index retention keeps besides the newest: the last before a state
+/// started afresh or went back (`checkpoints::retained`).
+pub fn checkpoint_pin_key(dir: &str) -> String {
+    format!("{dir}pinned")
 }
 
 pub fn blob_key(dir: &str, sha256: &str) -> String {
