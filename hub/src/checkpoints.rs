@@ -53,7 +53,7 @@ pub struct Retention {
 /// Whether checkpoint `next`, arriving after `newest`, is of another state: one started afresh (a
 /// replacement device) or restored to an earlier checkpoint. Its number is no higher, or its hub
 /// sinks' outboxes (each a random identity made with the state) are others.
-fn starts_a_run(newest: &CheckpointIndex, next: &CheckpointIndex) -> bool {
+fn is_another_state(newest: &CheckpointIndex, next: &CheckpointIndex) -> bool {
     let outboxes = |i: &CheckpointIndex| {
         let mut v: Vec<u64> = i.sinks.iter().map(|s| s.outbox_id).collect();
         v.sort_unstable();
@@ -64,7 +64,7 @@ fn starts_a_run(newest: &CheckpointIndex, next: &CheckpointIndex) -> bool {
 
 /// Which of a pipeline's index keys (sorted, oldest first) retention keeps: the newest `keep`
 /// (at least one) and the `pinned` one: the newest before a checkpoint of another state arrived
-/// ([`starts_a_run`]). So a replacement that backs up its fresh state before it restores
+/// ([`is_another_state`]). So a replacement that backs up its fresh state before it restores
 /// never pushes the old device's last backup out, and a restore to an earlier point can be
 /// undone. One index is pinned at a time: at most `keep + 1` are kept.
 pub(crate) fn retained(keys: &[String], keep: usize, pinned: Option<&str>) -> Vec<usize> {
@@ -211,7 +211,7 @@ impl Bucket {
             return self.apply_retention(dir, retention).await;
         }
         if let (Some(n), Some(k)) = (&newest, existing.last()) {
-            if starts_a_run(n, &index) {
+            if is_another_state(n, &index) {
                 // Pinned before the new index is written, so no retention runs without the pin.
                 let pin = ObjectPath::from(layout::checkpoint_pin_key(dir));
                 self.store.put(&pin, PutPayload::from(k.clone().into_bytes())).await.map_err(unavailable)?;
@@ -310,7 +310,17 @@ impl Bucket {
     /// One kept checkpoint: `seq`, or the newest when `seq` is 0.
     pub async fn get_checkpoint(&self, dir: &str, seq: u64) -> Result<CheckpointIndex, BucketError> {
         let keys = self.index_keys(dir).await?;
-        let key = keys.iter().rev().find(|k| seq == 0 || k.ends_with(&format!("-{seq:020}.ckpt")));
+        let numbered = format!("-{seq:020}.ckpt");
+        let mut matching = keys.iter().rev().filter(|k| seq == 0 || k.ends_with(&numbered));
+        let newest = matching.next();
+        // Numbers repeat across states; a number the pinned index holds means that one (the
+        // state before another's, which is only ever reached by its number).
+        let key = match (newest, self.pinned(dir).await?) {
+            (Some(_), Some(pin)) if seq != 0 && pin.ends_with(&numbered) && keys.contains(&pin) => {
+                keys.iter().find(|k| **k == pin)
+            }
+            (newest, _) => newest,
+        };
         match key {
             Some(k) => self.read_index(k).await,
             None if seq == 0 => Err(BucketError::NotFound(format!("no checkpoint is kept under {dir}"))),
@@ -455,19 +465,19 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_or_restored_state_starts_a_run() {
+    fn a_fresh_or_restored_state_is_another_state() {
         use eddy_proto::v1::SinkMark;
         let with = |seq: u64, outbox_ids: &[u64]| CheckpointIndex {
             seq,
             sinks: outbox_ids.iter().map(|&outbox_id| SinkMark { outbox_id, ..Default::default() }).collect(),
             ..Default::default()
         };
-        assert!(!starts_a_run(&with(5, &[]), &with(6, &[])));
-        assert!(starts_a_run(&with(5, &[]), &with(5, &[])), "the same number again");
-        assert!(starts_a_run(&with(50, &[]), &with(3, &[])), "numbered from 1 again");
-        assert!(!starts_a_run(&with(5, &[7, 9]), &with(6, &[9, 7])));
+        assert!(!is_another_state(&with(5, &[]), &with(6, &[])));
+        assert!(is_another_state(&with(5, &[]), &with(5, &[])), "the same number again");
+        assert!(is_another_state(&with(50, &[]), &with(3, &[])), "numbered from 1 again");
+        assert!(!is_another_state(&with(5, &[7, 9]), &with(6, &[9, 7])));
         // A fresh state whose first backup waited until its numbers passed the old ones'.
-        assert!(starts_a_run(&with(52, &[7, 9]), &with(60, &[8, 9])));
+        assert!(is_another_state(&with(52, &[7, 9]), &with(60, &[8, 9])));
     }
 
     #[test]
@@ -522,28 +532,35 @@ mod tests {
         rt.block_on(b.put_blob(&dir, &sha(s1), 3, 1 << 20, chunks(s1, 3))).unwrap();
         rt.block_on(b.put_checkpoint(&dir, index(5, &[("state-0000000003.dat", s3)]), graceful)).unwrap();
         assert!(rt.block_on(b.missing_blobs(&dir, &[sha(s1)])).unwrap().is_empty());
-        // A replacement device's fresh state (checkpoints 1, 2, 3, then past the old numbers)
-        // does not push out the old device's last backup, nor the blobs it names.
-        let fresh: Vec<Vec<u8>> = (0..4).map(|i| format!("fresh-{i}").into_bytes()).collect();
+        // A replacement device's fresh state (checkpoints 1, 2, 3, then up to and past the old
+        // numbers) does not push out the old device's last backup, nor the blobs it names.
+        let fresh: Vec<Vec<u8>> = (0..5).map(|i| format!("fresh-{i}").into_bytes()).collect();
+        let blobs: Vec<String> = fresh.iter().map(|f| sha(f)).collect();
         let seqs = |b: &Bucket| -> Vec<u64> {
             rt.block_on(b.list_checkpoints("gw", Some("p"))).unwrap().iter().map(|c| c.seq).collect()
         };
-        for (seq, f) in [1, 2, 3, 6].into_iter().zip(&fresh) {
+        for (seq, f) in [1, 2, 3, 5].into_iter().zip(&fresh) {
             std::thread::sleep(Duration::from_millis(2));
             upload(f);
-            rt.block_on(b.put_checkpoint(&dir, index(seq, &[("state.dat", f)]), keep)).unwrap();
+            let i = CheckpointIndex { created_ms: 10 * seq as i64, ..index(seq, &[("state.dat", f)]) };
+            rt.block_on(b.put_checkpoint(&dir, i, keep)).unwrap();
         }
-        assert_eq!(seqs(&b), [5, 3, 6]);
-        let blobs: Vec<String> = fresh.iter().map(|f| sha(f)).collect();
+        assert_eq!(seqs(&b), [5, 3, 5]);
         assert!(rt.block_on(b.missing_blobs(&dir, &[sha(s3), blobs[2].clone(), blobs[3].clone()])).unwrap().is_empty());
         assert_eq!(rt.block_on(b.missing_blobs(&dir, &blobs[..2])).unwrap(), &blobs[..2]);
+        // 5 means the pinned one (the old device's); the newest is the fresh state's 5.
         assert_eq!(rt.block_on(b.get_checkpoint(&dir, 5)).unwrap().files[0].sha256, sha(s3));
+        assert_eq!(rt.block_on(b.get_checkpoint(&dir, 0)).unwrap().created_ms, 50);
+        std::thread::sleep(Duration::from_millis(2));
+        upload(&fresh[4]);
+        rt.block_on(b.put_checkpoint(&dir, index(6, &[("state.dat", &fresh[4])]), keep)).unwrap();
+        assert_eq!(seqs(&b), [5, 5, 6]);
         // Restored from 5, the state goes back: 6 is pinned instead and 5 may go.
         std::thread::sleep(Duration::from_millis(2));
-        let restored = CheckpointIndex { created_ms: 60, ..index(6, &[("state.dat", &fresh[3])]) };
+        let restored = CheckpointIndex { created_ms: 60, ..index(6, &[("state.dat", &fresh[4])]) };
         rt.block_on(b.put_checkpoint(&dir, restored, keep)).unwrap();
         std::thread::sleep(Duration::from_millis(2));
-        rt.block_on(b.put_checkpoint(&dir, index(7, &[("state.dat", &fresh[3])]), keep)).unwrap();
+        rt.block_on(b.put_checkpoint(&dir, index(7, &[("state.dat", &fresh[4])]), keep)).unwrap();
         assert_eq!(seqs(&b), [6, 6, 7]);
     }
 }

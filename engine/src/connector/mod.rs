@@ -367,8 +367,8 @@ impl SinkFormat {
     }
 }
 
-/// Checks sink `format` option (`given`, absent = the default) against the one format connector
-/// `connector` writes. The engine calls it once for every sink; connectors never read `format`.
+/// Checks a sink's `format` option (`given`, absent = the default) against the one format
+/// connector `connector` writes. The engine calls it once for every sink; connectors never read it.
 pub(crate) fn check_sink_format(ctx: &str, given: Option<&str>, connector: &str, writes: SinkFormat) -> Result<()> {
     match given {
         Some(f) if !f.trim().eq_ignore_ascii_case(writes.name()) => Err(EngineError::options(
