@@ -201,26 +201,35 @@ impl Bucket {
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        let existing = self.index_keys(dir).await?;
+        let mut keys = self.index_keys(dir).await?;
         // The same checkpoint sent again (a lost reply): recorded once.
-        let newest = match existing.last() {
+        let newest = match keys.last() {
             Some(k) => Some(self.read_index(k).await?),
             None => None,
         };
         if newest.as_ref().is_some_and(|n| n.seq == index.seq && n.created_ms == index.created_ms) {
-            return self.apply_retention(dir, retention).await;
+            let pin = self.pinned(dir).await?;
+            return self.apply_retention(dir, &keys, pin.as_deref(), retention).await;
         }
-        if let (Some(n), Some(k)) = (&newest, existing.last()) {
-            if is_another_state(n, &index) {
+        let pin = match (&newest, keys.last()) {
+            (Some(n), Some(k)) if is_another_state(n, &index) => {
                 // Pinned before the new index is written, so no retention runs without the pin.
                 let pin = ObjectPath::from(layout::checkpoint_pin_key(dir));
                 self.store.put(&pin, PutPayload::from(k.clone().into_bytes())).await.map_err(unavailable)?;
+                Some(k.clone())
             }
-        }
-        index.stored_ms = now_ms();
+            _ => self.pinned(dir).await?,
+        };
+        // Index keys sort by this, oldest first, and retention keeps the last ones: never before
+        // the newest, even if the hub's clock went back.
+        index.stored_ms = now_ms().max(newest.as_ref().map_or(0, |n| n.stored_ms + 1));
         let key = layout::checkpoint_index_key(dir, index.stored_ms, index.seq);
-        self.store.put(&ObjectPath::from(key), PutPayload::from(index.encode_to_vec())).await.map_err(unavailable)?;
-        self.apply_retention(dir, retention).await
+        self.store
+            .put(&ObjectPath::from(key.as_str()), PutPayload::from(index.encode_to_vec()))
+            .await
+            .map_err(unavailable)?;
+        keys.push(key);
+        self.apply_retention(dir, &keys, pin.as_deref(), retention).await
     }
 
     /// The pinned index key, if any.
@@ -250,11 +259,17 @@ impl Bucket {
         CheckpointIndex::decode(body).map_err(|e| BucketError::Unavailable(format!("{key} is damaged: {e}")))
     }
 
-    /// Deletes the indexes [`retained`] does not keep, then blobs no kept index names (older than
-    /// the grace period). Indexes go first, so no kept index ever names a deleted blob.
-    async fn apply_retention(&self, dir: &str, retention: Retention) -> Result<u32, BucketError> {
-        let keys = self.index_keys(dir).await?;
-        let kept = retained(&keys, retention.keep, self.pinned(dir).await?.as_deref());
+    /// Deletes the indexes (`keys`, sorted, every one of the pipeline's) [`retained`] does not
+    /// keep, then blobs no kept index names (older than the grace period). Indexes go first, so
+    /// no kept index ever names a deleted blob.
+    async fn apply_retention(
+        &self,
+        dir: &str,
+        keys: &[String],
+        pinned: Option<&str>,
+        retention: Retention,
+    ) -> Result<u32, BucketError> {
+        let kept = retained(keys, retention.keep, pinned);
         let mut named = HashSet::new();
         for (i, k) in keys.iter().enumerate() {
             if !kept.contains(&i) {
@@ -310,20 +325,18 @@ impl Bucket {
     /// One kept checkpoint: `seq`, or the newest when `seq` is 0.
     pub async fn get_checkpoint(&self, dir: &str, seq: u64) -> Result<CheckpointIndex, BucketError> {
         let keys = self.index_keys(dir).await?;
+        if seq == 0 {
+            return match keys.last() {
+                Some(k) => self.read_index(k).await,
+                None => Err(BucketError::NotFound(format!("no checkpoint is kept under {dir}"))),
+            };
+        }
         let numbered = format!("-{seq:020}.ckpt");
-        let mut matching = keys.iter().rev().filter(|k| seq == 0 || k.ends_with(&numbered));
-        let newest = matching.next();
         // Numbers repeat across states; a number the pinned index holds means that one (the
         // state before another's, which is only ever reached by its number).
-        let key = match (newest, self.pinned(dir).await?) {
-            (Some(_), Some(pin)) if seq != 0 && pin.ends_with(&numbered) && keys.contains(&pin) => {
-                keys.iter().find(|k| **k == pin)
-            }
-            (newest, _) => newest,
-        };
-        match key {
-            Some(k) => self.read_index(k).await,
-            None if seq == 0 => Err(BucketError::NotFound(format!("no checkpoint is kept under {dir}"))),
+        let pin = self.pinned(dir).await?.filter(|p| p.ends_with(&numbered) && keys.contains(p));
+        match pin.or_else(|| keys.iter().rev().find(|k| k.ends_with(&numbered)).cloned()) {
+            Some(k) => self.read_index(&k).await,
             None => Err(BucketError::NotFound(format!("checkpoint {seq} is not kept under {dir}"))),
         }
     }
@@ -491,6 +504,23 @@ mod tests {
         // Pinned and among the newest anyway, or gone already: nothing more is kept.
         assert_eq!(kept(2, Some("index/4.ckpt")), [3, 4]);
         assert_eq!(kept(2, Some("index/0.ckpt")), [3, 4]);
+    }
+
+    #[test]
+    fn a_checkpoint_stored_after_the_hubs_clock_went_back_is_still_the_newest() {
+        let d = tempfile::tempdir().unwrap();
+        let b = bucket(d.path());
+        let dir = layout::checkpoint_dir("", "gw", "p");
+        let rt = rt();
+        // Checkpoint 1 was stored while the clock ran an hour ahead.
+        let ahead_ms = now_ms() + 3_600_000;
+        let one = CheckpointIndex { stored_ms: ahead_ms, ..index(1, &[]) };
+        let key = ObjectPath::from(layout::checkpoint_index_key(&dir, ahead_ms, 1));
+        rt.block_on(b.store.put(&key, PutPayload::from(one.encode_to_vec()))).unwrap();
+        let keep = Retention { keep: 1, blob_grace: Duration::ZERO };
+        rt.block_on(b.put_checkpoint(&dir, index(2, &[]), keep)).unwrap();
+        let list = rt.block_on(b.list_checkpoints("gw", Some("p"))).unwrap();
+        assert_eq!(list.iter().map(|c| (c.seq, c.stored_ms)).collect::<Vec<_>>(), [(2, ahead_ms + 1)]);
     }
 
     #[test]

@@ -57,8 +57,9 @@ pub fn checkpoint_index_key(dir: &str, stored_ms: i64, seq: u64) -> String {
     format!("{dir}index/{:020}-{seq:020}.ckpt", stored_ms.max(0))
 }
 
-/// Holds the key of the index retention keeps besides the newest: the last before a state
-/// started afresh or went back (`checkpoints::retained`).
+/// Holds the key of the index retention keeps besides the newest: the last before a checkpoint
+/// of another state (started afresh, gone back, or with other hub-sink outboxes) arrived
+/// (`checkpoints::retained`).
 pub fn checkpoint_pin_key(dir: &str) -> String {
     format!("{dir}pinned")
 }
