@@ -121,23 +121,45 @@ fn days_in_month(y: i64, m: u32) -> u32 {
 
 /// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` to `out`.
 pub fn write_rfc3339_ms(ms: i64, out: &mut Vec<u8>) {
-    write_ms(ms, out, 'T');
+    write_ms(ms, out, b'T');
     out.push(b'Z');
 }
 
 /// Writes `YYYY-MM-DD HH:MM:SS.fff` (UTC, SQL's timestamp literal) for epoch milliseconds.
 pub fn write_sql_ms(ms: i64, out: &mut Vec<u8>) {
-    write_ms(ms, out, ' ');
+    write_ms(ms, out, b' ');
 }
 
-fn write_ms(ms: i64, out: &mut Vec<u8>, between: char) {
-    use std::io::Write;
+fn write_ms(ms: i64, out: &mut Vec<u8>, between: u8) {
     let days = ms.div_euclid(86_400_000);
     let rem = ms.rem_euclid(86_400_000);
     let (y, m, d) = civil_from_days(days);
-    let (h, mi, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{y:04}-{m:02}-{d:02}{between}{h:02}:{mi:02}:{s:02}.{milli:03}");
+    if !(0..=9999).contains(&y) {
+        use std::io::Write;
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{y:04}");
+    } else {
+        push_digits(y as u32, 4, out);
+    }
+    // Digits pushed by hand: this runs for every timestamp a sink writes, and `write!` costs
+    // several times as much.
+    let rem = rem as u32;
+    let fields = [(b'-', m, 2), (b'-', d, 2), (between, rem / 3_600_000, 2)];
+    let clock = [(b':', rem / 60_000 % 60, 2), (b':', rem / 1000 % 60, 2), (b'.', rem % 1000, 3)];
+    for (sep, v, n) in fields.into_iter().chain(clock) {
+        out.push(sep);
+        push_digits(v, n, out);
+    }
+}
+
+/// Appends the last `n` decimal digits of `v`, zero-padded.
+fn push_digits(mut v: u32, n: usize, out: &mut Vec<u8>) {
+    let mut buf = [b'0'; 4];
+    for b in buf[..n].iter_mut().rev() {
+        *b = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.extend_from_slice(&buf[..n]);
 }
 
 /// RFC 3339 text of a timestamp, for messages and the console.
@@ -185,5 +207,21 @@ mod tests {
             assert_eq!(parse_timestamp_ms(&s), Some(ms), "{s}");
         }
         assert_eq!(rfc3339_ms(1_772_352_000_384), "2026-03-01T08:00:00.384Z");
+        // Beyond four-digit years, as `write!` spells them.
+        assert_eq!(rfc3339_ms(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(-62_167_219_200_001), "-001-12-31T23:59:59.999Z");
+    }
+
+    proptest::proptest! {
+        /// The hand-written digits say what chrono says, from year 0 to 9999 (beyond, the year
+        /// is written by `write!`, without chrono's sign).
+        #[test]
+        fn formats_as_chrono_does(ms in -62_167_219_200_000i64..253_402_300_800_000) {
+            let t = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+            let mut sql = Vec::new();
+            write_sql_ms(ms, &mut sql);
+            proptest::prop_assert_eq!(String::from_utf8(sql).unwrap(), t.format("%Y-%m-%d %H:%M:%S%.3f").to_string());
+            proptest::prop_assert_eq!(rfc3339_ms(ms), t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+        }
     }
 }

@@ -84,9 +84,9 @@ fn write_f64(f: f64, out: &mut Vec<u8>) {
     }
 }
 
-fn write_int(i: impl std::fmt::Display, out: &mut Vec<u8>) {
-    use std::io::Write;
-    let _ = write!(out, "{i}");
+fn write_int(i: impl itoa::Integer, out: &mut Vec<u8>) {
+    // Not `write!`: every integer a sink writes comes here, and itoa is several times faster.
+    out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
 }
 
 /// Appends one value as JSON.
@@ -109,7 +109,8 @@ pub fn write_value(col: &ArrayRef, row: usize, out: &mut Vec<u8>) {
             // Print the f32's own shortest text (22.78, not 22.780000686645508).
             let v = col.as_primitive::<Float32Type>().value(row);
             if v.is_finite() {
-                write_int(v, out)
+                use std::io::Write;
+                let _ = write!(out, "{v}");
             } else {
                 out.extend_from_slice(b"null")
             }
@@ -174,7 +175,7 @@ fn write_bytes(b: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Float32Array, Float64Array, StringArray, TimestampMillisecondArray};
+    use arrow::array::{Float32Array, Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
     use std::sync::Arc;
 
     #[test]
@@ -184,17 +185,18 @@ mod tests {
             ("f", Arc::new(Float64Array::from(vec![83.24600000000001, f64::NAN])) as ArrayRef),
             ("g", Arc::new(Float32Array::from(vec![22.78f32, 1.0])) as ArrayRef),
             ("ts", Arc::new(TimestampMillisecondArray::from(vec![1_772_352_000_384, 0])) as ArrayRef),
+            ("i", Arc::new(Int64Array::from(vec![i64::MIN, -7])) as ArrayRef),
         ])
         .unwrap();
-        let w = JsonRowWriter::new(&["s".into(), "f".into(), "g".into(), "ts".into()]);
+        let w = JsonRowWriter::new(&["s".into(), "f".into(), "g".into(), "ts".into(), "i".into()]);
         let mut out = Vec::new();
         w.write_row(&batch, 0, b"", &mut out);
         out.push(b'\n');
         w.write_row(&batch, 1, b",\"_op\":\"delete\"", &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"s\":\"a\\\"b\\n\",\"f\":83.24600000000001,\"g\":22.78,\"ts\":\"2026-03-01T08:00:00.384Z\"}\n\
-             {\"s\":null,\"f\":null,\"g\":1,\"ts\":\"1970-01-01T00:00:00.000Z\",\"_op\":\"delete\"}"
+            "{\"s\":\"a\\\"b\\n\",\"f\":83.24600000000001,\"g\":22.78,\"ts\":\"2026-03-01T08:00:00.384Z\",\"i\":-9223372036854775808}\n\
+             {\"s\":null,\"f\":null,\"g\":1,\"ts\":\"1970-01-01T00:00:00.000Z\",\"i\":-7,\"_op\":\"delete\"}"
         );
     }
 }
