@@ -8,6 +8,7 @@ use arrow::datatypes::{
     UInt8Type,
 };
 
+use super::float_text;
 use crate::time::write_rfc3339_ms;
 
 /// Pre-escaped `"name":` prefixes of a batch's columns.
@@ -74,11 +75,10 @@ pub fn write_json_str(s: &str, out: &mut Vec<u8>) {
 }
 
 fn write_f64(f: f64, out: &mut Vec<u8>) {
-    use std::io::Write;
     if f.is_finite() {
-        // Rust prints the shortest text that reads back as the same f64; integral values get ".0"
-        // dropped by `{}`, which is still a valid JSON number.
-        let _ = write!(out, "{f}");
+        // The shortest text that reads back as the same f64, as `{}` prints it: integral values
+        // have no ".0", which is still a valid JSON number.
+        float_text::write_f64(f, out);
     } else {
         out.extend_from_slice(b"null");
     }
@@ -109,8 +109,7 @@ pub fn write_value(col: &ArrayRef, row: usize, out: &mut Vec<u8>) {
             // Print the f32's own shortest text (22.78, not 22.780000686645508).
             let v = col.as_primitive::<Float32Type>().value(row);
             if v.is_finite() {
-                use std::io::Write;
-                let _ = write!(out, "{v}");
+                float_text::write_f32(v, out);
             } else {
                 out.extend_from_slice(b"null")
             }

@@ -5,6 +5,7 @@ pub mod columns;
 pub mod csv;
 pub mod decode;
 pub mod encode;
+mod float_text;
 pub mod json;
 mod json_flat;
 pub mod nested;
