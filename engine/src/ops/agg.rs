@@ -19,6 +19,7 @@ use datafusion_functions_aggregate_common::aggregate::groups_accumulator::Groups
 use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion_physical_expr::PhysicalExpr;
 
+use super::float_sum;
 use super::snapshot::{StateReader, StateWriter};
 use crate::error::{EngineError, Result};
 
@@ -301,6 +302,9 @@ pub struct RowAccs {
 /// [`RowAccs::update`]'s buffers, kept from batch to batch.
 #[derive(Default)]
 struct UpdateScratch {
+    /// Per aggregate: its accumulators take a run of rows in one call ([`float_sum`]); set on the
+    /// first update (the aggregates never change).
+    whole_runs: Vec<bool>,
     order: Vec<u32>,
     runs: Vec<(usize, usize)>,
     slices: Vec<ArrayRef>,
@@ -311,8 +315,9 @@ impl RowAccs {
         self.accs.len()
     }
 
+    /// One group's accumulators: DataFusion's, but [`float_sum`]'s for `SUM`/`AVG` over DOUBLE.
     pub fn new_group(exprs: &AggregateExprs) -> Result<Vec<Box<dyn Accumulator>>> {
-        exprs.aggs.iter().map(|a| Ok(a.create_accumulator()?)).collect()
+        exprs.aggs.iter().map(|a| Ok(float_sum::accumulator(a).map_or_else(|| a.create_accumulator(), Ok)?)).collect()
     }
 
     /// Adds rows to groups: `rows[i]` of `input` belongs to group `groups[i]`; each group takes
@@ -327,6 +332,9 @@ impl RowAccs {
         let needed = groups.iter().copied().max().map(|m| m + 1).unwrap_or(0);
         while self.accs.len() < needed {
             self.accs.push(Self::new_group(exprs)?);
+        }
+        if self.scratch.whole_runs.len() != exprs.aggs.len() {
+            self.scratch.whole_runs = exprs.aggs.iter().map(|a| float_sum::adds_in_order(a)).collect();
         }
         // Positions in `rows`, by group; the sort is stable, so a group's rows keep their order.
         let order = &mut self.scratch.order;
@@ -356,11 +364,17 @@ impl RowAccs {
             }
             let taken = take_all(args, Some(&UInt32Array::from(taken_rows)))?;
             let one = &mut self.scratch.slices;
+            let whole_run = self.scratch.whole_runs[a];
             let mut start = 0;
             for &(g, end) in runs.iter() {
                 one.clear();
                 one.extend(taken.iter().map(|c| c.slice(start, end - start)));
-                update_in_order(self.accs[g][a].as_mut(), one)?;
+                let acc = self.accs[g][a].as_mut();
+                if whole_run {
+                    acc.update_batch(one)?;
+                } else {
+                    update_in_order(acc, one)?;
+                }
                 start = end;
             }
         }
@@ -548,15 +562,16 @@ pub fn restore_groups(exprs: &AggregateExprs, n: usize, r: &mut StateReader) -> 
 mod tests {
     use arrow::array::{Float64Array, Int64Array};
     use arrow::datatypes::{DataType, Field, Schema};
-    use datafusion_functions_aggregate::{count::count_udaf, sum::sum_udaf};
+    use datafusion_functions_aggregate::{average::avg_udaf, count::count_udaf, sum::sum_udaf};
     use datafusion_physical_expr::aggregate::AggregateExprBuilder;
     use datafusion_physical_expr::expressions::col;
     use proptest::prelude::*;
 
     use super::*;
 
-    /// `SUM(v), SUM(v) FILTER (WHERE f), COUNT(DISTINCT x) FILTER (WHERE f), COUNT(x)`; the
-    /// filters are given as evaluated columns, so only the aggregates are built here.
+    /// `SUM(v), SUM(v) FILTER (WHERE f), COUNT(DISTINCT x) FILTER (WHERE f), COUNT(x),
+    /// AVG(v) FILTER (WHERE f)`; the filters are given as evaluated columns, so only the
+    /// aggregates are built here.
     fn exprs() -> AggregateExprs {
         let schema = Arc::new(Schema::new(vec![
             Field::new("v", DataType::Float64, true),
@@ -570,12 +585,13 @@ mod tests {
             build(AggregateExprBuilder::new(sum_udaf(), vec![v.clone()]), "sf"),
             build(AggregateExprBuilder::new(count_udaf(), vec![x.clone()]).distinct(), "df"),
             build(AggregateExprBuilder::new(count_udaf(), vec![x.clone()]), "c"),
+            build(AggregateExprBuilder::new(avg_udaf(), vec![v.clone()]), "af"),
         ];
         AggregateExprs {
             keys: vec![],
             key_fields: vec![],
             group_layout: vec![],
-            args: vec![vec![v.clone()], vec![v], vec![x.clone()], vec![x]],
+            args: vec![vec![v.clone()], vec![v.clone()], vec![x.clone()], vec![x], vec![v]],
             filters: vec![None; aggs.len()],
             aggs,
             output: schema,
@@ -589,8 +605,9 @@ mod tests {
 
     proptest::proptest! {
         /// Gathering an aggregate's rows once per batch gives every group what taking its own
-        /// rows (and filtering them) gives it: the same rows in the same order, so even float
-        /// sums agree to the bit. Over two batches, with rows in any order and some left out.
+        /// rows (and filtering them) and feeding them one at a time to DataFusion's accumulators
+        /// gives it: the same rows in the same order, so even float sums and averages agree to
+        /// the bit. Over two batches, with rows in any order and some left out.
         #[test]
         fn gathered_updates_equal_one_group_at_a_time(
             batches in proptest::collection::vec(
@@ -611,8 +628,8 @@ mod tests {
                 let f = BooleanArray::from_iter(rows.iter().map(|r| r.2));
                 let input = Evaluated {
                     keys: converter.empty_rows(0, 0),
-                    args: vec![vec![v.clone()], vec![v], vec![x.clone()], vec![x]],
-                    filters: vec![None, Some(f.clone()), Some(f), None],
+                    args: vec![vec![v.clone()], vec![v.clone()], vec![x.clone()], vec![x], vec![v]],
+                    filters: vec![None, Some(f.clone()), Some(f.clone()), None, Some(f)],
                 };
                 // Rows taken (the last field) in batch order, with their groups.
                 let taken: Vec<u32> = (0..rows.len() as u32).filter(|&i| rows[i as usize].4).collect();
@@ -620,7 +637,7 @@ mod tests {
                 gathered.update(&exprs, &input, &taken, &groups).unwrap();
                 for g in 0..5 {
                     while plain.accs.len() <= g {
-                        plain.accs.push(RowAccs::new_group(&exprs).unwrap());
+                        plain.accs.push(exprs.aggs.iter().map(|a| a.create_accumulator().unwrap()).collect());
                     }
                     let idx: Vec<u32> = taken.iter().zip(&groups).filter(|(_, &gi)| gi == g).map(|(&i, _)| i).collect();
                     update_group(&mut plain.accs[g], &input, &UInt32Array::from(idx)).unwrap();
