@@ -173,7 +173,7 @@ mod tests {
     fn a_non_double_column_is_an_error_not_a_panic() {
         let mut acc = accumulator(&sum_and_avg()[0]).unwrap();
         let ints = Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef;
-        assert!(acc.update_batch(&[ints.clone()]).is_err());
+        assert!(acc.update_batch(std::slice::from_ref(&ints)).is_err());
         assert!(acc.merge_batch(&[ints]).is_err());
     }
 
