@@ -58,7 +58,7 @@ pub fn accumulator(agg: &AggregateFunctionExpr) -> Option<Box<dyn Accumulator>> 
 struct InOrder {
     kind: Kind,
     sum: Option<f64>,
-    /// Non-NULL values added (kept for `SUM` too; only `AVG` reads or writes it).
+    /// Non-NULL values added (counted for `SUM` too; only `AVG` reads it or keeps it in its state).
     count: u64,
 }
 
@@ -192,8 +192,8 @@ mod tests {
 
     proptest::proptest! {
         /// Runs of any length give what DataFusion's own accumulator gives when fed one row at a
-        /// time: the same value and state, to the bit. A checkpoint in the middle (state merged
-        /// into a fresh accumulator of the other kind) changes nothing either way.
+        /// time: the same value and state, to the bit. A checkpoint in the middle (each side
+        /// restarted from the other side's state) changes nothing either way.
         #[test]
         fn runs_equal_datafusion_one_row_at_a_time(
             values in proptest::collection::vec(f64_value(), 0..60),
