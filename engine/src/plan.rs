@@ -147,6 +147,7 @@ impl<'a> Planner<'a> {
         crate::sql::asof::nest_asof_joins(&mut query);
         let plan = planner.sql_statement_to_plan(SqlStatement::Query(Box::new(query)))?;
         let plan = Analyzer::new().execute_and_check(plan, catalog.options(), |_, _| {})?;
+        crate::sql::to_char::check_constant_patterns(&plan)?;
         Ok(plan)
     }
 

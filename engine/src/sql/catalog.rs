@@ -69,9 +69,11 @@ impl Default for Catalog {
 impl Catalog {
     pub fn new() -> Self {
         let mut scalar = HashMap::new();
+        // `to_char` is replaced by one that parses a constant pattern once per batch.
         for f in datafusion_functions::all_default_functions()
             .into_iter()
             .chain(datafusion_functions_nested::all_default_nested_functions())
+            .chain([super::to_char::to_char_function()])
         {
             for a in f.aliases() {
                 scalar.insert(a.clone(), f.clone());

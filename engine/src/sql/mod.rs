@@ -6,4 +6,5 @@ pub mod catalog;
 pub mod ddl;
 pub mod pattern;
 pub mod rewrite;
+pub mod to_char;
 pub mod tvf;
