@@ -91,7 +91,7 @@ pub fn check_constant_patterns(plan: &LogicalPlan) -> Result<()> {
 }
 
 fn check_pattern(pattern: &str) -> Result<()> {
-    if StrftimeItems::new(pattern).any(|item| matches!(item, Item::Error)) {
+    if StrftimeItems::new(pattern).parse().is_err() {
         return Err(DataFusionError::Plan(format!(
             "to_char: '{pattern}' is not a valid pattern; use strftime specifiers such as %Y-%m-%d %H:%M:%S%.3f"
         )));
@@ -110,11 +110,17 @@ fn format_timestamps(values: &ArrayRef, pattern: &str) -> Option<ArrayRef> {
         Some(name) => Some(name.parse().ok()?),
         None => None,
     };
+    // Patterns usually grow a little when written (`%Y` is four digits), as DataFusion sizes it.
+    let row_bytes = pattern.len() + 10;
     let formatted = match unit {
-        TimeUnit::Second => format_rows(values.as_primitive::<TimestampSecondType>(), &items, zone, pattern),
-        TimeUnit::Millisecond => format_rows(values.as_primitive::<TimestampMillisecondType>(), &items, zone, pattern),
-        TimeUnit::Microsecond => format_rows(values.as_primitive::<TimestampMicrosecondType>(), &items, zone, pattern),
-        TimeUnit::Nanosecond => format_rows(values.as_primitive::<TimestampNanosecondType>(), &items, zone, pattern),
+        TimeUnit::Second => format_rows(values.as_primitive::<TimestampSecondType>(), &items, zone, row_bytes),
+        TimeUnit::Millisecond => {
+            format_rows(values.as_primitive::<TimestampMillisecondType>(), &items, zone, row_bytes)
+        }
+        TimeUnit::Microsecond => {
+            format_rows(values.as_primitive::<TimestampMicrosecondType>(), &items, zone, row_bytes)
+        }
+        TimeUnit::Nanosecond => format_rows(values.as_primitive::<TimestampNanosecondType>(), &items, zone, row_bytes),
     }?;
     Some(Arc::new(formatted))
 }
@@ -123,11 +129,9 @@ fn format_rows<T: ArrowPrimitiveType<Native = i64>>(
     values: &PrimitiveArray<T>,
     items: &[Item<'_>],
     zone: Option<Tz>,
-    pattern: &str,
+    row_bytes: usize,
 ) -> Option<arrow::array::StringArray> {
-    // Patterns usually grow a little when written (`%Y` is four digits), as DataFusion sizes it.
-    let row_bytes_guess = pattern.len() + 10;
-    let mut out = StringBuilder::with_capacity(values.len(), values.len().saturating_mul(row_bytes_guess));
+    let mut out = StringBuilder::with_capacity(values.len(), values.len().saturating_mul(row_bytes));
     for row in 0..values.len() {
         if values.is_null(row) {
             out.append_null();
