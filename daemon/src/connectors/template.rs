@@ -1,9 +1,9 @@
-//! Templates over a sink's output columns (`alerts/{device_id}`), for MQTT topics and Kafka topics,
-//! and [`RowFields`], one output row's values by column name. Owns the template syntax and the
-//! cleaning of values into names; never decides what a valid topic is for a protocol beyond the
+//! Templates over a sink's output columns (`alerts/{device_id}`), for MQTT topics and Kafka topics.
+//! Owns the template syntax and the cleaning of values into names; reads values only through the
+//! engine's [`SinkRow`]; never decides what a valid topic is for a protocol beyond the
 //! [`NameRules`] it is given.
 
-use std::borrow::Cow;
+use eddy_engine::connector::SinkRow;
 
 /// What a protocol accepts in a name made from a template.
 #[derive(Debug, Clone, Copy)]
@@ -24,7 +24,8 @@ pub struct Template {
 #[derive(Debug, Clone)]
 enum Part {
     Text(String),
-    Column(String),
+    /// An output column, by position.
+    Column(usize),
 }
 
 impl Template {
@@ -39,13 +40,10 @@ impl Template {
             let close =
                 rest[open..].find('}').ok_or_else(|| format!("topic '{template}': a '{{' is not closed"))? + open;
             let col = rest[open + 1..close].trim();
-            if !columns.iter().any(|c| c == col) {
-                return Err(format!(
-                    "topic '{template}': '{{{col}}}' is not an output column ({})",
-                    columns.join(", ")
-                ));
-            }
-            parts.push(Part::Column(col.to_string()));
+            let at = columns.iter().position(|c| c == col).ok_or_else(|| {
+                format!("topic '{template}': '{{{col}}}' is not an output column ({})", columns.join(", "))
+            })?;
+            parts.push(Part::Column(at));
             rest = &rest[close + 1..];
         }
         if !rest.is_empty() {
@@ -74,36 +72,27 @@ impl Template {
     }
 
     /// Writes the name for one output row into `out` (cleared first). Characters the rules forbid
-    /// are replaced by `_`; a NULL or missing value gives `null`.
-    pub fn render_into(&self, row: &RowFields, out: &mut String) {
+    /// are replaced by `_`; a NULL value gives `null`.
+    pub fn render_into(&self, row: &SinkRow<'_>, out: &mut String) {
         out.clear();
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
                 Part::Column(c) => {
-                    let v = row.text(c);
-                    let v = v.as_deref().unwrap_or("null");
-                    out.extend(v.chars().map(|ch| if (self.rules.forbidden_in_values)(ch) { '_' } else { ch }));
+                    let start = out.len();
+                    if !row.write_text(*c, out) {
+                        out.push_str("null");
+                    }
+                    if out[start..].contains(self.rules.forbidden_in_values) {
+                        let clean: String = out[start..]
+                            .chars()
+                            .map(|ch| if (self.rules.forbidden_in_values)(ch) { '_' } else { ch })
+                            .collect();
+                        out.truncate(start);
+                        out.push_str(&clean);
+                    }
                 }
             }
-        }
-    }
-}
-
-/// One output row's values, read from its JSON object once.
-pub struct RowFields(serde_json::Map<String, serde_json::Value>);
-
-impl RowFields {
-    pub fn parse(row: &[u8]) -> Result<RowFields, String> {
-        serde_json::from_slice(row).map(RowFields).map_err(|e| format!("an output row is not a JSON object: {e}"))
-    }
-
-    /// A column's value as text (strings without quotes); `None` for NULL or a missing column.
-    pub fn text(&self, column: &str) -> Option<Cow<'_, str>> {
-        match self.0.get(column) {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(Cow::Borrowed(s)),
-            Some(v) => Some(Cow::Owned(v.to_string())),
         }
     }
 }
@@ -118,8 +107,10 @@ mod tests {
     };
 
     fn render(t: &Template, row: &str) -> String {
+        let line = format!("{row}\n");
+        let rows = eddy_engine::connector::SinkRows::from_lines(line.as_bytes());
         let mut out = String::new();
-        t.render_into(&RowFields::parse(row.as_bytes()).unwrap(), &mut out);
+        t.render_into(&rows.iter().next().unwrap().unwrap(), &mut out);
         out
     }
 
@@ -129,9 +120,9 @@ mod tests {
         let t = Template::parse("alerts/{device_id}/n", &cols, MQTT_LIKE).unwrap();
         assert_eq!(render(&t, r#"{"device_id":"pump-1","n":3}"#), "alerts/pump-1/n");
         assert_eq!(render(&t, r#"{"device_id":"a+b#","n":3}"#), "alerts/a_b_/n");
-        assert_eq!(render(&t, r#"{"device_id":null}"#), "alerts/null/n");
+        assert_eq!(render(&t, r#"{"device_id":null,"n":1}"#), "alerts/null/n");
         let n = Template::parse("n/{n}", &cols, MQTT_LIKE).unwrap();
-        assert_eq!(render(&n, r#"{"n":3}"#), "n/3");
+        assert_eq!(render(&n, r#"{"device_id":"x","n":3}"#), "n/3");
         assert!(t.constant().is_none());
         assert_eq!(Template::parse("fixed", &cols, MQTT_LIKE).unwrap().constant().as_deref(), Some("fixed"));
         assert!(Template::parse("a/{nope}", &cols, MQTT_LIKE).unwrap_err().contains("not an output column"));

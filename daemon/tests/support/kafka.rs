@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, Message};
@@ -186,8 +187,13 @@ impl KafkaBroker {
         assert!(ok, "topic {topic} not created");
     }
 
-    /// Every committed record of `topic` (read_committed), as payload strings, read to the end.
+    /// Every record of `topic` visible under `isolation`, as payload strings, read to the end.
     pub fn read_all(&self, topic: &str, isolation: &str) -> Vec<String> {
+        self.read_records(topic, isolation).into_iter().map(|r| r.payload).collect()
+    }
+
+    /// Every record of `topic` visible under `isolation`, with its key and headers, read to the end.
+    pub fn read_records(&self, topic: &str, isolation: &str) -> Vec<Record> {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .set("group.id", "eddy-test-reader")
@@ -213,7 +219,16 @@ impl KafkaBroker {
             match c.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     pos.insert(m.partition(), m.offset() + 1);
-                    out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    let headers = m
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(text))).collect())
+                        .unwrap_or_default();
+                    out.push(Record {
+                        key: m.key().map(text),
+                        payload: text(m.payload().unwrap_or_default()),
+                        headers,
+                    });
                 }
                 Some(Err(e)) => panic!("reading {topic}: {e}"),
                 None => {
@@ -232,6 +247,13 @@ impl KafkaBroker {
         }
         out
     }
+}
+
+/// One record read back.
+pub struct Record {
+    pub key: Option<String>,
+    pub payload: String,
+    pub headers: Vec<(String, Option<String>)>,
 }
 
 /// Sends `records` (partition, payload) with `p` and waits until every one is acknowledged.

@@ -10,6 +10,7 @@ pub(crate) mod file;
 pub(crate) mod nexmark;
 pub(crate) mod settings;
 pub(crate) mod sink;
+pub(crate) mod sink_rows;
 pub(crate) mod table;
 pub(crate) mod tap;
 
@@ -27,6 +28,7 @@ pub use datagen::Rng;
 pub use decode_pool::MAX_DECODE_THREADS;
 pub use nexmark::{write_event as write_nexmark_event, NexmarkConfig, Stream as NexmarkStream};
 pub use settings::{parse_option_value, sql_only, OptionValue};
+pub use sink_rows::{SinkRow, SinkRows};
 pub use tap::{SourceRows, TapPoint, TapReceiver, MAX_SUBSCRIBERS as MAX_TAP_SUBSCRIBERS};
 
 use std::path::PathBuf;
@@ -199,10 +201,11 @@ pub struct ConnectorSpec<'a> {
     pub wakeup: Option<Arc<Wakeup>>,
 }
 
-/// Delivers a sink's output outside the engine. Output arrives as JSON lines (one object per row,
-/// upsert sinks with an `_op` member). In a durable pipeline `deliver` is called only with output
-/// whose checkpoint is durable, with `end`, the number of bytes ever committed to this sink through
-/// the end of `lines`: after a crash the last commit is delivered again with the same `end`, so a
+/// Delivers a sink's output outside the engine. Output arrives as [`SinkRows`]: each row's payload,
+/// encoded by the engine (a JSON object, upsert sinks with an `_op` member), and its values by
+/// column. In a durable pipeline `deliver` is called only with output whose checkpoint is durable,
+/// with `end`, the number of payload bytes (lines included) ever committed to this sink through
+/// the end of `rows`: after a crash the last commit is delivered again with the same `end`, so a
 /// writer that remembers the `end` it made durable can skip it (exactly-once hand-over).
 pub trait SinkWriter: Send {
     /// Opens what the writer keeps (its outbox); called once, after the pipeline holds its state
@@ -210,8 +213,8 @@ pub trait SinkWriter: Send {
     fn start(&mut self) -> Result<()> {
         Ok(())
     }
-    /// Takes `lines` (whole JSON lines). An error stops the pipeline (fail-stop).
-    fn deliver(&mut self, lines: &[u8], end: u64) -> Result<()>;
+    /// Takes `rows`. An error stops the pipeline (fail-stop).
+    fn deliver(&mut self, rows: &SinkRows<'_>, end: u64) -> Result<()>;
     /// The pipeline is stopping: flush what can be flushed within the writer's own limits.
     fn close(&mut self) -> Result<()> {
         Ok(())

@@ -1,5 +1,6 @@
 //! Sinks: the graph's leaves. `file` writes JSON lines; `console` prints rows to standard output;
-//! a provided connector (MQTT) gets JSON lines through its [`SinkWriter`].
+//! a provided connector (MQTT, Kafka, the hub) gets [`SinkRows`] through its [`SinkWriter`]: each
+//! row encoded as a JSON object, with the batch it came from for its values.
 //!
 //! An append-only sink writes rows as they come. An upsert sink (`type = 'upsert'`) writes every
 //! change with an `_op` member, `"upsert"` or `"delete"`, keyed by its key columns; reading the file
@@ -11,7 +12,9 @@
 //! then fdatasyncs. The checkpoint holds the committed length and the staged bytes, so recovery
 //! rewrites exactly the last commit's bytes (idempotent) and the file never shows uncommitted rows.
 //! A provided sink gets the same commits through [`SinkWriter::deliver`], with the byte count that
-//! identifies them, so a re-delivered commit after a crash is recognised and skipped.
+//! identifies them, so a re-delivered commit after a crash is recognised and skipped. The staged
+//! batches stay in memory only; a commit re-delivered from a checkpoint has its lines alone, which
+//! [`SinkRows`] reads to the same values.
 
 use std::fs::File;
 use std::io::Write;
@@ -22,7 +25,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 
 use super::tap::TapPoint;
-use super::SinkWriter;
+use super::{SinkRows, SinkWriter};
 use crate::error::{EngineError, Result};
 use crate::format::encode::{write_value, JsonRowWriter};
 
@@ -83,6 +86,11 @@ struct Staging {
     committed_len: u64,
     /// Output since the last checkpoint, written when the next one commits.
     staged: Vec<u8>,
+    /// A provided sink's: the batches `staged` was encoded from, row for row, and their memory.
+    batches: Vec<RecordBatch>,
+    batches_bytes: usize,
+    /// `staged` came from a checkpoint, without its batches.
+    lines_only: bool,
     file: Option<File>,
     /// Recovery restored the file; do not truncate it at start.
     restored: bool,
@@ -148,10 +156,17 @@ impl Sink {
         let st = self.staging.as_mut().ok_or_else(|| EngineError::Internal("sink not staging".into()))?;
         let end = st.committed_len + st.staged.len() as u64;
         if let Some(w) = self.external.as_mut() {
-            w.deliver(&st.staged, end)?;
+            let rows = match st.lines_only {
+                true => SinkRows::from_lines(&st.staged),
+                false => SinkRows::from_batches(&st.staged, &st.batches),
+            };
+            w.deliver(&rows, end)?;
         }
         st.committed_len = end;
         st.staged.clear();
+        st.batches.clear();
+        st.batches_bytes = 0;
+        st.lines_only = false;
         Ok(())
     }
 
@@ -278,7 +293,10 @@ impl Operator for Sink {
                 }
             }
         }
-        self.flush_buf()
+        match self.external.is_some() {
+            true => self.hand_over(batch),
+            false => self.flush_buf(),
+        }
     }
 
     fn on_watermark(&mut self, wm: i64, _out: &mut Vec<Chunk>) -> Result<i64> {
@@ -388,6 +406,7 @@ impl Operator for Sink {
         st.file = file;
         st.committed_len = committed;
         st.staged = staged;
+        st.lines_only = true;
         st.restored = true;
         self.publish_staged()
     }
@@ -404,7 +423,7 @@ impl Operator for Sink {
     }
 
     fn state_bytes(&self) -> usize {
-        self.staging.as_ref().map(|s| s.staged.len()).unwrap_or(0)
+        self.staging.as_ref().map(|s| s.staged.len() + s.batches_bytes).unwrap_or(0)
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -443,20 +462,39 @@ impl Sink {
         }
     }
 
-    fn flush_buf(&mut self) -> Result<()> {
+    /// A provided sink's rows of `batch`, encoded in `buf`: staged with the batch until their
+    /// checkpoint commits, or (not durable) delivered at once.
+    fn hand_over(&mut self, batch: &RecordBatch) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
         if let Some(st) = &mut self.staging {
             st.staged.extend_from_slice(&self.buf);
+            if !st.lines_only {
+                st.batches_bytes += batch.get_array_memory_size();
+                st.batches.push(batch.clone());
+            }
             self.buf.clear();
             return Ok(());
         }
-        if let Some(w) = self.external.as_mut() {
-            self.delivered += self.buf.len() as u64;
-            let r = w.deliver(&self.buf, self.delivered);
+        let w = self.external.as_mut().ok_or_else(|| EngineError::Internal("sink has no writer".into()))?;
+        self.delivered += self.buf.len() as u64;
+        let r = w.deliver(&SinkRows::from_batches(&self.buf, std::slice::from_ref(batch)), self.delivered);
+        self.buf.clear();
+        r
+    }
+
+    /// Writes `buf` to the file or console (staged, for a durable file sink).
+    fn flush_buf(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        // A provided sink's rows leave `buf` with their batch, in the chunk that wrote them.
+        assert!(self.external.is_none(), "a provided sink's rows were left unhanded");
+        if let Some(st) = &mut self.staging {
+            st.staged.extend_from_slice(&self.buf);
             self.buf.clear();
-            return r;
+            return Ok(());
         }
         let out = self.out.as_mut().ok_or_else(|| EngineError::Internal("sink not started".into()))?;
         let r = out.write_all(&self.buf);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use eddy_client::{v1, HubClient};
-use eddy_engine::connector::{SinkStateDir, SinkWriter};
+use eddy_engine::connector::{SinkRows, SinkStateDir, SinkWriter};
 use eddy_engine::{EngineError, Result};
 
 use super::{rows, HubSinkSettings};
@@ -98,12 +98,18 @@ impl SinkWriter for HubSink {
         Ok(())
     }
 
-    fn deliver(&mut self, lines: &[u8], end: u64) -> Result<()> {
+    /// Rows wait in the outbox as their JSON payloads, stamped with the time they arrived; the
+    /// sender types them into Arrow by the stream's schema when it uploads.
+    fn deliver(&mut self, rows: &SinkRows<'_>, end: u64) -> Result<()> {
         let shared = self.shared.as_ref().ok_or_else(|| EngineError::Internal("hub sink not started".into()))?.clone();
         let stamp = eddy_engine::time::rfc3339_ms(eddy_engine::time::now_ms());
         debug_assert_eq!(stamp.len(), STAMP_LEN);
-        let msgs: Vec<(String, Vec<u8>)> =
-            lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| (stamp.clone(), l.to_vec())).collect();
+        let msgs: Vec<(String, Vec<u8>)> = rows
+            .lines()
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| (stamp.clone(), l.to_vec()))
+            .collect();
         let ctx = &self.settings.ctx;
         let sender_alive = || match shared.gauges.failure() {
             Some(why) => Err(EngineError::State(format!("{ctx}: the hub sender stopped: {why}"))),

@@ -347,9 +347,10 @@ pub struct SinkSettings {
     pub client: ClientProps,
     pub topic: Template,
     pub delivery: Delivery,
-    pub key: Vec<String>,
+    /// (column name, column), in the order of the `key` option.
+    pub key: Vec<(String, usize)>,
     /// (header name, column)
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(String, usize)>,
     pub partitioner: Option<Partitioner>,
     pub transactional_id: String,
     pub transaction_timeout: Duration,
@@ -357,18 +358,16 @@ pub struct SinkSettings {
     pub progress_topic: Option<String>,
 }
 
-fn columns_option(ctx: &str, v: &str, columns: &[String], key: &str) -> Result<Vec<(String, String)>> {
+/// `name=column` items (or `column`, named after itself), each with the column's position.
+fn columns_option(ctx: &str, v: &str, columns: &[String], key: &str) -> Result<Vec<(String, usize)>> {
     v.split(',')
         .map(|item| {
             let item = item.trim();
             let (name, col) = item.split_once('=').map(|(n, c)| (n.trim(), c.trim())).unwrap_or((item, item));
-            if !columns.iter().any(|c| c == col) {
-                return Err(opt_err(
-                    ctx,
-                    format!("option '{key}': '{col}' is not an output column ({})", columns.join(", ")),
-                ));
-            }
-            Ok((name.to_string(), col.to_string()))
+            let at = columns.iter().position(|c| c == col).ok_or_else(|| {
+                opt_err(ctx, format!("option '{key}': '{col}' is not an output column ({})", columns.join(", ")))
+            })?;
+            Ok((name.to_string(), at))
         })
         .collect()
 }
@@ -388,7 +387,10 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Si
     };
     let key = match &o.key {
         None => vec![],
-        Some(v) => columns_option(&ctx, v, &spec.columns, "key")?.into_iter().map(|(_, c)| c).collect(),
+        Some(v) => {
+            let cols = columns_option(&ctx, v, &spec.columns, "key")?;
+            cols.into_iter().map(|(_, at)| (spec.columns[at].clone(), at)).collect()
+        }
     };
     let headers = match &o.headers {
         None => vec![],

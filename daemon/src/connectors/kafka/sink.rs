@@ -24,9 +24,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use super::client::{self, Context};
 use super::{Delivery, Partitioner, SinkSettings};
 use crate::connectors::backoff::Backoff;
-use crate::connectors::template::RowFields;
 use crate::metrics::ConnectorGauges;
-use eddy_engine::connector::SinkWriter;
+use eddy_engine::connector::{SinkRow, SinkRows, SinkWriter};
 use eddy_engine::{EngineError, Result};
 
 /// How long one transaction step (init, commit, abort, marker read) may take.
@@ -48,6 +47,9 @@ pub struct KafkaSink {
     committed_end: u64,
     topic: String,
     key: String,
+    /// One row's header values, end to end, and where each lies (`None`: NULL).
+    header_text: String,
+    header_spans: Vec<Option<(usize, usize)>>,
 }
 
 impl KafkaSink {
@@ -61,6 +63,8 @@ impl KafkaSink {
             committed_end: 0,
             topic: String::new(),
             key: String::new(),
+            header_text: String::new(),
+            header_spans: Vec::new(),
         }
     }
 
@@ -156,39 +160,35 @@ impl KafkaSink {
             .ok_or_else(|| EngineError::Internal("exactly-once sink without a progress topic".into()))
     }
 
-    /// Queues every row of `lines`; waits for room when librdkafka's queue is full.
-    fn produce(&mut self, lines: &[u8]) -> Result<()> {
+    /// Queues every row; waits for room when librdkafka's queue is full.
+    fn produce(&mut self, rows: &SinkRows<'_>) -> Result<()> {
         let constant = self.s.topic.constant();
         let Some(producer) = self.producer.as_ref() else {
             return Err(EngineError::Internal("Kafka sink not started".into()));
         };
-        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let needs_row = constant.is_none() || !self.s.key.is_empty() || !self.s.headers.is_empty();
-            let row = if needs_row {
-                Some(RowFields::parse(line).map_err(|m| EngineError::options(&self.s.ctx, m))?)
-            } else {
-                None
-            };
-            match (&constant, &row) {
-                (Some(t), _) => {
+        for row in rows.iter() {
+            let row = row?;
+            match &constant {
+                Some(t) => {
                     self.topic.clear();
                     self.topic.push_str(t);
                 }
-                (None, Some(r)) => self.s.topic.render_into(r, &mut self.topic),
-                (None, None) => unreachable!("a row is parsed whenever the topic is a template"),
+                None => self.s.topic.render_into(&row, &mut self.topic),
             }
-            self.key.clear();
-            if let Some(r) = &row {
-                key_of(r, &self.s.key, &mut self.key);
+            key_of(&row, &self.s.key, &mut self.key);
+            self.header_text.clear();
+            self.header_spans.clear();
+            for (_, col) in &self.s.headers {
+                let start = self.header_text.len();
+                let some = row.write_text(*col, &mut self.header_text);
+                self.header_spans.push(some.then_some((start, self.header_text.len())));
             }
             let mut headers = OwnedHeaders::new_with_capacity(self.s.headers.len());
-            if let Some(r) = &row {
-                for (name, col) in &self.s.headers {
-                    let v = r.text(col);
-                    headers = headers.insert(Header { key: name, value: v.as_deref() });
-                }
+            for ((name, _), span) in self.s.headers.iter().zip(&self.header_spans) {
+                let value = span.map(|(a, b)| &self.header_text[a..b]);
+                headers = headers.insert(Header { key: name, value });
             }
-            let mut record = BaseRecord::to(&self.topic).payload(line).headers(headers);
+            let mut record = BaseRecord::to(&self.topic).payload(row.payload()).headers(headers);
             if !self.s.key.is_empty() {
                 record = record.key(self.key.as_str());
             }
@@ -212,11 +212,11 @@ impl KafkaSink {
         self.gauges.failed_deliveries.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    fn deliver_transaction(&mut self, lines: &[u8], end: u64) -> Result<()> {
+    fn deliver_transaction(&mut self, rows: &SinkRows<'_>, end: u64) -> Result<()> {
         let t0 = std::time::Instant::now();
         let producer = self.producer.as_ref().ok_or_else(|| EngineError::Internal("Kafka sink not started".into()))?;
         producer.begin_transaction().map_err(|e| self.err("Kafka begin transaction", e))?;
-        let result = self.produce(lines).and_then(|()| self.commit_transaction(end));
+        let result = self.produce(rows).and_then(|()| self.commit_transaction(end));
         if let Err(e) = result {
             if let Some(p) = self.producer.as_ref() {
                 if let Err(abort) = p.abort_transaction(STEP_TIMEOUT) {
@@ -226,7 +226,7 @@ impl KafkaSink {
             return Err(e);
         }
         self.committed_end = end;
-        tracing::debug!(sink = %self.s.ctx, end, bytes = lines.len(), millis = t0.elapsed().as_millis() as u64, "Kafka transaction committed");
+        tracing::debug!(sink = %self.s.ctx, end, bytes = rows.lines().len(), millis = t0.elapsed().as_millis() as u64, "Kafka transaction committed");
         Ok(())
     }
 
@@ -252,8 +252,8 @@ impl KafkaSink {
         Ok(())
     }
 
-    fn deliver_at_least_once(&mut self, lines: &[u8]) -> Result<()> {
-        self.produce(lines)?;
+    fn deliver_at_least_once(&mut self, rows: &SinkRows<'_>) -> Result<()> {
+        self.produce(rows)?;
         let producer = self.producer.as_ref().ok_or_else(|| EngineError::Internal("Kafka sink not started".into()))?;
         producer.flush(FLUSH_TIMEOUT).map_err(|e| self.err("Kafka flush", e))?;
         if let Some(f) = self.take_failed_delivery() {
@@ -273,16 +273,24 @@ fn fenced_hint(e: KafkaError) -> String {
     }
 }
 
-/// A record's key: one key column's value as text, or a JSON object of several.
-fn key_of(row: &RowFields, cols: &[String], out: &mut String) {
+/// A record's key: one key column's value as text, or a JSON object of several (values as
+/// strings, members in name order).
+fn key_of(row: &SinkRow<'_>, cols: &[(String, usize)], out: &mut String) {
     out.clear();
     match cols {
         [] => {}
-        [one] => out.push_str(row.text(one).as_deref().unwrap_or("")),
+        [(_, one)] => {
+            row.write_text(*one, out);
+        }
         many => {
             let mut m = serde_json::Map::new();
-            for c in many {
-                m.insert(c.clone(), row.text(c).map_or(serde_json::Value::Null, |v| v.into_owned().into()));
+            for (name, col) in many {
+                let mut v = String::new();
+                let value = match row.write_text(*col, &mut v) {
+                    true => serde_json::Value::String(v),
+                    false => serde_json::Value::Null,
+                };
+                m.insert(name.clone(), value);
             }
             out.push_str(&serde_json::Value::Object(m).to_string());
         }
@@ -307,9 +315,9 @@ impl SinkWriter for KafkaSink {
         }
     }
 
-    fn deliver(&mut self, lines: &[u8], end: u64) -> Result<()> {
+    fn deliver(&mut self, rows: &SinkRows<'_>, end: u64) -> Result<()> {
         self.start()?;
-        if lines.is_empty() {
+        if rows.is_empty() {
             return Ok(()); // no empty transactions
         }
         match self.s.delivery {
@@ -317,8 +325,8 @@ impl SinkWriter for KafkaSink {
                 tracing::info!(sink = %self.s.ctx, end, committed_end = self.committed_end, "output already committed to Kafka before a restart; skipped");
                 Ok(())
             }
-            Delivery::ExactlyOnce => self.deliver_transaction(lines, end),
-            Delivery::AtLeastOnce => self.deliver_at_least_once(lines),
+            Delivery::ExactlyOnce => self.deliver_transaction(rows, end),
+            Delivery::AtLeastOnce => self.deliver_at_least_once(rows),
         }
     }
 
@@ -392,15 +400,15 @@ mod tests {
         mock.create_topic("out", 1, 1).unwrap();
         let bootstrap = mock.bootstrap_servers();
         let mut first = sink(&bootstrap);
-        first.deliver(b"{\"n\":1}\n{\"n\":2}\n", 16).unwrap();
+        first.deliver(&SinkRows::from_lines(b"{\"n\":1}\n{\"n\":2}\n"), 16).unwrap();
         fail(&mock);
-        match first.deliver(b"{\"n\":3}\n", 24) {
+        match first.deliver(&SinkRows::from_lines(b"{\"n\":3}\n"), 24) {
             Ok(()) => {}
             Err(e) => {
                 assert_eq!(committed(&bootstrap), [r#"{"n":1}"#, r#"{"n":2}"#], "a failed delivery left rows: {e}");
                 drop(first);
                 let mut again = sink(&bootstrap);
-                again.deliver(b"{\"n\":3}\n", 24).unwrap();
+                again.deliver(&SinkRows::from_lines(b"{\"n\":3}\n"), 24).unwrap();
             }
         }
         assert_eq!(committed(&bootstrap), [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]);
@@ -427,11 +435,12 @@ mod tests {
 
     #[test]
     fn keys_are_one_value_or_an_object() {
-        let row = RowFields::parse(br#"{"a":"x","b":2,"c":null}"#).unwrap();
+        let rows = SinkRows::from_lines(b"{\"a\":\"x\",\"b\":2,\"c\":null}\n");
+        let row = rows.iter().next().unwrap().unwrap();
         let mut k = String::new();
-        key_of(&row, &["a".into()], &mut k);
+        key_of(&row, &[("a".into(), 0)], &mut k);
         assert_eq!(k, "x");
-        key_of(&row, &["a".into(), "b".into(), "c".into()], &mut k);
+        key_of(&row, &[("c".into(), 2), ("a".into(), 0), ("b".into(), 1)], &mut k);
         assert_eq!(k, r#"{"a":"x","b":"2","c":null}"#);
         key_of(&row, &[], &mut k);
         assert_eq!(k, "");

@@ -1,5 +1,5 @@
-//! The MQTT sink: each output row becomes one message (the row as a JSON object) on a topic made
-//! from a template with the row's values (`alerts/{device_id}`). Committed output goes into the
+//! The MQTT sink: each output row becomes one message (its payload, the row as a JSON object) on a
+//! topic made from a template with the row's values (`alerts/{device_id}`). Committed output goes into the
 //! [`Outbox`]; a publisher thread sends it in order and removes what the broker acknowledged, so
 //! while the broker is unreachable output waits (bounded) and goes out in order when it returns.
 //! After a crash, messages not yet acknowledged are sent again: delivery to the broker is
@@ -16,9 +16,9 @@ use super::settings::Connection;
 use super::wire::{self, WireClient, WireConnection, WireEvent};
 use crate::connectors::backoff::Backoff;
 use crate::connectors::outbox::{spawn_sender, FullPolicy, Outbox, SharedOutbox};
-use crate::connectors::template::{NameRules, RowFields, Template};
+use crate::connectors::template::{NameRules, Template};
 use crate::metrics::ConnectorGauges;
-use eddy_engine::connector::{SinkStateDir, SinkWriter};
+use eddy_engine::connector::{SinkRows, SinkStateDir, SinkWriter};
 use eddy_engine::{EngineError, Result};
 
 /// What an MQTT topic made from a template may contain.
@@ -187,20 +187,21 @@ impl MqttSink {
         self.shared.as_ref().ok_or_else(|| EngineError::Internal("MQTT sink not started".into()))
     }
 
-    fn split(&self, lines: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+    /// Each row's topic and payload.
+    fn split(&self, rows: &SinkRows<'_>) -> Result<Vec<(String, Vec<u8>)>> {
         let mut msgs = Vec::new();
         let constant = self.settings.topic.constant();
-        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        for row in rows.iter() {
+            let row = row?;
             let topic = match &constant {
                 Some(t) => t.clone(),
                 None => {
-                    let row = RowFields::parse(line).map_err(|m| EngineError::options(&self.settings.conn.ctx, m))?;
                     let mut t = String::new();
                     self.settings.topic.render_into(&row, &mut t);
                     t
                 }
             };
-            msgs.push((topic, line.to_vec()));
+            msgs.push((topic, row.payload().to_vec()));
         }
         Ok(msgs)
     }
@@ -241,8 +242,8 @@ impl SinkWriter for MqttSink {
         Ok(())
     }
 
-    fn deliver(&mut self, lines: &[u8], end: u64) -> Result<()> {
-        let msgs = self.split(lines)?;
+    fn deliver(&mut self, rows: &SinkRows<'_>, end: u64) -> Result<()> {
+        let msgs = self.split(rows)?;
         let shared = self.shared()?.clone();
         let publisher_alive = || match shared.gauges.failure() {
             Some(why) => {
