@@ -4,9 +4,10 @@
 //!
 //! Owns how a value reads as text in a name. Rows come from the batches the sink was given, or,
 //! for output a checkpoint kept (the commit re-delivered after a restart), from the JSON lines
-//! alone. Both give the same text for the same row by construction: a value's text is always
-//! read off its JSON token, the token the payload holds. Never decides what a name may contain
-//! (the connector's rules do).
+//! alone. Both give the same text for the same row by construction: a value's text is read off
+//! its JSON token, the token the payload holds (a batch's string skips the round trip: unescaping
+//! its token gives the string back). Never decides what a name may contain (the connector's rules
+//! do).
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
@@ -52,7 +53,9 @@ impl<'a> SinkRows<'a> {
     }
 
     /// The rows, in order. A line that is not a JSON object is an error (the engine's own lines
-    /// always are; rows made [`from_lines`](Self::from_lines) elsewhere may not be).
+    /// always are; rows made [`from_lines`](Self::from_lines) elsewhere may not be). Lines past
+    /// the batches' rows are read from their JSON: batches only ever cover a prefix (the sink
+    /// stages none for lines a checkpoint restored).
     pub fn iter(&self) -> impl Iterator<Item = Result<SinkRow<'a>>> + 'a {
         let lines = self.lines.split(|b| *b == b'\n').filter(|l| !l.is_empty());
         let at = self.batches.map(|bs| bs.iter().flat_map(|b| (0..b.num_rows()).map(move |r| (b, r))));
