@@ -7,6 +7,7 @@
 #                                  target/<triple>/PROFILE/{eddyd,eddyctl} (release; dist: small)
 #   scripts/cross.sh test   ARCH   the engine's tests and the daemon's file-based tests, under qemu
 #   scripts/cross.sh env    ARCH   print the environment the other commands use (to eval)
+#   scripts/cross.sh binfmt ARCH   register qemu-user with binfmt_misc, so ARM binaries run (root)
 #
 # ARCH is arm64 (aarch64-unknown-linux-gnu) or armhf (armv7-unknown-linux-gnueabihf). Under
 # qemu-user io_uring is not emulated: the storage tests there exercise the pwrite path (and on
@@ -14,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: scripts/cross.sh setup|build|test|env arm64|armhf [release|dist]" >&2; exit 2; }
+usage() { echo "usage: scripts/cross.sh setup|build|test|env|binfmt arm64|armhf [release|dist]" >&2; exit 2; }
 [ $# -eq 2 ] || [ $# -eq 3 ] || usage
 cmd=$1
 profile=${3:-release}
@@ -24,6 +25,8 @@ case "$2" in
     *) usage ;;
 esac
 var=$(echo "$triple" | tr 'a-z-' 'A-Z_')
+# Where cargo puts the target's binaries (scripts/debian11.sh sets a target directory of its own).
+out=${CARGO_TARGET_DIR:-target}/$triple
 low=$(echo "$triple" | tr '-' '_')
 
 cross_env() {
@@ -70,10 +73,13 @@ case "$cmd" in
     env)
         cross_env
         ;;
+    binfmt)
+        register_binfmt
+        ;;
     build)
         eval "$(cross_env)"
         cargo build --profile "$profile" --locked --target "$triple" --bin eddyd --bin eddyctl
-        ls -l "target/$triple/$profile/eddyd" "target/$triple/$profile/eddyctl"
+        ls -l "$out/$profile/eddyd" "$out/$profile/eddyctl"
         ;;
     test)
         eval "$(cross_env)"
@@ -87,8 +93,8 @@ case "$cmd" in
             --bins --test golden --test durable --test api
         # The shared replay cases, against the ARM eddyd those tests built.
         if [ -f ../shared/conformance/run.py ]; then
-            python3 ../shared/conformance/run.py --bin "target/$triple/release/eddyd"
-            python3 ../shared/conformance/run.py --bin "target/$triple/release/eddyd" --cases ../shared/conformance/joins
+            python3 ../shared/conformance/run.py --bin "$out/release/eddyd"
+            python3 ../shared/conformance/run.py --bin "$out/release/eddyd" --cases ../shared/conformance/joins
         fi
         ;;
     *) usage ;;

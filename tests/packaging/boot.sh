@@ -5,7 +5,10 @@
 # eddyd, purge — and powers the container off. Needs root and systemd-nspawn; the host's systemd
 # need not be running (PID 1 here is not systemd).
 #
-#   tests/packaging/boot.sh target/packages/eddy_*.deb [target/packages/eddy-hub_*.deb] [target/packages/eddy-*.rpm]
+#   tests/packaging/boot.sh [--root DIR] target/packages/eddy_*.deb [target/packages/eddy-hub_*.deb] [target/packages/eddy-*.rpm]
+#
+# --root boots an overlay of DIR instead of this machine's root: another distribution's root
+# with systemd and curl, e.g. the Debian 11 root of scripts/debian11.sh (systemd 247).
 #
 # With the eddy-hub package too, it is installed after eddy's checks and started under its unit
 # with a one-machine store and its TLS key as a credential. With the .rpm, it is installed with
@@ -14,7 +17,12 @@
 # Exit 0: every check passed; 1: a check failed or hung; 77: this machine cannot boot such a
 # container (no overlayfs, no namespaces, systemd not reaching its units), with the reason.
 set -euo pipefail
-deb="" hub_deb="" rpm_pkg=""
+deb="" hub_deb="" rpm_pkg="" lower=/
+if [ "${1:-}" = --root ]; then
+    [ $# -ge 2 ] || { echo "tests/packaging/boot.sh: --root needs a directory" >&2; exit 2; }
+    lower=$(realpath "$2")
+    shift 2
+fi
 for f in "$@"; do
     case "$f" in
         *.rpm) rpm_pkg=$(realpath "$f") ;;
@@ -37,8 +45,8 @@ cannot() {
     echo "tests/packaging/boot.sh: skipped: $1" >&2
     exit 77
 }
-mount -t overlay overlay -o "lowerdir=/,upperdir=$work/upper,workdir=$work/work" "$root" ||
-    cannot "cannot mount an overlay of / (overlayfs, root and a mount namespace are needed)"
+mount -t overlay overlay -o "lowerdir=$lower,upperdir=$work/upper,workdir=$work/work" "$root" ||
+    cannot "cannot mount an overlay of $lower (overlayfs, root and a mount namespace are needed)"
 systemd-nspawn -q -D "$root" --register=no --keep-unit --private-network /bin/true >/dev/null 2>&1 ||
     cannot "systemd-nspawn cannot start a container on this machine"
 

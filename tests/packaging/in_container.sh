@@ -41,9 +41,16 @@ readyz() {
     curl -fsS --max-time 2 http://127.0.0.1:9187/readyz >/dev/null 2>&1
 }
 
-# The exposure score systemd gives the unit (its full table only when over the threshold).
+# The exposure score systemd gives the unit (its full table only when over the threshold;
+# systemd < 250 has no --threshold, so its score is read off the last line).
 security_ok() {
     local report
+    if [ "$systemd_version" -lt 250 ]; then
+        report=$(systemd-analyze security "${1:-eddyd.service}" 2>&1 | tail -1)
+        echo "$report"
+        echo "$report" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+$/) exit !($i <= 2.0); exit 1 }'
+        return
+    fi
     report=$(systemd-analyze security --threshold=20 "${1:-eddyd.service}" 2>&1) || {
         echo "$report"
         return 1
@@ -77,12 +84,21 @@ no_duplicates() {
 }
 
 systemctl is-system-running --wait >/dev/null 2>&1 || true
-echo "== boot: $(systemctl is-system-running 2>&1), systemd $(systemctl --version | head -1 | cut -d' ' -f2)"
+systemd_version=$(systemctl --version | head -1 | cut -d' ' -f2)
+systemd_version=${systemd_version%%.*}
+echo "== boot: $(systemctl is-system-running 2>&1), systemd $systemd_version"
+# Where the package keeps the state key: an encrypted credential, or under systemd < 250 (no
+# systemd-creds) a root-only file that a drop-in loads (packaging/make-state-key).
+key=/etc/eddy/state-key.cred
+if [ "$systemd_version" -lt 250 ]; then
+    key=/etc/eddy/state-key
+fi
+export key
 
 echo "== install"
 check "dpkg -i installs the package" dpkg -i "$deb"
-check "the state key credential was created, root-only" \
-    bash -c '[ "$(stat -c %a /etc/eddy/state-key.cred)" = 600 ]'
+check "the state key was created, root-only" \
+    bash -c '[ "$(stat -c %a $key)" = 600 ]'
 check "the config is 0644 (readable by the dynamic user)" \
     bash -c '[ "$(stat -c %a /etc/eddy/eddyd.toml)" = 644 ]'
 check "eddyd.service is enabled" systemctl is-enabled --quiet eddyd.service
@@ -130,22 +146,23 @@ systemctl daemon-reload
 
 echo "== an upgrade (reinstall) keeps the edited config and the key, and restarts eddyd"
 echo "# edited by the operator" >> /etc/eddy/eddyd.toml
-key_sum=$(sha256sum /etc/eddy/state-key.cred)
+key_sum=$(sha256sum $key)
 pid=$(main_pid)
 check "dpkg -i again" dpkg -i "$deb"
 check "the operator's config edit survived" grep -q "edited by the operator" /etc/eddy/eddyd.toml
-check "the state key was kept" bash -c "[ \"\$(sha256sum /etc/eddy/state-key.cred)\" = \"$key_sum\" ]"
+check "the state key was kept" bash -c "[ \"\$(sha256sum $key)\" = \"$key_sum\" ]"
 check "eddyd was restarted and is active" within 60 bash -c "systemctl is-active --quiet eddyd.service && [ \$(systemctl show -p MainPID --value eddyd.service) != $pid ]"
 check "no window row written twice across the upgrade" within 30 no_duplicates
 
 echo "== remove keeps state, purge removes it"
 check "dpkg -r stops and removes eddyd" dpkg -r eddy
 check "stopped" bash -c '! systemctl is-active --quiet eddyd.service'
-check "state and key kept after remove" bash -c '[ -d /var/lib/private/eddy ] && [ -e /etc/eddy/state-key.cred ]'
+check "state and key kept after remove" bash -c '[ -d /var/lib/private/eddy ] && [ -e $key ]'
 check "dpkg --purge" dpkg --purge eddy
 check "purge removed the state, the key and the config" \
-    bash -c '[ ! -e /var/lib/private/eddy ] && [ ! -e /var/lib/eddy ] && [ ! -e /etc/eddy/state-key.cred ] && [ ! -e /etc/eddy/eddyd.toml ]'
+    bash -c '[ ! -e /var/lib/private/eddy ] && [ ! -e /var/lib/eddy ] && [ ! -e $key ] && [ ! -e /etc/eddy/eddyd.toml ]'
 check "purge left the operator's own pipeline files" test -f /etc/eddy/pipelines/line.sql
+check "purge removed make-state-key's drop-in (if any)" test ! -e /etc/systemd/system/eddyd.service.d/state-key.conf
 
 # Debian's rpm installs only with --force-debian (a patch of its own); elsewhere there is no such
 # option. Dependencies name RPM distributions' packages, which this container's rpm database lacks.
@@ -160,7 +177,7 @@ if [ -n "$rpm_pkg" ]; then
     rm -f /etc/eddy/pipelines/line.sql
     check "rpm -i installs the package" rpm_install -i "$rpm_pkg"
     check "the state key credential was created, root-only (rpm)" \
-        bash -c '[ "$(stat -c %a /etc/eddy/state-key.cred)" = 600 ]'
+        bash -c '[ "$(stat -c %a $key)" = 600 ]'
     check "the config is 0644 (rpm)" bash -c '[ "$(stat -c %a /etc/eddy/eddyd.toml)" = 644 ]'
     check "systemd-analyze verify (rpm)" systemd-analyze verify /usr/lib/systemd/system/eddyd.service
     check "systemctl start eddyd (rpm)" systemctl start eddyd.service
@@ -178,7 +195,7 @@ if [ -n "$rpm_pkg" ]; then
     check "rpm -e stops and removes eddyd" rpm_install -e eddy
     check "stopped (rpm)" bash -c '! systemctl is-active --quiet eddyd.service'
     check "the binary is gone, state and key kept (rpm has no purge)" \
-        bash -c '[ ! -e /usr/bin/eddyd ] && [ -d /var/lib/private/eddy ] && [ -e /etc/eddy/state-key.cred ]'
+        bash -c '[ ! -e /usr/bin/eddyd ] && [ -d /var/lib/private/eddy ] && [ -e $key ]'
 fi
 
 # A one-machine hub: a CA and the hub's certificate, the key root-only (the unit hands it over
