@@ -222,6 +222,14 @@ fn last_per_device(path: &Path) -> BTreeMap<String, String> {
     text.lines().map(row).collect()
 }
 
+/// `ms` milliseconds, scaled for the machine the test runs on: under qemu-user
+/// (`EDDY_TEST_EMULATED`, set by scripts/cross.sh test) eddyd starts about ten times slower, and a
+/// kill timed for native speed would land before it had written anything.
+fn scaled_ms(ms: u64) -> Duration {
+    let factor = if std::env::var_os("EDDY_TEST_EMULATED").is_some() { 10 } else { 1 };
+    Duration::from_millis(ms * factor)
+}
+
 fn wait_until(mut ok: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(30) {
@@ -263,7 +271,7 @@ fn sigkill_rounds(rows: usize, min_kills: usize, extra: &[&str]) {
             restarts += 1;
             assert!(restarts < 2000, "no progress after {restarts} restarts");
             let mut child = run_cmd_with(root, &state, Some(&key), extra).spawn().unwrap();
-            let deadline = Instant::now() + Duration::from_millis(5 + rng.below(150));
+            let deadline = Instant::now() + scaled_ms(5 + rng.below(150));
             let mut exited = None;
             while Instant::now() < deadline {
                 if let Some(st) = child.try_wait().unwrap() {
@@ -316,7 +324,7 @@ fn row_data_never_appears_in_plaintext_under_the_state_dir() {
         let out = run_cmd(root, state, key).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let mut child = run_cmd(root, &format!("{state}-killed"), key).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(scaled_ms(40));
         child.kill().unwrap();
         child.wait().unwrap();
     }
