@@ -59,7 +59,7 @@ rm -rf "$root/etc/eddy" "$root/var/lib/eddy" "$root/var/lib/private/eddy"
 # gateway has none.
 rm -f "$root/usr/sbin/policy-rc.d"
 cp "$deb" ${hub_deb:+"$hub_deb"} ${rpm_pkg:+"$rpm_pkg"} "$work/pkg/"
-cp "$here/in_container.sh" "$work/results/"
+cp "$here/in_container.sh" "$here/check.sh" "$work/results/"
 cat > "$root/etc/systemd/system/eddy-package-check.service" <<UNIT
 [Unit]
 Description=Eddy package checks (tests/packaging/in_container.sh)

@@ -11,20 +11,8 @@ for f in "${@:2}"; do
         *) hub_deb=$f ;;
     esac
 done
-passed=0
-failed=0
-
-check() {
-    local name=$1
-    shift
-    if "$@"; then
-        echo "PASS $name"
-        passed=$((passed + 1))
-    else
-        echo "FAIL $name"
-        failed=$((failed + 1))
-    fi
-}
+# boot.sh copies check.sh beside this script.
+. "$(dirname "$0")/check.sh"
 
 # Waits up to $1 seconds for the command after it to succeed.
 within() {
@@ -230,5 +218,5 @@ if [ -n "$hub_deb" ]; then
     check "stopped" bash -c '! systemctl is-active --quiet eddy-hub.service'
 fi
 
-echo "$passed passed, $failed failed"
+summary || true
 systemctl poweroff --no-block

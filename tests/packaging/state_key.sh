@@ -9,19 +9,7 @@ set -euo pipefail
 script=$(cd "$(dirname "$0")/../.." && pwd)/packaging/make-state-key
 work=$(mktemp -d /tmp/eddy-state-key.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-check() {
-    local name=$1
-    shift
-    if "$@"; then
-        echo "PASS $name"
-        passed=$((passed + 1))
-    else
-        echo "FAIL $name"
-        failed=$((failed + 1))
-    fi
-}
+. "$(dirname "$0")/check.sh"
 
 # The tools the script needs, and stubs: eddyd keygen prints a new key each time; systemd-creds
 # marks what it encrypts.
@@ -78,5 +66,4 @@ rm "$work/bin/systemctl"
 run "$none"
 check "no systemd at all: no key made (eddyd.toml's key_file is the way)" test ! -e "$none/eddy/state-key"
 
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+summary
