@@ -16,6 +16,7 @@
 #   scripts/debian11.sh shell              a shell in the root, with the workspace at /src
 #
 # ARCH is host (the default: this machine's own), arm64 or armhf.
+#
 # The root borrows this machine's Rust toolchain (rustup's builds need only glibc 2.17) and its
 # cargo download cache: both are bind-mounted in a private mount namespace, so nothing stays
 # mounted when a command ends. The build uses target/debian11/ as its target directory, apart
