@@ -20,6 +20,7 @@ use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion_physical_expr::PhysicalExpr;
 
 use super::float_sum;
+use super::range_count::{self, RangeAccumulator};
 use super::snapshot::{StateReader, StateWriter};
 use crate::error::{EngineError, Result};
 
@@ -291,11 +292,35 @@ impl GroupsAccs {
     }
 }
 
+/// One group's accumulator for one aggregate.
+pub enum GroupAcc {
+    /// Takes a range of the gathered input in place ([`range_count`]).
+    Range(Box<dyn RangeAccumulator>),
+    /// Takes slices: DataFusion's, or [`float_sum`]'s.
+    Slices(Box<dyn Accumulator>),
+}
+
+impl GroupAcc {
+    pub fn acc(&mut self) -> &mut dyn Accumulator {
+        match self {
+            GroupAcc::Range(a) => a.as_mut(),
+            GroupAcc::Slices(a) => a.as_mut(),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            GroupAcc::Range(a) => a.size(),
+            GroupAcc::Slices(a) => a.size(),
+        }
+    }
+}
+
 /// One `Accumulator` per group and aggregate; values can be read any number of times.
 #[derive(Default)]
 pub struct RowAccs {
     /// `[group][aggregate]`
-    accs: Vec<Vec<Box<dyn Accumulator>>>,
+    accs: Vec<Vec<GroupAcc>>,
     scratch: UpdateScratch,
 }
 
@@ -315,9 +340,19 @@ impl RowAccs {
         self.accs.len()
     }
 
-    /// One group's accumulators: DataFusion's, but [`float_sum`]'s for `SUM`/`AVG` over DOUBLE.
-    pub fn new_group(exprs: &AggregateExprs) -> Result<Vec<Box<dyn Accumulator>>> {
-        exprs.aggs.iter().map(|a| Ok(float_sum::accumulator(a).map_or_else(|| a.create_accumulator(), Ok)?)).collect()
+    /// One group's accumulators: DataFusion's, but [`float_sum`]'s for `SUM`/`AVG` over DOUBLE and
+    /// [`range_count`]'s for `COUNT` and `COUNT(DISTINCT BIGINT)`.
+    pub fn new_group(exprs: &AggregateExprs) -> Result<Vec<GroupAcc>> {
+        exprs
+            .aggs
+            .iter()
+            .map(|a| {
+                if let Some(acc) = range_count::accumulator(a) {
+                    return Ok(GroupAcc::Range(acc));
+                }
+                Ok(GroupAcc::Slices(float_sum::accumulator(a).map_or_else(|| a.create_accumulator(), Ok)?))
+            })
+            .collect()
     }
 
     /// Adds rows to groups: `rows[i]` of `input` belongs to group `groups[i]`; each group takes
@@ -367,13 +402,17 @@ impl RowAccs {
             let whole_run = self.scratch.whole_runs[a];
             let mut start = 0;
             for &(g, end) in runs.iter() {
-                one.clear();
-                one.extend(taken.iter().map(|c| c.slice(start, end - start)));
-                let acc = self.accs[g][a].as_mut();
-                if whole_run {
-                    acc.update_batch(one)?;
-                } else {
-                    update_in_order(acc, one)?;
+                match &mut self.accs[g][a] {
+                    GroupAcc::Range(acc) => acc.update_range(&taken, start, end - start)?,
+                    GroupAcc::Slices(acc) => {
+                        one.clear();
+                        one.extend(taken.iter().map(|c| c.slice(start, end - start)));
+                        if whole_run {
+                            acc.update_batch(one)?;
+                        } else {
+                            update_in_order(acc.as_mut(), one)?;
+                        }
+                    }
                 }
                 start = end;
             }
@@ -387,7 +426,7 @@ impl RowAccs {
         for a in 0..exprs.aggs.len() {
             let values = groups
                 .iter()
-                .map(|&g| Ok(self.accs[g as usize][a].evaluate()?))
+                .map(|&g| Ok(self.accs[g as usize][a].acc().evaluate()?))
                 .collect::<Result<Vec<ScalarValue>>>()?;
             let field = exprs.aggs[a].field();
             cols.push(if values.is_empty() {
@@ -400,20 +439,20 @@ impl RowAccs {
     }
 
     pub fn bytes(&self) -> usize {
-        self.accs.iter().flatten().map(|a| a.size()).sum()
+        self.accs.iter().flatten().map(GroupAcc::size).sum()
     }
 }
 
 /// Adds rows `idx` of `input` to one group's accumulators, in `idx` order: what
 /// [`RowAccs::update`] does for one group, kept as the plain form for tests to compare with.
 #[cfg(test)]
-pub fn update_group(accs: &mut [Box<dyn Accumulator>], input: &Evaluated, idx: &UInt32Array) -> Result<()> {
+pub fn update_group(accs: &mut [GroupAcc], input: &Evaluated, idx: &UInt32Array) -> Result<()> {
     for (a, acc) in accs.iter_mut().enumerate() {
         let mut args = take_all(&input.args[a], Some(idx))?;
         if let Some(f) = take_filter(&input.filters[a], Some(idx))? {
             args = args.iter().map(|c| Ok(arrow::compute::filter(c, &f)?)).collect::<Result<_>>()?;
         }
-        update_in_order(acc.as_mut(), &args)?;
+        update_in_order(acc.acc(), &args)?;
     }
     Ok(())
 }
@@ -510,7 +549,7 @@ impl RowAccs {
 
 /// Writes the partial states of `n` groups of per-group accumulators, one IPC batch per aggregate.
 pub fn snapshot_groups<'a>(
-    groups: impl Iterator<Item = &'a mut Vec<Box<dyn Accumulator>>>,
+    groups: impl Iterator<Item = &'a mut Vec<GroupAcc>>,
     n: usize,
     w: &mut StateWriter,
 ) -> Result<()> {
@@ -520,7 +559,7 @@ pub fn snapshot_groups<'a>(
             per_agg = (0..accs.len()).map(|_| Vec::new()).collect();
         }
         for (a, acc) in accs.iter_mut().enumerate() {
-            let st = acc.state()?;
+            let st = acc.acc().state()?;
             if per_agg[a].is_empty() {
                 per_agg[a] = st.iter().map(|_| Vec::with_capacity(n)).collect();
             }
@@ -539,7 +578,7 @@ pub fn snapshot_groups<'a>(
 }
 
 /// Rebuilds `n` groups written by [`snapshot_groups`]: fresh accumulators merged with their state.
-pub fn restore_groups(exprs: &AggregateExprs, n: usize, r: &mut StateReader) -> Result<Vec<Vec<Box<dyn Accumulator>>>> {
+pub fn restore_groups(exprs: &AggregateExprs, n: usize, r: &mut StateReader) -> Result<Vec<Vec<GroupAcc>>> {
     let mut groups = (0..n).map(|_| RowAccs::new_group(exprs)).collect::<Result<Vec<_>>>()?;
     let aggs = r.count(8)?;
     if n > 0 && aggs != exprs.aggs.len() {
@@ -552,7 +591,7 @@ pub fn restore_groups(exprs: &AggregateExprs, n: usize, r: &mut StateReader) -> 
         }
         for (g, accs) in groups.iter_mut().enumerate() {
             let slices: Vec<ArrayRef> = state.iter().map(|s| s.slice(g, 1)).collect();
-            accs[a].merge_batch(&slices)?;
+            accs[a].acc().merge_batch(&slices)?;
         }
     }
     Ok(groups)
@@ -600,7 +639,7 @@ mod tests {
     }
 
     fn values(accs: &mut RowAccs, groups: usize) -> Vec<Vec<ScalarValue>> {
-        (0..groups).map(|g| accs.accs[g].iter_mut().map(|a| a.evaluate().unwrap()).collect()).collect()
+        (0..groups).map(|g| accs.accs[g].iter_mut().map(|a| a.acc().evaluate().unwrap()).collect()).collect()
     }
 
     proptest::proptest! {
@@ -637,7 +676,7 @@ mod tests {
                 gathered.update(&exprs, &input, &taken, &groups).unwrap();
                 for g in 0..5 {
                     while plain.accs.len() <= g {
-                        plain.accs.push(exprs.aggs.iter().map(|a| a.create_accumulator().unwrap()).collect());
+                        plain.accs.push(exprs.aggs.iter().map(|a| GroupAcc::Slices(a.create_accumulator().unwrap())).collect());
                     }
                     let idx: Vec<u32> = taken.iter().zip(&groups).filter(|(_, &gi)| gi == g).map(|(&i, _)| i).collect();
                     update_group(&mut plain.accs[g], &input, &UInt32Array::from(idx)).unwrap();

@@ -13,6 +13,7 @@ pub mod group_agg;
 pub mod lookup_join;
 pub mod over;
 pub mod pattern;
+pub mod range_count;
 pub mod rows;
 pub mod session;
 pub mod snapshot;
