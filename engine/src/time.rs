@@ -41,10 +41,8 @@ fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
     Some(v)
 }
 
-/// Parses `YYYY-MM-DD[T ]HH:MM[:SS[.fff…]][Z|±HH[:MM]]` (no offset means UTC) to epoch milliseconds.
-/// Fractions beyond milliseconds are truncated. Returns `None` for anything else.
-pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
-    let b = s.trim().as_bytes();
+/// Epoch milliseconds of midnight (UTC) of `YYYY-MM-DD`.
+fn midnight_ms(b: &[u8]) -> Option<i64> {
     let year = digits(b, 0, 4)? as i64;
     if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
         return None;
@@ -54,7 +52,40 @@ pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
     if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
         return None;
     }
-    let mut ms = days_from_civil(year, month, day) * 86_400_000;
+    Some(days_from_civil(year, month, day) * 86_400_000)
+}
+
+/// Parses `YYYY-MM-DD[T ]HH:MM[:SS[.fff…]][Z|±HH[:MM]]` (no offset means UTC) to epoch milliseconds.
+/// Fractions beyond milliseconds are truncated. Returns `None` for anything else.
+pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
+    parse_timestamp_ms_cached(s, &mut DateCache::default())
+}
+
+/// The last date [`parse_timestamp_ms_cached`] read, and its midnight: timestamps of one batch
+/// mostly share their date, and turning a date into days is most of a parse.
+#[derive(Debug, Default, Clone)]
+pub struct DateCache {
+    date: [u8; 10],
+    midnight_ms: Option<i64>,
+}
+
+/// [`parse_timestamp_ms`], reading the date through `cache`.
+#[inline]
+pub fn parse_timestamp_ms_cached(s: &str, cache: &mut DateCache) -> Option<i64> {
+    // Text from a device starts with a digit and ends with a digit or zone letter: `trim` (which
+    // walks Unicode whitespace) only when an end is something else.
+    let plain = |c: Option<&u8>| c.is_some_and(u8::is_ascii_alphanumeric);
+    let b = if plain(s.as_bytes().first()) && plain(s.as_bytes().last()) { s } else { s.trim() }.as_bytes();
+    let date = b.get(..10)?;
+    let mut ms = match cache.midnight_ms {
+        Some(ms) if cache.date == date => ms,
+        _ => {
+            let ms = midnight_ms(date)?;
+            cache.date.copy_from_slice(date);
+            cache.midnight_ms = Some(ms);
+            ms
+        }
+    };
     if b.len() == 10 {
         return Some(ms);
     }
@@ -222,6 +253,19 @@ mod tests {
             write_sql_ms(ms, &mut sql);
             proptest::prop_assert_eq!(String::from_utf8(sql).unwrap(), t.format("%Y-%m-%d %H:%M:%S%.3f").to_string());
             proptest::prop_assert_eq!(rfc3339_ms(ms), t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+        }
+
+        /// One cache read by a run of texts (same and other dates, good and bad) gives what
+        /// parsing each alone gives.
+        #[test]
+        fn the_date_cache_changes_nothing(texts in proptest::collection::vec(
+            "(2026-0[12]-(28|29|30|31)|2024-02-29| 2026-03-01|2026-03-01|2026-3-01)([T ]0[0-9]:[0-5][0-9](:[0-6][0-9])?(\\.[0-9]{1,4})?(Z|\\+01:00|-0530|x)?)? ?",
+            1..12,
+        )) {
+            let mut cache = DateCache::default();
+            for t in &texts {
+                proptest::prop_assert_eq!(parse_timestamp_ms_cached(t, &mut cache), parse_timestamp_ms(t), "{:?}", t);
+            }
         }
     }
 }

@@ -87,8 +87,12 @@ impl PieceDecoder for LineDecoder {
     type Piece = LinePiece;
     fn decode(&mut self, piece: &LinePiece, dec: &mut RowDecoder) {
         let mapping = piece.csv_mapping.as_deref().map(Vec::as_slice);
-        for line in piece.lines.split(|b| *b == b'\n') {
+        // `memchr` finds newlines many bytes at a time; `split` would test each byte.
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', &piece.lines).chain([piece.lines.len()]) {
+            let line = &piece.lines[start..nl];
             decode_line(self.format, &mut self.csv, mapping, self.max_line, dec, line, piece.now);
+            start = nl + 1;
         }
     }
 }
@@ -228,14 +232,7 @@ impl FileSource {
         let (lines_end, next) = loop {
             let rest = &self.buf[self.start..];
             let window = &rest[..rest.len().min(PIECE_BYTES)];
-            let (mut last, mut lines) = (None, 0);
-            for nl in memchr::memchr_iter(b'\n', window) {
-                last = Some(nl);
-                lines += 1;
-                if lines >= max_rows {
-                    break;
-                }
-            }
+            let (last, lines) = last_newline_within(window, max_rows);
             let full = lines >= max_rows || rest.len() >= PIECE_BYTES;
             if full || rest.len() > self.max_line || self.fill()? == 0 {
                 match last.or_else(|| memchr(b'\n', &self.buf[self.start..])) {
@@ -254,6 +251,26 @@ impl FileSource {
         self.start = next;
         Ok(true)
     }
+}
+
+/// The offset of the last newline of `window` that ends one of its first `max_lines` lines, and
+/// how many lines end there. Counts a block at a time (memchr's vectorized count) and looks for
+/// single newlines only in the block where the count runs out.
+fn last_newline_within(window: &[u8], max_lines: usize) -> (Option<usize>, usize) {
+    const BLOCK_BYTES: usize = 4096;
+    let max_lines = max_lines.max(1);
+    let mut lines = 0;
+    for (i, block) in window.chunks(BLOCK_BYTES).enumerate() {
+        let here = memchr::memchr_iter(b'\n', block).count();
+        if lines + here >= max_lines {
+            let nth = max_lines - lines;
+            // `here` ≥ `nth` newlines are in this block, so the iterator yields the nth.
+            let nl = memchr::memchr_iter(b'\n', block).nth(nth - 1).unwrap_or_else(|| unreachable!("counted"));
+            return (Some(i * BLOCK_BYTES + nl), max_lines);
+        }
+        lines += here;
+    }
+    (memchr::memrchr(b'\n', window), lines)
 }
 
 fn reject_long_line(dec: &mut RowDecoder, line: &[u8], max_line: usize, now: i64) {
@@ -479,6 +496,32 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// Counting by blocks finds the newline one by one would: lines of any length, any
+        /// limit, blocks boundaries anywhere.
+        #[test]
+        fn pieces_end_where_counting_one_by_one_ends_them(
+            line_bytes in proptest::collection::vec(0usize..6000, 0..40),
+            max_lines in 0usize..45,
+        ) {
+            let mut window = Vec::new();
+            for n in &line_bytes {
+                window.extend(std::iter::repeat_n(b'x', *n));
+                window.push(b'\n');
+            }
+            window.extend_from_slice(b"tail");
+            let (mut last, mut lines) = (None, 0);
+            for nl in memchr::memchr_iter(b'\n', &window) {
+                last = Some(nl);
+                lines += 1;
+                if lines >= max_lines.max(1) {
+                    break;
+                }
+            }
+            proptest::prop_assert_eq!(last_newline_within(&window, max_lines), (last, lines));
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::time::DateCache;
 use arrow::array::{ArrayRef, BinaryArray, BooleanArray, Decimal128Array, PrimitiveArray, StringArray};
 use arrow::buffer::{BooleanBuffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{
@@ -23,7 +24,8 @@ pub enum ColumnBuf {
     I64(Vec<i64>, Vec<bool>),
     F32(Vec<f32>, Vec<bool>),
     F64(Vec<f64>, Vec<bool>),
-    Ts(Vec<i64>, Vec<bool>),
+    /// Epoch milliseconds, and the date of the text last read (see [`DateCache`]).
+    Ts(Vec<i64>, Vec<bool>, DateCache),
     Decimal {
         values: Vec<i128>,
         valid: Vec<bool>,
@@ -84,7 +86,7 @@ macro_rules! each_fixed {
             ColumnBuf::I64($v, $valid) => $body,
             ColumnBuf::F32($v, $valid) => $body,
             ColumnBuf::F64($v, $valid) => $body,
-            ColumnBuf::Ts($v, $valid) => $body,
+            ColumnBuf::Ts($v, $valid, _) => $body,
             ColumnBuf::Decimal { values: $v, valid: $valid, .. } => $body,
             $other => $rest,
         }
@@ -102,7 +104,7 @@ impl ColumnBuf {
             DataType::Int64 => ColumnBuf::I64(vec![], vec![]),
             DataType::Float32 => ColumnBuf::F32(vec![], vec![]),
             DataType::Float64 => ColumnBuf::F64(vec![], vec![]),
-            DataType::Timestamp(..) => ColumnBuf::Ts(vec![], vec![]),
+            DataType::Timestamp(..) => ColumnBuf::Ts(vec![], vec![], DateCache::default()),
             DataType::Decimal128(p, s) => {
                 ColumnBuf::Decimal { values: vec![], valid: vec![], precision: *p, scale: *s }
             }
@@ -186,12 +188,12 @@ impl ColumnBuf {
                 v.push(as_f64(value).ok_or_else(|| mismatch("DOUBLE", value))?);
                 valid.push(true);
             }
-            ColumnBuf::Ts(v, valid) => {
+            ColumnBuf::Ts(v, valid, dates) => {
                 let ms = match value {
                     Value::I64(i) => i,
                     Value::U64(u) => i64::try_from(u).map_err(|_| mismatch("TIMESTAMP(3)", value))?,
                     // Text (CSV fields are all text) may also be epoch milliseconds.
-                    Value::Str(s) => crate::time::parse_timestamp_ms(s)
+                    Value::Str(s) => crate::time::parse_timestamp_ms_cached(s, dates)
                         .or_else(|| s.trim().parse::<i64>().ok())
                         .ok_or_else(|| format!("expected TIMESTAMP(3), got string {s:?}"))?,
                     _ => return Err(mismatch("TIMESTAMP(3)", value)),
@@ -267,12 +269,13 @@ impl ColumnBuf {
         }
     }
 
-    /// Moves the rows out as an Arrow array, leaving the buffer empty.
+    /// Moves the rows out as an Arrow array, leaving the buffer empty with room for as many rows
+    /// (batches of a source are alike: the next one then grows no vector step by step).
     pub fn finish(&mut self) -> Result<ArrayRef, arrow::error::ArrowError> {
         Ok(match self {
             ColumnBuf::Bool(v, valid) => {
-                let nulls = nulls(std::mem::take(valid));
-                Arc::new(BooleanArray::new(BooleanBuffer::from_iter(std::mem::take(v)), nulls))
+                let nulls = nulls(take_keeping_room(valid));
+                Arc::new(BooleanArray::new(BooleanBuffer::from_iter(take_keeping_room(v)), nulls))
             }
             ColumnBuf::I8(v, valid) => prim::<Int8Type>(v, valid),
             ColumnBuf::I16(v, valid) => prim::<Int16Type>(v, valid),
@@ -280,9 +283,9 @@ impl ColumnBuf {
             ColumnBuf::I64(v, valid) => prim::<Int64Type>(v, valid),
             ColumnBuf::F32(v, valid) => prim::<Float32Type>(v, valid),
             ColumnBuf::F64(v, valid) => prim::<Float64Type>(v, valid),
-            ColumnBuf::Ts(v, valid) => prim::<TimestampMillisecondType>(v, valid),
+            ColumnBuf::Ts(v, valid, _) => prim::<TimestampMillisecondType>(v, valid),
             ColumnBuf::Decimal { values, valid, precision, scale } => Arc::new(
-                Decimal128Array::new(ScalarBuffer::from(std::mem::take(values)), nulls(std::mem::take(valid)))
+                Decimal128Array::new(ScalarBuffer::from(take_keeping_room(values)), nulls(take_keeping_room(valid)))
                     .with_precision_and_scale(*precision, *scale)?,
             ),
             ColumnBuf::Utf8 { offsets, data, valid } => {
@@ -307,10 +310,17 @@ fn take_var(
     data: &mut Vec<u8>,
     valid: &mut Vec<bool>,
 ) -> (OffsetBuffer<i32>, Vec<u8>, Option<NullBuffer>) {
-    let o = std::mem::replace(offsets, vec![0]);
+    let o = take_keeping_room(offsets);
+    offsets.push(0);
     // Offsets start at 0 and only grow: pushes add the current data length.
     let o = OffsetBuffer::new(ScalarBuffer::from(o));
-    (o, std::mem::take(data), nulls(std::mem::take(valid)))
+    (o, take_keeping_room(data), nulls(take_keeping_room(valid)))
+}
+
+/// Takes the vector's contents, leaving it empty with the same capacity.
+fn take_keeping_room<T>(v: &mut Vec<T>) -> Vec<T> {
+    let room = v.capacity();
+    std::mem::replace(v, Vec::with_capacity(room))
 }
 
 fn nulls(valid: Vec<bool>) -> Option<NullBuffer> {
@@ -322,7 +332,7 @@ fn nulls(valid: Vec<bool>) -> Option<NullBuffer> {
 }
 
 fn prim<T: ArrowPrimitiveType>(v: &mut Vec<T::Native>, valid: &mut Vec<bool>) -> ArrayRef {
-    Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(std::mem::take(v)), nulls(std::mem::take(valid))))
+    Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(take_keeping_room(v)), nulls(take_keeping_room(valid))))
 }
 
 fn mismatch(expected: &str, got: Value<'_>) -> String {

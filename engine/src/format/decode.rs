@@ -95,7 +95,10 @@ pub struct RowDecoder {
     pub schema: SchemaRef,
     columns: Vec<DecodeColumn>,
     bufs: Vec<ColumnBuf>,
-    seen: Vec<bool>,
+    /// What the current row has set in each column.
+    seen: Vec<Slot>,
+    /// Per column: a row must give it a non-null value (NOT NULL, or the event time).
+    required: Vec<bool>,
     rows: usize,
     by_name: HashMap<String, usize>,
     /// Event-time column: a row without it is an error even when the column is nullable.
@@ -106,6 +109,8 @@ pub struct RowDecoder {
     key_order: Vec<Option<usize>>,
     /// Position of the next key in the current object.
     key_pos: usize,
+    /// Per column: its name has no character JSON must escape (quote, backslash, control).
+    plain_names: Vec<bool>,
     pub errors: ErrorRows,
     /// Longest `raw` kept in an error row.
     pub max_error_raw_bytes: usize,
@@ -114,6 +119,14 @@ pub struct RowDecoder {
     meta: Vec<MetaSlot>,
     /// Rows decoded elsewhere (a decode pool's worker), handed over whole.
     ready: Option<RecordBatch>,
+}
+
+/// What the current row has set in a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Unset,
+    Value,
+    Null,
 }
 
 /// A metadata value a connector provides for the rows of one message.
@@ -153,7 +166,9 @@ impl RowDecoder {
         }
         Ok(RowDecoder {
             schema: Arc::new(Schema::new(fields)),
-            seen: vec![false; columns.len()],
+            seen: vec![Slot::Unset; columns.len()],
+            required: (0..columns.len()).map(|i| !columns[i].nullable || time_col == Some(i)).collect(),
+            plain_names: columns.iter().map(|c| !c.name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)).collect(),
             columns,
             bufs,
             rows: 0,
@@ -238,6 +253,22 @@ impl RowDecoder {
         found
     }
 
+    /// The column the next key of the current object names if it repeats the previous object's
+    /// key order, with that column's name as JSON writes it unescaped; `None` when there is no
+    /// such guess or the name would need escapes.
+    #[inline]
+    pub fn predicted_key(&self) -> Option<(usize, &[u8])> {
+        let c = (*self.key_order.get(self.key_pos)?)?;
+        let name = &self.columns[c].name;
+        self.plain_names[c].then_some((c, name.as_bytes()))
+    }
+
+    /// The next key was the one [`RowDecoder::predicted_key`] guessed.
+    #[inline]
+    pub fn accept_predicted_key(&mut self) {
+        self.key_pos += 1;
+    }
+
     /// Column index of a payload key: exact name first, then ASCII case-insensitively.
     #[inline]
     pub fn lookup(&self, key: &str) -> Option<usize> {
@@ -252,7 +283,7 @@ impl RowDecoder {
 
     pub fn begin_row(&mut self) {
         debug_assert!(self.ready.is_none(), "a row decoded behind rows handed over whole");
-        self.seen.iter_mut().for_each(|s| *s = false);
+        self.seen.iter_mut().for_each(|s| *s = Slot::Unset);
         self.row_error = None;
         self.key_pos = 0;
         for i in 0..self.meta.len() {
@@ -282,25 +313,26 @@ impl RowDecoder {
     }
 
     /// Sets column `col` of the current row. A second value for a column replaces the first.
-    #[inline]
+    #[inline(always)]
     pub fn set(&mut self, col: usize, v: Value<'_>) {
-        self.set_with(col, |b| b.push(v));
+        let slot = if matches!(v, Value::Null) { Slot::Null } else { Slot::Value };
+        self.set_with(col, slot, |b| b.push(v));
     }
 
     /// Sets a STRUCT column from the JSON text of a nested value.
     pub fn set_json_text(&mut self, col: usize, text: &str) {
-        self.set_with(col, |b| b.push_json_text(text));
+        self.set_with(col, Slot::Value, |b| b.push_json_text(text));
     }
 
-    #[inline]
-    fn set_with(&mut self, col: usize, push: impl FnOnce(&mut ColumnBuf) -> Result<(), String>) {
+    #[inline(always)]
+    fn set_with(&mut self, col: usize, slot: Slot, push: impl FnOnce(&mut ColumnBuf) -> Result<(), String>) {
         if self.row_error.is_some() {
             return;
         }
-        if self.seen[col] {
+        if self.seen[col] != Slot::Unset {
             self.bufs[col].pop_last();
         }
-        self.seen[col] = true;
+        self.seen[col] = slot;
         if let Err(e) = push(&mut self.bufs[col]) {
             self.fail_row(format!("column '{}': {e}", self.columns[col].name));
         }
@@ -315,21 +347,20 @@ impl RowDecoder {
     pub fn end_row(&mut self, raw: &[u8], received_at: i64) -> bool {
         if self.row_error.is_none() {
             for i in 0..self.columns.len() {
-                if self.seen[i] {
-                    let is_null = self.bufs[i].len() == self.rows + 1 && self.last_is_null(i);
-                    if is_null && (!self.columns[i].nullable || self.time_col == Some(i)) {
+                match (self.seen[i], self.required[i]) {
+                    (Slot::Value, _) | (Slot::Null, false) => {}
+                    (Slot::Unset, false) => self.bufs[i].push_null(),
+                    (Slot::Null, true) => {
                         self.row_error =
                             Some(format!("column '{}' is NOT NULL but the value is null", self.columns[i].name));
                         break;
                     }
-                    continue;
+                    (Slot::Unset, true) => {
+                        let what = if self.time_col == Some(i) { "event time" } else { "NOT NULL column" };
+                        self.row_error = Some(format!("{what} '{}' is missing", self.columns[i].name));
+                        break;
+                    }
                 }
-                if !self.columns[i].nullable || self.time_col == Some(i) {
-                    let what = if self.time_col == Some(i) { "event time" } else { "NOT NULL column" };
-                    self.row_error = Some(format!("{what} '{}' is missing", self.columns[i].name));
-                    break;
-                }
-                self.bufs[i].push_null();
             }
         }
         match self.row_error.take() {
@@ -344,23 +375,6 @@ impl RowDecoder {
                 self.errors.push(raw, &why, received_at, self.max_error_raw_bytes);
                 false
             }
-        }
-    }
-
-    fn last_is_null(&self, col: usize) -> bool {
-        match &self.bufs[col] {
-            ColumnBuf::Bool(_, v)
-            | ColumnBuf::I8(_, v)
-            | ColumnBuf::I16(_, v)
-            | ColumnBuf::I32(_, v)
-            | ColumnBuf::I64(_, v)
-            | ColumnBuf::F32(_, v)
-            | ColumnBuf::F64(_, v)
-            | ColumnBuf::Ts(_, v)
-            | ColumnBuf::Decimal { valid: v, .. }
-            | ColumnBuf::Utf8 { valid: v, .. }
-            | ColumnBuf::Binary { valid: v, .. }
-            | ColumnBuf::JsonText { valid: v, .. } => v.last() == Some(&false),
         }
     }
 

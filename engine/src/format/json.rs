@@ -16,6 +16,12 @@ pub fn decode_json(dec: &mut RowDecoder, payload: &[u8], received_at: i64) -> us
 
 fn decode_with(dec: &mut RowDecoder, payload: &[u8], received_at: i64, fast: bool) -> usize {
     let before = dec.rows();
+    // The fast path checks UTF-8 as it scans.
+    if fast {
+        if let Some(n) = super::json_flat::decode_flat(dec, payload, received_at) {
+            return n;
+        }
+    }
     // One UTF-8 check per payload; the parser then reads strings without checking each again.
     let text = match std::str::from_utf8(payload) {
         Ok(t) => t,
@@ -24,11 +30,6 @@ fn decode_with(dec: &mut RowDecoder, payload: &[u8], received_at: i64, fast: boo
             return 0;
         }
     };
-    if fast {
-        if let Some(n) = super::json_flat::decode_flat(dec, text, payload, received_at) {
-            return n;
-        }
-    }
     let mut de = serde_json::Deserializer::from_str(text);
     let result = Payload { dec: &mut *dec, raw: payload, received_at }.deserialize(&mut de).and_then(|()| de.end());
     if let Err(e) = result {
@@ -301,11 +302,21 @@ mod tests {
             Just("TEMP"),
             Just("dev\\u0069ce_id"),
             Just("n\\n"),
+            // A known name followed by more, or cut short: not the column the key order predicts.
+            Just("temperature"),
+            Just("tem"),
+            Just("device_idx"),
+            Just("device_i"),
         ];
         let value = prop_oneof![
             "[a-z0-9 ]{0,6}".prop_map(|s| format!("\"{s}\"")),
+            // Longer strings, with what ends or escapes them anywhere in a run of eight bytes.
+            "[a-z0-9é\\-]{0,20}(\\\\n|\\\\\"|\t|\u{1}|\u{1f}|\u{7f}|)[a-z0-9 ]{0,12}".prop_map(|s| format!("\"{s}\"")),
             Just("\"a\\\"b\"".to_string()),
             Just("\"tab\there\"".to_string()),
+            // Invalid UTF-8 in a string (the markers become bytes below).
+            Just("\"abc<LEAD>defghijk\"".to_string()),
+            Just("\"<FF>\"".to_string()),
             Just("\"2026-03-01T08:00:00Z\"".to_string()),
             any::<i64>().prop_map(|n| n.to_string()),
             any::<u64>().prop_map(|n| n.to_string()),
@@ -313,6 +324,23 @@ mod tests {
             any::<f64>().prop_map(|f| format!("{f:?}")),
             (-9999i64..9999, 0u32..6, -400i32..400).prop_map(|(m, d, e)| format!("{m}.{:0>w$}e{e}", 7, w = d as usize)),
             (-9999i64..9999, 1u32..4).prop_map(|(m, d)| format!("{}", m as f64 / 10f64.powi(d as i32))),
+            // Around the exact path's limits: mantissas of up to 20 digits (2^53 is 16), a point
+            // anywhere in them, exponents around ±22.
+            (any::<bool>(), "[1-9][0-9]{0,19}", any::<prop::sample::Index>(), prop::option::of(-40i32..40)).prop_map(
+                |(neg, digits, point, exp)| {
+                    let at = point.index(digits.len()).max(1);
+                    let (int, frac) = digits.split_at(at);
+                    let frac = if frac.is_empty() { String::new() } else { format!(".{frac}") };
+                    let exp = exp.map(|e| format!("e{e}")).unwrap_or_default();
+                    format!("{}{int}{frac}{exp}", if neg { "-" } else { "" })
+                }
+            ),
+            Just("9007199254740993.0".to_string()),
+            Just("9007199254740992e22".to_string()),
+            Just("1e22".to_string()),
+            Just("1e23".to_string()),
+            Just("1e-22".to_string()),
+            Just("0.000000000000000000001".to_string()),
             Just("-0".to_string()),
             Just("-0.0".to_string()),
             Just("01".to_string()),
@@ -334,10 +362,25 @@ mod tests {
         let ws = prop_oneof![Just(""), Just(" "), Just("\t"), Just(" \r\n ")];
         let members = proptest::collection::vec((key, value, ws.clone()), 0..7);
         let tail = prop_oneof![Just(""), Just(""), Just(" "), Just(","), Just(" x"), Just("}"), Just("{}")];
-        (ws, members, tail, any::<bool>()).prop_map(|(w, m, tail, trailing_comma)| {
-            let body: Vec<String> = m.iter().map(|(k, v, w)| format!("{w}\"{k}\"{w}:{w}{v}{w}")).collect();
+        (ws, members, tail, any::<bool>(), any::<bool>()).prop_map(|(w, m, tail, trailing_comma, complete)| {
+            // Half the objects start with valid NOT NULL members, so that their rows (not just
+            // error rows) are compared.
+            let required = complete.then(|| r#""device_id":"d","ts":1"#.to_string());
+            let body: Vec<String> =
+                required.into_iter().chain(m.iter().map(|(k, v, w)| format!("{w}\"{k}\"{w}:{w}{v}{w}"))).collect();
             let comma = if trailing_comma && !body.is_empty() { "," } else { "" };
-            format!("{w}{{{}{comma}}}{tail}", body.join(",")).into_bytes()
+            let text = format!("{w}{{{}{comma}}}{tail}", body.join(","));
+            // A lead byte with no continuation, and a byte UTF-8 never uses.
+            text.replace("<LEAD>", "\u{1}")
+                .replace("<FF>", "\u{2}")
+                .into_bytes()
+                .into_iter()
+                .map(|b| match b {
+                    1 => 0xc3,
+                    2 => 0xff,
+                    b => b,
+                })
+                .collect::<Vec<u8>>()
         })
     }
 
@@ -385,7 +428,7 @@ mod tests {
         let mut d = every_kind_decoder();
         let plain =
             r#"{"device_id":"a","temp":-1.25e1,"n":-42,"ok":true,"ts":"2026-03-01T08:00:00Z","st":null,"x":"y"}"#;
-        assert_eq!(super::super::json_flat::decode_flat(&mut d, plain, plain.as_bytes(), 0), Some(1));
+        assert_eq!(super::super::json_flat::decode_flat(&mut d, plain.as_bytes(), 0), Some(1));
         for other in [
             r#"{"device_id":"a\nb","ts":1}"#,
             r#"{"st":{"a":1},"ts":1}"#,
@@ -393,7 +436,7 @@ mod tests {
             r#"[{"ts":1}]"#,
             r#"{"ts":-0}"#,
         ] {
-            assert_eq!(super::super::json_flat::decode_flat(&mut d, other, other.as_bytes(), 0), None, "{other}");
+            assert_eq!(super::super::json_flat::decode_flat(&mut d, other.as_bytes(), 0), None, "{other}");
             assert_eq!(d.rows(), 1, "{other}: a row left behind");
         }
         let b = d.finish().unwrap().unwrap();
@@ -497,5 +540,35 @@ mod tests {
         decode_json(&mut d, br#"{"device_id":"a","device_id":"bb","ts":1}"#, 0);
         let b = d.finish().unwrap().unwrap();
         assert_eq!(b.column(0).as_string::<i32>().value(0), "bb");
+    }
+
+    /// Numbers at the edges of the fast path's exact conversion are rounded as the general path
+    /// and Rust's own parser round them (a mantissa past 2^53 converted first would round twice).
+    #[test]
+    fn the_fast_path_rounds_numbers_as_the_general_path() {
+        for n in [
+            "9007199254740993.0",
+            "9007199254740993e0",
+            "900719925474099.35",
+            "-9007199254740995.0",
+            "1e22",
+            "1e23",
+            "123456789012345678e-22",
+            "0.1",
+            "2.675",
+            "-0.0",
+            "1.7976931348623157e308",
+            "5e-324",
+        ] {
+            let line = format!(r#"{{"device_id":"a","ts":1,"temp":{n}}}"#);
+            let (mut fast, mut general) = (every_kind_decoder(), every_kind_decoder());
+            assert_eq!(decode_with(&mut fast, line.as_bytes(), 0, true), 1, "{n}");
+            assert_eq!(decode_with(&mut general, line.as_bytes(), 0, false), 1, "{n}");
+            let value =
+                |d: &mut RowDecoder| d.finish().unwrap().unwrap().column(1).as_primitive::<Float64Type>().value(0);
+            let (f, g) = (value(&mut fast), value(&mut general));
+            assert_eq!(f.to_bits(), g.to_bits(), "{n}: {f} against {g}");
+            assert_eq!(f.to_bits(), n.parse::<f64>().unwrap().to_bits(), "{n}");
+        }
     }
 }

@@ -4,16 +4,19 @@
 //!
 //! Owns nothing but the scan. It must never decide anything the general path decides differently:
 //! on anything else (nesting, escapes, control characters, numbers it does not read the same way,
-//! bad syntax, text after the object) it rolls back the row it began and returns `None`, and the
-//! general path decodes the payload from the start, errors included.
+//! bad syntax, text after the object, invalid UTF-8) it rolls back the row it began and returns
+//! `None`, and the general path decodes the payload from the start, errors included.
+//!
+//! It checks UTF-8 itself, so that the payload is read once: every byte outside strings must be
+//! one of JSON's ASCII tokens, and each string is checked as it is scanned.
 
 use super::columns::Value;
 use super::decode::RowDecoder;
 
-/// Decodes `text` (the whole payload, already checked as UTF-8) if it is one flat object; returns
+/// Decodes `raw` (the whole payload, not yet checked as UTF-8) if it is one flat object; returns
 /// the rows accepted (0 or 1), or `None` when the general path must decode it.
-pub(super) fn decode_flat(dec: &mut RowDecoder, text: &str, raw: &[u8], received_at: i64) -> Option<usize> {
-    let mut s = Scan { text, b: text.as_bytes(), i: 0 };
+pub(super) fn decode_flat(dec: &mut RowDecoder, raw: &[u8], received_at: i64) -> Option<usize> {
+    let mut s = Scan { b: raw, i: 0 };
     s.ws();
     if s.peek() != Some(b'{') {
         return None;
@@ -33,7 +36,6 @@ pub(super) fn decode_flat(dec: &mut RowDecoder, text: &str, raw: &[u8], received
 }
 
 struct Scan<'a> {
-    text: &'a str,
     b: &'a [u8],
     i: usize,
 }
@@ -72,10 +74,21 @@ impl<'a> Scan<'a> {
         }
         loop {
             self.eat(b'"')?;
-            let key = self.string_body()?;
+            let col = match dec.predicted_key() {
+                // The name has no quote, backslash or control character, so these bytes followed
+                // by a quote are the key itself, unescaped: no scan for its end is needed.
+                Some((c, name)) if is_at(self.b, self.i, name) && self.b.get(self.i + name.len()) == Some(&b'"') => {
+                    self.i += name.len() + 1;
+                    dec.accept_predicted_key();
+                    Some(c)
+                }
+                _ => {
+                    let key = self.string_body()?;
+                    dec.lookup_next_key(key)
+                }
+            };
             self.eat(b':')?;
             self.ws();
-            let col = dec.lookup_next_key(key);
             let value = self.scalar()?;
             match col {
                 // A nested column takes JSON text: the general path's, except for null.
@@ -95,20 +108,40 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// A string's text after its opening quote, through the closing quote; `None` for escapes and
-    /// control characters (the general path unescapes or rejects them).
+    /// A string's text after its opening quote, through the closing quote; `None` for escapes,
+    /// control characters and invalid UTF-8 (the general path unescapes or rejects them).
     #[inline]
     fn string_body(&mut self) -> Option<&'a str> {
-        let start = self.i;
-        while let Some(&c) = self.b.get(self.i) {
+        let (b, start) = (self.b, self.i);
+        let mut i = start;
+        // Eight bytes at a time while all are ASCII and none is a quote, backslash or control.
+        while let Some(chunk) = b.get(i..i + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().ok()?);
+            if special_or_not_ascii(word) {
+                break;
+            }
+            i += 8;
+        }
+        let mut ascii = true;
+        while let Some(&c) = b.get(i) {
             match c {
                 b'"' => {
-                    self.i += 1;
-                    // Both ends are ASCII quotes, so the slice is on character boundaries.
-                    return self.text.get(start..self.i - 1);
+                    self.i = i + 1;
+                    let body = &b[start..i];
+                    if !ascii {
+                        return std::str::from_utf8(body).ok();
+                    }
+                    debug_assert!(body.is_ascii());
+                    // SAFETY: every byte of `body` was seen to be below 0x80 (by the word test or
+                    // the loop here), and ASCII is valid UTF-8.
+                    return Some(unsafe { std::str::from_utf8_unchecked(body) });
                 }
                 b'\\' | 0..=0x1f => return None,
-                _ => self.i += 1,
+                0x80.. => {
+                    ascii = false;
+                    i += 1;
+                }
+                _ => i += 1,
             }
         }
         None
@@ -149,37 +182,50 @@ impl<'a> Scan<'a> {
             self.i += 1;
         }
         let int_start = self.i;
+        // The digits of integer and fraction as one integer, exact while there are at most 19.
+        let mut mantissa = 0u64;
         match self.peek()? {
             b'0' => self.i += 1,
-            b'1'..=b'9' => self.digits(),
+            b'1'..=b'9' => mantissa = self.digits(0),
             _ => return None,
         }
         let int_digits = self.i - int_start;
+        let mut frac_digits = 0;
         let mut float = false;
         if self.peek() == Some(b'.') {
             self.i += 1;
             if !matches!(self.peek(), Some(b'0'..=b'9')) {
                 return None;
             }
-            self.digits();
+            let frac_start = self.i;
+            mantissa = self.digits(mantissa);
+            frac_digits = self.i - frac_start;
             float = true;
         }
         let mantissa_end = self.i;
+        let mut exp = 0i32;
         if let Some(b'e' | b'E') = self.peek() {
             self.i += 1;
+            let exp_negative = self.peek() == Some(b'-');
             if let Some(b'+' | b'-') = self.peek() {
                 self.i += 1;
             }
             let exp_start = self.i;
-            self.digits();
+            let e = self.digits(0);
             if self.i == exp_start || self.i - exp_start > 3 {
                 return None;
             }
+            // At most three digits: fits i32.
+            exp = if exp_negative { -(e as i32) } else { e as i32 };
             float = true;
         }
-        let token = self.text.get(start..self.i)?;
         if float {
-            let v: f64 = token.parse().ok()?;
+            let v: f64 = match exact_f64(mantissa, int_digits + frac_digits, exp - frac_digits as i32) {
+                Some(v) if negative => -v,
+                Some(v) => v,
+                // Digits, signs, point and exponent letter: ASCII.
+                None => std::str::from_utf8(&self.b[start..self.i]).ok()?.parse().ok()?,
+            };
             // Overflow, and a non-zero number rounded to zero, are the general path's to report.
             let zero = self.b[start..mantissa_end].iter().all(|c| matches!(c, b'-' | b'0' | b'.'));
             return (v.is_finite() && (v != 0.0 || zero)).then_some(Value::F64(v));
@@ -187,8 +233,7 @@ impl<'a> Scan<'a> {
         if int_digits > 18 {
             return None;
         }
-        let n: u64 = token[int_start - start..].parse().ok()?;
-        match (negative, n) {
+        match (negative, mantissa) {
             (false, n) => Some(Value::U64(n)),
             (true, 0) => None,
             // At most 18 digits: within i64.
@@ -196,10 +241,56 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// Skips decimal digits, appending them to `acc` (wrapping: callers use the value only when
+    /// there were at most 19 digits in all).
     #[inline]
-    fn digits(&mut self) {
-        while let Some(b'0'..=b'9') = self.peek() {
+    fn digits(&mut self, mut acc: u64) -> u64 {
+        while let Some(c @ b'0'..=b'9') = self.peek() {
+            acc = acc.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
             self.i += 1;
         }
+        acc
     }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of `word` is a quote, a backslash, below 0x20 or not ASCII (the classic "has
+/// zero byte" and "has byte less than" tricks; exact as to whether one exists, which is all that
+/// is asked).
+#[inline]
+fn special_or_not_ascii(word: u64) -> bool {
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH_BITS;
+    let quote = zero_byte(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH_BITS;
+    quote | backslash | control | (word & HIGH_BITS) != 0
+}
+
+/// Whether `hay` holds `name` at `at`. Names are short: an inline compare, not a call to `memcmp`.
+#[inline]
+fn is_at(hay: &[u8], at: usize, name: &[u8]) -> bool {
+    match hay.get(at..at + name.len()) {
+        Some(here) => here.iter().zip(name).all(|(a, b)| a == b),
+        None => false,
+    }
+}
+
+/// Powers of ten that an f64 holds exactly.
+const EXACT_POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+    1e21, 1e22,
+];
+
+/// `mantissa × 10^exp10` rounded correctly, when one IEEE operation on exact operands gives it
+/// (Clinger's fast path: the mantissa below 2^53, |exp10| ≤ 22); `None` otherwise.
+#[inline]
+fn exact_f64(mantissa: u64, digits: usize, exp10: i32) -> Option<f64> {
+    if digits > 19 || mantissa >= 1 << 53 {
+        return None;
+    }
+    let m = mantissa as f64;
+    let p = *EXACT_POW10.get(exp10.unsigned_abs() as usize)?;
+    Some(if exp10 < 0 { m / p } else { m * p })
 }
