@@ -33,6 +33,9 @@ crate::connector_options! {
 /// Default longest line: 16 MiB.
 pub const DEFAULT_MAX_LINE: usize = 16 << 20;
 const READ_CHUNK: usize = 1 << 20;
+/// Bytes read at a time while a piece for the decode threads is cut: the buffer becomes the piece
+/// and what follows its last line is copied to the next buffer, so short reads keep that copy short.
+const PIECE_READ_CHUNK: usize = 128 << 10;
 /// Bytes of lines in one piece for a decode thread, at most (a single longer line is a piece of its
 /// own). With [`super::decode_pool::PIECES_PER_WORKER`] this bounds the bytes a pool holds.
 pub const PIECE_BYTES: usize = 1 << 20;
@@ -69,7 +72,9 @@ struct LinePool {
 
 /// Whole lines of the file, for one decode thread.
 struct LinePiece {
+    /// The lines are `lines[from..]` (the buffer they were read into, handed over whole).
     lines: Vec<u8>,
+    from: usize,
     /// File offset just after the piece's last newline.
     end: u64,
     now: i64,
@@ -89,8 +94,9 @@ impl PieceDecoder for LineDecoder {
         let mapping = piece.csv_mapping.as_deref().map(Vec::as_slice);
         // `memchr` finds newlines many bytes at a time; `split` would test each byte.
         let mut start = 0;
-        for nl in memchr::memchr_iter(b'\n', &piece.lines).chain([piece.lines.len()]) {
-            let line = &piece.lines[start..nl];
+        let lines = &piece.lines[piece.from..];
+        for nl in memchr::memchr_iter(b'\n', lines).chain([lines.len()]) {
+            let line = &lines[start..nl];
             decode_line(self.format, &mut self.csv, mapping, self.max_line, dec, line, piece.now);
             start = nl + 1;
         }
@@ -159,13 +165,18 @@ impl FileSource {
 
     /// Reads more bytes; returns how many.
     fn fill(&mut self) -> Result<usize> {
+        self.fill_by(READ_CHUNK)
+    }
+
+    /// Reads up to `chunk_bytes` more bytes; returns how many.
+    fn fill_by(&mut self, chunk_bytes: usize) -> Result<usize> {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.buf_offset += self.start as u64;
             self.start = 0;
         }
         let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
+        self.buf.resize(len + chunk_bytes, 0);
         let n = loop {
             match self.file.read(&mut self.buf[len..]) {
                 Ok(n) => break n,
@@ -229,12 +240,16 @@ impl FileSource {
     /// them, or what is there at the end of the input (reading more until one of these holds, so
     /// pieces are even and the threads equally busy). `false`: no whole line to submit.
     fn cut_piece(&mut self, max_rows: usize) -> Result<bool> {
+        // Lines counted so far in the window (offsets from `start`, which `fill` keeps).
+        let (mut counted_bytes, mut lines, mut last) = (0, 0, None);
         let (lines_end, next) = loop {
             let rest = &self.buf[self.start..];
             let window = &rest[..rest.len().min(PIECE_BYTES)];
-            let (last, lines) = last_newline_within(window, max_rows);
+            let (more_last, more_lines) = last_newline_within(&window[counted_bytes..], max_rows - lines);
+            last = more_last.map(|nl| counted_bytes + nl).or(last);
+            (counted_bytes, lines) = (window.len(), lines + more_lines);
             let full = lines >= max_rows || rest.len() >= PIECE_BYTES;
-            if full || rest.len() > self.max_line || self.fill()? == 0 {
+            if full || rest.len() > self.max_line || self.fill_by(PIECE_READ_CHUNK)? == 0 {
                 match last.or_else(|| memchr(b'\n', &self.buf[self.start..])) {
                     Some(nl) => break (self.start + nl, self.start + nl + 1),
                     None => return Ok(false),
@@ -243,12 +258,17 @@ impl FileSource {
         };
         let now = crate::time::now_ms();
         let Some(p) = self.pool.as_mut() else { return Ok(false) };
-        let mut lines = p.spare.pop().unwrap_or_default();
-        lines.clear();
-        lines.extend_from_slice(&self.buf[self.start..lines_end]);
+        // The buffer goes to the piece whole; what follows its lines starts the next buffer.
+        let mut rest = p.spare.pop().unwrap_or_default();
+        rest.clear();
+        rest.extend_from_slice(&self.buf[next..]);
+        let mut lines = std::mem::replace(&mut self.buf, rest);
+        lines.truncate(lines_end);
         let end = self.buf_offset + next as u64;
-        p.pool.submit(LinePiece { lines, end, now, csv_mapping: self.csv_mapping.clone() })?;
-        self.start = next;
+        let piece = LinePiece { lines, from: self.start, end, now, csv_mapping: self.csv_mapping.clone() };
+        p.pool.submit(piece)?;
+        self.buf_offset = end;
+        self.start = 0;
         Ok(true)
     }
 }
