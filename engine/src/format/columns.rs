@@ -269,8 +269,9 @@ impl ColumnBuf {
         }
     }
 
-    /// Moves the rows out as an Arrow array, leaving the buffer empty with room for as many rows
-    /// (batches of a source are alike: the next one then grows no vector step by step).
+    /// Moves the rows out as an Arrow array, leaving the buffer empty with room for as many rows,
+    /// up to [`KEPT_ROOM_BYTES`] a vector (batches of a source are alike: the next one then grows
+    /// no vector step by step).
     pub fn finish(&mut self) -> Result<ArrayRef, arrow::error::ArrowError> {
         Ok(match self {
             ColumnBuf::Bool(v, valid) => {
@@ -317,9 +318,13 @@ fn take_var(
     (o, take_keeping_room(data), nulls(take_keeping_room(valid)))
 }
 
-/// Takes the vector's contents, leaving it empty with the same capacity.
+/// Most room a buffer keeps for the next batch, in bytes: a burst of large batches must not leave
+/// an idle source holding that much memory per column.
+const KEPT_ROOM_BYTES: usize = 256 << 10;
+
+/// Takes the vector's contents, leaving it empty with as much room (up to [`KEPT_ROOM_BYTES`]).
 fn take_keeping_room<T>(v: &mut Vec<T>) -> Vec<T> {
-    let room = v.capacity();
+    let room = v.capacity().min(KEPT_ROOM_BYTES / std::mem::size_of::<T>().max(1));
     std::mem::replace(v, Vec::with_capacity(room))
 }
 
