@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -249,7 +250,7 @@ enum Cmd {
     Restore(Vec<Vec<u8>>),
 }
 
-/// A step's output (sink node, rows), and the shard's state bytes after it.
+/// A step's output (sink node, rows), and the shard's state bytes (as of [`STATE_BYTES_RECOUNT_MS`]).
 type StepOutput = (Vec<(NodeId, Chunk)>, usize);
 
 enum Reply {
@@ -530,10 +531,39 @@ impl Drop for Shards {
     }
 }
 
+/// How long a shard's count of its state bytes may stand before it is counted again. Counting
+/// walks every group of every operator, so a count per step would make each step cost as much as
+/// the state is large; the count is for stats and metrics, where a second-old figure is fine.
+const STATE_BYTES_RECOUNT_MS: u64 = 1000;
+
+/// A shard's state bytes as last counted, and when.
+#[derive(Default)]
+struct StateBytesGauge {
+    counted_at: Option<Instant>,
+    bytes: usize,
+}
+
+impl StateBytesGauge {
+    /// The bytes as of `now`: `count()`'s, when the last count is older than the recount interval.
+    fn read(&mut self, now: Instant, count: impl FnOnce() -> usize) -> usize {
+        let stale = self
+            .counted_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_millis(STATE_BYTES_RECOUNT_MS));
+        if stale {
+            self.bytes = count();
+            self.counted_at = Some(now);
+        }
+        self.bytes
+    }
+}
+
 fn shard_loop(mut g: ShardGraph, rx: Receiver<Cmd>, tx: SyncSender<Reply>) {
+    let mut gauge = StateBytesGauge::default();
     while let Ok(cmd) = rx.recv() {
         let reply = match cmd {
-            Cmd::Step(ops) => Reply::Step(run_step(&mut g, ops)),
+            Cmd::Step(ops) => Reply::Step(
+                run_step(&mut g, ops).map(|out| (out, gauge.read(Instant::now(), || g.graph.state_bytes()))),
+            ),
             Cmd::Snapshot => Reply::Blobs(
                 (0..g.graph.len())
                     .map(|id| {
@@ -543,7 +573,10 @@ fn shard_loop(mut g: ShardGraph, rx: Receiver<Cmd>, tx: SyncSender<Reply>) {
                     })
                     .collect(),
             ),
-            Cmd::Restore(blobs) => Reply::Restored(restore(&mut g.graph, &blobs)),
+            Cmd::Restore(blobs) => {
+                gauge = StateBytesGauge::default();
+                Reply::Restored(restore(&mut g.graph, &blobs))
+            }
         };
         if tx.send(reply).is_err() {
             return;
@@ -551,17 +584,16 @@ fn shard_loop(mut g: ShardGraph, rx: Receiver<Cmd>, tx: SyncSender<Reply>) {
     }
 }
 
-fn run_step(g: &mut ShardGraph, ops: Vec<Op>) -> Result<StepOutput> {
+fn run_step(g: &mut ShardGraph, ops: Vec<Op>) -> Result<Vec<(NodeId, Chunk)>> {
     for op in ops {
         match op {
             Op::Push(node, chunk) => g.graph.push(node, 0, chunk)?,
             Op::Advance(node, wm) => g.graph.advance(node, 0, wm)?,
         }
     }
-    let out = std::mem::take(
+    Ok(std::mem::take(
         &mut *g.captured.lock().map_err(|_| EngineError::Internal("a shard's output lock is poisoned".into()))?,
-    );
-    Ok((out, g.graph.state_bytes()))
+    ))
 }
 
 fn restore(graph: &mut Graph, blobs: &[Vec<u8>]) -> Result<()> {
@@ -599,6 +631,24 @@ mod tests {
         let s: ArrayRef = Arc::new(StringArray::from(vec!["dev-1"]));
         shard_of_rows(&s, 1 << 31, &mut x).unwrap();
         assert_eq!(x[0] as u64, 7042560120561957536 % (1 << 31));
+    }
+
+    #[test]
+    fn state_bytes_are_recounted_once_the_last_count_is_a_second_old() {
+        let mut gauge = StateBytesGauge::default();
+        let t0 = Instant::now();
+        let counts = std::cell::Cell::new(0);
+        let count = |bytes: usize| {
+            counts.set(counts.get() + 1);
+            bytes
+        };
+        assert_eq!(gauge.read(t0, || count(100)), 100, "the first step counts");
+        assert_eq!(gauge.read(t0 + Duration::from_millis(STATE_BYTES_RECOUNT_MS - 1), || count(200)), 100);
+        assert_eq!(gauge.read(t0 + Duration::from_millis(STATE_BYTES_RECOUNT_MS), || count(300)), 300);
+        assert_eq!(counts.get(), 2, "steps within the interval reuse the count");
+        // A restore starts a new gauge: its first step counts again.
+        let mut gauge = StateBytesGauge::default();
+        assert_eq!(gauge.read(t0, || count(7)), 7);
     }
 
     #[test]
