@@ -87,8 +87,10 @@ case "$cmd" in
         # Tests that read this process's own memory map skip when qemu-user shows its host's.
         export EDDY_TEST_EMULATED=1
         # The engine's whole suite, and the daemon's tests that need no broker (golden replay,
-        # durable state across kills, the management API over its Unix socket).
+        # durable state across kills, the management API over its Unix socket, which drives the
+        # target's eddyctl: built first, as `cargo test -p eddyd` builds only eddyd).
         cargo test --release --locked --target "$triple" -p eddy-engine --no-fail-fast
+        cargo build --release --locked --target "$triple" --bin eddyctl
         cargo test --release --locked --target "$triple" -p eddyd --no-fail-fast \
             --bins --test golden --test durable --test api
         # The shared replay cases, against the ARM eddyd those tests built.
