@@ -72,10 +72,11 @@ fn ask(p: &Pipeline, sql: &str, limits: QueryLimits) -> Result<Answer, String> {
 fn lines(a: &Answer) -> Vec<String> {
     let names: Vec<String> = a.batch.schema().fields().iter().map(|f| f.name().clone()).collect();
     let w = JsonRowWriter::new(&names);
+    let rows = w.batch(&a.batch);
     (0..a.batch.num_rows())
         .map(|i| {
             let mut out = Vec::new();
-            w.write_row(&a.batch, i, b"", &mut out);
+            rows.write_row(i, b"", &mut out);
             String::from_utf8(out).unwrap()
         })
         .collect()

@@ -151,9 +151,10 @@ pub fn reply(
             let w = eddy_engine::connector::JsonRowWriter::new(&names);
             let mut bytes = 0usize;
             let mut line = Vec::new();
+            let rows = w.batch(&a.batch);
             for i in 0..a.batch.num_rows() {
                 line.clear();
-                w.write_row(&a.batch, i, b"", &mut line);
+                rows.write_row(i, b"", &mut line);
                 bytes += line.len();
                 if bytes > max_bytes {
                     r.truncated = true;

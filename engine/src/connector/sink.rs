@@ -278,17 +278,17 @@ impl Operator for Sink {
             let extra = |row: usize| op_member(mode, kinds.map(|k| k[row]));
             self.tap.offer_batch(batch, &self.writer, extra, &mut self.tap_buf);
         }
-        for row in 0..batch.num_rows() {
-            let kind = chunk.kinds.as_ref().map(|k| k[row]);
-            if kind == Some(RowKind::Delete) {
-                self.stats.deletes += 1;
-            } else {
-                self.stats.rows += 1;
-            }
-            match &self.target {
-                SinkTarget::Console => self.write_text_row(batch, row, kind),
-                SinkTarget::File(_) | SinkTarget::External(_) => {
-                    self.writer.write_row(batch, row, op_member(self.mode, kind), &mut self.buf);
+        let kinds = chunk.kinds.as_deref();
+        let deletes = kinds.map_or(0, |k| k.iter().filter(|k| **k == RowKind::Delete).count());
+        self.stats.deletes += deletes as u64;
+        self.stats.rows += (batch.num_rows() - deletes) as u64;
+        let kind = |row: usize| kinds.map(|k| k[row]);
+        match &self.target {
+            SinkTarget::Console => (0..batch.num_rows()).for_each(|row| self.write_text_row(batch, row, kind(row))),
+            SinkTarget::File(_) | SinkTarget::External(_) => {
+                let rows = self.writer.batch(batch);
+                for row in 0..batch.num_rows() {
+                    rows.write_row(row, op_member(self.mode, kind(row)), &mut self.buf);
                     self.buf.push(b'\n');
                 }
             }

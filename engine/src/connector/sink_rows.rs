@@ -191,8 +191,9 @@ mod tests {
         let w = JsonRowWriter::new(&names);
         let mut lines = Vec::new();
         for b in batches {
+            let rows = w.batch(b);
             for r in 0..b.num_rows() {
-                w.write_row(b, r, b",\"_op\":\"upsert\"", &mut lines);
+                rows.write_row(r, b",\"_op\":\"upsert\"", &mut lines);
                 lines.push(b'\n');
             }
         }

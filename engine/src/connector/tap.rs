@@ -121,8 +121,9 @@ impl TapPoint {
         buf: &mut Vec<u8>,
     ) {
         buf.clear();
+        let rows = writer.batch(batch);
         for row in 0..batch.num_rows() {
-            writer.write_row(batch, row, extra(row), buf);
+            rows.write_row(row, extra(row), buf);
             buf.push(b'\n');
         }
         self.offer(TapRows { json_lines: Arc::from(&buf[..]), rows: batch.num_rows() });

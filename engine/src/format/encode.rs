@@ -1,7 +1,8 @@
 //! JSON output: one object per row, keys are the output column names, timestamps RFC 3339 UTC with
 //! milliseconds, NULL as `null`. Writes into a caller's buffer; nothing is allocated per row.
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, StringViewArray, StructArray};
+use arrow::buffer::NullBuffer;
 use arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit, TimestampMicrosecondType,
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt64Type,
@@ -34,40 +35,115 @@ impl JsonRowWriter {
         JsonRowWriter { keys }
     }
 
-    /// Appends row `row` of `batch` as one JSON object (no newline), with `extra` members appended
-    /// verbatim before the closing brace (e.g. `,"_op":"delete"`).
-    pub fn write_row(&self, batch: &RecordBatch, row: usize, extra: &[u8], out: &mut Vec<u8>) {
+    /// Prepares `batch` for writing its rows: each column is downcast once here, so that writing
+    /// a row does no dynamic dispatch per value (the sinks' hot path).
+    pub fn batch<'a>(&'a self, batch: &'a RecordBatch) -> BatchWriter<'a> {
+        debug_assert_eq!(batch.num_columns(), self.keys.len(), "writer made for another schema");
+        let columns = batch.columns().iter().map(TypedColumn::of).collect();
+        BatchWriter { keys: &self.keys, columns }
+    }
+}
+
+/// One batch, ready to be written row by row ([`JsonRowWriter::batch`]).
+pub struct BatchWriter<'a> {
+    keys: &'a [Vec<u8>],
+    columns: Vec<TypedColumn<'a>>,
+}
+
+impl BatchWriter<'_> {
+    /// Appends row `row` as one JSON object (no newline), with `extra` members appended verbatim
+    /// before the closing brace (e.g. `,"_op":"delete"`).
+    pub fn write_row(&self, row: usize, extra: &[u8], out: &mut Vec<u8>) {
         out.push(b'{');
-        for (c, key) in self.keys.iter().enumerate() {
+        for (key, col) in self.keys.iter().zip(&self.columns) {
             out.extend_from_slice(key);
-            write_value(batch.column(c), row, out);
+            col.write(row, out);
         }
         out.extend_from_slice(extra);
         out.push(b'}');
     }
 }
 
+/// A column downcast to the types sinks write most; anything else goes through [`write_value`].
+enum TypedColumn<'a> {
+    Int64(Option<&'a NullBuffer>, &'a [i64]),
+    Int32(Option<&'a NullBuffer>, &'a [i32]),
+    Float64(Option<&'a NullBuffer>, &'a [f64]),
+    TimestampMs(Option<&'a NullBuffer>, &'a [i64]),
+    Utf8(&'a StringArray),
+    Utf8View(&'a StringViewArray),
+    Other(&'a ArrayRef),
+}
+
+impl<'a> TypedColumn<'a> {
+    fn of(col: &'a ArrayRef) -> Self {
+        match col.data_type() {
+            DataType::Int64 => Self::Int64(col.nulls(), col.as_primitive::<Int64Type>().values()),
+            DataType::Int32 => Self::Int32(col.nulls(), col.as_primitive::<Int32Type>().values()),
+            DataType::Float64 => Self::Float64(col.nulls(), col.as_primitive::<Float64Type>().values()),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                Self::TimestampMs(col.nulls(), col.as_primitive::<TimestampMillisecondType>().values())
+            }
+            DataType::Utf8 => Self::Utf8(col.as_string::<i32>()),
+            DataType::Utf8View => Self::Utf8View(col.as_string_view()),
+            _ => Self::Other(col),
+        }
+    }
+
+    /// Writes the same text as [`write_value`] would.
+    fn write(&self, row: usize, out: &mut Vec<u8>) {
+        let null = |n: &Option<&NullBuffer>| n.is_some_and(|n| n.is_null(row));
+        match self {
+            Self::Int64(n, _) | Self::Int32(n, _) | Self::Float64(n, _) | Self::TimestampMs(n, _) if null(n) => {
+                out.extend_from_slice(b"null")
+            }
+            Self::Int64(_, v) => write_int(v[row], out),
+            Self::Int32(_, v) => write_int(v[row], out),
+            Self::Float64(_, v) => write_f64(v[row], out),
+            Self::TimestampMs(_, v) => write_timestamp_ms(v[row], out),
+            Self::Utf8(a) if a.is_null(row) => out.extend_from_slice(b"null"),
+            Self::Utf8(a) => write_json_str(a.value(row), out),
+            Self::Utf8View(a) if a.is_null(row) => out.extend_from_slice(b"null"),
+            Self::Utf8View(a) => write_json_str(a.value(row), out),
+            Self::Other(col) => write_value(col, row, out),
+        }
+    }
+}
+
+/// Whether a byte must be escaped inside a JSON string.
+const fn json_escape_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+}
+static JSON_ESCAPE: [bool; 256] = json_escape_table();
+
+/// Writes `s` as a JSON string. Runs of plain bytes are copied whole: most text has nothing to escape.
 pub fn write_json_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
-                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
+    while let Some(at) = bytes[start..].iter().position(|&b| JSON_ESCAPE[b as usize]) {
+        let i = start + at;
         out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(esc);
+        match bytes[i] {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+            }
+        }
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
@@ -87,6 +163,12 @@ fn write_f64(f: f64, out: &mut Vec<u8>) {
 fn write_int(i: impl itoa::Integer, out: &mut Vec<u8>) {
     // Not `write!`: every integer a sink writes comes here, and itoa is several times faster.
     out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+}
+
+fn write_timestamp_ms(ms: i64, out: &mut Vec<u8>) {
+    out.push(b'"');
+    write_rfc3339_ms(ms, out);
+    out.push(b'"');
 }
 
 /// Appends one value as JSON.
@@ -125,9 +207,7 @@ pub fn write_value(col: &ArrayRef, row: usize, out: &mut Vec<u8>) {
                 TimeUnit::Microsecond => col.as_primitive::<TimestampMicrosecondType>().value(row).div_euclid(1000),
                 TimeUnit::Nanosecond => col.as_primitive::<TimestampNanosecondType>().value(row).div_euclid(1_000_000),
             };
-            out.push(b'"');
-            write_rfc3339_ms(ms, out);
-            out.push(b'"');
+            write_timestamp_ms(ms, out);
         }
         DataType::Binary => write_bytes(col.as_binary::<i32>().value(row), out),
         DataType::LargeBinary => write_bytes(col.as_binary::<i64>().value(row), out),
@@ -174,7 +254,11 @@ fn write_bytes(b: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Float32Array, Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
+    use arrow::array::{
+        Float32Array, Float64Array, Int32Array, Int64Array, StringArray, StringViewArray, TimestampMillisecondArray,
+        UInt16Array,
+    };
+    use proptest::prelude::*;
     use std::sync::Arc;
 
     #[test]
@@ -188,14 +272,70 @@ mod tests {
         ])
         .unwrap();
         let w = JsonRowWriter::new(&["s".into(), "f".into(), "g".into(), "ts".into(), "i".into()]);
+        let rows = w.batch(&batch);
         let mut out = Vec::new();
-        w.write_row(&batch, 0, b"", &mut out);
+        rows.write_row(0, b"", &mut out);
         out.push(b'\n');
-        w.write_row(&batch, 1, b",\"_op\":\"delete\"", &mut out);
+        rows.write_row(1, b",\"_op\":\"delete\"", &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "{\"s\":\"a\\\"b\\n\",\"f\":83.24600000000001,\"g\":22.78,\"ts\":\"2026-03-01T08:00:00.384Z\",\"i\":-9223372036854775808}\n\
              {\"s\":null,\"f\":null,\"g\":1,\"ts\":\"1970-01-01T00:00:00.000Z\",\"i\":-7,\"_op\":\"delete\"}"
         );
+    }
+
+    /// Every column of a batch, typed or not, sliced or not: the batch writer writes what
+    /// `write_value` writes, and the row reads back as JSON with the same strings.
+    fn same_as_write_value(batch: &RecordBatch) {
+        let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let w = JsonRowWriter::new(&names);
+        let rows = w.batch(batch);
+        for row in 0..batch.num_rows() {
+            let mut typed = Vec::new();
+            rows.write_row(row, b"", &mut typed);
+            let mut generic = vec![b'{'];
+            for (c, name) in names.iter().enumerate() {
+                if c > 0 {
+                    generic.push(b',');
+                }
+                write_json_str(name, &mut generic);
+                generic.push(b':');
+                write_value(batch.column(c), row, &mut generic);
+            }
+            generic.push(b'}');
+            assert_eq!(String::from_utf8_lossy(&typed), String::from_utf8_lossy(&generic));
+            let v: serde_json::Value = serde_json::from_slice(&typed).unwrap();
+            let s = batch.column(names.iter().position(|n| n == "s").unwrap()).as_string::<i32>();
+            match s.is_null(row) {
+                true => assert!(v["s"].is_null()),
+                false => assert_eq!(v["s"].as_str(), Some(s.value(row))),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn batch_writer_writes_what_write_value_writes(
+            rows in proptest::collection::vec(
+                (proptest::option::of(any::<i64>()), proptest::option::of(any::<i32>()),
+                 proptest::option::of(any::<f64>()), proptest::option::of(-10_000_000_000_000i64..10_000_000_000_000),
+                 proptest::option::of("(?s).{0,12}"), proptest::option::of(any::<u16>())),
+                1..20),
+            slice_from in 0usize..5,
+        ) {
+            let batch = RecordBatch::try_from_iter(vec![
+                ("i", Arc::new(rows.iter().map(|r| r.0).collect::<Int64Array>()) as ArrayRef),
+                ("j", Arc::new(rows.iter().map(|r| r.1).collect::<Int32Array>()) as ArrayRef),
+                ("f", Arc::new(rows.iter().map(|r| r.2).collect::<Float64Array>()) as ArrayRef),
+                ("ts", Arc::new(rows.iter().map(|r| r.3).collect::<TimestampMillisecondArray>()) as ArrayRef),
+                ("s", Arc::new(rows.iter().map(|r| r.4.clone()).collect::<StringArray>()) as ArrayRef),
+                ("v", Arc::new(rows.iter().map(|r| r.4.clone()).collect::<StringViewArray>()) as ArrayRef),
+                ("u", Arc::new(rows.iter().map(|r| r.5).collect::<UInt16Array>()) as ArrayRef),
+            ])
+            .unwrap();
+            same_as_write_value(&batch);
+            let from = slice_from.min(batch.num_rows());
+            same_as_write_value(&batch.slice(from, batch.num_rows() - from));
+        }
     }
 }
