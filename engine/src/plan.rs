@@ -32,12 +32,16 @@ use crate::ops::group_agg::GroupAggregate;
 use crate::ops::lookup_join::TableHandle;
 use crate::ops::over::{Completion, Frame, Over, OverFn};
 use crate::ops::session::SessionAggregate;
+use crate::ops::shared_exprs::{self, SharedExprs};
 use crate::ops::window::{replaces_time, WindowAssign, HIDDEN_TIME};
 use crate::ops::window_agg::WindowAggregate;
 use crate::ops::Limits;
 use crate::sql::catalog::{Catalog, RelationKind, RelationSource};
 use crate::sql::ddl::Emit;
 use crate::sql::tvf::{WindowSpec, WindowTvf};
+
+/// Physical expressions, e.g. a projection's.
+type Exprs = Vec<Arc<dyn PhysicalExpr>>;
 
 /// Window columns a stream's rows carry from a window TVF.
 #[derive(Debug, Clone, Copy)]
@@ -190,12 +194,71 @@ impl<'a> Planner<'a> {
         emit: Option<Emit>,
     ) -> Result<Stream> {
         let stream = self.plan_node_hidden(plan, outermost, emit)?;
-        let visible = plan.schema().fields().len();
+        self.strip_hidden(stream, plan.schema().fields().len())
+    }
+
+    /// `stream` without the hidden trailing columns past its `visible` ones.
+    fn strip_hidden(&mut self, stream: Stream, visible: usize) -> Result<Stream> {
         if stream.schema.fields().len() <= visible {
             return Ok(stream);
         }
         let cols: Vec<usize> = (0..visible).collect();
         self.project_columns(stream, &cols)
+    }
+
+    /// Plans a filter. `later` are the expressions of a projection right after it, planned
+    /// against the same input: sub-expressions that the filter evaluates on every row and that
+    /// occur again are computed once, and the filter's stream carries them as trailing columns.
+    /// Then the rewritten `later`, which read them, are returned too. Not when the input has
+    /// hidden columns: those the projection's input must lose first.
+    fn plan_filter(
+        &mut self,
+        f: &datafusion_expr::logical_plan::Filter,
+        outermost: Option<*const Aggregate>,
+        emit: Option<Emit>,
+        later: &[Arc<dyn PhysicalExpr>],
+    ) -> Result<(Stream, Option<Exprs>)> {
+        let input = self.plan_node_hidden(&f.input, outermost, emit)?;
+        if let Some((_, _, start, end)) = input.pending_session {
+            let uses_window = f
+                .predicate
+                .column_refs()
+                .iter()
+                .any(|c| f.input.schema().index_of_column(c).map(|i| i == start || i == end).unwrap_or(false));
+            if uses_window {
+                return Err(plan_err(
+                    "a SESSION window's bounds are known only after aggregation: filter them in HAVING",
+                ));
+            }
+        }
+        let mut pred = self.physical(&f.predicate, f.input.schema())?;
+        let width = input.schema.fields().len();
+        let shared = match later.is_empty() || width != f.input.schema().fields().len() {
+            true => Vec::new(),
+            false => shared_exprs::find(std::slice::from_ref(&pred), later),
+        };
+        let (schema, shared, later) = if shared.is_empty() {
+            (input.schema.clone(), None, None)
+        } else {
+            pred = shared_exprs::rewrite(&pred, &shared, width)?;
+            let later = later.iter().map(|e| shared_exprs::rewrite(e, &shared, width)).collect::<Result<Vec<_>>>()?;
+            let shared = SharedExprs::new(shared);
+            let mut fields: Vec<Field> = input.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.extend(shared.fields(&input.schema)?);
+            (Arc::new(Schema::new(fields)), Some(shared), Some(later))
+        };
+        let node = self.add(
+            Box::new(Calc {
+                label: format!("filter {}", f.predicate),
+                filter: Some(pred),
+                projection: None,
+                schema: schema.clone(),
+                keyed: input.key.is_some(),
+                shared,
+            }),
+            input.node,
+        );
+        Ok((Stream { node, schema, ..input }, later))
     }
 
     /// Plans `plan`; its stream may carry hidden trailing columns (`ops::window::HIDDEN_TIME`),
@@ -233,38 +296,33 @@ impl<'a> Planner<'a> {
                 Ok(stream)
             }
             LogicalPlan::SubqueryAlias(a) => self.plan_node_hidden(&a.input, outermost, emit),
-            LogicalPlan::Filter(f) => {
-                let input = self.plan_node_hidden(&f.input, outermost, emit)?;
-                if let Some((_, _, start, end)) = input.pending_session {
-                    let uses_window =
-                        f.predicate.column_refs().iter().any(|c| {
-                            f.input.schema().index_of_column(c).map(|i| i == start || i == end).unwrap_or(false)
-                        });
-                    if uses_window {
-                        return Err(plan_err(
-                            "a SESSION window's bounds are known only after aggregation: filter them in HAVING",
-                        ));
-                    }
-                }
-                let pred = self.physical(&f.predicate, f.input.schema())?;
-                let node = self.add(
-                    Box::new(Calc {
-                        label: format!("filter {}", f.predicate),
-                        filter: Some(pred),
-                        projection: None,
-                        schema: input.schema.clone(),
-                        keyed: input.key.is_some(),
-                    }),
-                    input.node,
-                );
-                Ok(Stream { node, ..input })
-            }
+            LogicalPlan::Filter(f) => Ok(self.plan_filter(f, outermost, emit, &[])?.0),
             LogicalPlan::Projection(p) => {
-                let input = self.plan_node(&p.input, outermost, emit)?;
+                let mut exprs =
+                    p.expr.iter().map(|e| self.physical(e, p.input.schema())).collect::<Result<Vec<_>>>()?;
+                let input = match p.input.as_ref() {
+                    // A filter right below computes once what both evaluate, and passes it on.
+                    LogicalPlan::Filter(f) => {
+                        let (stream, rewritten) = self.plan_filter(f, outermost, emit, &exprs)?;
+                        match rewritten {
+                            Some(rewritten) => {
+                                exprs = rewritten;
+                                stream
+                            }
+                            None => self.strip_hidden(stream, p.input.schema().fields().len())?,
+                        }
+                    }
+                    input => self.plan_node(input, outermost, emit)?,
+                };
                 if input.pending_session.is_some() {
                     return Err(plan_err("SESSION windows must be aggregated: SELECT ... FROM SESSION(...) GROUP BY keys, window_start, window_end"));
                 }
-                let exprs = p.expr.iter().map(|e| self.physical(e, p.input.schema())).collect::<Result<Vec<_>>>()?;
+                // What the projection evaluates more than once, it computes once.
+                let shared = shared_exprs::find(&exprs, &[]);
+                let width = input.schema.fields().len();
+                let exprs =
+                    exprs.iter().map(|e| shared_exprs::rewrite(e, &shared, width)).collect::<Result<Vec<_>>>()?;
+                let shared = (!shared.is_empty()).then(|| SharedExprs::new(shared));
                 // Where each output column comes from, when it is a plain column of the input.
                 let sources: Vec<Option<usize>> = p
                     .expr
@@ -282,6 +340,7 @@ impl<'a> Planner<'a> {
                         projection: Some(exprs),
                         schema: schema.clone(),
                         keyed: input.key.is_some(),
+                        shared,
                     }),
                     input.node,
                 );
@@ -404,6 +463,7 @@ impl<'a> Planner<'a> {
                             ),
                             schema: schema.clone(),
                             keyed: false,
+                            shared: None,
                         }),
                         s.node,
                     );
@@ -605,6 +665,7 @@ impl<'a> Planner<'a> {
                 projection: Some(exprs),
                 schema: schema.clone(),
                 keyed: false,
+                shared: None,
             }),
             input.node,
         );

@@ -1,6 +1,10 @@
 //! Stateless row operators: a filter and a projection, both DataFusion physical expressions
 //! evaluated on whole batches.
 //!
+//! Sub-expressions that the filter and a projection would both evaluate are computed once
+//! ([`super::shared_exprs`]); a filter then passes them on as trailing columns to the projection
+//! after it.
+//!
 //! On an updating (keyed) stream a row that fails the filter becomes a delete of its key, so a group
 //! that stops passing `HAVING` disappears from an upsert sink instead of keeping its old row.
 
@@ -11,6 +15,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use datafusion_physical_expr::PhysicalExpr;
 
+use super::shared_exprs::SharedExprs;
 use super::{Chunk, Operator, RowKind};
 use crate::error::{EngineError, Result};
 
@@ -22,6 +27,9 @@ pub struct Calc {
     pub schema: SchemaRef,
     /// Whether the input is an updating stream with a key (filter turns rows into deletes).
     pub keyed: bool,
+    /// Sub-expressions computed once per batch before the filter and projection, which read
+    /// them as trailing columns of the input.
+    pub shared: Option<SharedExprs>,
 }
 
 impl Calc {
@@ -55,6 +63,10 @@ impl Operator for Calc {
 
     fn on_chunk(&mut self, _port: usize, chunk: Chunk, out: &mut Vec<Chunk>) -> Result<()> {
         let Chunk { batch, kinds } = chunk;
+        let batch = match &mut self.shared {
+            Some(s) => s.extend(&batch)?,
+            None => batch,
+        };
         let Some(f) = &self.filter else {
             out.push(Chunk { batch: self.project(&batch)?, kinds });
             return Ok(());

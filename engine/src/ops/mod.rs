@@ -16,6 +16,7 @@ pub mod pattern;
 pub mod range_count;
 pub mod rows;
 pub mod session;
+pub mod shared_exprs;
 pub mod snapshot;
 pub mod stream_join;
 pub mod variance;
