@@ -233,9 +233,10 @@ impl<'a> Planner<'a> {
         }
         let mut pred = self.physical(&f.predicate, f.input.schema())?;
         let width = input.schema.fields().len();
-        let shared = match later.is_empty() || width != f.input.schema().fields().len() {
-            true => Vec::new(),
-            false => shared_exprs::find(std::slice::from_ref(&pred), later),
+        let shared = if later.is_empty() || width != f.input.schema().fields().len() {
+            Vec::new()
+        } else {
+            shared_exprs::find(std::slice::from_ref(&pred), later)
         };
         let (schema, shared, later) = if shared.is_empty() {
             (input.schema.clone(), None, None)

@@ -21,6 +21,7 @@ use datafusion_physical_expr::expressions::{
     BinaryExpr, CaseExpr, CastExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, LikeExpr, Literal, NegativeExpr,
     NotExpr, TryCastExpr,
 };
+use datafusion_physical_expr::utils::collect_columns;
 use datafusion_physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 
 use crate::error::Result;
@@ -85,20 +86,22 @@ fn walk(e: &Arc<dyn PhysicalExpr>, sure: bool, seen: &mut HashMap<Arc<dyn Physic
 }
 
 fn node_count(e: &Arc<dyn PhysicalExpr>) -> usize {
-    e.children().into_iter().map(node_count).sum::<usize>() + 1
-}
-
-fn reads_a_column(e: &Arc<dyn PhysicalExpr>) -> bool {
-    e.is::<Column>() || e.children().into_iter().any(reads_a_column)
+    let mut n = 0;
+    // The closure cannot fail, so neither can the walk.
+    let _ = e.apply(|_| {
+        n += 1;
+        Ok(TreeNodeRecursion::Continue)
+    });
+    n
 }
 
 /// Whether `e` or anything in it gives a new value each time (`random()`).
 fn is_volatile(e: &Arc<dyn PhysicalExpr>) -> bool {
-    e.is_volatile_node() || e.children().into_iter().any(is_volatile)
+    e.exists(|n| Ok(n.is_volatile_node())).unwrap_or(true)
 }
 
 fn contains(outer: &Arc<dyn PhysicalExpr>, inner: &Arc<dyn PhysicalExpr>) -> bool {
-    outer == inner || outer.children().into_iter().any(|c| contains(c, inner))
+    outer.exists(|n| Ok(n == inner)).unwrap_or(false)
 }
 
 /// The sub-expressions worth computing once for a batch: those that occur at least twice across
@@ -111,7 +114,7 @@ pub fn find(sure: &[Arc<dyn PhysicalExpr>], also: &[Arc<dyn PhysicalExpr>]) -> V
     also.iter().for_each(|e| walk(e, false, &mut seen));
     let mut candidates: Vec<(usize, Arc<dyn PhysicalExpr>)> = seen
         .into_iter()
-        .filter(|(e, s)| s.count >= 2 && s.sure && reads_a_column(e) && !is_volatile(e))
+        .filter(|(e, s)| s.count >= 2 && s.sure && !collect_columns(e).is_empty() && !is_volatile(e))
         .map(|(e, _)| (node_count(&e), e))
         .collect();
     // By size, then by text: the choice must not depend on the hash map's order, since the
