@@ -171,7 +171,8 @@ impl<'a> Planner<'a> {
 
     fn physical(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
         let e = expand_coalesce(e.clone())?;
-        Ok(create_physical_expr(&e, schema, &self.props, &PhysicalPlanningContext::default())?)
+        let e = create_physical_expr(&e, schema, &self.props, &PhysicalPlanningContext::default())?;
+        crate::ops::short_circuit::rewrite(e, schema.as_arrow())
     }
 
     /// Records that a one-input stateful operator keeps its state per value of `key_cols`.
@@ -565,7 +566,13 @@ impl<'a> Planner<'a> {
                             udaf.name()
                         )));
                     }
-                    OverFn::Agg { args: lowered.aggregate.expressions(), agg: lowered.aggregate, frame }
+                    let args = lowered
+                        .aggregate
+                        .expressions()
+                        .into_iter()
+                        .map(|e| crate::ops::short_circuit::rewrite(e, &physical_schema))
+                        .collect::<Result<Vec<_>>>()?;
+                    OverFn::Agg { args, agg: lowered.aggregate, frame }
                 }
                 WindowFunctionDefinition::WindowUDF(udwf) => match udwf.name() {
                     "row_number" => OverFn::RowNumber,
@@ -761,8 +768,9 @@ impl<'a> Planner<'a> {
             let all = lowered.aggregate.all_expressions();
             let mut a = all.args;
             a.extend(all.order_by_exprs);
-            args.push(a);
-            filters.push(lowered.filter);
+            let lazy = |e| crate::ops::short_circuit::rewrite(e, &physical_schema);
+            args.push(a.into_iter().map(lazy).collect::<Result<Vec<_>>>()?);
+            filters.push(lowered.filter.map(lazy).transpose()?);
             aggs.push(lowered.aggregate);
         }
         let output: SchemaRef = Arc::new(agg.schema.as_arrow().clone());

@@ -17,6 +17,7 @@ pub mod range_count;
 pub mod rows;
 pub mod session;
 pub mod shared_exprs;
+pub mod short_circuit;
 pub mod snapshot;
 pub mod stream_join;
 pub mod variance;

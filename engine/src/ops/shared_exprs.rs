@@ -24,6 +24,7 @@ use datafusion_physical_expr::expressions::{
 use datafusion_physical_expr::utils::collect_columns;
 use datafusion_physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 
+use super::short_circuit;
 use crate::error::Result;
 
 /// What is known of one distinct sub-expression.
@@ -37,6 +38,7 @@ struct Seen {
 /// Expressions this module knows how to look into; anything else is opaque.
 fn known(e: &dyn PhysicalExpr) -> bool {
     e.is::<BinaryExpr>()
+        || short_circuit::is_short_circuit(e)
         || e.is::<CaseExpr>()
         || e.is::<ScalarFunctionExpr>()
         || e.is::<CastExpr>()
@@ -59,6 +61,9 @@ fn sure_children(e: &dyn PhysicalExpr) -> usize {
         if matches!(b.op(), BinaryOp::And | BinaryOp::Or) {
             return 1;
         }
+    }
+    if short_circuit::is_short_circuit(e) {
+        return 1;
     }
     if let Some(c) = e.downcast_ref::<CaseExpr>() {
         // The operand (`CASE x WHEN ...`) and the first WHEN.
@@ -250,6 +255,9 @@ mod tests {
         assert!(find(&[guarded], &[phys(div())]).is_empty());
         // On the right of AND.
         let and = phys(col("qty").not_eq(lit(0i64)).and(div().gt(lit(1i64))));
+        assert!(find(std::slice::from_ref(&and), &[phys(div())]).is_empty());
+        // The same as the planner gives it, evaluating its right side lazily.
+        let and = short_circuit::rewrite(and, &schema()).unwrap();
         assert!(find(&[and], &[phys(div())]).is_empty());
         // In COALESCE's later arguments, twice.
         let both = [phys(datafusion_functions::expr_fn::coalesce(vec![col("qty"), div()])), phys(div())];
