@@ -46,8 +46,9 @@ impl ShortCircuit {
             .clone()
             .transform_up(|n| {
                 let Some(c) = n.downcast_ref::<Column>() else { return Ok(Transformed::no(n)) };
-                // Present: `right_columns` was collected from this same tree.
-                let i = right_columns.binary_search(&c.index()).unwrap_or_default();
+                let Ok(i) = right_columns.binary_search(&c.index()) else {
+                    return internal_err!("column {c} missing from the columns collected from its own tree");
+                };
                 Ok(Transformed::yes(Arc::new(Column::new(c.name(), i)) as Arc<dyn PhysicalExpr>))
             })?
             .data;
@@ -165,7 +166,8 @@ impl PhysicalExpr for ShortCircuit {
     }
 }
 
-/// `e` with every boolean `AND` / `OR` in it evaluating its right side only where needed.
+/// `e` with every boolean `AND` / `OR` in it whose right side may fail evaluating that side only
+/// where the left leaves a row open.
 pub fn rewrite(e: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
     let out = e.transform_up(|n| {
         let Some(b) = n.downcast_ref::<BinaryExpr>() else { return Ok(Transformed::no(n)) };
