@@ -33,6 +33,7 @@ use crate::ops::lookup_join::TableHandle;
 use crate::ops::over::{Completion, Frame, Over, OverFn};
 use crate::ops::session::SessionAggregate;
 use crate::ops::shared_exprs::{self, SharedExprs};
+use crate::ops::short_circuit;
 use crate::ops::window::{replaces_time, WindowAssign, HIDDEN_TIME};
 use crate::ops::window_agg::WindowAggregate;
 use crate::ops::Limits;
@@ -172,7 +173,7 @@ impl<'a> Planner<'a> {
     fn physical(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
         let e = expand_coalesce(e.clone())?;
         let e = create_physical_expr(&e, schema, &self.props, &PhysicalPlanningContext::default())?;
-        crate::ops::short_circuit::rewrite(e, schema.as_arrow())
+        short_circuit::rewrite(e, schema.as_arrow())
     }
 
     /// Records that a one-input stateful operator keeps its state per value of `key_cols`.
@@ -570,7 +571,7 @@ impl<'a> Planner<'a> {
                         .aggregate
                         .expressions()
                         .into_iter()
-                        .map(|e| crate::ops::short_circuit::rewrite(e, &physical_schema))
+                        .map(|e| short_circuit::rewrite(e, &physical_schema))
                         .collect::<Result<Vec<_>>>()?;
                     OverFn::Agg { args, agg: lowered.aggregate, frame }
                 }
@@ -768,7 +769,7 @@ impl<'a> Planner<'a> {
             let all = lowered.aggregate.all_expressions();
             let mut a = all.args;
             a.extend(all.order_by_exprs);
-            let lazy = |e| crate::ops::short_circuit::rewrite(e, &physical_schema);
+            let lazy = |e| short_circuit::rewrite(e, &physical_schema);
             args.push(a.into_iter().map(lazy).collect::<Result<Vec<_>>>()?);
             filters.push(lowered.filter.map(lazy).transpose()?);
             aggs.push(lowered.aggregate);

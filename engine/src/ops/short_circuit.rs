@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::compute::kernels::boolean::{and_kleene, or_kleene};
-use arrow::datatypes::{DataType, FieldRef, Schema};
+use arrow::datatypes::{DataType, Schema};
 use datafusion_common::tree_node::{Transformed, TreeNode};
 use datafusion_common::{internal_err, ScalarValue};
 use datafusion_expr::{ColumnarValue, Operator as BinaryOp};
@@ -89,9 +89,35 @@ impl std::hash::Hash for ShortCircuit {
     }
 }
 
+impl ShortCircuit {
+    /// Writes `left OP right`, with `one` writing each side; a side that is the other of AND / OR
+    /// goes in parentheses.
+    fn write_with(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        one: impl Fn(&mut fmt::Formatter<'_>, &Arc<dyn PhysicalExpr>) -> fmt::Result,
+    ) -> fmt::Result {
+        let other = if self.is_and { BinaryOp::Or } else { BinaryOp::And };
+        let side = |f: &mut fmt::Formatter<'_>, c: &Arc<dyn PhysicalExpr>| {
+            let parens = c.downcast_ref::<ShortCircuit>().is_some_and(|c| c.is_and != self.is_and)
+                || c.downcast_ref::<BinaryExpr>().is_some_and(|b| *b.op() == other);
+            if parens {
+                write!(f, "(")?;
+                one(f, c)?;
+                write!(f, ")")
+            } else {
+                one(f, c)
+            }
+        };
+        side(f, &self.left)?;
+        write!(f, " {} ", self.op_text())?;
+        side(f, &self.right)
+    }
+}
+
 impl fmt::Display for ShortCircuit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {}", self.left, self.op_text(), self.right)
+        self.write_with(f, |f, c| write!(f, "{c}"))
     }
 }
 
@@ -102,10 +128,6 @@ impl PhysicalExpr for ShortCircuit {
 
     fn nullable(&self, input_schema: &Schema) -> datafusion_common::Result<bool> {
         Ok(self.left.nullable(input_schema)? || self.right.nullable(input_schema)?)
-    }
-
-    fn return_field(&self, input_schema: &Schema) -> datafusion_common::Result<FieldRef> {
-        Ok(Arc::new(arrow::datatypes::Field::new(self.to_string(), DataType::Boolean, self.nullable(input_schema)?)))
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> datafusion_common::Result<ColumnarValue> {
@@ -160,9 +182,7 @@ impl PhysicalExpr for ShortCircuit {
     }
 
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.left.fmt_sql(f)?;
-        write!(f, " {} ", self.op_text())?;
-        self.right.fmt_sql(f)
+        self.write_with(f, |f, c| c.fmt_sql(f))
     }
 }
 
@@ -298,6 +318,7 @@ mod tests {
         let e = all_lazy(col("a").and(col("a").or(lit(false))), &schema);
         assert!(is_short_circuit(e.as_ref()));
         assert!(e.children().iter().any(|c| is_short_circuit(c.as_ref())));
+        assert_eq!(e.to_string(), "a@0 AND (a@0 OR false)");
         // Rebuilt from its children (as tree rewrites do), it is the same expression.
         let again = e.clone().with_new_children(e.children().into_iter().cloned().collect()).unwrap();
         assert!(again.eq(&e));
