@@ -7,7 +7,6 @@
 //! Both add a group's rows one by one in arrival order, so that results (floating-point sums
 //! above all) do not depend on batch boundaries.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
@@ -19,9 +18,9 @@ use datafusion_functions_aggregate_common::aggregate::groups_accumulator::Groups
 use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion_physical_expr::PhysicalExpr;
 
-use super::float_sum;
-use super::range_count::{self, RangeAccumulator};
+use super::range_count::{self, Maker, RangeAccumulator};
 use super::snapshot::{StateReader, StateWriter};
+use super::{float_sum, range_prim};
 use crate::error::{EngineError, Result};
 
 /// Where a GROUP BY column of the output comes from.
@@ -172,43 +171,65 @@ fn no_window() -> EngineError {
 }
 
 /// Group keys of one state (a window, or all of a non-windowed aggregate) mapped to dense indices.
+///
+/// Keys live back to back in one byte arena, so a group costs no allocation of its own (with
+/// many groups, allocating and freeing one or two boxes per key cost more than the lookups).
 #[derive(Default)]
 pub struct GroupIndex {
-    map: HashMap<Box<[u8]>, u32, ahash::RandomState>,
-    /// Key bytes per group index (for turning groups back into columns).
-    keys: Vec<Box<[u8]>>,
+    /// Group indices, found by their key's hash and compared by their bytes in `bytes`.
+    table: hashbrown::HashTable<u32>,
+    hasher: ahash::RandomState,
+    /// Every group's key bytes, in index order.
+    bytes: Vec<u8>,
+    /// `ends[g]`: where group `g`'s key ends in `bytes` (it starts where `g - 1`'s ends).
+    ends: Vec<usize>,
 }
 
 impl GroupIndex {
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.ends.len()
+    }
+
+    fn key(&self, g: usize) -> &[u8] {
+        key_in(&self.bytes, &self.ends, g)
     }
 
     #[inline]
     pub fn intern(&mut self, key: &[u8]) -> usize {
-        if let Some(&g) = self.map.get(key) {
-            return g as usize;
+        let hash = self.hasher.hash_one(key);
+        let (bytes, ends, hasher) = (&self.bytes, &self.ends, &self.hasher);
+        let key_of = |g: &u32| key_in(bytes, ends, *g as usize);
+        match self.table.entry(hash, |g| key_of(g) == key, |g| hasher.hash_one(key_of(g))) {
+            hashbrown::hash_table::Entry::Occupied(e) => *e.get() as usize,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                let g = ends.len();
+                e.insert(g as u32);
+                self.bytes.extend_from_slice(key);
+                self.ends.push(self.bytes.len());
+                g
+            }
         }
-        let g = self.keys.len();
-        let boxed: Box<[u8]> = key.into();
-        self.map.insert(boxed.clone(), g as u32);
-        self.keys.push(boxed);
-        g
     }
 
     /// Key columns of `groups` (all groups, in index order, when `None`).
     pub fn key_columns(&self, converter: &RowConverter, groups: Option<&[u32]>) -> Result<Vec<ArrayRef>> {
         let parser = converter.parser();
         let rows: Vec<_> = match groups {
-            None => self.keys.iter().map(|k| parser.parse(k)).collect(),
-            Some(g) => g.iter().map(|&i| parser.parse(&self.keys[i as usize])).collect(),
+            None => (0..self.len()).map(|g| parser.parse(self.key(g))).collect(),
+            Some(g) => g.iter().map(|&i| parser.parse(self.key(i as usize))).collect(),
         };
         Ok(converter.convert_rows(rows)?)
     }
 
     pub fn bytes(&self) -> usize {
-        self.keys.iter().map(|k| k.len() * 2 + 48).sum()
+        self.bytes.capacity() + self.ends.capacity() * size_of::<usize>() + self.table.capacity() * 5
     }
+}
+
+/// Group `g`'s key in a [`GroupIndex`]'s arena.
+fn key_in<'a>(bytes: &'a [u8], ends: &[usize], g: usize) -> &'a [u8] {
+    let start = if g == 0 { 0 } else { ends[g - 1] };
+    &bytes[start..ends[g]]
 }
 
 fn take_all(arrays: &[ArrayRef], rows: Option<&UInt32Array>) -> Result<Vec<ArrayRef>> {
@@ -294,9 +315,10 @@ impl GroupsAccs {
 
 /// One group's accumulator for one aggregate.
 pub enum GroupAcc {
-    /// Takes a range of the gathered input in place ([`range_count`]).
+    /// Takes a range of the gathered input in place: [`range_count`]'s, [`range_prim`]'s or
+    /// [`float_sum`]'s.
     Range(Box<dyn RangeAccumulator>),
-    /// Takes slices: DataFusion's, or [`float_sum`]'s.
+    /// Takes slices, fed one row at a time where an argument is a float: DataFusion's.
     Slices(Box<dyn Accumulator>),
 }
 
@@ -321,15 +343,14 @@ impl GroupAcc {
 pub struct RowAccs {
     /// `[group][aggregate]`
     accs: Vec<Vec<GroupAcc>>,
+    /// Per aggregate, set on the first update (the aggregates never change).
+    makers: Vec<Option<Maker>>,
     scratch: UpdateScratch,
 }
 
 /// [`RowAccs::update`]'s buffers, kept from batch to batch.
 #[derive(Default)]
 struct UpdateScratch {
-    /// Per aggregate: its accumulators take a run of rows in one call ([`float_sum`]); set on the
-    /// first update (the aggregates never change).
-    whole_runs: Vec<bool>,
     order: Vec<u32>,
     runs: Vec<(usize, usize)>,
     slices: Vec<ArrayRef>,
@@ -340,17 +361,26 @@ impl RowAccs {
         self.accs.len()
     }
 
-    /// One group's accumulators: DataFusion's, but [`float_sum`]'s for `SUM`/`AVG` over DOUBLE and
-    /// [`range_count`]'s for `COUNT` and `COUNT(DISTINCT BIGINT)`.
-    pub fn new_group(exprs: &AggregateExprs) -> Result<Vec<GroupAcc>> {
+    /// Per aggregate, the maker of its range accumulators: [`range_count`]'s for `COUNT` and
+    /// `COUNT(DISTINCT BIGINT)`, [`range_prim`]'s for `SUM(BIGINT)` and integer or timestamp
+    /// `MIN`/`MAX`, [`float_sum`]'s for `SUM`/`AVG` over DOUBLE; `None` for DataFusion's own.
+    pub fn makers(exprs: &AggregateExprs) -> Vec<Option<Maker>> {
+        let maker = |a: &Arc<AggregateFunctionExpr>| {
+            range_count::maker(a).or_else(|| range_prim::maker(a)).or_else(|| float_sum::maker(a))
+        };
+        exprs.aggs.iter().map(maker).collect()
+    }
+
+    /// One group's accumulators, from [`RowAccs::makers`] of the same `exprs`.
+    pub fn new_group(exprs: &AggregateExprs, makers: &[Option<Maker>]) -> Result<Vec<GroupAcc>> {
+        debug_assert_eq!(exprs.aggs.len(), makers.len());
         exprs
             .aggs
             .iter()
-            .map(|a| {
-                if let Some(acc) = range_count::accumulator(a) {
-                    return Ok(GroupAcc::Range(acc));
-                }
-                Ok(GroupAcc::Slices(float_sum::accumulator(a).map_or_else(|| a.create_accumulator(), Ok)?))
+            .zip(makers)
+            .map(|(a, maker)| match maker {
+                Some(make) => Ok(GroupAcc::Range(make())),
+                None => Ok(GroupAcc::Slices(a.create_accumulator()?)),
             })
             .collect()
     }
@@ -365,11 +395,11 @@ impl RowAccs {
     pub fn update(&mut self, exprs: &AggregateExprs, input: &Evaluated, rows: &[u32], groups: &[usize]) -> Result<()> {
         debug_assert_eq!(rows.len(), groups.len());
         let needed = groups.iter().copied().max().map(|m| m + 1).unwrap_or(0);
-        while self.accs.len() < needed {
-            self.accs.push(Self::new_group(exprs)?);
+        if self.makers.len() != exprs.aggs.len() {
+            self.makers = Self::makers(exprs);
         }
-        if self.scratch.whole_runs.len() != exprs.aggs.len() {
-            self.scratch.whole_runs = exprs.aggs.iter().map(|a| float_sum::adds_in_order(a)).collect();
+        while self.accs.len() < needed {
+            self.accs.push(Self::new_group(exprs, &self.makers)?);
         }
         // Positions in `rows`, by group; the sort is stable, so a group's rows keep their order.
         let order = &mut self.scratch.order;
@@ -399,7 +429,6 @@ impl RowAccs {
             }
             let taken = take_all(args, Some(&UInt32Array::from(taken_rows)))?;
             let one = &mut self.scratch.slices;
-            let whole_run = self.scratch.whole_runs[a];
             let mut start = 0;
             for &(g, end) in runs.iter() {
                 match &mut self.accs[g][a] {
@@ -407,11 +436,7 @@ impl RowAccs {
                     GroupAcc::Slices(acc) => {
                         one.clear();
                         one.extend(taken.iter().map(|c| c.slice(start, end - start)));
-                        if whole_run {
-                            acc.update_batch(one)?;
-                        } else {
-                            update_in_order(acc.as_mut(), one)?;
-                        }
+                        update_in_order(acc.as_mut(), one)?;
                     }
                 }
                 start = end;
@@ -476,8 +501,8 @@ fn update_in_order(acc: &mut dyn Accumulator, args: &[ArrayRef]) -> Result<()> {
 
 impl GroupIndex {
     pub fn snapshot(&self, w: &mut StateWriter) {
-        w.u64(self.keys.len() as u64);
-        self.keys.iter().for_each(|k| w.bytes(k));
+        w.u64(self.len() as u64);
+        (0..self.len()).for_each(|g| w.bytes(self.key(g)));
     }
 
     pub fn restore(r: &mut StateReader) -> Result<Self> {
@@ -543,7 +568,8 @@ impl RowAccs {
 
     pub fn restore(exprs: &AggregateExprs, r: &mut StateReader) -> Result<Self> {
         let n = r.count(0)?;
-        Ok(RowAccs { accs: restore_groups(exprs, n, r)?, scratch: UpdateScratch::default() })
+        let makers = Self::makers(exprs);
+        Ok(RowAccs { accs: restore_groups(exprs, &makers, n, r)?, makers, scratch: UpdateScratch::default() })
     }
 }
 
@@ -578,8 +604,13 @@ pub fn snapshot_groups<'a>(
 }
 
 /// Rebuilds `n` groups written by [`snapshot_groups`]: fresh accumulators merged with their state.
-pub fn restore_groups(exprs: &AggregateExprs, n: usize, r: &mut StateReader) -> Result<Vec<Vec<GroupAcc>>> {
-    let mut groups = (0..n).map(|_| RowAccs::new_group(exprs)).collect::<Result<Vec<_>>>()?;
+pub fn restore_groups(
+    exprs: &AggregateExprs,
+    makers: &[Option<Maker>],
+    n: usize,
+    r: &mut StateReader,
+) -> Result<Vec<Vec<GroupAcc>>> {
+    let mut groups = (0..n).map(|_| RowAccs::new_group(exprs, makers)).collect::<Result<Vec<_>>>()?;
     let aggs = r.count(8)?;
     if n > 0 && aggs != exprs.aggs.len() {
         return Err(r.err("an aggregate count mismatch"));
@@ -601,6 +632,7 @@ pub fn restore_groups(exprs: &AggregateExprs, n: usize, r: &mut StateReader) -> 
 mod tests {
     use arrow::array::{Float64Array, Int64Array};
     use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion_functions_aggregate::min_max::{max_udaf, min_udaf};
     use datafusion_functions_aggregate::{average::avg_udaf, count::count_udaf, sum::sum_udaf};
     use datafusion_physical_expr::aggregate::AggregateExprBuilder;
     use datafusion_physical_expr::expressions::col;
@@ -609,7 +641,8 @@ mod tests {
     use super::*;
 
     /// `SUM(v), SUM(v) FILTER (WHERE f), COUNT(DISTINCT x) FILTER (WHERE f), COUNT(x),
-    /// AVG(v) FILTER (WHERE f)`; the filters are given as evaluated columns, so only the
+    /// AVG(v) FILTER (WHERE f), SUM(x), MIN(x) FILTER (WHERE f), MAX(x), MIN(v)`: every kind of
+    /// range accumulator, and one of DataFusion's (`MIN` over DOUBLE); the filters are given as evaluated columns, so only the
     /// aggregates are built here.
     fn exprs() -> AggregateExprs {
         let schema = Arc::new(Schema::new(vec![
@@ -625,12 +658,26 @@ mod tests {
             build(AggregateExprBuilder::new(count_udaf(), vec![x.clone()]).distinct(), "df"),
             build(AggregateExprBuilder::new(count_udaf(), vec![x.clone()]), "c"),
             build(AggregateExprBuilder::new(avg_udaf(), vec![v.clone()]), "af"),
+            build(AggregateExprBuilder::new(sum_udaf(), vec![x.clone()]), "si"),
+            build(AggregateExprBuilder::new(min_udaf(), vec![x.clone()]), "mi"),
+            build(AggregateExprBuilder::new(max_udaf(), vec![x.clone()]), "ma"),
+            build(AggregateExprBuilder::new(min_udaf(), vec![v.clone()]), "mv"),
         ];
         AggregateExprs {
             keys: vec![],
             key_fields: vec![],
             group_layout: vec![],
-            args: vec![vec![v.clone()], vec![v.clone()], vec![x.clone()], vec![x], vec![v]],
+            args: vec![
+                vec![v.clone()],
+                vec![v.clone()],
+                vec![x.clone()],
+                vec![x.clone()],
+                vec![v.clone()],
+                vec![x.clone()],
+                vec![x.clone()],
+                vec![x],
+                vec![v],
+            ],
             filters: vec![None; aggs.len()],
             aggs,
             output: schema,
@@ -667,8 +714,18 @@ mod tests {
                 let f = BooleanArray::from_iter(rows.iter().map(|r| r.2));
                 let input = Evaluated {
                     keys: converter.empty_rows(0, 0),
-                    args: vec![vec![v.clone()], vec![v.clone()], vec![x.clone()], vec![x], vec![v]],
-                    filters: vec![None, Some(f.clone()), Some(f.clone()), None, Some(f)],
+                    args: vec![
+                        vec![v.clone()],
+                        vec![v.clone()],
+                        vec![x.clone()],
+                        vec![x.clone()],
+                        vec![v.clone()],
+                        vec![x.clone()],
+                        vec![x.clone()],
+                        vec![x],
+                        vec![v],
+                    ],
+                    filters: vec![None, Some(f.clone()), Some(f.clone()), None, Some(f.clone()), None, Some(f), None, None],
                 };
                 // Rows taken (the last field) in batch order, with their groups.
                 let taken: Vec<u32> = (0..rows.len() as u32).filter(|&i| rows[i as usize].4).collect();
@@ -686,7 +743,8 @@ mod tests {
             let expected = values(&mut plain, 5);
             prop_assert_eq!(values(&mut gathered, n), expected[..n].to_vec());
             // Groups past the last one updated hold nothing.
-            let empty = values(&mut RowAccs { accs: vec![RowAccs::new_group(&exprs).unwrap()], ..Default::default() }, 1);
+            let first = RowAccs::new_group(&exprs, &RowAccs::makers(&exprs)).unwrap();
+            let empty = values(&mut RowAccs { accs: vec![first], ..Default::default() }, 1);
             prop_assert!(expected[n..].iter().all(|g| *g == empty[0]));
         }
     }

@@ -1,5 +1,6 @@
 //! `SUM` and `AVG` over DOUBLE for per-group accumulators ([`super::agg::RowAccs`]): values are
-//! added one at a time, in the order given, so a whole run of a group's rows goes in with one call.
+//! added one at a time, in the order given, so a whole run of a group's rows goes in with one call,
+//! as a range of the gathered input (no `Arc`'d slice).
 //!
 //! DataFusion's `SumAccumulator` and `AvgAccumulator` sum a batch in lanes and then add that
 //! block, so a float result would move with batch boundaries; fed one row at a time (an `Arc`'d
@@ -14,6 +15,8 @@ use arrow::datatypes::{DataType, Float64Type, UInt64Type};
 use datafusion_common::{Result, ScalarValue};
 use datafusion_expr::Accumulator;
 use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
+
+use super::range_count::{Maker, RangeAccumulator};
 
 /// Which of the two an aggregate is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,14 +46,20 @@ fn kind(agg: &AggregateFunctionExpr) -> Option<Kind> {
     same.then_some(kind)
 }
 
-/// Whether `agg` gets an accumulator from [`accumulator`], which takes whole runs of rows.
-pub fn adds_in_order(agg: &AggregateFunctionExpr) -> bool {
-    kind(agg).is_some()
+/// A maker for `agg`'s accumulators, or `None` if `agg` is not one of these.
+pub fn maker(agg: &AggregateFunctionExpr) -> Option<Maker> {
+    kind(agg).map(|kind| -> Maker {
+        match kind {
+            Kind::Sum => || Box::new(InOrder { kind: Kind::Sum, sum: None, count: 0 }),
+            Kind::Avg => || Box::new(InOrder { kind: Kind::Avg, sum: None, count: 0 }),
+        }
+    })
 }
 
 /// An accumulator for `agg` that adds values in order, or `None` if `agg` is not one of these.
-pub fn accumulator(agg: &AggregateFunctionExpr) -> Option<Box<dyn Accumulator>> {
-    kind(agg).map(|kind| Box::new(InOrder { kind, sum: None, count: 0 }) as Box<dyn Accumulator>)
+#[cfg(test)]
+pub fn accumulator(agg: &AggregateFunctionExpr) -> Option<Box<dyn RangeAccumulator>> {
+    maker(agg).map(|make| make())
 }
 
 /// A running sum (`None` until a non-NULL value arrives, as DataFusion's) and count.
@@ -62,23 +71,29 @@ struct InOrder {
     count: u64,
 }
 
-impl Accumulator for InOrder {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let values = values[0].as_primitive_opt::<Float64Type>().ok_or_else(not_double)?;
+impl RangeAccumulator for InOrder {
+    fn update_range(&mut self, args: &[ArrayRef], start: usize, len: usize) -> Result<()> {
+        let values = args[0].as_primitive_opt::<Float64Type>().ok_or_else(not_double)?;
         let mut sum = self.sum;
         let mut added = 0u64;
         let mut add = |v: f64| {
             sum = Some(sum.unwrap_or(0.0) + v);
             added += 1;
         };
-        if values.null_count() == 0 {
-            values.values().iter().for_each(|&v| add(v));
-        } else {
-            values.iter().flatten().for_each(add);
+        match values.nulls() {
+            None => values.values()[start..start + len].iter().for_each(|&v| add(v)),
+            Some(nulls) => (start..start + len).filter(|&i| nulls.is_valid(i)).for_each(|i| add(values.value(i))),
         }
         self.sum = sum;
         self.count += added;
         Ok(())
+    }
+}
+
+impl Accumulator for InOrder {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let len = values.first().map_or(0, |v| v.len());
+        self.update_range(values, 0, len)
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
@@ -156,17 +171,17 @@ mod tests {
     fn only_plain_double_sum_and_avg_are_taken() {
         let s = schema();
         let (v, i) = (col("v", &s).unwrap(), col("i", &s).unwrap());
-        assert!(sum_and_avg().iter().all(adds_in_order));
+        assert!(sum_and_avg().iter().all(|a| maker(a).is_some()));
         let others = [
             build(AggregateExprBuilder::new(sum_udaf(), vec![v.clone()]).distinct()),
             build(AggregateExprBuilder::new(avg_udaf(), vec![v.clone()]).distinct()),
             build(AggregateExprBuilder::new(sum_udaf(), vec![i.clone()])),
             build(AggregateExprBuilder::new(count_udaf(), vec![v])),
         ];
-        assert!(others.iter().all(|a| !adds_in_order(a)), "integer SUM, DISTINCT and COUNT stay DataFusion's");
+        assert!(others.iter().all(|a| maker(a).is_none()), "integer SUM, DISTINCT and COUNT stay DataFusion's");
         // AVG of an integer, as the planner gives it: cast to DOUBLE first.
         let cast = Arc::new(CastExpr::new(i, DataType::Float64, None));
-        assert!(adds_in_order(&build(AggregateExprBuilder::new(avg_udaf(), vec![cast]))));
+        assert!(maker(&build(AggregateExprBuilder::new(avg_udaf(), vec![cast]))).is_some());
     }
 
     #[test]
@@ -221,7 +236,7 @@ mod tests {
                         theirs.merge_batch(&arrays(s_ours)).unwrap();
                     }
                     let slice = &values[w[0]..w[1]];
-                    ours.update_batch(&[run(slice)]).unwrap();
+                    ours.update_range(&[run(&values)], w[0], w[1] - w[0]).unwrap();
                     for v in slice {
                         theirs.update_batch(&[run(&[*v])]).unwrap();
                     }

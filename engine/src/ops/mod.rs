@@ -14,6 +14,7 @@ pub mod lookup_join;
 pub mod over;
 pub mod pattern;
 pub mod range_count;
+pub mod range_prim;
 pub mod rows;
 pub mod session;
 pub mod shared_exprs;

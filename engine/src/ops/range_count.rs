@@ -22,21 +22,31 @@ pub trait RangeAccumulator: Accumulator {
     fn update_range(&mut self, args: &[ArrayRef], start: usize, len: usize) -> Result<()>;
 }
 
-/// An accumulator for `agg` that takes ranges, or `None` if `agg` is not a one-argument `COUNT`
-/// or a `COUNT(DISTINCT)` of a BIGINT (checked against the state fields DataFusion writes).
-pub fn accumulator(agg: &AggregateFunctionExpr) -> Option<Box<dyn RangeAccumulator>> {
+/// Makes one group's accumulator. Which maker an aggregate gets is decided once per aggregate
+/// (deciding reads its state fields, which DataFusion builds anew on every call).
+pub type Maker = fn() -> Box<dyn RangeAccumulator>;
+
+/// A maker for `agg`'s accumulators, or `None` if `agg` is not a one-argument `COUNT` or a
+/// `COUNT(DISTINCT)` of a BIGINT (checked against the state fields DataFusion writes).
+pub fn maker(agg: &AggregateFunctionExpr) -> Option<Maker> {
     if agg.fun().name() != "count" || agg.expressions().len() != 1 {
         return None;
     }
     let fields = agg.state_fields().ok()?;
     let [field] = fields.as_slice() else { return None };
     match (agg.is_distinct(), field.data_type()) {
-        (false, DataType::Int64) => Some(Box::new(Count { count: 0 })),
+        (false, DataType::Int64) => Some(|| Box::new(Count { count: 0 })),
         (true, DataType::List(item)) if item.data_type() == &DataType::Int64 => {
-            Some(Box::new(DistinctInt64 { values: HashSet::default() }))
+            Some(|| Box::new(DistinctInt64 { values: HashSet::default() }))
         }
         _ => None,
     }
+}
+
+/// An accumulator for `agg` that takes ranges, or `None` (see [`maker`]).
+#[cfg(test)]
+pub fn accumulator(agg: &AggregateFunctionExpr) -> Option<Box<dyn RangeAccumulator>> {
+    maker(agg).map(|make| make())
 }
 
 /// `COUNT(x)`: non-NULL values seen.

@@ -1,0 +1,324 @@
+//! `SUM` over BIGINT, and `MIN` / `MAX` over integer and timestamp columns, for per-group
+//! accumulators ([`super::agg::RowAccs`]): like [`super::range_count`], they take a range of the
+//! gathered input, so a run of a group's rows goes in with no `Arc`'d slice per aggregate and group.
+//!
+//! An updating `GROUP BY` over many keys (Nexmark q17: `MIN`, `MAX`, `SUM` of a price per auction
+//! and day) hands each group a run of one or a few rows per batch. State, merge and results are
+//! DataFusion's exactly (the same fields; `SUM` wraps on overflow as DataFusion's does), so a
+//! checkpoint written by either restores into the other. Owns no other aggregate; must never change
+//! a result, only how fast it is reached.
+
+use std::marker::PhantomData;
+
+use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, PrimitiveArray};
+use arrow::datatypes::{
+    DataType, Int16Type, Int32Type, Int64Type, Int8Type, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType,
+};
+use datafusion_common::{DataFusionError, Result, ScalarValue};
+use datafusion_expr::Accumulator;
+use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
+
+use super::range_count::{Maker, RangeAccumulator};
+
+/// A maker for `agg`'s accumulators, or `None` if `agg` is not a non-DISTINCT one-argument `SUM`
+/// returning BIGINT, or `MIN` / `MAX` of one of the types below (checked against the state fields
+/// DataFusion writes: one column of the result's type).
+pub fn maker(agg: &AggregateFunctionExpr) -> Option<Maker> {
+    if agg.is_distinct() || agg.expressions().len() != 1 || !agg.order_bys().is_empty() {
+        return None;
+    }
+    let ty = agg.field().data_type().clone();
+    let fields = agg.state_fields().ok()?;
+    if !matches!(fields.as_slice(), [f] if f.data_type() == &ty) {
+        return None;
+    }
+    match agg.fun().name() {
+        "sum" if ty == DataType::Int64 => Some(|| Box::new(SumInt64 { sum: None })),
+        "min" => extreme::<false>(&ty),
+        "max" => extreme::<true>(&ty),
+        _ => None,
+    }
+}
+
+/// An accumulator for `agg` that takes ranges, or `None` (see [`maker`]).
+#[cfg(test)]
+pub fn accumulator(agg: &AggregateFunctionExpr) -> Option<Box<dyn RangeAccumulator>> {
+    maker(agg).map(|make| make())
+}
+
+/// `MIN` (`MAX = false`) or `MAX` of a column of type `ty`, if it is one taken here. Timestamps
+/// with a zone are left to DataFusion (the zone would have to be kept per group).
+fn extreme<const MAX: bool>(ty: &DataType) -> Option<Maker> {
+    fn make<T: ArrowPrimitiveType, const MAX: bool>() -> Box<dyn RangeAccumulator>
+    where
+        T::Native: Ord,
+    {
+        Box::new(Extreme::<T, MAX> { value: None, ty: PhantomData })
+    }
+    use arrow::datatypes::TimeUnit::*;
+    Some(match ty {
+        DataType::Int8 => make::<Int8Type, MAX>,
+        DataType::Int16 => make::<Int16Type, MAX>,
+        DataType::Int32 => make::<Int32Type, MAX>,
+        DataType::Int64 => make::<Int64Type, MAX>,
+        DataType::Timestamp(Second, None) => make::<TimestampSecondType, MAX>,
+        DataType::Timestamp(Millisecond, None) => make::<TimestampMillisecondType, MAX>,
+        DataType::Timestamp(Microsecond, None) => make::<TimestampMicrosecondType, MAX>,
+        DataType::Timestamp(Nanosecond, None) => make::<TimestampNanosecondType, MAX>,
+        _ => return None,
+    })
+}
+
+/// `SUM(x)` over BIGINT: `None` until a non-NULL value arrives, then the wrapping sum.
+#[derive(Debug)]
+struct SumInt64 {
+    sum: Option<i64>,
+}
+
+impl RangeAccumulator for SumInt64 {
+    fn update_range(&mut self, args: &[ArrayRef], start: usize, len: usize) -> Result<()> {
+        let values = args[0].as_primitive_opt::<Int64Type>().ok_or_else(|| wrong_type("SUM"))?;
+        let mut added = None;
+        match values.nulls() {
+            None => {
+                if len > 0 {
+                    added = Some(values.values()[start..start + len].iter().fold(0i64, |s, &v| s.wrapping_add(v)));
+                }
+            }
+            Some(nulls) => {
+                for i in (start..start + len).filter(|&i| nulls.is_valid(i)) {
+                    added = Some(added.unwrap_or(0i64).wrapping_add(values.value(i)));
+                }
+            }
+        }
+        if let Some(x) = added {
+            self.sum = Some(self.sum.unwrap_or(0).wrapping_add(x));
+        }
+        Ok(())
+    }
+}
+
+impl Accumulator for SumInt64 {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let len = values.first().map_or(0, |v| v.len());
+        self.update_range(values, 0, len)
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(ScalarValue::Int64(self.sum))
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![ScalarValue::Int64(self.sum)])
+    }
+
+    /// The state is one column of partial sums: summed like input.
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.update_batch(states)
+    }
+
+    fn size(&self) -> usize {
+        size_of_val(self)
+    }
+}
+
+/// The smallest (`MAX = false`) or largest non-NULL value seen, `None` before one.
+struct Extreme<T: ArrowPrimitiveType, const MAX: bool> {
+    value: Option<T::Native>,
+    /// `fn() -> T`: the type is only named, so the accumulator is `Send + Sync` whatever `T` is.
+    ty: PhantomData<fn() -> T>,
+}
+
+impl<T: ArrowPrimitiveType, const MAX: bool> std::fmt::Debug for Extreme<T, MAX> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}({:?})", if MAX { "Max" } else { "Min" }, self.value)
+    }
+}
+
+impl<T: ArrowPrimitiveType, const MAX: bool> Extreme<T, MAX>
+where
+    T::Native: Ord,
+{
+    #[inline]
+    fn take(&mut self, v: T::Native) {
+        self.value = Some(match self.value {
+            None => v,
+            Some(old) if MAX => old.max(v),
+            Some(old) => old.min(v),
+        });
+    }
+}
+
+impl<T: ArrowPrimitiveType, const MAX: bool> RangeAccumulator for Extreme<T, MAX>
+where
+    T::Native: Ord,
+{
+    fn update_range(&mut self, args: &[ArrayRef], start: usize, len: usize) -> Result<()> {
+        let values: &PrimitiveArray<T> = args[0].as_primitive_opt::<T>().ok_or_else(|| wrong_type("MIN/MAX"))?;
+        match values.nulls() {
+            None => values.values()[start..start + len].iter().for_each(|&v| self.take(v)),
+            Some(nulls) => {
+                for i in (start..start + len).filter(|&i| nulls.is_valid(i)) {
+                    self.take(values.value(i));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T: ArrowPrimitiveType, const MAX: bool> Accumulator for Extreme<T, MAX>
+where
+    T::Native: Ord,
+{
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let len = values.first().map_or(0, |v| v.len());
+        self.update_range(values, 0, len)
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        ScalarValue::new_primitive::<T>(self.value, &T::DATA_TYPE)
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![self.evaluate()?])
+    }
+
+    /// The state is one column of partial extremes: taken like input.
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.update_batch(states)
+    }
+
+    fn size(&self) -> usize {
+        size_of_val(self)
+    }
+}
+
+/// An input or state column of the wrong type: the planner's coercion did not hold.
+fn wrong_type(what: &str) -> DataFusionError {
+    DataFusionError::Internal(format!("{what} got a column of another type"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int32Array, Int64Array, TimestampMillisecondArray};
+    use arrow::datatypes::{Field, Schema, TimeUnit};
+    use datafusion_functions_aggregate::average::avg_udaf;
+    use datafusion_functions_aggregate::min_max::{max_udaf, min_udaf};
+    use datafusion_functions_aggregate::sum::sum_udaf;
+    use datafusion_physical_expr::aggregate::AggregateExprBuilder;
+    use datafusion_physical_expr::expressions::col;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn schema() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![
+            Field::new("i", DataType::Int64, true),
+            Field::new("n", DataType::Int32, true),
+            Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("z", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
+            Field::new("f", DataType::Float64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]))
+    }
+
+    fn build(b: AggregateExprBuilder) -> AggregateFunctionExpr {
+        b.schema(schema()).alias("a").build().unwrap()
+    }
+
+    fn agg(fun: Arc<datafusion_expr::AggregateUDF>, column: &str) -> AggregateFunctionExpr {
+        build(AggregateExprBuilder::new(fun, vec![col(column, &schema()).unwrap()]))
+    }
+
+    #[test]
+    fn only_bigint_sum_and_integer_or_timestamp_extremes_are_taken() {
+        let taken = [
+            agg(sum_udaf(), "i"),
+            agg(min_udaf(), "i"),
+            agg(max_udaf(), "n"),
+            agg(min_udaf(), "t"),
+            agg(max_udaf(), "t"),
+        ];
+        assert!(taken.iter().all(|a| maker(a).is_some()));
+        let others = [
+            agg(min_udaf(), "z"),
+            agg(max_udaf(), "f"),
+            agg(min_udaf(), "s"),
+            agg(sum_udaf(), "f"),
+            agg(avg_udaf(), "i"),
+            build(AggregateExprBuilder::new(sum_udaf(), vec![col("i", &schema()).unwrap()]).distinct()),
+        ];
+        assert!(others.iter().all(|a| maker(a).is_none()), "they stay DataFusion's");
+    }
+
+    #[test]
+    fn a_wrong_column_type_is_an_error_not_a_panic() {
+        let strings = Arc::new(arrow::array::StringArray::from(vec!["a"])) as ArrayRef;
+        for a in [agg(sum_udaf(), "i"), agg(max_udaf(), "i")] {
+            let mut acc = accumulator(&a).unwrap();
+            assert!(acc.update_range(std::slice::from_ref(&strings), 0, 1).is_err());
+            assert!(acc.merge_batch(std::slice::from_ref(&strings)).is_err());
+        }
+    }
+
+    #[test]
+    fn sum_wraps_on_overflow_like_datafusion() {
+        let a = agg(sum_udaf(), "i");
+        let values = Arc::new(Int64Array::from(vec![i64::MAX, 1, 5])) as ArrayRef;
+        let (mut ours, mut theirs) = (accumulator(&a).unwrap(), a.create_accumulator().unwrap());
+        ours.update_range(std::slice::from_ref(&values), 0, 2).unwrap();
+        ours.update_range(std::slice::from_ref(&values), 2, 1).unwrap();
+        theirs.update_batch(&[values]).unwrap();
+        assert_eq!(ours.evaluate().unwrap(), theirs.evaluate().unwrap());
+    }
+
+    proptest::proptest! {
+        /// Any ranges give what DataFusion's accumulator gives for the same rows: the same value,
+        /// and states that each side restores from (a checkpoint in the middle changes nothing).
+        #[test]
+        fn ranges_equal_datafusion(
+            values in proptest::collection::vec(proptest::option::weighted(0.8, -1000i64..1000), 0..60),
+            cuts in proptest::collection::vec(0usize..60, 0..6),
+            checkpoint_at in 0usize..60,
+        ) {
+            let columns: [(&str, ArrayRef); 3] = [
+                ("i", Arc::new(Int64Array::from(values.clone()))),
+                ("n", Arc::new(Int32Array::from(values.iter().map(|v| v.map(|v| v as i32)).collect::<Vec<_>>()))),
+                ("t", Arc::new(TimestampMillisecondArray::from(values.clone()))),
+            ];
+            for (column, array) in columns {
+                // DataFusion's SUM takes no INT or TIMESTAMP: the planner casts INT to BIGINT.
+                let mut funs = vec![min_udaf(), max_udaf()];
+                if column == "i" {
+                    funs.push(sum_udaf());
+                }
+                for a in funs.into_iter().map(|f| agg(f, column)) {
+                    let mut ours = accumulator(&a).unwrap();
+                    let mut theirs = a.create_accumulator().unwrap();
+                    let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(values.len())).collect();
+                    cuts.extend([0, values.len(), checkpoint_at.min(values.len())]);
+                    cuts.sort_unstable();
+                    cuts.dedup();
+                    let arrays = |s: Vec<ScalarValue>| -> Vec<ArrayRef> { s.iter().map(|v| v.to_array().unwrap()).collect() };
+                    for w in cuts.windows(2) {
+                        if w[0] == checkpoint_at.min(values.len()) {
+                            let (s_ours, s_theirs) = (ours.state().unwrap(), theirs.state().unwrap());
+                            prop_assert_eq!(&s_ours, &s_theirs);
+                            ours = accumulator(&a).unwrap();
+                            ours.merge_batch(&arrays(s_theirs)).unwrap();
+                            theirs = a.create_accumulator().unwrap();
+                            theirs.merge_batch(&arrays(s_ours)).unwrap();
+                        }
+                        ours.update_range(std::slice::from_ref(&array), w[0], w[1] - w[0]).unwrap();
+                        theirs.update_batch(&[array.slice(w[0], w[1] - w[0])]).unwrap();
+                    }
+                    prop_assert_eq!(ours.evaluate().unwrap(), theirs.evaluate().unwrap());
+                }
+            }
+        }
+    }
+}
