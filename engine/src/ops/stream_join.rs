@@ -55,10 +55,10 @@ struct SideState {
     spec: JoinSide,
     schema: SchemaRef,
     store: RowStore,
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<u64, Entry, ahash::RandomState>,
     next_id: u64,
     /// Interval mode: key → entry ids, oldest first.
-    index: HashMap<Box<[u8]>, VecDeque<u64>>,
+    index: HashMap<Box<[u8]>, VecDeque<u64>, ahash::RandomState>,
     /// Interval mode: (deadline, id); an entry is freed when the watermark passes its deadline.
     expiry: BinaryHeap<Reverse<(i64, u64)>>,
 }
@@ -91,9 +91,9 @@ impl StreamJoin {
             spec,
             store: RowStore::new(&s),
             schema: s,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             next_id: 0,
-            index: HashMap::new(),
+            index: HashMap::default(),
             expiry: BinaryHeap::new(),
         };
         Ok(StreamJoin {
@@ -176,25 +176,21 @@ impl StreamJoin {
         }
     }
 
-    /// Frees entries (already unlinked from indexes); emits the unmatched ones of an outer side.
-    fn free(&mut self, side: usize, ids: &[u64], out: &mut Vec<Chunk>) -> Result<()> {
-        let mut unmatched = Vec::new();
-        for id in ids {
-            if let Some(e) = self.sides[side].entries.get(id) {
-                if !e.matched && self.sides[side].spec.outer {
-                    unmatched.push(e.row);
-                }
+    /// Frees entries taken out of `side` (and unlinked from its index); emits the unmatched ones of
+    /// an outer side.
+    fn free(&mut self, side: usize, taken: Vec<Entry>, out: &mut Vec<Chunk>) -> Result<()> {
+        if self.sides[side].spec.outer {
+            let refs: Vec<(Option<RowRef>, Option<RowRef>)> = taken
+                .iter()
+                .filter(|e| !e.matched)
+                .map(|e| if side == 0 { (Some(e.row), None) } else { (None, Some(e.row)) })
+                .collect();
+            if !refs.is_empty() {
+                out.push(Chunk::append(self.output(&refs)?.0));
             }
         }
-        if !unmatched.is_empty() {
-            let refs: Vec<(Option<RowRef>, Option<RowRef>)> =
-                unmatched.iter().map(|r| if side == 0 { (Some(*r), None) } else { (None, Some(*r)) }).collect();
-            out.push(Chunk::append(self.output(&refs)?.0));
-        }
-        for id in ids {
-            if let Some(e) = self.sides[side].entries.remove(id) {
-                self.sides[side].store.release(e.row);
-            }
+        for e in taken {
+            self.sides[side].store.release(e.row);
         }
         Ok(())
     }
@@ -272,25 +268,29 @@ impl Operator for StreamJoin {
         match self.timing {
             JoinTiming::Interval { .. } => {
                 for side in 0..2 {
+                    // Each expired entry is looked up once: with many rows held, every lookup
+                    // is a cache miss.
                     let mut expired = Vec::new();
-                    while let Some(Reverse((deadline, id))) = self.sides[side].expiry.peek().copied() {
+                    let s = &mut self.sides[side];
+                    while let Some(Reverse((deadline, id))) = s.expiry.peek().copied() {
                         if deadline >= wm {
                             break;
                         }
-                        self.sides[side].expiry.pop();
-                        if let Some(k) = self.sides[side].entries.get_mut(&id).and_then(|e| e.key.take()) {
-                            if let Some(ids) = self.sides[side].index.get_mut(k.as_ref()) {
+                        s.expiry.pop();
+                        let Some(e) = s.entries.remove(&id) else { continue };
+                        if let Some(k) = &e.key {
+                            if let Some(ids) = s.index.get_mut(k.as_ref()) {
                                 if let Some(p) = ids.iter().position(|x| *x == id) {
                                     ids.remove(p);
                                 }
                                 if ids.is_empty() {
-                                    self.sides[side].index.remove(k.as_ref());
+                                    s.index.remove(k.as_ref());
                                 }
                             }
                         }
-                        expired.push(id);
+                        expired.push(e);
                     }
-                    self.free(side, &expired, out)?;
+                    self.free(side, expired, out)?;
                 }
             }
             JoinTiming::Window => {
@@ -416,7 +416,7 @@ impl StreamJoin {
         if !l.is_empty() && !r.is_empty() {
             let (lk, lnull) = keys_of(self, 0, &l)?;
             let (rk, rnull) = keys_of(self, 1, &r)?;
-            let mut table: HashMap<&[u8], Vec<u64>> = HashMap::new();
+            let mut table: HashMap<&[u8], Vec<u64>, ahash::RandomState> = HashMap::default();
             for (i, id) in r.iter().enumerate() {
                 if !rnull[i] {
                     table.entry(rk.row(i).data()).or_default().push(*id);
@@ -432,7 +432,10 @@ impl StreamJoin {
             }
         }
         self.emit_pairs(pairs, out)?;
-        self.free(0, &l, out)?;
-        self.free(1, &r, out)
+        for (side, ids) in [(0, l), (1, r)] {
+            let taken = ids.iter().filter_map(|id| self.sides[side].entries.remove(id)).collect();
+            self.free(side, taken, out)?;
+        }
+        Ok(())
     }
 }
