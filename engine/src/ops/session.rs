@@ -150,25 +150,31 @@ impl Operator for SessionAggregate {
     fn on_watermark(&mut self, wm: i64, out: &mut Vec<Chunk>) -> Result<i64> {
         let w = wm.saturating_sub(self.wm_offset);
         let parser = self.converter.parser();
-        let mut keys = Vec::new();
-        let mut starts = Vec::new();
-        let mut ends = Vec::new();
-        // (piece, output row) of every closed session, pieces in creation order.
-        let mut folds: (Vec<u32>, Vec<usize>) = (Vec::new(), Vec::new());
+        let mut closed_sessions = Vec::new();
         self.sessions.retain(|key, list| {
             while list.first().is_some_and(|s| s.end <= w) {
-                let s = list.remove(0);
-                folds.0.extend(&s.pieces);
-                folds.1.extend(std::iter::repeat_n(keys.len(), s.pieces.len()));
-                keys.push(key.clone());
-                starts.push(s.start);
-                ends.push(s.end);
+                closed_sessions.push((key.clone(), list.remove(0)));
             }
             !list.is_empty()
         });
         self.closed_upto = self.closed_upto.max(w);
-        if keys.is_empty() {
+        if closed_sessions.is_empty() {
             return Ok(wm);
+        }
+        // Emitted by end, then key: the map's order would differ from run to run (its hash is
+        // seeded per process), and a replay should write the same rows in the same order.
+        closed_sessions.sort_unstable_by(|(ka, a), (kb, b)| (a.end, ka).cmp(&(b.end, kb)));
+        let mut keys = Vec::with_capacity(closed_sessions.len());
+        let mut starts = Vec::with_capacity(closed_sessions.len());
+        let mut ends = Vec::with_capacity(closed_sessions.len());
+        // (piece, output row) of every closed session, pieces in creation order.
+        let mut folds: (Vec<u32>, Vec<usize>) = (Vec::new(), Vec::new());
+        for (key, s) in closed_sessions {
+            folds.0.extend(&s.pieces);
+            folds.1.extend(std::iter::repeat_n(keys.len(), s.pieces.len()));
+            keys.push(key);
+            starts.push(s.start);
+            ends.push(s.end);
         }
         let n = keys.len();
         self.open -= n;
@@ -431,6 +437,33 @@ mod tests {
         feed(&mut straight, AFTER);
         feed(&mut old, AFTER);
         assert_eq!(close_all(&mut straight), close_all(&mut old));
+    }
+
+    #[test]
+    fn closed_sessions_come_out_by_end_then_key_in_every_run() {
+        // Forty keys, each with one session; two ends. Fresh operators hash with fresh seeds.
+        let names: Vec<String> = (0..40).map(|i| format!("k{i:02}")).collect();
+        let rows: Vec<(&str, f64, i64)> =
+            names.iter().enumerate().map(|(i, k)| (k.as_str(), 1.0, if i % 2 == 0 { 5_000 } else { 1_000 })).collect();
+        for _ in 0..3 {
+            let mut op = operator();
+            feed(&mut op, &rows);
+            let mut out = Vec::new();
+            op.on_watermark(i64::MAX, &mut out).unwrap();
+            let got: Vec<(String, String)> = out
+                .iter()
+                .flat_map(|c| {
+                    (0..c.batch.num_rows()).map(|i| {
+                        let cell = |col: usize| array_value_to_string(c.batch.column(col), i).unwrap();
+                        (cell(2), cell(0))
+                    })
+                })
+                .collect();
+            let mut sorted = got.clone();
+            sorted.sort();
+            assert_eq!(got.len(), 40);
+            assert_eq!(got, sorted, "by window_end, then key");
+        }
     }
 
     #[test]
