@@ -642,8 +642,8 @@ mod tests {
 
     /// `SUM(v), SUM(v) FILTER (WHERE f), COUNT(DISTINCT x) FILTER (WHERE f), COUNT(x),
     /// AVG(v) FILTER (WHERE f), SUM(x), MIN(x) FILTER (WHERE f), MAX(x), MIN(v)`: every kind of
-    /// range accumulator, and one of DataFusion's (`MIN` over DOUBLE); the filters are given as evaluated columns, so only the
-    /// aggregates are built here.
+    /// range accumulator, and one of DataFusion's (`MIN` over DOUBLE). The filters are given as
+    /// evaluated columns, so only the aggregates are built here.
     fn exprs() -> AggregateExprs {
         let schema = Arc::new(Schema::new(vec![
             Field::new("v", DataType::Float64, true),
@@ -667,22 +667,17 @@ mod tests {
             keys: vec![],
             key_fields: vec![],
             group_layout: vec![],
-            args: vec![
-                vec![v.clone()],
-                vec![v.clone()],
-                vec![x.clone()],
-                vec![x.clone()],
-                vec![v.clone()],
-                vec![x.clone()],
-                vec![x.clone()],
-                vec![x],
-                vec![v],
-            ],
+            args: per_aggregate(v, x),
             filters: vec![None; aggs.len()],
             aggs,
             output: schema,
             arrival: None,
         }
+    }
+
+    /// The arguments of [`exprs`]' aggregates, in order, given `v`'s and `x`'s.
+    fn per_aggregate<T: Clone>(v: T, x: T) -> Vec<Vec<T>> {
+        [&v, &v, &x, &x, &v, &x, &x, &x, &v].into_iter().map(|a| vec![a.clone()]).collect()
     }
 
     fn values(accs: &mut RowAccs, groups: usize) -> Vec<Vec<ScalarValue>> {
@@ -714,18 +709,10 @@ mod tests {
                 let f = BooleanArray::from_iter(rows.iter().map(|r| r.2));
                 let input = Evaluated {
                     keys: converter.empty_rows(0, 0),
-                    args: vec![
-                        vec![v.clone()],
-                        vec![v.clone()],
-                        vec![x.clone()],
-                        vec![x.clone()],
-                        vec![v.clone()],
-                        vec![x.clone()],
-                        vec![x.clone()],
-                        vec![x],
-                        vec![v],
+                    args: per_aggregate(v, x),
+                    filters: vec![
+                        None, Some(f.clone()), Some(f.clone()), None, Some(f.clone()), None, Some(f), None, None,
                     ],
-                    filters: vec![None, Some(f.clone()), Some(f.clone()), None, Some(f.clone()), None, Some(f), None, None],
                 };
                 // Rows taken (the last field) in batch order, with their groups.
                 let taken: Vec<u32> = (0..rows.len() as u32).filter(|&i| rows[i as usize].4).collect();

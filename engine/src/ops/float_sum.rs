@@ -16,7 +16,7 @@ use datafusion_common::{Result, ScalarValue};
 use datafusion_expr::Accumulator;
 use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::range_count::{Maker, RangeAccumulator};
+use super::range_count::{update_whole, Maker, RangeAccumulator};
 
 /// Which of the two an aggregate is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,8 +92,7 @@ impl RangeAccumulator for InOrder {
 
 impl Accumulator for InOrder {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let len = values.first().map_or(0, |v| v.len());
-        self.update_range(values, 0, len)
+        update_whole(self, values)
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {

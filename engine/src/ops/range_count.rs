@@ -75,8 +75,7 @@ impl RangeAccumulator for Count {
 
 impl Accumulator for Count {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let len = values.first().map_or(0, |v| v.len());
-        self.update_range(values, 0, len)
+        update_whole(self, values)
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
@@ -124,8 +123,7 @@ impl RangeAccumulator for DistinctInt64 {
 
 impl Accumulator for DistinctInt64 {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let len = values.first().map_or(0, |v| v.len());
-        self.update_range(values, 0, len)
+        update_whole(self, values)
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
@@ -151,13 +149,19 @@ impl Accumulator for DistinctInt64 {
     }
 }
 
+/// `update_batch` of a [`RangeAccumulator`]: the whole of `values` as one range.
+pub fn update_whole(acc: &mut (impl RangeAccumulator + ?Sized), values: &[ArrayRef]) -> Result<()> {
+    let len = values.first().map_or(0, |v| v.len());
+    acc.update_range(values, 0, len)
+}
+
 /// An input or state column of the wrong type: the planner's coercion did not hold.
-fn wrong_type(what: &str) -> DataFusionError {
+pub fn wrong_type(what: &str) -> DataFusionError {
     DataFusionError::Internal(format!("{what} got a column of another type"))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use arrow::datatypes::{Field, Schema};
@@ -205,36 +209,56 @@ mod tests {
         assert!(accumulator(&counts()[0]).unwrap().merge_batch(&[strings]).is_err());
     }
 
+    /// Feeds `array` to `agg`'s range accumulator (from `make`) in ranges cut at `cuts` and to DataFusion's
+    /// accumulator as slices of the same ranges; at `checkpoint_at` each side continues from the
+    /// other side's state (states also compared when `same_state`: a set's order may differ).
+    /// Both must end with the same value.
+    pub(crate) fn ranges_equal_datafusion(
+        agg: &AggregateFunctionExpr,
+        make: Maker,
+        array: &ArrayRef,
+        cuts: &[usize],
+        checkpoint_at: usize,
+        same_state: bool,
+    ) -> std::result::Result<(), TestCaseError> {
+        let (len, checkpoint_at) = (array.len(), checkpoint_at.min(array.len()));
+        let mut ours = make();
+        let mut theirs = agg.create_accumulator().unwrap();
+        let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(len)).collect();
+        cuts.extend([0, len, checkpoint_at]);
+        cuts.sort_unstable();
+        cuts.dedup();
+        let arrays = |s: Vec<ScalarValue>| -> Vec<ArrayRef> { s.iter().map(|v| v.to_array().unwrap()).collect() };
+        for w in cuts.windows(2) {
+            if w[0] == checkpoint_at {
+                let (s_ours, s_theirs) = (ours.state().unwrap(), theirs.state().unwrap());
+                if same_state {
+                    prop_assert_eq!(&s_ours, &s_theirs);
+                }
+                ours = make();
+                ours.merge_batch(&arrays(s_theirs)).unwrap();
+                theirs = agg.create_accumulator().unwrap();
+                theirs.merge_batch(&arrays(s_ours)).unwrap();
+            }
+            ours.update_range(std::slice::from_ref(array), w[0], w[1] - w[0]).unwrap();
+            theirs.update_batch(&[array.slice(w[0], w[1] - w[0])]).unwrap();
+        }
+        prop_assert_eq!(ours.evaluate().unwrap(), theirs.evaluate().unwrap());
+        Ok(())
+    }
+
     proptest::proptest! {
         /// Any ranges give what DataFusion's accumulator gives for the same rows: the same value,
         /// and states that each side restores from (a checkpoint in the middle changes nothing).
         #[test]
-        fn ranges_equal_datafusion(
+        fn ranges_equal_datafusion_for_counts(
             values in proptest::collection::vec(proptest::option::weighted(0.8, -20i64..20), 0..60),
             cuts in proptest::collection::vec(0usize..60, 0..6),
             checkpoint_at in 0usize..60,
         ) {
-            let array = Arc::new(Int64Array::from(values.clone())) as ArrayRef;
-            for agg in counts() {
-                let mut ours = accumulator(&agg).unwrap();
-                let mut theirs = agg.create_accumulator().unwrap();
-                let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(values.len())).collect();
-                cuts.extend([0, values.len(), checkpoint_at.min(values.len())]);
-                cuts.sort_unstable();
-                cuts.dedup();
-                let arrays = |s: Vec<ScalarValue>| -> Vec<ArrayRef> { s.iter().map(|v| v.to_array().unwrap()).collect() };
-                for w in cuts.windows(2) {
-                    if w[0] == checkpoint_at.min(values.len()) {
-                        let (s_ours, s_theirs) = (ours.state().unwrap(), theirs.state().unwrap());
-                        ours = accumulator(&agg).unwrap();
-                        ours.merge_batch(&arrays(s_theirs)).unwrap();
-                        theirs = agg.create_accumulator().unwrap();
-                        theirs.merge_batch(&arrays(s_ours)).unwrap();
-                    }
-                    ours.update_range(std::slice::from_ref(&array), w[0], w[1] - w[0]).unwrap();
-                    theirs.update_batch(&[array.slice(w[0], w[1] - w[0])]).unwrap();
-                }
-                prop_assert_eq!(ours.evaluate().unwrap(), theirs.evaluate().unwrap());
+            let array = Arc::new(Int64Array::from(values)) as ArrayRef;
+            for (agg, same_state) in counts().iter().zip([true, false]) {
+                ranges_equal_datafusion(agg, maker(agg).unwrap(), &array, &cuts, checkpoint_at, same_state)?;
             }
         }
     }

@@ -15,11 +15,11 @@ use arrow::datatypes::{
     DataType, Int16Type, Int32Type, Int64Type, Int8Type, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType,
 };
-use datafusion_common::{DataFusionError, Result, ScalarValue};
+use datafusion_common::{Result, ScalarValue};
 use datafusion_expr::Accumulator;
 use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::range_count::{Maker, RangeAccumulator};
+use super::range_count::{update_whole, wrong_type, Maker, RangeAccumulator};
 
 /// A maker for `agg`'s accumulators, or `None` if `agg` is not a non-DISTINCT one-argument `SUM`
 /// returning BIGINT, or `MIN` / `MAX` of one of the types below (checked against the state fields
@@ -101,8 +101,7 @@ impl RangeAccumulator for SumInt64 {
 
 impl Accumulator for SumInt64 {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let len = values.first().map_or(0, |v| v.len());
-        self.update_range(values, 0, len)
+        update_whole(self, values)
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
@@ -173,8 +172,7 @@ where
     T::Native: Ord,
 {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let len = values.first().map_or(0, |v| v.len());
-        self.update_range(values, 0, len)
+        update_whole(self, values)
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
@@ -195,11 +193,6 @@ where
     }
 }
 
-/// An input or state column of the wrong type: the planner's coercion did not hold.
-fn wrong_type(what: &str) -> DataFusionError {
-    DataFusionError::Internal(format!("{what} got a column of another type"))
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -211,9 +204,9 @@ mod tests {
     use datafusion_functions_aggregate::sum::sum_udaf;
     use datafusion_physical_expr::aggregate::AggregateExprBuilder;
     use datafusion_physical_expr::expressions::col;
-    use proptest::prelude::*;
 
     use super::*;
+    use crate::ops::range_count::tests::ranges_equal_datafusion;
 
     fn schema() -> Arc<Schema> {
         Arc::new(Schema::new(vec![
@@ -277,10 +270,10 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Any ranges give what DataFusion's accumulator gives for the same rows: the same value,
-        /// and states that each side restores from (a checkpoint in the middle changes nothing).
+        /// Any ranges give what DataFusion's accumulator gives for the same rows: the same value
+        /// and state, and a checkpoint in the middle restored either way changes nothing.
         #[test]
-        fn ranges_equal_datafusion(
+        fn ranges_equal_datafusion_for_sums_and_extremes(
             values in proptest::collection::vec(proptest::option::weighted(0.8, -1000i64..1000), 0..60),
             cuts in proptest::collection::vec(0usize..60, 0..6),
             checkpoint_at in 0usize..60,
@@ -297,26 +290,7 @@ mod tests {
                     funs.push(sum_udaf());
                 }
                 for a in funs.into_iter().map(|f| agg(f, column)) {
-                    let mut ours = accumulator(&a).unwrap();
-                    let mut theirs = a.create_accumulator().unwrap();
-                    let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(values.len())).collect();
-                    cuts.extend([0, values.len(), checkpoint_at.min(values.len())]);
-                    cuts.sort_unstable();
-                    cuts.dedup();
-                    let arrays = |s: Vec<ScalarValue>| -> Vec<ArrayRef> { s.iter().map(|v| v.to_array().unwrap()).collect() };
-                    for w in cuts.windows(2) {
-                        if w[0] == checkpoint_at.min(values.len()) {
-                            let (s_ours, s_theirs) = (ours.state().unwrap(), theirs.state().unwrap());
-                            prop_assert_eq!(&s_ours, &s_theirs);
-                            ours = accumulator(&a).unwrap();
-                            ours.merge_batch(&arrays(s_theirs)).unwrap();
-                            theirs = a.create_accumulator().unwrap();
-                            theirs.merge_batch(&arrays(s_ours)).unwrap();
-                        }
-                        ours.update_range(std::slice::from_ref(&array), w[0], w[1] - w[0]).unwrap();
-                        theirs.update_batch(&[array.slice(w[0], w[1] - w[0])]).unwrap();
-                    }
-                    prop_assert_eq!(ours.evaluate().unwrap(), theirs.evaluate().unwrap());
+                    ranges_equal_datafusion(&a, maker(&a).unwrap(), &array, &cuts, checkpoint_at, true)?;
                 }
             }
         }
