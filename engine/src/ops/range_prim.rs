@@ -77,23 +77,14 @@ struct SumInt64 {
 }
 
 impl RangeAccumulator for SumInt64 {
+    /// Values are added one at a time: wrapping addition is associative, so this is the sum
+    /// DataFusion's block-then-add gives.
     fn update_range(&mut self, args: &[ArrayRef], start: usize, len: usize) -> Result<()> {
         let values = args[0].as_primitive_opt::<Int64Type>().ok_or_else(|| wrong_type("SUM"))?;
-        let mut added = None;
+        let mut add = |v: i64| self.sum = Some(self.sum.unwrap_or(0).wrapping_add(v));
         match values.nulls() {
-            None => {
-                if len > 0 {
-                    added = Some(values.values()[start..start + len].iter().fold(0i64, |s, &v| s.wrapping_add(v)));
-                }
-            }
-            Some(nulls) => {
-                for i in (start..start + len).filter(|&i| nulls.is_valid(i)) {
-                    added = Some(added.unwrap_or(0i64).wrapping_add(values.value(i)));
-                }
-            }
-        }
-        if let Some(x) = added {
-            self.sum = Some(self.sum.unwrap_or(0).wrapping_add(x));
+            None => values.values()[start..start + len].iter().for_each(|&v| add(v)),
+            Some(nulls) => (start..start + len).filter(|&i| nulls.is_valid(i)).for_each(|i| add(values.value(i))),
         }
         Ok(())
     }
