@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use arrow::array::{make_builder, Array, ArrayBuilder, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{FieldRef, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion_common::ScalarValue;
@@ -446,21 +446,55 @@ impl RowAccs {
     }
 
     /// Current values of `groups`, one column per aggregate.
+    ///
+    /// Group by group, so that each group's accumulators (made together, so near each other in
+    /// memory) are read while in cache, rather than once per aggregate. Range accumulators append
+    /// to a builder of the result type; DataFusion's give `ScalarValue`s.
     pub fn evaluate(&mut self, exprs: &AggregateExprs, groups: &[u32]) -> Result<Vec<ArrayRef>> {
-        let mut cols = Vec::with_capacity(exprs.aggs.len());
-        for a in 0..exprs.aggs.len() {
-            let values = groups
-                .iter()
-                .map(|&g| Ok(self.accs[g as usize][a].acc().evaluate()?))
-                .collect::<Result<Vec<ScalarValue>>>()?;
-            let field = exprs.aggs[a].field();
-            cols.push(if values.is_empty() {
-                arrow::array::new_empty_array(field.data_type())
-            } else {
-                ScalarValue::iter_to_array(values)?
-            });
+        enum Column {
+            Built(Box<dyn ArrayBuilder>),
+            Scalars(Vec<ScalarValue>),
         }
-        Ok(cols)
+        let first = groups.first().map(|&g| &self.accs[g as usize]);
+        let mut columns: Vec<Column> = exprs
+            .aggs
+            .iter()
+            .enumerate()
+            .map(|(a, agg)| match first.map(|accs| &accs[a]) {
+                Some(GroupAcc::Range(_)) => Column::Built(make_builder(agg.field().data_type(), groups.len())),
+                _ => Column::Scalars(Vec::with_capacity(groups.len())),
+            })
+            .collect();
+        for &g in groups {
+            for (acc, column) in self.accs[g as usize].iter_mut().zip(columns.iter_mut()) {
+                let appended = match (column, acc) {
+                    (Column::Built(b), GroupAcc::Range(acc)) => acc.append_value(b.as_any_mut()),
+                    (Column::Scalars(values), acc) => {
+                        values.push(acc.acc().evaluate()?);
+                        true
+                    }
+                    _ => false,
+                };
+                // An aggregate's groups all have accumulators from one maker, whose results are of
+                // the aggregate's type.
+                if !appended {
+                    return Err(EngineError::Internal("an aggregate's groups differ in accumulator".into()));
+                }
+            }
+        }
+        columns
+            .into_iter()
+            .zip(&exprs.aggs)
+            .map(|(column, agg)| {
+                Ok(match column {
+                    Column::Built(mut b) => b.finish(),
+                    Column::Scalars(values) if values.is_empty() => {
+                        arrow::array::new_empty_array(agg.field().data_type())
+                    }
+                    Column::Scalars(values) => ScalarValue::iter_to_array(values)?,
+                })
+            })
+            .collect()
     }
 
     pub fn bytes(&self) -> usize {
@@ -729,6 +763,13 @@ mod tests {
             let n = gathered.len();
             let expected = values(&mut plain, 5);
             prop_assert_eq!(values(&mut gathered, n), expected[..n].to_vec());
+            // Result columns, built by the range accumulators and from DataFusion's scalars, for
+            // groups in another order than made.
+            let some: Vec<u32> = (0..n as u32).rev().collect();
+            let (built, scalars) = (gathered.evaluate(&exprs, &some).unwrap(), plain.evaluate(&exprs, &some).unwrap());
+            for (b, s) in built.iter().zip(&scalars) {
+                prop_assert_eq!(b.as_ref(), s.as_ref());
+            }
             // Groups past the last one updated hold nothing.
             let first = RowAccs::new_group(&exprs, &RowAccs::makers(&exprs)).unwrap();
             let empty = values(&mut RowAccs { accs: vec![first], ..Default::default() }, 1);

@@ -10,13 +10,15 @@
 //! checkpoint written by either restores into the other. Owns no other aggregate; must never change
 //! a result, only how fast it is reached.
 
+use std::any::Any;
+
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Float64Type, UInt64Type};
 use datafusion_common::{Result, ScalarValue};
 use datafusion_expr::Accumulator;
 use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::range_count::{update_whole, Maker, RangeAccumulator};
+use super::range_count::{append_primitive, update_whole, Maker, RangeAccumulator};
 
 /// Which of the two an aggregate is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +90,20 @@ impl RangeAccumulator for InOrder {
         self.count += added;
         Ok(())
     }
+
+    fn append_value(&self, builder: &mut dyn Any) -> bool {
+        append_primitive::<Float64Type>(builder, self.value())
+    }
+}
+
+impl InOrder {
+    fn value(&self) -> Option<f64> {
+        match self.kind {
+            Kind::Sum => self.sum,
+            Kind::Avg if self.count == 0 => None,
+            Kind::Avg => self.sum.map(|s| s / self.count as f64),
+        }
+    }
 }
 
 impl Accumulator for InOrder {
@@ -96,11 +112,7 @@ impl Accumulator for InOrder {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::Float64(match self.kind {
-            Kind::Sum => self.sum,
-            Kind::Avg if self.count == 0 => None,
-            Kind::Avg => self.sum.map(|s| s / self.count as f64),
-        }))
+        Ok(ScalarValue::Float64(self.value()))
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {

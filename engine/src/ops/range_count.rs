@@ -8,9 +8,10 @@
 //! checkpoint written by either restores into the other. Owns no other aggregate; must never
 //! change a result, only how fast it is reached.
 
+use std::any::Any;
 use std::collections::HashSet;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array};
+use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, Int64Array, PrimitiveBuilder};
 use arrow::datatypes::{DataType, Int64Type};
 use datafusion_common::utils::SingleRowListArrayBuilder;
 use datafusion_common::{DataFusionError, Result, ScalarValue};
@@ -20,6 +21,16 @@ use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
 /// An accumulator that also takes rows `start..start + len` of its arguments in place.
 pub trait RangeAccumulator: Accumulator {
     fn update_range(&mut self, args: &[ArrayRef], start: usize, len: usize) -> Result<()>;
+
+    /// Appends what `evaluate` gives to `builder`, a builder of the aggregate's result type as
+    /// `arrow::array::make_builder` makes it, with no `ScalarValue` between; false (and nothing
+    /// appended) if `builder` is of another type.
+    fn append_value(&self, builder: &mut dyn Any) -> bool;
+}
+
+/// [`RangeAccumulator::append_value`] for a primitive result.
+pub fn append_primitive<T: ArrowPrimitiveType>(builder: &mut dyn Any, value: Option<T::Native>) -> bool {
+    builder.downcast_mut::<PrimitiveBuilder<T>>().map(|b| b.append_option(value)).is_some()
 }
 
 /// Makes one group's accumulator. Which maker an aggregate gets is decided once per aggregate
@@ -71,6 +82,10 @@ impl RangeAccumulator for Count {
         self.count += (len - nulls) as i64;
         Ok(())
     }
+
+    fn append_value(&self, builder: &mut dyn Any) -> bool {
+        append_primitive::<Int64Type>(builder, Some(self.count))
+    }
 }
 
 impl Accumulator for Count {
@@ -118,6 +133,10 @@ impl RangeAccumulator for DistinctInt64 {
             }
         }
         Ok(())
+    }
+
+    fn append_value(&self, builder: &mut dyn Any) -> bool {
+        append_primitive::<Int64Type>(builder, Some(self.values.len() as i64))
     }
 }
 

@@ -8,6 +8,7 @@
 //! checkpoint written by either restores into the other. Owns no other aggregate; must never change
 //! a result, only how fast it is reached.
 
+use std::any::Any;
 use std::marker::PhantomData;
 
 use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, PrimitiveArray};
@@ -19,7 +20,7 @@ use datafusion_common::{Result, ScalarValue};
 use datafusion_expr::Accumulator;
 use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::range_count::{update_whole, wrong_type, Maker, RangeAccumulator};
+use super::range_count::{append_primitive, update_whole, wrong_type, Maker, RangeAccumulator};
 
 /// A maker for `agg`'s accumulators, or `None` if `agg` is not a non-DISTINCT one-argument `SUM`
 /// returning BIGINT, or `MIN` / `MAX` of one of the types below (checked against the state fields
@@ -88,6 +89,10 @@ impl RangeAccumulator for SumInt64 {
         }
         Ok(())
     }
+
+    fn append_value(&self, builder: &mut dyn Any) -> bool {
+        append_primitive::<Int64Type>(builder, self.sum)
+    }
 }
 
 impl Accumulator for SumInt64 {
@@ -155,6 +160,10 @@ where
             }
         }
         Ok(())
+    }
+
+    fn append_value(&self, builder: &mut dyn Any) -> bool {
+        append_primitive::<T>(builder, self.value)
     }
 }
 
