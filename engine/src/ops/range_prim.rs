@@ -1,9 +1,10 @@
-//! `SUM` over BIGINT, and `MIN` / `MAX` over integer and timestamp columns, for per-group
+//! `SUM` over BIGINT, and `MIN` / `MAX` over integer, timestamp and VARCHAR columns, for per-group
 //! accumulators ([`super::agg::RowAccs`]): like [`super::range_count`], they take a range of the
 //! gathered input, so a run of a group's rows goes in with no `Arc`'d slice per aggregate and group.
 //!
 //! An updating `GROUP BY` over many keys (Nexmark q17: `MIN`, `MAX`, `SUM` of a price per auction
-//! and day) hands each group a run of one or a few rows per batch. State, merge and results are
+//! and day; q16: `MAX` of a formatted minute per channel and day) hands each group a run of one or
+//! a few rows per batch. State, merge and results are
 //! DataFusion's exactly (the same fields; `SUM` wraps on overflow as DataFusion's does), so a
 //! checkpoint written by either restores into the other. Owns no other aggregate; must never change
 //! a result, only how fast it is reached.
@@ -11,7 +12,7 @@
 use std::any::Any;
 use std::marker::PhantomData;
 
-use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, PrimitiveArray};
+use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, PrimitiveArray, StringBuilder};
 use arrow::datatypes::{
     DataType, Int16Type, Int32Type, Int64Type, Int8Type, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType,
@@ -59,6 +60,7 @@ fn extreme<const MAX: bool>(ty: &DataType) -> Option<Maker> {
     }
     use arrow::datatypes::TimeUnit::*;
     Some(match ty {
+        DataType::Utf8 => || Box::new(ExtremeStr::<MAX> { value: None }),
         DataType::Int8 => make::<Int8Type, MAX>,
         DataType::Int16 => make::<Int16Type, MAX>,
         DataType::Int32 => make::<Int32Type, MAX>,
@@ -193,11 +195,70 @@ where
     }
 }
 
+/// [`Extreme`] of VARCHAR: strings compare by their UTF-8 bytes, as DataFusion's do. The kept
+/// string's buffer is reused when a new extreme replaces it.
+#[derive(Debug)]
+struct ExtremeStr<const MAX: bool> {
+    value: Option<String>,
+}
+
+impl<const MAX: bool> RangeAccumulator for ExtremeStr<MAX> {
+    /// The range's own extreme first, then one comparison and at most one copy into the group.
+    fn update_range(&mut self, args: &[ArrayRef], start: usize, len: usize) -> Result<()> {
+        let values = args[0].as_string_opt::<i32>().ok_or_else(|| wrong_type("MIN/MAX"))?;
+        let beats = |new: &str, old: &str| if MAX { new > old } else { new < old };
+        let best = (start..start + len).filter(|&i| values.is_valid(i)).map(|i| values.value(i)).reduce(|best, v| {
+            if beats(v, best) {
+                v
+            } else {
+                best
+            }
+        });
+        match (best, &mut self.value) {
+            (None, _) => {}
+            (Some(v), None) => self.value = Some(v.to_owned()),
+            (Some(v), Some(old)) if beats(v, old) => {
+                old.clear();
+                old.push_str(v);
+            }
+            (Some(_), Some(_)) => {}
+        }
+        Ok(())
+    }
+
+    fn append_value(&self, builder: &mut dyn Any) -> bool {
+        builder.downcast_mut::<StringBuilder>().map(|b| b.append_option(self.value.as_deref())).is_some()
+    }
+}
+
+impl<const MAX: bool> Accumulator for ExtremeStr<MAX> {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        update_whole(self, values)
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(ScalarValue::Utf8(self.value.clone()))
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![self.evaluate()?])
+    }
+
+    /// The state is one column of partial extremes: taken like input.
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.update_batch(states)
+    }
+
+    fn size(&self) -> usize {
+        size_of_val(self) + self.value.as_ref().map_or(0, String::capacity)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{Int32Array, Int64Array, TimestampMillisecondArray};
+    use arrow::array::{Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
     use arrow::datatypes::{Field, Schema, TimeUnit};
     use datafusion_functions_aggregate::average::avg_udaf;
     use datafusion_functions_aggregate::min_max::{max_udaf, min_udaf};
@@ -216,6 +277,7 @@ mod tests {
             Field::new("z", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
             Field::new("f", DataType::Float64, true),
             Field::new("s", DataType::Utf8, true),
+            Field::new("l", DataType::LargeUtf8, true),
         ]))
     }
 
@@ -228,19 +290,21 @@ mod tests {
     }
 
     #[test]
-    fn only_bigint_sum_and_integer_or_timestamp_extremes_are_taken() {
+    fn only_bigint_sum_and_integer_timestamp_or_varchar_extremes_are_taken() {
         let taken = [
             agg(sum_udaf(), "i"),
             agg(min_udaf(), "i"),
             agg(max_udaf(), "n"),
             agg(min_udaf(), "t"),
             agg(max_udaf(), "t"),
+            agg(min_udaf(), "s"),
+            agg(max_udaf(), "s"),
         ];
         assert!(taken.iter().all(|a| maker(a).is_some()));
         let others = [
             agg(min_udaf(), "z"),
             agg(max_udaf(), "f"),
-            agg(min_udaf(), "s"),
+            agg(max_udaf(), "l"),
             agg(sum_udaf(), "f"),
             agg(avg_udaf(), "i"),
             build(AggregateExprBuilder::new(sum_udaf(), vec![col("i", &schema()).unwrap()]).distinct()),
@@ -250,11 +314,14 @@ mod tests {
 
     #[test]
     fn a_wrong_column_type_is_an_error_not_a_panic() {
-        let strings = Arc::new(arrow::array::StringArray::from(vec!["a"])) as ArrayRef;
-        for a in [agg(sum_udaf(), "i"), agg(max_udaf(), "i")] {
+        let strings = Arc::new(StringArray::from(vec!["a"])) as ArrayRef;
+        let ints = Arc::new(Int64Array::from(vec![1])) as ArrayRef;
+        for (a, wrong) in
+            [(agg(sum_udaf(), "i"), &strings), (agg(max_udaf(), "i"), &strings), (agg(min_udaf(), "s"), &ints)]
+        {
             let mut acc = accumulator(&a).unwrap();
-            assert!(acc.update_range(std::slice::from_ref(&strings), 0, 1).is_err());
-            assert!(acc.merge_batch(std::slice::from_ref(&strings)).is_err());
+            assert!(acc.update_range(std::slice::from_ref(wrong), 0, 1).is_err());
+            assert!(acc.merge_batch(std::slice::from_ref(wrong)).is_err());
         }
     }
 
@@ -278,10 +345,12 @@ mod tests {
             cuts in proptest::collection::vec(0usize..60, 0..6),
             checkpoint_at in 0usize..60,
         ) {
-            let columns: [(&str, ArrayRef); 3] = [
+            let columns: [(&str, ArrayRef); 4] = [
                 ("i", Arc::new(Int64Array::from(values.clone()))),
                 ("n", Arc::new(Int32Array::from(values.iter().map(|v| v.map(|v| v as i32)).collect::<Vec<_>>()))),
                 ("t", Arc::new(TimestampMillisecondArray::from(values.clone()))),
+                // As text, so that "-5" < "-50" < "10" < "9": byte order, not the numbers'.
+                ("s", Arc::new(StringArray::from(values.iter().map(|v| v.map(|v| v.to_string())).collect::<Vec<_>>()))),
             ];
             for (column, array) in columns {
                 // DataFusion's SUM takes no INT or TIMESTAMP: the planner casts INT to BIGINT.
