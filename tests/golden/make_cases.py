@@ -563,3 +563,45 @@ GROUP BY device_id, window_start, window_end
 WITH (connector = 'file', path = 'out/per_10s.jsonl', format = 'json');
 """, {'readings.jsonl': tied}, {'per_10s': tumble_fl})
 print('first/last ties case written')
+
+# ---- COUNT(DISTINCT) of one argument under several FILTERs (one shared set in the engine) ----
+rnd = random.Random(11)
+coded = []
+for i in range(90):
+    ms = T0 + i * 1000
+    code = None if rnd.randrange(8) == 0 else rnd.randrange(7)
+    temp = None if rnd.randrange(6) == 0 else round(14 + rnd.random() * 12, 2)
+    coded.append({'device_id': f'dev-{rnd.randrange(3)}', 'code': code, 'temp': temp, 'ts': iso(ms), '_ms': ms})
+seen = {}
+distinct_ups = []
+for r in coded:
+    s = seen.setdefault(r['device_id'], {'codes': set(), 'cold': set(), 'warm': set(), 'whole': set()})
+    if r['code'] is not None:
+        s['codes'].add(r['code'])
+        # A FILTER over a NULL temp is NULL, which does not take the row.
+        if r['temp'] is not None and r['temp'] < 20:
+            s['cold'].add(r['code'])
+        if r['temp'] is not None and r['temp'] >= 20:
+            s['warm'].add(r['code'])
+    if r['temp'] is not None and r['code'] is not None and r['code'] > 2:
+        s['whole'].add(math.trunc(r['temp']))
+    distinct_ups.append({'device_id': r['device_id'], 'codes': len(s['codes']), 'cold_codes': len(s['cold']),
+                         'warm_codes': len(s['warm']), 'whole_temps': len(s['whole']), '_op': 'upsert'})
+write_case('count_distinct_filters', """CREATE SOURCE readings (
+    device_id VARCHAR NOT NULL,
+    code      BIGINT,
+    temp      DOUBLE,
+    ts        TIMESTAMP(3) NOT NULL,
+    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+) WITH (connector = 'file', path = 'readings.jsonl', format = 'json', batch_rows = '1');
+
+CREATE SINK codes AS
+SELECT device_id,
+       COUNT(DISTINCT code) AS codes,
+       COUNT(DISTINCT code) FILTER (WHERE temp < 20) AS cold_codes,
+       COUNT(DISTINCT code) FILTER (WHERE temp >= 20) AS warm_codes,
+       COUNT(DISTINCT CAST(temp AS BIGINT)) FILTER (WHERE code > 2) AS whole_temps
+FROM readings GROUP BY device_id
+WITH (connector = 'file', path = 'out/codes.jsonl', format = 'json', type = 'upsert');
+""", {'readings.jsonl': coded}, {'codes': distinct_ups})
+print('count distinct filters case written')

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use arrow::array::{make_builder, Array, ArrayBuilder, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
-use arrow::datatypes::{FieldRef, SchemaRef};
+use arrow::datatypes::{FieldRef, Int64Type, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion_common::ScalarValue;
 use datafusion_expr::{Accumulator, EmitTo, GroupsAccumulator};
@@ -18,7 +18,8 @@ use datafusion_functions_aggregate_common::aggregate::groups_accumulator::Groups
 use datafusion_physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion_physical_expr::PhysicalExpr;
 
-use super::range_count::{self, Maker, RangeAccumulator};
+use super::range_count::{self, append_primitive, Maker, RangeAccumulator};
+use super::shared_distinct::{SharedDistinct, MAX_MEMBERS};
 use super::snapshot::{StateReader, StateWriter};
 use super::{float_sum, range_prim};
 use crate::error::{EngineError, Result};
@@ -320,13 +321,20 @@ pub enum GroupAcc {
     Range(Box<dyn RangeAccumulator>),
     /// Takes slices, fed one row at a time where an argument is a float: DataFusion's.
     Slices(Box<dyn Accumulator>),
+    /// The set of the `COUNT(DISTINCT)` aggregates that share its argument ([`AccKind::Distinct`]),
+    /// held by the first of them, member 0.
+    Distinct(Box<SharedDistinct>),
+    /// Another of them: member `member` of the set that aggregate `leader` holds.
+    Member { leader: usize, member: usize },
 }
 
 impl GroupAcc {
-    pub fn acc(&mut self) -> &mut dyn Accumulator {
+    /// The accumulator, or `None` for a shared `COUNT(DISTINCT)` (see [`shared_set`]).
+    pub fn acc(&mut self) -> Option<&mut dyn Accumulator> {
         match self {
-            GroupAcc::Range(a) => a.as_mut(),
-            GroupAcc::Slices(a) => a.as_mut(),
+            GroupAcc::Range(a) => Some(a.as_mut()),
+            GroupAcc::Slices(a) => Some(a.as_mut()),
+            GroupAcc::Distinct(_) | GroupAcc::Member { .. } => None,
         }
     }
 
@@ -334,8 +342,127 @@ impl GroupAcc {
         match self {
             GroupAcc::Range(a) => a.size(),
             GroupAcc::Slices(a) => a.size(),
+            GroupAcc::Distinct(s) => s.size(),
+            GroupAcc::Member { .. } => 0,
         }
     }
+}
+
+/// How every group's accumulator for one aggregate is made; decided once per aggregate
+/// (deciding reads state fields, which DataFusion builds anew on every call).
+#[derive(Clone)]
+pub enum AccKind {
+    DataFusion,
+    /// [`range_count`]'s, [`range_prim`]'s or [`float_sum`]'s.
+    Range(Maker),
+    /// The first of several `COUNT(DISTINCT BIGINT)` over one argument, differing in `FILTER`:
+    /// it holds their set. `members` are those aggregates, this one first; member `m` has bit `m`.
+    Distinct {
+        members: Arc<[usize]>,
+    },
+    /// Another of them.
+    Member {
+        leader: usize,
+        member: usize,
+    },
+}
+
+/// Aggregate `a`'s shared `COUNT(DISTINCT)` set and its member number there, if it has one.
+fn shared_set(accs: &[GroupAcc], a: usize) -> Option<(&SharedDistinct, usize)> {
+    let (leader, member) = match accs.get(a)? {
+        GroupAcc::Distinct(_) => (a, 0),
+        GroupAcc::Member { leader, member } => (*leader, *member),
+        _ => return None,
+    };
+    match accs.get(leader)? {
+        GroupAcc::Distinct(set) => Some((set, member)),
+        _ => None,
+    }
+}
+
+/// [`shared_set`], to change.
+fn shared_set_mut(accs: &mut [GroupAcc], a: usize) -> Option<(&mut SharedDistinct, usize)> {
+    let (leader, member) = match accs.get(a)? {
+        GroupAcc::Distinct(_) => (a, 0),
+        GroupAcc::Member { leader, member } => (*leader, *member),
+        _ => return None,
+    };
+    match accs.get_mut(leader)? {
+        GroupAcc::Distinct(set) => Some((set, member)),
+        _ => None,
+    }
+}
+
+/// A member whose set is not where [`AccKind::Member`] says: a bug in making the group.
+fn lost_set() -> EngineError {
+    EngineError::Internal("a shared COUNT(DISTINCT) member without its set".into())
+}
+
+/// The accumulator of aggregate `a` of a group that is not in a shared set.
+fn own_acc(accs: &mut [GroupAcc], a: usize) -> Result<&mut dyn Accumulator> {
+    accs[a].acc().ok_or_else(lost_set)
+}
+
+/// Aggregate `a`'s current value in one group.
+fn evaluate_one(accs: &mut [GroupAcc], a: usize) -> Result<ScalarValue> {
+    match shared_set(accs, a) {
+        Some((set, m)) => Ok(ScalarValue::Int64(Some(set.count(m)))),
+        None => Ok(own_acc(accs, a)?.evaluate()?),
+    }
+}
+
+/// Aggregate `a`'s partial state in one group (DataFusion's fields).
+fn state_one(accs: &mut [GroupAcc], a: usize) -> Result<Vec<ScalarValue>> {
+    match shared_set(accs, a) {
+        Some((set, m)) => Ok(vec![set.state(m)]),
+        None => Ok(own_acc(accs, a)?.state()?),
+    }
+}
+
+/// Folds partial states of aggregate `a` into one group.
+fn merge_one(accs: &mut [GroupAcc], a: usize, states: &[ArrayRef]) -> Result<()> {
+    match shared_set_mut(accs, a) {
+        Some((set, m)) => set.merge(m, states),
+        None => Ok(own_acc(accs, a)?.merge_batch(states)?),
+    }
+}
+
+/// Adds rows to the shared `COUNT(DISTINCT)` sets of aggregate `leader` ([`AccKind::Distinct`]):
+/// each row once, with the bits of the members whose `FILTER` takes it. A set has no order, so
+/// rows go in as they come, not group by group.
+fn update_distinct(
+    accs: &mut [Vec<GroupAcc>],
+    leader: usize,
+    members: &[usize],
+    input: &Evaluated,
+    rows: &[u32],
+    groups: &[usize],
+) -> Result<()> {
+    // The members' arguments are one expression, so the leader's values are all of theirs.
+    let values = input.args[leader][0]
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| range_count::wrong_type("COUNT(DISTINCT)"))?;
+    for (&row, &g) in rows.iter().zip(groups) {
+        let row = row as usize;
+        if values.is_null(row) {
+            continue;
+        }
+        let mut mask = 0u32;
+        for (m, &a) in members.iter().enumerate() {
+            // FILTER keeps the rows where it is true (NULL is not).
+            if input.filters[a].as_ref().is_none_or(|f| f.is_valid(row) && f.value(row)) {
+                mask |= 1 << m;
+            }
+        }
+        if mask == 0 {
+            continue;
+        }
+        match &mut accs[g][leader] {
+            GroupAcc::Distinct(set) => set.insert(values.value(row), mask),
+            _ => return Err(lost_set()),
+        }
+    }
+    Ok(())
 }
 
 /// One `Accumulator` per group and aggregate; values can be read any number of times.
@@ -344,7 +471,7 @@ pub struct RowAccs {
     /// `[group][aggregate]`
     accs: Vec<Vec<GroupAcc>>,
     /// Per aggregate, set on the first update (the aggregates never change).
-    makers: Vec<Option<Maker>>,
+    kinds: Vec<AccKind>,
     scratch: UpdateScratch,
 }
 
@@ -361,26 +488,52 @@ impl RowAccs {
         self.accs.len()
     }
 
-    /// Per aggregate, the maker of its range accumulators: [`range_count`]'s for `COUNT` and
-    /// `COUNT(DISTINCT BIGINT)`, [`range_prim`]'s for `SUM(BIGINT)` and integer or timestamp
-    /// `MIN`/`MAX`, [`float_sum`]'s for `SUM`/`AVG` over DOUBLE; `None` for DataFusion's own.
-    pub fn makers(exprs: &AggregateExprs) -> Vec<Option<Maker>> {
+    /// Per aggregate, how its accumulators are made: [`range_count`]'s for `COUNT` and
+    /// `COUNT(DISTINCT BIGINT)`, [`range_prim`]'s for `SUM(BIGINT)` and integer, timestamp or
+    /// VARCHAR `MIN`/`MAX`, [`float_sum`]'s for `SUM`/`AVG` over DOUBLE, DataFusion's for the rest;
+    /// `COUNT(DISTINCT BIGINT)`s over one argument share a set, up to [`MAX_MEMBERS`] to a set.
+    pub fn kinds(exprs: &AggregateExprs) -> Vec<AccKind> {
         let maker = |a: &Arc<AggregateFunctionExpr>| {
             range_count::maker(a).or_else(|| range_prim::maker(a)).or_else(|| float_sum::maker(a))
         };
-        exprs.aggs.iter().map(maker).collect()
+        let mut kinds: Vec<AccKind> =
+            exprs.aggs.iter().map(|a| maker(a).map_or(AccKind::DataFusion, AccKind::Range)).collect();
+        let distinct = |kinds: &[AccKind], a: usize| {
+            matches!(kinds[a], AccKind::Range(_)) && range_count::is_distinct_bigint(&exprs.aggs[a])
+        };
+        for a in 0..kinds.len() {
+            if !distinct(&kinds, a) {
+                continue;
+            }
+            let members: Vec<usize> = (a..kinds.len())
+                .filter(|&b| distinct(&kinds, b) && exprs.args[b] == exprs.args[a])
+                .take(MAX_MEMBERS)
+                .collect();
+            if members.len() < 2 {
+                continue;
+            }
+            for (member, &b) in members.iter().enumerate().skip(1) {
+                kinds[b] = AccKind::Member { leader: a, member };
+            }
+            kinds[a] = AccKind::Distinct { members: members.into() };
+        }
+        kinds
     }
 
-    /// One group's accumulators, from [`RowAccs::makers`] of the same `exprs`.
-    pub fn new_group(exprs: &AggregateExprs, makers: &[Option<Maker>]) -> Result<Vec<GroupAcc>> {
-        debug_assert_eq!(exprs.aggs.len(), makers.len());
+    /// One group's accumulators, from [`RowAccs::kinds`] of the same `exprs`.
+    pub fn new_group(exprs: &AggregateExprs, kinds: &[AccKind]) -> Result<Vec<GroupAcc>> {
+        debug_assert_eq!(exprs.aggs.len(), kinds.len());
         exprs
             .aggs
             .iter()
-            .zip(makers)
-            .map(|(a, maker)| match maker {
-                Some(make) => Ok(GroupAcc::Range(make())),
-                None => Ok(GroupAcc::Slices(a.create_accumulator()?)),
+            .zip(kinds)
+            .map(|(a, kind)| {
+                Ok(match kind {
+                    AccKind::DataFusion => GroupAcc::Slices(a.create_accumulator()?),
+                    AccKind::Range(make) => GroupAcc::Range(make()),
+                    AccKind::Distinct { members } => GroupAcc::Distinct(Box::new(SharedDistinct::new(members.len()))),
+                    AccKind::Member { leader, member } => GroupAcc::Member { leader: *leader, member: *member },
+                })
             })
             .collect()
     }
@@ -395,11 +548,11 @@ impl RowAccs {
     pub fn update(&mut self, exprs: &AggregateExprs, input: &Evaluated, rows: &[u32], groups: &[usize]) -> Result<()> {
         debug_assert_eq!(rows.len(), groups.len());
         let needed = groups.iter().copied().max().map(|m| m + 1).unwrap_or(0);
-        if self.makers.len() != exprs.aggs.len() {
-            self.makers = Self::makers(exprs);
+        if self.kinds.len() != exprs.aggs.len() {
+            self.kinds = Self::kinds(exprs);
         }
         while self.accs.len() < needed {
-            self.accs.push(Self::new_group(exprs, &self.makers)?);
+            self.accs.push(Self::new_group(exprs, &self.kinds)?);
         }
         // Positions in `rows`, by group; the sort is stable, so a group's rows keep their order.
         let order = &mut self.scratch.order;
@@ -407,6 +560,14 @@ impl RowAccs {
         order.extend(0..rows.len() as u32);
         order.sort_by_key(|&i| groups[i as usize]);
         for (a, (args, filter)) in input.args.iter().zip(&input.filters).enumerate() {
+            match &self.kinds[a] {
+                AccKind::Distinct { members } => {
+                    update_distinct(&mut self.accs, a, members, input, rows, groups)?;
+                    continue;
+                }
+                AccKind::Member { .. } => continue,
+                AccKind::DataFusion | AccKind::Range(_) => {}
+            }
             // This aggregate's input rows in group order, and (group, end in `taken`) per run.
             let mut taken_rows = Vec::with_capacity(order.len());
             let runs = &mut self.scratch.runs;
@@ -438,6 +599,7 @@ impl RowAccs {
                         one.extend(taken.iter().map(|c| c.slice(start, end - start)));
                         update_in_order(acc.as_mut(), one)?;
                     }
+                    GroupAcc::Distinct(_) | GroupAcc::Member { .. } => return Err(lost_set()),
                 }
                 start = end;
             }
@@ -461,19 +623,27 @@ impl RowAccs {
             .iter()
             .enumerate()
             .map(|(a, agg)| match first.map(|accs| &accs[a]) {
-                Some(GroupAcc::Range(_)) => Column::Built(make_builder(agg.field().data_type(), groups.len())),
+                Some(GroupAcc::Range(_) | GroupAcc::Distinct(_) | GroupAcc::Member { .. }) => {
+                    Column::Built(make_builder(agg.field().data_type(), groups.len()))
+                }
                 _ => Column::Scalars(Vec::with_capacity(groups.len())),
             })
             .collect();
         for &g in groups {
-            for (acc, column) in self.accs[g as usize].iter_mut().zip(columns.iter_mut()) {
-                let appended = match (column, acc) {
-                    (Column::Built(b), GroupAcc::Range(acc)) => acc.append_value(b.as_any_mut()),
-                    (Column::Scalars(values), acc) => {
-                        values.push(acc.acc().evaluate()?);
+            let accs = &mut self.accs[g as usize];
+            for (a, column) in columns.iter_mut().enumerate() {
+                let appended = match (column, shared_set(accs, a)) {
+                    (Column::Built(b), Some((set, m))) => {
+                        append_primitive::<Int64Type>(b.as_any_mut(), Some(set.count(m)))
+                    }
+                    (Column::Built(b), None) => match &accs[a] {
+                        GroupAcc::Range(acc) => acc.append_value(b.as_any_mut()),
+                        _ => false,
+                    },
+                    (Column::Scalars(values), _) => {
+                        values.push(evaluate_one(accs, a)?);
                         true
                     }
-                    _ => false,
                 };
                 // An aggregate's groups all have accumulators from one maker, whose results are of
                 // the aggregate's type.
@@ -506,12 +676,16 @@ impl RowAccs {
 /// [`RowAccs::update`] does for one group, kept as the plain form for tests to compare with.
 #[cfg(test)]
 pub fn update_group(accs: &mut [GroupAcc], input: &Evaluated, idx: &UInt32Array) -> Result<()> {
-    for (a, acc) in accs.iter_mut().enumerate() {
+    for a in 0..accs.len() {
         let mut args = take_all(&input.args[a], Some(idx))?;
         if let Some(f) = take_filter(&input.filters[a], Some(idx))? {
             args = args.iter().map(|c| Ok(arrow::compute::filter(c, &f)?)).collect::<Result<_>>()?;
         }
-        update_in_order(acc.acc(), &args)?;
+        match shared_set_mut(accs, a) {
+            // Member by member, unlike `RowAccs::update`'s one pass for all of them.
+            Some((set, m)) => args[0].as_primitive::<Int64Type>().iter().flatten().for_each(|v| set.insert(v, 1 << m)),
+            None => update_in_order(own_acc(accs, a)?, &args)?,
+        }
     }
     Ok(())
 }
@@ -602,8 +776,8 @@ impl RowAccs {
 
     pub fn restore(exprs: &AggregateExprs, r: &mut StateReader) -> Result<Self> {
         let n = r.count(0)?;
-        let makers = Self::makers(exprs);
-        Ok(RowAccs { accs: restore_groups(exprs, &makers, n, r)?, makers, scratch: UpdateScratch::default() })
+        let kinds = Self::kinds(exprs);
+        Ok(RowAccs { accs: restore_groups(exprs, &kinds, n, r)?, kinds, scratch: UpdateScratch::default() })
     }
 }
 
@@ -618,13 +792,13 @@ pub fn snapshot_groups<'a>(
         if per_agg.is_empty() {
             per_agg = (0..accs.len()).map(|_| Vec::new()).collect();
         }
-        for (a, acc) in accs.iter_mut().enumerate() {
-            let st = acc.acc().state()?;
-            if per_agg[a].is_empty() {
-                per_agg[a] = st.iter().map(|_| Vec::with_capacity(n)).collect();
+        for (a, fields) in per_agg.iter_mut().enumerate() {
+            let st = state_one(accs, a)?;
+            if fields.is_empty() {
+                *fields = st.iter().map(|_| Vec::with_capacity(n)).collect();
             }
             for (j, v) in st.into_iter().enumerate() {
-                per_agg[a][j].push(v);
+                fields[j].push(v);
             }
         }
     }
@@ -640,11 +814,11 @@ pub fn snapshot_groups<'a>(
 /// Rebuilds `n` groups written by [`snapshot_groups`]: fresh accumulators merged with their state.
 pub fn restore_groups(
     exprs: &AggregateExprs,
-    makers: &[Option<Maker>],
+    kinds: &[AccKind],
     n: usize,
     r: &mut StateReader,
 ) -> Result<Vec<Vec<GroupAcc>>> {
-    let mut groups = (0..n).map(|_| RowAccs::new_group(exprs, makers)).collect::<Result<Vec<_>>>()?;
+    let mut groups = (0..n).map(|_| RowAccs::new_group(exprs, kinds)).collect::<Result<Vec<_>>>()?;
     let aggs = r.count(8)?;
     if n > 0 && aggs != exprs.aggs.len() {
         return Err(r.err("an aggregate count mismatch"));
@@ -656,7 +830,7 @@ pub fn restore_groups(
         }
         for (g, accs) in groups.iter_mut().enumerate() {
             let slices: Vec<ArrayRef> = state.iter().map(|s| s.slice(g, 1)).collect();
-            accs[a].acc().merge_batch(&slices)?;
+            merge_one(accs, a, &slices)?;
         }
     }
     Ok(groups)
@@ -675,8 +849,9 @@ mod tests {
     use super::*;
 
     /// `SUM(v), SUM(v) FILTER (WHERE f), COUNT(DISTINCT x) FILTER (WHERE f), COUNT(x),
-    /// AVG(v) FILTER (WHERE f), SUM(x), MIN(x) FILTER (WHERE f), MAX(x), MIN(v)`: every kind of
-    /// range accumulator, and one of DataFusion's (`MIN` over DOUBLE). The filters are given as
+    /// AVG(v) FILTER (WHERE f), SUM(x), MIN(x) FILTER (WHERE f), MAX(x), MIN(v), COUNT(DISTINCT x),
+    /// COUNT(DISTINCT x) FILTER (WHERE g)`: every kind of range accumulator, one of DataFusion's
+    /// (`MIN` over DOUBLE), and a shared `COUNT(DISTINCT)` set of three. The filters are given as
     /// evaluated columns, so only the aggregates are built here.
     fn exprs() -> AggregateExprs {
         let schema = Arc::new(Schema::new(vec![
@@ -696,6 +871,8 @@ mod tests {
             build(AggregateExprBuilder::new(min_udaf(), vec![x.clone()]), "mi"),
             build(AggregateExprBuilder::new(max_udaf(), vec![x.clone()]), "ma"),
             build(AggregateExprBuilder::new(min_udaf(), vec![v.clone()]), "mv"),
+            build(AggregateExprBuilder::new(count_udaf(), vec![x.clone()]).distinct(), "d"),
+            build(AggregateExprBuilder::new(count_udaf(), vec![x.clone()]).distinct(), "dg"),
         ];
         AggregateExprs {
             keys: vec![],
@@ -711,24 +888,52 @@ mod tests {
 
     /// The arguments of [`exprs`]' aggregates, in order, given `v`'s and `x`'s.
     fn per_aggregate<T: Clone>(v: T, x: T) -> Vec<Vec<T>> {
-        [&v, &v, &x, &x, &v, &x, &x, &x, &v].into_iter().map(|a| vec![a.clone()]).collect()
+        [&v, &v, &x, &x, &v, &x, &x, &x, &v, &x, &x].into_iter().map(|a| vec![a.clone()]).collect()
     }
 
     fn values(accs: &mut RowAccs, groups: usize) -> Vec<Vec<ScalarValue>> {
-        (0..groups).map(|g| accs.accs[g].iter_mut().map(|a| a.acc().evaluate().unwrap()).collect()).collect()
+        (0..groups)
+            .map(|g| (0..accs.accs[g].len()).map(|a| evaluate_one(&mut accs.accs[g], a).unwrap()).collect())
+            .collect()
+    }
+
+    /// Both stores through a checkpoint: `gathered` restored from its own, `plain` (DataFusion's
+    /// accumulators) from `gathered`'s, after checking that `gathered`'s kinds restore `plain`'s
+    /// checkpoint to the same values: the two write the same state.
+    fn checkpointed(exprs: &AggregateExprs, gathered: &mut RowAccs, plain: &mut RowAccs) -> (RowAccs, RowAccs) {
+        let write = |accs: &mut RowAccs| {
+            let mut w = StateWriter::default();
+            accs.snapshot(&mut w).unwrap();
+            w.buf
+        };
+        let (ours, theirs) = (write(gathered), write(plain));
+        let mut from_plain = RowAccs::restore(exprs, &mut StateReader::new(&theirs, "plain")).unwrap();
+        assert_eq!(values(&mut from_plain, plain.len()), values(plain, plain.len()));
+        let restored = RowAccs::restore(exprs, &mut StateReader::new(&ours, "gathered")).unwrap();
+        let mut r = StateReader::new(&ours, "gathered");
+        let n = r.count(0).unwrap();
+        let datafusion = vec![AccKind::DataFusion; exprs.aggs.len()];
+        let mut accs = restore_groups(exprs, &datafusion, n, &mut r).unwrap();
+        // `plain` makes groups up to the last one of each batch; `gathered` up to the last updated.
+        while accs.len() < plain.len() {
+            accs.push(RowAccs::new_group(exprs, &datafusion).unwrap());
+        }
+        (restored, RowAccs { accs, ..Default::default() })
     }
 
     proptest::proptest! {
         /// Gathering an aggregate's rows once per batch gives every group what taking its own
         /// rows (and filtering them) and feeding them one at a time to DataFusion's accumulators
         /// gives it: the same rows in the same order, so even float sums and averages agree to
-        /// the bit. Over two batches, with rows in any order and some left out.
+        /// the bit. Over two batches, with rows in any order and some left out, and a checkpoint
+        /// between them that either kind of accumulator restores.
         #[test]
         fn gathered_updates_equal_one_group_at_a_time(
             batches in proptest::collection::vec(
                 proptest::collection::vec(
                     (proptest::option::of(-1e12f64..1e12), proptest::option::of(0i64..6),
-                     proptest::option::of(any::<bool>()), 0usize..5, any::<bool>()),
+                     proptest::option::of(any::<bool>()), 0usize..5, any::<bool>(),
+                     proptest::option::of(any::<bool>())),
                     0..40,
                 ).prop_shuffle(),
                 2,
@@ -737,15 +942,20 @@ mod tests {
             let exprs = exprs();
             let converter = exprs.row_converter().unwrap();
             let (mut gathered, mut plain) = (RowAccs::default(), RowAccs::default());
-            for rows in &batches {
+            for (b, rows) in batches.iter().enumerate() {
+                if b == 1 {
+                    (gathered, plain) = checkpointed(&exprs, &mut gathered, &mut plain);
+                }
                 let v = Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.0))) as ArrayRef;
                 let x = Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.1))) as ArrayRef;
                 let f = BooleanArray::from_iter(rows.iter().map(|r| r.2));
+                let g = BooleanArray::from_iter(rows.iter().map(|r| r.5));
                 let input = Evaluated {
                     keys: converter.empty_rows(0, 0),
                     args: per_aggregate(v, x),
                     filters: vec![
-                        None, Some(f.clone()), Some(f.clone()), None, Some(f.clone()), None, Some(f), None, None,
+                        None, Some(f.clone()), Some(f.clone()), None, Some(f.clone()), None, Some(f), None, None, None,
+                        Some(g),
                     ],
                 };
                 // Rows taken (the last field) in batch order, with their groups.
@@ -771,7 +981,7 @@ mod tests {
                 prop_assert_eq!(b.as_ref(), s.as_ref());
             }
             // Groups past the last one updated hold nothing.
-            let first = RowAccs::new_group(&exprs, &RowAccs::makers(&exprs)).unwrap();
+            let first = RowAccs::new_group(&exprs, &RowAccs::kinds(&exprs)).unwrap();
             let empty = values(&mut RowAccs { accs: vec![first], ..Default::default() }, 1);
             prop_assert!(expected[n..].iter().all(|g| *g == empty[0]));
         }

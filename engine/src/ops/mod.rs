@@ -17,6 +17,7 @@ pub mod range_count;
 pub mod range_prim;
 pub mod rows;
 pub mod session;
+pub mod shared_distinct;
 pub mod shared_exprs;
 pub mod short_circuit;
 pub mod snapshot;

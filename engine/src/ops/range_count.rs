@@ -54,6 +54,12 @@ pub fn maker(agg: &AggregateFunctionExpr) -> Option<Maker> {
     }
 }
 
+/// Whether `agg` is a `COUNT(DISTINCT)` of a BIGINT, one that [`maker`] takes (and that
+/// [`super::shared_distinct`] can share with others over the same argument).
+pub fn is_distinct_bigint(agg: &AggregateFunctionExpr) -> bool {
+    agg.is_distinct() && maker(agg).is_some()
+}
+
 /// An accumulator for `agg` that takes ranges, or `None` (see [`maker`]).
 #[cfg(test)]
 pub fn accumulator(agg: &AggregateFunctionExpr) -> Option<Box<dyn RangeAccumulator>> {

@@ -428,7 +428,7 @@ mod tests {
             w.bytes(k);
             w.i64(*start);
             w.i64(*end);
-            let mut a = RowAccs::new_group(exprs, &RowAccs::makers(exprs)).unwrap();
+            let mut a = RowAccs::new_group(exprs, &RowAccs::kinds(exprs)).unwrap();
             update_group(&mut a, &input, &UInt32Array::from(rows.to_vec())).unwrap();
             accs.push(a);
         }
