@@ -39,6 +39,10 @@ pub enum EngineError {
     /// A configured limit was reached; the pipeline stops rather than dropping data.
     #[error("limit reached: {0}")]
     Limit(String),
+    /// Evaluating a query failed on its input (e.g. an integer division by zero): `at` names the
+    /// statement and operator.
+    #[error("{at}: {message}")]
+    Eval { at: String, message: String },
     /// An invariant of the engine broke: a bug, reported instead of a panic.
     #[error("internal error: {0}")]
     Internal(String),

@@ -310,6 +310,11 @@ CREATE MATERIALIZED VIEW readings AS SELECT * FROM readings;""", "'readings' is 
     'err_replay_unbounded': ("""CREATE SOURCE r (ts TIMESTAMP(3)) WITH (connector = 'datagen');""", "set option 'rows'"),
     'err_missing_file': (SRC.format(delay=2, extra='').replace('readings.jsonl', 'missing.jsonl') + """
 CREATE SINK s AS SELECT * FROM readings WITH (connector = 'console');""", "missing.jsonl: No such file"),
+    # An error while evaluating names the statement and operator, with DataFusion's innermost message once.
+    'err_divide_by_zero': (SRC.format(delay=2, extra='') + """
+CREATE MATERIALIZED VIEW whole AS SELECT device_id, CAST(temp AS BIGINT) AS t, ts FROM readings;
+CREATE SINK s AS SELECT device_id, t / (t - t) AS r FROM whole WITH (connector = 'file', path = 'out/s.jsonl');""",
+        "eddyd: sink 's' (project): Divide by zero error"),
 }
 bad_rows = small[:3] + [{'device_id': 'dev-1', 'temp': 'hot', 'ts': iso(T0)}]
 for name, (sql, err) in ERR.items():

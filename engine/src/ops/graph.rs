@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{Chunk, Operator};
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::query::LiveView;
 use crate::time::MIN_TS;
 
@@ -23,11 +23,15 @@ struct Node {
     /// Materialized views whose rows this node's output carries (kept for on-demand queries),
     /// with the part of each this graph fills.
     views: Vec<(Arc<LiveView>, usize)>,
+    /// The statement the node was planned for ("sink 'alerts'"), named in its errors.
+    owner: Option<Arc<str>>,
 }
 
 #[derive(Default)]
 pub struct Graph {
     nodes: Vec<Node>,
+    /// Given to the nodes added from now on: see [`Graph::plan_for`].
+    owner: Option<Arc<str>>,
 }
 
 impl Graph {
@@ -39,8 +43,32 @@ impl Graph {
             out_wm: MIN_TS,
             outputs: vec![],
             views: vec![],
+            owner: self.owner.clone(),
         });
         self.nodes.len() - 1
+    }
+
+    /// Nodes added from now on belong to `owner` (e.g. "view 'bars_1m'"), which their
+    /// evaluation errors name.
+    pub fn plan_for(&mut self, owner: &str) {
+        self.owner = Some(owner.into());
+    }
+
+    /// An error of node `id`'s operator: one that evaluating an expression raised (e.g. an
+    /// integer division by zero) names the statement and operator and keeps only DataFusion's
+    /// innermost message; the others already say where they come from.
+    fn in_node(&self, id: NodeId, e: EngineError) -> EngineError {
+        let message = match e {
+            EngineError::DataFusion(e) => e.find_root().message().into_owned(),
+            EngineError::Arrow(e) => e.to_string(),
+            e => return e,
+        };
+        let node = &self.nodes[id];
+        let at = match &node.owner {
+            Some(owner) => format!("{owner} ({})", node.op.name()),
+            None => node.op.name(),
+        };
+        EngineError::Eval { at, message }
     }
 
     /// Connects the output of `from` to input `port` of `to`.
@@ -146,7 +174,7 @@ impl Graph {
             return Ok(());
         }
         let mut out = Vec::new();
-        self.nodes[id].op.on_chunk(port, chunk, &mut out)?;
+        self.nodes[id].op.on_chunk(port, chunk, &mut out).map_err(|e| self.in_node(id, e))?;
         self.forward(id, out)
     }
 
@@ -179,7 +207,7 @@ impl Graph {
         }
         node.in_wm = min;
         let mut out = Vec::new();
-        let out_wm = node.op.on_watermark(min, &mut out)?;
+        let out_wm = node.op.on_watermark(min, &mut out).map_err(|e| self.in_node(id, e))?;
         self.forward(id, out)?;
         let node = &mut self.nodes[id];
         if out_wm > node.out_wm {
