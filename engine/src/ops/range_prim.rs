@@ -4,10 +4,9 @@
 //!
 //! An updating `GROUP BY` over many keys (Nexmark q17: `MIN`, `MAX`, `SUM` of a price per auction
 //! and day; q16: `MAX` of a formatted minute per channel and day) hands each group a run of one or
-//! a few rows per batch. State, merge and results are
-//! DataFusion's exactly (the same fields; `SUM` wraps on overflow as DataFusion's does), so a
-//! checkpoint written by either restores into the other. Owns no other aggregate; must never change
-//! a result, only how fast it is reached.
+//! a few rows per batch. State, merge and results are DataFusion's exactly (the same fields; `SUM`
+//! wraps on overflow as DataFusion's does), so a checkpoint written by either restores into the
+//! other. Owns no other aggregate; must never change a result, only how fast it is reached.
 
 use std::any::Any;
 use std::marker::PhantomData;
