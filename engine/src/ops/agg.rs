@@ -367,13 +367,19 @@ pub enum AccKind {
     },
 }
 
+/// Where aggregate `a`'s shared `COUNT(DISTINCT)` set is: the aggregate that holds it, and `a`'s
+/// member number there.
+fn set_place(accs: &[GroupAcc], a: usize) -> Option<(usize, usize)> {
+    match accs.get(a)? {
+        GroupAcc::Distinct(_) => Some((a, 0)),
+        GroupAcc::Member { leader, member } => Some((*leader, *member)),
+        _ => None,
+    }
+}
+
 /// Aggregate `a`'s shared `COUNT(DISTINCT)` set and its member number there, if it has one.
 fn shared_set(accs: &[GroupAcc], a: usize) -> Option<(&SharedDistinct, usize)> {
-    let (leader, member) = match accs.get(a)? {
-        GroupAcc::Distinct(_) => (a, 0),
-        GroupAcc::Member { leader, member } => (*leader, *member),
-        _ => return None,
-    };
+    let (leader, member) = set_place(accs, a)?;
     match accs.get(leader)? {
         GroupAcc::Distinct(set) => Some((set, member)),
         _ => None,
@@ -382,11 +388,7 @@ fn shared_set(accs: &[GroupAcc], a: usize) -> Option<(&SharedDistinct, usize)> {
 
 /// [`shared_set`], to change.
 fn shared_set_mut(accs: &mut [GroupAcc], a: usize) -> Option<(&mut SharedDistinct, usize)> {
-    let (leader, member) = match accs.get(a)? {
-        GroupAcc::Distinct(_) => (a, 0),
-        GroupAcc::Member { leader, member } => (*leader, *member),
-        _ => return None,
-    };
+    let (leader, member) = set_place(accs, a)?;
     match accs.get_mut(leader)? {
         GroupAcc::Distinct(set) => Some((set, member)),
         _ => None,
