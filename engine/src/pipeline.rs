@@ -513,12 +513,13 @@ impl Pipeline {
                         format!("'{name}' is already defined; a {} needs a name of its own", kind.sql()),
                     ));
                 }
+                // Nodes planned from here on are this statement's, named in their errors.
+                let owner = format!("{} '{name}'", kind.sql().to_lowercase());
+                graph.plan_for(&owner);
+                shard_graphs.iter_mut().for_each(|sg| sg.graph.plan_for(&owner));
             }
             match statement {
                 Statement::CreateSource(def) => {
-                    let owner = format!("source '{}'", def.name);
-                    graph.plan_for(&owner);
-                    shard_graphs.iter_mut().for_each(|sg| sg.graph.plan_for(&owner));
                     let src = Self::plan_source(
                         def,
                         pos,
@@ -547,9 +548,6 @@ impl Pipeline {
                     summary.tables.push(def.name.clone());
                 }
                 Statement::CreateView { name, query, emit } => {
-                    let owner = format!("view '{name}'");
-                    graph.plan_for(&owner);
-                    shard_graphs.iter_mut().for_each(|sg| sg.graph.plan_for(&owner));
                     let mut planner = Planner::new(&catalog, &mut graph, &relations, &table_handles, cfg.limits);
                     let (stream, _) = planner.plan_query(query, *emit).map_err(|e| at(pos, e))?;
                     needs.append(&mut planner.needs);
@@ -574,9 +572,6 @@ impl Pipeline {
                     summary.views.push(name.clone());
                 }
                 Statement::CreateSink { name, input, options } => {
-                    let owner = format!("sink '{name}'");
-                    graph.plan_for(&owner);
-                    shard_graphs.iter_mut().for_each(|sg| sg.graph.plan_for(&owner));
                     let (stream, id, tap) = Self::plan_sink(
                         name,
                         input,
