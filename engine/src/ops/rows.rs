@@ -2,7 +2,8 @@
 //! arrived in and referenced by (slot, row): no row is copied on arrival, and a batch is freed as
 //! soon as none of its rows is held. Output columns are gathered with `interleave`.
 //!
-//! Join keys are compared as Arrow row-format bytes ([`KeyEncoder`]).
+//! Join keys are compared as Arrow row-format bytes ([`KeyEncoder`]); a batch's encoded keys can be
+//! kept with it ([`RowStore::add_keyed`]), so a held row's key is read in place, never copied.
 
 use std::collections::HashMap;
 
@@ -22,6 +23,8 @@ pub struct RowRef {
 
 struct Slot {
     batch: RecordBatch,
+    /// The batch's rows' encoded keys, when the holder compares keys of held rows.
+    keys: Option<Rows>,
     live: u32,
 }
 
@@ -42,8 +45,19 @@ impl RowStore {
     /// Takes `batch` in; its rows are held with [`RowStore::hold`]. Call [`RowStore::seal`] after
     /// holding, so a batch none of whose rows was held is freed at once.
     pub fn add(&mut self, batch: RecordBatch) -> u32 {
-        self.bytes += batch.get_array_memory_size();
-        let slot = Some(Slot { batch, live: 0 });
+        self.add_slot(batch, None)
+    }
+
+    /// [`RowStore::add`], keeping the rows' encoded keys beside the batch (row `i`'s key is
+    /// `keys.row(i)`), read back with [`RowStore::key`].
+    pub fn add_keyed(&mut self, batch: RecordBatch, keys: Rows) -> u32 {
+        debug_assert_eq!(batch.num_rows(), keys.num_rows());
+        self.add_slot(batch, Some(keys))
+    }
+
+    fn add_slot(&mut self, batch: RecordBatch, keys: Option<Rows>) -> u32 {
+        self.bytes += slot_bytes(&batch, keys.as_ref());
+        let slot = Some(Slot { batch, keys, live: 0 });
         match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = slot;
@@ -78,7 +92,7 @@ impl RowStore {
 
     fn drop_slot(&mut self, slot: u32) {
         if let Some(s) = self.slots[slot as usize].take() {
-            self.bytes -= s.batch.get_array_memory_size();
+            self.bytes -= slot_bytes(&s.batch, s.keys.as_ref());
             self.free.push(slot);
         }
     }
@@ -87,6 +101,16 @@ impl RowStore {
         match self.slots.get(slot as usize) {
             Some(Some(s)) => Ok(&s.batch),
             _ => Err(EngineError::Internal(format!("row store: slot {slot} is not held"))),
+        }
+    }
+
+    /// The encoded key of a held row of a slot added with [`RowStore::add_keyed`].
+    pub fn key(&self, r: RowRef) -> Option<&[u8]> {
+        match self.slots.get(r.slot as usize) {
+            Some(Some(Slot { keys: Some(k), .. })) if (r.row as usize) < k.num_rows() => {
+                Some(k.row(r.row as usize).data())
+            }
+            _ => None,
         }
     }
 
@@ -135,14 +159,23 @@ impl RowStore {
     /// Reads `n` rows written by [`RowStore::write_rows`] into a new slot: row `i` is
     /// `RowRef { slot, row: i }`. The caller holds the rows it keeps, then seals the slot.
     pub fn read_rows(&mut self, schema: &SchemaRef, n: usize, r: &mut StateReader) -> Result<u32> {
+        Ok(self.add(Self::read_batch(schema, n, r)?))
+    }
+
+    /// The batch of `n` rows written by [`RowStore::write_rows`], checked against `schema`.
+    pub fn read_batch(schema: &SchemaRef, n: usize, r: &mut StateReader) -> Result<RecordBatch> {
         let batch = r.batch()?;
         let types_match = batch.num_columns() == schema.fields().len()
             && batch.schema().fields().iter().zip(schema.fields()).all(|(a, b)| a.data_type() == b.data_type());
         if batch.num_rows() != n || !types_match {
             return Err(r.err("held rows of the wrong shape"));
         }
-        Ok(self.add(batch))
+        Ok(batch)
     }
+}
+
+fn slot_bytes(batch: &RecordBatch, keys: Option<&Rows>) -> usize {
+    batch.get_array_memory_size() + keys.map_or(0, |k| k.size())
 }
 
 /// Encodes key columns as comparable bytes.
