@@ -172,6 +172,7 @@ impl<'a> Planner<'a> {
 
     fn physical(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
         let e = expand_coalesce(e.clone())?;
+        let e = crate::sql::regexp_group::rewrite(e, schema)?;
         let e = create_physical_expr(&e, schema, &self.props, &PhysicalPlanningContext::default())?;
         short_circuit::rewrite(e, schema.as_arrow())
     }

@@ -5,6 +5,7 @@ pub mod asof;
 pub mod catalog;
 pub mod ddl;
 pub mod pattern;
+pub mod regexp_group;
 pub mod rewrite;
 pub mod to_char;
 pub mod tvf;
