@@ -27,6 +27,7 @@ mod pattern;
 use crate::error::{EngineError, Result};
 use crate::ops::agg::{AggregateExprs, Arrival, GroupCol};
 use crate::ops::calc::Calc;
+use crate::ops::eager_case;
 use crate::ops::graph::{Graph, NodeId, Passthrough};
 use crate::ops::group_agg::GroupAggregate;
 use crate::ops::lookup_join::TableHandle;
@@ -251,6 +252,7 @@ impl<'a> Planner<'a> {
             fields.extend(shared.fields(&input.schema)?);
             (Arc::new(Schema::new(fields)), Some(shared), Some(later))
         };
+        let pred = eager_case::rewrite(&pred)?;
         let node = self.add(
             Box::new(Calc {
                 label: format!("filter {}", f.predicate),
@@ -324,8 +326,11 @@ impl<'a> Planner<'a> {
                 // What the projection evaluates more than once, it computes once.
                 let shared = shared_exprs::find(&exprs, &[]);
                 let width = input.schema.fields().len();
-                let exprs =
-                    exprs.iter().map(|e| shared_exprs::rewrite(e, &shared, width)).collect::<Result<Vec<_>>>()?;
+                // Eager CASEs last: the shared columns are what make their branches simple.
+                let exprs = exprs
+                    .iter()
+                    .map(|e| shared_exprs::rewrite(e, &shared, width).and_then(|e| eager_case::rewrite(&e)))
+                    .collect::<Result<Vec<_>>>()?;
                 let shared = (!shared.is_empty()).then(|| SharedExprs::new(shared));
                 // Where each output column comes from, when it is a plain column of the input.
                 let sources: Vec<Option<usize>> = p

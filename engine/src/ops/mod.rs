@@ -7,6 +7,7 @@
 pub mod agg;
 pub mod asof_join;
 pub mod calc;
+pub mod eager_case;
 pub mod float_sum;
 pub mod graph;
 pub mod group_agg;

@@ -210,7 +210,7 @@ pub fn rewrite(e: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Arc<dyn Phys
 /// columns and literals. Such a right side is cheaper evaluated on the whole batch than on the
 /// rows filtered out for it (Nexmark q15's `price >= 10000 AND price < 1000000`), and doing so
 /// cannot be told apart.
-fn cannot_fail(e: &Arc<dyn PhysicalExpr>) -> bool {
+pub fn cannot_fail(e: &Arc<dyn PhysicalExpr>) -> bool {
     let safe_node = |n: &Arc<dyn PhysicalExpr>| {
         n.is::<Column>()
             || n.is::<Literal>()

@@ -34,3 +34,12 @@ CREATE SINK upper_thrice AS
 SELECT id, upper(channel) AS u, upper(channel) || '!' AS loud, coalesce(upper(channel), '-') AS shown
 FROM bids WHERE ts > TIMESTAMP '2026-03-01 08:00:00.000'
 WITH (connector = 'file', path = 'out/upper_thrice.jsonl', format = 'json');
+
+-- regexp_match(...)[k] lists only the groups that took part (engine/src/sql/regexp_group.rs):
+-- where `(query=)?` is absent the digits are element 1 and there is no element 2. And a CASE
+-- without ELSE over NULL comparisons, evaluated eagerly (engine/src/ops/eager_case.rs).
+CREATE SINK groups_listed AS
+SELECT id, regexp_match(url, '(query=)?([0-9]+)')[1] AS first, regexp_match(url, '(query=)?([0-9]+)')[2] AS second,
+       CASE WHEN qty > 10 THEN 'many' WHEN qty = 0 THEN 'none' END AS amount
+FROM bids
+WITH (connector = 'file', path = 'out/groups_listed.jsonl', format = 'json');
