@@ -128,11 +128,16 @@ impl PhysicalExpr for EagerCase {
         let branch = self.branches(batch)?;
         // Each branch's values, evaluated only if some row takes it; a constant is one row.
         let mut values: Vec<Option<(ArrayRef, bool)>> = vec![None; self.when_then.len() + 1];
+        let mut evaluated = 0;
         for &b in &branch {
+            if evaluated == values.len() {
+                break; // every branch is in hand: the rest of the rows name none that is not
+            }
             let slot = &mut values[b as usize];
             if slot.is_some() {
                 continue;
             }
+            evaluated += 1;
             let expr = match self.when_then.get(b as usize) {
                 Some((_, then)) => Some(then),
                 None => self.else_expr.as_ref(),

@@ -16,10 +16,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, GenericStringArray, GenericStringBuilder, OffsetSizeTrait, StringViewArray,
-    StringViewBuilder,
-};
+use arrow::array::{Array, ArrayRef, AsArray, GenericStringBuilder, StringViewBuilder};
 use arrow::datatypes::DataType;
 use datafusion_common::tree_node::{Transformed, TreeNode};
 use datafusion_common::{DFSchema, DataFusionError, Result, ScalarValue};
@@ -115,7 +112,11 @@ impl ScalarUDFImpl for RegexpGroup {
         let [value] = args.args.as_slice() else {
             return Err(DataFusionError::Internal("regexp_match_element takes one argument".into()));
         };
-        let values = value.to_array(args.number_rows)?;
+        // A constant is one row, not `number_rows` copies of it, so the regex runs once.
+        let values = match value {
+            ColumnarValue::Array(values) => Arc::clone(values),
+            ColumnarValue::Scalar(value) => value.to_array()?,
+        };
         let groups = self.groups(&values)?;
         match value {
             ColumnarValue::Array(_) => Ok(ColumnarValue::Array(groups)),
@@ -127,34 +128,37 @@ impl ScalarUDFImpl for RegexpGroup {
 impl RegexpGroup {
     fn groups(&self, values: &ArrayRef) -> Result<ArrayRef> {
         let mut locations = self.regex.capture_locations();
+        let rows = values.len();
         Ok(match values.data_type() {
-            DataType::Utf8 => Arc::new(self.groups_of(values.as_string::<i32>(), &mut locations)),
-            DataType::LargeUtf8 => Arc::new(self.groups_of(values.as_string::<i64>(), &mut locations)),
-            DataType::Utf8View => Arc::new(self.groups_of_views(values.as_string_view(), &mut locations)),
+            DataType::Utf8 => {
+                let mut out = GenericStringBuilder::<i32>::with_capacity(rows, 0);
+                self.extend_groups(&mut out, values.as_string::<i32>().iter(), &mut locations);
+                Arc::new(out.finish())
+            }
+            DataType::LargeUtf8 => {
+                let mut out = GenericStringBuilder::<i64>::with_capacity(rows, 0);
+                self.extend_groups(&mut out, values.as_string::<i64>().iter(), &mut locations);
+                Arc::new(out.finish())
+            }
+            DataType::Utf8View => {
+                let mut out = StringViewBuilder::with_capacity(rows);
+                self.extend_groups(&mut out, values.as_string_view().iter(), &mut locations);
+                Arc::new(out.finish())
+            }
             other => {
                 return Err(DataFusionError::Internal(format!("regexp_match_element of a {other} column")));
             }
         })
     }
 
-    fn groups_of<O: OffsetSizeTrait>(
+    /// Appends to `out` the group of each value (NULL for a NULL value or no group).
+    fn extend_groups<'v>(
         &self,
-        values: &GenericStringArray<O>,
+        out: &mut impl Extend<Option<&'v str>>,
+        values: impl Iterator<Item = Option<&'v str>>,
         locations: &mut CaptureLocations,
-    ) -> GenericStringArray<O> {
-        let mut out = GenericStringBuilder::<O>::with_capacity(values.len(), 0);
-        for value in values.iter() {
-            out.append_option(value.and_then(|v| self.group_of(v, locations)));
-        }
-        out.finish()
-    }
-
-    fn groups_of_views(&self, values: &StringViewArray, locations: &mut CaptureLocations) -> StringViewArray {
-        let mut out = StringViewBuilder::with_capacity(values.len());
-        for value in values.iter() {
-            out.append_option(value.and_then(|v| self.group_of(v, locations)));
-        }
-        out.finish()
+    ) {
+        out.extend(values.map(|value| value.and_then(|v| self.group_of(v, locations))));
     }
 
     /// The `group`-th element `regexp_match` would list for `value`, if there is one.
@@ -174,7 +178,7 @@ impl RegexpGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{LargeStringArray, StringArray};
+    use arrow::array::{LargeStringArray, StringArray, StringViewArray};
     use arrow::datatypes::{Field, Schema};
     use datafusion_common::config::ConfigOptions;
     use datafusion_expr::col;
@@ -286,7 +290,7 @@ mod tests {
             .invoke_with_args(ScalarFunctionArgs {
                 args: vec![ColumnarValue::Scalar(ScalarValue::Utf8(Some("abbc".into())))],
                 arg_fields: vec![Field::new("s", DataType::Utf8, true).into()],
-                number_rows: 1,
+                number_rows: 3,
                 return_field: Field::new("out", DataType::Utf8, true).into(),
                 config_options: Arc::new(ConfigOptions::default()),
             })
