@@ -260,3 +260,54 @@ fn state_is_reopened_only_with_the_shard_count_that_wrote_it() {
     let got = outputs(&dir);
     assert_eq!(got, run(&case, &tmp.path().join("reference"), None, ONE).unwrap());
 }
+
+/// A state has one identity for its life: none until its first checkpoint holds it, then the
+/// same after every restart and in a restored copy of a checkpoint (which continues the state);
+/// a fresh state has another. The hub tells a replacement device's fresh state from the old
+/// device's by it (docs/hub.md).
+#[test]
+fn a_state_keeps_its_identity_and_a_fresh_one_has_another() {
+    use eddy_engine::storage::{copy_rebased, Owner};
+    let tmp = tempfile::tempdir().unwrap();
+    let case = cases().into_iter().find(|c| c.ends_with("cascade_views")).unwrap();
+    let dir = tmp.path().join("run");
+    copy_inputs(&case, &dir);
+    let sql = std::fs::read_to_string(dir.join("pipeline.sql")).unwrap();
+    let mut p = open(&sql, &dir, ONE).unwrap();
+    assert_eq!(p.state_identity(), None, "no checkpoint holds it yet");
+    p.step().unwrap();
+    p.checkpoint().unwrap();
+    let id = p.state_identity().expect("the first checkpoint holds it");
+    p.step().unwrap();
+    p.checkpoint().unwrap();
+    assert_eq!(p.state_identity(), Some(id));
+    let files = p.last_checkpoint_files().unwrap();
+    drop(p);
+    let p = open(&sql, &dir, ONE).unwrap();
+    assert_eq!(p.state_identity(), Some(id), "recovered");
+    drop(p);
+
+    // A checkpoint copied away and restored under another directory continues the state.
+    let download = tmp.path().join("download");
+    std::fs::create_dir_all(&download).unwrap();
+    for f in files.state_files.iter().chain([&files.manifest]) {
+        std::fs::copy(f, download.join(f.file_name().unwrap())).unwrap();
+    }
+    let restored = tmp.path().join("restored");
+    copy_inputs(&case, &restored);
+    let storage = Arc::new(RealFs::new());
+    let cipher = Arc::new(Cipher::plaintext());
+    copy_rebased(storage, cipher, &download, &restored.join("state").join("checkpoints"), Owner::default()).unwrap();
+    let p = open(&sql, &restored, ONE).unwrap();
+    assert_eq!(p.state_identity(), Some(id), "restored");
+    drop(p);
+
+    // The same pipeline on fresh state is another state.
+    let fresh = tmp.path().join("fresh");
+    copy_inputs(&case, &fresh);
+    let mut p = open(&sql, &fresh, ONE).unwrap();
+    p.step().unwrap();
+    p.checkpoint().unwrap();
+    let other = p.state_identity().unwrap();
+    assert_ne!(other, id);
+}

@@ -96,6 +96,9 @@ pub(super) struct Durable {
     ckpts: CheckpointStore,
     cfg: DurableConfig,
     fingerprint: Vec<u8>,
+    /// The state's identity ([`IDENTITY_BLOB`]), and whether the newest checkpoint holds it.
+    identity: [u8; STATE_ID_BYTES],
+    identity_checkpointed: bool,
     last: Instant,
     wal_bytes_at_last: u64,
     /// Sources that had ended at the newest checkpoint.
@@ -285,6 +288,23 @@ fn without_options(sql: &str) -> String {
 /// The blob holding how many shards wrote a checkpoint (absent: one).
 const SHARDS_BLOB: &str = "shards";
 
+/// The blob holding the state's identity: [`STATE_ID_BYTES`] random bytes made when the state
+/// began and carried by every checkpoint of it, and by a restored copy (which continues it).
+const IDENTITY_BLOB: &str = "identity";
+const STATE_ID_BYTES: usize = 16;
+
+/// The identity a recovered checkpoint carries; a fresh one for a fresh state, or for state
+/// written before checkpoints carried one.
+fn state_identity(recovered: Option<&[u8]>) -> Result<([u8; STATE_ID_BYTES], bool)> {
+    if let Some(b) = recovered {
+        let id = <[u8; STATE_ID_BYTES]>::try_from(b).map_err(|_| {
+            EngineError::State(format!("the checkpoint's '{IDENTITY_BLOB}' is {} bytes, not {STATE_ID_BYTES}", b.len()))
+        })?;
+        return Ok((id, true));
+    }
+    Ok((crate::storage::crypto::random_bytes()?, false))
+}
+
 fn shard_blob_name(shard: usize, id: usize, name: &str) -> String {
     format!("shard/{shard}/node/{id}/{name}")
 }
@@ -362,6 +382,8 @@ impl Pipeline {
         check_continuity(&cfg.state_dir, recovered.as_ref().map(|r| (r.manifest.seq, r.manifest.wal_lsn)), &wal)?;
         let mut stats = DurableStats::default();
         let mut from_lsn = 0;
+        let (identity, identity_checkpointed) =
+            state_identity(recovered.as_ref().and_then(|r| r.blobs.get(IDENTITY_BLOB)).map(Vec::as_slice))?;
         if let Some(r) = recovered {
             if r.manifest.fingerprint != fp {
                 return Err(EngineError::PlanChanged { dir: cfg.state_dir.display().to_string() });
@@ -457,6 +479,8 @@ impl Pipeline {
             ckpts,
             cfg,
             fingerprint: fp,
+            identity,
+            identity_checkpointed,
             last: Instant::now(),
             wal_bytes_at_last: wal_bytes,
             ended_at_last: usize::MAX,
@@ -606,7 +630,9 @@ impl Pipeline {
             }
         }
         let d = self.durable.as_mut().ok_or_else(|| EngineError::Internal("durable state vanished".into()))?;
+        blobs.push((IDENTITY_BLOB.to_string(), d.identity.to_vec()));
         let info = d.ckpts.write(lsn, &d.fingerprint, marks, &blobs)?;
+        d.identity_checkpointed = true;
         // Only now, with the checkpoint durable, may sinks make its output visible, and
         // replayable sources acknowledge what it covers.
         self.graph.checkpoint_committed()?;
@@ -696,6 +722,13 @@ impl Pipeline {
     /// The files of the newest checkpoint (immutable: a copy of them is a backup of it).
     pub fn last_checkpoint_files(&self) -> Option<crate::storage::checkpoint::CheckpointFiles> {
         self.durable.as_ref().and_then(|d| d.ckpts.latest_files())
+    }
+
+    /// The identity of the state the newest checkpoint belongs to: random, made when the state
+    /// began (or first checkpointed by a version that keeps one), the same in every later
+    /// checkpoint and in a restored copy. `None` while the newest checkpoint holds none.
+    pub fn state_identity(&self) -> Option<[u8; 16]> {
+        self.durable.as_ref().filter(|d| d.identity_checkpointed).map(|d| d.identity)
     }
 
     /// Records below this LSN are durable in the WAL (what MQTT acknowledgements wait for).

@@ -161,7 +161,12 @@ impl Cipher {
 
 /// A fresh random nonce prefix for a file about to be written.
 pub fn nonce_prefix() -> Result<[u8; 8], StorageError> {
-    let mut p = [0u8; 8];
+    random_bytes()
+}
+
+/// `N` bytes from the system's random generator.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], StorageError> {
+    let mut p = [0u8; N];
     SystemRandom::new().fill(&mut p).map_err(|_| StorageError::Key("the system random generator failed".into()))?;
     Ok(p)
 }
