@@ -318,7 +318,7 @@ impl BackupTap {
         self.last_seq = files.seq;
         self.seen += 1;
         if last || self.seen.is_multiple_of(self.backup.every_checkpoints()) {
-            self.backup.offer(&self.pipeline, &files);
+            self.backup.offer(&self.pipeline, &files, p.state_identity());
         }
     }
 }

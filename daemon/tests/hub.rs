@@ -591,6 +591,13 @@ fn checkpoint_indexes(c: &Central, gateway: &str) -> Vec<String> {
     c.s3.keys(&format!("checkpoints/gateway={gateway}/pipeline=p/index/"))
 }
 
+/// The state identity of each of pipeline p's kept backups, oldest first, as the gateway sees them.
+fn backup_states(c: &Central, gateway: &str) -> Vec<Vec<u8>> {
+    let rt = hub_side::runtime();
+    let client = hub_client(&rt, c, gateway, c.dir.path()).unwrap();
+    rt.block_on(client.list_checkpoints(gateway, "p")).unwrap().into_iter().map(|s| s.state_id).collect()
+}
+
 /// Runs gateway `name` with a backup every third checkpoint and SIGKILLs it once a backup is
 /// kept, mid-input, with rows pushed past that backup. On a machine fast enough to finish the
 /// input first, the run's last backup stands instead: results must be exact either way.
@@ -638,6 +645,8 @@ fn a_gateway_restored_from_its_hub_backup_continues_exactly_once() {
     run_until_backed_up(&c, "gw-r", &gw);
     let (pushed, _) = c.stored("gw-r");
     assert!(!pushed.is_empty(), "nothing was pushed before the kill");
+    let old_state = backup_states(&c, "gw-r").pop().unwrap();
+    assert_eq!(old_state.len(), 16, "backups carry the state's identity");
     std::fs::remove_dir_all(gw.join("state")).unwrap();
 
     // Another gateway of the fleet may not read them.
@@ -685,6 +694,9 @@ fn a_gateway_restored_from_its_hub_backup_continues_exactly_once() {
     // pinned when the restored state's first arrived.
     let kept = checkpoint_indexes(&c, "gw-r").len();
     assert!(kept <= 4, "retention keeps three and the pinned one, not {kept}");
+    // The restored state continues the old one: the same identity in its backups.
+    let states = backup_states(&c, "gw-r");
+    assert!(states.iter().all(|s| *s == old_state), "a restored state changed its identity");
 }
 
 /// Waits (up to 120 s) until `gateway` has `rows` rows in the bucket.
@@ -765,6 +777,9 @@ fn eddyctl_restores_a_running_gateways_pipeline_from_its_hub_backup_exactly_once
     }
     let kept = checkpoint_indexes(&c, "gw-e");
     assert!(kept.contains(&old_key), "the old device's last backup went: {kept:?}");
+    // The replacement's fresh state is another state: the hub sees another identity.
+    let states = backup_states(&c, "gw-e");
+    assert!(states.len() == 2 && states[0] != states[1] && states.iter().all(|s| s.len() == 16), "{states:?}");
 
     let eddyctl = |args: &[&str]| {
         Command::new(hub_side::eddyctl_binary())

@@ -43,6 +43,9 @@ const SINGLE_PUT_BYTES: u64 = 8 << 20;
 /// Parts of a multipart upload (S3 wants at least 5 MiB but the last).
 const PART_BYTES: usize = 8 << 20;
 
+/// Longest state identity a checkpoint may carry (gateways send 16 bytes).
+const MAX_STATE_ID_BYTES: usize = 64;
+
 /// Retention of backups, per gateway and pipeline.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -51,15 +54,19 @@ pub struct Retention {
 }
 
 /// Whether checkpoint `next`, arriving after `newest`, is of another state: one started afresh (a
-/// replacement device) or restored to an earlier checkpoint. Its number is no higher, or its hub
-/// sinks' outboxes (each a random identity made with the state) are others.
+/// replacement device) or restored to an earlier checkpoint. Both carry a state identity and the
+/// identities differ, or its number is no higher, or its hub sinks' outboxes (each a random
+/// identity made with the state) are others. The last two alone tell most cases apart for
+/// gateways that send no state identity.
 fn is_another_state(newest: &CheckpointIndex, next: &CheckpointIndex) -> bool {
     let outboxes = |i: &CheckpointIndex| {
         let mut v: Vec<u64> = i.sinks.iter().map(|s| s.outbox_id).collect();
         v.sort_unstable();
         v
     };
-    next.seq <= newest.seq || outboxes(next) != outboxes(newest)
+    let identities_differ =
+        !newest.state_id.is_empty() && !next.state_id.is_empty() && newest.state_id != next.state_id;
+    identities_differ || next.seq <= newest.seq || outboxes(next) != outboxes(newest)
 }
 
 /// Which of a pipeline's index keys (sorted, oldest first) retention keeps: the newest `keep`
@@ -77,7 +84,7 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn hex(d: &[u8]) -> String {
+pub(crate) fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -186,6 +193,12 @@ impl Bucket {
         mut index: CheckpointIndex,
         retention: Retention,
     ) -> Result<u32, BucketError> {
+        if index.state_id.len() > MAX_STATE_ID_BYTES {
+            return Err(BucketError::Invalid(format!(
+                "a state identity of {} bytes (at most {MAX_STATE_ID_BYTES})",
+                index.state_id.len()
+            )));
+        }
         for f in &index.files {
             if !layout::valid_sha256(&f.sha256) || !layout::valid_name(&f.name, 64) {
                 return Err(BucketError::Invalid(format!("state file '{}' ({}) is misnamed", f.name, f.sha256)));
@@ -316,6 +329,7 @@ impl Bucket {
                 created_ms: i.created_ms,
                 stored_ms: i.stored_ms,
                 bytes,
+                state_id: i.state_id,
             });
         }
         out.sort_by(|a, b| (&a.pipeline, a.stored_ms, a.seq).cmp(&(&b.pipeline, b.stored_ms, b.seq)));
@@ -491,6 +505,43 @@ mod tests {
         assert!(!is_another_state(&with(5, &[7, 9]), &with(6, &[9, 7])));
         // A fresh state whose first backup waited until its numbers passed the old ones'.
         assert!(is_another_state(&with(52, &[7, 9]), &with(60, &[8, 9])));
+        // The same, without hub sinks: told apart by the state identity alone.
+        let of = |seq: u64, id: &[u8]| CheckpointIndex { state_id: id.to_vec(), ..with(seq, &[]) };
+        assert!(is_another_state(&of(52, b"old"), &of(60, b"new")));
+        assert!(!is_another_state(&of(52, b"old"), &of(60, b"old")));
+        // A gateway that sends none (older, or before its first checkpoint with one).
+        assert!(!is_another_state(&of(52, b""), &of(60, b"new")));
+        assert!(!is_another_state(&of(52, b"old"), &of(60, b"")));
+    }
+
+    /// A replacement device whose fresh state (no hub sinks) made its first backup only after
+    /// its numbers had passed the old device's: its state identity still marks it as another
+    /// state, so the old device's last backup stays, pinned.
+    #[test]
+    fn a_fresh_state_past_the_old_numbers_is_told_apart_by_its_identity() {
+        let d = tempfile::tempdir().unwrap();
+        let b = bucket(d.path());
+        let dir = layout::checkpoint_dir("", "gw", "p");
+        let rt = rt();
+        let keep = Retention { keep: 1, blob_grace: Duration::ZERO };
+        let (old, new): (&[u8], &[u8]) = (b"old device", b"replacement");
+        let of = |seq: u64, blob: &[u8], id: &[u8]| CheckpointIndex {
+            state_id: id.to_vec(),
+            ..index(seq, &[("state-0000000001.dat", blob)])
+        };
+        let upload = |s: &[u8]| rt.block_on(b.put_blob(&dir, &sha(s), s.len() as u64, 1 << 20, chunks(s, 4))).unwrap();
+        upload(old);
+        rt.block_on(b.put_checkpoint(&dir, of(3, old, b"old-state-id"), keep)).unwrap();
+        for seq in [10, 11] {
+            std::thread::sleep(Duration::from_millis(2));
+            upload(new);
+            rt.block_on(b.put_checkpoint(&dir, of(seq, new, b"new-state-id"), keep)).unwrap();
+        }
+        let list = rt.block_on(b.list_checkpoints("gw", Some("p"))).unwrap();
+        let kept: Vec<(u64, &[u8])> = list.iter().map(|c| (c.seq, c.state_id.as_slice())).collect();
+        assert_eq!(kept, [(3, &b"old-state-id"[..]), (11, &b"new-state-id"[..])]);
+        assert!(rt.block_on(b.missing_blobs(&dir, &[sha(old)])).unwrap().is_empty());
+        assert_eq!(rt.block_on(b.get_checkpoint(&dir, 3)).unwrap().state_id, b"old-state-id");
     }
 
     #[test]

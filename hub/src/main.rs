@@ -134,15 +134,25 @@ fn main() -> anyhow::Result<()> {
         Cmd::Checkpoints { gateway, pipeline } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
             let list = rt.block_on(bucket.list_checkpoints(&gateway, pipeline.as_deref()))?;
-            println!("{:<24} {:>10} {:>24} {:>24} {:>12}", "PIPELINE", "SEQ", "CREATED", "STORED", "BYTES");
+            println!(
+                "{:<24} {:>10} {:>24} {:>24} {:>12}  {:<8}",
+                "PIPELINE", "SEQ", "CREATED", "STORED", "BYTES", "STATE"
+            );
             for c in &list {
+                // The state's identity, shortened: where it changes, another state began.
+                let state = if c.state_id.is_empty() {
+                    "-".to_string()
+                } else {
+                    checkpoints::hex(&c.state_id[..c.state_id.len().min(4)])
+                };
                 println!(
-                    "{:<24} {:>10} {:>24} {:>24} {:>12}",
+                    "{:<24} {:>10} {:>24} {:>24} {:>12}  {:<8}",
                     c.pipeline,
                     c.seq,
                     rfc3339_ms(c.created_ms),
                     rfc3339_ms(c.stored_ms),
-                    c.bytes
+                    c.bytes,
+                    state
                 );
             }
             println!("{} checkpoints", list.len());

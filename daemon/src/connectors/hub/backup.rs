@@ -48,6 +48,8 @@ struct Offer {
     manifest: (String, File),
     state_files: Vec<(String, File)>,
     sinks: Vec<v1::SinkMark>,
+    /// The identity of the state the checkpoint belongs to (empty: it holds none).
+    state_id: Vec<u8>,
 }
 
 struct Shared {
@@ -90,9 +92,10 @@ impl Backup {
     }
 
     /// Offers `files` of `pipeline` for backup, with where its hub sinks stand (the worker calls
-    /// this right after the checkpoint, so the outboxes hold exactly what it committed). A file
-    /// already gone means a newer checkpoint replaced this one: nothing is offered.
-    pub fn offer(&self, pipeline: &str, files: &CheckpointFiles) {
+    /// this right after the checkpoint, so the outboxes hold exactly what it committed) and the
+    /// identity of the state it belongs to. A file already gone means a newer checkpoint
+    /// replaced this one: nothing is offered.
+    pub fn offer(&self, pipeline: &str, files: &CheckpointFiles, state_id: Option<[u8; 16]>) {
         let open = |p: &Path| File::open(p).map(|f| (file_name(p), f));
         let opened = open(&files.manifest)
             .and_then(|m| Ok((m, files.state_files.iter().map(|p| open(p)).collect::<std::io::Result<Vec<_>>>()?)));
@@ -119,8 +122,15 @@ impl Backup {
                 })
             })
             .collect();
-        let offer =
-            Offer { seq: files.seq, created_ms: files.created_ms, made: Instant::now(), manifest, state_files, sinks };
+        let offer = Offer {
+            seq: files.seq,
+            created_ms: files.created_ms,
+            made: Instant::now(),
+            manifest,
+            state_files,
+            sinks,
+            state_id: state_id.map(|id| id.to_vec()).unwrap_or_default(),
+        };
         self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(pipeline.to_string(), offer);
         self.shared.changed.notify_all();
     }
@@ -324,6 +334,7 @@ async fn upload(
         manifest,
         files,
         sinks: offer.sinks.clone(),
+        state_id: offer.state_id.clone(),
     };
     c.put_checkpoint(index).await.map_err(|e| e.to_string())?;
     Ok(sent)
