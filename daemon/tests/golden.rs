@@ -1,7 +1,8 @@
 //! Data-driven golden tests: every folder under `tests/golden/` is one case, in the format of the
 //! shared conformance cases: `pipeline.sql`, its inputs, and `expected/<sink>.jsonl` (rows compared as
 //! a multiset; numbers within 1e-6 relative; timestamps as instants). A case whose replay must fail has
-//! `expected/error.txt`: every non-empty line must appear in eddyd's stderr, and the exit is non-zero.
+//! `expected/error.txt`: every non-empty line must appear in eddyd's stderr exactly once (an error says
+//! each thing once), and the exit is non-zero.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -122,8 +123,10 @@ fn run_case(dir: &Path, run: Run) -> Result<(), String> {
             return Err(format!("panicked: {stderr}"));
         }
         for line in std::fs::read_to_string(&error_file).unwrap().lines().map(str::trim).filter(|l| !l.is_empty()) {
-            if !stderr.contains(line) {
-                return Err(format!("stderr lacks {line:?}: {stderr}"));
+            match stderr.matches(line).count() {
+                1 => {}
+                0 => return Err(format!("stderr lacks {line:?}: {stderr}")),
+                n => return Err(format!("stderr says {line:?} {n} times: {stderr}")),
             }
         }
         return Ok(());

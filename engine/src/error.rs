@@ -19,6 +19,8 @@ impl std::fmt::Display for SqlPos {
     }
 }
 
+/// Each message carries its cause's text and no variant links that cause as `source()`: a chain
+/// printed whole (`{:#}` at the binary's edge) would otherwise repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The SQL text is wrong: syntax, unknown names, unsupported constructs.
@@ -28,8 +30,8 @@ pub enum EngineError {
     #[error("{context}: {message}")]
     Options { context: String, message: String },
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     /// A source with `on_error = 'fail'` met a row it could not decode.
     #[error("source '{source_name}': bad row under on_error = 'fail': {message} (row: {raw})")]
     BadRow { source_name: String, message: String, raw: String },
@@ -48,7 +50,7 @@ pub enum EngineError {
     Internal(String),
     /// The WAL, a checkpoint or the key: storage failed or found damage.
     #[error("state: {0}")]
-    Storage(#[from] crate::storage::StorageError),
+    Storage(crate::storage::StorageError),
     /// State written by another plan, or an operator whose state cannot be checkpointed.
     #[error("{0}")]
     State(String),
@@ -58,17 +60,35 @@ pub enum EngineError {
     #[error("{dir}: the state was written by {written} shard(s) and this run has {now}; keyed state is not moved between shards, so run with shards = {written}, or move the state directory away to start over")]
     ShardCount { dir: String, written: usize, now: usize },
     #[error("{0}")]
-    DataFusion(#[from] DataFusionError),
+    DataFusion(DataFusionError),
     #[error("{0}")]
-    Arrow(#[from] arrow::error::ArrowError),
+    Arrow(arrow::error::ArrowError),
 }
 
 impl EngineError {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        EngineError::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        EngineError::Io { path: path.into(), error }
     }
     pub fn options(context: impl Into<String>, message: impl Into<String>) -> Self {
         EngineError::Options { context: context.into(), message: message.into() }
+    }
+}
+
+impl From<crate::storage::StorageError> for EngineError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        EngineError::Storage(e)
+    }
+}
+
+impl From<DataFusionError> for EngineError {
+    fn from(e: DataFusionError) -> Self {
+        EngineError::DataFusion(e)
+    }
+}
+
+impl From<arrow::error::ArrowError> for EngineError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        EngineError::Arrow(e)
     }
 }
 

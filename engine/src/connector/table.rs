@@ -91,7 +91,7 @@ impl TableRuntime {
 }
 
 fn file_stamp(path: &Path) -> Result<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).map_err(|e| EngineError::Io { path: path.to_path_buf(), source: e })?;
+    let m = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
     Ok((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }
 

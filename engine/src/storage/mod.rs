@@ -27,10 +27,12 @@ pub use wal::{inspect as inspect_wal, SegmentReport, Wal, WalConfig, FRAME_HEADE
 
 use std::path::{Path, PathBuf};
 
+/// Messages carry their cause's text; `source()` is never linked, so a chain printed whole does not
+/// repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     /// Damage that is not a torn tail; names the file and offset.
     #[error("{0}")]
     Corrupt(String),
@@ -47,7 +49,7 @@ pub enum StorageError {
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
-    move |source| StorageError::Io { path: path.to_path_buf(), source }
+    move |error| StorageError::Io { path: path.to_path_buf(), error }
 }
 
 pub(crate) fn crc(parts: &[&[u8]]) -> u32 {
