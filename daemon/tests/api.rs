@@ -211,6 +211,33 @@ fn deploy_replace_refuse_pause_delete_over_the_socket() {
 }
 
 #[test]
+fn a_source_without_event_time_yet_shows_no_watermark_and_no_lag() {
+    let g = Gateway::new("");
+    let input = g.path("in.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let sql = format!(
+        "CREATE SOURCE r (id VARCHAR NOT NULL, ts TIMESTAMP(3) NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+         WITH (connector = 'file', path = '{}', format = 'json', follow = 'true');
+         CREATE SINK s AS SELECT id, ts FROM r WITH (connector = 'file', path = 'out.jsonl', format = 'json');\n",
+        input.display()
+    );
+    std::fs::write(g.path("idle.sql"), sql).unwrap();
+    g.ctl_ok(&["deploy", "idle.sql"], 0);
+    let source = |g: &Gateway| g.json(&["show", "idle"])["status"]["sources"][0].clone();
+    let r = source(&g);
+    assert!(r["watermark_ms"].is_null() && r["lag_ms"].is_null(), "no row yet, yet a watermark: {r}");
+    let table = g.ctl_ok(&["status"], 0);
+    let row = table.lines().find(|l| l.starts_with("idle")).unwrap_or_default().to_string();
+    assert!(row.split_whitespace().any(|c| c == "-") && !row.contains(" d "), "{table}");
+
+    std::fs::write(&input, "{\"id\": \"a\", \"ts\": \"2026-03-01T08:00:10.000Z\"}\n").unwrap();
+    assert!(wait_for(|| source(&g)["watermark_ms"].is_i64(), Duration::from_secs(20)), "no watermark: {}", g.log());
+    let r = source(&g);
+    assert_eq!(r["watermark_ms"], 1_772_352_009_000i64, "{r}");
+    assert!(r["lag_ms"].as_i64() > Some(0), "{r}");
+}
+
+#[test]
 fn a_tampered_audit_log_is_detected_by_eddyctl_audit() {
     let mut g = Gateway::new("");
     std::fs::write(g.path("plant.sql"), plant_sql(100, "AVG")).unwrap();

@@ -280,7 +280,7 @@ pub struct Summary {
 pub struct SourceObservation {
     pub name: String,
     pub stats: SourceStats,
-    /// The source's watermark (`None` without event time).
+    /// The source's watermark (`None` without event time, or before its first event time).
     pub watermark: Option<i64>,
     /// Whether its connection is up (`None`: no connection).
     pub connected: Option<bool>,
@@ -1353,7 +1353,7 @@ impl Pipeline {
                 .map(|s| SourceObservation {
                     name: s.name.clone(),
                     stats: s.stats,
-                    watermark: s.time_col.map(|_| s.watermark()),
+                    watermark: s.time_col.map(|_| s.watermark()).filter(|w| *w != MIN_TS),
                     connected: s.reader.as_ref().and_then(|r| r.connected()),
                 })
                 .collect(),

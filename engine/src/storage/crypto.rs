@@ -82,7 +82,7 @@ impl Cipher {
         })?;
         if &k.check != check {
             return Err(StorageError::Key(format!(
-                "{what} was written with a different key {id} than the one configured (wrong key)"
+                "{what} was written with another key than the key file's key id {id} (wrong key)"
             )));
         }
         Ok(k)
