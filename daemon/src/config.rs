@@ -390,6 +390,10 @@ pub struct ConfigFile {
     /// Pipeline files besides (or instead of) the directory.
     #[serde(default)]
     pub pipelines: Vec<PathBuf>,
+    /// The pipelines named on the command line (`--pipeline`, also in `pipelines`): each must
+    /// start, or eddyd exits. One from the config or deployed that does not start is held.
+    #[serde(skip)]
+    pub required_pipelines: Vec<PathBuf>,
     /// CPU cores for pipeline workers (default: every core the process may use).
     pub cores: Option<Vec<usize>>,
     /// Shard threads per pipeline, each holding the keyed state of the keys that hash to it

@@ -23,6 +23,7 @@ mod metrics;
 mod restore_cmd;
 mod runtime;
 mod secret;
+mod start_failure;
 mod state_cmd;
 mod systemd;
 
@@ -149,6 +150,7 @@ impl RunArgs {
     fn settings_with(&self, fragment: &FleetFragment) -> Result<ConfigFile> {
         let mut c = ConfigFile::load_with(self.config.as_deref(), fragment)?;
         c.pipelines.extend(self.pipeline.iter().cloned());
+        c.required_pipelines.clone_from(&self.pipeline);
         fn over<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
             if src.is_some() {
                 dst.clone_from(src);

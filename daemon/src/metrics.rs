@@ -1,7 +1,7 @@
 //! Metrics: counters the pipelines and connectors update, rendered as Prometheus text on a local
 //! address with `/healthz` (liveness: every pipeline's worker is alive and stepping) and `/readyz`
-//! (every pipeline recovered and running). Owns the HTTP endpoint; never touches pipeline state
-//! directly (pipelines publish snapshots of their counters).
+//! (every pipeline recovered and running, none held for failing to start). Owns the HTTP endpoint;
+//! never touches pipeline state directly (pipelines publish snapshots of their counters).
 
 use eddy_engine::connector::Role;
 use std::collections::BTreeMap;
@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eddy_engine::Observation;
+
+use crate::start_failure::START_FAILED;
 
 /// Counters of one connector's source or sink (connection state, messages, queue and outbox).
 #[derive(Default)]
@@ -295,7 +297,14 @@ impl Registry {
             .iter()
             .filter(|e| !e.gauges.connected.load(Ordering::Relaxed))
             .count();
-        format!("{running}/{} pipelines running, {rows} rows in, {disconnected} connections down", p.len())
+        let held = p.values().filter(|s| s.state == START_FAILED).count();
+        let held = if held > 0 { format!(", {held} did not start") } else { String::new() };
+        format!("{running}/{} pipelines running{held}, {rows} rows in, {disconnected} connections down", p.len())
+    }
+
+    /// Whether no pipeline is held for having failed to start (`/readyz`).
+    pub fn all_started(&self) -> bool {
+        !self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).values().any(|s| s.state == START_FAILED)
     }
 
     /// The Prometheus text exposition.
@@ -345,7 +354,7 @@ impl Registry {
             &|s| Some(s.stats.errors as f64),
         );
         src(&mut o, "eddy_source_watermark_lag_seconds", "gauge", "Wall clock minus the source's watermark.", &|s| {
-            s.watermark.filter(|w| *w > i64::MIN / 2).map(|w| (now - w) as f64 / 1000.0)
+            s.watermark.map(|w| (now - w) as f64 / 1000.0)
         });
         family(&mut o, "eddy_sink_rows_total", "counter", "Rows (and upserts) a sink wrote.");
         for (pn, ob) in &obs {
@@ -496,7 +505,7 @@ fn handle(mut s: TcpStream, registry: &Registry) -> std::io::Result<()> {
             Ok(()) => ("200 OK", "ok\n".to_string(), "text/plain"),
             Err(e) => ("503 Service Unavailable", format!("{e}\n"), "text/plain"),
         },
-        "/readyz" if registry.ready.load(Ordering::Acquire) && registry.healthy().is_ok() => {
+        "/readyz" if registry.ready.load(Ordering::Acquire) && registry.healthy().is_ok() && registry.all_started() => {
             ("200 OK", "ready\n".into(), "text/plain")
         }
         "/readyz" => ("503 Service Unavailable", "not ready\n".into(), "text/plain"),

@@ -22,6 +22,7 @@ use crate::connectors::hub::HubLink;
 use crate::connectors::{gateway_name, Provider};
 use crate::control::{check_name, sql_sha256, Catalog, Command, CommandError, DeployOutcome, FatalSlot, PipelineView};
 use crate::metrics::Registry;
+use crate::start_failure::{retry_delay, StartFailure, START_FAILED};
 use crate::systemd::{self, Notifier};
 use eddy_engine::connector::SinkStateDir;
 use eddy_engine::storage::{Cipher, Owner, RealFs, Storage};
@@ -263,6 +264,8 @@ pub struct Runtime {
     next_core: usize,
     workers: BTreeMap<String, Worker>,
     paused: BTreeMap<String, Paused>,
+    /// Pipelines that did not start, held with their error and tried again (`start_failure`).
+    held: BTreeMap<String, StartFailure>,
     notifier: Notifier,
     catalog: Arc<Catalog>,
     fatal: Arc<FatalSlot>,
@@ -347,6 +350,7 @@ impl Runtime {
             next_core: 0,
             workers: BTreeMap::new(),
             paused: BTreeMap::new(),
+            held: BTreeMap::new(),
             notifier: Notifier::from_env(),
             catalog: Arc::default(),
             fatal: Arc::default(),
@@ -401,6 +405,16 @@ impl Runtime {
     fn publish(&self) {
         let mut views: BTreeMap<String, PipelineView> =
             self.workers.iter().map(|(n, w)| (n.clone(), w.view.clone())).collect();
+        for (n, h) in &self.held {
+            let sql = h.sql.clone().unwrap_or_default();
+            let view = PipelineView {
+                origin: h.origin.clone(),
+                sql_sha256: sql_sha256(&sql),
+                sql: Arc::from(sql),
+                ..PipelineView::default()
+            };
+            views.insert(n.clone(), view);
+        }
         for (n, p) in &self.paused {
             views.insert(
                 n.clone(),
@@ -542,7 +556,7 @@ impl Runtime {
         if api_on || fleet_group.is_some() {
             self.commands = Some(rx);
         }
-        let _api = if api_on {
+        let api = if api_on {
             let tx = tx.clone();
             crate::api::start(
                 &self.cfg,
@@ -561,18 +575,35 @@ impl Runtime {
         };
         let paused = self.paused_names();
         for (name, (file, origin)) in &files {
-            let sql =
-                std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline {}", file.display()))?;
             if paused.contains(name) {
+                let sql = std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read pipeline {}", file.display()))?;
                 self.keep_paused(name, file, &sql, origin);
                 continue;
             }
-            if let Err(e) = self.start(name, file, sql, origin) {
-                // The ones already started stop cleanly; the first error is the one to report.
+            if !self.cfg.required_pipelines.contains(file) {
+                self.start_or_hold(name, file, origin);
+                continue;
+            }
+            // Named on the command line: it runs or eddyd does not (the ones already started
+            // stop cleanly; the first error is the one to report).
+            let started = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read pipeline {}", file.display()))
+                .and_then(|sql| self.start(name, file, sql, origin));
+            if let Err(e) = started {
                 let _ = self.shutdown();
                 return Err(e);
             }
         }
+        // A pipeline that does not start is held while anything else runs or could repair it
+        // (the API, the fleet agent); with nothing of the kind, there is nothing to run: exit.
+        let reachable = api.is_some() || fleet_group.is_some();
+        if self.workers.is_empty() && self.paused.is_empty() && !reachable {
+            if let Some(e) = self.held_error() {
+                return Err(e);
+            }
+        }
+        self.publish();
         if let Some(group) = fleet_group {
             let state = self
                 .state
@@ -643,10 +674,15 @@ impl Runtime {
                     }
                 }
             }
-            // Every pipeline has ended by itself (bounded inputs): nothing is left to run.
+            // Every pipeline has ended by itself (bounded inputs): nothing is left to run (a held
+            // one, which never ran, makes that an error).
+            if failure.is_none() && any_ended && self.workers.is_empty() {
+                failure = self.held_error();
+            }
             if failure.is_some() || (any_ended && self.workers.is_empty()) {
                 break;
             }
+            self.retry_held();
             if let Some(every) = watchdog {
                 if last_watchdog.elapsed() >= every / 2 {
                     match self.registry.healthy() {
@@ -702,8 +738,79 @@ impl Runtime {
         }
     }
 
+    /// Reads and starts a pipeline; one that does not start is held with its error, to be tried
+    /// again after [`retry_delay`]. Whether it started.
+    fn start_or_hold(&mut self, name: &str, file: &Path, origin: &str) -> bool {
+        let sql = std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline {}", file.display()));
+        let started = match sql {
+            Ok(sql) => self.start(name, file, sql.clone(), origin).map_err(|e| (Some(sql), e)),
+            Err(e) => Err((None, e)),
+        };
+        match started {
+            Ok(()) => {
+                if let Some(h) = self.held.remove(name) {
+                    tracing::info!(pipeline = name, attempts = h.attempts + 1, "held pipeline started");
+                }
+                true
+            }
+            Err((sql, e)) => {
+                self.hold(name, file, origin, sql, &e);
+                false
+            }
+        }
+    }
+
+    /// Holds a pipeline that did not start (or keeps holding it, one attempt more).
+    fn hold(&mut self, name: &str, file: &Path, origin: &str, sql: Option<String>, e: &anyhow::Error) {
+        let attempts = self.held.get(name).map_or(0, |h| h.attempts) + 1;
+        let error = format!("{e:#}");
+        let retry_in = retry_delay(attempts);
+        tracing::error!(
+            pipeline = name,
+            error = %error,
+            attempts,
+            retry_in_s = retry_in.as_secs(),
+            "pipeline did not start; held, to be tried again"
+        );
+        self.registry.remove_pipeline(name);
+        self.registry.set_pipeline(name, START_FAILED, None, Some(error.clone()));
+        let (file, origin) = (file.to_path_buf(), origin.to_string());
+        let retry_at = Instant::now() + retry_in;
+        self.held.insert(name.to_string(), StartFailure { file, origin, sql, error, attempts, retry_at });
+    }
+
+    /// Stops holding `name` (deleted, removed from the files, paused, replaced).
+    fn unhold(&mut self, name: &str) {
+        if self.held.remove(name).is_some() {
+            self.registry.remove_pipeline(name);
+        }
+    }
+
+    /// Tries again the held pipelines whose delay has passed.
+    fn retry_held(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(String, PathBuf, String)> = self
+            .held
+            .iter()
+            .filter(|(n, h)| h.retry_at <= now && !self.restoring.contains(*n))
+            .map(|(n, h)| (n.clone(), h.file.clone(), h.origin.clone()))
+            .collect();
+        for (name, file, origin) in due {
+            if self.start_or_hold(&name, &file, &origin) {
+                self.publish();
+            }
+        }
+    }
+
+    /// The held pipelines' errors as one (`None` when none is held).
+    fn held_error(&self) -> Option<anyhow::Error> {
+        let all: Vec<&str> = self.held.values().map(|h| h.error.as_str()).collect();
+        (!all.is_empty()).then(|| anyhow!(all.join("; ")))
+    }
+
     /// Remembers a pipeline that stays paused (marked so at start).
     fn keep_paused(&mut self, name: &str, file: &Path, sql: &str, origin: &str) {
+        self.unhold(name);
         let view = PipelineView {
             origin: origin.to_string(),
             sql: Arc::from(sql),
@@ -884,6 +991,9 @@ impl Runtime {
             }
             self.stop_or_fatal(name)?;
         }
+        // A held version is replaced as if it were absent, and held again if the new one fails.
+        let was_held = self.held.remove(name);
+        self.registry.remove_pipeline(name);
         let state_dir = state.dir.join(name);
         let aside = state.dir.join(format!(".{name}.replaced"));
         let fail = |e: std::io::Error, what: &str| CommandError::Fatal(format!("{what}: {e}"));
@@ -923,6 +1033,10 @@ impl Runtime {
                 if reset_state && aside.exists() {
                     let _ = std::fs::remove_dir_all(&state_dir);
                     std::fs::rename(&aside, &state_dir).map_err(|e| fail(e, "putting the old state back"))?;
+                }
+                if let Some(h) = was_held {
+                    self.registry.set_pipeline(name, START_FAILED, None, Some(h.error.clone()));
+                    self.held.insert(name.to_string(), h);
                 }
                 match old {
                     None => Err(CommandError::Invalid(format!("pipeline {name} did not start: {why}"))),
@@ -965,6 +1079,16 @@ impl Runtime {
         if self.workers.contains_key(name) {
             return Ok(());
         }
+        if let Some(h) = self.held.get(name) {
+            // Resuming a held pipeline tries it now.
+            let (file, origin) = (h.file.clone(), h.origin.clone());
+            if self.start_or_hold(name, &file, &origin) {
+                self.publish();
+                return Ok(());
+            }
+            let error = self.held.get(name).map(|h| h.error.clone()).unwrap_or_default();
+            return Err(CommandError::Precondition(format!("pipeline {name} did not start: {error}; it stays held")));
+        }
         let Some(p) = self.paused.get(name) else {
             return Err(CommandError::NotFound(format!("no paused pipeline named {name}")));
         };
@@ -989,7 +1113,7 @@ impl Runtime {
             return Err(CommandError::Precondition("without a state dir no pipeline is deployed".into()));
         };
         let file = deployed_dir(&state.dir).join(format!("{name}.sql"));
-        if !self.workers.contains_key(name) && !self.paused.contains_key(name) {
+        if !self.workers.contains_key(name) && !self.paused.contains_key(name) && !self.held.contains_key(name) {
             return Err(CommandError::NotFound(format!("no pipeline named {name}")));
         }
         if !file.exists() {
@@ -999,6 +1123,7 @@ impl Runtime {
         }
         self.stop_or_fatal(name)?;
         self.paused.remove(name);
+        self.unhold(name);
         self.registry.remove_pipeline(name);
         let io = |e: std::io::Error, what: String| CommandError::Fatal(format!("{what}: {e}"));
         remove_durably(&file).map_err(|e| io(e, format!("removing {}", file.display())))?;
@@ -1142,6 +1267,11 @@ impl Runtime {
                     self.registry.remove_pipeline(name);
                     tracing::info!(pipeline = %name, "pipeline removed");
                 }
+                let held: Vec<String> = self.held.keys().filter(|n| !files.contains_key(*n)).cloned().collect();
+                for name in held {
+                    self.unhold(&name);
+                    tracing::info!(pipeline = %name, "held pipeline removed");
+                }
                 for (name, (file, origin)) in &files {
                     let sql = match std::fs::read_to_string(file) {
                         Ok(s) => s,
@@ -1161,7 +1291,7 @@ impl Runtime {
                         Some((f, s, true)) if s == sql && &f == file => continue,
                         Some((old_file, old_sql, _)) => {
                             self.stop_worker(name).context("stopping the old version")?;
-                            if let Err(e) = self.start(name, file, sql, origin) {
+                            if let Err(e) = self.start(name, file, sql.clone(), origin) {
                                 problems.push(format!(
                                     "{name}: the new version was not started: {e:#}; the previous version runs on"
                                 ));
@@ -1169,14 +1299,21 @@ impl Runtime {
                                     problems.push(format!(
                                         "{name}: the previous version did not start again either: {e2:#}"
                                     ));
+                                    // Held on the file as it is now, which a retry reads.
+                                    self.hold(name, file, origin, Some(sql), &e);
                                 }
                             } else {
                                 tracing::info!(pipeline = %name, "pipeline changed: restarted from its checkpoint");
                             }
                         }
                         None => {
-                            if let Err(e) = self.start(name, file, sql, origin) {
-                                problems.push(format!("{name}: {e:#}"));
+                            // A reload is a new first attempt for a held pipeline.
+                            if let Some(h) = self.held.get_mut(name) {
+                                h.attempts = 0;
+                            }
+                            if !self.start_or_hold(name, file, origin) {
+                                let error = self.held.get(name).map(|h| h.error.clone()).unwrap_or_default();
+                                problems.push(format!("{name}: {error} (held; tried again later)"));
                             }
                         }
                     }

@@ -47,7 +47,7 @@ fn start(dir: &Path, cfg: &Path) -> Daemon {
 fn write_config(dir: &Path, metrics_port: u16) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
     let cfg = format!(
-        "state_dir = \"state\"\npipelines_dir = \"pipelines\"\n[encryption]\nenabled = false\n[checkpoint]\ninterval_ms = 200\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+        "state_dir = \"state\"\npipelines_dir = \"pipelines\"\n[encryption]\nenabled = false\n[checkpoint]\ninterval_ms = 200\n[api]\nsocket = \"ctl.sock\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
     );
     let p = dir.join("eddyd.toml");
     std::fs::write(&p, cfg).unwrap();
@@ -230,7 +230,8 @@ fn check_config_validates_everything_without_starting() {
 }
 
 /// Keyed state stays with the shard count that wrote it: a restart without `shards` in the config
-/// keeps it; an explicit different count is refused, naming both, and nothing is started.
+/// keeps it; an explicit different count is refused, naming both: the pipeline is held (shown,
+/// not ready) while eddyd runs on, and runs again once the config is put right and reloaded.
 #[test]
 fn durable_state_keeps_the_shard_count_it_was_written_with() {
     let tmp = tempfile::tempdir().unwrap();
@@ -269,14 +270,34 @@ fn durable_state_keeps_the_shard_count_it_was_written_with() {
     signal(d.0.id(), "TERM");
     assert!(d.0.wait().unwrap().success());
 
+    let n = rows(&out).len();
     let mut d = start(Some(2));
-    let status = d.0.wait().unwrap();
-    assert!(!status.success(), "a different shard count must be refused");
-    assert!(
-        log_has(dir, "written by 3 shard(s) and this run has 2"),
-        "{}",
-        std::fs::read_to_string(dir.join("eddyd.log")).unwrap()
-    );
+    let log = || std::fs::read_to_string(dir.join("eddyd.log")).unwrap();
+    let up = |state: &str| metric(metrics_port, &format!("eddy_pipeline_up{{pipeline=\"a\",state=\"{state}\"}}"));
+    assert!(wait_for(|| up("start-failed") == Some(0.0), Duration::from_secs(20)), "{}", log());
+    assert!(log_has(dir, "written by 3 shard(s) and this run has 2"), "{}", log());
+    assert!(d.0.try_wait().unwrap().is_none(), "eddyd stopped over one pipeline: {}", log());
+    assert_eq!(http_get(metrics_port, "/healthz").map(|r| r.0), Some(200), "alive, so the watchdog is fed");
+    assert_eq!(http_get(metrics_port, "/readyz").map(|r| r.0), Some(503), "not ready while a pipeline is held");
+    // The API answers, and says which pipeline is held and why.
+    let o = Command::new(Path::new(EDDYD).with_file_name("eddyctl"))
+        .args(["--socket", "ctl.sock", "-o", "json", "status"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let a = &status["pipelines"][0];
+    assert_eq!(a["state"], "start-failed", "{status}");
+    assert!(a["error"].as_str().unwrap_or_default().contains("this run has 2"), "{status}");
+    assert_eq!(rows(&out).len(), n, "a held pipeline wrote output");
+    // Put right and reloaded: it runs on its three shards again.
+    std::fs::write(&cfg, &base).unwrap();
+    signal(d.0.id(), "HUP");
+    assert!(wait_for(|| shards_metric() == Some(3.0) && rows(&out).len() > n, Duration::from_secs(20)), "{}", log());
+    assert!(wait_for(|| http_get(metrics_port, "/readyz").map(|r| r.0) == Some(200), Duration::from_secs(10)));
+    signal(d.0.id(), "TERM");
+    assert!(d.0.wait().unwrap().success());
     // Windows went on across the restarts without repeating one.
     let mut seen = std::collections::HashSet::new();
     for r in rows(&out) {
@@ -309,4 +330,44 @@ fn a_reload_that_stops_a_failing_pipeline_stops_eddyd() {
     assert!(exited, "eddyd went on after a failed final checkpoint: {text}");
     assert!(!d.0.wait().unwrap().success(), "{text}");
     assert!(text.contains("reload stopped a pipeline that had failed"), "{text}");
+}
+
+/// One pipeline file that does not start never stops a gateway: the others run, the bad one is
+/// held with its error and tried again (reading its file again), so once the file is put right it
+/// runs without a reload. With nothing else to run and no API to repair it through, eddyd exits
+/// with the error instead.
+#[test]
+fn a_pipeline_that_does_not_start_is_held_while_the_others_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let metrics_port = free_port();
+    let cfg = write_config(dir, metrics_port);
+    std::fs::write(dir.join("pipelines/a.sql"), pipeline(1, "out/a.jsonl")).unwrap();
+    std::fs::write(dir.join("pipelines/b.sql"), "CREATE SINK oops AS SELEC 1;").unwrap();
+    let mut d = start(dir, &cfg);
+    let log = || std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default();
+    let (out_a, out_b) = (dir.join("pipelines/out/a.jsonl"), dir.join("pipelines/out/b.jsonl"));
+    assert!(wait_for(|| rows(&out_a).len() >= 2, Duration::from_secs(20)), "a does not run: {}", log());
+    let b_up = |state: &str| metric(metrics_port, &format!("eddy_pipeline_up{{pipeline=\"b\",state=\"{state}\"}}"));
+    assert_eq!(b_up("start-failed"), Some(0.0), "{}", log());
+    assert!(log_has(dir, "pipeline did not start") && log_has(dir, "a SINK needs WITH"), "{}", log());
+    assert_eq!(http_get(metrics_port, "/readyz").map(|r| r.0), Some(503));
+
+    // Put right: the next retry (10 s after the first attempt) starts it.
+    std::fs::write(dir.join("pipelines/b.sql"), pipeline(1, "out/b.jsonl")).unwrap();
+    assert!(wait_for(|| rows(&out_b).len() >= 2, Duration::from_secs(40)), "b was not retried: {}", log());
+    assert_eq!(b_up("running"), Some(1.0));
+    assert!(log_has(dir, "held pipeline started"), "{}", log());
+    assert_eq!(http_get(metrics_port, "/readyz").map(|r| r.0), Some(200));
+    signal(d.0.id(), "TERM");
+    assert!(d.0.wait().unwrap().success());
+
+    // Nothing else to run and no API: the error, and a non-zero exit.
+    std::fs::remove_file(dir.join("pipelines/a.sql")).unwrap();
+    std::fs::write(dir.join("pipelines/b.sql"), "CREATE SINK oops AS SELEC 1;").unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("socket = \"ctl.sock\"", "enabled = false");
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(EDDYD).args(["run", "--config"]).arg(&cfg).current_dir(dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("eddyd: pipeline") && err.contains("a SINK needs WITH"), "{err}");
 }

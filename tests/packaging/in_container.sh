@@ -117,6 +117,19 @@ check "active again" within 60 systemctl is-active --quiet eddyd.service
 check "rows continue after the restart" within 30 rows_over $((before + 8))
 check "no window row written twice" no_duplicates
 
+echo "== a pipeline file that does not start does not keep the gateway down, even across a restart"
+echo "CREATE SINK oops AS SELEC 1;" > /etc/eddy/pipelines/broken.sql
+before=$(rows)
+check "systemctl restart with a broken pipeline file" systemctl restart eddyd.service
+check "active with it" within 60 systemctl is-active --quiet eddyd.service
+check "the other pipeline runs on" within 30 rows_over $((before + 8))
+check "eddyctl shows it held (start-failed)" within 10 bash -c "eddyctl status | grep -q '^broken *start-failed'"
+not_ready() { ! readyz; }
+check "/readyz is 503 while it is held" not_ready
+rm -f /etc/eddy/pipelines/broken.sql
+check "systemctl reload without it" systemctl reload eddyd.service
+check "/readyz again" within 30 readyz
+
 echo "== the watchdog restarts a hung eddyd (WatchdogSec=3s for this test)"
 mkdir -p /etc/systemd/system/eddyd.service.d
 printf '[Service]\nWatchdogSec=3s\n' > /etc/systemd/system/eddyd.service.d/watchdog.conf

@@ -405,7 +405,7 @@ async fn run_fleet(cli: &Cli, cmd: &FleetCmd) -> Result<()> {
                     let failing: Vec<String> = g
                         .pipelines
                         .iter()
-                        .filter(|p| p.state == "failed")
+                        .filter(|p| p.state == "failed" || p.state == "start-failed")
                         .map(|p| format!("{}: {}", p.name, p.error))
                         .chain((g.rejected_version > 0).then(|| g.rejected_reason.clone()))
                         .collect();
