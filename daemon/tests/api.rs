@@ -410,7 +410,7 @@ fn tcp_without_tls_is_refused_at_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mutual TLS"), "{err}");
-    // `eddyd check --config` (systemd's ExecStartPre) says so before a start is tried.
+    // `eddyd check --config` says so without starting.
     let out = Command::new(EDDYD).args(["check", "--config", "eddyd.toml"]).current_dir(dir.path()).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("mutual TLS"));
     // Plaintext is allowed only on loopback, and only when said so.

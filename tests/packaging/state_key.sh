@@ -50,8 +50,6 @@ check "no systemd-creds: the key is eddyd keygen's" grep -q -x '[0-9a-f]\{32\}' 
 check "no systemd-creds: no credential file" test ! -e "$old/eddy/state-key.cred"
 check "no systemd-creds: the drop-in loads the key file" \
     grep -q -x "LoadCredential=eddy-state-key:$old/eddy/state-key" "$old/eddyd.service.d/state-key.conf"
-check "no systemd-creds: the drop-in drops ExecStartPre (systemd 247)" \
-    grep -q -x 'ExecStartPre=' "$old/eddyd.service.d/state-key.conf"
 sum=$(sha256sum < "$old/eddy/state-key")
 rm "$old/eddyd.service.d/state-key.conf"
 run "$old"
