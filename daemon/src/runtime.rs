@@ -742,6 +742,10 @@ impl Runtime {
     /// again after [`retry_delay`]. Whether it started.
     fn start_or_hold(&mut self, name: &str, file: &Path, origin: &str) -> bool {
         let sql = std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline {}", file.display()));
+        if self.held.contains_key(name) {
+            // The held entry's error must not outlive it: the worker reports afresh.
+            self.registry.remove_pipeline(name);
+        }
         let started = match sql {
             Ok(sql) => self.start(name, file, sql.clone(), origin).map_err(|e| (Some(sql), e)),
             Err(e) => Err((None, e)),

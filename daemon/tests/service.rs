@@ -350,6 +350,17 @@ fn a_pipeline_that_does_not_start_is_held_while_the_others_run() {
     assert!(wait_for(|| rows(&out_a).len() >= 2, Duration::from_secs(20)), "a does not run: {}", log());
     let b_up = |state: &str| metric(metrics_port, &format!("eddy_pipeline_up{{pipeline=\"b\",state=\"{state}\"}}"));
     assert_eq!(b_up("start-failed"), Some(0.0), "{}", log());
+    let show_b = || {
+        let o = Command::new(Path::new(EDDYD).with_file_name("eddyctl"))
+            .args(["--socket", "ctl.sock", "-o", "json", "show", "b"])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["status"].clone()
+    };
+    let b = show_b();
+    assert!(b["state"] == "start-failed" && b["error"].as_str().unwrap().contains("a SINK needs WITH"), "{b}");
     assert!(log_has(dir, "pipeline did not start") && log_has(dir, "a SINK needs WITH"), "{}", log());
     assert_eq!(http_get(metrics_port, "/readyz").map(|r| r.0), Some(503));
 
@@ -357,6 +368,8 @@ fn a_pipeline_that_does_not_start_is_held_while_the_others_run() {
     std::fs::write(dir.join("pipelines/b.sql"), pipeline(1, "out/b.jsonl")).unwrap();
     assert!(wait_for(|| rows(&out_b).len() >= 2, Duration::from_secs(40)), "b was not retried: {}", log());
     assert_eq!(b_up("running"), Some(1.0));
+    let b = show_b();
+    assert!(b["state"] == "running" && b["error"] == "", "the held error outlived it: {b}");
     assert!(log_has(dir, "held pipeline started"), "{}", log());
     assert_eq!(http_get(metrics_port, "/readyz").map(|r| r.0), Some(200));
     signal(d.0.id(), "TERM");
