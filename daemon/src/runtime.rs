@@ -997,7 +997,9 @@ impl Runtime {
         }
         // A held version is replaced as if it were absent, and held again if the new one fails.
         let was_held = self.held.remove(name);
-        self.registry.remove_pipeline(name);
+        if was_held.is_some() {
+            self.registry.remove_pipeline(name);
+        }
         let state_dir = state.dir.join(name);
         let aside = state.dir.join(format!(".{name}.replaced"));
         let fail = |e: std::io::Error, what: &str| CommandError::Fatal(format!("{what}: {e}"));

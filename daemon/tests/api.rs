@@ -210,6 +210,35 @@ fn deploy_replace_refuse_pause_delete_over_the_socket() {
     g.stop();
 }
 
+/// A deployed pipeline that no longer starts (here: the config now asks for another shard count
+/// than its state was written with) is held, and the gateway stays reachable, so it is repaired
+/// remotely: a deploy with --reset-state replaces it.
+#[test]
+fn a_deployed_pipeline_that_does_not_start_is_held_and_repaired_by_a_deploy() {
+    let mut g = Gateway::new("");
+    std::fs::write(g.path("plant.sql"), plant_sql(400, "AVG")).unwrap();
+    g.ctl_ok(&["deploy", "plant.sql"], 0);
+    assert!(wait_for(|| g.out_lines() > 4, Duration::from_secs(20)), "no output rows: {}", g.log());
+    let written = g.pipeline("plant")["shards"].as_u64().unwrap();
+    g.stop();
+    let cfg = std::fs::read_to_string(g.path("eddyd.toml")).unwrap();
+    std::fs::write(g.path("eddyd.toml"), format!("shards = {}\n{cfg}", written % 2 + 1)).unwrap();
+    g.start();
+    let p = g.pipeline("plant");
+    assert_eq!(p["state"], "start-failed", "{p}");
+    assert!(p["error"].as_str().unwrap().contains("shard(s)"), "{p}");
+    let out = g.ctl_ok(&["resume", "plant"], 6);
+    assert!(out.contains("stays held"), "{out}");
+
+    let before = g.out_lines();
+    let out = g.ctl_ok(&["deploy", "plant.sql", "--reset-state"], 0);
+    assert!(out.contains("created"), "{out}");
+    assert!(wait_for(|| g.out_lines() > before + 4, Duration::from_secs(20)), "no rows after the deploy");
+    let p = g.pipeline("plant");
+    assert!(p["state"] == "running" && p["error"] == "", "{p}");
+    g.stop();
+}
+
 #[test]
 fn a_source_without_event_time_yet_shows_no_watermark_and_no_lag() {
     let g = Gateway::new("");
