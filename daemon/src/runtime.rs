@@ -172,6 +172,11 @@ struct Paused {
     view: PipelineView,
 }
 
+/// A pipeline file's SQL.
+fn read_pipeline(file: &Path) -> Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline {}", file.display()))
+}
+
 /// The plan as `eddyd check` prints it: counts, then one line per sink and the sharding.
 pub fn plan_text(s: &Summary) -> String {
     let mut t = format!(
@@ -576,20 +581,17 @@ impl Runtime {
         let paused = self.paused_names();
         for (name, (file, origin)) in &files {
             if paused.contains(name) {
-                let sql = std::fs::read_to_string(file)
-                    .with_context(|| format!("cannot read pipeline {}", file.display()))?;
+                let sql = read_pipeline(file)?;
                 self.keep_paused(name, file, &sql, origin);
                 continue;
             }
             if !self.cfg.required_pipelines.contains(file) {
-                self.start_or_hold(name, file, origin);
+                self.start_or_hold(name, file, origin, read_pipeline(file));
                 continue;
             }
             // Named on the command line: it runs or eddyd does not (the ones already started
             // stop cleanly; the first error is the one to report).
-            let started = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read pipeline {}", file.display()))
-                .and_then(|sql| self.start(name, file, sql, origin));
+            let started = read_pipeline(file).and_then(|sql| self.start(name, file, sql, origin));
             if let Err(e) = started {
                 let _ = self.shutdown();
                 return Err(e);
@@ -738,10 +740,10 @@ impl Runtime {
         }
     }
 
-    /// Reads and starts a pipeline; one that does not start is held with its error, to be tried
-    /// again after [`retry_delay`]. Whether it started.
-    fn start_or_hold(&mut self, name: &str, file: &Path, origin: &str) -> bool {
-        let sql = std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline {}", file.display()));
+    /// Starts a pipeline from its file's `sql` as read; one that does not start (or whose file
+    /// could not be read) is held with its error, to be tried again after [`retry_delay`].
+    /// Whether it started.
+    fn start_or_hold(&mut self, name: &str, file: &Path, origin: &str, sql: Result<String>) -> bool {
         if self.held.contains_key(name) {
             // The held entry's error must not outlive it: the worker reports afresh.
             self.registry.remove_pipeline(name);
@@ -800,7 +802,7 @@ impl Runtime {
             .map(|(n, h)| (n.clone(), h.file.clone(), h.origin.clone()))
             .collect();
         for (name, file, origin) in due {
-            if self.start_or_hold(&name, &file, &origin) {
+            if self.start_or_hold(&name, &file, &origin, read_pipeline(&file)) {
                 self.publish();
             }
         }
@@ -1088,7 +1090,7 @@ impl Runtime {
         if let Some(h) = self.held.get(name) {
             // Resuming a held pipeline tries it now.
             let (file, origin) = (h.file.clone(), h.origin.clone());
-            if self.start_or_hold(name, &file, &origin) {
+            if self.start_or_hold(name, &file, &origin, read_pipeline(&file)) {
                 self.publish();
                 return Ok(());
             }
@@ -1317,7 +1319,7 @@ impl Runtime {
                             if let Some(h) = self.held.get_mut(name) {
                                 h.attempts = 0;
                             }
-                            if !self.start_or_hold(name, file, origin) {
+                            if !self.start_or_hold(name, file, origin, Ok(sql)) {
                                 let error = self.held.get(name).map(|h| h.error.clone()).unwrap_or_default();
                                 problems.push(format!("{name}: {error} (held; tried again later)"));
                             }
@@ -1374,7 +1376,7 @@ pub fn check(cfg: &ConfigFile) -> Result<Vec<String>> {
         cipher: Arc::new(Cipher::plaintext()),
     });
     for (name, file) in &files {
-        let sql = std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline {}", file.display()))?;
+        let sql = read_pipeline(file)?;
         let dir = file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
         // Planned as `run` plans it, but sinks open nothing until started.
         let p = plan(cfg, name, &sql, dir, None, &registry, &stopping)
