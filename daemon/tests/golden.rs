@@ -238,7 +238,7 @@ fn golden_cases_sharded() {
     // keyed by another column than the windows before it, nothing keyed at all.
     for (case, why) in [
         ("union_all", "has no key"),
-        ("top_n_per_window", "the OVER disagrees"),
+        ("top_n_per_window", "keep state by different columns"),
         ("join_lookup_left_and_plain", "keeps no keyed state"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_eddyd"))

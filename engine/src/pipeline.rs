@@ -487,7 +487,7 @@ impl Pipeline {
         let mut sources = Vec::new();
         let mut sinks = Vec::new();
         let mut taps = Vec::new();
-        let mut views = Vec::new();
+        let mut kept_views: Vec<(String, Stream)> = Vec::new();
         let mut tables: Vec<TableRuntime> = Vec::new();
         let mut table_handles: HashMap<String, TableHandle> = HashMap::new();
         let mut summary = Summary::default();
@@ -506,6 +506,8 @@ impl Pipeline {
         };
         for PositionedStatement { pos, statement } in &stmts {
             let pos = *pos;
+            let needs_before = needs.len();
+            let mut owner = None;
             if let Some((kind, name)) = created(statement) {
                 if !names.insert(name.to_string()) {
                     return Err(sql_err(
@@ -514,9 +516,10 @@ impl Pipeline {
                     ));
                 }
                 // Nodes planned from here on are this statement's, named in their errors.
-                let owner = format!("{} '{name}'", kind.sql().to_lowercase());
-                graph.plan_for(&owner);
-                shard_graphs.iter_mut().for_each(|sg| sg.graph.plan_for(&owner));
+                let this = format!("{} '{name}'", kind.sql().to_lowercase());
+                graph.plan_for(&this);
+                shard_graphs.iter_mut().for_each(|sg| sg.graph.plan_for(&this));
+                owner = Some(this);
             }
             match statement {
                 Statement::CreateSource(def) => {
@@ -557,16 +560,8 @@ impl Pipeline {
                     }
                     catalog.add(name, RelationKind::View, stream.schema.clone());
                     if cfg.view_bytes > 0 && stream.pending_session.is_none() {
-                        // Sharded, each shard's graph runs the view for its keys (the pipeline's
-                        // own graph keeps only the sinks busy).
-                        let view = Arc::new(live_view(name, &stream, cfg.view_bytes, shard_graphs.len().max(1))?);
-                        if shard_graphs.is_empty() {
-                            graph.attach_view(stream.node, view.clone(), 0);
-                        }
-                        for (k, sg) in shard_graphs.iter_mut().enumerate() {
-                            sg.graph.attach_view(stream.node, view.clone(), k);
-                        }
-                        views.push(view);
+                        // Kept once it is known whether the pipeline runs sharded (below).
+                        kept_views.push((name.clone(), stream.clone()));
                     }
                     relations.insert(name.clone(), stream);
                     summary.views.push(name.clone());
@@ -604,6 +599,12 @@ impl Pipeline {
                 }
                 Statement::Drop { .. } => {}
             }
+            // Why a pipeline is not sharded names the statement of each operator it speaks of.
+            if let Some(owner) = &owner {
+                for need in &mut needs[needs_before..] {
+                    need.op = format!("{} of {owner}", need.op);
+                }
+            }
         }
         for name in cfg.inputs.keys() {
             if !summary.sources.contains(name) {
@@ -623,8 +624,7 @@ impl Pipeline {
             }
         }
         summary.shards = 1;
-        let mut sharding = Sharding::Single;
-        match shards::route_plan(&needs, &graph, &Self::source_nodes(&sources)) {
+        let routes = match shards::route_plan(&needs, &graph, &Self::source_nodes(&sources)) {
             Ok(routes) => {
                 summary.shard_keys = sources
                     .iter()
@@ -634,13 +634,36 @@ impl Pipeline {
                         Route::Spread => format!("{} spread (no keyed state)", s.name),
                     })
                     .collect();
-                if !shard_graphs.is_empty() {
-                    summary.shards = shard_graphs.len();
-                    sharding = Sharding::Planned(shard_graphs, routes);
-                }
+                Some(routes)
             }
-            Err(why) => summary.unsharded_because = Some(why),
+            Err(why) => {
+                summary.unsharded_because = Some(why);
+                None
+            }
+        };
+        let sharded = routes.is_some() && !shard_graphs.is_empty();
+        // A view's rows are kept by the graphs that run it: each shard's for its keys (the
+        // pipeline's own graph then keeps only the sinks busy), or the pipeline's own graph.
+        let mut views = Vec::with_capacity(kept_views.len());
+        for (name, stream) in &kept_views {
+            let parts = if sharded { shard_graphs.len() } else { 1 };
+            let view = Arc::new(live_view(name, stream, cfg.view_bytes, parts)?);
+            if sharded {
+                for (k, sg) in shard_graphs.iter_mut().enumerate() {
+                    sg.graph.attach_view(stream.node, view.clone(), k);
+                }
+            } else {
+                graph.attach_view(stream.node, view.clone(), 0);
+            }
+            views.push(view);
         }
+        let sharding = match routes {
+            Some(routes) if sharded => {
+                summary.shards = shard_graphs.len();
+                Sharding::Planned(shard_graphs, routes)
+            }
+            _ => Sharding::Single,
+        };
         Ok(Pipeline {
             graph,
             sources,

@@ -128,6 +128,10 @@ pub struct Planner<'a> {
     pub limits: Limits,
     /// What each stateful operator planned needs of shard routing (see [`ShardNeed`]).
     pub needs: Vec<ShardNeed>,
+    /// Planning a one-off query over a bounded input (views' current rows), with batch SQL's
+    /// rule that an aggregate without GROUP BY over no rows is one row (`COUNT(*)` 0). A
+    /// continuous query gives no row until one arrives, as in Flink.
+    pub bounded: bool,
     props: ExecutionProps,
 }
 
@@ -143,7 +147,16 @@ impl<'a> Planner<'a> {
         tables: &'a HashMap<String, TableHandle>,
         limits: Limits,
     ) -> Self {
-        Planner { catalog, graph, relations, tables, limits, needs: Vec::new(), props: ExecutionProps::new() }
+        Planner {
+            catalog,
+            graph,
+            relations,
+            tables,
+            limits,
+            needs: Vec::new(),
+            bounded: false,
+            props: ExecutionProps::new(),
+        }
     }
 
     /// SQL to a type-checked logical plan.
@@ -846,7 +859,10 @@ impl<'a> Planner<'a> {
                 ));
             }
         }
-        let op = GroupAggregate::new(exprs, self.limits)?;
+        let mut op = GroupAggregate::new(exprs, self.limits)?;
+        if self.bounded {
+            op.one_row_when_empty();
+        }
         let node = self.add(Box::new(op), input.node);
         Ok(Stream {
             node,

@@ -231,3 +231,30 @@ fn restart_keeps_view_rows(shards: usize) {
     let after = lines(&ask(&p, "SELECT device, n FROM per_device ORDER BY device", limits()).unwrap());
     assert_eq!(before, after);
 }
+
+/// A pipeline that cannot be split runs on one thread though shards were asked for: its views
+/// keep their rows there (they were once attached to the unused shard graphs, and stayed empty).
+#[test]
+fn views_of_a_pipeline_that_cannot_be_sharded_keep_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    write_input(dir.path());
+    let sql = format!(
+        "{SQL}
+        CREATE MATERIALIZED VIEW totals AS SELECT COUNT(*) AS n, MAX(temp) AS hottest FROM readings;
+        CREATE MATERIALIZED VIEW freezing AS SELECT device, temp FROM readings WHERE temp < -40;"
+    );
+    let mut cfg = config(dir.path(), Mode::Replay, 1 << 20);
+    cfg.shards = 3;
+    let mut p = Pipeline::plan(&sql, &cfg).unwrap();
+    assert_eq!(p.summary().shards, 1);
+    let why = p.summary().unsharded_because.clone().unwrap_or_default();
+    assert!(why.contains("GROUP BY of materialized view 'totals' has no key"), "{why}");
+    p.run_to_end().unwrap();
+    let one = replayed(dir.path(), 1 << 20);
+    let q = "SELECT device, n, hottest FROM per_device ORDER BY device";
+    assert_eq!(lines(&ask(&p, q, limits()).unwrap()), lines(&ask(&one, q, limits()).unwrap()));
+    assert_eq!(lines(&ask(&p, "SELECT n, hottest FROM totals", limits()).unwrap()), [r#"{"n":90,"hottest":37.25}"#]);
+    // An aggregate over a view with no rows is one row, as over any empty table.
+    let a = ask(&p, "SELECT COUNT(*) AS c, MAX(temp) AS t FROM freezing", limits()).unwrap();
+    assert_eq!(lines(&a), [r#"{"c":0,"t":null}"#]);
+}

@@ -540,6 +540,17 @@ impl RowAccs {
             .collect()
     }
 
+    /// Makes accumulators for groups up to `groups` (not counting), with no rows yet.
+    pub fn add_groups(&mut self, exprs: &AggregateExprs, groups: usize) -> Result<()> {
+        if self.kinds.len() != exprs.aggs.len() {
+            self.kinds = Self::kinds(exprs);
+        }
+        while self.accs.len() < groups {
+            self.accs.push(Self::new_group(exprs, &self.kinds)?);
+        }
+        Ok(())
+    }
+
     /// Adds rows to groups: `rows[i]` of `input` belongs to group `groups[i]`; each group takes
     /// its rows in their order in `rows`.
     ///
@@ -550,12 +561,7 @@ impl RowAccs {
     pub fn update(&mut self, exprs: &AggregateExprs, input: &Evaluated, rows: &[u32], groups: &[usize]) -> Result<()> {
         debug_assert_eq!(rows.len(), groups.len());
         let needed = groups.iter().copied().max().map(|m| m + 1).unwrap_or(0);
-        if self.kinds.len() != exprs.aggs.len() {
-            self.kinds = Self::kinds(exprs);
-        }
-        while self.accs.len() < needed {
-            self.accs.push(Self::new_group(exprs, &self.kinds)?);
-        }
+        self.add_groups(exprs, needed)?;
         // Positions in `rows`, by group; the sort is stable, so a group's rows keep their order.
         let order = &mut self.scratch.order;
         order.clear();

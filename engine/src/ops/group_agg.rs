@@ -9,6 +9,7 @@ use super::agg::{AggregateExprs, GroupIndex, RowAccs};
 use super::snapshot::{StateReader, StateWriter};
 use super::{Chunk, Limits, Operator, RowKind};
 use crate::error::{EngineError, Result};
+use crate::time::MAX_TS;
 
 pub struct GroupAggregate {
     exprs: AggregateExprs,
@@ -17,6 +18,9 @@ pub struct GroupAggregate {
     accs: RowAccs,
     limits: Limits,
     scratch: Vec<usize>,
+    /// Whether the end of input (watermark [`MAX_TS`]) gives the one row of an aggregate without
+    /// GROUP BY that saw no rows (set for one-off queries only).
+    one_row_when_empty: bool,
 }
 
 impl GroupAggregate {
@@ -28,7 +32,23 @@ impl GroupAggregate {
             accs: RowAccs::default(),
             limits,
             scratch: vec![],
+            one_row_when_empty: false,
         })
+    }
+
+    /// At the end of input, an aggregate without GROUP BY that saw no rows gives one row, of
+    /// its aggregates over nothing (`COUNT` 0, `SUM`/`MAX` NULL), as batch SQL does.
+    pub fn one_row_when_empty(&mut self) {
+        self.one_row_when_empty = true;
+    }
+
+    /// The changed groups' current rows, as upserts.
+    fn upserts(&mut self, changed: &[u32]) -> Result<Chunk> {
+        let values = self.accs.evaluate(&self.exprs, changed)?;
+        let keys = self.groups.key_columns(&self.converter, Some(changed))?;
+        let batch = self.exprs.output_batch(keys, None, values, changed.len())?;
+        let kinds: Arc<[RowKind]> = vec![RowKind::Upsert; batch.num_rows()].into();
+        Ok(Chunk { batch, kinds: Some(kinds) })
     }
 }
 
@@ -59,15 +79,18 @@ impl Operator for GroupAggregate {
         let mut changed: Vec<u32> = self.scratch.iter().map(|&g| g as u32).collect();
         changed.sort_unstable();
         changed.dedup();
-        let values = self.accs.evaluate(&self.exprs, &changed)?;
-        let keys = self.groups.key_columns(&self.converter, Some(&changed))?;
-        let batch = self.exprs.output_batch(keys, None, values, changed.len())?;
-        let kinds: Arc<[RowKind]> = vec![RowKind::Upsert; batch.num_rows()].into();
-        out.push(Chunk { batch, kinds: Some(kinds) });
+        out.push(self.upserts(&changed)?);
         Ok(())
     }
 
-    fn on_watermark(&mut self, wm: i64, _out: &mut Vec<Chunk>) -> Result<i64> {
+    fn on_watermark(&mut self, wm: i64, out: &mut Vec<Chunk>) -> Result<i64> {
+        if self.one_row_when_empty && wm == MAX_TS && self.exprs.keys.is_empty() && self.groups.len() == 0 {
+            // The one group every row of an aggregate without keys falls in, with no rows added.
+            let key = self.converter.convert_columns(&[super::constant_key(1)])?;
+            let group = self.groups.intern(key.row(0).as_ref());
+            self.accs.add_groups(&self.exprs, group + 1)?;
+            out.push(self.upserts(&[group as u32])?);
+        }
         Ok(wm)
     }
 

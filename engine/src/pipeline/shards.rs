@@ -111,7 +111,6 @@ pub fn route_plan(
     };
     let slots: Vec<usize> = (0..sources.len()).filter(|&s| involved[s]).collect();
     let total = slots.iter().try_fold(1usize, |acc, &s| acc.checked_mul(candidates[s].len())).unwrap_or(usize::MAX);
-    let mut first_failure = None;
     for n in 0..total.min(MAX_ASSIGNMENTS) {
         let mut choice: Vec<Option<usize>> = vec![None; sources.len()];
         let mut rest = n;
@@ -119,17 +118,44 @@ pub fn route_plan(
             choice[s] = Some(candidates[s][rest % candidates[s].len()]);
             rest /= candidates[s].len();
         }
-        match needs.iter().find(|need| !satisfied(&choice, need)) {
-            None => return Ok(choice.into_iter().map(|c| c.map_or(Route::Spread, Route::Key)).collect()),
-            Some(need) => {
-                first_failure.get_or_insert_with(|| need.op.clone());
-            }
+        if needs.iter().all(|need| satisfied(&choice, need)) {
+            return Ok(choice.into_iter().map(|c| c.map_or(Route::Spread, Route::Key)).collect());
         }
     }
+    let keys: Vec<String> = needs.iter().take(MAX_NEEDS_NAMED).map(|need| keyed_by(need, sources)).collect();
+    let more = needs.len().saturating_sub(MAX_NEEDS_NAMED);
     Err(format!(
-        "no choice of one column per source keys every stateful operator (the {} disagrees with the others)",
-        first_failure.unwrap_or_default()
+        "its stateful operators keep state by different columns, and no one column of each source keys them all: {}{}",
+        keys.join("; "),
+        if more > 0 { format!("; and {more} more") } else { String::new() }
     ))
+}
+
+/// Most stateful operators a "cannot shard" message lists (with their keys).
+const MAX_NEEDS_NAMED: usize = 8;
+
+/// How `need` keeps its state, for a user: "GROUP BY of view 'per_site' by readings.site" (the
+/// source columns any one of which would key it).
+fn keyed_by(need: &ShardNeed, sources: &[SourceNodes]) -> String {
+    let column = |&(s, c): &(usize, usize)| format!("{}.{}", sources[s].name, sources[s].schema.field(c).name());
+    let mut alternatives: Vec<String> = Vec::new();
+    for alt in &need.alternatives {
+        // A key computed from the input (a window's bounds) cannot route rows; say so only if
+        // nothing else keys the operator.
+        if alt.iter().any(|(_, origins)| origins.is_empty()) {
+            continue;
+        }
+        let parts: Vec<String> =
+            alt.iter().map(|(_, origins)| origins.iter().map(column).collect::<Vec<_>>().join(" and ")).collect();
+        let text = parts.join(" = ");
+        if !alternatives.contains(&text) {
+            alternatives.push(text);
+        }
+    }
+    match alternatives.is_empty() {
+        true => format!("{} by computed values only", need.op),
+        false => format!("{} by {}", need.op, alternatives.join(" or ")),
+    }
 }
 
 /// Types a shard key may have: the hash is defined on their values, not on Arrow's layout.

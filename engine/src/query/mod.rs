@@ -96,7 +96,9 @@ pub fn run(query: &Query, views: Vec<ViewInput>, limits: QueryLimits) -> Result<
         relations.insert(v.name.clone(), Stream::append_only(node, v.rows.schema.clone(), vec![]));
     }
     let tables = HashMap::new();
-    let (stream, _) = Planner::new(&catalog, &mut graph, &relations, &tables, limits.operators).plan_query(&q, None)?;
+    let mut planner = Planner::new(&catalog, &mut graph, &relations, &tables, limits.operators);
+    planner.bounded = true;
+    let (stream, _) = planner.plan_query(&q, None)?;
     let out = Arc::new(Mutex::new(Vec::new()));
     let collect = graph.add(Box::new(Collect(out.clone())), 1);
     graph.connect(stream.node, collect, 0);
