@@ -192,7 +192,8 @@ fn deploy_replace_refuse_pause_delete_over_the_socket() {
 
     // Not found, a file pipeline's delete, a delete that does not say what to do with state.
     g.ctl_ok(&["pause", "nope"], 5);
-    g.ctl_ok(&["delete", "plant"], 2);
+    let out = g.ctl_ok(&["delete", "plant"], 2);
+    assert!(out.contains("--keep-state|--drop-state"), "{out}");
     // Delete, dropping the state.
     g.ctl_ok(&["delete", "plant", "--drop-state"], 0);
     assert!(!g.path("state/plant").exists(), "the state was not dropped");
@@ -505,6 +506,10 @@ fn views_answer_queries_over_the_socket_and_keep_their_rows_across_a_restart() {
     let r = g.json(&["query", "SELECT COUNT(*) AS devices, SUM(n) AS readings FROM per_device"]);
     assert_eq!(r["rows"][0]["devices"], 4, "{r}");
     assert_eq!(r["pipeline"], "plant");
+    // Over no rows, an aggregate is still one row.
+    let r = g.json(&["query", "SELECT COUNT(*) AS c, MAX(temp) AS t FROM hot WHERE temp > 1000"]);
+    assert_eq!(r["rows"].as_array().map(|a| a.len()), Some(1), "{r}");
+    assert_eq!(r["rows"][0]["c"], 0, "{r}");
 
     // Arrow IPC, to a file.
     let hot = || g.json(&["query", "SELECT COUNT(*) AS c FROM hot"])["rows"][0]["c"].as_i64().unwrap_or(0);

@@ -142,10 +142,11 @@ enum Cmd {
     /// Start a paused pipeline from its checkpoint.
     Resume { pipeline: String },
     /// Remove a deployed pipeline; say what happens to its state.
+    #[command(group(clap::ArgGroup::new("state").required(true).args(["keep_state", "drop_state"])))]
     Delete {
         pipeline: String,
         /// Keep the state (a later deploy of this name continues from it).
-        #[arg(long, conflicts_with = "drop_state", required_unless_present = "drop_state")]
+        #[arg(long)]
         keep_state: bool,
         /// Delete the state for good.
         #[arg(long)]
