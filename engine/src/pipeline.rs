@@ -358,16 +358,28 @@ fn sql_err(pos: SqlPos, message: impl Into<String>) -> EngineError {
 }
 
 /// Puts the statement's position on planning errors that have none.
+/// A DataFusion error that points at a part of the statement (an unknown column or function)
+/// takes that part's line and column.
 fn at(pos: SqlPos, e: EngineError) -> EngineError {
     match e {
         EngineError::DataFusion(d) => {
-            let msg = d.to_string();
-            let msg = msg.strip_prefix("Error during planning: ").unwrap_or(&msg).to_string();
-            sql_err(pos, msg)
+            let pos = match d.diagnostic().and_then(|g| g.span) {
+                Some(span) if span.start.line > 0 => {
+                    SqlPos { statement: pos.statement, line: span.start.line, column: span.start.column }
+                }
+                _ => pos,
+            };
+            sql_err(pos, planning_message(&d.to_string()))
         }
         EngineError::Arrow(a) => sql_err(pos, a.to_string()),
         other => other,
     }
+}
+
+/// DataFusion's message on one line, without the kind of error it starts with.
+fn planning_message(text: &str) -> String {
+    let text = ["Error during planning: ", "Schema error: "].iter().fold(text, |t, p| t.strip_prefix(p).unwrap_or(t));
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// Drops `CREATE ... ; DROP ...` pairs, checking that nothing left depends on what is dropped.

@@ -107,6 +107,8 @@ impl Catalog {
         ];
         let mut options = ConfigOptions::default();
         options.sql_parser.enable_ident_normalization = true;
+        // Errors then point at the column or function they are about, not only the statement.
+        options.sql_parser.collect_spans = true;
         Catalog {
             relations: HashMap::new(),
             scalar,
