@@ -42,6 +42,7 @@ mod durable;
 mod shards;
 pub mod splits;
 pub use control::LiveControl;
+use durable::LoggedSchemas;
 pub use durable::{DurableConfig, DurableStats};
 pub use shards::ShardThreadHook;
 use shards::{Capture, Route, ShardGraph, Shards, SourceNodes};
@@ -1175,7 +1176,9 @@ impl Pipeline {
                     let logged = s.reader.as_ref().map(|r| r.position()).unwrap_or_default();
                     if errors.is_some() || rows.is_some() || !logged.is_empty() {
                         s.spec.fold_position(&mut s.position, &logged);
-                        d.log_batch(i, &logged, errors.as_ref(), rows.as_ref())?;
+                        let errors_schema = errors_schema();
+                        let schemas = LoggedSchemas { errors: &errors_schema, rows: &s.decoder.schema };
+                        d.log_batch(i, &logged, errors.as_ref(), rows.as_ref(), &schemas)?;
                     }
                 }
                 mark = Some(d.next_lsn());

@@ -13,13 +13,16 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use super::columns::{ColumnBuf, Value};
 use crate::types::TS_TYPE;
 
-/// Schema of `ERRORS(source)`.
+/// Schema of `ERRORS(source)` (one, shared: its batches are compared with it when logged).
 pub fn errors_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("raw", DataType::Utf8, false),
-        Field::new("error", DataType::Utf8, false),
-        Field::new("received_at", TS_TYPE, false),
-    ]))
+    static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("raw", DataType::Utf8, false),
+            Field::new("error", DataType::Utf8, false),
+            Field::new("received_at", TS_TYPE, false),
+        ]))
+    });
+    SCHEMA.clone()
 }
 
 /// How one column of a source is filled.

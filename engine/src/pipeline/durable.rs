@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 
 use super::{Pipeline, Sharding};
 use crate::error::{EngineError, Result};
+use crate::format::decode::errors_schema;
 use crate::ops::snapshot::{StateReader, StateWriter};
 use crate::storage::checkpoint::{CheckpointStore, SourceMark};
 use crate::storage::crypto::Cipher;
@@ -32,6 +34,13 @@ const REC_END: u8 = 3;
 const REC_BATCH_PART: u8 = 4;
 /// The last record of a split batch: `REC_BATCH`'s fields, then the group.
 const REC_BATCH_END: u8 = 5;
+
+/// How a record holds each of its two batches (error rows, rows): absent, as a whole IPC
+/// stream (any schema; what records written before 2026-12-07 hold), or as a record-batch
+/// message of the schema the source gives (`ERRORS()`'s, the source's own).
+const BATCH_NONE: u8 = 0;
+const BATCH_STREAM: u8 = 1;
+const BATCH_BODY: u8 = 2;
 
 /// Parts read during replay, waiting for the record that ends their group.
 #[derive(Default)]
@@ -108,14 +117,42 @@ pub(super) struct Durable {
     _lock: File,
 }
 
-fn encode_batches(w: &mut StateWriter, errors: Option<&RecordBatch>, rows: Option<&RecordBatch>) -> Result<()> {
-    for b in [errors, rows] {
-        w.bool(b.is_some());
-        if let Some(b) = b {
+/// The schemas a source's logged batches have when the reader can take them as known:
+/// `ERRORS()`'s, then the source's rows'.
+pub(super) struct LoggedSchemas<'a> {
+    pub errors: &'a SchemaRef,
+    pub rows: &'a SchemaRef,
+}
+
+fn encode_batches(
+    w: &mut StateWriter,
+    errors: Option<&RecordBatch>,
+    rows: Option<&RecordBatch>,
+    schemas: &LoggedSchemas,
+) -> Result<()> {
+    for (b, known) in [(errors, schemas.errors), (rows, schemas.rows)] {
+        let Some(b) = b else {
+            w.u8(BATCH_NONE);
+            continue;
+        };
+        let flag_at = w.buf.len();
+        w.u8(BATCH_BODY);
+        if b.schema_ref() != known || !w.batch_body(b)? {
+            w.buf[flag_at] = BATCH_STREAM;
             w.batch(b)?;
         }
     }
     Ok(())
+}
+
+/// One of a record's two batches, as [`encode_batches`] wrote it.
+fn decode_batch(r: &mut StateReader, known: &SchemaRef) -> Result<Option<RecordBatch>> {
+    match r.u8()? {
+        BATCH_NONE => Ok(None),
+        BATCH_STREAM => Ok(Some(r.batch()?)),
+        BATCH_BODY => Ok(Some(r.batch_body(known)?)),
+        _ => Err(r.err("an unknown batch encoding")),
+    }
 }
 
 /// The batches as one (`None` for none).
@@ -155,13 +192,14 @@ impl Durable {
         position: &[u8],
         errors: Option<&RecordBatch>,
         rows: Option<&RecordBatch>,
+        schemas: &LoggedSchemas,
     ) -> Result<()> {
         let w = &mut self.scratch;
         w.buf.clear();
         w.u8(REC_BATCH);
         w.u64(source as u64);
         w.bytes(position);
-        encode_batches(w, errors, rows)?;
+        encode_batches(w, errors, rows, schemas)?;
         let limit = self.cfg.wal.max_record_bytes;
         if self.scratch.buf.len() <= limit {
             let lsn = self.wal.append(&self.scratch.buf)?;
@@ -188,7 +226,7 @@ impl Durable {
             if last {
                 w.bytes(position);
             }
-            encode_batches(w, e.as_ref(), r.as_ref())?;
+            encode_batches(w, e.as_ref(), r.as_ref(), schemas)?;
             w.u64(group);
             self.wal.append(&self.scratch.buf)?;
         }
@@ -516,10 +554,9 @@ impl Pipeline {
         if i >= self.sources.len() {
             return Err(r.err("a source index out of range"));
         }
+        let (errors_schema, rows_schema) = (errors_schema(), self.sources[i].decoder.schema.clone());
         let read_batches = |r: &mut StateReader| -> Result<(Option<RecordBatch>, Option<RecordBatch>)> {
-            let errors = if r.bool()? { Some(r.batch()?) } else { None };
-            let rows = if r.bool()? { Some(r.batch()?) } else { None };
-            Ok((errors, rows))
+            Ok((decode_batch(r, &errors_schema)?, decode_batch(r, &rows_schema)?))
         };
         // Parts count only when the end record of their own group follows them at once.
         let parts = std::mem::take(pending);
@@ -747,7 +784,102 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests {
-    use super::without_options;
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+    use super::{decode_batch, encode_batches, errors_schema, without_options, LoggedSchemas};
+    use crate::ops::snapshot::{StateReader, StateWriter};
+
+    fn readings(rows: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("device_id", DataType::Utf8, false),
+            Field::new("temp", DataType::Float64, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values((0..rows).map(|i| format!("dev-{i}")))),
+            Arc::new(Float64Array::from_iter((0..rows).map(|i| (i % 3 != 0).then_some(i as f64 / 4.0)))),
+            Arc::new(TimestampMillisecondArray::from_iter_values((0..rows).map(|i| 1_700_000_000_000 + i as i64))),
+        ];
+        RecordBatch::try_new(schema, columns).unwrap()
+    }
+
+    fn round_trip(errors: Option<&RecordBatch>, rows: Option<&RecordBatch>, known: &SchemaRef) -> (usize, Vec<u8>) {
+        let mut w = StateWriter::default();
+        let errors_schema = errors_schema();
+        encode_batches(&mut w, errors, rows, &LoggedSchemas { errors: &errors_schema, rows: known }).unwrap();
+        let mut r = StateReader::new(&w.buf, "a test record");
+        assert_eq!(decode_batch(&mut r, &errors_schema).unwrap().as_ref(), errors);
+        assert_eq!(decode_batch(&mut r, known).unwrap().as_ref(), rows);
+        r.finish().unwrap();
+        (w.buf.len(), w.buf)
+    }
+
+    #[test]
+    fn logged_batches_of_the_known_schema_are_bodies_and_read_back_the_same() {
+        for n in [0, 1, 5, 1000] {
+            let b = readings(n);
+            let (bytes, buf) = round_trip(None, Some(&b), &b.schema());
+            assert_eq!(buf[1], super::BATCH_BODY);
+            // What records held before: the whole IPC stream, schema included.
+            let mut old = StateWriter::default();
+            old.batch(&b).unwrap();
+            assert!(bytes < old.buf.len(), "{n} rows: {bytes} bytes, as a stream {}", old.buf.len());
+            if n <= 5 {
+                assert!(bytes * 2 < old.buf.len(), "{n} rows: {bytes} bytes, as a stream {}", old.buf.len());
+            }
+        }
+    }
+
+    #[test]
+    fn records_written_as_streams_read_as_before() {
+        // A batch of another schema than the known one is logged as a whole stream, as every
+        // batch was before bodies; such records must keep replaying.
+        let b = readings(7);
+        let other: SchemaRef = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        let (_, buf) = round_trip(None, Some(&b), &other);
+        assert_eq!((buf[0], buf[1]), (super::BATCH_NONE, super::BATCH_STREAM));
+        // The bytes an older eddyd wrote: a presence flag of 1, then the stream.
+        let mut old = StateWriter::default();
+        old.bool(false);
+        old.bool(true);
+        old.batch(&b).unwrap();
+        assert_eq!(buf, old.buf);
+        let mut r = StateReader::new(&old.buf, "an old record");
+        assert!(decode_batch(&mut r, &errors_schema()).unwrap().is_none());
+        assert_eq!(decode_batch(&mut r, &b.schema()).unwrap(), Some(b));
+    }
+
+    #[test]
+    /// Records are read only after their CRC and tag checked; should damaged bytes reach the
+    /// Arrow reader anyway, every byte flipped and every cut is an error or a batch, never a
+    /// panic or an abort, in both encodings.
+    fn a_damaged_batch_is_an_error_not_a_crash() {
+        let b = readings(20);
+        let (_, body) = round_trip(None, Some(&b), &b.schema());
+        let mut stream = StateWriter::default();
+        stream.bool(false);
+        stream.bool(true);
+        stream.batch(&b).unwrap();
+        let read = |bytes: &[u8]| {
+            let mut r = StateReader::new(bytes, "a damaged record");
+            decode_batch(&mut r, &errors_schema()).and_then(|_| decode_batch(&mut r, &b.schema())).map(|_| ())
+        };
+        for mut record in [body, stream.buf] {
+            for cut in 0..record.len() {
+                assert!(read(&record[..cut]).is_err(), "cut at {cut}");
+            }
+            for i in 0..record.len() {
+                for bit in [0x01, 0x5a, 0xff] {
+                    record[i] ^= bit;
+                    let _ = read(&record);
+                    record[i] ^= bit;
+                }
+            }
+        }
+    }
 
     #[test]
     fn option_lists_are_left_out_of_the_fingerprint_text() {
