@@ -252,6 +252,13 @@ impl Registry {
         self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
     }
 
+    /// Forgets the connectors of a pipeline that no longer runs (deleted, removed from the
+    /// files, or held after it did not start): their series leave `/metrics` and their
+    /// connection state no longer counts for `/healthz`.
+    pub fn remove_connectors(&self, pipeline: &str) {
+        self.connectors.lock().unwrap_or_else(|p| p.into_inner()).retain(|e| e.pipeline != pipeline);
+    }
+
     /// Whether every running pipeline's worker reported within [`STALL`] (and none failed).
     pub fn healthy(&self) -> Result<(), String> {
         let p = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());

@@ -779,6 +779,8 @@ impl Runtime {
             "pipeline did not start; held, to be tried again"
         );
         self.registry.remove_pipeline(name);
+        // What its failed plan registered; the next attempt registers them again.
+        self.registry.remove_connectors(name);
         self.registry.set_pipeline(name, START_FAILED, None, Some(error.clone()));
         let (file, origin) = (file.to_path_buf(), origin.to_string());
         let retry_at = Instant::now() + retry_in;
@@ -1133,6 +1135,7 @@ impl Runtime {
         self.paused.remove(name);
         self.unhold(name);
         self.registry.remove_pipeline(name);
+        self.registry.remove_connectors(name);
         let io = |e: std::io::Error, what: String| CommandError::Fatal(format!("{what}: {e}"));
         remove_durably(&file).map_err(|e| io(e, format!("removing {}", file.display())))?;
         remove_durably(&paused_dir(&state.dir).join(name)).map_err(|e| io(e, "removing the paused mark".into()))?;
@@ -1273,6 +1276,7 @@ impl Runtime {
                     self.stop_worker(name)?;
                     self.paused.remove(name);
                     self.registry.remove_pipeline(name);
+                    self.registry.remove_connectors(name);
                     tracing::info!(pipeline = %name, "pipeline removed");
                 }
                 let held: Vec<String> = self.held.keys().filter(|n| !files.contains_key(*n)).cloned().collect();

@@ -267,6 +267,37 @@ fn a_source_without_event_time_yet_shows_no_watermark_and_no_lag() {
     assert!(r["lag_ms"].as_i64() > Some(0), "{r}");
 }
 
+/// A deleted pipeline's connectors leave `/metrics` with it: before, their series stayed until
+/// eddyd restarted (an MQTT source's `connected 0` kept alerting for a pipeline long gone).
+#[test]
+fn a_deleted_pipeline_leaves_no_connector_series() {
+    let port = support::free_port();
+    let g = Gateway::new(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    // No broker listens on port 1: the source keeps trying, its gauges registered.
+    std::fs::write(
+        g.path("uplink.sql"),
+        "CREATE SOURCE readings (device_id VARCHAR NOT NULL, ts TIMESTAMP(3) NOT NULL,
+            WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+         WITH (connector = 'mqtt', url = 'mqtt://127.0.0.1:1', topic = 'plant/#');
+         CREATE SINK s AS SELECT * FROM readings WITH (connector = 'file', path = 'out.jsonl', format = 'json');\n",
+    )
+    .unwrap();
+    g.ctl_ok(&["deploy", "uplink.sql"], 0);
+    let series = || {
+        support::http_get(port, "/metrics")
+            .map(|(_, body)| body.lines().filter(|l| l.contains("pipeline=\"uplink\"")).count())
+            .unwrap_or(0)
+    };
+    let connected = "eddy_mqtt_connected{pipeline=\"uplink\",source=\"readings\"}";
+    assert!(
+        wait_for(|| support::metric(port, connected) == Some(0.0), Duration::from_secs(20)),
+        "no connector gauge: {:?}",
+        support::http_get(port, "/metrics")
+    );
+    g.ctl_ok(&["delete", "uplink", "--drop-state"], 0);
+    assert_eq!(series(), 0, "{:?}", support::http_get(port, "/metrics"));
+}
+
 #[test]
 fn a_tampered_audit_log_is_detected_by_eddyctl_audit() {
     let mut g = Gateway::new("");
