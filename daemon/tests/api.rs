@@ -585,4 +585,7 @@ fn views_answer_queries_over_the_socket_and_keep_their_rows_across_a_restart() {
     let out = g.ctl_ok(&["query", "SELECT * FROM per_device", "-p", "plant"], 6);
     assert!(out.contains("paused"), "{out}");
     g.stop();
+    // Nothing on the socket: exit 3, and what to check.
+    let out = g.ctl_ok(&["status"], 3);
+    assert!(out.contains("cannot reach unix:") && out.contains("is eddyd running"), "{out}");
 }

@@ -244,6 +244,14 @@ fn main() {
                 None => exit::FAILED,
             };
             eprintln!("eddyctl: {e:#}");
+            if let Some(ClientError::Connect { target, .. }) = e.downcast_ref::<ClientError>() {
+                if target.starts_with("unix:") {
+                    eprintln!(
+                        "eddyctl: is eddyd running with its API on that socket? ([api] socket in its config; \
+                         --socket or EDDY_SOCKET name another, --host a remote one)"
+                    );
+                }
+            }
             code
         }
     };
