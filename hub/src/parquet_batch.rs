@@ -46,42 +46,8 @@ pub fn to_parquet(ipc: &[u8], origin: &Origin<'_>, max_rows: u64) -> Result<Vec<
         .unwrap_or_else(|_| Err(BatchError::Ipc("the Arrow decoder failed on these bytes".into())))
 }
 
-/// Walks the stream's message framing and checks every length against the bytes there are: the
-/// Arrow reader allocates a message's body by its stated length before reading it, so a damaged
-/// or hostile length would otherwise ask for terabytes and abort the process.
-fn check_framing(ipc: &[u8]) -> Result<(), BatchError> {
-    let bad = |why: &str| BatchError::Ipc(why.to_string());
-    let read_i32 = |at: usize| -> Result<i32, BatchError> {
-        let b = ipc.get(at..at + 4).ok_or_else(|| bad("a message is cut short"))?;
-        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let mut pos = 0usize;
-    while pos < ipc.len() {
-        let mut meta_len = read_i32(pos)?;
-        pos += 4;
-        if meta_len == -1 {
-            // The continuation marker, then the length.
-            meta_len = read_i32(pos)?;
-            pos += 4;
-        }
-        if meta_len == 0 {
-            return Ok(()); // end of stream
-        }
-        let meta_len = usize::try_from(meta_len).map_err(|_| bad("a negative message length"))?;
-        let meta = ipc.get(pos..pos + meta_len).ok_or_else(|| bad("a message header runs past the end"))?;
-        pos += meta_len;
-        let msg = arrow::ipc::root_as_message(meta).map_err(|e| BatchError::Ipc(format!("a message header: {e}")))?;
-        let body = usize::try_from(msg.bodyLength()).map_err(|_| bad("a negative body length"))?;
-        if body > ipc.len() - pos {
-            return Err(bad("a message body runs past the end"));
-        }
-        pos += body;
-    }
-    Ok(())
-}
-
 fn convert(ipc: &[u8], origin: &Origin<'_>, max_rows: u64) -> Result<Vec<u8>, BatchError> {
-    check_framing(ipc)?;
+    eddy_ipc_guard::check_stream_framing(ipc).map_err(|e| BatchError::Ipc(e.into()))?;
     let (first, last) = (origin.first_seq, origin.last_seq);
     if first > last {
         return Err(BatchError::Range { first, last });

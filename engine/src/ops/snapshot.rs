@@ -145,8 +145,8 @@ impl<'a> StateReader<'a> {
     pub fn batch(&mut self) -> Result<RecordBatch> {
         let rows = self.usize()?;
         let ipc = self.bytes()?;
-        check_stream_framing(ipc).map_err(|e| self.err(e))?;
-        let batch = guarded(|| {
+        eddy_ipc_guard::check_stream_framing(ipc).map_err(|e| self.err(e))?;
+        let batch = eddy_ipc_guard::guarded(|| {
             let mut r = arrow::ipc::reader::StreamReader::try_new(Cursor::new(ipc), None)?;
             let schema = r.schema();
             r.next().unwrap_or_else(|| Ok(RecordBatch::new_empty(schema)))
@@ -164,7 +164,7 @@ impl<'a> StateReader<'a> {
         let data = self.bytes()?;
         let m = arrow::ipc::root_as_message(message).map_err(|e| self.err(&format!("an IPC message ({e})")))?;
         let header = m.header_as_record_batch().ok_or_else(|| self.err("an IPC message that is not a batch"))?;
-        let batch = guarded(|| {
+        let batch = eddy_ipc_guard::guarded(|| {
             let data = Buffer::from_slice_ref(data);
             arrow::ipc::reader::read_record_batch(&data, header, schema.clone(), &HashMap::new(), None, &m.version())
         })
@@ -191,49 +191,4 @@ impl<'a> StateReader<'a> {
         }
         Ok(())
     }
-}
-
-/// Runs Arrow's IPC reader, which may panic on bytes it did not write (a validity buffer shorter
-/// than its column, a type id it does not know). State reaches it only after its CRC and tag
-/// checked, so this is defence in depth: such bytes are an error of the state, never a crash.
-fn guarded<T>(
-    read: impl FnOnce() -> std::result::Result<T, arrow::error::ArrowError>,
-) -> std::result::Result<T, String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err("Arrow data the reader cannot take".into()),
-    }
-}
-
-/// Walks an IPC stream's messages and checks each length against the bytes there are: Arrow's
-/// reader allocates a message body by its stated length before reading it, so a damaged length
-/// would ask for terabytes and abort the process.
-fn check_stream_framing(ipc: &[u8]) -> std::result::Result<(), &'static str> {
-    let i32_at = |at: usize| -> std::result::Result<i32, &'static str> {
-        let b = ipc.get(at..at + 4).ok_or("an IPC message cut short")?;
-        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let mut pos = 0usize;
-    while pos < ipc.len() {
-        let mut meta_len = i32_at(pos)?;
-        pos += 4;
-        // A continuation marker, then the length (streams of Arrow ≥ 0.15).
-        if meta_len == -1 {
-            meta_len = i32_at(pos)?;
-            pos += 4;
-        }
-        if meta_len == 0 {
-            return Ok(());
-        }
-        let meta_len = usize::try_from(meta_len).map_err(|_| "a negative IPC message length")?;
-        let meta = ipc.get(pos..pos.saturating_add(meta_len)).ok_or("an IPC message beyond the data")?;
-        pos += meta_len;
-        let message = arrow::ipc::root_as_message(meta).map_err(|_| "an IPC message that does not parse")?;
-        let body = usize::try_from(message.bodyLength()).map_err(|_| "a negative IPC body length")?;
-        if body > ipc.len() - pos {
-            return Err("an IPC message body beyond the data");
-        }
-        pos += body;
-    }
-    Ok(())
 }
