@@ -358,9 +358,8 @@ fn sql_err(pos: SqlPos, message: impl Into<String>) -> EngineError {
     EngineError::Sql { pos, message: message.into() }
 }
 
-/// Puts the statement's position on planning errors that have none.
-/// A DataFusion error that points at a part of the statement (an unknown column or function)
-/// takes that part's line and column.
+/// Puts the statement's position on planning errors that have none, or, where DataFusion points
+/// at a part of the statement (an unknown column or function), that part's line and column.
 fn at(pos: SqlPos, e: EngineError) -> EngineError {
     match e {
         EngineError::DataFusion(d) => {
