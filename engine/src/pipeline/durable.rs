@@ -131,16 +131,21 @@ fn encode_batches(
     schemas: &LoggedSchemas,
 ) -> Result<()> {
     for (b, known) in [(errors, schemas.errors), (rows, schemas.rows)] {
-        let Some(b) = b else {
-            w.u8(BATCH_NONE);
-            continue;
-        };
-        let flag_at = w.buf.len();
-        w.u8(BATCH_BODY);
-        if b.schema_ref() != known || !w.batch_body(b)? {
-            w.buf[flag_at] = BATCH_STREAM;
-            w.batch(b)?;
+        match b {
+            None => w.u8(BATCH_NONE),
+            Some(b) => encode_batch(w, b, known)?,
         }
+    }
+    Ok(())
+}
+
+/// One present batch: its encoding byte and data, a body when its schema is `known`.
+fn encode_batch(w: &mut StateWriter, b: &RecordBatch, known: &SchemaRef) -> Result<()> {
+    let flag_at = w.buf.len();
+    w.u8(BATCH_BODY);
+    if b.schema_ref() != known || !w.batch_body(b)? {
+        w.buf[flag_at] = BATCH_STREAM;
+        w.batch(b)?;
     }
     Ok(())
 }
@@ -164,22 +169,24 @@ fn concat(batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
     }
 }
 
-/// Slices of `batch`, in order, each encoding to at most `limit` bytes (a single row may not).
+/// Slices of `batch`, in order, each encoding (as a record writes it, against `known`) to at
+/// most `limit` bytes (a single row may not).
 fn split_to_fit(
     batch: &RecordBatch,
+    known: &SchemaRef,
     limit: usize,
     scratch: &mut StateWriter,
     out: &mut Vec<RecordBatch>,
 ) -> Result<()> {
     scratch.buf.clear();
-    scratch.batch(batch)?;
+    encode_batch(scratch, batch, known)?;
     if scratch.buf.len() <= limit || batch.num_rows() <= 1 {
         out.push(batch.clone());
         return Ok(());
     }
     let half = batch.num_rows() / 2;
-    split_to_fit(&batch.slice(0, half), limit, scratch, out)?;
-    split_to_fit(&batch.slice(half, batch.num_rows() - half), limit, scratch, out)
+    split_to_fit(&batch.slice(0, half), known, limit, scratch, out)?;
+    split_to_fit(&batch.slice(half, batch.num_rows() - half), known, limit, scratch, out)
 }
 
 impl Durable {
@@ -209,10 +216,10 @@ impl Durable {
         // Room for the record's own fields beside its rows.
         let budget = limit.saturating_sub(position.len() + 64).max(1);
         let mut pieces: Vec<(Option<RecordBatch>, Option<RecordBatch>)> = vec![];
-        for (is_errors, b) in [(true, errors), (false, rows)] {
+        for (is_errors, b, known) in [(true, errors, schemas.errors), (false, rows, schemas.rows)] {
             let Some(b) = b else { continue };
             let mut slices = vec![];
-            split_to_fit(b, budget, &mut self.scratch, &mut slices)?;
+            split_to_fit(b, known, budget, &mut self.scratch, &mut slices)?;
             pieces.extend(slices.into_iter().map(|s| if is_errors { (Some(s), None) } else { (None, Some(s)) }));
         }
         let group = self.wal.next_lsn();
