@@ -168,6 +168,8 @@ pub struct PipelineView {
     pub shards: usize,
     pub sharding: String,
     pub paused: bool,
+    /// Listed at start-up before it is recovered: no taps or views yet.
+    pub starting: bool,
     /// Each sink's tap (empty while paused).
     pub taps: Vec<(String, Arc<TapPoint>)>,
     /// Each source's taps of accepted, late and error rows (empty while paused).

@@ -309,9 +309,15 @@ impl Registry {
         format!("{running}/{} pipelines running{held}, {rows} rows in, {disconnected} connections down", p.len())
     }
 
-    /// Whether no pipeline is held for having failed to start (`/readyz`).
+    /// Whether no pipeline is held for having failed to start.
     pub fn all_started(&self) -> bool {
         !self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).values().any(|s| s.state == START_FAILED)
+    }
+
+    /// Readiness, as `/readyz` and the API's status report it: start-up is over, every worker is
+    /// alive and stepping, and no pipeline is held for having failed to start.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.healthy().is_ok() && self.all_started()
     }
 
     /// The Prometheus text exposition.
@@ -512,9 +518,7 @@ fn handle(mut s: TcpStream, registry: &Registry) -> std::io::Result<()> {
             Ok(()) => ("200 OK", "ok\n".to_string(), "text/plain"),
             Err(e) => ("503 Service Unavailable", format!("{e}\n"), "text/plain"),
         },
-        "/readyz" if registry.ready.load(Ordering::Acquire) && registry.healthy().is_ok() && registry.all_started() => {
-            ("200 OK", "ready\n".into(), "text/plain")
-        }
+        "/readyz" if registry.is_ready() => ("200 OK", "ready\n".into(), "text/plain"),
         "/readyz" => ("503 Service Unavailable", "not ready\n".into(), "text/plain"),
         _ => ("404 Not Found", "try /metrics, /healthz or /readyz\n".into(), "text/plain"),
     };

@@ -408,8 +408,14 @@ impl Runtime {
 
     /// Publishes the pipelines for the API's readers.
     fn publish(&self) {
-        let mut views: BTreeMap<String, PipelineView> =
-            self.workers.iter().map(|(n, w)| (n.clone(), w.view.clone())).collect();
+        self.publish_with_pending(&BTreeMap::new());
+    }
+
+    /// Publishes the pipelines, listing `pending` ones (at start-up: not yet recovered) too, so
+    /// that a status asked while eddyd recovers shows them as starting rather than not at all.
+    fn publish_with_pending(&self, pending: &BTreeMap<String, PipelineView>) {
+        let mut views: BTreeMap<String, PipelineView> = pending.clone();
+        views.extend(self.workers.iter().map(|(n, w)| (n.clone(), w.view.clone())));
         for (n, h) in &self.held {
             let sql = h.sql.clone().unwrap_or_default();
             let view = PipelineView {
@@ -482,6 +488,7 @@ impl Runtime {
             shards: s.shards,
             sharding: sharding_text(s),
             paused: false,
+            starting: false,
             taps: p.taps(),
             source_taps: p.source_taps(),
             views: p.views(),
@@ -556,6 +563,14 @@ impl Runtime {
             tracing::info!(address = %local, "metrics on /metrics, /healthz, /readyz");
         }
         self.backup = start_backup(&self.cfg, &self.registry)?;
+        // Listed from the first answer of the API on, as starting until each is recovered.
+        let mut pending: BTreeMap<String, PipelineView> = files
+            .iter()
+            .map(|(name, (_, origin))| {
+                (name.clone(), PipelineView { origin: origin.clone(), starting: true, ..PipelineView::default() })
+            })
+            .collect();
+        self.publish_with_pending(&pending);
         let fleet_group = self.cfg.hub.fleet.group.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel(self.cfg.api.max_pending_commands.unwrap_or(16).max(1));
         if api_on || fleet_group.is_some() {
@@ -580,6 +595,9 @@ impl Runtime {
         };
         let paused = self.paused_names();
         for (name, (file, origin)) in &files {
+            // Published before `name` is removed: it stays listed (starting) while it recovers.
+            self.publish_with_pending(&pending);
+            pending.remove(name);
             if paused.contains(name) {
                 let sql = read_pipeline(file)?;
                 self.keep_paused(name, file, &sql, origin);

@@ -65,7 +65,21 @@ impl Gateway {
         self.dir.path().join(p)
     }
 
+    /// Starts eddyd and waits until it has tried every pipeline (none listed as starting).
     fn start(&mut self) {
+        self.start_answering();
+        self.wait_started();
+    }
+
+    fn wait_started(&self) {
+        let starting =
+            |s: serde_json::Value| s["pipelines"].as_array().unwrap().iter().any(|p| p["state"] == "starting");
+        let done = wait_for(|| !starting(self.json(&["status"])), Duration::from_secs(30));
+        assert!(done, "eddyd did not recover its pipelines: {}", self.log());
+    }
+
+    /// Starts eddyd and waits only until its socket answers (pipelines may still be recovering).
+    fn start_answering(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("eddyd.log")).unwrap();
         let child = Command::new(EDDYD)
             .args(["run", "--config", "eddyd.toml", "--log", "info"])
@@ -224,9 +238,18 @@ fn a_deployed_pipeline_that_does_not_start_is_held_and_repaired_by_a_deploy() {
     g.stop();
     let cfg = std::fs::read_to_string(g.path("eddyd.toml")).unwrap();
     std::fs::write(g.path("eddyd.toml"), format!("shards = {}\n{cfg}", written % 2 + 1)).unwrap();
-    g.start();
+    // While eddyd recovers, its status already lists the pipeline (before, it was absent until
+    // every pipeline had been tried).
+    g.start_answering();
+    let p = g.pipeline("plant");
+    assert!(p["state"] == "starting" || p["state"] == "start-failed", "{p}");
+    assert_eq!(p["origin"], "deployed", "{p}");
+    g.wait_started();
     let p = g.pipeline("plant");
     assert_eq!(p["state"], "start-failed", "{p}");
+    let status = g.json(&["status"]);
+    assert_eq!(status["ready"], false, "ready with a pipeline held (/readyz says not): {status}");
+    assert!(g.ctl_ok(&["status"], 0).contains("not ready (1 pipeline(s) did not start)"));
     assert!(p["error"].as_str().unwrap().contains("shard(s)"), "{p}");
     let out = g.ctl_ok(&["resume", "plant"], 6);
     assert!(out.contains("stays held"), "{out}");
@@ -237,6 +260,7 @@ fn a_deployed_pipeline_that_does_not_start_is_held_and_repaired_by_a_deploy() {
     assert!(wait_for(|| g.out_lines() > before + 4, Duration::from_secs(20)), "no rows after the deploy");
     let p = g.pipeline("plant");
     assert!(p["state"] == "running" && p["error"] == "", "{p}");
+    assert_eq!(g.json(&["status"])["ready"], true);
     g.stop();
 }
 

@@ -367,6 +367,9 @@ impl Control for ControlService {
         if v.paused {
             return Err(Status::failed_precondition(format!("pipeline {name} is paused")));
         }
+        if v.starting {
+            return Err(Status::unavailable(format!("pipeline {name} is still starting; ask again in a moment")));
+        }
         let (what, point) = if source.is_empty() {
             let Some((_, point)) = v.taps.iter().find(|(s, _)| *s == sink) else {
                 let known: Vec<&str> = v.taps.iter().map(|(s, _)| s.as_str()).collect();
@@ -436,7 +439,7 @@ impl Control for ControlService {
             state_dir,
             state_dir_bytes: bytes,
             key_ids,
-            ready: self.shared.registry.ready.load(std::sync::atomic::Ordering::Acquire),
+            ready: self.shared.registry.is_ready(),
             pipelines: self.statuses(),
         }))
     }

@@ -474,7 +474,7 @@ async fn run_async(cli: Cli) -> Result<()> {
                 s.version,
                 s.host,
                 render::duration_ms(s.uptime_ms),
-                if s.ready { "ready" } else { "starting" }
+                render::readiness(s.ready, s.pipelines.iter().map(|p| p.state.as_str()))
             );
             if s.state_dir.is_empty() {
                 println!("state: none (pipelines run without durable state)");

@@ -21,6 +21,24 @@ pub fn state(s: &str, colour: bool) -> String {
     format!("\x1b[{code}m{s}\x1b[0m")
 }
 
+/// eddyd's readiness for the status header: `ready`, or why not (pipelines still recovering,
+/// pipelines held for failing to start, or else a pipeline that failed or stalled).
+pub fn readiness<'a>(ready: bool, states: impl IntoIterator<Item = &'a str>) -> String {
+    if ready {
+        return "ready".into();
+    }
+    let (mut starting, mut held) = (0, 0);
+    for s in states {
+        starting += usize::from(s == "starting");
+        held += usize::from(s == "start-failed");
+    }
+    match (starting, held) {
+        (0, 0) => "not ready (a pipeline failed or stalled)".into(),
+        (0, h) => format!("not ready ({h} pipeline(s) did not start)"),
+        (s, _) => format!("starting ({s} pipeline(s) recovering)"),
+    }
+}
+
 /// Characters a cell shows (colour escapes take no room).
 fn width(s: &str) -> usize {
     let mut w = 0;
@@ -149,6 +167,14 @@ mod tests {
         assert_eq!(lines[0], "NAME    STATE");
         assert!(lines[1].starts_with("a       \x1b[32mrunning"));
         assert_eq!(lines[2], "longer  x");
+    }
+
+    #[test]
+    fn readiness_says_why_not() {
+        assert_eq!(readiness(true, ["start-failed"]), "ready");
+        assert_eq!(readiness(false, ["running", "starting"]), "starting (1 pipeline(s) recovering)");
+        assert_eq!(readiness(false, ["start-failed", "running"]), "not ready (1 pipeline(s) did not start)");
+        assert!(readiness(false, ["running"]).contains("failed or stalled"));
     }
 
     #[test]
