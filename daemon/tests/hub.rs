@@ -1023,20 +1023,54 @@ fn a_fleet_rollout_reaches_its_group_refuses_bad_sql_and_catches_up_a_gateway_th
     });
 
     // What an operator sees.
-    let out = Command::new(hub_side::eddyctl_binary())
-        .args(["--hub", &c.hubs[0].addr, "--server-name", "localhost"])
-        .arg("--ca")
-        .arg(c.dir.path().join("fleet-ca.pem"))
-        .arg("--cert")
-        .arg(c.dir.path().join("ops.pem"))
-        .arg("--key")
-        .arg(c.dir.path().join("ops.key"))
-        .args(["fleet", "status", "--group", "plant-a"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "eddyctl fleet status: {}", String::from_utf8_lossy(&out.stderr));
+    let eddyctl = |args: &[&str]| {
+        let out = Command::new(hub_side::eddyctl_binary())
+            .args(["--hub", &c.hubs[0].addr, "--server-name", "localhost"])
+            .arg("--ca")
+            .arg(c.dir.path().join("fleet-ca.pem"))
+            .arg("--cert")
+            .arg(c.dir.path().join("ops.pem"))
+            .arg("--key")
+            .arg(c.dir.path().join("ops.key"))
+            .current_dir(c.dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), text, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, text, err) = eddyctl(&["fleet", "status", "--group", "plant-a"]);
+    assert_eq!(code, Some(0), "eddyctl fleet status: {err}");
     assert!(text.contains("gw-1") && text.contains("gw-2") && !text.contains("gw-3"), "{text}");
     assert!(text.contains("newest version 5"), "{text}");
+
+    // The group's history: each version, who made it, what it changed against the one before.
+    let (code, text, err) = eddyctl(&["fleet", "history", "--group", "plant-a"]);
+    assert_eq!(code, Some(0), "eddyctl fleet history: {err}");
+    let row = |v: &str| text.lines().find(|l| l.starts_with(&format!("{v} "))).unwrap_or_default().to_string();
+    assert!(row("1").contains("first version") && row("1").contains("first"), "{text}");
+    assert!(row("2").contains("changes stats") && row("2").contains("broken"), "{text}");
+    assert!(row("3").contains("adds alerts; changes stats"), "{text}");
+    assert!(row("4").contains("no change"), "{text}");
+    assert!(row("5").contains("removes alerts") && row("5").contains("rollback to version 1"), "{text}");
+    assert!(row("1").contains(" ops "), "the operator who made it: {text}");
+    // A version whole, and one pipeline's SQL as a file to deploy again.
+    let (code, text, _) = eddyctl(&["fleet", "show", "--group", "plant-a", "--version", "1", "--pipeline", "stats"]);
+    assert_eq!((code, text.as_str()), (Some(0), fleet_pipeline("v1", false).sql.as_str()));
+    let (code, text, _) = eddyctl(&["fleet", "show", "--group", "plant-a", "--version", "3"]);
+    assert!(code == Some(0) && text.contains("-- pipeline alerts") && text.contains("-- pipeline stats"), "{text}");
+    let (code, _, err) = eddyctl(&["fleet", "show", "--group", "plant-a", "--pipeline", "alerts"]);
+    assert!(code == Some(5) && err.contains("has no pipeline alerts (it has: stats)"), "{err}");
+    // A deploy says what it changes.
+    std::fs::write(c.dir.path().join("stats.sql"), fleet_pipeline("v1", false).sql).unwrap();
+    std::fs::write(c.dir.path().join("extra.sql"), fleet_pipeline("v6", false).sql.replace("counts", "extra")).unwrap();
+    let (code, text, err) = eddyctl(&["fleet", "deploy", "stats.sql", "extra.sql", "--group", "plant-a"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(text.contains("version 6 (stats, extra)") && text.contains("against version 5: adds extra"), "{text}");
+    // Only operators read a group's versions.
+    assert_eq!(rt.block_on(gw.list_desired("plant-a", 0, 0)).unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(rt.block_on(gw.get_desired("plant-a", 1)).unwrap_err().code(), Code::PermissionDenied);
+    let page = rt.block_on(ops.list_desired("plant-a", 3, 1)).unwrap();
+    assert_eq!((page.versions.len(), page.versions[0].version, page.more), (1, 2, true));
     drop(g1);
 }

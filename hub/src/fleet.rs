@@ -78,6 +78,31 @@ impl Bucket {
         Err(BucketError::Unavailable(format!("group {}: versions kept being taken; try again", d.group)))
     }
 
+    /// Versions of `group` below `before` (0: from the newest), newest first, at most `limit`;
+    /// and whether older ones remain.
+    pub async fn list_desired(
+        &self,
+        group: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<(Vec<DesiredState>, bool), BucketError> {
+        let versions = self.desired_versions(group).await?;
+        let mut below = versions.iter().rev().filter(|&&v| before == 0 || v < before);
+        let mut out = Vec::new();
+        for &v in below.by_ref().take(limit) {
+            out.push(self.read_desired(group, v).await?);
+        }
+        Ok((out, below.next().is_some()))
+    }
+
+    /// Version `version` of `group` (0: the newest).
+    pub async fn get_desired(&self, group: &str, version: u64) -> Result<DesiredState, BucketError> {
+        if version > 0 {
+            return self.read_desired(group, version).await;
+        }
+        self.newest_desired(group).await?.ok_or_else(|| BucketError::NotFound(format!("group {group} has no versions")))
+    }
+
     /// Version `to` of `group` for a rollback (0: the one before the newest).
     pub async fn rollback_source(&self, group: &str, to: u64) -> Result<DesiredState, BucketError> {
         let v = self.desired_versions(group).await?;

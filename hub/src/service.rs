@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use eddy_proto::v1::hub_server::Hub;
 use eddy_proto::v1::{
-    ActualState, BlobChunk, CheckpointIndex, DesiredState, FleetStatusReply, FleetStatusRequest, GetBlobRequest,
-    GetCheckpointRequest, ListCheckpointsReply, ListCheckpointsRequest, MissingBlobsReply, MissingBlobsRequest,
-    PushRowsReply, PushRowsRequest, PutBlobReply, PutCheckpointReply, PutDesiredRequest, ReportActualReply,
-    RetractRowsReply, RetractRowsRequest, RollbackDesiredRequest, WatchDesiredRequest,
+    ActualState, BlobChunk, CheckpointIndex, DesiredState, DesiredSummary, FleetStatusReply, FleetStatusRequest,
+    GetBlobRequest, GetCheckpointRequest, GetDesiredRequest, ListCheckpointsReply, ListCheckpointsRequest,
+    ListDesiredReply, ListDesiredRequest, MissingBlobsReply, MissingBlobsRequest, PipelineDigest, PushRowsReply,
+    PushRowsRequest, PutBlobReply, PutCheckpointReply, PutDesiredRequest, ReportActualReply, RetractRowsReply,
+    RetractRowsRequest, RollbackDesiredRequest, WatchDesiredRequest,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::Semaphore;
@@ -76,6 +77,10 @@ const MAX_PIPELINES: usize = 64;
 const MAX_SQL_BYTES: usize = 1 << 20;
 /// Largest config fragment of a version (gateways check what is in it).
 const MAX_CONFIG_BYTES: usize = 64 << 10;
+/// Versions a `ListDesired` gives when it does not say, and at most (each is read whole from
+/// the bucket to be summarised).
+const DEFAULT_LISTED_VERSIONS: usize = 20;
+const MAX_LISTED_VERSIONS: usize = 100;
 
 impl HubService {
     pub fn new(
@@ -113,6 +118,26 @@ impl HubService {
             return Ok(());
         }
         Err(Status::permission_denied(format!("'{caller}' may not read or change gateway '{gateway}''s backups")))
+    }
+}
+
+/// A version without its text: names, digests and sizes.
+fn summary(d: &DesiredState) -> DesiredSummary {
+    let sha256 =
+        |text: &str| crate::checkpoints::hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref());
+    DesiredSummary {
+        version: d.version,
+        created_ms: d.created_ms,
+        created_by: d.created_by.clone(),
+        note: d.note.clone(),
+        rolled_back_to: d.rolled_back_to,
+        reset_state: d.reset_state,
+        pipelines: d
+            .pipelines
+            .iter()
+            .map(|p| PipelineDigest { name: p.name.clone(), sql_sha256: sha256(&p.sql), sql_bytes: p.sql.len() as u64 })
+            .collect(),
+        config_sha256: if d.config.is_empty() { String::new() } else { sha256(&d.config) },
     }
 }
 
@@ -252,6 +277,28 @@ impl Hub for HubService {
             }
         });
         Ok(Response::new(Box::pin(s)))
+    }
+
+    async fn list_desired(&self, req: Request<ListDesiredRequest>) -> Result<Response<ListDesiredReply>, Status> {
+        let who = caller(&req)?;
+        self.operator(&who, "read a group's versions")?;
+        let r = req.into_inner();
+        check_group(&r.group)?;
+        let limit = match r.limit {
+            0 => DEFAULT_LISTED_VERSIONS,
+            n => (n as usize).min(MAX_LISTED_VERSIONS),
+        };
+        let (versions, more) =
+            self.bucket.list_desired(&r.group, r.before_version, limit).await.map_err(bucket_status)?;
+        Ok(Response::new(ListDesiredReply { versions: versions.iter().map(summary).collect(), more }))
+    }
+
+    async fn get_desired(&self, req: Request<GetDesiredRequest>) -> Result<Response<DesiredState>, Status> {
+        let who = caller(&req)?;
+        self.operator(&who, "read a group's versions")?;
+        let r = req.into_inner();
+        check_group(&r.group)?;
+        self.bucket.get_desired(&r.group, r.version).await.map_err(bucket_status).map(Response::new)
     }
 
     async fn report_actual(&self, req: Request<ActualState>) -> Result<Response<ReportActualReply>, Status> {

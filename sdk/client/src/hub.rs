@@ -7,9 +7,9 @@ use std::time::Duration;
 use eddy_proto::v1::hub_client::HubClient as RawHubClient;
 use eddy_proto::v1::{
     ActualState, BlobChunk, CheckpointIndex, CheckpointSummary, DesiredState, FleetStatusReply, FleetStatusRequest,
-    GetBlobRequest, GetCheckpointRequest, ListCheckpointsRequest, MissingBlobsRequest, PipelineFile, PushRowsReply,
-    PushRowsRequest, PutDesiredRequest, RetractRowsReply, RetractRowsRequest, RollbackDesiredRequest,
-    WatchDesiredRequest,
+    GetBlobRequest, GetCheckpointRequest, GetDesiredRequest, ListCheckpointsRequest, ListDesiredReply,
+    ListDesiredRequest, MissingBlobsRequest, PipelineFile, PushRowsReply, PushRowsRequest, PutDesiredRequest,
+    RetractRowsReply, RetractRowsRequest, RollbackDesiredRequest, WatchDesiredRequest,
 };
 use tonic::transport::Channel;
 
@@ -168,6 +168,26 @@ impl HubClient {
         let r = self.request(RollbackDesiredRequest { group: group.to_string(), to_version: to, reset_state });
         let mut c = self.inner.clone();
         c.rollback_desired(r).await.map(|r| r.into_inner()).map_err(|s| status_error(&self.target, s))
+    }
+
+    /// `group`'s versions below `before_version` (0: from the newest), newest first, without
+    /// their SQL; `limit` 0 lets the hub choose (operators only).
+    pub async fn list_desired(
+        &self,
+        group: &str,
+        before_version: u64,
+        limit: u32,
+    ) -> Result<ListDesiredReply, ClientError> {
+        let r = self.request(ListDesiredRequest { group: group.to_string(), before_version, limit });
+        let mut c = self.inner.clone();
+        c.list_desired(r).await.map(|r| r.into_inner()).map_err(|s| status_error(&self.target, s))
+    }
+
+    /// Version `version` of `group` whole (0: the newest; operators only).
+    pub async fn get_desired(&self, group: &str, version: u64) -> Result<DesiredState, ClientError> {
+        let r = self.request(GetDesiredRequest { group: group.to_string(), version });
+        let mut c = self.inner.clone();
+        c.get_desired(r).await.map(|r| r.into_inner()).map_err(|s| status_error(&self.target, s))
     }
 
     /// Follows `group` from `after_version`: the stream yields each newer version.

@@ -2,6 +2,7 @@
 //! Human tables by default, `-o json` for scripts. This is the binary's edge: every failure is
 //! one message on stderr and an exit code that says what kind of failure it was.
 
+mod fleet;
 mod profile;
 mod render;
 
@@ -31,78 +32,38 @@ mod exit {
 )]
 struct Cli {
     /// The daemon's TCP address (host:port), with mutual TLS. Default: the local socket.
-    #[arg(long, global = true, env = "EDDY_HOST")]
+    #[arg(long, global = true, help_heading = "Global options", env = "EDDY_HOST")]
     host: Option<String>,
     /// The local socket.
-    #[arg(long, global = true, env = "EDDY_SOCKET")]
+    #[arg(long, global = true, help_heading = "Global options", env = "EDDY_SOCKET")]
     socket: Option<PathBuf>,
     /// CA certificate that signed the daemon's certificate (PEM).
-    #[arg(long, global = true, env = "EDDY_CA")]
+    #[arg(long, global = true, help_heading = "Global options", env = "EDDY_CA")]
     ca: Option<PathBuf>,
     /// This client's certificate (PEM).
-    #[arg(long, global = true, env = "EDDY_CERT")]
+    #[arg(long, global = true, help_heading = "Global options", env = "EDDY_CERT")]
     cert: Option<PathBuf>,
     /// This client's private key (PEM).
-    #[arg(long, global = true, env = "EDDY_KEY")]
+    #[arg(long, global = true, help_heading = "Global options", env = "EDDY_KEY")]
     key: Option<PathBuf>,
     /// The name the daemon's certificate must carry (default: the host).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     server_name: Option<String>,
     /// The fleet's hub (host:port) for `fleet` commands, with mutual TLS (--ca signs the hub's
     /// certificate; --cert must be an operator's).
-    #[arg(long, global = true, env = "EDDY_HUB")]
+    #[arg(long, global = true, help_heading = "Global options", env = "EDDY_HUB")]
     hub: Option<String>,
     /// A profile from ~/.config/eddy/eddyctl.toml.
-    #[arg(long, global = true, env = "EDDY_PROFILE")]
+    #[arg(long, global = true, help_heading = "Global options", env = "EDDY_PROFILE")]
     profile: Option<String>,
     /// Output format.
-    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    #[arg(short, long, global = true, help_heading = "Global options", value_enum, default_value_t = Output::Table)]
     output: Output,
     /// Seconds to wait for a reply (deploys wait for the pipeline to start).
-    #[arg(long, global = true, default_value_t = 120)]
+    #[arg(long, global = true, help_heading = "Global options", default_value_t = 120)]
     timeout_s: u64,
     #[command(subcommand)]
     command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum FleetCmd {
-    /// Every gateway's last report: group, version, last seen, backlog, failing pipelines.
-    Status {
-        /// Only this group's gateways.
-        #[arg(long)]
-        group: Option<String>,
-    },
-    /// Make these pipeline files the group's next version; its gateways apply it.
-    Deploy {
-        /// Pipeline files (each runs under its file name without .sql).
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        #[arg(long)]
-        group: String,
-        /// A config fragment (TOML: [mqtt], [kafka], [limits], [checkpoint], [wal]) laid over
-        /// each gateway's config for these pipelines; a version without one removes the last.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// A note kept with the version.
-        #[arg(long, default_value = "")]
-        note: String,
-        /// A pipeline whose new query cannot continue from its running state starts afresh
-        /// (without this, gateways refuse such a version and keep the running one).
-        #[arg(long)]
-        reset_state: bool,
-    },
-    /// Make an older version's pipelines the group's next version.
-    Rollback {
-        #[arg(long)]
-        group: String,
-        /// The version to go back to (default: the one before the newest).
-        #[arg(long, default_value_t = 0)]
-        to: u64,
-        /// As for deploy: state the older query cannot continue from is dropped.
-        #[arg(long)]
-        reset_state: bool,
-    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -218,7 +179,7 @@ enum Cmd {
     /// The fleet, through the hub (--hub): groups' desired pipelines and what gateways run.
     Fleet {
         #[command(subcommand)]
-        cmd: FleetCmd,
+        cmd: fleet::FleetCmd,
     },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
@@ -241,6 +202,7 @@ fn main() {
                     _ => exit::FAILED,
                 },
                 None if e.downcast_ref::<Refused>().is_some() => exit::REFUSED,
+                None if e.downcast_ref::<NotFound>().is_some() => exit::NOT_FOUND,
                 None => exit::FAILED,
             };
             eprintln!("eddyctl: {e:#}");
@@ -269,6 +231,18 @@ impl std::fmt::Display for Refused {
 }
 
 impl std::error::Error for Refused {}
+
+/// Something the command names that the reply does not have (exit code 5, as a NOT_FOUND).
+#[derive(Debug)]
+struct NotFound(String);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
@@ -373,7 +347,7 @@ fn read_sql(file: &PathBuf, name: &Option<String>) -> Result<(String, String)> {
 }
 
 /// `eddyctl fleet …`: talks to the hub, not to a daemon.
-async fn run_fleet(cli: &Cli, cmd: &FleetCmd) -> Result<()> {
+async fn run_fleet(cli: &Cli, cmd: &fleet::FleetCmd) -> Result<()> {
     let mut p = profile::load(cli.profile.as_deref())?;
     p.host = Some(cli.hub.clone().ok_or_else(|| anyhow::anyhow!("fleet commands need --hub HOST:PORT (or EDDY_HUB)"))?);
     p.plaintext = false;
@@ -381,77 +355,7 @@ async fn run_fleet(cli: &Cli, cmd: &FleetCmd) -> Result<()> {
     let target = profile::target(&p)?;
     let timeouts = Timeouts { request: Duration::from_secs(cli.timeout_s.max(1)), ..Timeouts::default() };
     let hub = eddy_client::HubClient::connect(&target, timeouts).await?;
-    let json = cli.output == Output::Json;
-    let show = |d: &v1::DesiredState| -> Result<()> {
-        if json {
-            return print_json(d);
-        }
-        let names: Vec<&str> = d.pipelines.iter().map(|p| p.name.as_str()).collect();
-        let config = if d.config.is_empty() { "" } else { "; with a config fragment" };
-        println!("group {}: version {} ({}){config}", d.group, d.version, names.join(", "));
-        Ok(())
-    };
-    match cmd {
-        FleetCmd::Status { group } => {
-            let r = hub.fleet_status(group.as_deref().unwrap_or("")).await?;
-            if json {
-                return print_json(&r);
-            }
-            let now =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-            let rows: Vec<Vec<String>> = r
-                .gateways
-                .iter()
-                .map(|g| {
-                    let want = r.groups.iter().find(|v| v.group == g.group).map_or(0, |v| v.version);
-                    let version = if g.rejected_version > 0 {
-                        format!("{} (refused {})", g.applied_version, g.rejected_version)
-                    } else if g.applied_version < want {
-                        format!("{} (→ {want})", g.applied_version)
-                    } else {
-                        g.applied_version.to_string()
-                    };
-                    let failing: Vec<String> = g
-                        .pipelines
-                        .iter()
-                        .filter(|p| p.state == "failed" || p.state == "start-failed")
-                        .map(|p| format!("{}: {}", p.name, p.error))
-                        .chain((g.rejected_version > 0).then(|| g.rejected_reason.clone()))
-                        .collect();
-                    vec![
-                        g.gateway.clone(),
-                        g.group.clone(),
-                        version,
-                        render::ago(Some(now.saturating_sub(g.reported_ms).max(0) as u64)),
-                        g.pipelines.len().to_string(),
-                        render::bytes(g.backlog_bytes),
-                        if failing.is_empty() { "-".into() } else { failing.join("; ") },
-                    ]
-                })
-                .collect();
-            println!(
-                "{}",
-                render::table(&["GATEWAY", "GROUP", "VERSION", "SEEN", "PIPELINES", "BACKLOG", "FAILING"], &rows)
-            );
-            for v in &r.groups {
-                println!("group {}: newest version {}", v.group, v.version);
-            }
-            Ok(())
-        }
-        FleetCmd::Deploy { files, group, config, note, reset_state } => {
-            let mut pipelines = Vec::new();
-            for f in files {
-                let (sql, name) = read_sql(f, &None)?;
-                pipelines.push(v1::PipelineFile { name, sql });
-            }
-            let config = match config {
-                Some(f) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
-                None => String::new(),
-            };
-            show(&hub.put_desired(group, pipelines, &config, note, *reset_state).await?)
-        }
-        FleetCmd::Rollback { group, to, reset_state } => show(&hub.rollback_desired(group, *to, *reset_state).await?),
-    }
+    fleet::run(&hub, cmd, cli.output == Output::Json).await
 }
 
 async fn run_async(cli: Cli) -> Result<()> {
