@@ -180,6 +180,28 @@ pub struct PipelineView {
     pub relations: Vec<(String, &'static str)>,
 }
 
+/// The pipelines the fleet agent deployed, each with the version that did (`fleet plant-a v4`).
+/// The API refuses local deploys and deletes of them: the group's next version would undo them
+/// without a word. Taking the gateway out of its group (`[hub.fleet]`) gives them back.
+#[derive(Default)]
+pub struct FleetOwned {
+    names: Mutex<BTreeMap<String, String>>,
+}
+
+impl FleetOwned {
+    /// The fleet now runs exactly `names`, as version `version` of `group`.
+    pub fn set<'a>(&self, group: &str, version: u64, names: impl IntoIterator<Item = &'a str>) {
+        let label = format!("fleet {group} v{version}");
+        *self.names.lock().unwrap_or_else(|p| p.into_inner()) =
+            names.into_iter().map(|n| (n.to_string(), label.clone())).collect();
+    }
+
+    /// `fleet <group> v<version>` when the fleet deployed `name`.
+    pub fn owner(&self, name: &str) -> Option<String> {
+        self.names.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+}
+
 /// The pipelines the runtime has, for readers on other threads.
 #[derive(Default)]
 pub struct Catalog {

@@ -964,7 +964,7 @@ fn a_fleet_rollout_reaches_its_group_refuses_bad_sql_and_catches_up_a_gateway_th
     c.pki.issue("ops", &[], false);
     let rt = hub_side::runtime();
     let ops = hub_client(&rt, &c, "ops", c.dir.path()).unwrap();
-    let (_gw1, mut cmd1) = fleet_gateway(&c, "gw-1", "plant-a");
+    let (gw1_dir, mut cmd1) = fleet_gateway(&c, "gw-1", "plant-a");
     let (_gw2, mut cmd2) = fleet_gateway(&c, "gw-2", "plant-a");
     let (_gw3, mut cmd3) = fleet_gateway(&c, "gw-3", "plant-b");
     let mut g1 = Killed(cmd1.spawn().unwrap());
@@ -1072,5 +1072,46 @@ fn a_fleet_rollout_reaches_its_group_refuses_bad_sql_and_catches_up_a_gateway_th
     assert_eq!(rt.block_on(gw.get_desired("plant-a", 1)).unwrap_err().code(), Code::PermissionDenied);
     let page = rt.block_on(ops.list_desired("plant-a", 3, 1)).unwrap();
     assert_eq!((page.versions.len(), page.versions[0].version, page.more), (1, 2, true));
+    await_report(&rt, &ops, "gw-1", "running v6", |a| a.applied_version == 6 && runs(a, &["extra", "stats"]));
+
+    // On the gateway, the fleet's pipelines are the fleet's: a local deploy or delete would be
+    // undone by the next version without a word, so it is refused and says where to go.
+    let local = |args: &[&str]| {
+        let out = Command::new(hub_side::eddyctl_binary())
+            .arg("--socket")
+            .arg(gw1_dir.join("control.sock"))
+            .args(args)
+            .current_dir(c.dir.path())
+            .output()
+            .unwrap();
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (code, text) = local(&["deploy", "stats.sql"]);
+    assert!(
+        code == Some(6) && text.contains("deployed by the fleet plant-a v6") && text.contains("fleet deploy"),
+        "{text}"
+    );
+    let (code, text) = local(&["delete", "extra", "--keep-state"]);
+    assert!(code == Some(6) && text.contains("deployed by the fleet plant-a v6"), "{text}");
+    let (_, text) = local(&["status"]);
+    assert!(text.lines().any(|l| l.starts_with("stats") && l.contains("fleet plant-a v6")), "{text}");
+    // Pipelines of its own are its own.
+    std::fs::write(c.dir.path().join("mine.sql"), fleet_pipeline("mine", false).sql.replace("counts", "mine")).unwrap();
+    let (code, text) = local(&["deploy", "mine.sql"]);
+    assert_eq!(code, Some(0), "{text}");
+
+    // Moved to another group, a gateway follows that group from its first version (before, it
+    // waited for a version above the old group's number) and drops the old group's pipelines.
+    let mut other = fleet_pipeline("b1", false);
+    other.name = "other".into();
+    let b1 = rt.block_on(ops.put_desired("plant-b", vec![other], "", "", false)).unwrap();
+    assert_eq!(b1.version, 1);
+    let _ = g1.0.kill();
+    let _ = g1.0.wait();
+    let toml = std::fs::read_to_string(gw1_dir.join("eddyd.toml")).unwrap().replace("'plant-a'", "'plant-b'");
+    std::fs::write(gw1_dir.join("eddyd.toml"), toml).unwrap();
+    g1 = Killed(cmd1.spawn().unwrap());
+    let a = await_report(&rt, &ops, "gw-1", "on plant-b", |a| a.group == "plant-b" && a.applied_version == 1);
+    assert!(runs(&a, &["mine", "other"]), "{a:?}");
     drop(g1);
 }

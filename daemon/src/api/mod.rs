@@ -33,6 +33,8 @@ pub struct Shared {
     pub policy: Arc<std::sync::RwLock<access::AccessPolicy>>,
     pub registry: Arc<Registry>,
     pub catalog: Arc<Catalog>,
+    /// Pipelines the fleet deployed: not deployed or deleted here.
+    pub fleet_owned: Arc<crate::control::FleetOwned>,
     pub fatal: Arc<FatalSlot>,
     pub commands: std::sync::mpsc::SyncSender<Command>,
     pub state: Option<StateContext>,

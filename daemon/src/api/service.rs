@@ -154,6 +154,18 @@ impl ControlService {
         self.outcome(&c, method, &name, r).await.map(Response::new)
     }
 
+    /// Refuses to `what` a pipeline the fleet deployed here (its group's next version would
+    /// silently undo it).
+    fn not_fleet_owned(&self, name: &str, what: &str) -> Result<(), Status> {
+        match self.shared.fleet_owned.owner(name) {
+            None => Ok(()),
+            Some(by) => Err(Status::failed_precondition(format!(
+                "pipeline {name} was deployed by the {by}: {what} it through `eddyctl fleet deploy` \
+                 (or take this gateway out of its group: [hub.fleet] in the config)"
+            ))),
+        }
+    }
+
     /// Sends a request to the runtime and waits for its answer.
     async fn ask<T>(&self, make: impl FnOnce(crate::control::Reply<T>) -> Command) -> Result<T, Status> {
         ask(&self.shared, make).await
@@ -174,7 +186,7 @@ impl ControlService {
     fn pipeline_status(&self, name: &str, view: Option<&PipelineView>) -> PipelineStatus {
         let mut st = PipelineStatus { name: name.to_string(), ..Default::default() };
         if let Some(v) = view {
-            st.origin = v.origin.clone();
+            st.origin = self.shared.fleet_owned.owner(name).unwrap_or_else(|| v.origin.clone());
             st.sql_sha256 = v.sql_sha256.clone();
             st.shards = v.shards as u32;
             st.sharding = v.sharding.clone();
@@ -480,7 +492,7 @@ impl Control for ControlService {
         let name = req.get_ref().name.clone();
         let c = self.authorize(&req, "Deploy", &name, Role::Operator).await?;
         let DeployRequest { sql, reset_state, .. } = req.into_inner();
-        let r = match check_sql(&sql) {
+        let r = match check_sql(&sql).and_then(|()| self.not_fleet_owned(&name, "deploy")) {
             Err(s) => Err(s),
             Ok(()) => {
                 let n = name.clone();
@@ -525,7 +537,10 @@ impl Control for ControlService {
         let drop_state = req.get_ref().drop_state;
         let c = self.authorize(&req, "Delete", &name, Role::Admin).await?;
         let n = name.clone();
-        let r = self.ask(|reply| Command::Delete { name: n, drop_state, reply }).await;
+        let r = match self.not_fleet_owned(&name, "delete") {
+            Err(s) => Err(s),
+            Ok(()) => self.ask(|reply| Command::Delete { name: n, drop_state, reply }).await,
+        };
         let r = r.map(|()| ActionReply {
             message: format!(
                 "pipeline {name} deleted; its state was {}",

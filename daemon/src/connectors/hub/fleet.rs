@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use super::HubLink;
 use crate::config::FleetFragment;
 use crate::connectors::backoff::Backoff;
-use crate::control::{Command, CommandError, Reply};
+use crate::control::{Command, CommandError, FleetOwned, Reply};
 use crate::metrics::Registry;
 use crate::runtime::write_durably;
 
@@ -40,6 +40,8 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 struct Applied {
     desired: v1::DesiredState,
     rejected_version: u64,
+    /// The group the refused version was of (None in files written before it was kept).
+    rejected_group: Option<String>,
     rejected_reason: String,
 }
 
@@ -55,13 +57,14 @@ impl FleetAgent {
         state_dir: &Path,
         commands: SyncSender<Command>,
         registry: Arc<Registry>,
+        owned: Arc<FleetOwned>,
     ) -> std::io::Result<FleetAgent> {
         let closing = Arc::new(AtomicBool::new(false));
         let dir = state_dir.join("fleet");
-        let applied = load(&dir)?;
+        let applied = load(&dir, &group)?;
         let c = closing.clone();
         let thread = std::thread::Builder::new().name("fleet".into()).spawn(move || {
-            let mut agent = Agent { link, group, dir, commands, registry, applied, closing: c };
+            let mut agent = Agent { link, group, dir, commands, registry, owned, applied, closing: c };
             agent.run();
         })?;
         Ok(FleetAgent { closing, thread: Some(thread) })
@@ -87,7 +90,31 @@ impl Drop for FleetAgent {
     }
 }
 
-fn load(dir: &Path) -> std::io::Result<Applied> {
+/// The pipelines the fleet deployed on this gateway, from what the agent last applied (read
+/// before the API answers, so that no local deploy slips in before the agent starts).
+pub fn load_owned(state_dir: &Path, owned: &FleetOwned) -> std::io::Result<()> {
+    let d = load_as_written(&state_dir.join("fleet"))?.desired;
+    owned.set(&d.group, d.version, d.pipelines.iter().map(|p| p.name.as_str()));
+    Ok(())
+}
+
+/// What was applied and refused. A gateway moved to another group follows the new group from
+/// its first version (the old group's numbers mean nothing there); the old group's pipelines
+/// are kept as applied, so that the new group's first version removes those it lacks.
+fn load(dir: &Path, group: &str) -> std::io::Result<Applied> {
+    let mut a = load_as_written(dir)?;
+    if !a.desired.group.is_empty() && a.desired.group != group {
+        tracing::info!(from = %a.desired.group, to = %group, "fleet: this gateway moved to another group");
+        a.desired.version = 0;
+        (a.rejected_version, a.rejected_reason) = (0, String::new());
+    }
+    if a.rejected_group.as_deref().is_some_and(|g| g != group) {
+        (a.rejected_version, a.rejected_reason) = (0, String::new());
+    }
+    Ok(a)
+}
+
+fn load_as_written(dir: &Path) -> std::io::Result<Applied> {
     let mut a = Applied::default();
     match std::fs::read(dir.join("applied")) {
         Ok(b) => {
@@ -99,8 +126,11 @@ fn load(dir: &Path) -> std::io::Result<Applied> {
     }
     match std::fs::read_to_string(dir.join("rejected")) {
         Ok(t) => {
-            let (v, why) = t.split_once('\n').unwrap_or((t.as_str(), ""));
-            a.rejected_version = v.trim().parse().unwrap_or(0);
+            // "<version> <group>\n<reason>" (files written before the group was: no group).
+            let (head, why) = t.split_once('\n').unwrap_or((t.as_str(), ""));
+            let mut head = head.split_whitespace();
+            a.rejected_version = head.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            a.rejected_group = head.next().map(str::to_string);
             a.rejected_reason = why.to_string();
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -115,6 +145,7 @@ struct Agent {
     dir: PathBuf,
     commands: SyncSender<Command>,
     registry: Arc<Registry>,
+    owned: Arc<FleetOwned>,
     applied: Applied,
     closing: Arc<AtomicBool>,
 }
@@ -233,6 +264,7 @@ impl Agent {
             tracing::error!(error = %e, "fleet: cannot record the applied version; it is applied again after a restart");
         }
         tracing::info!(group = %self.group, version = d.version, "fleet: version applied");
+        self.owned.set(&d.group, d.version, d.pipelines.iter().map(|p| p.name.as_str()));
         self.applied.desired = d;
     }
 
@@ -271,7 +303,8 @@ impl Agent {
         tracing::warn!(group = %self.group, version, reason = %why, "fleet: version refused; the current one keeps running");
         self.applied.rejected_version = version;
         self.applied.rejected_reason = why;
-        let text = format!("{version}\n{}", self.applied.rejected_reason);
+        self.applied.rejected_group = Some(self.group.clone());
+        let text = format!("{version} {}\n{}", self.group, self.applied.rejected_reason);
         if let Err(e) = write_durably(&self.dir.join("rejected"), text.as_bytes()) {
             tracing::error!(error = %e, "fleet: cannot record the refused version");
         }
