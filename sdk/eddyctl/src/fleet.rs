@@ -209,7 +209,7 @@ pub async fn run(hub: &HubClient, cmd: &FleetCmd, json: bool) -> Result<()> {
             if let Some(name) = pipeline {
                 let p = d.pipelines.iter().find(|p| &p.name == name).ok_or_else(|| {
                     let names: Vec<&str> = d.pipelines.iter().map(|p| p.name.as_str()).collect();
-                    crate::NotFound(format!(
+                    crate::ReplyFailure::NotFound(format!(
                         "version {} of group {group} has no pipeline {name} (it has: {})",
                         d.version,
                         names.join(", ")

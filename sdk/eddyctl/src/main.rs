@@ -201,9 +201,11 @@ fn main() {
                     Code::Unavailable => exit::UNREACHABLE,
                     _ => exit::FAILED,
                 },
-                None if e.downcast_ref::<Refused>().is_some() => exit::REFUSED,
-                None if e.downcast_ref::<NotFound>().is_some() => exit::NOT_FOUND,
-                None => exit::FAILED,
+                None => match e.downcast_ref::<ReplyFailure>() {
+                    Some(ReplyFailure::Refused(_)) => exit::REFUSED,
+                    Some(ReplyFailure::NotFound(_)) => exit::NOT_FOUND,
+                    None => exit::FAILED,
+                },
             };
             eprintln!("eddyctl: {e:#}");
             if let Some(ClientError::Connect { target, .. }) = e.downcast_ref::<ClientError>() {
@@ -220,29 +222,24 @@ fn main() {
     std::process::exit(code);
 }
 
-/// A refusal found in a reply (validation failed), not an error status.
+/// A failure found in a reply rather than in an error status; its exit code says which.
 #[derive(Debug)]
-struct Refused(String);
+enum ReplyFailure {
+    /// Validation failed, or the daemon met problems (exit code 6).
+    Refused(String),
+    /// Something the command names that the reply lacks (exit code 5).
+    NotFound(String),
+}
 
-impl std::fmt::Display for Refused {
+impl std::fmt::Display for ReplyFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            ReplyFailure::Refused(m) | ReplyFailure::NotFound(m) => f.write_str(m),
+        }
     }
 }
 
-impl std::error::Error for Refused {}
-
-/// Something the command names that the reply does not have (exit code 5, as a NOT_FOUND).
-#[derive(Debug)]
-struct NotFound(String);
-
-impl std::fmt::Display for NotFound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NotFound {}
+impl std::error::Error for ReplyFailure {}
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
@@ -424,7 +421,7 @@ async fn run_async(cli: Cli) -> Result<()> {
                 println!("{}: OK — {}", file.display(), r.plan.replace('\n', "\n  "));
             }
             if !r.ok {
-                return Err(Refused(format!("{}: {}", file.display(), r.error)).into());
+                return Err(ReplyFailure::Refused(format!("{}: {}", file.display(), r.error)).into());
             }
         }
         Cmd::Deploy { file, name, reset_state } => {
@@ -515,7 +512,7 @@ async fn run_async(cli: Cli) -> Result<()> {
                 }
             }
             if !r.problems.is_empty() {
-                return Err(Refused(format!("the reload met {} problem(s)", r.problems.len())).into());
+                return Err(ReplyFailure::Refused(format!("the reload met {} problem(s)", r.problems.len())).into());
             }
         }
         Cmd::Config => {
