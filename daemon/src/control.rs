@@ -89,10 +89,12 @@ pub enum Command {
         reply: Reply<String>,
     },
     /// Checks a fleet version before anything changes: the config fragment laid over the
-    /// config, and each pipeline planned with the result.
+    /// config, each pipeline planned with the result, and none of them a pipeline this gateway
+    /// has of its own (not among `owned`, the names the fleet deployed here).
     ValidateFleet {
         config: FleetFragment,
         pipelines: Vec<(String, String)>,
+        owned: Vec<String>,
         reply: Reply<()>,
     },
     /// Keeps the fleet's config fragment and reloads (pipelines whose settings change restart

@@ -904,8 +904,8 @@ impl Runtime {
                         .map_err(|e| CommandError::Precondition(format!("rendering the config: {e}"))),
                 );
             }
-            Command::ValidateFleet { config, pipelines, reply } => {
-                let _ = reply.send(self.validate_fleet(&config, &pipelines));
+            Command::ValidateFleet { config, pipelines, owned, reply } => {
+                let _ = reply.send(self.validate_fleet(&config, &pipelines, &owned));
             }
             Command::HoldForRestore { name, reply } => {
                 let _ = reply.send(note_fatal(&mut fatal, self.hold_for_restore(&name)));
@@ -939,7 +939,24 @@ impl Runtime {
     }
 
     /// Lays `fragment` over the config and plans each pipeline with the result; changes nothing.
-    fn validate_fleet(&self, fragment: &FleetFragment, pipelines: &[(String, String)]) -> Result<(), CommandError> {
+    /// A pipeline of the gateway's own (from its config, or deployed by hand: not in `owned`)
+    /// is never replaced by the fleet's of the same name.
+    fn validate_fleet(
+        &self,
+        fragment: &FleetFragment,
+        pipelines: &[(String, String)],
+        owned: &[String],
+    ) -> Result<(), CommandError> {
+        for (name, _) in pipelines {
+            let here =
+                self.workers.contains_key(name) || self.paused.contains_key(name) || self.held.contains_key(name);
+            if here && !owned.contains(name) {
+                return Err(CommandError::Precondition(format!(
+                    "pipeline {name}: this gateway has a pipeline of that name of its own (from its config or \
+                     deployed by hand), which the fleet does not replace: delete it there, or name the fleet's otherwise"
+                )));
+            }
+        }
         let cfg = self.config_with(fragment)?;
         for (name, sql) in pipelines {
             self.validate_with(&cfg, name, sql).map_err(|e| CommandError::Invalid(format!("pipeline {name}: {e}")))?;

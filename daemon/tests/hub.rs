@@ -1099,6 +1099,16 @@ fn a_fleet_rollout_reaches_its_group_refuses_bad_sql_and_catches_up_a_gateway_th
     std::fs::write(c.dir.path().join("mine.sql"), fleet_pipeline("mine", false).sql.replace("counts", "mine")).unwrap();
     let (code, text) = local(&["deploy", "mine.sql"]);
     assert_eq!(code, Some(0), "{text}");
+    // And the fleet does not take them over: a version with a pipeline of that name is refused
+    // there (before, it replaced the gateway's own without a word), applied elsewhere.
+    let v6 = rt.block_on(ops.get_desired("plant-a", 6)).unwrap();
+    let mut v7 = v6.pipelines.clone();
+    v7.push(v1::PipelineFile { name: "mine".into(), sql: v6.pipelines[1].sql.replace("extra", "fleet_mine") });
+    let v7 = rt.block_on(ops.put_desired("plant-a", v7, "", "", false)).unwrap();
+    let a = await_report(&rt, &ops, "gw-1", "refusing v7", |a| a.rejected_version == v7.version);
+    assert!(a.rejected_reason.contains("pipeline mine: this gateway has a pipeline of that name of its own"), "{a:?}");
+    assert!(a.applied_version == 6 && runs(&a, &["extra", "mine", "stats"]), "{a:?}");
+    await_report(&rt, &ops, "gw-2", "running v7", |a| a.applied_version == 7 && runs(a, &["extra", "mine", "stats"]));
 
     // Moved to another group, a gateway follows that group from its first version (before, it
     // waited for a version above the old group's number) and drops the old group's pipelines.

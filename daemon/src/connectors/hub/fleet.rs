@@ -226,8 +226,9 @@ impl Agent {
             Err(e) => return self.reject(d.version, format!("{e:#}")),
         };
         let pipelines = d.pipelines.iter().map(|p| (p.name.clone(), p.sql.clone())).collect();
+        let owned = self.applied.desired.pipelines.iter().map(|p| p.name.clone()).collect();
         let c = config.clone();
-        if let Err(e) = self.ask(|reply| Command::ValidateFleet { config: c, pipelines, reply }).await {
+        if let Err(e) = self.ask(|reply| Command::ValidateFleet { config: c, pipelines, owned, reply }).await {
             return self.reject(d.version, e.to_string());
         }
         let old = self.applied.desired.pipelines.clone();
