@@ -269,6 +269,19 @@ fn print_version(d: &v1::DesiredState) {
     }
 }
 
+/// How many pipelines a gateway runs, and how many of them are not running: "3 (1 paused)".
+fn pipeline_counts(pipelines: &[v1::PipelineActual]) -> String {
+    let mut not_running: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for p in pipelines.iter().filter(|p| p.state != "running") {
+        *not_running.entry(p.state.as_str()).or_default() += 1;
+    }
+    if not_running.is_empty() {
+        return pipelines.len().to_string();
+    }
+    let states: Vec<String> = not_running.iter().map(|(state, n)| format!("{n} {state}")).collect();
+    format!("{} ({})", pipelines.len(), states.join(", "))
+}
+
 fn print_status(r: &v1::FleetStatusReply) {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let rows: Vec<Vec<String>> = r
@@ -295,7 +308,7 @@ fn print_status(r: &v1::FleetStatusReply) {
                 g.group.clone(),
                 version,
                 render::ago(Some(now.saturating_sub(g.reported_ms).max(0) as u64)),
-                g.pipelines.len().to_string(),
+                pipeline_counts(&g.pipelines),
                 render::bytes(g.backlog_bytes),
                 if failing.is_empty() { "-".into() } else { failing.join("; ") },
             ]
@@ -310,6 +323,14 @@ fn print_status(r: &v1::FleetStatusReply) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pipeline_counts_name_the_ones_not_running() {
+        let p = |state: &str| v1::PipelineActual { name: "p".into(), state: state.into(), error: String::new() };
+        assert_eq!(pipeline_counts(&[p("running"), p("running")]), "2");
+        assert_eq!(pipeline_counts(&[p("running"), p("paused"), p("start-failed")]), "3 (1 paused, 1 start-failed)");
+        assert_eq!(pipeline_counts(&[]), "0");
+    }
 
     #[test]
     fn changes_name_what_a_version_adds_changes_and_removes() {
