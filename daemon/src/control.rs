@@ -182,25 +182,64 @@ pub struct PipelineView {
     pub relations: Vec<(String, &'static str)>,
 }
 
-/// The pipelines the fleet agent deployed, each with the version that did (`fleet plant-a v4`).
-/// The API refuses local deploys and deletes of them: the group's next version would undo them
-/// without a word. Taking the gateway out of its group (`[hub.fleet]`) gives them back.
+/// What the fleet agent has done, for the API (docs/hub.md, "Fleet"): the group it follows,
+/// the versions applied and refused, whether the hub answers, and the pipelines the fleet
+/// deployed, each with the version that did (`fleet plant-a v4`). The API refuses local deploys
+/// and deletes of those: the group's next version would undo them without a word. Taking the
+/// gateway out of its group (`[hub.fleet]`) gives them back.
 #[derive(Default)]
-pub struct FleetOwned {
-    names: Mutex<BTreeMap<String, String>>,
+pub struct FleetView {
+    inner: Mutex<FleetInfo>,
 }
 
-impl FleetOwned {
-    /// The fleet now runs exactly `names`, as version `version` of `group`.
-    pub fn set<'a>(&self, group: &str, version: u64, names: impl IntoIterator<Item = &'a str>) {
+#[derive(Clone, Default)]
+pub struct FleetInfo {
+    pub group: String,
+    pub applied_version: u64,
+    /// A version refused after the applied one, and why (0: none).
+    pub rejected_version: u64,
+    pub rejected_reason: String,
+    pub hub_connected: bool,
+    owned: BTreeMap<String, String>,
+}
+
+impl FleetView {
+    fn with<T>(&self, f: impl FnOnce(&mut FleetInfo) -> T) -> T {
+        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn follow(&self, group: &str) {
+        self.with(|i| i.group = group.to_string());
+    }
+
+    /// The fleet's pipelines here are `names`, deployed by version `version` of `group`.
+    pub fn set_owned<'a>(&self, group: &str, version: u64, names: impl IntoIterator<Item = &'a str>) {
         let label = format!("fleet {group} v{version}");
-        *self.names.lock().unwrap_or_else(|p| p.into_inner()) =
-            names.into_iter().map(|n| (n.to_string(), label.clone())).collect();
+        let owned = names.into_iter().map(|n| (n.to_string(), label.clone())).collect();
+        self.with(|i| i.owned = owned);
+    }
+
+    /// The applied and the refused version as the agent keeps them.
+    pub fn set_versions(&self, applied: u64, rejected: u64, reason: &str) {
+        self.with(|i| {
+            i.applied_version = applied;
+            (i.rejected_version, i.rejected_reason) =
+                if rejected > applied { (rejected, reason.to_string()) } else { (0, String::new()) };
+        });
+    }
+
+    pub fn set_hub_connected(&self, connected: bool) {
+        self.with(|i| i.hub_connected = connected);
     }
 
     /// `fleet <group> v<version>` when the fleet deployed `name`.
     pub fn owner(&self, name: &str) -> Option<String> {
-        self.names.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.with(|i| i.owned.get(name).cloned())
+    }
+
+    /// None when this gateway follows no group.
+    pub fn info(&self) -> Option<FleetInfo> {
+        self.with(|i| (!i.group.is_empty()).then(|| i.clone()))
     }
 }
 

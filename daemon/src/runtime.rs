@@ -572,9 +572,9 @@ impl Runtime {
             .collect();
         self.publish_with_pending(&pending);
         let fleet_group = self.cfg.hub.fleet.group.clone();
-        let fleet_owned = Arc::new(crate::control::FleetOwned::default());
-        if let (Some(_), Some(state)) = (&fleet_group, &self.state) {
-            crate::connectors::hub::fleet::load_owned(&state.dir, &fleet_owned)
+        let fleet_view = Arc::new(crate::control::FleetView::default());
+        if let (Some(group), Some(state)) = (&fleet_group, &self.state) {
+            crate::connectors::hub::fleet::load_view(&state.dir, group, &fleet_view)
                 .context("reading what the fleet agent applied")?;
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(self.cfg.api.max_pending_commands.unwrap_or(16).max(1));
@@ -589,7 +589,7 @@ impl Runtime {
                     policy: self.access.clone(),
                     registry: self.registry.clone(),
                     catalog: self.catalog.clone(),
-                    fleet_owned: fleet_owned.clone(),
+                    fleet: fleet_view.clone(),
                     fatal: self.fatal.clone(),
                     commands: tx,
                     state: self.state.clone(),
@@ -636,7 +636,7 @@ impl Runtime {
                 .as_ref()
                 .ok_or_else(|| anyhow!("hub.fleet needs a state dir: deployed pipelines are kept there"))?;
             let link = HubLink::from_config(&self.cfg.hub).map_err(|m| anyhow!("hub.fleet: {m}"))?;
-            let agent = FleetAgent::start(link, group, &state.dir, tx.clone(), self.registry.clone(), fleet_owned)
+            let agent = FleetAgent::start(link, group, &state.dir, tx.clone(), self.registry.clone(), fleet_view)
                 .context("starting the fleet agent")?;
             self.fleet = Some(agent);
         }

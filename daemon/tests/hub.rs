@@ -1095,6 +1095,7 @@ fn a_fleet_rollout_reaches_its_group_refuses_bad_sql_and_catches_up_a_gateway_th
     assert!(code == Some(6) && text.contains("deployed by the fleet plant-a v6"), "{text}");
     let (_, text) = local(&["status"]);
     assert!(text.lines().any(|l| l.starts_with("stats") && l.contains("fleet plant-a v6")), "{text}");
+    assert!(text.contains("fleet: group plant-a, version 6 applied; hub connected"), "{text}");
     // Pipelines of its own are its own.
     std::fs::write(c.dir.path().join("mine.sql"), fleet_pipeline("mine", false).sql.replace("counts", "mine")).unwrap();
     let (code, text) = local(&["deploy", "mine.sql"]);
@@ -1108,6 +1109,8 @@ fn a_fleet_rollout_reaches_its_group_refuses_bad_sql_and_catches_up_a_gateway_th
     let a = await_report(&rt, &ops, "gw-1", "refusing v7", |a| a.rejected_version == v7.version);
     assert!(a.rejected_reason.contains("pipeline mine: this gateway has a pipeline of that name of its own"), "{a:?}");
     assert!(a.applied_version == 6 && runs(&a, &["extra", "mine", "stats"]), "{a:?}");
+    let (_, text) = local(&["status"]);
+    assert!(text.contains("version 6 applied, version 7 refused: pipeline mine: this gateway has"), "{text}");
     await_report(&rt, &ops, "gw-2", "running v7", |a| a.applied_version == 7 && runs(a, &["extra", "mine", "stats"]));
 
     // Moved to another group, a gateway follows that group from its first version (before, it

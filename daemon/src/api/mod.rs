@@ -33,8 +33,8 @@ pub struct Shared {
     pub policy: Arc<std::sync::RwLock<access::AccessPolicy>>,
     pub registry: Arc<Registry>,
     pub catalog: Arc<Catalog>,
-    /// Pipelines the fleet deployed: not deployed or deleted here.
-    pub fleet_owned: Arc<crate::control::FleetOwned>,
+    /// What the fleet agent applied; its pipelines are not deployed or deleted here.
+    pub fleet: Arc<crate::control::FleetView>,
     pub fatal: Arc<FatalSlot>,
     pub commands: std::sync::mpsc::SyncSender<Command>,
     pub state: Option<StateContext>,

@@ -157,7 +157,7 @@ impl ControlService {
     /// Refuses to `what` a pipeline the fleet deployed here (its group's next version would
     /// silently undo it).
     fn not_fleet_owned(&self, name: &str, what: &str) -> Result<(), Status> {
-        match self.shared.fleet_owned.owner(name) {
+        match self.shared.fleet.owner(name) {
             None => Ok(()),
             Some(by) => Err(Status::failed_precondition(format!(
                 "pipeline {name} was deployed by the {by}: {what} it through `eddyctl fleet deploy` \
@@ -186,7 +186,7 @@ impl ControlService {
     fn pipeline_status(&self, name: &str, view: Option<&PipelineView>) -> PipelineStatus {
         let mut st = PipelineStatus { name: name.to_string(), ..Default::default() };
         if let Some(v) = view {
-            st.origin = self.shared.fleet_owned.owner(name).unwrap_or_else(|| v.origin.clone());
+            st.origin = self.shared.fleet.owner(name).unwrap_or_else(|| v.origin.clone());
             st.sql_sha256 = v.sql_sha256.clone();
             st.shards = v.shards as u32;
             st.sharding = v.sharding.clone();
@@ -453,6 +453,13 @@ impl Control for ControlService {
             key_ids,
             ready: self.shared.registry.is_ready(),
             pipelines: self.statuses(),
+            fleet: self.shared.fleet.info().map(|f| FleetLink {
+                group: f.group,
+                applied_version: f.applied_version,
+                rejected_version: f.rejected_version,
+                rejected_reason: f.rejected_reason,
+                hub_connected: f.hub_connected,
+            }),
         }))
     }
 

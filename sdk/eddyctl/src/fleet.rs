@@ -269,6 +269,20 @@ fn print_version(d: &v1::DesiredState) {
     }
 }
 
+/// The fleet line of `eddyctl status`: "fleet: group plant-a, version 4 applied, hub connected".
+pub fn link_line(f: &v1::FleetLink) -> String {
+    let applied = match f.applied_version {
+        0 => "no version applied yet".to_string(),
+        v => format!("version {v} applied"),
+    };
+    let refused = match f.rejected_version {
+        0 => String::new(),
+        v => format!(", version {v} refused: {}", f.rejected_reason),
+    };
+    let hub = if f.hub_connected { "hub connected" } else { "hub unreachable (retrying)" };
+    format!("fleet: group {}, {applied}{refused}; {hub}", f.group)
+}
+
 /// How many pipelines a gateway runs, and how many of them are not running: "3 (1 paused)".
 fn pipeline_counts(pipelines: &[v1::PipelineActual]) -> String {
     let mut not_running: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
@@ -323,6 +337,18 @@ fn print_status(r: &v1::FleetStatusReply) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fleet_line_says_applied_refused_and_the_link() {
+        let mut f =
+            v1::FleetLink { group: "plant-a".into(), applied_version: 4, hub_connected: true, ..Default::default() };
+        assert_eq!(link_line(&f), "fleet: group plant-a, version 4 applied; hub connected");
+        (f.rejected_version, f.rejected_reason, f.hub_connected) = (5, "pipeline x: bad".into(), false);
+        assert_eq!(
+            link_line(&f),
+            "fleet: group plant-a, version 4 applied, version 5 refused: pipeline x: bad; hub unreachable (retrying)"
+        );
+    }
 
     #[test]
     fn pipeline_counts_name_the_ones_not_running() {

@@ -390,6 +390,9 @@ async fn run_async(cli: Cli) -> Result<()> {
                 };
                 println!("state: {} ({}, {keys})", s.state_dir, render::bytes(s.state_dir_bytes));
             }
+            if let Some(f) = &s.fleet {
+                println!("{}", fleet::link_line(f));
+            }
             println!();
             print_pipelines(&s.pipelines, colour);
             for p in &s.pipelines {

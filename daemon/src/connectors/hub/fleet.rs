@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use super::HubLink;
 use crate::config::FleetFragment;
 use crate::connectors::backoff::Backoff;
-use crate::control::{Command, CommandError, FleetOwned, Reply};
+use crate::control::{Command, CommandError, FleetView, Reply};
 use crate::metrics::Registry;
 use crate::runtime::write_durably;
 
@@ -57,14 +57,14 @@ impl FleetAgent {
         state_dir: &Path,
         commands: SyncSender<Command>,
         registry: Arc<Registry>,
-        owned: Arc<FleetOwned>,
+        view: Arc<FleetView>,
     ) -> std::io::Result<FleetAgent> {
         let closing = Arc::new(AtomicBool::new(false));
         let dir = state_dir.join("fleet");
         let applied = load(&dir, &group)?;
         let c = closing.clone();
         let thread = std::thread::Builder::new().name("fleet".into()).spawn(move || {
-            let mut agent = Agent { link, group, dir, commands, registry, owned, applied, closing: c };
+            let mut agent = Agent { link, group, dir, commands, registry, view, applied, closing: c };
             agent.run();
         })?;
         Ok(FleetAgent { closing, thread: Some(thread) })
@@ -90,11 +90,15 @@ impl Drop for FleetAgent {
     }
 }
 
-/// The pipelines the fleet deployed on this gateway, from what the agent last applied (read
-/// before the API answers, so that no local deploy slips in before the agent starts).
-pub fn load_owned(state_dir: &Path, owned: &FleetOwned) -> std::io::Result<()> {
-    let d = load_as_written(&state_dir.join("fleet"))?.desired;
-    owned.set(&d.group, d.version, d.pipelines.iter().map(|p| p.name.as_str()));
+/// What the agent last applied and refused, for the API (read before the API answers, so that
+/// no local deploy of a fleet pipeline slips in before the agent starts).
+pub fn load_view(state_dir: &Path, group: &str, view: &FleetView) -> std::io::Result<()> {
+    let dir = state_dir.join("fleet");
+    let d = load_as_written(&dir)?.desired;
+    view.set_owned(&d.group, d.version, d.pipelines.iter().map(|p| p.name.as_str()));
+    let a = load(&dir, group)?;
+    view.follow(group);
+    view.set_versions(a.desired.version, a.rejected_version, &a.rejected_reason);
     Ok(())
 }
 
@@ -145,7 +149,7 @@ struct Agent {
     dir: PathBuf,
     commands: SyncSender<Command>,
     registry: Arc<Registry>,
-    owned: Arc<FleetOwned>,
+    view: Arc<FleetView>,
     applied: Applied,
     closing: Arc<AtomicBool>,
 }
@@ -166,7 +170,10 @@ impl Agent {
             match rt.block_on(self.follow(turn)) {
                 Ok(()) => return,
                 Err(why) => {
-                    if !failing {
+                    // Once per outage: the first failure, and the first after the watch held.
+                    let was_connected = self.view.info().is_some_and(|i| i.hub_connected);
+                    self.view.set_hub_connected(false);
+                    if was_connected || !failing {
                         tracing::warn!(group = %self.group, error = %why, "fleet: hub unreachable; retrying");
                         failing = true;
                     }
@@ -183,6 +190,7 @@ impl Agent {
         self.report(&c).await?;
         let after = self.applied.desired.version.max(self.applied.rejected_version);
         let mut stream = c.watch_desired(&self.group, after).await.map_err(|e| e.to_string())?;
+        self.view.set_hub_connected(true);
         tracing::info!(group = %self.group, version = self.applied.desired.version, "fleet: following the group's desired state");
         let mut last_report = Instant::now();
         loop {
@@ -265,8 +273,9 @@ impl Agent {
             tracing::error!(error = %e, "fleet: cannot record the applied version; it is applied again after a restart");
         }
         tracing::info!(group = %self.group, version = d.version, "fleet: version applied");
-        self.owned.set(&d.group, d.version, d.pipelines.iter().map(|p| p.name.as_str()));
+        self.view.set_owned(&d.group, d.version, d.pipelines.iter().map(|p| p.name.as_str()));
         self.applied.desired = d;
+        self.publish_versions();
     }
 
     /// Puts the pipelines of a half-applied version back as they were (with `reset_state` when
@@ -305,10 +314,16 @@ impl Agent {
         self.applied.rejected_version = version;
         self.applied.rejected_reason = why;
         self.applied.rejected_group = Some(self.group.clone());
+        self.publish_versions();
         let text = format!("{version} {}\n{}", self.group, self.applied.rejected_reason);
         if let Err(e) = write_durably(&self.dir.join("rejected"), text.as_bytes()) {
             tracing::error!(error = %e, "fleet: cannot record the refused version");
         }
+    }
+
+    fn publish_versions(&self) {
+        let a = &self.applied;
+        self.view.set_versions(a.desired.version, a.rejected_version, &a.rejected_reason);
     }
 
     /// What runs here, as the hub keeps it for `eddyctl fleet status`.
