@@ -56,7 +56,7 @@ pub enum FleetCmd {
         #[arg(long)]
         group: String,
         /// How many versions (the hub gives at most 100).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
         limit: u32,
     },
     /// One version of a group whole: its pipelines' SQL and its config fragment.
