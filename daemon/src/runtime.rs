@@ -1030,7 +1030,11 @@ impl Runtime {
         }
         self.validate(name, &sql)?;
         let file = deployed_dir(&state.dir).join(format!("{name}.sql"));
-        if self.paused.contains_key(name) {
+        if let Some(p) = self.paused.get(name) {
+            // The same SQL again (a fleet version that changes other pipelines): nothing to do.
+            if *p.view.sql == *sql && !reset_state {
+                return Ok(DeployOutcome::Unchanged);
+            }
             return Err(CommandError::Precondition(format!("pipeline {name} is paused; resume or delete it first")));
         }
         let old = self.workers.get(name).map(|w| (w.file.clone(), w.sql.clone()));

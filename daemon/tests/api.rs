@@ -201,6 +201,14 @@ fn deploy_replace_refuse_pause_delete_over_the_socket() {
     g.stop();
     g.start();
     assert_eq!(g.pipeline("plant")["state"], "paused", "paused is kept across restarts");
+    // A deploy of the SQL it has changes nothing (before, it was refused for being paused, and
+    // so was a fleet version that changed only other pipelines); other SQL is refused.
+    std::fs::write(g.path("same.sql"), plant_sql(600, "AVG")).unwrap();
+    let out = g.ctl_ok(&["deploy", "same.sql", "--name", "plant"], 0);
+    assert!(out.contains("already runs this SQL"), "{out}");
+    assert_eq!(g.pipeline("plant")["state"], "paused");
+    let out = g.ctl_ok(&["deploy", "plant.sql"], 6);
+    assert!(out.contains("is paused; resume or delete it first"), "{out}");
     g.ctl_ok(&["resume", "plant"], 0);
     assert!(wait_for(|| g.out_lines() > paused_at + 4, Duration::from_secs(20)), "no rows after resume");
 
