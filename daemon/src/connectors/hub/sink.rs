@@ -119,12 +119,16 @@ impl SinkWriter for HubSink {
         Ok(())
     }
 
-    /// Waits (up to `drain_timeout`, the sender retrying as it always does) for the outbox to
-    /// empty, then stops the sender. What is left stays in a durable outbox for the next start.
+    /// Waits (up to `drain_timeout`) for the outbox to empty while pushes go through, then
+    /// stops the sender. What is left stays in a durable outbox for the next start. With the
+    /// hub out of reach (the last push failed) it does not wait: a stop or restart of eddyd
+    /// should not take the drain timeout longer for nothing (as the MQTT sink's `close`).
     fn close(&mut self) -> Result<()> {
         let Some(shared) = self.shared.take() else { return Ok(()) };
         let until = Instant::now() + self.drain_timeout;
-        let left = shared.outbox.drain(until, || shared.gauges.failure().is_none())?;
+        let g = &shared.gauges;
+        let link_up = || g.connected.load(Ordering::Relaxed) || g.connect_errors.load(Ordering::Relaxed) == 0;
+        let left = shared.outbox.drain(until, || g.failure().is_none() && link_up())?;
         if left > 0 {
             tracing::warn!(sink = %self.settings.ctx, rows = left, durable = self.state.is_some(), "hub outbox not empty at stop");
         }
