@@ -219,12 +219,10 @@ impl FleetView {
         self.with(|i| i.owned = owned);
     }
 
-    /// The applied and the refused version as the agent keeps them.
+    /// The applied version, and one refused after it with why (0: none).
     pub fn set_versions(&self, applied: u64, rejected: u64, reason: &str) {
         self.with(|i| {
-            i.applied_version = applied;
-            (i.rejected_version, i.rejected_reason) =
-                if rejected > applied { (rejected, reason.to_string()) } else { (0, String::new()) };
+            (i.applied_version, i.rejected_version, i.rejected_reason) = (applied, rejected, reason.to_string())
         });
     }
 

@@ -45,6 +45,17 @@ struct Applied {
     rejected_reason: String,
 }
 
+impl Applied {
+    /// The refused version and why, when it is newer than the applied one (0 and "" if not).
+    fn refused_after_applied(&self) -> (u64, &str) {
+        if self.rejected_version > self.desired.version {
+            (self.rejected_version, &self.rejected_reason)
+        } else {
+            (0, "")
+        }
+    }
+}
+
 pub struct FleetAgent {
     closing: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -61,7 +72,7 @@ impl FleetAgent {
     ) -> std::io::Result<FleetAgent> {
         let closing = Arc::new(AtomicBool::new(false));
         let dir = state_dir.join("fleet");
-        let applied = load(&dir, &group)?;
+        let applied = for_group(load_as_written(&dir)?, &group);
         let c = closing.clone();
         let thread = std::thread::Builder::new().name("fleet".into()).spawn(move || {
             let mut agent = Agent { link, group, dir, commands, registry, view, applied, closing: c };
@@ -93,20 +104,21 @@ impl Drop for FleetAgent {
 /// What the agent last applied and refused, for the API (read before the API answers, so that
 /// no local deploy of a fleet pipeline slips in before the agent starts).
 pub fn load_view(state_dir: &Path, group: &str, view: &FleetView) -> std::io::Result<()> {
-    let dir = state_dir.join("fleet");
-    let d = load_as_written(&dir)?.desired;
+    let written = load_as_written(&state_dir.join("fleet"))?;
+    let d = &written.desired;
     view.set_owned(&d.group, d.version, d.pipelines.iter().map(|p| p.name.as_str()));
-    let a = load(&dir, group)?;
+    let a = for_group(written, group);
     view.follow(group);
-    view.set_versions(a.desired.version, a.rejected_version, &a.rejected_reason);
+    let (rejected, reason) = a.refused_after_applied();
+    view.set_versions(a.desired.version, rejected, reason);
     Ok(())
 }
 
-/// What was applied and refused. A gateway moved to another group follows the new group from
-/// its first version (the old group's numbers mean nothing there); the old group's pipelines
-/// are kept as applied, so that the new group's first version removes those it lacks.
-fn load(dir: &Path, group: &str) -> std::io::Result<Applied> {
-    let mut a = load_as_written(dir)?;
+/// What was applied and refused, as `group` follows it. A gateway moved to another group
+/// follows the new group from its first version (the old group's numbers mean nothing there);
+/// the old group's pipelines are kept as applied, so that the new group's first version removes
+/// those it lacks.
+fn for_group(mut a: Applied, group: &str) -> Applied {
     if !a.desired.group.is_empty() && a.desired.group != group {
         tracing::info!(from = %a.desired.group, to = %group, "fleet: this gateway moved to another group");
         a.desired.version = 0;
@@ -115,7 +127,7 @@ fn load(dir: &Path, group: &str) -> std::io::Result<Applied> {
     if a.rejected_group.as_deref().is_some_and(|g| g != group) {
         (a.rejected_version, a.rejected_reason) = (0, String::new());
     }
-    Ok(a)
+    a
 }
 
 fn load_as_written(dir: &Path) -> std::io::Result<Applied> {
@@ -322,8 +334,8 @@ impl Agent {
     }
 
     fn publish_versions(&self) {
-        let a = &self.applied;
-        self.view.set_versions(a.desired.version, a.rejected_version, &a.rejected_reason);
+        let (rejected, reason) = self.applied.refused_after_applied();
+        self.view.set_versions(self.applied.desired.version, rejected, reason);
     }
 
     /// What runs here, as the hub keeps it for `eddyctl fleet status`.
@@ -341,13 +353,13 @@ impl Agent {
                 pipelines.push(v1::PipelineActual { name, state: state.to_string(), error: error.unwrap_or_default() });
             }
         }
-        let rejected = self.applied.rejected_version > self.applied.desired.version;
+        let (rejected_version, reason) = self.applied.refused_after_applied();
         v1::ActualState {
             gateway: String::new(),
             group: self.group.clone(),
             applied_version: self.applied.desired.version,
-            rejected_version: if rejected { self.applied.rejected_version } else { 0 },
-            rejected_reason: if rejected { self.applied.rejected_reason.clone() } else { String::new() },
+            rejected_version,
+            rejected_reason: reason.to_string(),
             pipelines,
             reported_ms: 0,
             backlog_bytes,
