@@ -7,7 +7,9 @@
 //! kept and the config reloaded, then each pipeline deployed. Should any step fail, the pipelines
 //! already changed go back to the previous version's SQL (new ones are removed) and the previous
 //! fragment comes back, so the gateway keeps running the version it had. Pipelines a version
-//! drops are deleted with their state kept; only pipelines the fleet deployed are touched.
+//! drops are deleted with their state kept; only pipelines the fleet deployed are touched. One
+//! that cannot be deleted then (a restore holds it) stays the fleet's, listed in
+//! `<state dir>/fleet/dropped`, and is deleted again at each report until it is gone.
 //! The applied version is kept durably in `<state dir>/fleet/`, so a restart (or a gateway that
 //! was offline during a rollout) resumes the watch from it and catches up.
 //!
@@ -43,9 +45,16 @@ struct Applied {
     /// The group the refused version was of (None in files written before it was kept).
     rejected_group: Option<String>,
     rejected_reason: String,
+    /// Pipelines an applied version dropped that could not be deleted yet; still the fleet's.
+    dropped: Vec<String>,
 }
 
 impl Applied {
+    /// The pipelines that are the fleet's on this gateway.
+    fn owned(&self) -> impl Iterator<Item = &str> {
+        self.desired.pipelines.iter().map(|p| p.name.as_str()).chain(self.dropped.iter().map(String::as_str))
+    }
+
     /// The refused version and why, when it is newer than the applied one (0 and "" if not).
     fn refused_after_applied(&self) -> (u64, &str) {
         if self.rejected_version > self.desired.version {
@@ -106,7 +115,7 @@ impl Drop for FleetAgent {
 pub fn load_view(state_dir: &Path, group: &str, view: &FleetView) -> std::io::Result<()> {
     let written = load_as_written(&state_dir.join("fleet"))?;
     let d = &written.desired;
-    view.set_owned(&d.group, d.version, d.pipelines.iter().map(|p| p.name.as_str()));
+    view.set_owned(&d.group, d.version, written.owned());
     let a = for_group(written, group);
     view.follow(group);
     let (rejected, reason) = a.refused_after_applied();
@@ -149,6 +158,11 @@ fn load_as_written(dir: &Path) -> std::io::Result<Applied> {
             a.rejected_group = head.next().map(str::to_string);
             a.rejected_reason = why.to_string();
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match std::fs::read_to_string(dir.join("dropped")) {
+        Ok(t) => a.dropped = t.lines().filter(|l| !l.is_empty()).map(str::to_string).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
@@ -218,6 +232,9 @@ impl Agent {
                 Ok(Ok(None)) => return Err("the hub ended the watch".into()),
                 Ok(Err(s)) => return Err(s.message().to_string()),
                 Err(_) if last_report.elapsed() >= REPORT_EVERY => {
+                    if !self.applied.dropped.is_empty() {
+                        self.remove_dropped(self.applied.dropped.clone(), false).await;
+                    }
                     self.report(&c).await?;
                     last_report = Instant::now();
                 }
@@ -246,7 +263,7 @@ impl Agent {
             Err(e) => return self.reject(d.version, format!("{e:#}")),
         };
         let pipelines = d.pipelines.iter().map(|p| (p.name.clone(), p.sql.clone())).collect();
-        let owned = self.applied.desired.pipelines.iter().map(|p| p.name.clone()).collect();
+        let owned = self.applied.owned().map(str::to_string).collect();
         let c = config.clone();
         if let Err(e) = self.ask(|reply| Command::ValidateFleet { config: c, pipelines, owned, reply }).await {
             return self.reject(d.version, e.to_string());
@@ -275,19 +292,48 @@ impl Agent {
                 }
             }
         }
-        for p in old.iter().filter(|o| !d.pipelines.iter().any(|n| n.name == o.name)) {
-            let name = p.name.clone();
-            if let Err(e) = self.ask(|reply| Command::Delete { name, drop_state: false, reply }).await {
-                tracing::warn!(pipeline = %p.name, error = %e, "fleet: a pipeline the new version drops could not be removed");
-            }
-        }
+        let drops: Vec<String> =
+            self.applied.owned().filter(|o| !d.pipelines.iter().any(|n| n.name == *o)).map(str::to_string).collect();
+        // Before `applied`: a crash between the two applies this version again, which drops
+        // them again; the other order could forget one that is still here.
+        self.remove_dropped(drops, true).await;
         if let Err(e) = write_durably(&self.dir.join("applied"), &d.encode_to_vec()) {
             tracing::error!(error = %e, "fleet: cannot record the applied version; it is applied again after a restart");
         }
         tracing::info!(group = %self.group, version = d.version, "fleet: version applied");
-        self.view.set_owned(&d.group, d.version, d.pipelines.iter().map(|p| p.name.as_str()));
         self.applied.desired = d;
+        self.view.set_owned(&self.applied.desired.group, self.applied.desired.version, self.applied.owned());
         self.publish_versions();
+    }
+
+    /// Deletes `names` (state kept); those that cannot be deleted now stay the fleet's and are
+    /// tried again at the next report. Warns when a version's drop fails (`first`), not on retries.
+    async fn remove_dropped(&mut self, names: Vec<String>, first: bool) {
+        let mut left = Vec::new();
+        for name in names {
+            let n = name.clone();
+            match self.ask(|reply| Command::Delete { name: n, drop_state: false, reply }).await {
+                Ok(()) | Err(CommandError::NotFound(_)) => {}
+                Err(e) => {
+                    if first {
+                        tracing::warn!(pipeline = %name, error = %e, "fleet: a pipeline the new version drops cannot be deleted yet; trying again at each report");
+                    }
+                    left.push(name);
+                }
+            }
+        }
+        if left == self.applied.dropped {
+            return;
+        }
+        if let Err(e) = write_durably(&self.dir.join("dropped"), left.join("\n").as_bytes()) {
+            tracing::error!(error = %e, "fleet: cannot record the pipelines still to delete");
+        }
+        if !first {
+            tracing::info!(still_to_delete = left.len(), "fleet: deleted a pipeline a version dropped");
+        }
+        self.applied.dropped = left;
+        let d = &self.applied.desired;
+        self.view.set_owned(&d.group, d.version, self.applied.owned());
     }
 
     /// Puts the pipelines of a half-applied version back as they were (with `reset_state` when
@@ -369,5 +415,96 @@ impl Agent {
 
     async fn report(&self, c: &HubClient) -> Result<(), String> {
         c.report_actual(self.actual()).await.map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::DeployOutcome;
+    use eddy_client::TlsFiles;
+    use std::sync::Mutex;
+
+    /// Answers the agent's commands as the supervisor would, refusing deletes of `busy` (as a
+    /// restore in progress does); records the deletes asked.
+    fn supervisor(busy: Arc<Mutex<Vec<String>>>, deleted: Arc<Mutex<Vec<String>>>) -> SyncSender<Command> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Command>(4);
+        std::thread::spawn(move || {
+            for cmd in rx {
+                match cmd {
+                    Command::ValidateFleet { reply, .. } | Command::SetFleetConfig { reply, .. } => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    Command::Deploy { reply, .. } => {
+                        let _ = reply.send(Ok(DeployOutcome::Created));
+                    }
+                    Command::Delete { name, reply, .. } => {
+                        let r = if busy.lock().unwrap().contains(&name) {
+                            Err(CommandError::Precondition(format!("pipeline {name} is being restored")))
+                        } else {
+                            deleted.lock().unwrap().push(name);
+                            Ok(())
+                        };
+                        let _ = reply.send(r);
+                    }
+                    other => other.refuse("not in this test"),
+                }
+            }
+        });
+        tx
+    }
+
+    fn version(v: u64, names: &[&str]) -> v1::DesiredState {
+        let pipelines =
+            names.iter().map(|n| v1::PipelineFile { name: n.to_string(), sql: format!("-- {n} v{v}") }).collect();
+        v1::DesiredState { group: "plant-a".into(), version: v, pipelines, ..Default::default() }
+    }
+
+    #[test]
+    fn a_dropped_pipeline_that_cannot_be_deleted_stays_the_fleets_until_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (busy, deleted) = (Arc::new(Mutex::new(vec!["b".to_string()])), Arc::new(Mutex::new(Vec::new())));
+        let view = Arc::new(FleetView::default());
+        let none = PathBuf::from("/nonexistent");
+        let link = HubLink {
+            endpoints: vec!["127.0.0.1:1".into()],
+            tls: TlsFiles { ca: none.clone(), cert: none.clone(), key: none, server_name: None },
+            request_timeout: Duration::from_secs(1),
+        };
+        let mut agent = Agent {
+            link,
+            group: "plant-a".into(),
+            dir: dir.path().join("fleet"),
+            commands: supervisor(busy.clone(), deleted.clone()),
+            registry: Arc::new(Registry::default()),
+            view: view.clone(),
+            applied: Applied::default(),
+            closing: Arc::new(AtomicBool::new(false)),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(agent.apply(version(1, &["a", "b"])));
+        rt.block_on(agent.apply(version(2, &["a"])));
+        // Applied, but b is still here and still the fleet's: a local deploy stays refused,
+        // and a restart keeps it so.
+        assert_eq!(agent.applied.desired.version, 2);
+        assert!(view.owner("b").is_some());
+        let reloaded = Arc::new(FleetView::default());
+        load_view(dir.path(), "plant-a", &reloaded).unwrap();
+        assert!(reloaded.owner("b").is_some() && reloaded.owner("a").is_some());
+        assert!(deleted.lock().unwrap().is_empty());
+
+        // The restore ends; the next retry deletes it and it is no longer the fleet's.
+        busy.lock().unwrap().clear();
+        rt.block_on(agent.remove_dropped(agent.applied.dropped.clone(), false));
+        assert_eq!(*deleted.lock().unwrap(), ["b"]);
+        assert!(view.owner("b").is_none() && view.owner("a").is_some());
+        let reloaded = Arc::new(FleetView::default());
+        load_view(dir.path(), "plant-a", &reloaded).unwrap();
+        assert!(reloaded.owner("b").is_none());
+
+        // A later version that drops a pipeline it can delete leaves nothing behind.
+        rt.block_on(agent.apply(version(3, &[])));
+        assert_eq!(*deleted.lock().unwrap(), ["b", "a"]);
+        assert!(agent.applied.dropped.is_empty() && view.owner("a").is_none());
     }
 }
