@@ -223,7 +223,8 @@ enum Command {
         decode_threads: u16,
     },
     /// Validate a pipeline file, or a whole config (`--config`: the file, the key, every
-    /// pipeline and its connectors' options), without connecting, reading or writing anything.
+    /// pipeline and its connectors' options), or a pipeline file with a config's defaults (both),
+    /// without connecting, reading or writing anything.
     Check {
         pipeline: Option<PathBuf>,
         #[arg(long)]
@@ -303,6 +304,19 @@ fn read_pipeline(path: &Path) -> Result<(String, PathBuf)> {
     Ok((sql, dir))
 }
 
+/// The config `eddyd check` reads: the file, and the fleet's fragment kept in its state dir.
+fn config_for_check(path: &Path) -> Result<ConfigFile> {
+    let cfg = ConfigFile::load(path)?;
+    if let Some(dir) = cfg.state_dir.clone() {
+        let fragment = FleetFragment::load(&dir)?;
+        if !fragment.is_empty() {
+            println!("  with the fleet's config fragment {}", FleetFragment::path(&dir).display());
+            return ConfigFile::load_with(Some(path), &fragment);
+        }
+    }
+    Ok(cfg)
+}
+
 fn stop_flag() -> Result<Arc<AtomicBool>> {
     systemd::install_signal_handlers(false)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -367,35 +381,34 @@ fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Check { pipeline: None, config: Some(config) } => {
-            let mut cfg = ConfigFile::load(&config)?;
-            if let Some(dir) = cfg.state_dir.clone() {
-                let fragment = FleetFragment::load(&dir)?;
-                if !fragment.is_empty() {
-                    println!("  with the fleet's config fragment {}", FleetFragment::path(&dir).display());
-                    cfg = ConfigFile::load_with(Some(&config), &fragment)?;
-                }
-            }
+            let cfg = config_for_check(&config)?;
             for line in runtime::check(&cfg)? {
                 println!("  {line}");
             }
             println!("{}: OK", config.display());
             Ok(())
         }
-        Command::Check { pipeline: None, config: None } | Command::Check { pipeline: Some(_), config: Some(_) } => {
-            bail!("eddyd check: give a pipeline file or --config FILE")
+        Command::Check { pipeline: None, config: None } => {
+            bail!("eddyd check: give a pipeline file, --config FILE, or both (the pipeline with the config's defaults)")
         }
-        Command::Check { pipeline: Some(pipeline), config: None } => {
-            let (sql, dir) = read_pipeline(&pipeline)?;
+        Command::Check { pipeline: Some(pipeline), config } => {
+            let cfg = match &config {
+                Some(c) => config_for_check(c)?,
+                None => ConfigFile::default(),
+            };
             let name = config::pipeline_name(&pipeline);
-            let p = runtime::plan(
-                &ConfigFile::default(),
-                &name,
-                &sql,
-                dir,
-                None,
-                &Default::default(),
-                &Default::default(),
-            )?;
+            let p = runtime::check_pipeline(&cfg, &name, &pipeline, &Default::default()).map_err(|e| {
+                // A connector option the gateway's config would give: say how to check with it.
+                let hint = config.is_none() && format!("{e:#}").contains("under [");
+                if hint {
+                    anyhow!(
+                        "{e:#}\nhint: checked without a config; `eddyd check --config FILE {}` takes the config's defaults",
+                        pipeline.display()
+                    )
+                } else {
+                    e
+                }
+            })?;
             let text = runtime::plan_text(p.summary());
             let mut lines = text.lines();
             println!("{}: OK — {}", pipeline.display(), lines.next().unwrap_or_default());

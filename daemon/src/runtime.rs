@@ -177,6 +177,25 @@ fn read_pipeline(file: &Path) -> Result<String> {
     std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline {}", file.display()))
 }
 
+/// Plans one pipeline file as `run` plans it with `cfg` (its connector defaults and limits),
+/// opening nothing; refused when `cfg` keeps state and an operator's state is not checkpointed.
+pub fn check_pipeline(cfg: &ConfigFile, name: &str, file: &Path, registry: &Arc<Registry>) -> Result<Pipeline> {
+    let sql = read_pipeline(file)?;
+    let dir = file.parent().map(PathBuf::from).filter(|d| !d.as_os_str().is_empty());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let p = plan(cfg, name, &sql, dir.unwrap_or_else(|| PathBuf::from(".")), None, registry, &stopping)
+        .with_context(|| format!("pipeline {}", file.display()))?;
+    if cfg.state_dir.is_some() {
+        if let Some(op) = p.not_checkpointable() {
+            bail!(
+                "pipeline {}: cannot run with durable state yet: the {op} operator's state is not checkpointed",
+                file.display()
+            );
+        }
+    }
+    Ok(p)
+}
+
 /// The plan as `eddyd check` prints it: counts, then one line per sink and the sharding.
 pub fn plan_text(s: &Summary) -> String {
     let mut t = format!(
@@ -1418,26 +1437,8 @@ pub fn check(cfg: &ConfigFile) -> Result<Vec<String>> {
     }
     report.push(crate::api::check(cfg)?);
     let registry = Arc::new(Registry::default());
-    let stopping = Arc::new(AtomicBool::new(false));
-    let state = cfg.state_dir.as_ref().map(|d| StateContext {
-        dir: d.clone(),
-        storage: Arc::new(RealFs::new()),
-        cipher: Arc::new(Cipher::plaintext()),
-    });
     for (name, file) in &files {
-        let sql = read_pipeline(file)?;
-        let dir = file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-        // Planned as `run` plans it, but sinks open nothing until started.
-        let p = plan(cfg, name, &sql, dir, None, &registry, &stopping)
-            .with_context(|| format!("pipeline {}", file.display()))?;
-        if state.is_some() {
-            if let Some(op) = p.not_checkpointable() {
-                bail!(
-                    "pipeline {}: cannot run with durable state yet: the {op} operator's state is not checkpointed",
-                    file.display()
-                );
-            }
-        }
+        let p = check_pipeline(cfg, name, file, &registry)?;
         let s = p.summary();
         report.push(format!(
             "pipeline {name} ({}): {} source(s), {} sink(s)",

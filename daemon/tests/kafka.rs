@@ -269,6 +269,28 @@ fn bad_options_and_an_unreachable_broker_are_clear() {
         "key = 'device_id', format = 'avro'",
         "option 'format' 'avro': kafka sinks write format 'json'",
     );
+    // The broker in the config's [kafka] only: checked alone the pipeline lacks it (and says how
+    // to check it with the config); with --config it takes the config's defaults, bad ones too.
+    let check = |args: &[&str]| Command::new(EDDYD).current_dir(dir).args(args).output().unwrap();
+    let no_broker = pipeline(&bootstrap, "per_min").replace(&format!("'bootstrap.servers' = '{bootstrap}', "), "");
+    std::fs::write(dir.join("p.sql"), no_broker).unwrap();
+    std::fs::write(dir.join("c.toml"), format!("[kafka]\n\"bootstrap.servers\" = \"{bootstrap}\"\n")).unwrap();
+    let out = check(&["check", "p.sql"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("needs option 'bootstrap.servers'"), "{err}");
+    assert!(err.contains("eddyd check --config FILE p.sql"), "{err}");
+    let out = check(&["check", "--config", "c.toml", "p.sql"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("p.sql: OK"), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        dir.join("c.toml"),
+        format!("[kafka]\n\"bootstrap.servers\" = \"{bootstrap}\"\ndelivery = \"twice\"\n"),
+    )
+    .unwrap();
+    let out = check(&["check", "--config", "c.toml", "p.sql"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("delivery"), "{err}");
+
     // No broker: eddyd keeps trying and says it is not ready.
     std::fs::write(dir.join("p.sql"), pipeline(&bootstrap, "per_min")).unwrap();
     let key = keygen(dir);
