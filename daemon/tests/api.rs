@@ -166,6 +166,16 @@ fn deploy_replace_refuse_pause_delete_over_the_socket() {
     let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 3, "{out}");
     assert!(rows.iter().all(|r| r["temp"].is_number() && r["ts"].is_string()), "{out}");
+    // A source's undecodable rows: `--errors` alone names a source.
+    let noisy =
+        plant_sql(400, "AVG").replace("seed = '5'", "seed = '5', error_ratio = '0.2'").replace("out.jsonl", "n.jsonl");
+    std::fs::write(g.path("noisy.sql"), noisy).unwrap();
+    g.ctl_ok(&["deploy", "noisy.sql"], 0);
+    let out = g.ctl_ok(&["tail", "noisy", "readings", "--errors", "--rows", "2", "--seconds", "30"], 0);
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(rows.iter().all(|r| r["error"].is_string() && r["raw"].is_string()), "{out}");
+    g.ctl_ok(&["delete", "noisy", "--drop-state"], 0);
 
     // Replace with other connector options: the plan allows keeping the state.
     std::fs::write(g.path("plant.sql"), plant_sql(600, "AVG")).unwrap();

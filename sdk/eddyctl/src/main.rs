@@ -116,19 +116,19 @@ enum Cmd {
     /// Take a checkpoint now and wait until it is durable.
     Checkpoint { pipeline: String },
     /// Print a sink's output live, one JSON object per line (rows as produced); with --source, a
-    /// source's accepted rows (or --late, --errors).
+    /// source's accepted rows; with --late or --errors, the source's late or undecodable rows.
     Tail {
         pipeline: String,
-        /// The sink (or, with --source, the source).
+        /// The sink (or, with --source, --late or --errors, the source).
         name: String,
-        /// NAME is a source.
+        /// NAME is a source: its accepted rows.
         #[arg(long)]
         source: bool,
-        /// The source's late rows.
-        #[arg(long, requires = "source", conflicts_with = "errors")]
+        /// NAME is a source: its late rows.
+        #[arg(long, conflicts_with = "errors")]
         late: bool,
-        /// The source's rows that could not be decoded.
-        #[arg(long, requires = "source")]
+        /// NAME is a source: its rows that could not be decoded.
+        #[arg(long)]
         errors: bool,
         /// Stop after this many rows.
         #[arg(long, default_value_t = 100)]
@@ -452,10 +452,10 @@ async fn run_async(cli: Cli) -> Result<()> {
         Cmd::Tail { pipeline, name, source, late, errors, rows, seconds } => {
             use std::io::Write;
             let (sink, source, source_rows) = match (source, late, errors) {
-                (false, ..) => (name, String::new(), String::new()),
-                (true, true, _) => (String::new(), name, "late".to_string()),
-                (true, _, true) => (String::new(), name, "errors".to_string()),
+                (_, true, _) => (String::new(), name, "late".to_string()),
+                (_, _, true) => (String::new(), name, "errors".to_string()),
                 (true, ..) => (String::new(), name, "accepted".to_string()),
+                (false, ..) => (name, String::new(), String::new()),
             };
             let req = v1::TapRequest { pipeline, sink, max_rows: rows, max_seconds: seconds, source, source_rows };
             let mut stream = c.tap(req).await?;

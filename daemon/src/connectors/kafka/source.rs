@@ -460,7 +460,12 @@ impl DiscoveryJob {
             for want in list {
                 let present = partitions.iter().any(|(t, _)| t == want);
                 if !present && !missing_warned.contains(want) {
-                    tracing::warn!(source = %self.s.ctx, topic = %want, "topic not found (yet); it is read once it exists");
+                    tracing::warn!(
+                        source = %self.s.ctx,
+                        topic = %want,
+                        every_ms = self.s.discovery_interval.as_millis() as u64,
+                        "topic not found (yet); looked for again every 'partition.discovery.interval' and read once it exists"
+                    );
                     missing_warned.push(want.clone());
                 } else if present {
                     missing_warned.retain(|t| t != want);
