@@ -400,6 +400,9 @@ async fn run_async(cli: Cli) -> Result<()> {
                     println!("\n{}: {}", p.name, p.error);
                 }
             }
+            for (p, source) in render::links_down(&s.pipelines) {
+                println!("\n{p}: source {source} cannot reach its broker; eddyd retries (input waits at the broker)");
+            }
         }
         Cmd::Pipelines => {
             let r = c.list_pipelines(v1::ListPipelinesRequest {}).await?;

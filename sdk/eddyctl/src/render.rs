@@ -1,6 +1,7 @@
 //! Human output: aligned tables, relative times and byte sizes, colour only on a terminal.
 //! Owns presentation; never talks to the daemon.
 
+use eddy_client::v1;
 use std::io::IsTerminal;
 
 /// Whether stdout takes colours (a terminal, and `NO_COLOR` unset).
@@ -37,6 +38,18 @@ pub fn readiness<'a>(ready: bool, states: impl IntoIterator<Item = &'a str>) -> 
         (0, h) => format!("not ready ({h} pipeline(s) did not start)"),
         (s, _) => format!("starting ({s} pipeline(s) recovering)"),
     }
+}
+
+/// The running pipelines' sources whose connection is down, as (pipeline, source): readiness
+/// does not count them (an outage of the broker is not one of eddyd), so status names them.
+pub fn links_down(pipelines: &[v1::PipelineStatus]) -> Vec<(&str, &str)> {
+    pipelines
+        .iter()
+        .filter(|p| p.state == "running")
+        .flat_map(|p| {
+            p.sources.iter().filter(|s| s.connected == Some(false)).map(move |s| (p.name.as_str(), s.name.as_str()))
+        })
+        .collect()
 }
 
 /// Characters a cell shows (colour escapes take no room).
@@ -175,6 +188,26 @@ mod tests {
         assert_eq!(readiness(false, ["running", "starting"]), "starting (1 pipeline(s) recovering)");
         assert_eq!(readiness(false, ["start-failed", "running"]), "not ready (1 pipeline(s) did not start)");
         assert!(readiness(false, ["running"]).contains("failed or stalled"));
+    }
+
+    #[test]
+    fn links_down_names_running_pipelines_sources_only() {
+        let source = |name: &str, connected| v1::SourceStatus { name: name.into(), connected, ..Default::default() };
+        let pipeline = |name: &str, state: &str, sources| v1::PipelineStatus {
+            name: name.into(),
+            state: state.into(),
+            sources,
+            ..Default::default()
+        };
+        let ps = [
+            pipeline(
+                "a",
+                "running",
+                vec![source("mqtt", Some(false)), source("kafka", Some(true)), source("file", None)],
+            ),
+            pipeline("b", "paused", vec![source("mqtt", Some(false))]),
+        ];
+        assert_eq!(links_down(&ps), [("a", "mqtt")]);
     }
 
     #[test]
