@@ -1,6 +1,7 @@
 //! The Kafka source and sink against a real Apache Kafka broker (KRaft, started by the test):
 //! windows over 3 partitions written back to Kafka exactly once, across SIGKILLs of eddyd and a
-//! broker restart; a zombie producer fenced; bad input and bad options with clear errors.
+//! broker restart; a zombie producer fenced; bad input and bad options with clear errors; an
+//! outage shown on the link and cleared when the broker is back.
 
 #[path = "support/kafka.rs"]
 mod kafka_broker;
@@ -357,4 +358,50 @@ CREATE SINK bad AS SELECT raw, error FROM ERRORS(s) WITH (connector = 'file', pa
     assert!(child.try_wait().unwrap().is_none(), "eddyd goes on");
     signal(child.id(), "TERM");
     assert!(child.wait().unwrap().success());
+}
+
+/// A broker outage while the topic is idle: the source's link shows down, and up again soon
+/// after the broker is back (not only at the next partition discovery, here 2 minutes away).
+#[test]
+fn an_outage_shows_on_the_link_and_clears_soon_after_the_broker_is_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut broker = KafkaBroker::start(dir, 1);
+    broker.create_topic("readings", 1);
+    std::fs::write(
+        dir.join("p.sql"),
+        format!(
+            "CREATE SOURCE readings (device_id VARCHAR NOT NULL, temp DOUBLE)
+             WITH (connector = 'kafka', 'bootstrap.servers' = '{}', topic = 'readings',
+                   'partition.discovery.interval' = '120s');
+             CREATE SINK out AS SELECT device_id, temp FROM readings
+             WITH (connector = 'file', path = 'out.jsonl', format = 'json');",
+            broker.bootstrap()
+        ),
+    )
+    .unwrap();
+    let key = keygen(dir);
+    let metrics_port = free_port();
+    let mut child = run(dir, &key, metrics_port);
+    let link = || metric(metrics_port, "eddy_kafka_connected{pipeline=\"p\",source=\"readings\"}");
+    assert!(
+        wait_for(|| link() == Some(1.0), Duration::from_secs(30)),
+        "link never up; see {}/eddyd.log",
+        dir.display()
+    );
+    broker.stop();
+    assert!(wait_for(|| link() == Some(0.0), Duration::from_secs(30)), "the outage does not show");
+    broker.restart(Duration::ZERO);
+    let back = wait_for(|| link() == Some(1.0), Duration::from_secs(20));
+    broker.produce("readings", &[(0, r#"{"device_id":"d1","temp":1.5}"#.to_string())]);
+    let read = wait_for(
+        || std::fs::read_to_string(dir.join("out.jsonl")).is_ok_and(|t| t.contains("d1")),
+        Duration::from_secs(30),
+    );
+    signal(child.id(), "TERM");
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.join("eddyd.log")).unwrap();
+    assert!(back, "the link still shows down 20 s after the broker is back: {log}");
+    assert!(log.contains("Kafka brokers reachable again"), "{log}");
+    assert!(read, "nothing read after the outage: {log}");
 }

@@ -238,6 +238,13 @@ impl KafkaSource {
     }
 }
 
+/// Marks the link up; says so when it was down after a failure (not at the first connect).
+fn mark_connected(gauges: &ConnectorGauges, ctx: &impl std::fmt::Display) {
+    if !gauges.connected.swap(true, Ordering::AcqRel) && gauges.connect_errors.load(Ordering::Relaxed) > 0 {
+        tracing::info!(source = %ctx, "Kafka brokers reachable again");
+    }
+}
+
 impl SourceReader for KafkaSource {
     fn poll(&mut self, dec: &mut RowDecoder, max_rows: usize) -> Result<Poll> {
         if self.consumer.is_none() {
@@ -289,6 +296,7 @@ impl SourceReader for KafkaSource {
                 }
             }
             if got > 0 {
+                mark_connected(&self.gauges, &self.s.ctx);
                 self.gauges.messages.fetch_add(got as u64, Ordering::Relaxed);
                 self.last_split = Some(self.parts[i].split);
                 self.turn = (i + 1) % n;
@@ -390,7 +398,7 @@ impl DiscoveryJob {
             match self.round(&consumer, first, &known, &mut missing_warned) {
                 Ok(found) => {
                     backoff.reset();
-                    self.gauges.connected.store(true, Ordering::Release);
+                    mark_connected(&self.gauges, &self.s.ctx);
                     first = false;
                     known = found.partitions.iter().map(|(k, _)| k.clone()).collect();
                     if !self.send(found) {
@@ -399,7 +407,7 @@ impl DiscoveryJob {
                     if let Some(w) = &self.wakeup {
                         w.wake();
                     }
-                    self.sleep(self.s.discovery_interval);
+                    self.sleep_while_connected(self.s.discovery_interval);
                 }
                 Err(e) => {
                     self.gauges.connected.store(false, Ordering::Release);
@@ -427,9 +435,15 @@ impl DiscoveryJob {
         }
     }
 
-    fn sleep(&self, d: Duration) {
+    /// Sleeps `d`, or until stopping or until the client reports every broker down: the next
+    /// metadata round, retried with backoff, then finds out when they are back (an idle topic
+    /// would otherwise show its link down until the next discovery).
+    fn sleep_while_connected(&self, d: Duration) {
         let until = Instant::now() + d;
-        while Instant::now() < until && !self.stop.load(Ordering::Acquire) {
+        while Instant::now() < until
+            && !self.stop.load(Ordering::Acquire)
+            && self.gauges.connected.load(Ordering::Acquire)
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
