@@ -311,3 +311,67 @@ fn a_state_keeps_its_identity_and_a_fresh_one_has_another() {
     let other = p.state_identity().unwrap();
     assert_ne!(other, id);
 }
+
+/// A checkpoint restored from a backup (another device's, or this one's from earlier): the file
+/// each sink finds here is not known to hold what the backup published, so it is kept under
+/// another name and a new file continues the output exactly from the checkpoint. Before, a
+/// shorter file refused to start and a longer one was cut at the backup's length and written on.
+#[test]
+fn a_restored_checkpoint_keeps_the_sink_files_it_finds_and_starts_new_ones() {
+    use eddy_engine::storage::{copy_rebased, Owner};
+    let tmp = tempfile::tempdir().unwrap();
+    let case = cases().into_iter().find(|c| c.ends_with("cascade_views")).unwrap();
+    let reference = run(&case, &tmp.path().join("reference"), None, ONE).unwrap();
+    let dir = tmp.path().join("run");
+    copy_inputs(&case, &dir);
+    let sql = std::fs::read_to_string(dir.join("pipeline.sql")).unwrap();
+    let mut p = open(&sql, &dir, ONE).unwrap();
+    for _ in 0..4 {
+        p.step().unwrap();
+        p.tick().unwrap();
+    }
+    p.checkpoint().unwrap();
+    let published = outputs(&dir);
+    let files = p.last_checkpoint_files().unwrap();
+    drop(p);
+    assert!(published.values().any(|rows| !rows.is_empty()), "the backup published nothing: {published:?}");
+
+    // The replacement: its own files at the sinks' paths, longer than what the backup published.
+    let restored = tmp.path().join("restored");
+    copy_inputs(&case, &restored);
+    std::fs::create_dir_all(restored.join("out")).unwrap();
+    let foreign = "{\"not\":\"this state's output\"}\n".repeat(500);
+    for name in reference.keys() {
+        std::fs::write(restored.join("out").join(name), &foreign).unwrap();
+    }
+    let download = tmp.path().join("download");
+    std::fs::create_dir_all(&download).unwrap();
+    for f in files.state_files.iter().chain([&files.manifest]) {
+        std::fs::copy(f, download.join(f.file_name().unwrap())).unwrap();
+    }
+    let (storage, cipher) = (Arc::new(RealFs::new()), Arc::new(Cipher::plaintext()));
+    copy_rebased(storage, cipher, &download, &restored.join("state").join("checkpoints"), Owner::default()).unwrap();
+    let mut p = open(&sql, &restored, ONE).unwrap();
+    p.run_live(&AtomicBool::new(false)).unwrap();
+    drop(p);
+    // Opened again from its own checkpoint: nothing more is set aside.
+    drop(open(&sql, &restored, ONE).unwrap());
+
+    let mut aside = 0;
+    for e in std::fs::read_dir(restored.join("out")).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some((sink_file, _)) = name.split_once(".before-restore-") {
+            assert!(reference.contains_key(sink_file), "{name}");
+            assert_eq!(std::fs::read_to_string(e.path()).unwrap(), foreign, "{name} kept as it was");
+            aside += 1;
+            continue;
+        }
+        let new: Vec<String> = std::fs::read_to_string(e.path()).unwrap().lines().map(str::to_string).collect();
+        let mut all: Vec<String> = published.get(&name).cloned().unwrap_or_default();
+        all.extend(new);
+        all.sort();
+        assert_eq!(Some(&all), reference.get(&name), "{name}: the backup's output and the new file's make the whole");
+    }
+    assert_eq!(aside, reference.len(), "each sink's file set aside once");
+}

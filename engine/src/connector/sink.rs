@@ -78,6 +78,8 @@ pub struct Sink {
     /// Live viewers of this sink's output.
     tap: Arc<TapPoint>,
     tap_buf: Vec<u8>,
+    /// The checkpoint being restored came from a backup (`Operator::restoring_a_backup`).
+    from_backup: bool,
 }
 
 #[derive(Default)]
@@ -112,6 +114,7 @@ impl Sink {
             delivered: 0,
             tap: Arc::default(),
             tap_buf: Vec::new(),
+            from_backup: false,
         }
     }
 
@@ -146,6 +149,30 @@ impl Sink {
             SinkTarget::File(p) => Ok(p),
             _ => Err(EngineError::Internal("this sink has no file".into())),
         }
+    }
+
+    /// Renames the sink's file (when there is one with content) to
+    /// `<file>.before-restore-<unix ms>`, durably, so a restored state starts a new file.
+    fn set_aside_for_restore(&self) -> Result<()> {
+        let path = self.path()?;
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() > 0 => {}
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(EngineError::io(path, e)),
+        }
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".before-restore-{}", crate::time::now_ms()));
+        let aside = PathBuf::from(aside);
+        std::fs::rename(path, &aside).map_err(|e| EngineError::io(path, e))?;
+        crate::storage::sync_parent(path).map_err(|e| EngineError::io(path, e))?;
+        tracing::warn!(
+            sink = %self.name,
+            file = %path.display(),
+            kept_as = %aside.display(),
+            "restored from a backup: the sink's file is kept under another name and a new one begins"
+        );
+        Ok(())
     }
 
     /// Publishes the staged output of a durable checkpoint: to the file, or to the writer.
@@ -364,16 +391,29 @@ impl Operator for Sink {
         Ok(())
     }
 
+    fn restoring_a_backup(&mut self) {
+        self.from_backup = true;
+    }
+
     fn restore(&mut self, r: &mut crate::ops::snapshot::StateReader) -> Result<()> {
         self.stats.rows = r.u64()?;
         self.stats.deletes = r.u64()?;
         let mut committed = r.u64()?;
-        let staged = r.bytes()?.to_vec();
+        let mut staged = r.bytes()?.to_vec();
         let target = r.bytes()?.to_vec();
         if self.staging.is_none() {
             return Ok(());
         }
-        if target != self.target_id().as_bytes() {
+        if self.from_backup && self.external.is_none() {
+            // What the backup published went to the file where it was taken (another device's,
+            // or this one's at an earlier time): the file here is not known to hold it. It is
+            // kept under another name and the output goes on in a new file, from the output
+            // after the checkpoint: its own staged output was published there as it committed
+            // (a backup is taken after that).
+            self.set_aside_for_restore()?;
+            committed = 0;
+            staged.clear();
+        } else if target != self.target_id().as_bytes() {
             // The sink now writes elsewhere (its options changed): the new target starts empty
             // and takes the output that was committed but not yet written.
             tracing::info!(sink = %self.name, "the sink's target changed; it starts afresh there");

@@ -124,6 +124,11 @@ impl Graph {
         n.op.snapshot(w)
     }
 
+    /// Tells every operator that the checkpoint about to be restored came from a backup.
+    pub fn restoring_a_backup(&mut self) {
+        self.nodes.iter_mut().for_each(|n| n.op.restoring_a_backup());
+    }
+
     pub fn restore_node(&mut self, id: NodeId, r: &mut super::snapshot::StateReader) -> Result<()> {
         let n = &mut self.nodes[id];
         let ports = r.count(8)?;

@@ -102,6 +102,9 @@ pub trait Operator: Send {
     fn restore(&mut self, _r: &mut snapshot::StateReader) -> Result<()> {
         Ok(())
     }
+    /// Called before [`Operator::restore`] when the checkpoint was restored from a backup: its
+    /// state was taken on another device or at an earlier time.
+    fn restoring_a_backup(&mut self) {}
     /// The checkpoint holding everything up to now is durable: sinks publish their staged output.
     fn on_checkpoint_committed(&mut self) -> Result<()> {
         Ok(())

@@ -441,6 +441,10 @@ impl Pipeline {
                     r.blobs.get(&name).ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))?;
                 self.restore_source(i, b, &name)?;
             }
+            if r.blobs.contains_key(crate::storage::RESTORED_BLOB) {
+                tracing::info!(state_dir = %cfg.state_dir.display(), seq = r.manifest.seq, "starting from a checkpoint restored from a backup");
+                self.graph.restoring_a_backup();
+            }
             for id in 0..self.graph.len() {
                 let name = format!("node/{id}/{}", self.graph.name(id));
                 let b =

@@ -21,6 +21,10 @@ use super::{crc, io_err, u32_at, Result, StorageError};
 
 pub const STATE_MAGIC: &[u8; 8] = b"EDDYSTA1";
 pub const MANIFEST_MAGIC: &[u8; 8] = b"EDDYMAN1";
+/// An empty blob that only a restored checkpoint holds ([`copy_rebased`]): recovery from it tells
+/// the pipeline its state was taken elsewhere (another device, or an earlier time). The
+/// pipeline's own next checkpoint no longer holds it.
+pub const RESTORED_BLOB: &str = "restored-from-backup";
 const BLOB_HEADER: usize = 16;
 /// Manifests kept (the newest and the one recovery falls back to).
 const KEEP: usize = 2;
@@ -546,21 +550,24 @@ pub fn copy_rebased(
         )));
     }
     target.continue_at(r.manifest.seq);
-    let blobs: Vec<(String, Vec<u8>)> = r
+    let mut blobs: Vec<(String, Vec<u8>)> = r
         .manifest
         .blobs
         .iter()
+        .filter(|b| b.name != RESTORED_BLOB)
         .map(|b| {
             let plain = r.blobs.get(&b.name).cloned();
             plain.map(|p| (b.name.clone(), p)).ok_or_else(|| StorageError::Corrupt(format!("blob {} missing", b.name)))
         })
         .collect::<Result<_>>()?;
+    let copied = blobs.len();
+    blobs.push((RESTORED_BLOB.to_string(), Vec::new()));
     let info = target.write(0, &r.manifest.fingerprint, r.manifest.sources.clone(), &blobs)?;
     debug_assert_eq!(info.seq, r.manifest.seq);
     Ok(RebasedCopy {
         seq: info.seq,
         created_ms: r.manifest.created_ms,
-        blobs: blobs.len(),
+        blobs: copied,
         bytes_written: info.bytes_written,
         fingerprint: r.manifest.fingerprint,
     })

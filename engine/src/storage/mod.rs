@@ -18,6 +18,7 @@ pub(crate) mod wal;
 pub use crate::ops::snapshot::{StateReader, StateWriter};
 pub use checkpoint::{
     copy_rebased, BlobRef, CheckpointFiles, CheckpointStore, Manifest, RebasedCopy, SourceMark, MANIFEST_MAGIC,
+    RESTORED_BLOB,
 };
 pub use crypto::{nonce_prefix, Cipher, KEY_LEN};
 pub use fs::{create_private_dir_all, sync_parent, RealFs, Storage, StorageFile};
