@@ -83,6 +83,11 @@ pub struct BackupGauges {
 }
 
 impl BackupGauges {
+    /// Why the last attempt failed (`None`: it worked).
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Records the last failure (`None`: the last attempt worked); true when it is a new one.
     pub fn set_error(&self, e: Option<String>) -> bool {
         let mut cur = self.error.lock().unwrap_or_else(|p| p.into_inner());
@@ -201,6 +206,11 @@ impl Registry {
             gauges: gauges.clone(),
         });
         gauges
+    }
+
+    /// The backup gauges of one pipeline, if a backup of it was tried.
+    pub fn backup_if_tried(&self, pipeline: &str) -> Option<Arc<BackupGauges>> {
+        self.backups.lock().unwrap_or_else(|p| p.into_inner()).get(pipeline).cloned()
     }
 
     /// The backup gauges of one pipeline.

@@ -176,6 +176,21 @@ fn deploy_replace_refuse_pause_delete_over_the_socket() {
     assert_eq!(rows.len(), 2, "{out}");
     assert!(rows.iter().all(|r| r["error"].is_string() && r["raw"].is_string()), "{out}");
     g.ctl_ok(&["delete", "noisy", "--drop-state"], 0);
+    // A reader that went away (`eddyctl show plant | head -1`) ends eddyctl quietly, by SIGPIPE
+    // as any Unix tool, never a panic.
+    let mut child = Command::new(eddyctl_bin())
+        .arg("--socket")
+        .arg(g.path("ctl.sock"))
+        .args(["show", "plant"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert!(o.status.signal() == Some(13) && err.is_empty(), "{:?}: {err}", o.status);
 
     // Replace with other connector options: the plan allows keeping the state.
     std::fs::write(g.path("plant.sql"), plant_sql(600, "AVG")).unwrap();

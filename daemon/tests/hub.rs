@@ -808,6 +808,14 @@ fn eddyctl_restores_a_running_gateways_pipeline_from_its_hub_backup_exactly_once
     let said = String::from_utf8_lossy(&done.stdout);
     assert!(done.status.success(), "eddyctl restore: {}{said}", String::from_utf8_lossy(&done.stderr));
     eprint!("{said}");
+    // `eddyctl show` says what the hub holds of this pipeline's backups.
+    let shown = eddyctl(&["show", "p"]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("backup: checkpoint ") && text.contains(" at the hub ("),
+        "{text}{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
     assert!(said.contains("restored pipeline p from checkpoint"), "{said}");
     assert!(said.contains("rows the replaced state pushed"), "{said}");
     assert!(said.contains("runs from the restored checkpoint"), "{said}");

@@ -238,6 +238,16 @@ impl ControlService {
                     }
                 })
                 .collect();
+            st.backup = self.shared.registry.backup_if_tried(name).map(|g| {
+                use std::sync::atomic::Ordering::Relaxed;
+                BackupStatus {
+                    checkpoints: g.checkpoints.load(Relaxed),
+                    last_seq: g.last_seq.load(Relaxed),
+                    waiting_ms: g.lag_ms.load(Relaxed),
+                    failures: g.failures.load(Relaxed),
+                    last_error: g.error().unwrap_or_default(),
+                }
+            });
             if let Some(d) = &o.durable {
                 st.checkpoints = d.checkpoints;
                 st.checkpoint_age_ms = d.last_checkpoint_ms.map(|t| now.saturating_sub(t).max(0) as u64);

@@ -188,6 +188,12 @@ enum Cmd {
 }
 
 fn main() {
+    // A reader that goes away (`eddyctl show x | head`) ends eddyctl quietly, as it does any
+    // Unix tool, instead of a panic on the next print.
+    // SAFETY: called first in main, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(()) => 0,
@@ -631,6 +637,9 @@ fn show(d: &v1::PipelineDetail, colour: bool) {
         p.checkpoints,
         render::bytes(p.state_bytes)
     );
+    if let Some(b) = &p.backup {
+        println!("backup: {}", render::backup(b));
+    }
     if !d.plan.is_empty() {
         println!("plan: {}", d.plan.replace('\n', "\n  "));
     }

@@ -52,6 +52,21 @@ pub fn links_down(pipelines: &[v1::PipelineStatus]) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// A pipeline's backups to the hub in one line: what the hub holds, what waits, what failed.
+pub fn backup(b: &v1::BackupStatus) -> String {
+    let mut t = match b.last_seq {
+        0 => "none at the hub yet".to_string(),
+        seq => format!("checkpoint {seq} at the hub ({} backed up this run)", b.checkpoints),
+    };
+    if b.waiting_ms > 0 {
+        t.push_str(&format!("; the next has waited {}", duration_ms(b.waiting_ms)));
+    }
+    if !b.last_error.is_empty() {
+        t.push_str(&format!("; retrying after {} failure(s), the last: {}", b.failures, b.last_error));
+    }
+    t
+}
+
 /// Characters a cell shows (colour escapes take no room).
 fn width(s: &str) -> usize {
     let mut w = 0;
@@ -208,6 +223,23 @@ mod tests {
             pipeline("b", "paused", vec![source("mqtt", Some(false))]),
         ];
         assert_eq!(links_down(&ps), [("a", "mqtt")]);
+    }
+
+    #[test]
+    fn backup_says_what_the_hub_holds_and_what_fails() {
+        let b = |last_seq, waiting_ms, last_error: &str| v1::BackupStatus {
+            checkpoints: 4,
+            last_seq,
+            waiting_ms,
+            failures: 2,
+            last_error: last_error.into(),
+        };
+        assert_eq!(backup(&b(0, 0, "")), "none at the hub yet");
+        assert_eq!(backup(&b(9, 0, "")), "checkpoint 9 at the hub (4 backed up this run)");
+        assert_eq!(
+            backup(&b(9, 12_000, "hub unreachable")),
+            "checkpoint 9 at the hub (4 backed up this run); the next has waited 12 s; retrying after 2 failure(s), the last: hub unreachable"
+        );
     }
 
     #[test]
