@@ -33,7 +33,7 @@ pub struct HubClient {
 impl HubClient {
     /// Connects now, so an unreachable hub or a refused certificate fails here.
     pub async fn connect(target: &Target, timeouts: Timeouts) -> Result<HubClient, ClientError> {
-        let channel = target.connect(timeouts.connect).await?;
+        let channel = target.connect(&timeouts).await?;
         let inner = RawHubClient::new(channel)
             .max_encoding_message_size(MAX_REQUEST_BYTES)
             .max_decoding_message_size(MAX_REPLY_BYTES);
@@ -63,7 +63,7 @@ impl HubClient {
 
     /// Uploads one blob from `chunks` (the first carries its name, digest and length). No
     /// overall timeout: a large blob on a slow link takes what it takes; the connection's
-    /// keepalive notices a dead peer.
+    /// keepalive (`Timeouts::keepalive`) notices a dead peer.
     pub async fn put_blob(
         &self,
         chunks: impl tokio_stream::Stream<Item = BlobChunk> + Send + 'static,
@@ -211,5 +211,38 @@ impl HubClient {
         let r = self.request(FleetStatusRequest { group: group.to_string() });
         let mut c = self.inner.clone();
         c.fleet_status(r).await.map(|r| r.into_inner()).map_err(|s| status_error(&self.target, s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hub that took the connection and then went silent (a cut link: nothing closes the
+    /// socket): an upload, which has no deadline, fails once a keepalive ping goes unanswered
+    /// instead of waiting for TCP to give up.
+    #[test]
+    fn an_upload_to_a_silent_peer_fails_by_keepalive() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        // Accepts and holds connections, never reading or answering.
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming() {
+                held.push(s);
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let timeouts = Timeouts { keepalive: Duration::from_millis(500), ..Timeouts::default() };
+        let outcome = rt.block_on(async {
+            let c = HubClient::connect(&Target::Plain { address }, timeouts).await.unwrap();
+            let chunk = BlobChunk { pipeline: "p".into(), sha256: "00".repeat(32), total_bytes: 1, data: vec![0] };
+            tokio::time::timeout(Duration::from_secs(30), c.put_blob(tokio_stream::iter([chunk]))).await
+        });
+        match outcome {
+            Ok(Err(_)) => {}
+            Ok(Ok(stored)) => panic!("a silent peer stored a blob ({stored})"),
+            Err(_) => panic!("the upload still waited on a silent peer after 30 s"),
+        }
     }
 }

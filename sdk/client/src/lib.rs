@@ -61,11 +61,21 @@ pub struct Timeouts {
     pub request: Duration,
     /// Extra attempts for reads that failed on the transport.
     pub read_retries: u32,
+    /// TCP connections are pinged (HTTP/2 PING) this often, idle or not, and fail when a ping is
+    /// not answered within as long again: a peer gone without closing the connection (a cut
+    /// link, a hub powered off) then fails calls within twice this, also calls without a
+    /// deadline (uploads, watches, tails), instead of hanging until TCP gives up.
+    pub keepalive: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect: Duration::from_secs(5), request: Duration::from_secs(120), read_retries: 2 }
+        Timeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(120),
+            read_retries: 2,
+            keepalive: Duration::from_secs(15),
+        }
     }
 }
 
@@ -143,7 +153,7 @@ pub(crate) fn status_error(target: &str, s: Status) -> ClientError {
 impl Client {
     /// Connects (the connection is made now, so a wrong address fails here).
     pub async fn connect(target: &Target, timeouts: Timeouts) -> Result<Client, ClientError> {
-        let channel = target.connect(timeouts.connect).await?;
+        let channel = target.connect(&timeouts).await?;
         // Query answers may be larger than tonic's 4 MiB default; the daemon bounds them.
         let inner = ControlClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES);
         Ok(Client { inner, timeouts, target: target.to_string() })

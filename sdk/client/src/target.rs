@@ -2,7 +2,6 @@
 //! names the caller) or TCP with mutual TLS. Owns address parsing and TLS material loading.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -53,7 +52,15 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, ClientError> {
 }
 
 impl Target {
-    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Channel, ClientError> {
+    pub(crate) async fn connect(&self, timeouts: &crate::Timeouts) -> Result<Channel, ClientError> {
+        let timeout = timeouts.connect;
+        // Over TCP only: a local socket's peer cannot vanish without closing it.
+        let keepalive = |ep: Endpoint| {
+            ep.http2_keep_alive_interval(timeouts.keepalive)
+                .keep_alive_timeout(timeouts.keepalive)
+                .keep_alive_while_idle(true)
+                .tcp_keepalive(Some(timeouts.keepalive))
+        };
         let fail = |e: &dyn std::error::Error| ClientError::Connect { target: self.to_string(), why: error_chain(e) };
         match self {
             Target::Unix(path) => {
@@ -69,7 +76,7 @@ impl Target {
             }
             Target::Plain { address } => {
                 let ep = Endpoint::from_shared(format!("http://{address}")).map_err(|e| fail(&e))?;
-                ep.connect_timeout(timeout).connect().await.map_err(|e| fail(&e))
+                keepalive(ep).connect_timeout(timeout).connect().await.map_err(|e| fail(&e))
             }
             Target::Tls { address, files } => {
                 let host = address.rsplit_once(':').map_or(address.as_str(), |(h, _)| h);
@@ -82,7 +89,7 @@ impl Target {
                     ))
                     .domain_name(files.server_name.clone().unwrap_or_else(|| host.to_string()));
                 let ep = Endpoint::from_shared(format!("https://{address}")).map_err(|e| fail(&e))?;
-                let ep = ep.tls_config(tls).map_err(|e| fail(&e))?.connect_timeout(timeout);
+                let ep = keepalive(ep.tls_config(tls).map_err(|e| fail(&e))?).connect_timeout(timeout);
                 ep.connect().await.map_err(|e| fail(&e))
             }
         }
