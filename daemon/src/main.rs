@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
-use eddy_engine::{Mode, Pipeline, PipelineConfig};
+use eddy_engine::{EngineError, Mode, Pipeline, PipelineConfig};
 
 mod api;
 mod config;
@@ -398,8 +398,10 @@ fn run(cmd: Command) -> Result<()> {
             };
             let name = config::pipeline_name(&pipeline);
             let p = runtime::check_pipeline(&cfg, &name, &pipeline, &Default::default()).map_err(|e| {
-                // A connector option the gateway's config would give: say how to check with it.
-                let hint = config.is_none() && format!("{e:#}").contains("under [");
+                // A setting the gateway's config would give: say how to check with it.
+                let unconfigured =
+                    e.chain().any(|c| matches!(c.downcast_ref::<EngineError>(), Some(EngineError::Unconfigured { .. })));
+                let hint = config.is_none() && unconfigured;
                 if hint {
                     anyhow!(
                         "{e:#}\nhint: checked without a config; `eddyd check --config FILE {}` takes the config's defaults",

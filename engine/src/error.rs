@@ -29,6 +29,10 @@ pub enum EngineError {
     /// A connector or format option is wrong.
     #[error("{context}: {message}")]
     Options { context: String, message: String },
+    /// A connector needs a setting that neither the SQL nor the defaults the application gave
+    /// it hold (a broker's address, say): the application may say where such defaults live.
+    #[error("{context}: {message}")]
+    Unconfigured { context: String, message: String },
     /// Reading or writing a file failed.
     #[error("{path}: {error}")]
     Io { path: PathBuf, error: std::io::Error },
@@ -71,6 +75,9 @@ impl EngineError {
     }
     pub fn options(context: impl Into<String>, message: impl Into<String>) -> Self {
         EngineError::Options { context: context.into(), message: message.into() }
+    }
+    pub fn unconfigured(context: impl Into<String>, message: impl Into<String>) -> Self {
+        EngineError::Unconfigured { context: context.into(), message: message.into() }
     }
 }
 

@@ -141,32 +141,32 @@ fn for_group(mut a: Applied, group: &str) -> Applied {
 
 fn load_as_written(dir: &Path) -> std::io::Result<Applied> {
     let mut a = Applied::default();
-    match std::fs::read(dir.join("applied")) {
-        Ok(b) => {
-            a.desired = v1::DesiredState::decode(b.as_slice())
-                .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.join("applied").display())))?
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    if let Some(b) = read_optional(&dir.join("applied"))? {
+        a.desired = v1::DesiredState::decode(b.as_slice())
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.join("applied").display())))?
     }
-    match std::fs::read_to_string(dir.join("rejected")) {
-        Ok(t) => {
-            // "<version> <group>\n<reason>" (files written before the group was: no group).
-            let (head, why) = t.split_once('\n').unwrap_or((t.as_str(), ""));
-            let mut head = head.split_whitespace();
-            a.rejected_version = head.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            a.rejected_group = head.next().map(str::to_string);
-            a.rejected_reason = why.to_string();
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    if let Some(b) = read_optional(&dir.join("rejected"))? {
+        // "<version> <group>\n<reason>" (files written before the group was: no group).
+        let t = String::from_utf8_lossy(&b);
+        let (head, why) = t.split_once('\n').unwrap_or((&t, ""));
+        let mut head = head.split_whitespace();
+        a.rejected_version = head.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        a.rejected_group = head.next().map(str::to_string);
+        a.rejected_reason = why.to_string();
     }
-    match std::fs::read_to_string(dir.join("dropped")) {
-        Ok(t) => a.dropped = t.lines().filter(|l| !l.is_empty()).map(str::to_string).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    if let Some(b) = read_optional(&dir.join("dropped"))? {
+        a.dropped = String::from_utf8_lossy(&b).lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
     }
     Ok(a)
+}
+
+/// The file's bytes, or None when it was never written.
+fn read_optional(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 struct Agent {

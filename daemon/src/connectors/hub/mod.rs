@@ -110,7 +110,8 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Hu
     {
         return Err(opt_err(&ctx, format!("stream '{stream}': 1-128 of A-Z a-z 0-9 _ - .")));
     }
-    let link = HubLink::from_config(&p.hub).map_err(|m| opt_err(&ctx, format!("connector 'hub': {m}")))?;
+    let link =
+        HubLink::from_config(&p.hub).map_err(|m| EngineError::unconfigured(&ctx, format!("connector 'hub': {m}")))?;
     let policy = o.outbox_full.unwrap_or(FullPolicy::Block);
     Ok(HubSinkSettings {
         stream,

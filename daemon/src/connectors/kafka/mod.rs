@@ -152,7 +152,10 @@ const OWN_PROPERTIES: &[&str] = &[
 fn client_props(p: &Provider, ctx: &str, spec: &ConnectorSpec<'_>) -> Result<ClientProps> {
     let o = ClientOptions::read(ctx, |k| get(p, ctx, spec, k))?;
     let bootstrap = o.bootstrap_servers.ok_or_else(|| {
-        opt_err(ctx, "connector 'kafka' needs option 'bootstrap.servers' (host:port[,host:port], or under [kafka])")
+        EngineError::unconfigured(
+            ctx,
+            "connector 'kafka' needs option 'bootstrap.servers' (host:port[,host:port], or under [kafka])",
+        )
     })?;
     let mut properties: Vec<(String, Secret)> = Vec::new();
     let from_sql = spec.options.entries.iter().map(|(k, v, _)| (k.clone(), v.to_string()));

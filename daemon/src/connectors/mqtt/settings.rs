@@ -133,7 +133,7 @@ impl Connection {
         let ctx = format!("{role} '{name}'");
         let o = ConnectionOptions::read(&ctx, |k| get(&ctx, o, defaults, k))?;
         let url = o.url.ok_or_else(|| {
-            opt_err(&ctx, "connector 'mqtt' needs option 'url' (or `url` under [mqtt] in the config)")
+            EngineError::unconfigured(&ctx, "connector 'mqtt' needs option 'url' (or `url` under [mqtt] in the config)")
         })?;
         let (host, port, tls) = parse_url(&ctx, &url)?;
         let mqtt5 = o.protocol == Some(Protocol::V5);
