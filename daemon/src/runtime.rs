@@ -19,7 +19,7 @@ use crate::config::{ConfigFile, FleetFragment, PipelineSettings};
 use crate::connectors::hub::backup::{Backup, BackupSettings};
 use crate::connectors::hub::fleet::FleetAgent;
 use crate::connectors::hub::HubLink;
-use crate::connectors::{gateway_name, Provider};
+use crate::connectors::Provider;
 use crate::control::{check_name, sql_sha256, Catalog, Command, CommandError, DeployOutcome, FatalSlot, PipelineView};
 use crate::metrics::Registry;
 use crate::start_failure::{retry_delay, StartFailure, START_FAILED};
@@ -88,7 +88,6 @@ pub fn plan(
         metrics: registry.clone(),
         stopping: stopping.clone(),
         durable: state.is_some(),
-        gateway: gateway_name(),
     }));
     let cores = cores(cfg)?;
     pc.shards = cfg.shards.unwrap_or(cores.len()).max(1);

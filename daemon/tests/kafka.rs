@@ -112,8 +112,12 @@ fn expected(dir: &Path, records: &[(i32, String)], flush_ts: i64) -> Vec<String>
 }
 
 fn run(dir: &Path, key: &Path, metrics_port: u16) -> std::process::Child {
-    Command::new(EDDYD)
-        .current_dir(dir)
+    run_under(Command::new(EDDYD), dir, key, metrics_port)
+}
+
+/// eddyd run by `cmd` (eddyd itself, or a wrapper that ends by running it).
+fn run_under(mut cmd: Command, dir: &Path, key: &Path, metrics_port: u16) -> std::process::Child {
+    cmd.current_dir(dir)
         .args(["run", "--pipeline", "p.sql", "--state-dir", "state", "--checkpoint-interval-ms", "200"])
         .arg("--key-file")
         .arg(key)
@@ -218,6 +222,85 @@ fn windows_exactly_once(dir: &Path) {
     );
 }
 
+/// The `transactional.id` each start of sink `sink` logged, in order.
+fn transactional_ids(log: &str, sink: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("Kafka transactions ready") && l.contains(&format!("sink '{sink}'")))
+        .filter_map(|l| l.split("transactional_id=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The sink's transactions follow the pipeline's state, not the host. eddyd is SIGKILLed once
+/// every window is in Kafka and started again under another host name (as a gateway renamed by
+/// its provisioning is): it delivers its last checkpoint's output again, and the progress marker
+/// under the same transactional id skips it (with an id made from the host name it came out
+/// twice). A fresh state takes another id, so two states (or two gateways with one host name)
+/// never fence each other.
+#[test]
+fn a_new_host_name_keeps_the_sinks_transactions() {
+    let renamed = || {
+        let mut c = Command::new("unshare");
+        c.args([
+            "--user",
+            "--map-root-user",
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            "hostname renamed-gateway && exec \"$@\"",
+            "sh",
+        ]);
+        c.arg(EDDYD);
+        c
+    };
+    let probe = renamed().arg("--version").output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: no unprivileged user and UTS namespaces here (unshare: {probe:?})");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let broker = KafkaBroker::start(dir, PARTITIONS as u32);
+    std::fs::write(dir.join("p.sql"), pipeline(&broker.bootstrap(), "per_min")).unwrap();
+    broker.ensure_topic("per_min");
+    broker.ensure_topic("bad");
+    let (records, flush_ts) = readings(6_000);
+    let want = expected(dir, &records, flush_ts);
+    broker.produce("readings", &records);
+    let key = keygen(dir);
+    let log = || std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default();
+    let mut child = run(dir, &key, free_port());
+    assert!(wait_for(|| got_rows(&broker).len() >= want.len(), Duration::from_secs(60)), "{}", log());
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut child = run_under(renamed(), dir, &key, free_port());
+    let skipped = |l: &str| l.matches("output already committed to Kafka before a restart; skipped").count();
+    let redelivered = wait_for(|| skipped(&log()) >= 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success(), "{}", log());
+    let got = got_rows(&broker);
+    assert!(got == want, "{} windows in Kafka, {} expected: doubled or lost across the restart", got.len(), want.len());
+    assert!(redelivered, "the restart delivered nothing again, so nothing was checked: {}", log());
+    let ids = transactional_ids(&log(), "per_min");
+    assert_eq!(ids.len(), 2, "{}", log());
+    assert_eq!(ids[0], ids[1], "the id changed with the host name");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert!(ids[0].starts_with("eddy.p.per_min.") && !ids[0].contains(host.trim()), "{}", ids[0]);
+
+    // A fresh state (the old one moved away) is another producer.
+    std::fs::rename(dir.join("state"), dir.join("state.old")).unwrap();
+    let mut child = run(dir, &key, free_port());
+    assert!(wait_for(|| transactional_ids(&log(), "per_min").len() == 3, Duration::from_secs(60)), "{}", log());
+    signal(child.id(), "TERM");
+    child.wait().unwrap();
+    let ids = transactional_ids(&log(), "per_min");
+    assert_ne!(ids[2], ids[0], "a fresh state took the old state's transactional id");
+}
+
 #[test]
 fn a_second_producer_with_the_same_transactional_id_fences_eddyd() {
     let tmp = tempfile::tempdir().unwrap();
@@ -233,10 +316,11 @@ fn a_second_producer_with_the_same_transactional_id_fences_eddyd() {
     let log = || std::fs::read_to_string(dir.join("eddyd.log")).unwrap_or_default();
     assert!(wait_for(|| !got_rows(&broker).is_empty(), Duration::from_secs(60)), "no output: {}", log());
     // The zombie: a producer that takes eddyd's transactional id.
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let ids = transactional_ids(&log(), "per_min");
+    assert_eq!(ids.len(), 1, "{}", log());
     let zombie: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
-        .set("transactional.id", format!("eddy.{}.p.per_min", host.trim()))
+        .set("transactional.id", &ids[0])
         .create()
         .unwrap();
     use rdkafka::producer::Producer;

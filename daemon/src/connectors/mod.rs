@@ -32,8 +32,6 @@ pub struct Provider {
     pub stopping: Arc<AtomicBool>,
     /// Whether the pipeline runs with durable state (exactly-once input).
     pub durable: bool,
-    /// This gateway's name, part of what identifies its Kafka producers across restarts.
-    pub gateway: String,
 }
 
 impl Provider {
@@ -47,12 +45,11 @@ impl Provider {
             metrics: Default::default(),
             stopping: Default::default(),
             durable: false,
-            gateway: gateway_name(),
         }
     }
 }
 
-/// The host's name (for identities that must stay the same across restarts).
+/// The host's name, as the management API reports it.
 pub fn gateway_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())

@@ -208,6 +208,16 @@ pub struct ConnectorSpec<'a> {
 /// the end of `rows`: after a crash the last commit is delivered again with the same `end`, so a
 /// writer that remembers the `end` it made durable can skip it (exactly-once hand-over).
 pub trait SinkWriter: Send {
+    /// The durable state this writer delivers for, before [`SinkWriter::start`]: its identity
+    /// (random, made when the state began, kept across restarts and by a restore from a backup,
+    /// new after a reset). A writer that names itself to another system (a Kafka transactional
+    /// id) takes the name from it, so that the name follows the state, not the host. Not called
+    /// without durable state.
+    fn bind_state(&mut self, _identity: &[u8; 16]) {}
+    /// The checkpoint being restored came from a backup, taken where its output through byte
+    /// `end` was committed (that device may have delivered more before it was replaced). Called
+    /// before [`SinkWriter::start`].
+    fn restoring_a_backup(&mut self, _end: u64) {}
     /// Opens what the writer keeps (its outbox); called once, after the pipeline holds its state
     /// dir's lock and before anything is delivered.
     fn start(&mut self) -> Result<()> {

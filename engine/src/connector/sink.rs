@@ -78,7 +78,7 @@ pub struct Sink {
     /// Live viewers of this sink's output.
     tap: Arc<TapPoint>,
     tap_buf: Vec<u8>,
-    /// The checkpoint being restored came from a backup (`Operator::restoring_a_backup`).
+    /// The checkpoint being restored came from a backup (`Operator::state_opened`).
     from_backup: bool,
 }
 
@@ -391,8 +391,11 @@ impl Operator for Sink {
         Ok(())
     }
 
-    fn restoring_a_backup(&mut self) {
-        self.from_backup = true;
+    fn state_opened(&mut self, state: &crate::ops::OpenedState) {
+        self.from_backup = state.from_backup;
+        if let Some(w) = self.external.as_mut() {
+            w.bind_state(&state.identity);
+        }
     }
 
     fn restore(&mut self, r: &mut crate::ops::snapshot::StateReader) -> Result<()> {
@@ -422,6 +425,9 @@ impl Operator for Sink {
         // Roll the last commit forward: the file (or the writer's outbox) may or may not already
         // hold `staged`.
         if let Some(w) = self.external.as_mut() {
+            if self.from_backup {
+                w.restoring_a_backup(committed + staged.len() as u64);
+            }
             w.start()?;
             self.out = Some(Box::new(std::io::sink()));
         }
@@ -611,5 +617,77 @@ mod tests {
         assert_eq!(rows[0].0, r#"{"dev":"a\"1/+","n":1,"f":2.5,"_op":"upsert"}"#);
         assert_eq!(rows[0].1, [Some("a\"1/+".to_string()), Some("1".to_string()), Some("2.5".to_string())]);
         assert_eq!(rows[1].1[..2], [None, None]);
+    }
+
+    /// What a writer is told, in order.
+    #[derive(Debug, PartialEq)]
+    enum Told {
+        Bound([u8; 16]),
+        Restoring(u64),
+        Started,
+        Delivered(u64),
+    }
+
+    struct Listener(Arc<Mutex<Vec<Told>>>);
+
+    impl SinkWriter for Listener {
+        fn bind_state(&mut self, identity: &[u8; 16]) {
+            self.0.lock().unwrap().push(Told::Bound(*identity));
+        }
+        fn restoring_a_backup(&mut self, end: u64) {
+            self.0.lock().unwrap().push(Told::Restoring(end));
+        }
+        fn start(&mut self) -> Result<()> {
+            self.0.lock().unwrap().push(Told::Started);
+            Ok(())
+        }
+        fn deliver(&mut self, _rows: &SinkRows<'_>, end: u64) -> Result<()> {
+            self.0.lock().unwrap().push(Told::Delivered(end));
+            Ok(())
+        }
+    }
+
+    /// A writer learns the state it delivers for before it starts (a Kafka sink names its
+    /// transactions after it), and, when the checkpoint came from a backup, where the backup's
+    /// output ended, also before it starts and is handed that output again.
+    #[test]
+    fn a_writer_learns_its_state_and_a_backups_end_before_it_starts() {
+        let columns = vec!["dev".to_string(), "n".to_string(), "f".to_string()];
+        let listener = |told: &Arc<Mutex<Vec<Told>>>, from_backup: bool| {
+            let mut s =
+                Sink::external("k", "test", Box::new(Listener(told.clone())), SinkMode::Append, columns.clone());
+            s.set_exactly_once();
+            s.state_opened(&crate::ops::OpenedState { identity: [7; 16], from_backup });
+            s
+        };
+        let batch = RecordBatch::try_from_iter(vec![
+            ("dev", Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef),
+            ("n", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+            ("f", Arc::new(Float64Array::from(vec![0.5, 1.5])) as ArrayRef),
+        ])
+        .unwrap();
+        let told = Arc::default();
+        let mut first = listener(&told, false);
+        first.start().unwrap();
+        first.on_chunk(0, Chunk::append(batch), &mut Vec::new()).unwrap();
+        let mut w = StateWriter::default();
+        first.snapshot(&mut w).unwrap();
+        first.on_checkpoint_committed().unwrap();
+        let end = match told.lock().unwrap().as_slice() {
+            [Told::Bound([7, ..]), Told::Started, Told::Delivered(end)] => *end,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(end, 2 * r#"{"dev":"a","n":1,"f":0.5}"#.len() as u64 + 2);
+
+        for from_backup in [true, false] {
+            let told = Arc::default();
+            listener(&told, from_backup).restore(&mut StateReader::new(&w.buf, "sink k")).unwrap();
+            let mut want = vec![Told::Bound([7; 16])];
+            if from_backup {
+                want.push(Told::Restoring(end));
+            }
+            want.extend([Told::Started, Told::Delivered(end)]);
+            assert_eq!(*told.lock().unwrap(), want, "from a backup: {from_backup}");
+        }
     }
 }

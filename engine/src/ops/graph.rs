@@ -124,9 +124,9 @@ impl Graph {
         n.op.snapshot(w)
     }
 
-    /// Tells every operator that the checkpoint about to be restored came from a backup.
-    pub fn restoring_a_backup(&mut self) {
-        self.nodes.iter_mut().for_each(|n| n.op.restoring_a_backup());
+    /// Tells every operator what state the pipeline opened ([`super::Operator::state_opened`]).
+    pub fn state_opened(&mut self, state: &super::OpenedState) {
+        self.nodes.iter_mut().for_each(|n| n.op.state_opened(state));
     }
 
     pub fn restore_node(&mut self, id: NodeId, r: &mut super::snapshot::StateReader) -> Result<()> {

@@ -102,13 +102,24 @@ pub trait Operator: Send {
     fn restore(&mut self, _r: &mut snapshot::StateReader) -> Result<()> {
         Ok(())
     }
-    /// Called before [`Operator::restore`] when the checkpoint was restored from a backup: its
-    /// state was taken on another device or at an earlier time.
-    fn restoring_a_backup(&mut self) {}
+    /// A durable pipeline opened its state: called once, before [`Operator::restore`] (and
+    /// before anything runs on a fresh state).
+    fn state_opened(&mut self, _state: &OpenedState) {}
     /// The checkpoint holding everything up to now is durable: sinks publish their staged output.
     fn on_checkpoint_committed(&mut self) -> Result<()> {
         Ok(())
     }
+}
+
+/// What operators learn of the durable state they run on ([`Operator::state_opened`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OpenedState {
+    /// Random, made when the state began; kept across restarts and by a restore from a backup
+    /// (which continues the state); new after a reset.
+    pub identity: [u8; 16],
+    /// The checkpoint about to be restored came from a backup: it was taken on another device
+    /// or at an earlier time.
+    pub from_backup: bool,
 }
 
 /// The key column of a grouping without keys: every row the same value.

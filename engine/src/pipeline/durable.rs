@@ -429,6 +429,11 @@ impl Pipeline {
         let mut from_lsn = 0;
         let (identity, identity_checkpointed) =
             state_identity(recovered.as_ref().and_then(|r| r.blobs.get(IDENTITY_BLOB)).map(Vec::as_slice))?;
+        let from_backup = recovered.as_ref().is_some_and(|r| r.blobs.contains_key(crate::storage::RESTORED_BLOB));
+        if let (true, Some(r)) = (from_backup, &recovered) {
+            tracing::info!(state_dir = %cfg.state_dir.display(), seq = r.manifest.seq, "starting from a checkpoint restored from a backup");
+        }
+        self.graph.state_opened(&crate::ops::OpenedState { identity, from_backup });
         if let Some(r) = recovered {
             if r.manifest.fingerprint != fp {
                 return Err(EngineError::PlanChanged { dir: cfg.state_dir.display().to_string() });
@@ -440,10 +445,6 @@ impl Pipeline {
                 let b =
                     r.blobs.get(&name).ok_or_else(|| EngineError::State(format!("the checkpoint has no '{name}'")))?;
                 self.restore_source(i, b, &name)?;
-            }
-            if r.blobs.contains_key(crate::storage::RESTORED_BLOB) {
-                tracing::info!(state_dir = %cfg.state_dir.display(), seq = r.manifest.seq, "starting from a checkpoint restored from a backup");
-                self.graph.restoring_a_backup();
             }
             for id in 0..self.graph.len() {
                 let name = format!("node/{id}/{}", self.graph.name(id));

@@ -355,10 +355,36 @@ pub struct SinkSettings {
     /// (header name, column)
     pub headers: Vec<(String, usize)>,
     pub partitioner: Option<Partitioner>,
-    pub transactional_id: String,
+    pub transactional_id: TransactionalId,
     pub transaction_timeout: Duration,
     /// The topic whose partition 0 holds the exactly-once progress marker.
     pub progress_topic: Option<String>,
+}
+
+/// The exactly-once sink's `transactional.id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransactionalId {
+    /// The `transactional.id` option.
+    Given(String),
+    /// The default: `<base>.<state>`, the state's identity in hex (16 digits), so that the id
+    /// follows the pipeline's state: the same across restarts, a new host name and a restore from
+    /// a backup (which fences the replaced device), another for every other state — gateways
+    /// that share a host name or a fleet's pipeline never fence each other.
+    PerState { base: String },
+}
+
+impl TransactionalId {
+    /// The id for the state `identity` (`None`: not bound to a state).
+    pub fn for_state(&self, identity: Option<&[u8; 16]>) -> Option<String> {
+        match (self, identity) {
+            (TransactionalId::Given(id), _) => Some(id.clone()),
+            (TransactionalId::PerState { base }, Some(identity)) => {
+                let hex: String = identity[..8].iter().map(|b| format!("{b:02x}")).collect();
+                Some(format!("{base}.{hex}"))
+            }
+            (TransactionalId::PerState { .. }, None) => None,
+        }
+    }
 }
 
 /// `name=column` items (or `column`, named after itself), each with the column's position.
@@ -400,8 +426,10 @@ pub(super) fn sink_settings(p: &Provider, spec: &ConnectorSpec<'_>) -> Result<Si
         Some(v) => columns_option(&ctx, v, &spec.columns, "headers")?,
     };
     let partitioner = o.partitioner;
-    let transactional_id =
-        o.transactional_id.unwrap_or_else(|| format!("eddy.{}.{}.{}", p.gateway, p.pipeline, spec.name));
+    let transactional_id = match o.transactional_id {
+        Some(id) => TransactionalId::Given(id),
+        None => TransactionalId::PerState { base: format!("eddy.{}.{}", p.pipeline, spec.name) },
+    };
     let transaction_timeout = o.transaction_timeout.unwrap_or(Duration::from_secs(60));
     let progress_topic = match (o.progress_topic, topic.constant()) {
         (Some(t), _) => {

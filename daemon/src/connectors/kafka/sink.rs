@@ -1,12 +1,16 @@
 //! The Kafka sink. The engine hands it a checkpoint's output only once that checkpoint is
 //! durable, with `end`, the sink's byte count through it (the same `end` again after a crash).
 //!
-//! Exactly-once: each delivery is one Kafka transaction, under a `transactional.id` that stays the
-//! same across restarts. Its rows and a progress marker — the group `<transactional.id>`'s offset
-//! on partition 0 of the progress topic, set to `end` — commit together. At start,
-//! `init_transactions` fences any older producer with the same id and aborts a transaction it
-//! left open; the marker then says which delivery last committed, and a re-delivered one is
-//! skipped. So a crash anywhere leaves each checkpoint's output in Kafka exactly once.
+//! Exactly-once: each delivery is one Kafka transaction, under a `transactional.id` that follows
+//! the pipeline's state (by default it is made from the state's identity), so it stays the same
+//! across restarts, host names and restores. Its rows and a progress marker — the group
+//! `<transactional.id>`'s offset on partition 0 of the progress topic, set to `end` — commit
+//! together. At start, `init_transactions` fences any older producer with the same id and aborts a
+//! transaction it left open; the marker then says which delivery last committed, and a
+//! re-delivered one is skipped. So a crash anywhere leaves each checkpoint's output in Kafka
+//! exactly once. After a restore from a backup the marker counts only up to the backup's own
+//! output: what the replaced device delivered after it is computed again and written again
+//! (Kafka cannot take it back), never skipped as if it were the same rows.
 //!
 //! At-least-once: rows are produced idempotently and flushed; a delivery counts once every
 //! delivery report came back without error.
@@ -45,6 +49,10 @@ pub struct KafkaSink {
     marker: Option<BaseConsumer<Context>>,
     /// `end` of the last delivery known to be in Kafka.
     committed_end: u64,
+    /// The state this sink delivers for ([`SinkWriter::bind_state`]).
+    state: Option<[u8; 16]>,
+    /// The restored backup's output ended here ([`SinkWriter::restoring_a_backup`]).
+    restored_end: Option<u64>,
     topic: String,
     key: String,
     /// One row's header values, end to end, and where each lies (`None`: NULL).
@@ -61,6 +69,8 @@ impl KafkaSink {
             producer: None,
             marker: None,
             committed_end: 0,
+            state: None,
+            restored_end: None,
             topic: String::new(),
             key: String::new(),
             header_text: String::new(),
@@ -76,25 +86,33 @@ impl KafkaSink {
         Context { ctx: self.s.ctx.clone(), gauges: self.gauges.clone() }
     }
 
-    fn producer_config(&self) -> rdkafka::ClientConfig {
+    /// The `transactional.id` of an exactly-once sink.
+    fn transactional_id(&self) -> Result<String> {
+        self.s.transactional_id.for_state(self.state.as_ref()).ok_or_else(|| {
+            EngineError::Internal("an exactly-once Kafka sink started before it knew its pipeline's state".into())
+        })
+    }
+
+    fn producer_config(&self) -> Result<rdkafka::ClientConfig> {
         let mut own = vec![("enable.idempotence", "true".to_string())];
         if self.s.delivery == Delivery::ExactlyOnce {
-            own.push(("transactional.id", self.s.transactional_id.clone()));
+            own.push(("transactional.id", self.transactional_id()?));
             own.push(("transaction.timeout.ms", self.s.transaction_timeout.as_millis().to_string()));
         }
         // Unset: the partitioner Java clients use, so keys land where other producers put them.
         let partitioner = self.s.partitioner.unwrap_or(Partitioner::Murmur2Random);
         own.push(("partitioner", partitioner.name().into()));
-        client::config(&self.s.client, &own)
+        Ok(client::config(&self.s.client, &own))
     }
 
     /// Exactly-once start: fences older producers, aborts what they left open, reads the marker.
     /// Retries while the cluster is unreachable (until eddyd stops).
     fn init_transactions(&mut self) -> Result<()> {
+        let transactional_id = self.transactional_id()?;
         let mut backoff = Backoff::new();
         loop {
             let producer: BaseProducer<Context> =
-                self.producer_config().create_with_context(self.context()).map_err(|e| self.err("Kafka client", e))?;
+                self.producer_config()?.create_with_context(self.context()).map_err(|e| self.err("Kafka client", e))?;
             match producer.init_transactions(ATTEMPT_TIMEOUT) {
                 Ok(()) => {
                     self.producer = Some(producer);
@@ -120,7 +138,7 @@ impl KafkaSink {
         }
         let marker: BaseConsumer<Context> = client::config(
             &self.s.client,
-            &[("group.id", self.s.transactional_id.clone()), ("enable.auto.commit", "false".into())],
+            &[("group.id", transactional_id.clone()), ("enable.auto.commit", "false".into())],
         )
         .create_with_context(self.context())
         .map_err(|e| self.err("Kafka client", e))?;
@@ -138,11 +156,23 @@ impl KafkaSink {
                 Err(e) => return Err(self.err("Kafka sink progress not read before eddyd stopped", e)),
             }
         };
-        self.committed_end = match got.find_partition(&topic, 0).map(|e| e.offset()) {
+        let marker_end = match got.find_partition(&topic, 0).map(|e| e.offset()) {
             Some(Offset::Offset(n)) if n >= 0 => n as u64,
             _ => 0,
         };
-        tracing::info!(sink = %self.s.ctx, transactional_id = %self.s.transactional_id, committed_end = self.committed_end, "Kafka transactions ready");
+        self.committed_end = resume_end(marker_end, self.restored_end);
+        if marker_end > self.committed_end {
+            tracing::warn!(
+                sink = %self.s.ctx,
+                transactional_id = %transactional_id,
+                backup_end = self.committed_end,
+                delivered_end = marker_end,
+                "restored from a backup: the replaced device had committed {} more bytes of output to Kafka after it; \
+                 that output is computed again and written again (Kafka cannot take it back), so its rows may appear twice",
+                marker_end - self.committed_end
+            );
+        }
+        tracing::info!(sink = %self.s.ctx, transactional_id = %transactional_id, committed_end = self.committed_end, "Kafka transactions ready");
         self.marker = Some(marker);
         Ok(())
     }
@@ -297,7 +327,27 @@ fn key_of(row: &SinkRow<'_>, cols: &[(String, usize)], out: &mut String) {
     }
 }
 
+/// Where deliveries count from: the progress marker's `end`, except after a restore from a
+/// backup, where it counts no further than the backup's own output. The restored checkpoint's
+/// output is then skipped exactly when the replaced device committed it (that output is the
+/// stored bytes, the same either way); output after it is computed again and may differ in order
+/// or in rows from what that device wrote, so skipping it by its byte count could drop rows.
+fn resume_end(marker_end: u64, restored_end: Option<u64>) -> u64 {
+    match restored_end {
+        Some(backup_end) => marker_end.min(backup_end),
+        None => marker_end,
+    }
+}
+
 impl SinkWriter for KafkaSink {
+    fn bind_state(&mut self, identity: &[u8; 16]) {
+        self.state = Some(*identity);
+    }
+
+    fn restoring_a_backup(&mut self, end: u64) {
+        self.restored_end = Some(end);
+    }
+
     fn start(&mut self) -> Result<()> {
         if self.producer.is_some() {
             return Ok(());
@@ -306,7 +356,7 @@ impl SinkWriter for KafkaSink {
             Delivery::ExactlyOnce => self.init_transactions(),
             Delivery::AtLeastOnce => {
                 let p: BaseProducer<Context> = self
-                    .producer_config()
+                    .producer_config()?
                     .create_with_context(self.context())
                     .map_err(|e| self.err("Kafka client", e))?;
                 self.producer = Some(p);
@@ -341,7 +391,7 @@ impl SinkWriter for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connectors::kafka::{ClientProps, TOPIC_RULES};
+    use crate::connectors::kafka::{ClientProps, TransactionalId, TOPIC_RULES};
     use crate::connectors::template::Template;
     use rdkafka::consumer::BaseConsumer;
     use rdkafka::mocking::MockCluster;
@@ -357,7 +407,7 @@ mod tests {
             key: vec![],
             headers: vec![],
             partitioner: None,
-            transactional_id: "eddy.test.p.k".into(),
+            transactional_id: TransactionalId::Given("eddy.test.p.k".into()),
             transaction_timeout: Duration::from_secs(10),
             progress_topic: Some("out".into()),
         }
@@ -431,6 +481,36 @@ mod tests {
         survives(|m| {
             m.request_errors(RDKafkaApiKey::TxnOffsetCommit, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 2])
         });
+    }
+
+    #[test]
+    fn the_default_transactional_id_follows_the_state() {
+        let id = TransactionalId::PerState { base: "eddy.p.k".into() };
+        let a = [0xab; 16];
+        let mut b = a;
+        b[0] = 0x01;
+        assert_eq!(id.for_state(Some(&a)).unwrap(), "eddy.p.k.abababababababab");
+        assert_ne!(id.for_state(Some(&a)), id.for_state(Some(&b)));
+        assert_eq!(id.for_state(None), None, "no id before the state is known");
+        let given = TransactionalId::Given("mine".into());
+        assert_eq!(given.for_state(Some(&a)).unwrap(), "mine");
+        // An exactly-once sink that was never bound refuses to start rather than guess an id.
+        let mut s = settings("127.0.0.1:1");
+        s.transactional_id = id;
+        let mut sink = KafkaSink::new(s, Arc::new(AtomicBool::new(false)), Default::default());
+        assert!(matches!(sink.start(), Err(EngineError::Internal(_))));
+    }
+
+    #[test]
+    fn after_a_restore_the_marker_counts_no_further_than_the_backup() {
+        // No restore: the marker as it is.
+        assert_eq!(resume_end(700, None), 700);
+        // The replaced device committed past the backup: the backup's own output is skipped,
+        // what follows is written again.
+        assert_eq!(resume_end(700, Some(400)), 400);
+        // It died before committing the backup's output: that output is delivered.
+        assert_eq!(resume_end(300, Some(400)), 300);
+        assert_eq!(resume_end(0, Some(400)), 0);
     }
 
     #[test]
