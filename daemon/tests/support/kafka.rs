@@ -187,6 +187,21 @@ impl KafkaBroker {
         assert!(ok, "topic {topic} not created");
     }
 
+    /// The transactional ids the broker knows (`kafka-transactions.sh list`).
+    pub fn transactional_ids(&self) -> Vec<String> {
+        let cp = format!("{}/*", libs().display());
+        let out = Command::new("java")
+            .args(["-cp", &cp, "org.apache.kafka.tools.TransactionsCommand", "--bootstrap-server"])
+            .arg(self.bootstrap())
+            .arg("list")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kafka transactions list: {}", String::from_utf8_lossy(&out.stderr));
+        // A header line, then one line per id: `TransactionalId Coordinator ProducerId State`.
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
+    }
+
     /// Every record of `topic` visible under `isolation`, as payload strings, read to the end.
     pub fn read_all(&self, topic: &str, isolation: &str) -> Vec<String> {
         self.read_records(topic, isolation).into_iter().map(|r| r.payload).collect()

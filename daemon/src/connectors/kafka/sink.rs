@@ -8,9 +8,9 @@
 //! together. At start, `init_transactions` fences any older producer with the same id and aborts a
 //! transaction it left open; the marker then says which delivery last committed, and a
 //! re-delivered one is skipped. So a crash anywhere leaves each checkpoint's output in Kafka
-//! exactly once. After a restore from a backup the marker counts only up to the backup's own
-//! output: what the replaced device delivered after it is computed again and written again
-//! (Kafka cannot take it back), never skipped as if it were the same rows.
+//! exactly once. After a restore from a backup the marker is set back to the backup's own
+//! output before anything is delivered: what the replaced device delivered after it is computed
+//! again and written again (Kafka cannot take it back), never skipped as if it were the same rows.
 //!
 //! At-least-once: rows are produced idempotently and flushed; a delivery counts once every
 //! delivery report came back without error.
@@ -160,6 +160,7 @@ impl KafkaSink {
             Some(Offset::Offset(n)) if n >= 0 => n as u64,
             _ => 0,
         };
+        self.marker = Some(marker);
         self.committed_end = resume_end(marker_end, self.restored_end);
         if marker_end > self.committed_end {
             tracing::warn!(
@@ -171,9 +172,12 @@ impl KafkaSink {
                  that output is computed again and written again (Kafka cannot take it back), so its rows may appear twice",
                 marker_end - self.committed_end
             );
+            // The marker is set back before anything is delivered: a crash after this state's
+            // next checkpoint must not find the replaced device's count and skip this state's
+            // own output as if it were already written.
+            self.transaction(None, self.committed_end)?;
         }
         tracing::info!(sink = %self.s.ctx, transactional_id = %transactional_id, committed_end = self.committed_end, "Kafka transactions ready");
-        self.marker = Some(marker);
         Ok(())
     }
 
@@ -244,10 +248,22 @@ impl KafkaSink {
 
     fn deliver_transaction(&mut self, rows: &SinkRows<'_>, end: u64) -> Result<()> {
         let t0 = std::time::Instant::now();
+        self.transaction(Some(rows), end)?;
+        self.committed_end = end;
+        tracing::debug!(sink = %self.s.ctx, end, bytes = rows.lines().len(), millis = t0.elapsed().as_millis() as u64, "Kafka transaction committed");
+        Ok(())
+    }
+
+    /// One transaction: `rows` (none: the marker alone), then the progress marker set to `end`;
+    /// aborted if any step fails.
+    fn transaction(&mut self, rows: Option<&SinkRows<'_>>, end: u64) -> Result<()> {
         let producer = self.producer.as_ref().ok_or_else(|| EngineError::Internal("Kafka sink not started".into()))?;
         producer.begin_transaction().map_err(|e| self.err("Kafka begin transaction", e))?;
-        let result = self.produce(rows).and_then(|()| self.commit_transaction(end));
-        if let Err(e) = result {
+        let produced = match rows {
+            Some(rows) => self.produce(rows),
+            None => Ok(()),
+        };
+        if let Err(e) = produced.and_then(|()| self.commit_transaction(end)) {
             if let Some(p) = self.producer.as_ref() {
                 if let Err(abort) = p.abort_transaction(STEP_TIMEOUT) {
                     tracing::warn!(sink = %self.s.ctx, error = %abort, "Kafka transaction not aborted (the broker aborts it at its timeout or our restart)");
@@ -255,8 +271,6 @@ impl KafkaSink {
             }
             return Err(e);
         }
-        self.committed_end = end;
-        tracing::debug!(sink = %self.s.ctx, end, bytes = rows.lines().len(), millis = t0.elapsed().as_millis() as u64, "Kafka transaction committed");
         Ok(())
     }
 
