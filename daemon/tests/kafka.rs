@@ -222,6 +222,15 @@ fn windows_exactly_once(dir: &Path) {
     );
 }
 
+/// A broker for the test in `dir`, with the pipeline written there and its output topics made.
+fn broker_with_pipeline(dir: &Path) -> KafkaBroker {
+    let broker = KafkaBroker::start(dir, PARTITIONS as u32);
+    std::fs::write(dir.join("p.sql"), pipeline(&broker.bootstrap(), "per_min")).unwrap();
+    broker.ensure_topic("per_min");
+    broker.ensure_topic("bad");
+    broker
+}
+
 /// The `transactional.id` each start of sink `sink` logged, in order.
 fn transactional_ids(log: &str, sink: &str) -> Vec<String> {
     log.lines()
@@ -262,10 +271,7 @@ fn a_new_host_name_keeps_the_sinks_transactions() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let broker = KafkaBroker::start(dir, PARTITIONS as u32);
-    std::fs::write(dir.join("p.sql"), pipeline(&broker.bootstrap(), "per_min")).unwrap();
-    broker.ensure_topic("per_min");
-    broker.ensure_topic("bad");
+    let broker = broker_with_pipeline(dir);
     let (records, flush_ts) = readings(6_000);
     let want = expected(dir, &records, flush_ts);
     broker.produce("readings", &records);
@@ -305,10 +311,7 @@ fn a_new_host_name_keeps_the_sinks_transactions() {
 fn a_second_producer_with_the_same_transactional_id_fences_eddyd() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let broker = KafkaBroker::start(dir, PARTITIONS as u32);
-    std::fs::write(dir.join("p.sql"), pipeline(&broker.bootstrap(), "per_min")).unwrap();
-    broker.ensure_topic("per_min");
-    broker.ensure_topic("bad");
+    let broker = broker_with_pipeline(dir);
     let (records, _) = readings(8_000);
     broker.produce("readings", &records[..6_000]);
     let key = keygen(dir);
