@@ -93,7 +93,9 @@ pub struct MqttDefaults {
     pub protocol: Option<String>,
     pub username: Option<String>,
     pub password: Option<crate::secret::Secret>,
-    /// Client ids default to `<prefix>-<pipeline>-<source or sink>` (prefix default `eddy`).
+    /// Client ids default to `<prefix>-<pipeline>-<source or sink>-<state>` (prefix default
+    /// `eddy`; without `-<state>` for a pipeline without durable state, or state begun before
+    /// ids carried it).
     pub client_id_prefix: Option<String>,
     pub ca_file: Option<String>,
     pub cert_file: Option<String>,

@@ -677,3 +677,82 @@ fn a_backlog_larger_than_the_queues_drains_whole_and_once() {
             .join("\n")
     );
 }
+
+/// Gateways that run a fleet's pipeline from one config on one broker: each has a session of its
+/// own (its default client id ends with its state's identity), so each counts every message, and
+/// a gateway killed and started again takes its session back, with what was queued for it
+/// meanwhile. Before, every gateway connected as `gw1-p-telemetry`: the broker dropped one
+/// connection for the other, and each message went to whichever held the session then.
+#[test]
+fn gateways_with_one_config_on_one_broker_each_keep_a_session_of_their_own() {
+    let Some((tmp, broker)) = broker_in_tempdir() else { return };
+    let pipeline = "CREATE SOURCE telemetry (device_id VARCHAR NOT NULL, seq BIGINT NOT NULL) \
+                    WITH (connector = 'mqtt', topic = 'plant/+/telemetry', qos = '1');\n\
+                    CREATE SINK raw AS SELECT device_id, seq FROM telemetry WITH (connector = 'file', path = 'out/raw.jsonl');\n";
+    let gateways: Vec<(std::path::PathBuf, u16)> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let port = free_port();
+            config(&dir, port, "3.1.1", pipeline);
+            (dir, port)
+        })
+        .collect();
+    let start =
+        |(dir, port): &(std::path::PathBuf, u16)| start_eddyd(dir, &dir.join("eddyd.toml"), &broker.url(), *port);
+    let mut a = start(&gateways[0]);
+    let _b = start(&gateways[1]);
+    let every_seq = |dir: &Path| -> Vec<i64> {
+        let mut v: Vec<i64> = std::fs::read_to_string(dir.join("pipelines/out/raw.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["seq"].as_i64())
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    // Without the probes (seq -1).
+    let seqs = |dir: &Path| -> Vec<i64> { every_seq(dir).into_iter().filter(|&s| s >= 0).collect() };
+    let lines = |from: i64, to: i64| -> Vec<String> {
+        (from..to).map(|k| format!("{{\"device_id\":\"d{}\",\"seq\":{k}}}", k % 3)).collect()
+    };
+    let each_has = |to: i64| {
+        let want: Vec<i64> = (0..to).collect();
+        let ok = wait_for(|| gateways.iter().all(|(d, _)| seqs(d) == want), Duration::from_secs(30));
+        assert!(
+            ok,
+            "each gateway should hold 0..{to} once; a: {} rows, b: {} rows; client ids: {:?}",
+            seqs(&gateways[0].0).len(),
+            seqs(&gateways[1].0).len(),
+            broker.connected_client_ids()
+        );
+    };
+    // Both have subscribed (their sessions queue what comes) once a probe reaches each.
+    let probed = wait_for(
+        || {
+            publish_lines(broker.port, "plant/probe/telemetry", &["{\"device_id\":\"probe\",\"seq\":-1}".into()]);
+            std::thread::sleep(Duration::from_millis(300));
+            gateways.iter().all(|(d, _)| every_seq(d).contains(&-1))
+        },
+        Duration::from_secs(30),
+    );
+    assert!(probed, "a gateway never subscribed; client ids: {:?}", broker.connected_client_ids());
+    publish_lines(broker.port, "plant/l1/telemetry", &lines(0, 200));
+    each_has(200);
+
+    signal(a.0.id(), "KILL");
+    a.0.wait().unwrap();
+    publish_lines(broker.port, "plant/l2/telemetry", &lines(200, 300));
+    let _a = start(&gateways[0]);
+    each_has(300);
+
+    let ids: Vec<String> =
+        broker.connected_client_ids().into_iter().filter(|id| id.starts_with("gw1-p-telemetry")).collect();
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 2, "one id per gateway, the same after a restart: {ids:?}");
+    for id in distinct {
+        let tag = id.strip_prefix("gw1-p-telemetry-").unwrap_or_default();
+        assert!(tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    }
+}

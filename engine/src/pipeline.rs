@@ -1130,6 +1130,7 @@ impl Pipeline {
             }
             s.last_row = Instant::now();
         }
+        self.checkpoint_a_new_identity()?;
         self.started = true;
         Ok(())
     }

@@ -21,6 +21,15 @@ use eddy_engine::connector::{
 };
 use eddy_engine::{EngineError, Result};
 
+/// How many characters [`state_tag`] makes.
+pub const STATE_TAG_LEN: usize = 16;
+
+/// What names a connector gives itself after the durable state it serves (a Kafka
+/// transactional id, an MQTT client id) end with: the state's identity, 16 hex digits of it.
+pub fn state_tag(identity: &[u8; 16]) -> String {
+    identity[..STATE_TAG_LEN / 2].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The daemon's provided connectors, for one pipeline.
 pub struct Provider {
     pub pipeline: String,

@@ -143,6 +143,15 @@ impl Broker {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
+    /// The client ids the broker saw connect, in order (from its log).
+    pub fn connected_client_ids(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| l.split_once("New client connected from ")?.1.split_once(" as ")?.1.split(' ').next())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Publishes one message (any bytes) at QoS 1. A refused connection while the broker runs is
     /// retried a few times (the sandbox's loopback has refused one under load); a broker that
     /// exited fails at once, with its log.

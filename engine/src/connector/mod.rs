@@ -31,6 +31,8 @@ pub use settings::{parse_option_value, sql_only, OptionValue};
 pub use sink_rows::{SinkRow, SinkRows};
 pub use tap::{SourceRows, TapPoint, TapReceiver, MAX_SUBSCRIBERS as MAX_TAP_SUBSCRIBERS};
 
+pub use crate::ops::OpenedState;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -133,6 +135,11 @@ pub trait SourceReader: Send {
     fn splits(&self) -> &[u64] {
         &[]
     }
+    /// The durable state this reader reads for, before [`SourceReader::resume`] and the first
+    /// poll (not called without durable state). A reader that names itself to another system
+    /// after it (an MQTT client id, under which the broker keeps a session) does so here; the
+    /// engine makes the identity durable before the first poll.
+    fn bind_state(&mut self, _state: &OpenedState) {}
 }
 
 /// How a saved position and a newer logged one combine. Most readers log their whole position,
@@ -208,12 +215,11 @@ pub struct ConnectorSpec<'a> {
 /// the end of `rows`: after a crash the last commit is delivered again with the same `end`, so a
 /// writer that remembers the `end` it made durable can skip it (exactly-once hand-over).
 pub trait SinkWriter: Send {
-    /// The durable state this writer delivers for, before [`SinkWriter::start`]: its identity
-    /// (random, made when the state began, kept across restarts and by a restore from a backup,
-    /// new after a reset). A writer that names itself to another system (a Kafka transactional
-    /// id) takes the name from it, so that the name follows the state, not the host. Not called
-    /// without durable state.
-    fn bind_state(&mut self, _identity: &[u8; 16]) {}
+    /// The durable state this writer delivers for, before [`SinkWriter::start`] (not called
+    /// without durable state). A writer that names itself to another system (a Kafka
+    /// transactional id) takes the name from its identity, so that the name follows the state,
+    /// not the host.
+    fn bind_state(&mut self, _state: &OpenedState) {}
     /// The checkpoint being restored came from a backup, taken where its output through byte
     /// `end` was committed (that device may have delivered more before it was replaced). Called
     /// before [`SinkWriter::start`].

@@ -394,7 +394,7 @@ impl Operator for Sink {
     fn state_opened(&mut self, state: &crate::ops::OpenedState) {
         self.from_backup = state.from_backup;
         if let Some(w) = self.external.as_mut() {
-            w.bind_state(&state.identity);
+            w.bind_state(state);
         }
     }
 
@@ -631,8 +631,8 @@ mod tests {
     struct Listener(Arc<Mutex<Vec<Told>>>);
 
     impl SinkWriter for Listener {
-        fn bind_state(&mut self, identity: &[u8; 16]) {
-            self.0.lock().unwrap().push(Told::Bound(*identity));
+        fn bind_state(&mut self, state: &crate::ops::OpenedState) {
+            self.0.lock().unwrap().push(Told::Bound(state.identity));
         }
         fn restoring_a_backup(&mut self, end: u64) {
             self.0.lock().unwrap().push(Told::Restoring(end));
@@ -657,7 +657,7 @@ mod tests {
             let mut s =
                 Sink::external("k", "test", Box::new(Listener(told.clone())), SinkMode::Append, columns.clone());
             s.set_exactly_once();
-            s.state_opened(&crate::ops::OpenedState { identity: [7; 16], from_backup });
+            s.state_opened(&crate::ops::OpenedState { identity: [7; 16], from_backup, epoch: 1 });
             s
         };
         let batch = RecordBatch::try_from_iter(vec![

@@ -120,6 +120,11 @@ pub struct OpenedState {
     /// The checkpoint about to be restored came from a backup: it was taken on another device
     /// or at an earlier time.
     pub from_backup: bool,
+    /// The epoch the state began in, kept for its whole life (0: begun before epochs were
+    /// kept). A connector whose default names changed keeps the old ones for state begun in an
+    /// earlier epoch, so that an upgrade never moves what a broker keeps under a name. Epochs
+    /// (docs/checkpoint.md): 1, connectors may name themselves after `identity`.
+    pub epoch: u32,
 }
 
 /// The key column of a grouping without keys: every row the same value.

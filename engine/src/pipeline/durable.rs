@@ -108,6 +108,8 @@ pub(super) struct Durable {
     /// The state's identity ([`IDENTITY_BLOB`]), and whether the newest checkpoint holds it.
     identity: [u8; STATE_ID_BYTES],
     identity_checkpointed: bool,
+    /// The epoch the state began in ([`EPOCH_BLOB`]).
+    epoch: u32,
     last: Instant,
     wal_bytes_at_last: u64,
     /// Sources that had ended at the newest checkpoint.
@@ -338,6 +340,28 @@ const SHARDS_BLOB: &str = "shards";
 const IDENTITY_BLOB: &str = "identity";
 const STATE_ID_BYTES: usize = 16;
 
+/// The blob holding the epoch the state began in ([`crate::ops::OpenedState::epoch`]); absent
+/// in state begun before epochs were kept (epoch 0).
+const EPOCH_BLOB: &str = "epoch";
+/// The epoch of a state begun now.
+const STATE_EPOCH: u32 = 1;
+
+/// The epoch of the state being opened. Without a checkpoint the state is new, unless its log
+/// holds records: this version checkpoints a new state before it takes any input
+/// ([`Pipeline::start`]), so only an older one leaves records without a checkpoint.
+fn state_epoch(blob: Option<&[u8]>, has_checkpoint: bool, wal_next_lsn: u64) -> Result<u32> {
+    match blob {
+        Some(b) => {
+            let mut r = StateReader::new(b, EPOCH_BLOB);
+            let epoch = u32::try_from(r.u64()?).map_err(|_| r.err("an epoch out of range"))?;
+            r.finish()?;
+            Ok(epoch)
+        }
+        None if has_checkpoint || wal_next_lsn > 0 => Ok(0),
+        None => Ok(STATE_EPOCH),
+    }
+}
+
 /// The identity a recovered checkpoint carries; a fresh one for a fresh state, or for state
 /// written before checkpoints carried one.
 fn state_identity(recovered: Option<&[u8]>) -> Result<([u8; STATE_ID_BYTES], bool)> {
@@ -429,11 +453,22 @@ impl Pipeline {
         let mut from_lsn = 0;
         let (identity, identity_checkpointed) =
             state_identity(recovered.as_ref().and_then(|r| r.blobs.get(IDENTITY_BLOB)).map(Vec::as_slice))?;
+        let epoch = state_epoch(
+            recovered.as_ref().and_then(|r| r.blobs.get(EPOCH_BLOB)).map(Vec::as_slice),
+            recovered.is_some(),
+            wal.next_lsn(),
+        )?;
         let from_backup = recovered.as_ref().is_some_and(|r| r.blobs.contains_key(crate::storage::RESTORED_BLOB));
         if let (true, Some(r)) = (from_backup, &recovered) {
             tracing::info!(state_dir = %cfg.state_dir.display(), seq = r.manifest.seq, "starting from a checkpoint restored from a backup");
         }
-        self.graph.state_opened(&crate::ops::OpenedState { identity, from_backup });
+        let opened = crate::ops::OpenedState { identity, from_backup, epoch };
+        self.graph.state_opened(&opened);
+        for s in &mut self.sources {
+            if let Some(r) = s.reader.as_mut() {
+                r.bind_state(&opened);
+            }
+        }
         if let Some(r) = recovered {
             if r.manifest.fingerprint != fp {
                 return Err(EngineError::PlanChanged { dir: cfg.state_dir.display().to_string() });
@@ -531,6 +566,7 @@ impl Pipeline {
             fingerprint: fp,
             identity,
             identity_checkpointed,
+            epoch,
             last: Instant::now(),
             wal_bytes_at_last: wal_bytes,
             ended_at_last: usize::MAX,
@@ -622,6 +658,18 @@ impl Pipeline {
         }
     }
 
+    /// Checkpoints a state whose identity no checkpoint holds yet (a new state, or one begun
+    /// before identities were kept), before any input is read: connectors may name themselves
+    /// after the identity (an MQTT client id, whose session the broker keeps), so it must not
+    /// change in a crash after they have.
+    pub(super) fn checkpoint_a_new_identity(&mut self) -> Result<()> {
+        if self.durable.as_ref().is_some_and(|d| !d.identity_checkpointed) {
+            self.ensure_shards()?;
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
     /// Commits the WAL, writes a checkpoint, then lets sinks publish what it covers.
     pub fn checkpoint(&mut self) -> Result<()> {
         if self.durable.is_none() {
@@ -680,6 +728,7 @@ impl Pipeline {
         }
         let d = self.durable.as_mut().ok_or_else(|| EngineError::Internal("durable state vanished".into()))?;
         blobs.push((IDENTITY_BLOB.to_string(), d.identity.to_vec()));
+        blobs.push((EPOCH_BLOB.to_string(), u64::from(d.epoch).to_le_bytes().to_vec()));
         let info = d.ckpts.write(lsn, &d.fingerprint, marks, &blobs)?;
         d.identity_checkpointed = true;
         // Only now, with the checkpoint durable, may sinks make its output visible, and

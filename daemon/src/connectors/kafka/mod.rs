@@ -379,8 +379,7 @@ impl TransactionalId {
         match (self, identity) {
             (TransactionalId::Given(id), _) => Some(id.clone()),
             (TransactionalId::PerState { base }, Some(identity)) => {
-                let hex: String = identity[..8].iter().map(|b| format!("{b:02x}")).collect();
-                Some(format!("{base}.{hex}"))
+                Some(format!("{base}.{}", crate::connectors::state_tag(identity)))
             }
             (TransactionalId::PerState { .. }, None) => None,
         }

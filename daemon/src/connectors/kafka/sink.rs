@@ -29,7 +29,7 @@ use super::client::{self, Context};
 use super::{Delivery, Partitioner, SinkSettings};
 use crate::connectors::backoff::Backoff;
 use crate::metrics::ConnectorGauges;
-use eddy_engine::connector::{SinkRow, SinkRows, SinkWriter};
+use eddy_engine::connector::{OpenedState, SinkRow, SinkRows, SinkWriter};
 use eddy_engine::{EngineError, Result};
 
 /// How long one transaction step (init, commit, abort, marker read) may take.
@@ -354,8 +354,8 @@ fn resume_end(marker_end: u64, restored_end: Option<u64>) -> u64 {
 }
 
 impl SinkWriter for KafkaSink {
-    fn bind_state(&mut self, identity: &[u8; 16]) {
-        self.state = Some(*identity);
+    fn bind_state(&mut self, state: &OpenedState) {
+        self.state = Some(state.identity);
     }
 
     fn restoring_a_backup(&mut self, end: u64) {

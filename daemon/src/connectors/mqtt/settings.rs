@@ -8,9 +8,9 @@ use std::time::Duration;
 use rumqttc::{QoS, TlsConfiguration, Transport};
 
 use crate::config::{expand_env, MqttDefaults};
+use crate::connectors::{state_tag, STATE_TAG_LEN};
 use crate::secret::{redact_url, Secret};
-use eddy_engine::connector::Options;
-use eddy_engine::connector::Role;
+use eddy_engine::connector::{OpenedState, Options, Role};
 use eddy_engine::EngineError;
 
 eddy_engine::connector::connector_options! {
@@ -31,6 +31,13 @@ eddy_engine::connector::connector_options! {
     }
 }
 
+/// The state epoch ([`OpenedState::epoch`]) from which default client ids carry the state's tag.
+const CLIENT_IDS_FOLLOW_STATE_SINCE: u32 = 1;
+
+/// Client ids up to this length: 8 × the 23 that every MQTT 3.1.1 broker must accept (Mosquitto,
+/// EMQX and HiveMQ take far longer ones).
+const MAX_CLIENT_ID_LEN: usize = 23 * 8;
+
 /// A broker connection, resolved.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -38,6 +45,8 @@ pub struct Connection {
     pub port: u16,
     pub tls: bool,
     pub client_id: String,
+    /// `client_id` is the default, to be completed by [`Connection::bind_state`].
+    default_client_id: bool,
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub keep_alive: Duration,
@@ -137,6 +146,7 @@ impl Connection {
         })?;
         let (host, port, tls) = parse_url(&ctx, &url)?;
         let mqtt5 = o.protocol == Some(Protocol::V5);
+        let default_client_id = o.client_id.is_none();
         let client_id = match o.client_id {
             Some(c) => c,
             None => {
@@ -144,8 +154,13 @@ impl Connection {
                 format!("{prefix}-{pipeline}-{name}")
             }
         };
-        if client_id.is_empty() || client_id.len() > 23 * 8 {
-            return Err(opt_err(&ctx, "option 'client_id' must be 1 to 184 characters"));
+        // Room for the state's tag that a default id may get.
+        let tag_len = if default_client_id { 1 + STATE_TAG_LEN } else { 0 };
+        if client_id.is_empty() || client_id.len() + tag_len > MAX_CLIENT_ID_LEN {
+            return Err(opt_err(
+                &ctx,
+                format!("option 'client_id' (or the default made of client_id_prefix, pipeline and name) must be 1 to {MAX_CLIENT_ID_LEN} characters"),
+            ));
         }
         let keep_alive = o.keep_alive.unwrap_or(Duration::from_secs(30)).max(Duration::from_secs(1));
         let (ca_file, cert_file, key_file) = (o.ca_file, o.cert_file, o.key_file);
@@ -160,6 +175,7 @@ impl Connection {
             port,
             tls,
             client_id,
+            default_client_id,
             username: o.username,
             password: o.password,
             keep_alive,
@@ -171,6 +187,18 @@ impl Connection {
             mqtt5,
             ctx,
         })
+    }
+
+    /// Names the connection after the durable state it serves: a default client id becomes
+    /// `<prefix>-<pipeline>-<name>-<state>`. Gateways that run a fleet's pipeline on one broker
+    /// then never take each other's session, while a restart, a new host name or a replacement
+    /// restored from a backup keeps it. State begun before [`CLIENT_IDS_FOLLOW_STATE_SINCE`]
+    /// keeps the former default, under which its broker holds its session.
+    pub fn bind_state(&mut self, state: &OpenedState) {
+        if self.default_client_id && state.epoch >= CLIENT_IDS_FOLLOW_STATE_SINCE {
+            self.client_id = format!("{}-{}", self.client_id, state_tag(&state.identity));
+            self.default_client_id = false;
+        }
     }
 
     /// The TLS transport (`None` for plain TCP); reads the TLS files (an unreadable one is an
@@ -224,6 +252,44 @@ mod tests {
         for bad in ["localhost:1883", "http://x", "mqtt://u:p@x", "mqtt://x:99999", "mqtt://"] {
             assert!(parse_url("x", bad).is_err(), "{bad}");
         }
+    }
+
+    /// The default client id follows the state it serves, except for state begun before that
+    /// (its broker keeps its session under the former id); a given id is always kept.
+    #[test]
+    fn default_client_ids_follow_the_state_from_epoch_one() {
+        let opts = |extra: &[(&str, &str)]| Options {
+            entries: [("url", "mqtt://127.0.0.1")]
+                .iter()
+                .chain(extra)
+                .map(|(k, v)| (k.to_string(), v.to_string(), Default::default()))
+                .collect(),
+        };
+        let defaults = MqttDefaults { client_id_prefix: Some("gw".into()), ..Default::default() };
+        let resolve = |o: &Options| Connection::resolve(Role::Source, "p", "s", o, &defaults).unwrap();
+        let state = |epoch| OpenedState { identity: [0xab; 16], from_backup: false, epoch };
+        let bound = |o: &Options, epoch| {
+            let mut c = resolve(o);
+            c.bind_state(&state(epoch));
+            c.client_id
+        };
+        assert_eq!(resolve(&opts(&[])).client_id, "gw-p-s", "without durable state");
+        assert_eq!(bound(&opts(&[]), 1), "gw-p-s-abababababababab");
+        assert_eq!(bound(&opts(&[]), 0), "gw-p-s", "state begun before epoch 1");
+        assert_eq!(bound(&opts(&[("client_id", "mine")]), 1), "mine");
+        // Bound twice (it is not), the tag would not be added twice.
+        let mut c = resolve(&opts(&[]));
+        c.bind_state(&state(1));
+        c.bind_state(&state(1));
+        assert_eq!(c.client_id, "gw-p-s-abababababababab");
+        // The limit counts the tag a default id gets.
+        let long = "x".repeat(MAX_CLIENT_ID_LEN - "gw-p-".len());
+        let err = Connection::resolve(Role::Source, "p", &long, &opts(&[]), &defaults).unwrap_err().to_string();
+        assert!(err.contains("1 to 184 characters"), "{err}");
+        let fits = "x".repeat(MAX_CLIENT_ID_LEN - "gw-p-".len() - 1 - STATE_TAG_LEN);
+        let mut c = Connection::resolve(Role::Source, "p", &fits, &opts(&[]), &defaults).unwrap();
+        c.bind_state(&state(1));
+        assert_eq!(c.client_id.len(), MAX_CLIENT_ID_LEN);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::connectors::backoff::Backoff;
 use crate::connectors::outbox::{spawn_sender, FullPolicy, Outbox, SharedOutbox};
 use crate::connectors::template::{NameRules, Template};
 use crate::metrics::ConnectorGauges;
-use eddy_engine::connector::{SinkRows, SinkStateDir, SinkWriter};
+use eddy_engine::connector::{OpenedState, SinkRows, SinkStateDir, SinkWriter};
 use eddy_engine::{EngineError, Result};
 
 /// What an MQTT topic made from a template may contain.
@@ -208,6 +208,10 @@ impl MqttSink {
 }
 
 impl SinkWriter for MqttSink {
+    fn bind_state(&mut self, state: &OpenedState) {
+        self.settings.conn.bind_state(state);
+    }
+
     fn start(&mut self) -> Result<()> {
         if self.shared.is_some() {
             return Ok(());

@@ -29,7 +29,7 @@ use super::wire::{self, Message as Publish, WireClient as Client, WireConnection
 use crate::connectors::backoff::Backoff;
 use crate::metrics::ConnectorGauges;
 use eddy_engine::connector::Format;
-use eddy_engine::connector::{self, Poll, SourceReader, Wakeup};
+use eddy_engine::connector::{self, OpenedState, Poll, SourceReader, Wakeup};
 use eddy_engine::connector::{MetaValue, RowDecoder};
 use eddy_engine::Result;
 
@@ -354,6 +354,10 @@ impl SourceReader for MqttSource {
                 self.ack(d);
             }
         }
+    }
+
+    fn bind_state(&mut self, state: &OpenedState) {
+        self.settings.conn.bind_state(state);
     }
 
     fn connected(&self) -> Option<bool> {
