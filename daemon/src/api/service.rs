@@ -54,7 +54,7 @@ impl ControlService {
             shared: Arc::new(shared),
             audit,
             started: Instant::now(),
-            host: crate::connectors::gateway_name(),
+            host: host_name(),
             state_bytes: tokio::sync::Mutex::new(None),
             query,
             restores: Arc::default(),
@@ -283,6 +283,15 @@ fn to_status(e: CommandError) -> Status {
         CommandError::Precondition(m) => Status::failed_precondition(m),
         e @ CommandError::Fatal(_) => Status::internal(e.to_string()),
     }
+}
+
+/// The host's name, as the status reports it (for people: nothing names itself after it).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".into())
 }
 
 fn check_sql(sql: &str) -> Result<(), Status> {

@@ -58,15 +58,6 @@ impl Provider {
     }
 }
 
-/// The host's name, as the management API reports it.
-pub fn gateway_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "gateway".into())
-}
-
 /// Installs rustls' ring provider once (rumqttc is built without a default one).
 pub fn install_tls_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();

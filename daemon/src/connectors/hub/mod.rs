@@ -82,12 +82,7 @@ impl HubLink {
 
     pub async fn connect(&self, turn: usize) -> std::result::Result<HubClient, ClientError> {
         let target = Target::Tls { address: self.endpoint(turn).to_string(), files: self.tls.clone() };
-        let timeouts = Timeouts {
-            connect: Duration::from_secs(5),
-            request: self.request_timeout,
-            read_retries: 0,
-            ..Timeouts::default()
-        };
+        let timeouts = Timeouts { request: self.request_timeout, read_retries: 0, ..Timeouts::default() };
         HubClient::connect(&target, timeouts).await
     }
 }
