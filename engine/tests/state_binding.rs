@@ -45,7 +45,7 @@ impl SourceReader for Probe {
         if std::mem::replace(&mut self.read, true) {
             return Ok(Poll::Idle);
         }
-        decode_json(dec, b"{\"v\":1}", 0);
+        decode_json(dec, b"{\"v\":1,\"ts\":60000}", 0);
         Ok(Poll::Rows)
     }
     fn bounded(&self) -> bool {
@@ -83,8 +83,10 @@ impl ConnectorProvider for Provider {
     }
 }
 
-const SQL: &str = "CREATE SOURCE s (v BIGINT) WITH (connector = 'probe');\n\
-                   CREATE SINK o AS SELECT v FROM s WITH (connector = 'file', path = 'out/o.jsonl');\n";
+/// Keyed, so that with shards it runs sharded.
+const SQL: &str = "CREATE SOURCE s (v BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH (connector = 'probe');\n\
+                   CREATE SINK o AS SELECT v, window_start, COUNT(*) AS n FROM TUMBLE(s, ts, INTERVAL '1' MINUTE) \
+                   GROUP BY v, window_start, window_end WITH (connector = 'file', path = 'out/o.jsonl');\n";
 
 /// Opens the pipeline on `dir`'s state, reads a row into the log and crashes; returns what the
 /// source was told.
