@@ -49,6 +49,9 @@ pub struct ConnectorGauges {
     pub outbox_id: AtomicU64,
     /// Sink (hub): the stream it sends to; set once it started.
     pub hub_stream: Mutex<Option<String>>,
+    /// The name the connector's broker or cluster knows it by (an MQTT client id, a Kafka group
+    /// or transactional id); set as it connects, shown by the status.
+    pub connected_as: Mutex<Option<String>>,
     /// Sink: the pipeline is waiting for room in the outbox (backpressure, not a hang).
     pub blocked: AtomicBool,
     /// A connector thread that stopped on an error (the pipeline fails on its next delivery;
@@ -65,6 +68,15 @@ impl ConnectorGauges {
 
     pub fn failure(&self) -> Option<String> {
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_connected_as(&self, name: &str) {
+        *self.connected_as.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.to_string());
+    }
+
+    /// [`ConnectorGauges::connected_as`], empty before it is known.
+    pub fn connected_as(&self) -> String {
+        self.connected_as.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
     }
 }
 

@@ -324,6 +324,45 @@ fn a_source_without_event_time_yet_shows_no_watermark_and_no_lag() {
     assert!(r["lag_ms"].as_i64() > Some(0), "{r}");
 }
 
+/// The status names what each connector is known by at its broker, to find its session there:
+/// MQTT client ids, which by default end with the pipeline's state identity (the same for its
+/// source and sink, and after a restart).
+#[test]
+fn the_status_names_what_each_connector_is_known_by_at_its_broker() {
+    // No broker listens on port 1: the connectors keep trying, named all the same.
+    let mut g = Gateway::new("[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\nclient_id_prefix = \"gw\"\n");
+    std::fs::write(
+        g.path("uplink.sql"),
+        "CREATE SOURCE readings (device_id VARCHAR NOT NULL) WITH (connector = 'mqtt', topic = 'plant/#');
+         CREATE SINK alerts AS SELECT device_id FROM readings WITH (connector = 'mqtt', topic = 'alerts/{device_id}');\n",
+    )
+    .unwrap();
+    g.ctl_ok(&["deploy", "uplink.sql"], 0);
+    let names = |g: &Gateway| {
+        let st = g.json(&["show", "uplink"])["status"].clone();
+        let name = |v: &serde_json::Value| v["connected_as"].as_str().unwrap_or_default().to_string();
+        (name(&st["sources"][0]), name(&st["sinks"][0]))
+    };
+    let named = wait_for(
+        || {
+            let (source, sink) = names(&g);
+            !source.is_empty() && !sink.is_empty()
+        },
+        Duration::from_secs(20),
+    );
+    assert!(named, "{:?}: {}", names(&g), g.log());
+    let (source, sink) = names(&g);
+    let tag = source.strip_prefix("gw-uplink-readings-").unwrap_or_default().to_string();
+    assert!(tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit()), "{source}");
+    assert_eq!(sink, format!("gw-uplink-alerts-{tag}"));
+    let table = g.ctl_ok(&["show", "uplink"], 0);
+    assert!(table.contains("CONNECTED AS") && table.contains(&source) && table.contains(&sink), "{table}");
+
+    g.stop();
+    g.start();
+    assert!(wait_for(|| names(&g) == (source.clone(), sink.clone()), Duration::from_secs(20)), "{:?}", names(&g));
+}
+
 /// A deleted pipeline's connectors leave `/metrics` with it: before, their series stayed until
 /// eddyd restarted (an MQTT source's `connected 0` kept alerting for a pipeline long gone).
 #[test]

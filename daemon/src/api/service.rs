@@ -208,16 +208,21 @@ impl ControlService {
             st.sources = o
                 .sources
                 .iter()
-                .map(|s| SourceStatus {
-                    name: s.name.clone(),
-                    rows: s.stats.accepted,
-                    late: s.stats.late,
-                    errors: s.stats.errors,
-                    watermark_ms: s.watermark,
-                    lag_ms: s.watermark.map(|w| now.saturating_sub(w).max(0)),
-                    connected: s.connected,
-                    queued: gauge(ConnectorRole::Source, &s.name)
-                        .map_or(0, |g| g.queue_depth.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64),
+                .map(|s| {
+                    let g = gauge(ConnectorRole::Source, &s.name);
+                    SourceStatus {
+                        name: s.name.clone(),
+                        rows: s.stats.accepted,
+                        late: s.stats.late,
+                        errors: s.stats.errors,
+                        watermark_ms: s.watermark,
+                        lag_ms: s.watermark.map(|w| now.saturating_sub(w).max(0)),
+                        connected: s.connected,
+                        queued: g
+                            .as_deref()
+                            .map_or(0, |g| g.queue_depth.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64),
+                        connected_as: g.as_deref().map(|g| g.connected_as()).unwrap_or_default(),
+                    }
                 })
                 .collect();
             st.sinks = o
@@ -235,6 +240,7 @@ impl ControlService {
                         backlog_oldest_age_ms: load(|g| {
                             g.outbox_oldest_age_ms.load(std::sync::atomic::Ordering::Relaxed)
                         }),
+                        connected_as: g.as_deref().map(|g| g.connected_as()).unwrap_or_default(),
                     }
                 })
                 .collect();

@@ -657,13 +657,17 @@ fn show(d: &v1::PipelineDetail, colour: bool) {
                     s.lag_ms.map_or("-".into(), |l| render::duration_ms(l.max(0) as u64)),
                     s.connected.map_or("-".into(), |c| if c { "up".into() } else { "DOWN".into() }),
                     s.queued.to_string(),
+                    render::or_dash(&s.connected_as),
                 ]
             })
             .collect();
         println!();
         println!(
             "{}",
-            render::table(&["SOURCE", "ROWS", "LATE", "ERRORS", "WATERMARK (UTC)", "LAG", "LINK", "QUEUED"], &rows)
+            render::table(
+                &["SOURCE", "ROWS", "LATE", "ERRORS", "WATERMARK (UTC)", "LAG", "LINK", "QUEUED", "CONNECTED AS"],
+                &rows
+            )
         );
     }
     if !p.sinks.is_empty() {
@@ -678,11 +682,18 @@ fn show(d: &v1::PipelineDetail, colour: bool) {
                     render::count(s.backlog_messages),
                     render::bytes(s.backlog_bytes),
                     if s.backlog_oldest_age_ms > 0 { render::duration_ms(s.backlog_oldest_age_ms) } else { "-".into() },
+                    render::or_dash(&s.connected_as),
                 ]
             })
             .collect();
         println!();
-        println!("{}", render::table(&["SINK", "ROWS", "RETRACTIONS", "BACKLOG", "BACKLOG BYTES", "OLDEST"], &rows));
+        println!(
+            "{}",
+            render::table(
+                &["SINK", "ROWS", "RETRACTIONS", "BACKLOG", "BACKLOG BYTES", "OLDEST", "CONNECTED AS"],
+                &rows
+            )
+        );
     }
     println!("\n{}", d.sql.trim_end());
 }

@@ -138,6 +138,15 @@ pub fn ago(ms: Option<u64>) -> String {
     ms.map_or_else(|| "never".into(), |m| format!("{} ago", duration_ms(m)))
 }
 
+/// `s`, or `-` when it is empty.
+pub fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.into()
+    }
+}
+
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;

@@ -109,6 +109,7 @@ impl KafkaSink {
     /// Retries while the cluster is unreachable (until eddyd stops).
     fn init_transactions(&mut self) -> Result<()> {
         let transactional_id = self.transactional_id()?;
+        self.gauges.set_connected_as(&transactional_id);
         let mut backoff = Backoff::new();
         loop {
             let producer: BaseProducer<Context> =

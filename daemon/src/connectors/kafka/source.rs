@@ -129,6 +129,7 @@ impl KafkaSource {
             .create_with_context(self.context())
             .map_err(|e| EngineError::options(&self.s.ctx, format!("Kafka client: {e}")))?;
         let consumer = Arc::new(consumer);
+        self.gauges.set_connected_as(&self.s.group_id);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
         let job = DiscoveryJob {

@@ -222,6 +222,8 @@ impl SinkWriter for MqttSink {
         }
         // A clean session: after a reconnect the outbox itself sends what was not acknowledged.
         let (client, connection) = wire::open(&self.settings.conn, false, false, self.settings.inflight * 2 + 16)?;
+        tracing::info!(sink = %self.settings.conn.ctx, client_id = %self.settings.conn.client_id, "MQTT connecting");
+        self.gauges.set_connected_as(&self.settings.conn.client_id);
         let sink_id = self.state.is_some().then(|| format!("{}#{:016x}", self.settings.conn.client_id, outbox.id));
         let shared = Arc::new(Shared {
             outbox: SharedOutbox::new(outbox),

@@ -194,6 +194,9 @@ impl MqttSource {
         };
         let sub_client = client.clone();
         let ctx = s.conn.ctx.clone();
+        // The name the broker keeps this source's session under: for finding it there.
+        tracing::info!(source = %ctx, client_id = %s.conn.client_id, persistent = !s.clean_session, "MQTT connecting");
+        self.shared.gauges.set_connected_as(&s.conn.client_id);
         let thread = std::thread::Builder::new()
             .name(format!("mqtt-in {}", s.conn.client_id))
             .spawn(move || run_connection(&mut connection, &sub_client, &topics, qos, &tx, &shared, &ctx, queue_bytes))
