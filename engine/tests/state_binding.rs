@@ -117,6 +117,19 @@ fn bound(told: &[Told]) -> ([u8; 16], u32) {
     }
 }
 
+/// Writes `dir`'s newest checkpoint again as a version before epochs wrote it: without the
+/// `epoch` blob.
+fn as_written_before_epochs(dir: &Path) {
+    let ckpts = dir.join("state/checkpoints");
+    let (mut store, rec) =
+        CheckpointStore::open(Arc::new(RealFs::new()), Arc::new(Cipher::plaintext()), &ckpts).unwrap();
+    let rec = rec.unwrap();
+    let held = rec.blobs.len();
+    let blobs: Vec<(String, Vec<u8>)> = rec.blobs.into_iter().filter(|(name, _)| name.as_str() != "epoch").collect();
+    assert_eq!(blobs.len() + 1, held, "the checkpoint held an epoch");
+    store.write(rec.manifest.wal_lsn, &rec.manifest.fingerprint, rec.manifest.sources, &blobs).unwrap();
+}
+
 /// A new state is checkpointed before its first poll, so the identity its source named itself
 /// after survives a crash right after: the next start binds the same one. Sharded too (a
 /// checkpoint of a sharded pipeline holds its shards' state, which the restart checks).
@@ -140,16 +153,7 @@ fn state_begun_before_epochs_is_epoch_zero_for_good() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (identity, _) = bound(&run_once(dir, 1));
-    // Rewrite the newest checkpoint as an older version wrote it: without the blob.
-    let ckpts = dir.join("state/checkpoints");
-    let fs = Arc::new(RealFs::new());
-    let (mut store, rec) = CheckpointStore::open(fs, Arc::new(Cipher::plaintext()), &ckpts).unwrap();
-    let rec = rec.unwrap();
-    let blobs: Vec<(String, Vec<u8>)> =
-        rec.blobs.iter().filter(|(name, _)| name.as_str() != "epoch").map(|(n, b)| (n.clone(), b.clone())).collect();
-    assert!(blobs.len() < rec.blobs.len(), "the checkpoint held an epoch");
-    store.write(rec.manifest.wal_lsn, &rec.manifest.fingerprint, rec.manifest.sources.clone(), &blobs).unwrap();
-    drop(store);
+    as_written_before_epochs(dir);
     assert_eq!(bound(&run_once(dir, 1)), (identity, 0));
     assert_eq!(bound(&run_once(dir, 1)), (identity, 0), "and in every later checkpoint");
 
@@ -159,4 +163,27 @@ fn state_begun_before_epochs_is_epoch_zero_for_good() {
     bound(&run_once(dir, 1));
     std::fs::remove_dir_all(dir.join("state/checkpoints")).unwrap();
     assert_eq!(bound(&run_once(dir, 1)).1, 0);
+}
+
+/// A restored copy of a checkpoint (a replacement device restored from a backup) continues the
+/// state: its source is told the same identity and epoch, and so names itself as the replaced
+/// device did (an MQTT source resumes that device's session). An epoch-0 state stays epoch 0.
+#[test]
+fn a_restored_copy_binds_the_same_identity_and_epoch() {
+    use eddy_engine::storage::{copy_rebased, Owner};
+    let restore = |from: &Path| {
+        let to = tempfile::tempdir().unwrap();
+        let fs = Arc::new(RealFs::new());
+        let (from, into) = (from.join("state/checkpoints"), to.path().join("state/checkpoints"));
+        copy_rebased(fs, Arc::new(Cipher::plaintext()), &from, &into, Owner::default()).unwrap();
+        to
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (identity, epoch) = bound(&run_once(tmp.path(), 1));
+    let restored = restore(tmp.path());
+    assert_eq!(bound(&run_once(restored.path(), 1)), (identity, epoch));
+
+    as_written_before_epochs(tmp.path());
+    let restored = restore(tmp.path());
+    assert_eq!(bound(&run_once(restored.path(), 1)), (identity, 0));
 }
