@@ -754,6 +754,85 @@ fn a_restored_gateway_continues_its_kafka_sinks_transactions() {
     assert_eq!(ids.iter().filter(|i| i.starts_with("eddy.p.plant_stats.")).count(), 1, "{ids:?}");
 }
 
+/// A gateway reading MQTT backs up to the hub and dies (SIGKILL) with its state dir. While no
+/// device is connected, the broker queues what the plant publishes for the gateway's persistent
+/// session. The replacement restores the backup and resumes that session, since the default
+/// client id comes with the state: everything published after the death arrives, each once.
+#[test]
+fn a_restored_gateway_resumes_its_mqtt_session() {
+    let Some((_broker_dir, broker)) = support::broker_in_tempdir() else { return };
+    let c = Central::start(1);
+    let gw = c.gateway("gw-m", 14, 0);
+    std::fs::write(
+        gw.join("p.sql"),
+        format!(
+            "CREATE SOURCE readings (device_id VARCHAR NOT NULL, seq BIGINT NOT NULL) \
+             WITH (connector = 'mqtt', url = '{}', topic = 'plant/#', qos = '1');\n\
+             CREATE SINK raw AS SELECT device_id, seq FROM readings WITH (connector = 'file', path = 'raw.jsonl');\n",
+            broker.url()
+        ),
+    )
+    .unwrap();
+    let mut toml = std::fs::read_to_string(gw.join("eddyd.toml")).unwrap();
+    toml.push_str("[hub.backup]\nenabled = true\nevery_checkpoints = 1\nmax_bytes_per_s = 100000000\n");
+    std::fs::write(gw.join("eddyd.toml"), toml).unwrap();
+    let seqs = || -> Vec<i64> {
+        std::fs::read_to_string(gw.join("raw.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["seq"].as_i64())
+            .collect()
+    };
+    let lines = |from: i64, to: i64| -> Vec<String> {
+        (from..to).map(|k| format!("{{\"device_id\":\"d{}\",\"seq\":{k}}}", k % 3)).collect()
+    };
+    let mut first = run_cmd(&gw).spawn().unwrap();
+    // Subscribed (its session queues from now on) once a probe comes through.
+    let probed = support::wait_for(
+        || {
+            support::publish_lines(broker.port, "plant/probe", &lines(-1, 0));
+            std::thread::sleep(Duration::from_millis(200));
+            seqs().contains(&-1)
+        },
+        Duration::from_secs(30),
+    );
+    assert!(probed, "the gateway never subscribed");
+    support::publish_lines(broker.port, "plant/l1", &lines(0, 100));
+    let backed_up =
+        support::wait_for(|| seqs().len() > 100 && !checkpoint_indexes(&c, "gw-m").is_empty(), Duration::from_secs(60));
+    assert!(backed_up, "{} rows, {} backups", seqs().len(), checkpoint_indexes(&c, "gw-m").len());
+    first.kill().unwrap();
+    first.wait().unwrap();
+    std::fs::remove_dir_all(gw.join("state")).unwrap();
+    support::publish_lines(broker.port, "plant/l2", &lines(1000, 1200));
+
+    let restore = Command::new(EDDYD)
+        .current_dir(&gw)
+        .args(["restore", "--from-hub", "--gateway", "gw-m", "--pipeline", "p", "--config", "eddyd.toml"])
+        .args(["--state-dir", "state", "--key-file", "state.key"])
+        .output()
+        .unwrap();
+    assert!(restore.status.success(), "restore: {}", String::from_utf8_lossy(&restore.stderr));
+    let mut second = run_cmd(&gw).spawn().unwrap();
+    let after_death = || seqs().into_iter().filter(|s| *s >= 1000).collect::<Vec<i64>>();
+    let arrived = support::wait_for(|| after_death().len() >= 200, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let mut got = after_death();
+    got.sort_unstable();
+    let ids: Vec<String> =
+        broker.connected_client_ids().into_iter().filter(|id| id.starts_with("eddy-p-readings")).collect();
+    assert!(
+        arrived && got == (1000..1200).collect::<Vec<i64>>(),
+        "rows of the 200 messages published after the death: {} (each once: {}); client ids {ids:?}",
+        got.len(),
+        got.windows(2).all(|w| w[0] < w[1])
+    );
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 1, "one session for both devices: {ids:?}");
+}
+
 /// Waits (up to 120 s) until `gateway` has `rows` rows in the bucket.
 fn await_stored_rows(c: &Central, gateway: &str, rows: usize, what: &str) {
     let t0 = Instant::now();
