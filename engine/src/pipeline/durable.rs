@@ -728,7 +728,9 @@ impl Pipeline {
         }
         let d = self.durable.as_mut().ok_or_else(|| EngineError::Internal("durable state vanished".into()))?;
         blobs.push((IDENTITY_BLOB.to_string(), d.identity.to_vec()));
-        blobs.push((EPOCH_BLOB.to_string(), u64::from(d.epoch).to_le_bytes().to_vec()));
+        let mut epoch = StateWriter::default();
+        epoch.u64(u64::from(d.epoch));
+        blobs.push((EPOCH_BLOB.to_string(), epoch.buf));
         let info = d.ckpts.write(lsn, &d.fingerprint, marks, &blobs)?;
         d.identity_checkpointed = true;
         // Only now, with the checkpoint durable, may sinks make its output visible, and
